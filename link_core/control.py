@@ -1,0 +1,293 @@
+"""Link messages between the boards (docs/PROTOCOL.md section 2).
+
+A link message is one kind byte and a body. Kinds ``q``, ``u``, ``a`` carry
+an end-to-end frame (the kind byte is the frame's own first character); the
+others are control messages. Kinds are ints (byte values), so
+``msg[0] == KEEPALIVE`` works on bytes under CPython and MicroPython.
+
+JSON bodies are written by a small encoder here (compact, non-ASCII as
+UTF-8) so that both interpreters produce identical bytes; they are read with
+``json.loads``.
+"""
+
+import json
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from link_core.names import MAX_MESSAGE, _show, check_conn_id, check_root, utf8_valid
+
+# Pyboard -> ESP8266
+CONFIG = const(0x43)  # 'C' JSON config list, first message after every sync
+# Both ways: end-to-end frames
+QOS = const(0x71)  # 'q'
+UNRELIABLE = const(0x75)  # 'u'
+ACK = const(0x61)  # 'a'
+# ESP8266 -> Pyboard
+KEEPALIVE = const(0x4B)  # 'K' empty, every KEEPALIVE_MS
+SERVER_UP = const(0x55)  # 'U' empty, the server application is reachable
+SERVER_DOWN = const(0x44)  # 'D' empty, server, broker or WiFi unreachable
+REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free]
+BAD_WIFI = const(0x57)  # 'W' empty, first WiFi connection after boot failed
+BAD_BROKER = const(0x42)  # 'B' UTF-8 reason, first broker connection failed
+ERROR = const(0x45)  # 'E' UTF-8 diagnostic text
+
+KEEPALIVE_MS = const(1000)
+
+MSG_KEEPALIVE = b"K"
+MSG_SERVER_UP = b"U"
+MSG_SERVER_DOWN = b"D"
+MSG_BAD_WIFI = b"W"
+
+FRAME_KINDS = b"qua"
+
+CONFIG_FIELDS = (
+    "conn_id",
+    "port",
+    "host",
+    "timeout_ms",
+    "report_s",
+    "ssid",
+    "wifi_password",
+    "mqtt_user",
+    "mqtt_password",
+    "topic_root",
+    "tls",
+    "tuning",
+)
+CONFIG_REQUIRED = const(4)  # conn_id, port, host, timeout_ms
+CONFIG_DEFAULTS = (0, "", "", "", "", "pblink", False)  # report_s .. tls
+TIMEOUT_MS_MAX = const(3600000)
+REPORT_S_MAX = const(86400)
+
+
+def is_frame(msg):
+    """True if link message ``msg`` carries an end-to-end frame (kind q, u or a)."""
+    return len(msg) > 0 and msg[0] in FRAME_KINDS
+
+
+# -- JSON ---------------------------------------------------------------------
+
+
+def _json_str(s):
+    out = ['"']
+    for c in s:
+        if c == '"':
+            out.append('\\"')
+        elif c == "\\":
+            out.append("\\\\")
+        elif c < " ":
+            o = ord(c)
+            if c == "\n":
+                out.append("\\n")
+            elif c == "\r":
+                out.append("\\r")
+            elif c == "\t":
+                out.append("\\t")
+            elif c == "\b":
+                out.append("\\b")
+            elif c == "\f":
+                out.append("\\f")
+            else:
+                out.append("\\u00" + "0123456789abcdef"[o >> 4] + "0123456789abcdef"[o & 15])
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def _json_scalar(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return _json_str(v)
+    raise ValueError("cannot encode " + _show(v) + ": only str, int, bool and a flat dict")
+
+
+def dump_list(items):
+    """Compact JSON for a list of str, int, bool and flat dicts, as UTF-8 bytes.
+
+    Dict keys are str, sorted; dict values str, int or bool. Same bytes as
+    CPython's ``json.dumps(items, separators=(',', ':'), ensure_ascii=False,
+    sort_keys=True).encode()``, on both interpreters.
+    """
+    parts = []
+    for v in items:
+        if isinstance(v, dict):
+            keys = []
+            for k in v:
+                if not isinstance(k, str):
+                    raise ValueError("cannot encode dict key " + _show(k) + ": not a str")
+                keys.append(k)
+            keys.sort()
+            parts.append(
+                "{" + ",".join([_json_str(k) + ":" + _json_scalar(v[k]) for k in keys]) + "}"
+            )
+        else:
+            parts.append(_json_scalar(v))
+    return ("[" + ",".join(parts) + "]").encode("utf-8")
+
+
+def _load_body(msg, kind, name):
+    """JSON list from a message with or without its kind byte."""
+    data = bytes(msg)
+    if data and data[0] == kind:
+        data = data[1:]
+    if not utf8_valid(data):
+        raise ValueError(name + " message " + _show(data) + " is not valid UTF-8")
+    obj = None
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except ValueError:
+        pass
+    if not isinstance(obj, list):
+        raise ValueError(name + " message " + _show(data) + " is not a JSON list")
+    return obj
+
+
+# -- config -------------------------------------------------------------------
+
+
+def _int_in(name, v, lo, hi):
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
+        raise ValueError(
+            "config " + name + " " + _show(v) + " is not an int in " + str(lo) + ".." + str(hi)
+        )
+
+
+def _str_max(name, v, hi, empty_ok=True):
+    if not isinstance(v, str):
+        raise ValueError("config " + name + " " + _show(v) + " is not a str")
+    n = len(v.encode("utf-8"))
+    if n > hi or (n == 0 and not empty_ok):
+        raise ValueError(
+            "config "
+            + name
+            + " "
+            + _show(v)
+            + " must be "
+            + ("0" if empty_ok else "1")
+            + " to "
+            + str(hi)
+            + " bytes"
+        )
+
+
+def check_config(cfg):
+    """Validate and complete a config list; return it with every entry.
+
+    ``cfg``: list or tuple of the first 4 to all 12 entries of
+    ``CONFIG_FIELDS``: ``[conn_id, port, host, timeout_ms, report_s, ssid,
+    wifi_password, mqtt_user, mqtt_password, topic_root, tls, tuning]``.
+    Missing entries up to ``tls`` get ``CONFIG_DEFAULTS`` (report_s 0, ssid,
+    wifi_password, mqtt_user, mqtt_password ``""``, topic_root ``"pblink"``,
+    tls ``False``): the result has 11 entries, or 12 when ``tuning`` was
+    given. Rules: conn_id per ``names.check_conn_id``; port 1..65535; host
+    1..253 bytes; timeout_ms 1..3600000; report_s 0..86400; ssid 0..32
+    bytes; wifi_password 0..64 bytes; mqtt_user and mqtt_password 0..256
+    bytes; topic_root per ``names.check_root``; tls a bool; tuning a dict
+    with str keys (its keys and values are the bridge's business).
+    ``ValueError`` naming the field otherwise.
+    """
+    if not isinstance(cfg, (list, tuple)) or not CONFIG_REQUIRED <= len(cfg) <= 12:
+        raise ValueError(
+            "config " + _show(cfg) + " is not a list of 4 to 12 entries " + str(CONFIG_FIELDS)
+        )
+    c = list(cfg)
+    if len(c) < 11:
+        c = c + list(CONFIG_DEFAULTS[len(c) - CONFIG_REQUIRED :])
+    check_conn_id(c[0])
+    _int_in("port", c[1], 1, 65535)
+    _str_max("host", c[2], 253, False)
+    _int_in("timeout_ms", c[3], 1, TIMEOUT_MS_MAX)
+    _int_in("report_s", c[4], 0, REPORT_S_MAX)
+    _str_max("ssid", c[5], 32)
+    _str_max("wifi_password", c[6], 64)
+    _str_max("mqtt_user", c[7], 256)
+    _str_max("mqtt_password", c[8], 256)
+    check_root(c[9])
+    if not isinstance(c[10], bool):
+        raise ValueError("config tls " + _show(c[10]) + " is not a bool")
+    if len(c) > 11:
+        t = c[11]
+        if not isinstance(t, dict):
+            raise ValueError("config tuning " + _show(t) + " is not a dict (a JSON object)")
+        for k in t:
+            if not isinstance(k, str):
+                raise ValueError("config tuning key " + _show(k) + " is not a str")
+    return c
+
+
+def encode_config(cfg):
+    """The ``C`` link message (bytes) for a config list (see ``check_config``)."""
+    msg = b"C" + dump_list(check_config(cfg))
+    if len(msg) > MAX_MESSAGE:
+        raise ValueError("config message is " + str(len(msg)) + " bytes, over MAX_MESSAGE")
+    return msg
+
+
+def decode_config(msg):
+    """The completed config list (``check_config``) from a ``C`` message.
+
+    The kind byte is optional. ``ValueError`` if the body is not a JSON list
+    or breaks ``check_config``.
+    """
+    return check_config(_load_body(msg, CONFIG, "config"))
+
+
+# -- report -------------------------------------------------------------------
+
+
+def _check_report(rep):
+    if not isinstance(rep, (list, tuple)) or len(rep) != 3:
+        raise ValueError("report " + _show(rep) + " is not [connects, report_no, mem_free]")
+    for v in rep:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError("report " + _show(rep) + " entries must be ints >= 0")
+    return list(rep)
+
+
+def encode_report(rep):
+    """The ``R`` link message for ``[connects, report_no, mem_free]`` (ints >= 0)."""
+    return b"R" + dump_list(_check_report(rep))
+
+
+def decode_report(msg):
+    """``[connects, report_no, mem_free]`` from an ``R`` message (kind byte optional)."""
+    return _check_report(_load_body(msg, REPORT, "report"))
+
+
+# -- text ---------------------------------------------------------------------
+
+
+def encode_text(kind, text):
+    """A ``B`` or ``E`` message: kind byte + UTF-8 text, cut to fit MAX_MESSAGE.
+
+    The cut never splits a character.
+    """
+    if kind != BAD_BROKER and kind != ERROR:
+        raise ValueError("kind " + _show(kind) + " is not BAD_BROKER ('B') or ERROR ('E')")
+    if not isinstance(text, str):
+        raise ValueError("text " + _show(text) + " is not a str")
+    data = text.encode("utf-8")
+    n = MAX_MESSAGE - 1
+    if len(data) > n:
+        while n > 0 and data[n] & 0xC0 == 0x80:
+            n -= 1
+        data = data[:n]
+    return bytes((kind,)) + data
+
+
+def decode_text(msg):
+    """The UTF-8 text of a ``B`` or ``E`` message (``ValueError`` if not UTF-8)."""
+    data = bytes(msg)[1:]
+    if not utf8_valid(data):
+        raise ValueError("message " + _show(bytes(msg)) + " is not valid UTF-8")
+    return data.decode("utf-8")

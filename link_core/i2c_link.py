@@ -1,0 +1,615 @@
+"""The I2C link layer (docs/PROTOCOL.md section 1), sans-I/O.
+
+Frame format (1.3)::
+
+    byte 0  flags   MORE 0x01, HOLD 0x02, SYNC 0x04, FRESH 0x08, version 0x50
+    byte 1  seq     sequence number of the chunk carried (0 when len = 0)
+    byte 2  ack     seq of the last chunk accepted from the other side
+    byte 3  len     payload length 0..120
+    4..     payload
+    last 2  CRC-16/CCITT-FALSE over bytes 0..3+len, big-endian
+
+``LinkEndpoint(role)`` runs one side of the link: message queues,
+chunking, stop-and-wait retransmission, HOLD flow control and the SYNC/FRESH
+handshake. The board code moves frames: it calls ``build_frame()`` for the
+frame it sends in an exchange and ``on_frame()`` with the frame it got.
+``PollPolicy`` tells the Initiator when to start the next exchange.
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from link_core.clock import ticks_diff
+from link_core.names import MAX_MESSAGE
+
+# Flags (byte 0)
+MORE = const(0x01)
+HOLD = const(0x02)
+SYNC = const(0x04)
+FRESH = const(0x08)
+VERSION = const(0x50)
+VERSION_MASK = const(0xF0)
+
+# Sizes (section 0)
+HEADER = const(4)
+CHUNK_MAX = const(120)
+FRAME_MAX = const(126)
+# MAX_MESSAGE (1152) comes from link_core.names
+
+# Bus layout (section 1.1)
+I2C_ADDR = const(0x12)
+MEM_SIZE = const(256)
+MEM_INITIATOR = const(0x00)  # Initiator's frame
+MEM_RESPONDER = const(0x80)  # Responder's frame
+
+# Timing defaults, ms (sections 1.2, 1.5, 1.6)
+ACTIVE_POLL_MS = const(1)
+IDLE_POLL_MS = const(10)
+IDLE_AFTER_MS = const(200)
+EXCHANGE_TIMEOUT_MS = const(1000)
+KEEPALIVE_TIMEOUT_MS = const(4000)
+RESET_PULSE_MS = const(200)
+BOOT_WAIT_MS = const(1000)
+SYNC_RETRY_MS = const(100)
+SYNC_TIMEOUT_MS = const(10000)
+
+# Queue bounds (messages)
+TX_QUEUE = const(4)
+RX_QUEUE = const(4)
+
+INITIATOR = "initiator"
+RESPONDER = "responder"
+
+_CRC_HI = (
+    b"\x00\x10\x20\x30\x40\x50\x60\x70\x81\x91\xa1\xb1\xc1\xd1\xe1\xf1"
+    b"\x12\x02\x32\x22\x52\x42\x72\x62\x93\x83\xb3\xa3\xd3\xc3\xf3\xe3"
+    b"\x24\x34\x04\x14\x64\x74\x44\x54\xa5\xb5\x85\x95\xe5\xf5\xc5\xd5"
+    b"\x36\x26\x16\x06\x76\x66\x56\x46\xb7\xa7\x97\x87\xf7\xe7\xd7\xc7"
+    b"\x48\x58\x68\x78\x08\x18\x28\x38\xc9\xd9\xe9\xf9\x89\x99\xa9\xb9"
+    b"\x5a\x4a\x7a\x6a\x1a\x0a\x3a\x2a\xdb\xcb\xfb\xeb\x9b\x8b\xbb\xab"
+    b"\x6c\x7c\x4c\x5c\x2c\x3c\x0c\x1c\xed\xfd\xcd\xdd\xad\xbd\x8d\x9d"
+    b"\x7e\x6e\x5e\x4e\x3e\x2e\x1e\x0e\xff\xef\xdf\xcf\xbf\xaf\x9f\x8f"
+    b"\x91\x81\xb1\xa1\xd1\xc1\xf1\xe1\x10\x00\x30\x20\x50\x40\x70\x60"
+    b"\x83\x93\xa3\xb3\xc3\xd3\xe3\xf3\x02\x12\x22\x32\x42\x52\x62\x72"
+    b"\xb5\xa5\x95\x85\xf5\xe5\xd5\xc5\x34\x24\x14\x04\x74\x64\x54\x44"
+    b"\xa7\xb7\x87\x97\xe7\xf7\xc7\xd7\x26\x36\x06\x16\x66\x76\x46\x56"
+    b"\xd9\xc9\xf9\xe9\x99\x89\xb9\xa9\x58\x48\x78\x68\x18\x08\x38\x28"
+    b"\xcb\xdb\xeb\xfb\x8b\x9b\xab\xbb\x4a\x5a\x6a\x7a\x0a\x1a\x2a\x3a"
+    b"\xfd\xed\xdd\xcd\xbd\xad\x9d\x8d\x7c\x6c\x5c\x4c\x3c\x2c\x1c\x0c"
+    b"\xef\xff\xcf\xdf\xaf\xbf\x8f\x9f\x6e\x7e\x4e\x5e\x2e\x3e\x0e\x1e"
+)
+
+_CRC_LO = (
+    b"\x00\x21\x42\x63\x84\xa5\xc6\xe7\x08\x29\x4a\x6b\x8c\xad\xce\xef"
+    b"\x31\x10\x73\x52\xb5\x94\xf7\xd6\x39\x18\x7b\x5a\xbd\x9c\xff\xde"
+    b"\x62\x43\x20\x01\xe6\xc7\xa4\x85\x6a\x4b\x28\x09\xee\xcf\xac\x8d"
+    b"\x53\x72\x11\x30\xd7\xf6\x95\xb4\x5b\x7a\x19\x38\xdf\xfe\x9d\xbc"
+    b"\xc4\xe5\x86\xa7\x40\x61\x02\x23\xcc\xed\x8e\xaf\x48\x69\x0a\x2b"
+    b"\xf5\xd4\xb7\x96\x71\x50\x33\x12\xfd\xdc\xbf\x9e\x79\x58\x3b\x1a"
+    b"\xa6\x87\xe4\xc5\x22\x03\x60\x41\xae\x8f\xec\xcd\x2a\x0b\x68\x49"
+    b"\x97\xb6\xd5\xf4\x13\x32\x51\x70\x9f\xbe\xdd\xfc\x1b\x3a\x59\x78"
+    b"\x88\xa9\xca\xeb\x0c\x2d\x4e\x6f\x80\xa1\xc2\xe3\x04\x25\x46\x67"
+    b"\xb9\x98\xfb\xda\x3d\x1c\x7f\x5e\xb1\x90\xf3\xd2\x35\x14\x77\x56"
+    b"\xea\xcb\xa8\x89\x6e\x4f\x2c\x0d\xe2\xc3\xa0\x81\x66\x47\x24\x05"
+    b"\xdb\xfa\x99\xb8\x5f\x7e\x1d\x3c\xd3\xf2\x91\xb0\x57\x76\x15\x34"
+    b"\x4c\x6d\x0e\x2f\xc8\xe9\x8a\xab\x44\x65\x06\x27\xc0\xe1\x82\xa3"
+    b"\x7d\x5c\x3f\x1e\xf9\xd8\xbb\x9a\x75\x54\x37\x16\xf1\xd0\xb3\x92"
+    b"\x2e\x0f\x6c\x4d\xaa\x8b\xe8\xc9\x26\x07\x64\x45\xa2\x83\xe0\xc1"
+    b"\x1f\x3e\x5d\x7c\x9b\xba\xd9\xf8\x17\x36\x55\x74\x93\xb2\xd1\xf0"
+)
+
+
+def _crc(data, start, end, crc):
+    hi = _CRC_HI
+    lo = _CRC_LO
+    for i in range(start, end):
+        j = (crc >> 8) ^ data[i]
+        crc = (((crc & 0xFF) ^ hi[j]) << 8) | lo[j]
+    return crc
+
+
+def crc16(data, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE (poly 0x1021, no reflection, no final xor) of ``data``.
+
+    Pass a previous result as ``crc`` to continue over more data.
+    ``crc16(b"123456789") == 0x29B1``.
+    """
+    return _crc(data, 0, len(data), crc)
+
+
+def check_frame(buf):
+    """Payload length of the frame at the start of ``buf``, or -1 if corrupt.
+
+    ``buf`` is bytes-like (bytes, bytearray, memoryview) and may be longer
+    than the frame. Corrupt: shorter than 6 bytes, version nibble not 0x5,
+    length over ``CHUNK_MAX``, truncated, or CRC mismatch.
+    """
+    n = len(buf)
+    if n < 6 or buf[0] & VERSION_MASK != VERSION:
+        return -1
+    ln = buf[3]
+    if ln > CHUNK_MAX or n < ln + 6:
+        return -1
+    e = HEADER + ln
+    if _crc(buf, 0, e, 0xFFFF) != (buf[e] << 8) | buf[e + 1]:
+        return -1
+    return ln
+
+
+def encode_frame(flags, seq, ack, payload=b"", buf=None):
+    """Build one frame.
+
+    ``flags``: any of MORE, HOLD, SYNC, FRESH (the version nibble is added).
+    Returns bytes, or with ``buf`` (writable, at least 6 + len(payload)
+    bytes) writes the frame at ``buf[0]`` and returns its length.
+    """
+    n = len(payload)
+    if n > CHUNK_MAX:
+        raise ValueError("payload of " + str(n) + " bytes exceeds CHUNK_MAX = 120")
+    if not 0 <= seq <= 255 or not 0 <= ack <= 255:
+        raise ValueError("seq " + repr(seq) + " / ack " + repr(ack) + " not in 0..255")
+    out = bytearray(HEADER + n + 2) if buf is None else buf
+    out[0] = VERSION | (flags & 0x0F)
+    out[1] = seq
+    out[2] = ack
+    out[3] = n
+    if n:
+        out[HEADER : HEADER + n] = payload
+    crc = _crc(out, 0, HEADER + n, 0xFFFF)
+    out[HEADER + n] = crc >> 8
+    out[HEADER + n + 1] = crc & 0xFF
+    if buf is None:
+        return bytes(out)
+    return HEADER + n + 2
+
+
+class Frame:
+    """A decoded frame: ``flags`` (the whole byte), ``seq``, ``ack``, ``payload`` (bytes).
+
+    Properties ``more``, ``hold``, ``sync``, ``fresh`` test the flag bits.
+    """
+
+    def __init__(self, flags, seq, ack, payload):
+        self.flags = flags
+        self.seq = seq
+        self.ack = ack
+        self.payload = payload
+
+    @property
+    def more(self):
+        return bool(self.flags & MORE)
+
+    @property
+    def hold(self):
+        return bool(self.flags & HOLD)
+
+    @property
+    def sync(self):
+        return bool(self.flags & SYNC)
+
+    @property
+    def fresh(self):
+        return bool(self.flags & FRESH)
+
+    def __repr__(self):
+        return (
+            "Frame(flags="
+            + hex(self.flags)
+            + ", seq="
+            + str(self.seq)
+            + ", ack="
+            + str(self.ack)
+            + ", payload="
+            + repr(self.payload)
+            + ")"
+        )
+
+
+def decode_frame(buf):
+    """``Frame`` for the frame at the start of ``buf``, or None if it is corrupt.
+
+    ``buf``: bytes, bytearray or memoryview; bytes after the frame are ignored.
+    """
+    ln = check_frame(buf)
+    if ln < 0:
+        return None
+    return Frame(buf[0], buf[1], buf[2], bytes(buf[HEADER : HEADER + ln]))
+
+
+class LinkEndpoint:
+    """One side of the I2C link (PROTOCOL.md 1.3 to 1.6).
+
+    ``LinkEndpoint(role, tx_queue=4, rx_queue=4)``; ``role`` is
+    ``INITIATOR`` (``'initiator'``, the Pyboard) or ``RESPONDER``
+    (``'responder'``, the ESP8266).
+
+    Messages (bytes of 1 to ``MAX_MESSAGE``): ``queue_message(msg)`` adds one
+    to the bounded outgoing queue (False when full), ``pop_message()`` takes
+    the oldest complete received one (None when none). Each exchange:
+    ``build_frame()`` gives the frame to send (calling it again gives the
+    same bytes until ``on_frame`` or the queues change; it only records that
+    the chunk went out) and ``on_frame(data)`` takes the frame received
+    (False if corrupt).
+
+    Synchronisation: a new or ``reset()`` Initiator sends SYNC frames (no
+    payload) until a good frame with SYNC comes back; then ``synced`` is
+    True, ``syncs`` counts up, and ``sync_message`` (if set, e.g. the ``C``
+    config message) is put ahead of everything queued. A Responder answers
+    FRESH (no payload) until it gets a SYNC frame; then it resets its link
+    state and answers SYNC. An Initiator that sees FRESH while synced resets
+    its link state and resyncs (``peer_reboots`` counts up).
+
+    On every link reset the partial received message is dropped and the
+    message being sent restarts from its first chunk, except when its last
+    chunk was already sent: the peer may have it, so it is dropped
+    (``dropped`` counts up) rather than risk a duplicate. (A last chunk sent
+    only in the exchange a FRESH Responder answered cannot have arrived: that
+    message restarts.)
+
+    State: ``synced``, ``peer_fresh`` (Initiator: the last good frame had
+    FRESH), ``peer_hold`` (the peer's last good frame had HOLD), ``busy``
+    (poll fast), ``tx_pending``, ``rx_pending``, ``can_queue()``.
+    Counters: ``frames_out``, ``frames_ok``, ``frames_bad``, ``bytes_out``
+    (payload bytes acknowledged by the peer), ``bytes_in`` (payload bytes
+    accepted), ``messages_out``, ``messages_in``, ``too_long``, ``dropped``,
+    ``syncs``, ``peer_reboots``, ``resets``; ``counters()`` returns them as a
+    dict.
+    """
+
+    def __init__(self, role, tx_queue=TX_QUEUE, rx_queue=RX_QUEUE):
+        if role != INITIATOR and role != RESPONDER:
+            raise ValueError("role " + repr(role) + " is not 'initiator' or 'responder'")
+        if tx_queue < 1 or rx_queue < 1:
+            raise ValueError("queue bounds must be at least 1")
+        self.role = role
+        self._initiator = role == INITIATOR
+        self._tx_max = tx_queue
+        self._rx_max = rx_queue
+        self._txq = []
+        self._rxq = []
+        self._asm = bytearray(MAX_MESSAGE)
+        self._out = bytearray(FRAME_MAX)
+        self.sync_message = None
+        self.synced = False
+        self.peer_fresh = False
+        self._sync_reply = False
+        self.frames_out = 0
+        self.frames_ok = 0
+        self.frames_bad = 0
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.messages_in = 0
+        self.too_long = 0
+        self.dropped = 0
+        self.syncs = 0
+        self.peer_reboots = 0
+        self.resets = 0
+        self._tx_seq = 1
+        self._tx_off = 0
+        self._chunk_out = False
+        self._tail_sends = 0
+        self._last_acc = 0
+        self._asm_len = 0
+        self._discard = False
+        self.peer_hold = False
+        self._peer_more = False
+        self._sent_payload = False
+        self._moved = False
+
+    # -- state -------------------------------------------------------------
+
+    def _reset_link(self):
+        """Link state back to 'just synchronised' (1.6 step 2)."""
+        if self._txq and self._tail_sends:
+            self._txq.pop(0)
+            self.dropped += 1
+        self._tx_seq = 1
+        self._tx_off = 0
+        self._chunk_out = False
+        self._tail_sends = 0
+        self._last_acc = 0
+        self._asm_len = 0
+        self._discard = False
+        self.peer_hold = False
+        self._peer_more = False
+        self._sent_payload = False
+        self._moved = False
+
+    def reset(self):
+        """Forget the link state and go back to unsynchronised.
+
+        Initiator: call after a reset pulse (or any failure of 1.2); it then
+        sends SYNC frames. Responder: back to answering FRESH. Whole queued
+        and received messages are kept (see the class doc for the message
+        being sent).
+        """
+        self.synced = False
+        self.peer_fresh = False
+        self._sync_reply = False
+        self._reset_link()
+        self.resets += 1
+
+    def _started(self):
+        return self._tx_off > 0 or self._chunk_out
+
+    def can_queue(self):
+        """True when ``queue_message`` would accept a message."""
+        return len(self._txq) < self._tx_max
+
+    @property
+    def tx_pending(self):
+        """Messages queued to send, including the one being sent."""
+        return len(self._txq)
+
+    @property
+    def rx_pending(self):
+        """Complete received messages waiting for ``pop_message``."""
+        return len(self._rxq)
+
+    @property
+    def busy(self):
+        """True when the Initiator should poll fast (1.5).
+
+        The last exchange carried payload either way, a message waits to be
+        sent (and the peer is synced and not holding), or the peer's last
+        frame had MORE.
+        """
+        return (
+            self._moved
+            or self._peer_more
+            or (self.synced and bool(self._txq) and not self.peer_hold)
+        )
+
+    def counters(self):
+        """The counters as a dict (for logs and ``status()``)."""
+        return {
+            "frames_out": self.frames_out,
+            "frames_ok": self.frames_ok,
+            "frames_bad": self.frames_bad,
+            "bytes_out": self.bytes_out,
+            "bytes_in": self.bytes_in,
+            "messages_out": self.messages_out,
+            "messages_in": self.messages_in,
+            "too_long": self.too_long,
+            "dropped": self.dropped,
+            "syncs": self.syncs,
+            "peer_reboots": self.peer_reboots,
+            "resets": self.resets,
+        }
+
+    # -- messages ----------------------------------------------------------
+
+    def queue_message(self, msg, first=False):
+        """Queue one link message to send. False (nothing queued) when the queue is full.
+
+        ``msg``: bytes-like, 1 to ``MAX_MESSAGE`` bytes, else ``ValueError``.
+        ``first=True`` puts it ahead of every queued message that has not
+        started to go out.
+        """
+        n = len(msg)
+        if n == 0 or n > MAX_MESSAGE:
+            raise ValueError(
+                "link message of " + str(n) + " bytes: must be 1 to MAX_MESSAGE = 1152"
+            )
+        if len(self._txq) >= self._tx_max:
+            return False
+        if not isinstance(msg, bytes):
+            msg = bytes(msg)
+        if first:
+            self._txq.insert(1 if self._txq and self._started() else 0, msg)
+        else:
+            self._txq.append(msg)
+        return True
+
+    def pop_message(self):
+        """The oldest complete received message (bytes), or None."""
+        if self._rxq:
+            return self._rxq.pop(0)
+        return None
+
+    def _queue_sync_message(self):
+        m = self.sync_message
+        if m is None:
+            return
+        q = self._txq
+        i = 0
+        while i < len(q):
+            if q[i] is m:
+                q.pop(i)
+            else:
+                i += 1
+        q.insert(0, m)
+
+    # -- frames ------------------------------------------------------------
+
+    def build_frame(self, buf=None):
+        """The frame to send in the next exchange.
+
+        Without ``buf`` returns it as bytes. With ``buf`` (a writable
+        bytearray or memoryview of at least ``FRAME_MAX`` bytes, e.g. a view
+        of the I2C memory) writes it at ``buf[0]`` and returns its length.
+        It carries the current chunk (unless there is none, the peer holds,
+        or the link is not synchronised), ``ack`` = last chunk accepted, HOLD
+        when the received-message queue is full, SYNC (Initiator while
+        unsynchronised; Responder answering a SYNC frame) or FRESH
+        (Responder not synchronised since boot or ``reset()``).
+        """
+        if buf is None:
+            out = self._out
+        else:
+            if len(buf) < FRAME_MAX:
+                raise ValueError("build_frame buffer is shorter than FRAME_MAX = 126")
+            out = buf
+        flags = VERSION
+        if len(self._rxq) >= self._rx_max:
+            flags |= HOLD
+        n = 0
+        seq = 0
+        if not self.synced:
+            flags |= SYNC if self._initiator else FRESH
+        elif self._sync_reply:
+            flags |= SYNC
+        elif self._txq and not self.peer_hold:
+            msg = self._txq[0]
+            off = self._tx_off
+            n = len(msg) - off
+            if n > CHUNK_MAX:
+                n = CHUNK_MAX
+                flags |= MORE
+            else:
+                self._tail_sends += 1
+            seq = self._tx_seq
+            out[HEADER : HEADER + n] = memoryview(msg)[off : off + n]
+            self._chunk_out = True
+        out[0] = flags
+        out[1] = seq
+        out[2] = self._last_acc
+        out[3] = n
+        e = HEADER + n
+        crc = _crc(out, 0, e, 0xFFFF)
+        out[e] = crc >> 8
+        out[e + 1] = crc & 0xFF
+        self._sent_payload = n > 0
+        self.frames_out += 1
+        if buf is None:
+            return bytes(memoryview(out)[: e + 2])
+        return e + 2
+
+    def on_frame(self, data):
+        """Take the frame received in an exchange. False if it was corrupt (ignored).
+
+        ``data``: bytes, bytearray or memoryview, possibly longer than the
+        frame. A good frame's ack may complete the chunk being sent; its
+        chunk is accepted if it is the next in sequence and the received
+        queue has room; a completed message goes to ``pop_message``.
+        """
+        ln = check_frame(data)
+        if ln < 0:
+            self.frames_bad += 1
+            return False
+        self.frames_ok += 1
+        flags = data[0]
+        if self._initiator:
+            if not self.synced:
+                self.peer_fresh = bool(flags & FRESH)
+                if flags & SYNC:
+                    self.synced = True
+                    self.peer_fresh = False
+                    self.syncs += 1
+                    self.peer_hold = bool(flags & HOLD)
+                    self._queue_sync_message()
+                return True
+            if flags & FRESH:
+                if self._tail_sends == 1:
+                    # Its only copy went to this FRESH Responder, which
+                    # accepts nothing: it cannot have arrived, keep it.
+                    self._tail_sends = 0
+                self.peer_fresh = True
+                self.peer_reboots += 1
+                self.synced = False
+                self._reset_link()
+                return True
+            if flags & SYNC:
+                # A repeated answer to our last SYNC (our next frame was
+                # corrupt at the Responder): no information in it.
+                return True
+        else:
+            if flags & SYNC:
+                self._reset_link()
+                self.synced = True
+                self._sync_reply = True
+                self.syncs += 1
+                self.peer_hold = bool(flags & HOLD)
+                return True
+            if not self.synced:
+                return True
+            self._sync_reply = False
+        self.peer_hold = bool(flags & HOLD)
+        self._peer_more = bool(flags & MORE) and ln > 0
+        self._moved = self._sent_payload or ln > 0
+        if self._chunk_out and data[2] == self._tx_seq:
+            self._advance()
+        if ln:
+            seq = data[1]
+            if seq == (self._last_acc + 1) & 0xFF and len(self._rxq) < self._rx_max:
+                self._accept(data, ln, seq, flags & MORE)
+        return True
+
+    def _advance(self):
+        msg = self._txq[0]
+        n = len(msg) - self._tx_off
+        if n > CHUNK_MAX:
+            n = CHUNK_MAX
+        self._tx_off += n
+        self.bytes_out += n
+        self._tx_seq = (self._tx_seq + 1) & 0xFF
+        self._chunk_out = False
+        if self._tx_off >= len(msg):
+            self._txq.pop(0)
+            self._tx_off = 0
+            self._tail_sends = 0
+            self.messages_out += 1
+
+    def _accept(self, data, ln, seq, more):
+        self._last_acc = seq
+        self.bytes_in += ln
+        a = self._asm_len
+        if not self._discard:
+            if a + ln > MAX_MESSAGE:
+                self._discard = True
+            else:
+                mv = data if isinstance(data, memoryview) else memoryview(data)
+                self._asm[a : a + ln] = mv[HEADER : HEADER + ln]
+                self._asm_len = a + ln
+        if not more:
+            if self._discard:
+                self.too_long += 1
+                self._discard = False
+            else:
+                self._rxq.append(bytes(memoryview(self._asm)[: self._asm_len]))
+                self.messages_in += 1
+            self._asm_len = 0
+
+
+class PollPolicy:
+    """When the Initiator starts the next exchange (PROTOCOL.md 1.5).
+
+    ``PollPolicy(active_poll_ms=1, idle_poll_ms=10, idle_after_ms=200)``.
+    After each exchange call ``delay_ms(now_ms, moved)`` with
+    ``moved = endpoint.busy``; it returns how many ms to wait before the next
+    poll: ``active_poll_ms`` while traffic flows and for ``idle_after_ms``
+    after the last traffic, then ``idle_poll_ms``. ``kick(now_ms)`` records
+    traffic without an exchange (e.g. the application queued a message).
+    """
+
+    def __init__(
+        self,
+        active_poll_ms=ACTIVE_POLL_MS,
+        idle_poll_ms=IDLE_POLL_MS,
+        idle_after_ms=IDLE_AFTER_MS,
+    ):
+        self.active_poll_ms = active_poll_ms
+        self.idle_poll_ms = idle_poll_ms
+        self.idle_after_ms = idle_after_ms
+        self._last = None
+
+    def kick(self, now_ms):
+        """Record traffic at ``now_ms``: poll fast for the next ``idle_after_ms``."""
+        self._last = now_ms
+
+    def delay_ms(self, now_ms, moved):
+        """Milliseconds to wait before the next poll."""
+        if moved:
+            self._last = now_ms
+            return self.active_poll_ms
+        if self._last is not None:
+            if ticks_diff(now_ms, self._last) < self.idle_after_ms:
+                return self.active_poll_ms
+            self._last = None
+        return self.idle_poll_ms

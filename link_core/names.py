@@ -1,0 +1,287 @@
+"""Names and lines: conn_id rules, line validation, MQTT topics.
+
+See docs/PROTOCOL.md sections 0, 3 and 4.1. Everything here raises
+``ValueError`` with a message that names the offending value and the rule.
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+MAX_LINE = const(1024)  # longest line, UTF-8 encoded, without its newline
+MAX_MESSAGE = const(1152)  # longest I2C link message (kind byte + body)
+CONN_ID_MAX = const(64)  # longest conn_id, in characters
+ROOT_MAX = const(128)  # longest topic root, in characters
+DEFAULT_ROOT = "pblink"
+
+UP = "up"
+DOWN = "down"
+STATUS = "status"
+LEAVES = (UP, DOWN, STATUS)
+ONLINE = "online"  # retained payload of <root>/<conn_id>/status
+OFFLINE = "offline"
+
+_ALLOWED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+_CONN_RULE = (
+    "a conn_id is 1 to 64 characters from A-Z a-z 0-9 _ - "
+    "so that it is one portable MQTT topic level"
+)
+_ROOT_RULE = (
+    "a topic root is 1 to 128 characters: levels of A-Z a-z 0-9 _ - "
+    "separated by single '/', no leading or trailing '/'"
+)
+
+
+def _show(value, limit=40):
+    """Short repr of a value for an error message."""
+    r = repr(value)
+    if len(r) > limit + 5:
+        r = r[:limit] + "...'"
+    return r
+
+
+def check_conn_id(conn_id):
+    """Return ``conn_id`` if it is 1 to 64 characters from ``A-Z a-z 0-9 _ -``.
+
+    Anything else (not a str, empty, ``/``, ``+``, ``#``, NUL, ``.``, space,
+    non-ASCII, longer than 64) raises ``ValueError`` naming the conn_id and
+    the rule.
+    """
+    if not isinstance(conn_id, str):
+        raise ValueError("conn_id " + _show(conn_id) + " is not a str: " + _CONN_RULE)
+    n = len(conn_id)
+    if n == 0:
+        raise ValueError("conn_id '' is empty: " + _CONN_RULE)
+    if n > CONN_ID_MAX:
+        raise ValueError(
+            "conn_id " + _show(conn_id, 80) + " is " + str(n) + " characters long: " + _CONN_RULE
+        )
+    i = 0
+    for c in conn_id:
+        if c not in _ALLOWED:
+            raise ValueError(
+                "conn_id "
+                + _show(conn_id, 80)
+                + " has the character "
+                + repr(c)
+                + " at position "
+                + str(i)
+                + ": "
+                + _CONN_RULE
+            )
+        i += 1
+    return conn_id
+
+
+def check_root(root):
+    """Return ``root`` if it is a valid topic root (e.g. ``pblink``, ``site/pblink``).
+
+    Levels of ``A-Z a-z 0-9 _ -`` separated by single ``/``; 1 to 128
+    characters. Otherwise ``ValueError`` naming the root and the rule.
+    """
+    if not isinstance(root, str):
+        raise ValueError("topic root " + _show(root) + " is not a str: " + _ROOT_RULE)
+    if not root or len(root) > ROOT_MAX:
+        raise ValueError("topic root " + _show(root, 140) + " has a bad length: " + _ROOT_RULE)
+    prev = "/"
+    i = 0
+    for c in root:
+        if c == "/":
+            if prev == "/":
+                raise ValueError(
+                    "topic root " + _show(root, 140) + " has an empty level: " + _ROOT_RULE
+                )
+        elif c not in _ALLOWED:
+            raise ValueError(
+                "topic root "
+                + _show(root, 140)
+                + " has the character "
+                + repr(c)
+                + " at position "
+                + str(i)
+                + ": "
+                + _ROOT_RULE
+            )
+        prev = c
+        i += 1
+    if prev == "/":
+        raise ValueError("topic root " + _show(root, 140) + " ends with '/': " + _ROOT_RULE)
+    return root
+
+
+def utf8_valid(data):
+    """True if ``data`` (bytes-like) is well-formed UTF-8.
+
+    Strict (RFC 3629): rejects overlong forms, surrogates and code points
+    above U+10FFFF, which some MicroPython builds' ``bytes.decode()`` accept.
+    """
+    n = len(data)
+    i = 0
+    while i < n:
+        c = data[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo = 0x80
+        hi = 0xBF
+        if 0xC2 <= c <= 0xDF:
+            need = 1
+        elif c == 0xE0:
+            need = 2
+            lo = 0xA0
+        elif c == 0xED:
+            need = 2
+            hi = 0x9F
+        elif 0xE1 <= c <= 0xEF:
+            need = 2
+        elif c == 0xF0:
+            need = 3
+            lo = 0x90
+        elif 0xF1 <= c <= 0xF3:
+            need = 3
+        elif c == 0xF4:
+            need = 3
+            hi = 0x8F
+        else:
+            return False
+        if i + need >= n:
+            return False
+        c = data[i + 1]
+        if c < lo or c > hi:
+            return False
+        j = i + 2
+        i += need + 1
+        while j < i:
+            c = data[j]
+            if c < 0x80 or c > 0xBF:
+                return False
+            j += 1
+    return True
+
+
+def _line_bytes(line, strip):
+    """Validate a line; return (bytes, str_or_None). Internal."""
+    text = None
+    if isinstance(line, str):
+        text = line
+        try:
+            data = line.encode("utf-8")
+        except UnicodeError:
+            data = None
+        if data is None:
+            raise ValueError("line " + _show(line) + " cannot be encoded as UTF-8")
+    elif isinstance(line, (bytes, bytearray, memoryview)):
+        data = bytes(line)
+    else:
+        raise ValueError("line " + _show(line) + " is not str or bytes")
+    n = len(data)
+    if strip and n and data[n - 1] == 10:
+        n -= 1
+        data = data[:n]
+        if text is not None:
+            text = text[:-1]
+    if n > MAX_LINE:
+        raise ValueError(
+            "line "
+            + _show(data)
+            + " is "
+            + str(n)
+            + " bytes UTF-8 encoded; the limit is MAX_LINE = "
+            + str(MAX_LINE)
+        )
+    i = data.find(b"\n")
+    if i >= 0:
+        raise ValueError(
+            "line "
+            + _show(data)
+            + " has a newline at byte "
+            + str(i)
+            + ": a line is one line (only one trailing newline is allowed, and removed)"
+        )
+    if n and max(data) >= 0x80 and not utf8_valid(data):
+        raise ValueError("line " + _show(data) + " is not valid UTF-8")
+    return data, text
+
+
+def check_line(line):
+    """Validate one line and return it as ``str`` without its newline.
+
+    ``line`` is ``str`` or UTF-8 bytes (``bytes``, ``bytearray``,
+    ``memoryview``). One trailing ``\\n`` is removed. ``ValueError`` if the
+    rest has a ``\\n``, is longer than ``MAX_LINE`` bytes UTF-8 encoded, or is
+    not valid UTF-8 (bytes input; str input with lone surrogates).
+    """
+    data, text = _line_bytes(line, True)
+    if text is None:
+        text = data.decode("utf-8")
+    return text
+
+
+def line_bytes(line):
+    """Like ``check_line`` but return the line's UTF-8 ``bytes``."""
+    return _line_bytes(line, True)[0]
+
+
+def client_id(conn_id):
+    """MQTT client id of the bridge for ``conn_id``: ``pblink-<conn_id>``."""
+    return "pblink-" + check_conn_id(conn_id)
+
+
+def wildcard(root, leaf):
+    """Subscription filter ``<root>/+/<leaf>`` (e.g. for the server library)."""
+    if leaf not in LEAVES:
+        raise ValueError("leaf " + _show(leaf) + " is not one of 'up', 'down', 'status'")
+    return check_root(root) + "/+/" + leaf
+
+
+class Topics:
+    """The three topics of one device: ``.up``, ``.down``, ``.status``.
+
+    ``Topics(root, conn_id)`` validates both (``ValueError``). ``.base`` is
+    ``<root>/<conn_id>``.
+    """
+
+    def __init__(self, root, conn_id):
+        self.root = check_root(root)
+        self.conn_id = check_conn_id(conn_id)
+        self.base = root + "/" + conn_id
+        self.up = self.base + "/" + UP
+        self.down = self.base + "/" + DOWN
+        self.status = self.base + "/" + STATUS
+
+    def __repr__(self):
+        return "Topics(" + repr(self.root) + ", " + repr(self.conn_id) + ")"
+
+
+def parse_topic(root, topic):
+    """Split ``<root>/<conn_id>/<leaf>`` into ``(conn_id, leaf)``.
+
+    ``topic`` is ``str`` or UTF-8 bytes. Returns ``None`` if the topic is not
+    under ``root``, the conn_id is invalid or the leaf is not one of ``up``,
+    ``down``, ``status``. Never raises for a bad topic.
+    """
+    if not isinstance(topic, str):
+        try:
+            topic = bytes(topic).decode("utf-8")
+        except (UnicodeError, TypeError, ValueError):
+            return None
+    prefix = root + "/"
+    if not topic.startswith(prefix):
+        return None
+    rest = topic[len(prefix) :]
+    i = rest.find("/")
+    if i <= 0:
+        return None
+    conn_id = rest[:i]
+    leaf = rest[i + 1 :]
+    if leaf not in LEAVES:
+        return None
+    try:
+        check_conn_id(conn_id)
+    except ValueError:
+        return None
+    return conn_id, leaf

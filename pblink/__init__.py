@@ -1,0 +1,1 @@
+"""The `pblink` command line: `pblink --help` lists the commands (see pblink/cli.py)."""

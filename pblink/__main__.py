@@ -1,0 +1,7 @@
+"""`python -m pblink ...` is `pblink ...`."""
+
+import sys
+
+from pblink.cli import main
+
+sys.exit(main())

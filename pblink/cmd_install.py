@@ -1,0 +1,277 @@
+"""`pblink install PORT`: put pb_link, link_core and this board's settings on a Pyboard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from pblink.common import EXIT_USAGE, CliError, add_command
+
+DESCRIPTION = """\
+Copy pyboard/pb_link and link_core onto a Pyboard with mpremote, write the
+board's settings (pb_settings.py at the root of the target directory), then
+list and hash (sha256) what is on the board and compare it with what was sent.
+
+PORT is what `mpremote connect` takes: /dev/ttyACM0, COM3, a0, id:<serial>...
+
+Settings not given as options are taken from the pb_settings.py already on the
+board; conn_id and host are asked for when missing and stdin is a terminal.
+Passwords may come from $PBLINK_WIFI_PASSWORD and $PBLINK_MQTT_PASSWORD (which
+`ps` does not show) or be asked for.
+
+examples:
+  pblink install /dev/ttyACM0 --conn-id kitchen --host 192.168.1.20 --ssid home
+  pblink install a0 --target /flash --mpy          (compiled, for a Pyboard without SD card)
+  pblink install a0 --settings-only --broker-port 8883 --tls
+  pblink install a0 --check                        (compare the board with this checkout)
+"""
+
+
+def register(subparsers: Any) -> None:
+    from pblink.board_install import DEFAULT_MARCH
+
+    p = add_command(subparsers, "install", help="copy pb_link, link_core and settings to a Pyboard",
+                    description=DESCRIPTION)
+    p.add_argument("port", metavar="PORT", help="the Pyboard's serial port (as mpremote takes it)")
+    p.add_argument("--target", metavar="DIR",
+                   help="directory on the board: sd (/sd), flash (/flash) or a path "
+                        "(default: /sd when an SD card is mounted, else /flash)")
+    p.add_argument("--mpy", action="store_true",
+                   help="compile the modules with mpy-cross first (less RAM and flash on the "
+                        "board; __init__.py and pb_settings.py stay source)")
+    p.add_argument("--march", default=DEFAULT_MARCH,
+                   help="mpy-cross architecture for --mpy (default %(default)s: Pyboard v1.x)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--settings-only", action="store_true",
+                      help="only write pb_settings.py, leave the packages as they are")
+    mode.add_argument("--keep-settings", action="store_true",
+                      help="copy the packages, leave pb_settings.py as it is")
+    mode.add_argument("--check", action="store_true",
+                      help="copy nothing: compare the board's files with this checkout")
+    p.add_argument("--no-reset", action="store_true",
+                   help="do not soft-reset the board first (mpremote resume); needed for a "
+                        "board whose REPL ends on soft reset, such as the unix port")
+    p.add_argument("--no-input", action="store_true",
+                   help="never prompt; fail when a required setting is missing")
+    p.add_argument("--source", metavar="DIR",
+                   help="the pblink-mqtt checkout to install from (default: this one)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="seconds one mpremote step may take (default %(default)g)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    s = p.add_argument_group("settings written to pb_settings.py")
+    s.add_argument("--conn-id", help="connection ID of this board (1-64 of A-Z a-z 0-9 _ -)")
+    s.add_argument("--host", help="MQTT broker host, as the ESP8266 reaches it")
+    s.add_argument("--broker-port", type=int, dest="broker_port", metavar="N",
+                   help="MQTT broker port (default in config.py: 1883; 8883 is set with --tls)")
+    tls = s.add_mutually_exclusive_group()
+    tls.add_argument("--tls", dest="tls", action="store_const", const=True,
+                     help="the bridge connects to the broker with TLS")
+    tls.add_argument("--no-tls", dest="tls", action="store_const", const=False,
+                     help="plain MQTT")
+    s.add_argument("--topic-root", help="MQTT topic root (default pblink)")
+    s.add_argument("--mqtt-user", help="MQTT user name ('' for anonymous)")
+    s.add_argument("--mqtt-password", default=os.environ.get("PBLINK_MQTT_PASSWORD"),
+                   help="MQTT password (default $PBLINK_MQTT_PASSWORD; asked for if --mqtt-user "
+                        "is given without it)")
+    s.add_argument("--ssid", help="WiFi network name ('' keeps the network the ESP8266 last "
+                                  "joined)")
+    s.add_argument("--wifi-password", default=os.environ.get("PBLINK_WIFI_PASSWORD"),
+                   help="WiFi password (default $PBLINK_WIFI_PASSWORD; asked for if --ssid is "
+                        "given without it)")
+    s.add_argument("--timeout-ms", type=int, help="server timeout in ms (default 1500)")
+    s.add_argument("--report-s", type=int, help="ESP8266 reports every N s (0: never)")
+    s.add_argument("--i2c-mode", choices=("target", "pyb"),
+                   help="target: machine.I2CTarget (default); pyb: blocking pyb.I2C slave, for "
+                        "firmware without I2CTarget")
+    s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other setting config.py reads, e.g. --set boot_wait_ms=1500 "
+                        "(VALUE is a Python literal or a string); repeatable")
+    p.set_defaults(func=run)
+
+
+class _Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"pblink install: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _given_settings(args: argparse.Namespace, known: tuple[str, ...]) -> dict[str, Any]:
+    from pblink.board_install import parse_set_option
+
+    given: dict[str, Any] = {}
+    for item in args.set:
+        name, value = parse_set_option(item, known)
+        given[name] = value
+    pairs = {
+        "conn_id": args.conn_id, "host": args.host, "port": args.broker_port, "tls": args.tls,
+        "topic_root": args.topic_root, "mqtt_user": args.mqtt_user,
+        "mqtt_password": args.mqtt_password, "ssid": args.ssid,
+        "wifi_password": args.wifi_password, "timeout_ms": args.timeout_ms,
+        "report_s": args.report_s, "i2c_mode": args.i2c_mode,
+    }
+    given.update({k: v for k, v in pairs.items() if v is not None})
+    if args.tls and args.broker_port is None:
+        given.setdefault("port", 8883)
+    return given
+
+
+def _ask(prompt: str, *, secret: bool = False) -> str:
+    if secret:
+        import getpass
+
+        return getpass.getpass(prompt)
+    print(prompt, end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        raise CliError("no answer (end of input)", EXIT_USAGE)
+    return line.rstrip("\n")
+
+
+def _complete(values: dict[str, Any], given: dict[str, Any], interactive: bool) -> None:
+    """Ask for what is missing, when a terminal is there to answer."""
+    from pblink.board_install import REQUIRED
+
+    prompts = {"conn_id": "conn_id (this board's connection ID, e.g. kitchen): ",
+               "host": "MQTT broker host (as the ESP8266 reaches it): "}
+    for name in REQUIRED:
+        if values.get(name):
+            continue
+        if not interactive:
+            raise CliError(f"no {name} given and none on the board: pass "
+                           f"--{name.replace('_', '-')}", EXIT_USAGE)
+        values[name] = _ask(prompts[name]).strip()
+    if not interactive:
+        return
+    if "ssid" in given and given["ssid"] and "wifi_password" not in given:
+        values["wifi_password"] = _ask(f"WiFi password for {given['ssid']!r} (empty for an "
+                                       "open network): ", secret=True)
+    if given.get("mqtt_user") and "mqtt_password" not in given:
+        values["mqtt_password"] = _ask(f"MQTT password for {given['mqtt_user']!r}: ",
+                                       secret=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from pblink import board_install as bi
+
+    progress = _Progress(args.quiet)
+    root = bi.find_source(args.source)
+    known = (*bi.SETTING_NAMES, *bi.extra_setting_names(root))
+    given = {} if args.check else _given_settings(args, known)
+    if (args.keep_settings or args.check) and any(
+            getattr(args, n) is not None for n in ("conn_id", "host", "broker_port", "tls")):
+        raise CliError("settings options and --keep-settings/--check do not go together",
+                       EXIT_USAGE)
+
+    bi.validate_settings(given, complete=False)  # fail fast, before the board is reached
+    board = bi.Mpremote(args.port, soft_reset=not args.no_reset, timeout=args.timeout)
+    with tempfile.TemporaryDirectory(prefix="pblink-install-") as tmp:
+        stage_dir = Path(tmp)
+        files: list[bi.StagedFile] = []
+        mpy_cross = None
+        if not args.settings_only:
+            if args.mpy:
+                mpy_cross = bi.find_mpy_cross()
+            files = bi.stage(root, stage_dir, mpy=args.mpy, march=args.march,
+                             mpy_cross=mpy_cross, progress=progress)
+
+        candidates = [bi.TARGET_ALIASES.get(args.target, args.target)] if args.target \
+            else list(bi.AUTO_TARGETS)
+        progress(f"probing the board at {args.port}")
+        info = bi.probe(board, candidates)
+        target = bi.choose_target(info, args.target)
+        progress(f"board: {info.platform}, {info.version.split(';')[-1].strip()}; "
+                 f"target {target}")
+        if args.mpy and mpy_cross is not None:
+            made = bi.mpy_cross_version(mpy_cross)
+            if made and info.mpy_major is not None and info.mpy_major != made[0]:
+                raise CliError(f"the board runs .mpy version {info.mpy_major} but mpy-cross "
+                               f"writes version {made[0]}: update the board's firmware, or "
+                               "install without --mpy")
+        if not info.sha256:
+            raise CliError("the board's firmware has no hashlib.sha256, so the copy cannot be "
+                           "verified (build it with MICROPY_PY_HASHLIB_SHA256)")
+
+        existing_text = info.targets.get(target, {}).get("settings")
+        existing = bi.parse_settings_text(existing_text) if existing_text else {}
+
+        if args.check:
+            return _check(board, target, files, existing, progress)
+
+        values: dict[str, Any] | None = None
+        if not args.keep_settings:
+            values = {k: v for k, v in existing.items() if k in known}
+            values.update(given)
+            _complete(values, given, interactive=not args.no_input and sys.stdin.isatty())
+            for warning in bi.validate_settings(values):
+                progress.warn(warning)
+            settings_path = stage_dir / bi.SETTINGS_FILE
+            settings_path.write_text(bi.render_settings(values), encoding="utf-8")
+            data = settings_path.read_bytes()
+            import hashlib
+
+            files.append(bi.StagedFile(bi.SETTINGS_FILE, settings_path, len(data),
+                                       hashlib.sha256(data).hexdigest()))
+        elif not existing_text:
+            progress.warn(f"{target}/{bi.SETTINGS_FILE} does not exist: config.py's defaults "
+                          "apply until you write it (pblink install --settings-only ...)")
+
+        bi.check_space(info, target, files)
+        if not args.settings_only:
+            progress(f"removing the old {target}/pb_link and {target}/link_core")
+        bi.clean_and_mkdir(board, target, files, remove_packages=not args.settings_only)
+        progress(f"copying {len(files)} files to {target}")
+        bi.copy_files(board, target, files, progress=progress)
+
+        progress("verifying (sha256 on the board)")
+        names = [bi.SETTINGS_FILE] if args.settings_only else [*bi.PACKAGES, bi.SETTINGS_FILE]
+        found = bi.board_hashes(board, target, names)
+        errors, warnings = bi.compare(files, found, target, packages_only=args.keep_settings)
+        for warning in warnings:
+            progress.warn(warning)
+        if errors:
+            raise bi.install_exit(errors, progress.warn)
+
+    what = "pb_settings.py" if args.settings_only else f"{len(files)} files"
+    print(f"installed {what} to {target} on {args.port}, verified by sha256")
+    if values is not None:
+        print(f"settings: {bi.describe_settings(values)}")
+    if not args.settings_only:
+        print("run the demo on the board with: import pb_link.pb_client")
+    return 0
+
+
+def _check(board: Any, target: str, files: list[Any], existing: dict[str, Any],
+           progress: _Progress) -> int:
+    from pblink import board_install as bi
+
+    progress(f"comparing {target} with the checkout (sha256 on the board)")
+    found = bi.board_hashes(board, target, [*bi.PACKAGES, bi.SETTINGS_FILE])
+    errors, warnings = bi.compare(files, found, target, packages_only=True)
+    for warning in warnings:
+        progress.warn(warning)
+    compiled_here = any(f.dest.endswith(".mpy") for f in files)
+    compiled_there = any(d.endswith(".mpy") for d in found)
+    if errors and compiled_here != compiled_there:
+        progress.warn("the board has " + ("source" if compiled_here else "compiled (.mpy)")
+                      + " modules: compare " + ("without" if compiled_here else "with")
+                      + " --mpy")
+    if errors:
+        raise bi.install_exit(errors, progress.warn)
+    print(f"{len(files)} files on {target} match the checkout")
+    if existing:
+        print(f"settings: {bi.describe_settings(existing)}")
+    else:
+        print(f"no {target}/{bi.SETTINGS_FILE}: config.py's defaults apply")
+    return 0

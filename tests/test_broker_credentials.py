@@ -1,0 +1,90 @@
+"""broker.credentials: amqtt (argon2) and Mosquitto ($7$) password files."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import require_tool
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from broker import credentials as cred
+
+
+def verify(password: str, hashed: str) -> bool:
+    """As amqtt's FileAuthPlugin verifies."""
+    return PasswordHash((Argon2Hasher(),)).verify(password, hashed)
+
+
+def test_amqtt_file_add_replace_remove_keeps_comments(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "amqtt.passwd"
+    path.parent.mkdir()
+    path.write_text("# users of the embedded broker\n")
+    cred.add_amqtt_user(path, "dev1", "one")
+    cred.write_amqtt_users(path, {"pblink.server": "srv", "dev2": "two"})
+    cred.add_amqtt_user(path, "dev1", "uno")  # replaces
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# users of the embedded broker"
+    assert cred.amqtt_users(path) == ["pblink.server", "dev2", "dev1"]
+    hashes = dict(line.split(":", 1) for line in lines[1:])
+    assert hashes["dev1"].startswith("$argon2id$")
+    assert verify("uno", hashes["dev1"]) and not verify("one", hashes["dev1"])
+    assert verify("srv", hashes["pblink.server"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert cred.remove_amqtt_user(path, "dev2") is True
+    assert cred.remove_amqtt_user(path, "dev2") is False
+    assert cred.amqtt_users(path) == ["pblink.server", "dev1"]
+    assert not list(path.parent.glob(".amqtt.passwd.*"))  # no temporary files left
+
+
+def test_argon2_parameters_keep_verification_cheap() -> None:
+    hashed = cred.hash_amqtt_password("pw")
+    assert f"m={cred.ARGON2_MEMORY_KIB},t={cred.ARGON2_TIME_COST},p=1" in hashed
+
+
+@pytest.mark.parametrize("name", ["dev1", "A_b-9", "x" * 64])
+def test_device_user_is_a_conn_id(name: str) -> None:
+    assert cred.check_user(name, server=False) == name
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a+b", "#", "a.b", "a b", "é", "x" * 65])
+def test_bad_device_user_is_refused_with_the_rule(name: str) -> None:
+    with pytest.raises(cred.CredentialsError, match="conn_id"):
+        cred.check_user(name, server=False)
+
+
+def test_server_user_names() -> None:
+    assert cred.check_user("pblink.server", server=True) == "pblink.server"
+    for bad in ("", "a:b", "a/b", "a\nb"):
+        with pytest.raises(cred.CredentialsError):
+            cred.check_user(bad, server=True)
+
+
+@pytest.mark.parametrize("password", ["", "a\nb", "a\0b"])
+def test_bad_passwords(password: str) -> None:
+    with pytest.raises(cred.CredentialsError):
+        cred.check_password(password)
+
+
+def test_mosquitto_file_via_mosquitto_passwd(tmp_path: Path) -> None:
+    require_tool("mosquitto_passwd")
+    path = tmp_path / "passwd"
+    cred.add_mosquitto_user(path, "dev1", "one")  # creates it
+    cred.add_mosquitto_user(path, "dev2", "two")
+    cred.add_mosquitto_user(path, "dev1", "uno")  # replaces
+    assert sorted(cred.mosquitto_users(path)) == ["dev1", "dev2"]
+    assert all(line.split(":", 1)[1].startswith("$7$") for line in path.read_text().splitlines())
+    assert cred.remove_mosquitto_user(path, "dev2") is True
+    assert cred.remove_mosquitto_user(path, "dev2") is False
+    assert cred.mosquitto_users(path) == ["dev1"]
+
+
+def test_missing_mosquitto_passwd_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(cred.CredentialsError, match="mosquitto_passwd is not installed"):
+        cred.add_mosquitto_user(tmp_path / "passwd", "dev1", "pw")
+    assert not (tmp_path / "passwd").exists()

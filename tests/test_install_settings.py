@@ -1,0 +1,249 @@
+"""pblink install without a board: settings, staging, package.json, verification logic."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from pblink import board_install as bi
+from pblink import cmd_install
+from pblink.common import EXIT_USAGE, CliError
+
+
+def test_settings_round_trip_through_python_literals() -> None:
+    values = {"conn_id": "dev-1", "host": "192.168.1.5", "port": 1883, "tls": False,
+              "ssid": "café \"net\"", "wifi_password": "it's\\x00\n", "mqtt_user": "",
+              "report_s": 0, "bridge_tuning": {"keepalive_ms": 500}}
+    text = bi.render_settings(values)
+    assert bi.parse_settings_text(text) == values
+    # the fixed order: known names first, then the rest sorted
+    names = [ast.parse(line).body[0].targets[0].id  # type: ignore[attr-defined]
+             for line in text.splitlines() if line and not line.startswith("#")]
+    assert names == ["conn_id", "host", "port", "tls", "mqtt_user", "ssid", "wifi_password",
+                     "report_s", "bridge_tuning"]
+
+
+def test_settings_text_that_is_not_literals_is_ignored() -> None:
+    assert bi.parse_settings_text("import os\nhost = os.getenv('X')\nport = 1\n") == {"port": 1}
+    assert bi.parse_settings_text("this is not python") == {}
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"host": "h"}, "conn_id is required"),
+    ({"conn_id": "a+b", "host": "h"}, "conn_id 'a+b' has the character '+'"),
+    ({"conn_id": "x" * 65, "host": "h"}, "is 65 characters long"),
+    ({"conn_id": "a", "host": "mqtt://h"}, "host 'mqtt://h' is not a host name"),
+    ({"conn_id": "a", "host": "h:1883"}, "host 'h:1883' is not a host name"),
+    ({"conn_id": "a", "host": "h", "port": 0}, "port 0 is not between 1 and 65535"),
+    ({"conn_id": "a", "host": "h", "port": "1883"}, "port must be a whole number"),
+    ({"conn_id": "a", "host": "h", "tls": 1}, "tls must be True or False"),
+    ({"conn_id": "a", "host": "h", "topic_root": "a/+/b"}, "topic root 'a/+/b'"),
+    ({"conn_id": "a", "host": "h", "ssid": "s" * 33}, "longer than 32 bytes"),
+    ({"conn_id": "a", "host": "h", "timeout_ms": 10}, "timeout_ms 10 is too short"),
+])
+def test_invalid_settings_are_refused(values: dict[str, object], message: str) -> None:
+    with pytest.raises(CliError) as info:
+        bi.validate_settings(values)
+    assert info.value.code == EXIT_USAGE
+    assert message in str(info.value)
+
+
+def test_settings_warnings() -> None:
+    assert bi.validate_settings({"conn_id": "a", "host": "fe80::1", "port": 1883}) == []
+    warnings = bi.validate_settings({"conn_id": "a", "host": "h", "tls": True, "port": 1883,
+                                     "wifi_password": "short", "mqtt_password": "p"})
+    text = " ".join(warnings)
+    assert "8 to 63" in text and "without an ssid" in text
+    assert "without mqtt_user" in text and "8883" in text
+
+
+def test_set_option_knows_what_config_py_reads() -> None:
+    known = (*bi.SETTING_NAMES, *bi.extra_setting_names(ROOT))
+    config_text = (ROOT / "pyboard/pb_link/config.py").read_text()
+    for name in bi.extra_setting_names(ROOT):
+        assert f'"{name}"' in config_text
+    assert bi.parse_set_option("report_s=5", known) == ("report_s", 5)
+    assert bi.parse_set_option("host=broker", known) == ("host", "broker")
+    assert bi.parse_set_option("tls=True", known) == ("tls", True)
+    with pytest.raises(CliError, match="reads no such setting"):
+        bi.parse_set_option("colour=red", known)
+    with pytest.raises(CliError, match="expected NAME=VALUE"):
+        bi.parse_set_option("report_s", known)
+
+
+def test_settings_from_options_tls_picks_8883() -> None:
+    parser = argparse.ArgumentParser()
+    cmd_install.register(parser.add_subparsers())
+    args = parser.parse_args(["install", "a0", "--conn-id", "x", "--tls", "--ssid", "n"])
+    given = cmd_install._given_settings(args, bi.SETTING_NAMES)
+    assert given["port"] == 8883 and given["tls"] is True and given["ssid"] == "n"
+    args = parser.parse_args(["install", "a0", "--tls", "--broker-port", "9000"])
+    assert cmd_install._given_settings(args, bi.SETTING_NAMES)["port"] == 9000
+
+
+def test_stage_with_mpy_keeps_init_as_source(tmp_path: Path, mpy_cross_bin: str) -> None:
+    files = bi.stage(ROOT, tmp_path, mpy=True, mpy_cross=mpy_cross_bin)
+    dests = {f.dest for f in files}
+    assert "pb_link/__init__.py" in dests and "link_core/__init__.py" in dests
+    assert "pb_link/config.mpy" in dests and "link_core/i2c_link.mpy" in dests
+    for f in files:
+        data = f.local.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == f.sha256 and len(data) == f.size
+        if f.dest.endswith(".mpy"):
+            assert data[:2] == b"M\x06"
+            assert f.dest[:-4].encode() + b".py" in data  # -s: the source name for tracebacks
+    assert bi.mpy_cross_version(mpy_cross_bin) is not None
+
+
+def test_stage_reports_a_compile_error(tmp_path: Path, mpy_cross_bin: str) -> None:
+    src = tmp_path / "src"
+    for rel in bi.PACKAGES.values():
+        (src / rel).mkdir(parents=True)
+        (src / rel / "__init__.py").write_text("")
+    (src / "link_core" / "bad.py").write_text("def f(:\n")
+    with pytest.raises(CliError, match=r"mpy-cross could not compile .*bad\.py"):
+        bi.stage(src, tmp_path / "stage", mpy=True, mpy_cross=mpy_cross_bin)
+
+
+def test_compare_finds_missing_mismatched_and_stale_files(tmp_path: Path) -> None:
+    def staged(dest: str, data: bytes) -> bi.StagedFile:
+        return bi.StagedFile(dest, tmp_path / dest, len(data), hashlib.sha256(data).hexdigest())
+
+    want = [staged("pb_link/a.mpy", b"a"), staged("pb_link/b.py", b"b"),
+            staged("pb_settings.py", b"s")]
+    found = {"pb_link/a.mpy": (1, hashlib.sha256(b"a").hexdigest()),
+             "pb_link/a.py": (1, "0" * 64),
+             "pb_link/b.py": (1, hashlib.sha256(b"B").hexdigest()),
+             "pb_link/notes.txt": (1, "0" * 64)}
+    errors, warnings = bi.compare(want, found, "/flash")
+    assert errors[0].startswith("hash mismatch: /flash/pb_link/b.py (board sha256 ")
+    assert errors[1] == "missing on the board: /flash/pb_settings.py"
+    assert errors[2].startswith("stale file on the board: /flash/pb_link/a.py")
+    assert warnings == ["extra file on the board: /flash/pb_link/notes.txt"]
+    assert bi.compare(want[:1], {"pb_link/a.mpy": found["pb_link/a.mpy"]}, "/") == ([], [])
+    assert str(bi.install_exit(errors)) == errors[0] + " (and 2 more)"
+
+
+def test_board_paths_and_target_choice() -> None:
+    assert bi.board_join("/sd", "pb_link/x.py") == "/sd/pb_link/x.py"
+    assert bi.board_join("/sd/", "x") == "/sd/x"
+    assert bi.board_join("/", "x") == "/x"
+    info = bi.BoardInfo("pyboard", "v1.29", 0x0A06, True, {
+        "/sd": {"target": "/sd", "mode": None}, "/flash": {"target": "/flash", "mode": 0x4000}})
+    assert bi.choose_target(info, None) == "/flash"
+    assert bi.choose_target(info, "flash") == "/flash"
+    assert info.mpy_major == 6
+    with pytest.raises(CliError, match="no SD card"):
+        bi.choose_target(info, "sd")
+
+
+def test_space_check() -> None:
+    files = [bi.StagedFile("pb_link/x.py", Path("x"), 1000, "")] * 20  # 20 x 1024 on disk
+    info = bi.BoardInfo("pyboard", "", None, True, {
+        "/flash": {"free": (512, 10_000), "used": 5_000}})
+    with pytest.raises(CliError, match="not enough space on /flash: the files need 20 KiB"):
+        bi.check_space(info, "/flash", files)
+    info.targets["/flash"]["used"] = 20_000  # the old copy that is removed first
+    bi.check_space(info, "/flash", files)
+
+
+def test_package_json_is_current() -> None:
+    """package.json lists every pb_link and link_core module; regenerate it with
+    `python -m pblink.board_install package-json > package.json`."""
+    assert (ROOT / "package.json").read_text() == bi.render_package_json(ROOT)
+    data = bi.package_json(ROOT)
+    for dest, src in data["urls"]:
+        assert (ROOT / src).is_file()
+        assert dest.split("/")[0] in bi.PACKAGES
+    printed = subprocess.run([sys.executable, "-m", "pblink.board_install", "package-json"],
+                             capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert printed == bi.render_package_json(ROOT)
+
+
+def test_mpremote_argv_resets_only_first() -> None:
+    board = bi.Mpremote("/dev/ttyACM0", command=["mpremote"])
+    assert board.argv(["exec", "x"]) == ["mpremote", "connect", "/dev/ttyACM0", "exec", "x"]
+    board.calls = 1
+    assert board.argv(["exec", "x"]) == ["mpremote", "connect", "/dev/ttyACM0", "resume", "exec",
+                                         "x"]
+    assert bi.Mpremote("a0", soft_reset=False, command=["m"]).argv([])[-1] == "resume"
+
+
+def test_mpremote_errors_become_one_line() -> None:
+    board = bi.Mpremote("/dev/ttyUSB9")
+    err = board._error(1, "", "mpremote: failed to access /dev/ttyUSB9 (it may be in use by "
+                               "another program)\n")
+    assert str(err).startswith("no device at /dev/ttyUSB9")
+    err = board._error(1, "", "Traceback...\nmpremote.transport.TransportError: could not enter "
+                              "raw repl\n")
+    assert "does not answer as a MicroPython REPL" in str(err)
+    assert "\n" not in str(err)
+
+
+def test_board_scripts_are_micropython_syntax(micropython_bin: str, tmp_path: Path) -> None:
+    """The probe, clean and hash scripts run on the unix port (here without mpremote)."""
+    (tmp_path / "pb_link").mkdir()
+    (tmp_path / "pb_link" / "a.py").write_bytes(b"x = 1\n")
+    (tmp_path / "pb_settings.py").write_text("conn_id = 'q'\n")
+    target = str(tmp_path)
+    probe = bi._PROBE % {"targets": [target, target + "/nope"], "names": ["pb_link"],
+                         "settings": bi.SETTINGS_FILE}
+    out = subprocess.run([micropython_bin, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    head, here, nope = bi.parse_marked(out)
+    assert head["sha256"] is True and head["platform"] == "linux"
+    assert here["mode"] & 0x4000 and here["used"] == 6 and here["settings"] == "conn_id = 'q'\n"
+    assert nope["mode"] is None
+    hashed = subprocess.run([micropython_bin, "-c", bi._HASH % {"names": ["pb_link",
+                            "pb_settings.py"], "target": target}], capture_output=True,
+                            text=True, check=True).stdout
+    assert bi.parse_marked(hashed) == [
+        ("pb_link/a.py", 6, hashlib.sha256(b"x = 1\n").hexdigest()),
+        ("pb_settings.py", 14, hashlib.sha256(b"conn_id = 'q'\n").hexdigest()), "end"]
+    clean = bi._CLEAN % {"remove": [target + "/pb_link"], "mkdir": [target + "/pb_link",
+                                                                     target + "/pb_link/sub"]}
+    subprocess.run([micropython_bin, "-c", clean], check=True, capture_output=True)
+    assert [p.name for p in (tmp_path / "pb_link").iterdir()] == ["sub"]
+
+
+def test_prompts_ask_only_for_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, bool]] = []
+    answers = iter(["kitchen", "10.0.0.2", "wifi-secret"])
+
+    def ask(prompt: str, *, secret: bool = False) -> str:
+        asked.append((prompt, secret))
+        return next(answers)
+
+    monkeypatch.setattr(cmd_install, "_ask", ask)
+    values: dict[str, object] = {}
+    given = {"ssid": "home"}
+    values.update(given)
+    cmd_install._complete(values, given, interactive=True)
+    assert values == {"ssid": "home", "conn_id": "kitchen", "host": "10.0.0.2",
+                      "wifi_password": "wifi-secret"}
+    assert [secret for _, secret in asked] == [False, False, True]  # the password: getpass
+    asked.clear()
+    values = {"conn_id": "a", "host": "b"}  # from the board's pb_settings.py
+    cmd_install._complete(values, {}, interactive=True)
+    assert asked == []
+    with pytest.raises(CliError, match="no host given and none on the board"):
+        cmd_install._complete({"conn_id": "a"}, {}, interactive=False)
+
+
+def test_a_silent_mpremote_is_stopped(tmp_path: Path) -> None:
+    script = tmp_path / "fake_mpremote.py"
+    script.write_text("import sys, time\nprint('cp a :b', flush=True)\ntime.sleep(30)\n")
+    port = tmp_path / "tty"
+    port.write_text("")
+    board = bi.Mpremote(str(port), timeout=1.0, command=[sys.executable, str(script)])
+    seen: list[str] = []
+    with pytest.raises(CliError, match=r"stopped answering \(mpremote took more than 1 s\)"):
+        board.run(["fs", "cp", "a", ":b"], on_line=seen.append)
+    assert seen == ["cp a :b"]

@@ -1,0 +1,569 @@
+"""`pblink demo`: the whole system on the virtual bench, with a live view and faults.
+
+A `Lab` runs the broker (embedded amqtt, or `--broker`), the demo server app
+(`python -m server_apps.s_app`, a restartable child process) and one virtual
+Pyboard + ESP8266 pair per device running the real `pb_link.pb_client` demo and
+the real bridge. `Tracker` follows what happens from three vantage points:
+
+- the Pyboard's printed lines (`Got [id, tx, rx, server_count]`, server up/down,
+  reports, pb_link's verbose messages);
+- the server app's log (`<id> <- [id, tx, rx]` and `<id> -> [...]`);
+- the I2C bus (the bench's sniffer: each `q` frame's line as it leaves the Pyboard).
+
+From the demo's sequence numbers (the Pyboard writes [conn_id, tx_count,
+rx_count]; the server replies [conn_id, tx_count, rx_count, server_count]) it
+counts lines sent, received, lost, duplicated and reordered in each direction,
+and the round trip from the Pyboard's bus to the Pyboard's print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import signal
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from virtual_bench.harness import PYBOARD, Bench, Lab, OutputLine
+
+log = logging.getLogger("pblink.demo")
+
+FAULT_KINDS = ("wifi", "crash", "hang", "broker", "server", "i2c")
+FAULT_NAMES = {
+    "wifi": "WiFi outage",
+    "crash": "ESP8266 crash",
+    "hang": "ESP8266 hang",
+    "broker": "broker restart",
+    "server": "server app restart",
+    "i2c": "I2C corruption",
+}
+KEYS = {"w": "wifi", "c": "crash", "h": "hang", "b": "broker", "s": "server", "i": "i2c"}
+
+# Bench timings for the demo: fast recovery, but not so short that a loaded
+# machine trips them. Names as in pb_settings (pyboard/pb_link/config.py).
+DEMO_SETTINGS: dict[str, Any] = {
+    "verbose": True,  # pb_link's messages (reset pulses, sync) feed the event list
+    "report_s": 5,
+    "boot_wait_ms": 300,
+    "exchange_timeout_ms": 500,
+    "keepalive_timeout_ms": 3000,
+    "sync_timeout_ms": 5000,
+    "bridge_tuning": {
+        "wifi_connect_ms": 3000,
+        "wifi_stable_ms": 300,
+        "reconnect_min_ms": 300,
+        "reconnect_max_ms": 3000,
+        "mqtt_response_ms": 3000,
+    },
+}
+
+_SERVER_RX = re.compile(r"pblink\.s_app: (\S+) <- (.*)$")
+_SERVER_TX = re.compile(r"pblink\.s_app: (\S+) -> (.*)$")
+_REPORT = re.compile(r"^Connects (\d+) Count (\d+) Mem free (\d+)")
+
+
+@dataclass
+class Fault:
+    kind: str
+    device: str  # conn_id, or "all"
+    t: float
+    end: float  # when the fault is over (outage ended, restart done)
+    survived: bool = False
+
+
+@dataclass
+class Device:
+    conn_id: str
+    link: str = "starting"
+    esp_boot: int = 0
+    up_bus: dict[int, float] = field(default_factory=dict)  # tx -> first time on the bus
+    up_rx: list[int] = field(default_factory=list)  # tx values the server got, in order
+    up_rx_t: dict[int, float] = field(default_factory=dict)
+    down_tx: dict[int, float] = field(default_factory=dict)  # tx -> when the server replied
+    down_rx: list[int] = field(default_factory=list)  # tx values of replies the Pyboard got
+    rtt: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    up_lat: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    down_lat: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    report: list[int] | None = None
+    last_up: str = ""
+    last_down: str = ""
+    last_got_t: float = 0.0
+    ups: int = 0
+    downs: int = 0
+    resets: int = 0
+
+
+def _tally(received: list[int], expected: set[int] | None = None) -> dict[str, int]:
+    """lost / duplicated / reordered of a received sequence of sequence numbers.
+
+    Lost: expected numbers (default 1..max received) at or below the highest
+    received that never arrived; numbers above it are still in flight."""
+    seen: set[int] = set()
+    dup = reordered = 0
+    top = 0
+    for n in received:
+        if n in seen:
+            dup += 1
+            continue
+        if n < top:
+            reordered += 1
+        seen.add(n)
+        top = max(top, n)
+    pool = expected if expected is not None else set(range(1, top + 1))
+    lost = len([n for n in pool if n <= top and n not in seen])
+    in_flight = len([n for n in pool if n > top]) if expected is not None else 0
+    return {"received": len(seen), "duplicated": dup, "reordered": reordered, "lost": lost,
+            "in_flight": in_flight}
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Tracker:
+    """Turns output lines and bus messages into per-device counters and events."""
+
+    def __init__(self, conn_ids: list[str], echo: TextIO | None = None) -> None:
+        self.t0 = time.monotonic()
+        self.devices = {c: Device(c) for c in conn_ids}
+        self.events: deque[str] = deque(maxlen=12)
+        self.faults: list[Fault] = []
+        self.echo = echo  # plain-lines view: print each event as it happens
+        self.server_up = False
+
+    def stamp(self, t: float | None = None) -> str:
+        return f"{(t if t is not None else time.monotonic()) - self.t0:7.1f}s"
+
+    def event(self, text: str, t: float | None = None, chatty: bool = False) -> None:
+        line = f"{self.stamp(t)} {text}"
+        if not chatty:
+            self.events.append(line)
+        if self.echo is not None:
+            print(line, file=self.echo, flush=True)
+
+    # -- sources ---------------------------------------------------------------
+
+    def on_pyboard(self, bench: Bench, ln: OutputLine) -> None:
+        dev = self.devices.get(bench.conn_id)
+        if dev is None:
+            return
+        if ln.board != PYBOARD:
+            if ln.text.startswith("bridge:"):
+                self.event(f"dev{dev.conn_id} ESP8266 {ln.text[7:].strip()}", ln.t)
+            elif "Traceback" in ln.text or "Error" in ln.text:
+                self.event(f"dev{dev.conn_id} ESP8266: {ln.text}", ln.t)
+            return
+        text = ln.text
+        if text.startswith("Got "):
+            try:
+                data = json.loads(text[4:])
+                tx = int(data[1])
+            except (ValueError, TypeError, IndexError):
+                self.event(f"dev{dev.conn_id} unexpected line {text!r}", ln.t)
+                return
+            dev.down_rx.append(tx)
+            dev.last_down = text[4:]
+            dev.last_got_t = ln.t
+            extra = ""
+            if tx in dev.up_bus:
+                rtt = ln.t - dev.up_bus[tx]
+                dev.rtt.append(rtt)
+                extra = f"  round trip {rtt * 1000:.0f} ms"
+            if tx in dev.down_tx:
+                dev.down_lat.append(ln.t - dev.down_tx[tx])
+            self.event(f"dev{dev.conn_id} server->pyboard {text[4:]}{extra}", ln.t, chatty=True)
+            for fault in self.faults:
+                if not fault.survived and fault.device in (dev.conn_id, "all") and ln.t > fault.end:
+                    fault.survived = True
+        elif text == "Server is up":
+            dev.link = "UP"
+            dev.ups += 1
+            self.event(f"dev{dev.conn_id} server_ok(True): link up", ln.t)
+        elif text == "Server is down":
+            dev.link = "down"
+            dev.downs += 1
+            self.event(f"dev{dev.conn_id} server_ok(False): link down", ln.t)
+        elif m := _REPORT.match(text):
+            dev.report = [int(m.group(1)), int(m.group(2)), int(m.group(3))]
+            self.event(f"dev{dev.conn_id} report {dev.report}", ln.t, chatty=True)
+        elif text.startswith("pb_link:"):
+            what = text[8:].strip()
+            if what == "reset pulse":
+                dev.resets += 1
+                dev.link = "reset"
+            elif what == "link synchronised" and dev.link != "UP":
+                dev.link = "synced"
+            if not what.startswith("server"):
+                self.event(f"dev{dev.conn_id} pyboard: {what}", ln.t)
+        elif text.startswith("No initial"):
+            self.event(f"dev{dev.conn_id} {text}", ln.t)
+        elif text.startswith("ESP8266:"):
+            pass  # the bridge's 'E' diagnostics: already shown from the ESP8266's own output
+        elif "Traceback" in text or "Error" in text:
+            self.event(f"dev{dev.conn_id} pyboard: {text}", ln.t)
+
+    def on_server(self, _name: str, text: str) -> None:
+        now = time.monotonic()
+        if m := _SERVER_RX.search(text):
+            dev = self.devices.get(m.group(1))
+            try:
+                tx = int(json.loads(m.group(2))[1])
+            except (ValueError, TypeError, IndexError):
+                return
+            if dev is not None:
+                dev.up_rx.append(tx)
+                dev.up_rx_t.setdefault(tx, now)
+                dev.last_up = m.group(2)
+                if tx in dev.up_bus:
+                    dev.up_lat.append(now - dev.up_bus[tx])
+                self.event(f"dev{dev.conn_id} pyboard->server {m.group(2)}", now, chatty=True)
+        elif m := _SERVER_TX.search(text):
+            dev = self.devices.get(m.group(1))
+            try:
+                tx = int(json.loads(m.group(2))[1])
+            except (ValueError, TypeError, IndexError):
+                return
+            if dev is not None:
+                dev.down_tx.setdefault(tx, now)
+        elif "demo server on" in text:
+            self.server_up = True
+            self.event("server app: serving")
+        elif " ERROR " in text or "Traceback" in text:
+            self.event(f"server app: {text}")
+
+    def on_bus(self, bench: Bench, direction: str, msg: bytes) -> None:
+        dev = self.devices.get(bench.conn_id)
+        if dev is None or direction != "up" or msg[:1] != b"q":
+            return
+        try:
+            from link_core import frames
+
+            line = frames.decode(msg)[4]
+            tx = int(json.loads(line)[1])
+        except (ValueError, TypeError, IndexError):
+            return
+        dev.up_bus.setdefault(tx, time.monotonic())
+
+    def fault(self, fault: Fault) -> None:
+        self.faults.append(fault)
+        where = "all devices" if fault.device == "all" else f"dev{fault.device}"
+        self.event(f"FAULT {FAULT_NAMES[fault.kind]} ({where})")
+
+    # -- results -----------------------------------------------------------------
+
+    def tallies(self, dev: Device) -> tuple[dict[str, int], dict[str, int]]:
+        up = _tally(dev.up_rx)
+        up["sent"] = max([*dev.up_bus, *dev.up_rx, 0])
+        down = _tally(dev.down_rx, set(dev.down_tx))
+        down["sent"] = len(dev.down_tx)
+        return up, down
+
+    def ok(self) -> bool:
+        for dev in self.devices.values():
+            for t in self.tallies(dev):
+                if t["lost"] or t["duplicated"]:
+                    return False
+        return True
+
+    def all_rtts(self) -> list[float]:
+        return [r for d in self.devices.values() for r in d.rtt]
+
+
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value * 1000:.0f}"
+
+
+def render_status(tracker: Tracker, header: str, target: str, keys: bool) -> str:
+    out = [header]
+    if keys:
+        out.append(f"keys: w WiFi  c crash ESP  h hang ESP  b broker  s server app  i I2C "
+                   f"corruption  1-9 device  q quit      target: dev{target}")
+    out.append("")
+    out.append(f"{'dev':<4}{'link':<8}{'esp#':<5}{'pyb->srv':>10}{'srv->pyb':>10}"
+               f"{'lost':>6}{'dup':>5}{'reord':>6}{'rtt p50/p90 ms':>16}  "
+               f"{'report':<20}last line from pyboard / from server")
+    for dev in tracker.devices.values():
+        up, down = tracker.tallies(dev)
+        rtts = list(dev.rtt)[-200:]
+        lost = up["lost"] + down["lost"]
+        dup = up["duplicated"] + down["duplicated"]
+        reord = up["reordered"] + down["reordered"]
+        report = str(dev.report) if dev.report else "-"
+        out.append(
+            f"{dev.conn_id:<4}{dev.link:<8}{dev.esp_boot:<5}"
+            f"{up['received']:>5}/{up['sent']:<4}{down['received']:>5}/{down['sent']:<4}"
+            f"{lost:>6}{dup:>5}{reord:>6}"
+            f"{_ms(_pct(rtts, 0.5)) + '/' + _ms(_pct(rtts, 0.9)):>16}  "
+            f"{report:<20}{dev.last_up} / {dev.last_down}")
+    out.append("")
+    out.append("faults survived/injected: " + _fault_line(tracker))
+    out.append("")
+    out.append("recent events:")
+    out.extend("  " + e for e in tracker.events)
+    return "\n".join(out)
+
+
+def _fault_line(tracker: Tracker) -> str:
+    parts = []
+    for kind in FAULT_KINDS:
+        these = [f for f in tracker.faults if f.kind == kind]
+        if these:
+            parts.append(f"{FAULT_NAMES[kind]} {sum(f.survived for f in these)}/{len(these)}")
+    return ", ".join(parts) or "none yet"
+
+
+def summary(tracker: Tracker, elapsed: float, period_ms: int) -> str:
+    out = [f"pblink demo summary: {elapsed:.1f} s, {len(tracker.devices)} device(s), "
+           f"one line every {period_ms} ms each way per device"]
+    out.append(f"{'dev':<5}{'direction':<18}{'sent':>6}{'received':>10}{'lost':>6}"
+               f"{'duplicated':>12}{'reordered':>11}{'in flight':>11}")
+    for dev in tracker.devices.values():
+        up, down = tracker.tallies(dev)
+        for name, t in (("pyboard -> server", up), ("server -> pyboard", down)):
+            flight = max(0, t["sent"] - t["received"] - t["lost"])
+            out.append(f"{dev.conn_id:<5}{name:<18}{t['sent']:>6}{t['received']:>10}"
+                       f"{t['lost']:>6}{t['duplicated']:>12}{t['reordered']:>11}{flight:>11}")
+    rtts = tracker.all_rtts()
+    ups = [u for d in tracker.devices.values() for u in d.up_lat]
+    downs = [u for d in tracker.devices.values() for u in d.down_lat]
+    if rtts:
+        out.append(f"round trip (Pyboard's I2C bus -> server app -> Pyboard print): median "
+                   f"{_ms(statistics.median(rtts))} ms, p90 {_ms(_pct(rtts, 0.9))} ms, max "
+                   f"{_ms(max(rtts))} ms over {len(rtts)} lines")
+    if ups and downs:
+        out.append(f"one way, median: Pyboard bus -> server app {_ms(statistics.median(ups))} ms,"
+                   f" server app -> Pyboard print {_ms(statistics.median(downs))} ms")
+    out.append("outages survived/injected: " + _fault_line(tracker))
+    unsurvived = [f for f in tracker.faults if not f.survived]
+    if unsurvived:
+        out.append("not (yet) recovered from: " + ", ".join(
+            f"{FAULT_NAMES[f.kind]} at {f.t - tracker.t0:.1f}s" for f in unsurvived))
+    out.append("result: " + ("OK, no qos line lost or duplicated" if tracker.ok()
+                             else "FAILED: qos lines lost or duplicated"))
+    return "\n".join(out)
+
+
+class Demo:
+    """Runs the lab, the view, the keyboard and the chaos monkey."""
+
+    def __init__(self, *, devices: int = 1, duration: float | None = None, chaos: bool = False,
+                 broker: tuple[str, int] | None = None, period_ms: int = 1000,
+                 view: str = "auto", root: str | None = None, seed: int | None = None,
+                 timeout_ms: int = 1500, workdir: Path | None = None,
+                 out: TextIO = sys.stdout) -> None:
+        self.n = devices
+        self.duration = duration
+        self.chaos = chaos
+        self.broker = broker
+        self.period_ms = period_ms
+        self.out = out
+        tty = out.isatty()
+        self.view = ("block" if tty else "lines") if view == "auto" else view
+        self.root = root or ("pblink" if broker is None else f"pblink-demo-{secrets.token_hex(2)}")
+        self.rng = random.Random(seed)
+        self.timeout_ms = timeout_ms
+        self.workdir = workdir
+        self.target = "1"
+        self.stop = asyncio.Event()
+        conn_ids = [str(i) for i in range(1, devices + 1)]
+        self.tracker = Tracker(conn_ids, echo=out if self.view == "lines" else None)
+        self.lab: Lab | None = None
+        self._fault_tasks: set[asyncio.Task[None]] = set()
+        self.keys_enabled = False
+
+    def _lab(self) -> Lab:
+        settings = dict(DEMO_SETTINGS)
+        settings.update(demo_period_ms=self.period_ms, timeout_ms=self.timeout_ms,
+                        topic_root=self.root)
+        client_id = f"pblink-demo-{secrets.token_hex(3)}"
+        server_args = ["--ids", *self.tracker.devices, "--timeout-ms", str(self.timeout_ms),
+                       "--root", self.root, "--client-id", client_id, "--state-dir",
+                       "server_state"]
+        tracker = self.tracker
+        return Lab(devices=self.n, broker=self.broker, server_args=server_args,
+                   workdir=self.workdir, settings=settings, on_line=tracker.on_pyboard,
+                   on_server_line=tracker.on_server, on_bus=tracker.on_bus)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop.set)
+        self.lab = lab = self._lab()
+        restore_tty = self._keyboard(loop)
+        t_start = time.monotonic()
+        view_task = asyncio.create_task(self._view(t_start))
+        try:
+            await self._start_lab(lab)
+            tasks = [asyncio.create_task(self._watch_boots())]
+            if self.chaos:
+                tasks.append(asyncio.create_task(self._chaos(t_start)))
+            if self.duration is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), self.duration)
+            else:
+                await self.stop.wait()
+            for task in tasks:
+                task.cancel()
+        finally:
+            view_task.cancel()
+            restore_tty()
+            elapsed = time.monotonic() - t_start
+            for task in list(self._fault_tasks):
+                task.cancel()
+            await lab.stop()
+        if self.view == "block":
+            self.out.write(render_status(self.tracker, self._header(elapsed), self.target,
+                                         False) + "\n\n")
+        self.out.write(summary(self.tracker, elapsed, self.period_ms) + "\n")
+        self.out.flush()
+        return 0 if self.tracker.ok() else 1
+
+    async def _start_lab(self, lab: Lab) -> None:
+        tracker = self.tracker
+        await lab.start()
+        where = (f"{self.broker[0]}:{self.broker[1]}" if self.broker
+                 else f"embedded amqtt on {lab.broker_address[0]}:{lab.broker_address[1]}")
+        tracker.event(f"started: broker {where}, root {self.root!r}, {self.n} device(s)")
+
+    async def _watch_boots(self) -> None:
+        assert self.lab is not None
+        while True:
+            for bench in self.lab.benches:
+                dev = self.tracker.devices[bench.conn_id]
+                boot = bench.procs["esp8266"].boot if "esp8266" in bench.procs else 0
+                if boot != dev.esp_boot and dev.esp_boot:
+                    self.tracker.event(f"dev{dev.conn_id} ESP8266 boots (#{boot})")
+                dev.esp_boot = boot
+            await asyncio.sleep(0.2)
+
+    def _header(self, elapsed: float) -> str:
+        where = (f"{self.broker[0]}:{self.broker[1]}" if self.broker else "embedded amqtt")
+        if self.lab is not None and self.lab.broker is not None and self.lab.broker.port:
+            where += f" :{self.lab.broker.port}"
+        mode = f"{self.duration:.0f} s run" if self.duration else "until q / Ctrl-C"
+        return (f"pblink demo  |  broker {where}  |  root {self.root}  |  "
+                f"{self.n} device(s), a line every {self.period_ms} ms  |  "
+                f"{'chaos  |  ' if self.chaos else ''}{elapsed:5.0f} s ({mode})")
+
+    async def _view(self, t_start: float) -> None:
+        if self.view == "lines":
+            print(self._header(0.0), file=self.out, flush=True)
+            return
+        if self.view != "block":
+            return
+        while True:
+            text = render_status(self.tracker, self._header(time.monotonic() - t_start),
+                                 self.target, self.keys_enabled)
+            self.out.write("\x1b[H\x1b[2J" + text + "\n")
+            self.out.flush()
+            await asyncio.sleep(0.5)
+
+    # -- keyboard --------------------------------------------------------------------
+
+    def _keyboard(self, loop: asyncio.AbstractEventLoop) -> Any:
+        if not sys.stdin.isatty():
+            return lambda: None
+        import termios
+        import tty
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        self.keys_enabled = True
+
+        def on_key() -> None:
+            for ch in os.read(fd, 32).decode(errors="ignore"):
+                self._key(ch)
+
+        loop.add_reader(fd, on_key)
+
+        def restore() -> None:
+            loop.remove_reader(fd)
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+        return restore
+
+    def _key(self, ch: str) -> None:
+        if ch in ("q", "Q"):
+            self.stop.set()
+        elif ch.isdigit() and ch in self.tracker.devices:
+            self.target = ch
+            self.tracker.event(f"target device: dev{ch}")
+        elif ch in KEYS:
+            self.inject(KEYS[ch], self.target)
+
+    # -- faults -----------------------------------------------------------------------
+
+    def inject(self, kind: str, conn_id: str) -> None:
+        task = asyncio.create_task(self._inject(kind, conn_id))
+        self._fault_tasks.add(task)
+        task.add_done_callback(self._fault_tasks.discard)
+
+    async def _inject(self, kind: str, conn_id: str) -> None:
+        lab = self.lab
+        assert lab is not None
+        bench = next(b for b in lab.benches if b.conn_id == conn_id)
+        now = time.monotonic()
+        try:
+            if kind == "wifi":
+                seconds = round(self.rng.uniform(2.0, 5.0), 1)
+                self.tracker.fault(Fault(kind, conn_id, now, now + seconds))
+                await bench.cut_wifi(seconds)
+            elif kind == "crash":
+                self.tracker.fault(Fault(kind, conn_id, now, now))
+                await bench.crash_esp()
+            elif kind == "hang":
+                self.tracker.fault(Fault(kind, conn_id, now, now))
+                await bench.hang_esp()
+            elif kind == "i2c":
+                self.tracker.fault(Fault(kind, conn_id, now, now + 2.0))
+                await bench.corrupt_i2c(count=2, probability=0.05, seconds=2.0)
+            elif kind == "broker":
+                if lab.broker is None:
+                    self.tracker.event("broker restart needs the demo's own broker (no --broker)")
+                    return
+                seconds = round(self.rng.uniform(1.0, 3.0), 1)
+                fault = Fault(kind, "all", now, now + 3600)
+                self.tracker.fault(fault)
+                await lab.drop_broker(seconds, wait=True)
+                fault.end = time.monotonic()
+            elif kind == "server":
+                fault = Fault(kind, "all", now, now + 3600)
+                self.tracker.fault(fault)
+                await lab.restart_server_app()
+                fault.end = time.monotonic()
+        except Exception as exc:  # a fault that could not be injected must not end the demo
+            self.tracker.event(f"fault {kind} failed: {exc}")
+
+    async def _chaos(self, t_start: float) -> None:
+        """A random fault every few seconds; none in the last part of a timed run,
+        so that every outage has ended before the summary."""
+        kinds = [k for k in FAULT_KINDS if k != "broker" or self.broker is None]
+        settle = max(15.0, 0.25 * self.duration) if self.duration else 0.0
+        await asyncio.sleep(self.rng.uniform(4.0, 6.0))
+        round_: list[str] = []
+        while True:
+            if self.duration and time.monotonic() - t_start > self.duration - settle:
+                self.tracker.event("chaos: no more faults, letting the system settle")
+                return
+            if not round_:  # every kind once per round, in random order
+                round_ = self.rng.sample(kinds, len(kinds))
+            kind = round_.pop()
+            conn_id = self.rng.choice(list(self.tracker.devices))
+            await self._inject(kind, conn_id)
+            await asyncio.sleep(self.rng.uniform(4.0, 8.0))
