@@ -33,6 +33,7 @@ COMMANDS: list[str] = [
     "flash",
     "build_firmware",
     "demo",
+    "bench",
 ]
 
 

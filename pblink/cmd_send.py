@@ -21,12 +21,11 @@ device acknowledges it (exit 5 after --timeout; the frame may still be
 delivered later from the broker's queue). --no-qos sends a `u` frame once and
 exits: it may be lost.
 
-Caution: a qos send opens a new sender session towards the device. A device
-remembers its last few replaced sessions and ignores their frames, so while a
-server application is also writing qos lines to this device, that
-application's session would be ignored from then on. Use --no-qos then (a `u`
-frame does not replace the session). send listens only for its own ack: it
-never acknowledges (and so never takes) lines the device sends."""
+A qos send opens its own sender session towards the device. The device tracks
+up to four sender sessions at once (docs/PROTOCOL.md 3.2), so a server
+application writing to the same device at the same time is not disturbed. send
+listens only for its own ack: it never acknowledges (and so never takes) lines
+the device sends."""
 
 
 def register(subparsers: Any) -> None:

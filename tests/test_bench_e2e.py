@@ -116,6 +116,7 @@ class EchoApp:
         self.server: LinkServer | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.write_errors: list[str] = []
+        self.writes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.server = LinkServer(self.host, self.port, timeout_ms=TIMEOUT_MS,
@@ -130,20 +131,30 @@ class EchoApp:
         async for line in conn:
             text = line.rstrip("\n")
             self.received[conn.conn_id].append(text)
-            try:
-                await conn.write("echo " + text)
-            except ValueError as exc:
-                self.write_errors.append(str(exc))
+            # A line that was read must get its echo even if stop() comes now:
+            # the write runs as its own task, which stop() lets finish.
+            write = asyncio.create_task(self._write(conn, "echo " + text))
+            self.writes.add(write)
+            write.add_done_callback(self.writes.discard)
+            await asyncio.shield(write)
+
+    async def _write(self, conn: Any, line: str) -> None:
+        try:
+            await conn.write(line)
+        except ValueError as exc:
+            self.write_errors.append(str(exc))
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.tasks = []
+        if self.writes:
+            await asyncio.wait(self.writes, timeout=WAIT)
+        if self.server is not None:
+            await self.server.close()
 
     async def restart(self) -> None:
         await self.stop()

@@ -1,0 +1,49 @@
+"""`pblink bench`: the performance benchmarks (benchmarks/, docs/PERFORMANCE.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pblink.common import add_command
+
+DESCRIPTION = """\
+Measure pblink-mqtt on this machine and print one table: link latency and
+throughput on the virtual bench (against the original design's 100 ms poll),
+one server process against thousands of device doubles (Mosquitto and the
+embedded amqtt), the ESP8266 bridge's code size and heap, and recovery times
+after faults. Each figure is repeated and shown with its median and spread;
+the table is also written as JSON (bench-results/bench-<timestamp>.json).
+Nothing is asserted: targets are shown next to the figures.
+
+A full run takes about 12 minutes on a 2-core machine; --quick about 4.
+`--only soak --duration 1800 --devices 4` runs the chaos soak instead.
+Needs a checkout of the repository (benchmarks/ is not installed as a package)."""
+
+
+def register(subparsers: Any) -> None:
+    parser = add_command(subparsers, "bench", help="run the performance benchmarks",
+                         description=DESCRIPTION)
+    _ensure_path()
+    from benchmarks.runner import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _ensure_path() -> None:
+    """benchmarks/ lives next to pblink/ in the checkout; the editable install
+    maps only the listed packages, so put the checkout on the path."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def run(args: argparse.Namespace) -> int:
+    _ensure_path()
+    from benchmarks.runner import main_args
+
+    argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
+    return main_args(args, argv)

@@ -1,0 +1,133 @@
+"""Typed facade over the sans-I/O core in ``link_core``.
+
+``link_core`` is MicroPython code without annotations. Importing it directly
+would make ``mypy --strict`` type-check (and reject) it and every call into it,
+so it is loaded through :mod:`importlib` here and described with Protocols:
+the rest of ``server_apps`` (and ``virtual_bench.device_double``) is fully
+typed against this module only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Final, Protocol, cast
+
+_clock: Any = importlib.import_module("link_core.clock")
+_names: Any = importlib.import_module("link_core.names")
+_frames: Any = importlib.import_module("link_core.frames")
+_endpoint: Any = importlib.import_module("link_core.endpoint")
+
+# (kind, session, msg_id, base, line) as returned by frames.decode
+Frame = tuple[str, str | None, int | None, int | None, str | None]
+
+TICKS_MAX: Final[int] = int(_clock.TICKS_MAX)
+MAX_LINE: Final[int] = int(_names.MAX_LINE)
+KIND_QOS: Final[str] = str(_frames.QOS)
+KIND_UNRELIABLE: Final[str] = str(_frames.UNRELIABLE)
+KIND_ACK: Final[str] = str(_frames.ACK)
+KIND_HEARTBEAT: Final[str] = str(_frames.HB)
+HEARTBEAT: Final[bytes] = bytes(_frames.HEARTBEAT)
+ONLINE: Final[str] = str(_names.ONLINE)
+OFFLINE: Final[str] = str(_names.OFFLINE)
+RX_WINDOW: Final[int] = int(_endpoint.RX_WINDOW)
+TX_WINDOW_PYBOARD: Final[int] = int(_endpoint.TX_WINDOW_PYBOARD)
+TX_WINDOW_SERVER: Final[int] = int(_endpoint.TX_WINDOW_SERVER)
+
+
+class Sender(Protocol):
+    """link_core.endpoint.Sender (PROTOCOL.md 3.1)."""
+
+    session: str
+    window: int
+    timeout_ms: int
+    next_id: int
+
+    @property
+    def in_flight(self) -> int: ...
+    def can_send(self) -> bool: ...
+    def idle(self) -> bool: ...
+    def send(self, line: str | bytes, now_ms: int) -> bytes: ...
+    def unreliable(self, line: str | bytes) -> bytes: ...
+    def on_ack(self, session: str | None, msg_id: int | None) -> bool: ...
+    def due(self, now_ms: int, peer_up: bool = True) -> list[bytes]: ...
+    def resend_all(self, now_ms: int) -> list[bytes]: ...
+    def next_deadline(self) -> int | None: ...
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class Receiver(Protocol):
+    """link_core.endpoint.Receiver (PROTOCOL.md 3.2)."""
+
+    session: str | None
+    expected: int
+
+    def on_frame(self, frame: Frame) -> tuple[bytes | None, list[str]]: ...
+    def snapshot(self) -> dict[str, Any]: ...
+    def restore(self, snap: dict[str, Any]) -> None: ...
+
+
+class Topics(Protocol):
+    root: str
+    conn_id: str
+    up: str
+    down: str
+    status: str
+
+
+def make_sender(session: str, window: int, timeout_ms: int) -> Sender:
+    return cast(Sender, _endpoint.Sender(session, window, timeout_ms))
+
+
+def restore_sender(snap: dict[str, Any], now_ms: int | None = None) -> Sender:
+    """``ValueError`` on a malformed snapshot."""
+    return cast(Sender, _endpoint.Sender.restore(snap, now_ms))
+
+
+def make_receiver(window: int = RX_WINDOW) -> Receiver:
+    return cast(Receiver, _endpoint.Receiver(window))
+
+
+def new_session(random4: bytes) -> str:
+    return str(_frames.new_session(random4))
+
+
+def decode(payload: bytes | bytearray | memoryview) -> Frame:
+    """Parse one end-to-end frame; ``ValueError`` on anything malformed."""
+    return cast(Frame, _frames.decode(payload))
+
+
+def check_conn_id(conn_id: str) -> str:
+    return str(_names.check_conn_id(conn_id))
+
+
+def check_root(root: str) -> str:
+    return str(_names.check_root(root))
+
+
+def check_line(line: str | bytes) -> str:
+    """The line as str without its one optional trailing newline; ``ValueError`` otherwise."""
+    return str(_names.check_line(line))
+
+
+def client_id(conn_id: str) -> str:
+    return str(_names.client_id(conn_id))
+
+
+def wildcard(root: str, leaf: str) -> str:
+    return str(_names.wildcard(root, leaf))
+
+
+def topics(root: str, conn_id: str) -> Topics:
+    return cast(Topics, _names.Topics(root, conn_id))
+
+
+def parse_topic(root: str, topic: str | bytes) -> tuple[str, str] | None:
+    return cast("tuple[str, str] | None", _names.parse_topic(root, topic))
+
+
+def ticks_diff(a: int, b: int) -> int:
+    return int(_clock.ticks_diff(a, b))
+
+
+def ticks_add(a: int, d: int) -> int:
+    return int(_clock.ticks_add(a, d))

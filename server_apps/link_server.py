@@ -1,0 +1,946 @@
+"""The server end of pblink-mqtt: one MQTT connection serving many devices.
+
+::
+
+    async with LinkServer("localhost", 1883, state_path="srv.json") as server:
+        conn = await server.connection("1")
+        async for line in conn:                 # lines end in "\\n", as in pb_link
+            await conn.write(line)              # qos=True, wait=True
+
+This implements docs/PROTOCOL.md sections 3 to 5 on the server side with the
+sans-I/O core in ``link_core`` (frame codec, Sender, Receiver, names/topics).
+
+Threading model
+---------------
+paho-mqtt runs its own network thread (``loop_start()``). Its callbacks do no
+protocol work: they append the event (connect, disconnect, message) to an
+inbox deque and, if no drain is pending, schedule one on the asyncio loop with
+``loop.call_soon_threadsafe`` (one wake-up per burst, not per message). All
+protocol state lives in the asyncio thread; publishes go from there through
+paho's thread-safe ``publish()``. Chosen over driving paho from the event loop
+because the server has exactly one connection, and the thread gives for free:
+reconnects with paho's backoff (``reconnect_delay_set(1, 30)``: 1 s doubling to
+30 s), blocking DNS/TCP/TLS handshakes kept off the loop, and MQTT keepalive
+pings that keep flowing while the application hogs the loop. The inbox is
+bounded: when the loop falls behind by ``INBOX_LIMIT`` events, paho's thread
+pauses reading, so TCP back-pressures the broker instead of memory growing.
+
+Delivery (PROTOCOL.md 3)
+------------------------
+Per conn_id a ``link_core`` Sender (window ``window``, default 16) and Receiver
+(window 16). ``write()`` waits for a free window slot (back-pressure), for
+no unacknowledged frame when ``wait=True``, and for the device to be online and
+the broker connected (writes pause during outages). Retransmission runs from
+one ticker task only while the device is online; when it comes back online
+every unacknowledged frame is resent at once. Lines received go to a bounded
+per-connection queue (``queue_size``); while it is full, further qos frames of
+that conn_id are parked unacknowledged (at most ``RX_WINDOW`` of them; beyond
+that they are dropped unacknowledged), so the device's window fills and it
+stops; an acknowledged line is never dropped. A parked frame is taken as soon as
+``readline()`` makes room. At most ``queue_size + RX_WINDOW`` lines are held.
+
+Liveness (PROTOCOL.md 4.4)
+--------------------------
+A device is online when its retained status becomes ``online`` or any valid
+frame arrives on its ``up`` topic, and offline on status ``offline``, after
+``2 * timeout_ms`` of silence, or when the broker connection is lost. Every
+``h`` from a claimed conn_id is answered with ``h`` on its ``down`` topic.
+
+Frames for a conn_id no one has asked for with ``connection()`` are neither
+acknowledged nor answered, heartbeats included: the bridge then reports the
+server application unreachable (``D``) and the device holds its qos lines
+instead of retransmitting them into the void; several server processes can
+share one root and split the conn_ids between them. As soon as the
+application asks for the conn_id, the next ``h`` is answered, the bridge
+reports ``U`` and the device resends everything at once.
+
+Durable state (PROTOCOL.md 4.5) and group commit
+------------------------------------------------
+With ``state_path`` the receive state (device session, next id, reorder buffer)
+and the acknowledged-but-unread lines are written (tmp file, fsync,
+``os.replace``) before the acks they cover are published: frames processed
+while a write is in progress form the next batch, and a batch is started
+``commit_delay_ms`` after the first pending item. Delivered lines become
+readable when their batch is on disk, so a crash can neither lose an
+acknowledged line nor deliver one the app had not been given; only lines read
+in the last few milliseconds before a crash are delivered again. A clean exit
+writes the sender state too and marks the file clean; claiming a conn_id
+writes its entry without sender state first, so after a crash it starts a new
+sender session. Without ``state_path`` acks go out at once.
+
+Errors
+------
+``__aenter__`` raises :class:`LinkAuthError` when the broker refuses the
+credentials, :class:`LinkRefusedError` for another refusal and
+:class:`BrokerUnreachableError` (all ``ConnectionError``) when the broker
+cannot be reached within ``connect_timeout``. Later losses of the broker are
+retried forever. Methods of a closed server raise :class:`LinkClosedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from server_apps import _core
+from server_apps.state import ConnState, ServerState, StateFileError, StateStore
+
+log = logging.getLogger("pblink.server")
+
+MQTTv311: Final = MQTTProtocolVersion.MQTTv311
+MQTTv5: Final = MQTTProtocolVersion.MQTTv5
+
+SERVER_WINDOW: Final = _core.TX_WINDOW_SERVER
+RX_WINDOW: Final = _core.RX_WINDOW
+INBOX_LIMIT: Final = 10_000
+UNCLAIMED_LIMIT: Final = 4096
+# CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
+_AUTH_CODES: Final = frozenset({0x86, 0x87, 0x8A, 0x8C})
+_SESSION_EXPIRY_S: Final = 0xFFFFFFFF
+
+
+class LinkClosedError(ConnectionError):
+    """The LinkServer was closed (or not yet entered)."""
+
+
+class BrokerUnreachableError(ConnectionError):
+    """No MQTT connection could be opened to the broker at start."""
+
+
+class LinkRefusedError(ConnectionError):
+    """The broker answered CONNECT with a refusal."""
+
+    def __init__(self, broker: str, reason: str) -> None:
+        super().__init__(f"MQTT broker {broker} refused the connection: {reason}")
+        self.broker = broker
+        self.reason = reason
+
+
+class LinkAuthError(LinkRefusedError):
+    """The broker refused the credentials (bad user name or password, not authorised)."""
+
+
+def now_ms() -> int:
+    """Milliseconds in link_core's tick domain (compare with ``ticks_diff`` only)."""
+    return int(time.monotonic() * 1000) & _core.TICKS_MAX
+
+
+class _Signal:
+    """A level-free wake-up for coroutines waiting on a predicate.
+
+    ``while not pred(): await sig.wait()`` is race free in asyncio: ``fire()``
+    wakes every current waiter and re-arms.
+    """
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+@dataclass
+class _Liveness:
+    online: bool = False
+    last_heard: int = 0
+
+
+class Connection:
+    """The server end of one device's link. Get one with ``LinkServer.connection()``."""
+
+    def __init__(
+        self,
+        server: LinkServer,
+        conn_id: str,
+        sender: _core.Sender,
+        receiver: _core.Receiver,
+        unread: Iterable[str],
+    ) -> None:
+        self._server = server
+        self.conn_id = conn_id
+        topics = _core.topics(server.root, conn_id)
+        self.up_topic: str = topics.up
+        self.down_topic: str = topics.down
+        self.status_topic: str = topics.status
+        self._sender = sender
+        self._receiver = receiver
+        self._lines: collections.deque[str] = collections.deque(unread)  # readable
+        self._held: list[str] = []  # delivered, waiting for their batch to be on disk
+        self._parked: collections.deque[_core.Frame] = collections.deque()
+        self._live = _Liveness()
+        self._changed = _Signal()
+        self._write_lock = asyncio.Lock()
+        self.stats: dict[str, int] = collections.defaultdict(int)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.conn_id!r} {'online' if self.online else 'offline'}>"
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """The device is reachable (PROTOCOL.md 4.4)."""
+        return self._live.online
+
+    @property
+    def in_flight(self) -> int:
+        """qos lines written and not yet acknowledged by the device."""
+        return int(self._sender.in_flight)
+
+    @property
+    def session(self) -> str:
+        """This server's sender session for the conn_id (8 hex digits)."""
+        return str(self._sender.session)
+
+    def _queued(self) -> int:
+        return len(self._lines) + len(self._held)
+
+    def _full(self) -> bool:
+        return self._queued() >= self._server.queue_size
+
+    # -- reading ---------------------------------------------------------------
+
+    async def readline(self) -> str:
+        """The next line from the device, ending in ``"\\n"``. Waits for one."""
+        while True:
+            # Once closing, unread lines belong to the final state file, not to the app.
+            if self._server._closed or self._server._closing:
+                raise LinkClosedError(f"link server closed (conn_id {self.conn_id!r})")
+            if self._lines:
+                break
+            await self._changed.wait()
+        line = self._lines.popleft()
+        self._server._after_read(self)
+        return line + "\n"
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        while True:
+            try:
+                yield await self.readline()
+            except LinkClosedError:
+                return
+
+    # -- writing ---------------------------------------------------------------
+
+    async def write(self, line: str | bytes, qos: bool = True, wait: bool = True) -> None:
+        """Send one line to the device (one trailing newline is optional).
+
+        ``qos=True``: delivered exactly once and in order, retransmitted until
+        acknowledged; waits while the sender window is full. ``wait=True`` (with
+        qos): starts only when every earlier qos line has been acknowledged.
+        ``qos=False``: sent once, may be lost in an outage. Every write pauses
+        while the broker or the device is unreachable. ``ValueError`` (nothing
+        sent) for a line with an internal newline, longer than ``MAX_LINE``
+        bytes, or not UTF-8.
+        """
+        text = _core.check_line(line)
+        server = self._server
+        server._check_open()
+        async with self._write_lock:
+            if qos:
+                await self._wait_until(
+                    lambda: self._reachable()
+                    and bool(self._sender.can_send())
+                    and (not wait or bool(self._sender.idle()))
+                )
+                frame = self._sender.send(text, now_ms())
+                server._publish(self.down_topic, frame, 1)
+                self.stats["tx_qos"] += 1
+            else:
+                await self._wait_until(self._reachable)
+                server._publish(self.down_topic, self._sender.unreliable(text), 0)
+                self.stats["tx_unreliable"] += 1
+
+    async def drain(self) -> None:
+        """Wait until every qos line written so far has been acknowledged."""
+        await self._wait_until(lambda: bool(self._sender.idle()))
+
+    async def wait_online(self) -> None:
+        """Wait until the device is online."""
+        await self._wait_until(lambda: self.online)
+
+    async def wait_offline(self) -> None:
+        """Wait until the device is offline."""
+        await self._wait_until(lambda: not self.online)
+
+    def _reachable(self) -> bool:
+        return self._live.online and self._server._broker_up
+
+    async def _wait_until(self, pred: Callable[[], bool]) -> None:
+        while True:
+            self._server._check_open()
+            if pred():
+                return
+            await self._changed.wait()
+
+
+class LinkServer:
+    """One MQTT connection serving the devices under ``root`` (PROTOCOL.md 4.3).
+
+    Use as ``async with LinkServer(...) as server``. See the module docstring
+    for the guarantees. ``tls``: ``True`` for the system's default CA set, or
+    an ``ssl.SSLContext``. ``protocol``: ``MQTTv311`` (default) or ``MQTTv5``.
+    ``queue_size``: unread lines held per conn_id before the server stops
+    acknowledging. ``connect_timeout``: seconds for the first connection.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 1883,
+        *,
+        root: str = "pblink",
+        client_id: str = "pblink-server",
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | bool | None = None,
+        protocol: MQTTProtocolVersion = MQTTv311,
+        timeout_ms: int = 1500,
+        state_path: str | os.PathLike[str] | None = None,
+        queue_size: int = 64,
+        window: int = SERVER_WINDOW,
+        keepalive: int = 60,
+        connect_timeout: float = 10.0,
+        commit_delay_ms: int = 2,
+        fsync: bool = True,
+    ) -> None:
+        _core.check_root(root)
+        if timeout_ms < 20:
+            raise ValueError(f"timeout_ms={timeout_ms} is too small (at least 20)")
+        if queue_size < 1 or window < 1:
+            raise ValueError("queue_size and window must be at least 1")
+        if protocol not in (MQTTv311, MQTTv5):
+            raise ValueError(f"unsupported MQTT protocol {protocol!r}: use MQTTv311 or MQTTv5")
+        self.host = host
+        self.port = port
+        self.root = root
+        self.client_id = client_id
+        self.timeout_ms = timeout_ms
+        self.queue_size = queue_size
+        self.window = window
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+        self.protocol = protocol
+        self._username = username
+        self._password = password
+        self._tls = tls
+        self._commit_delay = commit_delay_ms / 1000
+        self._store = StateStore(state_path, fsync=fsync) if state_path is not None else None
+        self._state = ServerState()
+        self._conns: dict[str, Connection] = {}
+        self._unclaimed: collections.OrderedDict[str, _Liveness] = collections.OrderedDict()
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._inbox_lock = threading.Lock()
+        self._inbox_scheduled = False
+        self._started = False
+        self._closed = True
+        self._closing = False
+        self._broker_up = False
+        self._connack: asyncio.Future[tuple[bool, ReasonCode]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending_acks: list[tuple[str, bytes]] = []
+        self._commit_wanted = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._broker_signal = _Signal()
+        self.stats: dict[str, int] = collections.defaultdict(int)
+
+    @property
+    def broker(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        """The MQTT connection to the broker is up."""
+        return self._broker_up
+
+    @property
+    def connections(self) -> dict[str, Connection]:
+        """The conn_ids asked for so far."""
+        return dict(self._conns)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> LinkServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Load the state file, connect to the broker, subscribe. See ``__aenter__``."""
+        if self._started:
+            raise RuntimeError("a LinkServer can be started only once")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        if self._store is not None:
+            self._state = await asyncio.to_thread(self._store.load)
+            log.info(
+                "state file %s: %d conn_id(s), last exit %s",
+                self._store.path,
+                len(self._state.conns),
+                "clean" if self._state.clean else "not clean (sender sessions restart)",
+            )
+            self._state.clean = False
+            await self._write_state(clean=False)  # mark it dirty while we run
+        self._closed = False
+        self._closing = False
+        try:
+            await self._connect()
+        except BaseException:
+            self._closed = True
+            await self._stop_client(wait=False)
+            raise
+        self._tasks = [asyncio.create_task(self._ticker(), name="pblink-server-ticker")]
+        if self._store is not None:
+            self._tasks.append(asyncio.create_task(self._committer(), name="pblink-server-commit"))
+
+    async def close(self) -> None:
+        """Write the final (clean) state, then disconnect. Idempotent."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake_all()  # readers and writers raise LinkClosedError from now on
+        async with self._commit_lock:  # a batch being written finishes first
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._tasks = []
+            if self._store is not None:
+                await self._commit(clean=True)
+        self._closed = True
+        self._broker_up = False
+        self._wake_all()
+        await self._stop_client()
+        log.info("link server %s closed", self.client_id)
+
+    async def abort(self) -> None:
+        """Stop at once, as a crash would: no final state write, no DISCONNECT.
+
+        The broker sees the TCP connection drop. For fault-injection tests: the
+        state file keeps what the last batch wrote, so the next start continues
+        the receive state and starts new sender sessions.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._closed = True
+        self._broker_up = False
+        self._wake_all()
+        client, self._client = self._client, None
+        if client is not None:
+            client.on_connect = client.on_disconnect = client.on_message = None
+            sock = client.socket()
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            await asyncio.to_thread(client.loop_stop)
+        log.warning("link server %s aborted", self.client_id)
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing:
+            raise LinkClosedError("link server is closed")
+
+    # -- connections -----------------------------------------------------------
+
+    async def connection(self, conn_id: str) -> Connection:
+        """The Connection for ``conn_id`` (the same object on every call).
+
+        ``ValueError`` naming the conn_id and the rule when it is not 1 to 64
+        characters from ``A-Z a-z 0-9 _ -`` (PROTOCOL.md 4.1).
+        """
+        conn_id = _core.check_conn_id(conn_id)
+        self._check_open()
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            return conn
+        stored = self._state.conns.get(conn_id, ConnState())
+        receiver = _core.make_receiver(RX_WINDOW)
+        sender: _core.Sender | None = None
+        try:
+            if stored.rx is not None:
+                receiver.restore(stored.rx)
+            if stored.tx is not None:
+                sender = _core.restore_sender(stored.tx)
+        except ValueError as exc:
+            path = self._store.path if self._store else "?"
+            raise StateFileError(f"state file {path}, conn_id {conn_id!r}: {exc}") from exc
+        if sender is not None:
+            log.info(
+                "%s: continuing sender session %s (%d unacknowledged)",
+                conn_id, sender.session, sender.in_flight,
+            )
+        else:
+            sender = _core.make_sender(
+                _core.new_session(os.urandom(4)), self.window, self.timeout_ms
+            )
+            log.info("%s: new sender session %s", conn_id, sender.session)
+        conn = Connection(self, conn_id, sender, receiver, stored.unread)
+        live = self._unclaimed.pop(conn_id, None)
+        if live is not None:
+            conn._live = live
+            self._check_silence(conn_id, live, now_ms())
+        self._conns[conn_id] = conn
+        # Its sender state is about to change: drop it from the file before any send.
+        self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
+        if self._store is not None:
+            async with self._commit_lock:
+                await self._commit(clean=False)
+        if conn.online and self._broker_up:
+            self._resend_all(conn)
+        return conn
+
+    # -- MQTT connection -------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        if self.protocol == MQTTv5:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTv5
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                clean_session=False,
+                protocol=MQTTv311,
+            )
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        if self._tls is True:
+            client.tls_set_context(ssl.create_default_context())
+        elif isinstance(self._tls, ssl.SSLContext):
+            client.tls_set_context(self._tls)
+        client.reconnect_delay_set(1, 30)
+        client.max_inflight_messages_set(100)
+        client.connect_timeout = self.connect_timeout
+        client.on_socket_open = _set_nodelay
+        client.on_connect = self._paho_on_connect
+        client.on_disconnect = self._paho_on_disconnect
+        client.on_message = self._paho_on_message
+        return client
+
+    async def _connect(self) -> None:
+        assert self._loop is not None
+        client = self._client = self._make_client()
+        self._connack = self._loop.create_future()
+        kwargs: dict[str, Any] = {}
+        if self.protocol == MQTTv5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = _SESSION_EXPIRY_S
+            kwargs = {"clean_start": False, "properties": props}
+        try:
+            await asyncio.to_thread(client.connect, self.host, self.port, self.keepalive, **kwargs)
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"timed out after {self.connect_timeout:g} s"
+            raise BrokerUnreachableError(
+                f"cannot reach MQTT broker {self.broker}: {reason}"
+            ) from exc
+        client.loop_start()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                ok, reason_code = await self._connack
+        except TimeoutError:
+            hint = " (MQTT 5 was asked for: does it speak 3.1.1 only?)" if (
+                self.protocol == MQTTv5
+            ) else ""
+            raise BrokerUnreachableError(
+                f"MQTT broker {self.broker} sent no CONNACK within {self.connect_timeout:g} s{hint}"
+            ) from None
+        if not ok:
+            err = LinkAuthError if reason_code.value in _AUTH_CODES else LinkRefusedError
+            raise err(self.broker, str(reason_code).lower())
+        log.info("connected to MQTT broker %s as %s", self.broker, self.client_id)
+
+    async def _stop_client(self, wait: bool = True) -> None:
+        """Disconnect and stop paho's thread.
+
+        ``wait=False`` (after a refused or failed start) does not wait for the
+        thread: it may be in paho's reconnect sleep, which ends within 1 s.
+        """
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.on_connect = None
+        client.on_disconnect = None
+        client.on_message = None
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        if wait:
+            await asyncio.to_thread(client.loop_stop)
+        else:
+            threading.Thread(target=client.loop_stop, name="paho-stop", daemon=True).start()
+
+    # paho thread -> inbox -> asyncio thread
+
+    def _paho_on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(
+                [(_core.wildcard(self.root, "up"), 1), (_core.wildcard(self.root, "status"), 1)]
+            )
+        self._to_loop(("connect", reason_code))
+
+    def _paho_on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._to_loop(("disconnect", reason_code))
+
+    def _paho_on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            log.warning("dropped a message on a topic that is not UTF-8")
+            return
+        while len(self._inbox) >= INBOX_LIMIT and not self._closing:
+            time.sleep(0.002)  # the loop is behind: stop reading, TCP pushes back
+        self._to_loop(("message", topic, bytes(msg.payload)))
+
+    def _to_loop(self, event: tuple[Any, ...]) -> None:
+        self._inbox.append(event)
+        with self._inbox_lock:
+            if self._inbox_scheduled:
+                return
+            self._inbox_scheduled = True
+        loop = self._loop
+        try:
+            if loop is not None:
+                loop.call_soon_threadsafe(self._drain_inbox)
+        except RuntimeError:  # the loop is closed: we are shutting down
+            pass
+
+    def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            self._inbox_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            event = inbox.popleft()
+            try:
+                if event[0] == "message":
+                    self._on_message(event[1], event[2])
+                elif event[0] == "connect":
+                    self._on_connect(event[1])
+                else:
+                    self._on_disconnect(event[1])
+            except Exception:
+                log.exception("error handling %s event", event[0])
+
+    def _on_connect(self, reason_code: ReasonCode) -> None:
+        ok = not reason_code.is_failure
+        first = self._connack is not None and not self._connack.done()
+        if self._connack is not None and first:
+            self._connack.set_result((ok, reason_code))
+        if not ok:
+            if not first:  # the first refusal is raised by start()
+                log.error("MQTT broker %s refused the connection: %s", self.broker, reason_code)
+            return
+        if not first:
+            log.info("reconnected to MQTT broker %s", self.broker)
+        self._broker_up = True
+        self._wake_all()
+
+    def _on_disconnect(self, reason_code: ReasonCode) -> None:
+        if self._connack is not None and not self._connack.done():
+            hint = " (MQTT 5 was asked for: does it speak 3.1.1 only?)" if (
+                self.protocol == MQTTv5
+            ) else ""
+            self._connack.set_exception(BrokerUnreachableError(
+                f"MQTT broker {self.broker} closed the connection before CONNACK{hint}"
+            ))
+            return
+        was_up = self._broker_up
+        self._broker_up = False
+        if was_up and not self._closing:
+            log.warning(
+                "lost MQTT broker %s (%s); reconnecting with backoff", self.broker, reason_code
+            )
+        now = now_ms()
+        for conn_id, conn in self._conns.items():
+            self._set_online(conn_id, conn, False, now)
+        for live in self._unclaimed.values():
+            live.online = False
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        self._broker_signal.fire()
+        for conn in self._conns.values():
+            conn._changed.fire()
+
+    # -- incoming frames -------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = _core.parse_topic(self.root, topic)
+        if parsed is None:
+            return
+        conn_id, leaf = parsed
+        now = now_ms()
+        conn = self._conns.get(conn_id)
+        if leaf == "status":
+            self._on_status(conn_id, conn, payload, now)
+        elif leaf == "up":
+            if conn is None:
+                self._heard_unclaimed(conn_id, now)
+                self.stats["unclaimed"] += 1
+                return
+            self._on_up(conn, payload, now)
+
+    def _on_status(self, conn_id: str, conn: Connection | None, payload: bytes, now: int) -> None:
+        if payload == b"online":
+            online = True
+        elif payload == b"offline":
+            online = False
+        else:
+            log.warning("%s: ignored status payload %r", conn_id, payload[:40])
+            return
+        if conn is None:
+            live = self._unclaimed_liveness(conn_id)
+            live.online = online
+            live.last_heard = now
+        else:
+            conn._live.last_heard = now
+            self._set_online(conn_id, conn, online, now)
+
+    def _on_up(self, conn: Connection, payload: bytes, now: int) -> None:
+        try:
+            frame = _core.decode(payload)
+        except ValueError as exc:
+            self.stats["malformed"] += 1
+            conn.stats["malformed"] += 1
+            log.warning("%s: dropped malformed frame %r: %s", conn.up_topic, payload[:80], exc)
+            return
+        conn._live.last_heard = now
+        self._set_online(conn.conn_id, conn, True, now)
+        kind = frame[0]
+        if kind == _core.KIND_HEARTBEAT:
+            self._publish(conn.down_topic, _core.HEARTBEAT, 0)
+            conn.stats["heartbeats"] += 1
+        elif kind == _core.KIND_ACK:
+            if self._sender_ack(conn, frame):
+                conn._changed.fire()
+        elif kind == _core.KIND_QOS:
+            if conn._full() or conn._parked:
+                if frame in conn._parked:
+                    pass  # a retransmission of a frame already parked
+                elif len(conn._parked) < RX_WINDOW:
+                    conn._parked.append(frame)
+                else:
+                    conn.stats["dropped_full"] += 1
+                return
+            self._accept(conn, frame)
+        elif kind == _core.KIND_UNRELIABLE:
+            if conn._full():
+                conn.stats["dropped_unreliable"] += 1
+                log.warning("%s: queue full, dropped a non-qos line", conn.conn_id)
+                return
+            self._accept(conn, frame)
+
+    @staticmethod
+    def _sender_ack(conn: Connection, frame: _core.Frame) -> bool:
+        return bool(conn._sender.on_ack(frame[1], frame[2]))
+
+    def _accept(self, conn: Connection, frame: _core.Frame) -> None:
+        ack, lines = conn._receiver.on_frame(frame)
+        conn.stats["rx_lines"] += len(lines)
+        if self._store is None:
+            if lines:
+                conn._lines.extend(lines)
+                conn._changed.fire()
+            if ack is not None:
+                self._publish(conn.down_topic, ack, 0)
+            return
+        conn._held.extend(lines)
+        if ack is not None:
+            self._pending_acks.append((conn.down_topic, ack))
+        if lines or ack is not None:
+            self._commit_wanted.set()
+
+    def _after_read(self, conn: Connection) -> None:
+        """A line was read: take parked frames while there is room; persist the read."""
+        while conn._parked and not conn._full():
+            self._accept(conn, conn._parked.popleft())
+        if self._store is not None:
+            self._commit_wanted.set()
+
+    # -- liveness --------------------------------------------------------------
+
+    def _unclaimed_liveness(self, conn_id: str) -> _Liveness:
+        live = self._unclaimed.get(conn_id)
+        if live is None:
+            live = self._unclaimed[conn_id] = _Liveness()
+            if len(self._unclaimed) > UNCLAIMED_LIMIT:
+                self._unclaimed.popitem(last=False)
+        else:
+            self._unclaimed.move_to_end(conn_id)
+        return live
+
+    def _heard_unclaimed(self, conn_id: str, now: int) -> None:
+        live = self._unclaimed_liveness(conn_id)
+        live.online = True
+        live.last_heard = now
+
+    def _set_online(self, conn_id: str, conn: Connection, online: bool, now: int) -> None:
+        if conn._live.online == online:
+            return
+        conn._live.online = online
+        log.info("device %s is %s", conn_id, "online" if online else "offline")
+        if online and self._broker_up:
+            self._resend_all(conn)
+        conn._changed.fire()
+
+    def _check_silence(self, conn_id: str, live: _Liveness, now: int) -> bool:
+        """True when ``live`` has been silent too long (and marks it offline)."""
+        if live.online and _core.ticks_diff(now, live.last_heard) > 2 * self.timeout_ms:
+            live.online = False
+            return True
+        return False
+
+    def _resend_all(self, conn: Connection) -> None:
+        frames = conn._sender.resend_all(now_ms())
+        for frame in frames:
+            self._publish(conn.down_topic, frame, 1)
+        if frames:
+            conn.stats["resent"] += len(frames)
+            log.debug("%s: resent %d frame(s)", conn.conn_id, len(frames))
+
+    async def _ticker(self) -> None:
+        """Silence timeouts and retransmissions, every ``timeout_ms / 8`` (10 to 100 ms)."""
+        period = max(10, min(100, self.timeout_ms // 8)) / 1000
+        while True:
+            await asyncio.sleep(period)
+            now = now_ms()
+            for conn_id, conn in self._conns.items():
+                if conn._live.online and (
+                    _core.ticks_diff(now, conn._live.last_heard) > 2 * self.timeout_ms
+                ):
+                    log.info("%s: silent for %d ms", conn_id, 2 * self.timeout_ms)
+                    self._set_online(conn_id, conn, False, now)
+                peer_up = conn._live.online and self._broker_up
+                frames = conn._sender.due(now, peer_up)
+                if peer_up:
+                    for frame in frames:
+                        self._publish(conn.down_topic, frame, 1)
+                    if frames:
+                        conn.stats["retransmitted"] += len(frames)
+            for conn_id, live in self._unclaimed.items():
+                self._check_silence(conn_id, live, now)
+
+    # -- output ----------------------------------------------------------------
+
+    def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+        client = self._client
+        if client is None or not self._broker_up:
+            return  # the sender keeps qos frames; acks and heartbeats may be lost
+        info = client.publish(topic, payload, qos=qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
+
+    def _flush_acks(self, acks: list[tuple[str, bytes]]) -> None:
+        for topic, ack in acks:
+            self._publish(topic, ack, 0)
+        acks.clear()
+
+    # -- durable state ---------------------------------------------------------
+
+    async def _committer(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            await asyncio.sleep(self._commit_delay)
+            async with self._commit_lock:
+                await self._commit(clean=False)
+
+    def _snapshot(self, clean: bool) -> ServerState:
+        conns = dict(self._state.conns)  # unclaimed entries are carried over as they are
+        for conn_id, conn in self._conns.items():
+            conns[conn_id] = ConnState(
+                rx=conn._receiver.snapshot(),
+                unread=[*conn._lines, *conn._held],
+                tx=conn._sender.snapshot() if clean else None,
+            )
+        return ServerState(clean=clean, conns=conns)
+
+    async def _write_state(self, clean: bool) -> None:
+        assert self._store is not None
+        data = self._snapshot(clean).to_bytes()
+        await asyncio.to_thread(self._store.write, data)
+
+    async def _commit(self, clean: bool) -> None:
+        """Write one batch, then release its lines and publish its acks (caller holds the lock)."""
+        self._commit_wanted.clear()
+        acks, self._pending_acks = self._pending_acks, []
+        held = {conn_id: len(conn._held) for conn_id, conn in self._conns.items() if conn._held}
+        try:
+            await self._write_state(clean)
+        except Exception as exc:
+            path = self._store.path if self._store else None
+            log.error("cannot write state file %s: %s (retrying)", path, exc)
+            self._pending_acks[:0] = acks
+            if not clean:
+                await asyncio.sleep(1.0)
+                self._commit_wanted.set()
+            return
+        self.stats["commits"] += 1
+        for conn_id, count in held.items():
+            conn = self._conns[conn_id]
+            conn._lines.extend(conn._held[:count])
+            del conn._held[:count]
+            conn._changed.fire()
+        self._flush_acks(acks)
+
+
+def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Disable Nagle: an ack or heartbeat must not wait for the TCP ack of the previous packet."""
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

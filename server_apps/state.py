@@ -1,0 +1,156 @@
+"""The server library's durable state file (PROTOCOL.md section 4.5).
+
+One JSON document per server (per MQTT client id), rewritten whole each time:
+serialised in the event loop, then written to ``<path>.tmp``, flushed (and
+fsync'ed unless disabled) and renamed over ``<path>`` with :func:`os.replace`,
+so a reader sees either the old or the new document, never a torn one.
+
+Document layout (``"format": "pblink-server-state", "version": 1``)::
+
+    {"format": "pblink-server-state", "version": 1,
+     "clean": false,                 # true only when written by a clean shutdown
+     "conns": {
+        "<conn_id>": {
+            "rx": {...},             # link_core Receiver.snapshot(): the device's
+                                     # session, next expected id, reorder buffer
+            "unread": ["line", ...], # acknowledged lines the app has not read yet
+            "tx": {...}              # link_core Sender.snapshot(); present only
+        }                            # while it is valid (see below)
+     }}
+
+``tx`` (the server's own sender state: session, next id, unacknowledged frames)
+is written by a clean shutdown. An entry keeps it while this run has not taken
+that conn_id over (an unclaimed conn_id's state is carried over untouched); as
+soon as a conn_id is claimed and the process runs, its entry is written without
+``tx``, so after a crash that conn_id starts a new sender session. The file-level
+``clean`` flag says whether the last writer exited cleanly (for logs and tools).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("pblink.server.state")
+
+FORMAT = "pblink-server-state"
+VERSION = 1
+
+
+class StateFileError(ValueError):
+    """The state file exists but cannot be used (unreadable, not JSON, wrong format)."""
+
+
+@dataclass
+class ConnState:
+    """What the state file holds for one conn_id."""
+
+    rx: dict[str, Any] | None = None
+    unread: list[str] = field(default_factory=list)
+    tx: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"unread": list(self.unread)}
+        if self.rx is not None:
+            doc["rx"] = self.rx
+        if self.tx is not None:
+            doc["tx"] = self.tx
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any) -> ConnState:
+        if not isinstance(doc, dict):
+            raise ValueError("entry is not an object")
+        rx, tx, unread = doc.get("rx"), doc.get("tx"), doc.get("unread", [])
+        if rx is not None and not isinstance(rx, dict):
+            raise ValueError("rx is not an object")
+        if tx is not None and not isinstance(tx, dict):
+            raise ValueError("tx is not an object")
+        if not isinstance(unread, list) or not all(isinstance(x, str) for x in unread):
+            raise ValueError("unread is not a list of strings")
+        return cls(rx=rx, unread=unread, tx=tx)
+
+
+@dataclass
+class ServerState:
+    """The whole document: whether the last run exited cleanly, and per-conn state."""
+
+    clean: bool = False
+    conns: dict[str, ConnState] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "clean": self.clean,
+            "conns": {cid: st.to_json() for cid, st in sorted(self.conns.items())},
+        }
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class StateStore:
+    """Reads and atomically rewrites one state file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self.writes = 0
+
+    def load(self) -> ServerState:
+        """The stored state; an empty, not-clean state when the file does not exist.
+
+        Raises StateFileError for a file that exists but is not a valid state
+        document: starting afresh would silently lose acknowledged lines.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return ServerState()
+        except OSError as exc:
+            raise StateFileError(f"cannot read state file {self.path}: {exc}") from exc
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                raise ValueError(f"not a {FORMAT} document")
+            if doc.get("version") != VERSION:
+                raise ValueError(f"unsupported version {doc.get('version')!r}")
+            conns_doc = doc.get("conns", {})
+            if not isinstance(conns_doc, dict):
+                raise ValueError("conns is not an object")
+            conns = {str(cid): ConnState.from_json(entry) for cid, entry in conns_doc.items()}
+            return ServerState(clean=bool(doc.get("clean", False)), conns=conns)
+        except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError included
+            raise StateFileError(
+                f"state file {self.path} is not usable ({exc}); "
+                "move it away to start afresh (acknowledged but unread lines in it would be lost)"
+            ) from exc
+
+    def write(self, data: bytes) -> None:
+        """Atomically replace the file with ``data`` (blocking: run it in a thread)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if self.fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        if self.fsync:
+            self._fsync_dir()
+        self.writes += 1
+
+    def _fsync_dir(self) -> None:
+        try:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
