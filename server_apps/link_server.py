@@ -316,7 +316,7 @@ class LinkServer:
         port: int = 1883,
         *,
         root: str = "pblink",
-        client_id: str = "pblink-server",
+        client_id: str = "pblink.server",
         username: str | None = None,
         password: str | None = None,
         tls: ssl.SSLContext | bool | None = None,

@@ -7,7 +7,7 @@ server's own per-connection counter (1 for the first reply after start), written
 with ``qos=True, wait=True``. Every line in and out is logged at INFO.
 
 The link state is kept in ``<state-dir>/<client-id>.json`` (default
-``.pblink-state/pblink-server.json``), so stopping the server with Ctrl-C or
+``.pblink-state/pblink.server.json``), so stopping the server with Ctrl-C or
 SIGTERM and starting it again loses and duplicates no line.
 
 From Python::
@@ -89,7 +89,7 @@ async def serve(
     username: str | None = None,
     password: str | None = None,
     tls: ssl.SSLContext | bool | None = None,
-    client_id: str = "pblink-server",
+    client_id: str = "pblink.server",
     state_dir: str | Path | None = DEFAULT_STATE_DIR,
     timeout_ms: int = 1500,
     stop: asyncio.Event | None = None,
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, help="MQTT user name")
     p.add_argument("--password", default=None, help="MQTT password")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system CA certificates)")
-    p.add_argument("--client-id", default="pblink-server", help="MQTT client id")
+    p.add_argument("--client-id", default="pblink.server", help="MQTT client id")
     p.add_argument(
         "--ids", nargs="+", default=list(DEFAULT_IDS), metavar="ID",
         help="conn_ids to serve (default 1 2 3 4)",

@@ -170,7 +170,7 @@ def test_allowed_rules(topic: str, user: str | None, ok: bool) -> None:
 
 
 def _acl_checks(port: int) -> None:
-    server = MqttProbe(port, client_id="pblink-server", user=SERVER, password="server-pw").connect()
+    server = MqttProbe(port, client_id="pblink.server", user=SERVER, password="server-pw").connect()
     dev1 = MqttProbe(port, client_id="pblink-dev1", user="dev1", password="pw-1").connect()
     dev2 = MqttProbe(port, client_id="pblink-dev2", user="dev2", password="pw-2").connect()
     try:

@@ -103,7 +103,7 @@ def test_shipped_conf_accepts_right_and_refuses_wrong_credentials(
 
 def test_shipped_acl_confines_each_device_to_its_subtree(shipped_mosquitto: BrokerProcess) -> None:
     port = shipped_mosquitto.port
-    server = MqttProbe(port, client_id="pblink-server", user=SERVER,
+    server = MqttProbe(port, client_id="pblink.server", user=SERVER,
                        password=USERS[SERVER]).connect()
     dev1 = MqttProbe(port, **login("dev1")).connect()  # type: ignore[arg-type]
     dev2 = MqttProbe(port, **login("dev2")).connect()  # type: ignore[arg-type]
@@ -147,7 +147,7 @@ def test_shipped_conf_persists_queued_frames_across_a_restart(
     device = MqttProbe(port, clean_session=False, **login("dev1")).connect()  # type: ignore[arg-type]
     device.subscribe("pblink/dev1/down")
     device.close()
-    server = MqttProbe(port, client_id="pblink-server", user=SERVER,
+    server = MqttProbe(port, client_id="pblink.server", user=SERVER,
                        password=USERS[SERVER]).connect()
     server.publish("pblink/dev1/down", b"q|0badcafe|1|1|kept")
     server.close()

@@ -56,7 +56,7 @@ async def test_serve_answers_each_device_and_survives_a_restart(
                     assert await exchange(dev, n, n - 1) == [dev.conn_id, n, n - 1, n]
             stop.set()
             await server
-            state = json.loads((tmp_path / "pblink-server.json").read_text())
+            state = json.loads((tmp_path / "pblink.server.json").read_text())
             assert state["clean"] is True and set(state["conns"]) == set(ids)
             # Lines written while the server is away wait in the device, then are answered.
             pending = asyncio.create_task(exchange(d1, 4, 3))
@@ -123,7 +123,7 @@ def test_module_runs_and_stops_cleanly_on_sigterm(
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
     assert '5 <- ["5", 1, 0]' in text and '5 -> ["5", 1, 0, 1]' in text
-    assert json.loads((tmp_path / "pblink-server.json").read_text())["clean"] is True
+    assert json.loads((tmp_path / "pblink.server.json").read_text())["clean"] is True
 
 
 def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
