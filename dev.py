@@ -22,8 +22,13 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".pblink-installed"
 STUBS = {
-    "stm32": "micropython-stm32-stubs==1.29.0.post1",
-    "esp8266": "micropython-esp8266-stubs==1.29.0.post1",
+    "stm32": ["micropython-stm32-stubs==1.29.0.post1"],
+    # The esp8266 type check uses the stubs as the whole typeshed, so it also
+    # needs MicroPython's own stdlib stubs (asyncio.sleep_ms, ThreadSafeFlag).
+    "esp8266": [
+        "micropython-esp8266-stubs==1.29.0.post1",
+        "micropython-stdlib-stubs==1.29.0.post2",
+    ],
 }
 
 
@@ -41,7 +46,7 @@ def ensure_venv() -> None:
     """Create and fill .venv unless it is already up to date."""
     if STAMP.exists() and STAMP.read_text() == _fingerprint():
         return
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 is
         sys.exit(f"pblink-mqtt needs Python 3.11 or newer, this is {sys.version.split()[0]}")
     if not (BIN / "python").exists():
         _step(f"creating {VENV}")
@@ -50,11 +55,11 @@ def ensure_venv() -> None:
     _step("installing pblink-mqtt and its test tools into .venv (first run takes a minute)")
     subprocess.run([*pip, "install", "-q", "--upgrade", "pip"], check=True)
     subprocess.run([*pip, "install", "-q", "-e", f"{ROOT}[test]"], check=True)
-    for port, requirement in STUBS.items():
-        _step(f"installing {requirement} into .venv/stubs/{port}")
+    for port, requirements in STUBS.items():
+        _step(f"installing {' '.join(requirements)} into .venv/stubs/{port}")
         subprocess.run(
             [*pip, "install", "-q", "--upgrade", "--no-deps", "--target",
-             str(VENV / "stubs" / port), requirement],
+             str(VENV / "stubs" / port), *requirements],
             check=True,
         )
     STAMP.write_text(_fingerprint())

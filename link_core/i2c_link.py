@@ -557,24 +557,31 @@ class LinkEndpoint:
             self.messages_out += 1
 
     def _accept(self, data, ln, seq, more):
+        # Build the finished message BEFORE committing the chunk: if the
+        # allocation fails (MemoryError on a fragmented ESP8266 heap) the chunk
+        # stays unacknowledged and the peer sends it again, so nothing is lost.
+        a = self._asm_len
+        discard = self._discard or a + ln > MAX_MESSAGE
+        if not discard:
+            mv = data if isinstance(data, memoryview) else memoryview(data)
+            self._asm[a : a + ln] = mv[HEADER : HEADER + ln]
+        msg = None
+        if not more and not discard:
+            msg = bytes(memoryview(self._asm)[: a + ln])
         self._last_acc = seq
         self.bytes_in += ln
-        a = self._asm_len
-        if not self._discard:
-            if a + ln > MAX_MESSAGE:
-                self._discard = True
-            else:
-                mv = data if isinstance(data, memoryview) else memoryview(data)
-                self._asm[a : a + ln] = mv[HEADER : HEADER + ln]
+        if more:
+            self._discard = discard
+            if not discard:
                 self._asm_len = a + ln
-        if not more:
-            if self._discard:
-                self.too_long += 1
-                self._discard = False
-            else:
-                self._rxq.append(bytes(memoryview(self._asm)[: self._asm_len]))
-                self.messages_in += 1
-            self._asm_len = 0
+            return
+        if discard:
+            self.too_long += 1
+        else:
+            self._rxq.append(msg)
+            self.messages_in += 1
+        self._discard = False
+        self._asm_len = 0
 
 
 class PollPolicy:

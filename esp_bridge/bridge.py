@@ -1,0 +1,319 @@
+# The relay: I2C link messages <-> MQTT (docs/PROTOCOL.md 2 and 4).
+#
+# Tasks (one asyncio loop):
+#   responder   bus exchanges (responder.py)
+#   _main_loop  every 100 ms: 'K' keepalive, 'R' reports, 'U'/'D' changes
+#   _uplink     link messages from the Pyboard: 'C' config; q/u/a -> <root>/<id>/up
+#   _downlink   frames on <root>/<id>/down -> link messages to the Pyboard
+#   _heartbeat  'h' on up when quiet (PROTOCOL.md 4.4)
+#   _net        WiFi, then broker, with backoff; status online + will offline
+#
+# Bounded both ways: the link's received-message queue (full -> HOLD stops
+# the Pyboard) is emptied only as fast as MQTT takes it; MQTT is read only
+# while the link's outgoing queue has room for down frames. The bridge holds
+# no end-to-end state: at most the messages in flight.
+from micropython import const
+import asyncio
+import gc
+import sys
+import time
+
+from link_core import control
+from link_core.names import MAX_MESSAGE, OFFLINE, ONLINE, Topics, client_id
+from mqtt import MQTTClient, MQTTError
+from responder import Responder
+import settings
+
+# Queue depths, in messages of up to 1,152 bytes (docs/FIRMWARE.md "Memory budget")
+_TX_QUEUE = const(4)  # link messages queued for the Pyboard
+_DATA_TX = const(2)  # of which down frames may use this many: K/U/D always fit
+_RX_QUEUE = const(2)  # messages from the Pyboard not yet published (then HOLD)
+_MQ_INFLIGHT = const(3)  # QoS 1 publishes awaiting PUBACK
+_MQ_SLOTS = const(2)  # frames from down not yet queued for the Pyboard
+_TICK_MS = const(100)
+_H = const(0x68)  # 'h' heartbeat frame
+
+
+def _reason(e) -> str:
+    if isinstance(e, MQTTError):
+        return e.args[0] if e.args else "refused"
+    return "%s %s" % (type(e).__name__, e)
+
+
+class Bridge:
+    def __init__(self, resp=None, wifi=None) -> None:
+        self.resp = resp if resp is not None else Responder(None, None, None, _TX_QUEUE, _RX_QUEUE)
+        if wifi is None:
+            from wifi import WiFi
+
+            wifi = WiFi()
+        self.wifi = wifi
+        # allocated at boot, while the heap is empty, and reused for every connection
+        self.mq = MQTTClient("pblink", rx_slots=_MQ_SLOTS, max_inflight=_MQ_INFLIGHT)
+        self.mq.on_block = self.resp.blocking  # the link goes on during a DNS lookup
+        self.cfg = None
+        self.tun = settings.defaults()
+        self._gen = 0  # counts config changes
+        self._syncs = -1  # link.syncs when the last 'C' came
+        self._ready = False  # connected, online published, subscribed
+        self._up = b""
+        self._down = b""
+        self._status = b""
+        self.connects = 0
+        self.report_no = 0
+        self._first_wifi = True
+        self._first_broker = True
+        self._server_ok = False
+        self._told = -1  # last U/D told since the last 'C': 1, 0, -1 none
+        now = time.ticks_ms()
+        self._last_pub = now
+        self._last_down = now
+        self._last_h = now
+        self._oversize = 0
+        self._crash: Exception | None = None
+        self._stop = asyncio.Event()
+
+    # ----- link messages to the Pyboard -----
+
+    def _ctl(self, msg) -> bool:
+        """Queue a control message (never more than the queue; dropped when full)."""
+        link = self.resp.link
+        if not link.synced or not link.can_queue():
+            return False
+        return link.queue_message(msg)
+
+    def diag(self, text: str) -> None:
+        """'E' diagnostic for the Pyboard's verbose log (and the UART console)."""
+        print("bridge:", text)
+        link = self.resp.link
+        if link.tx_pending < _TX_QUEUE - 1:  # keep a slot for K/U/D
+            self._ctl(control.encode_text(control.ERROR, text))
+
+    # ----- config -----
+
+    def _on_config(self, msg) -> None:
+        try:
+            full = control.decode_config(msg)  # 11 entries, 12 with tuning
+            tun, unknown = settings.parse(full[11] if len(full) > 11 else None)
+            cfg = full[:11]
+            topics = Topics(cfg[9], cfg[0])
+        except (ValueError, TypeError) as e:
+            self.diag("bad config: %s" % e)
+            return
+        self._syncs = self.resp.link.syncs
+        self._told = -1  # tell U/D again
+        if unknown:
+            self.diag("unknown tuning keys ignored: %s" % ",".join(unknown))
+        if cfg == self.cfg and tun == self.tun:
+            return
+        self.cfg = cfg
+        self.tun = tun
+        self._up = topics.up.encode()
+        self._down = topics.down.encode()
+        self._status = topics.status.encode()
+        self._gen += 1
+
+    # ----- tasks -----
+
+    async def _main_loop(self) -> None:
+        resp = self.resp
+        link = resp.link
+        next_k = time.ticks_ms()
+        next_r = next_k
+        r_armed = False  # next_r set for the current report_s
+        while True:
+            await asyncio.sleep_ms(_TICK_MS)
+            resp.kick()
+            now = time.ticks_ms()
+            tun = self.tun
+            if time.ticks_diff(now, next_k) >= 0:
+                next_k = time.ticks_add(now, tun["keepalive_ms"])
+                if link.synced and not link.peer_hold and link.can_queue():
+                    link.queue_message(control.MSG_KEEPALIVE, True)
+            cfg = self.cfg
+            if cfg is None:
+                continue
+            ok = self._ready and time.ticks_diff(now, self._last_down) < cfg[3]
+            self._server_ok = ok
+            if (1 if ok else 0) != self._told and self._syncs == link.syncs:
+                if self._ctl(control.MSG_SERVER_UP if ok else control.MSG_SERVER_DOWN):
+                    self._told = 1 if ok else 0
+            if cfg[4] <= 0:
+                r_armed = False
+            elif not r_armed:
+                r_armed = True
+                next_r = time.ticks_add(now, cfg[4] * 1000)
+            elif time.ticks_diff(now, next_r) >= 0:
+                next_r = time.ticks_add(now, cfg[4] * 1000)
+                self.report_no += 1
+                self._ctl(control.encode_report([self.connects, self.report_no, gc.mem_free()]))
+            if self.mq.oversize != self._oversize:
+                self._oversize = self.mq.oversize
+                n = self._oversize
+                self.diag("frames over %d bytes on down dropped: %d" % (MAX_MESSAGE, n))
+
+    async def _publish(self, msg, qos: int) -> None:
+        """Publish a frame on up, waiting out outages; dropped on a link resync."""
+        mq = self.mq
+        syncs = self._syncs
+        while True:
+            if syncs != self._syncs or syncs != self.resp.link.syncs:
+                return  # the Pyboard resynchronised: it resends what matters
+            if self._ready and mq.isconnected():
+                try:
+                    await mq.publish(self._up, msg, qos)
+                    self._last_pub = time.ticks_ms()
+                    return
+                except OSError:
+                    pass
+            await asyncio.sleep_ms(_TICK_MS)
+
+    async def _uplink(self) -> None:
+        resp = self.resp
+        link = resp.link
+        while True:
+            m = await resp.get()
+            k = m[0]
+            if k == control.CONFIG:
+                self._on_config(m)
+            elif k == control.QOS or k == control.UNRELIABLE or k == control.ACK:
+                if self.cfg is None:
+                    self.diag("no config yet: frame dropped")
+                elif self._syncs == link.syncs:  # else: from before a resync, awaiting 'C'
+                    await self._publish(m, 1 if k == control.QOS else 0)
+            else:
+                self.diag("unknown link message kind %r dropped" % chr(k))
+
+    async def _downlink(self) -> None:
+        resp = self.resp
+        mq = self.mq
+        while True:
+            await resp.room(_DATA_TX)
+            topic, msg, _retain = await mq.next()  # retain set by amqtt on queued: ignored
+            if topic != self._down or not msg:
+                continue
+            self._last_down = time.ticks_ms()
+            k = msg[0]
+            if k == _H:
+                continue
+            if k == control.QOS or k == control.UNRELIABLE or k == control.ACK:
+                await resp.put(msg, _DATA_TX)
+            else:
+                self.diag("malformed frame on down dropped")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep_ms(_TICK_MS)
+            if not self._ready or self.cfg is None:
+                continue
+            half = self.cfg[3] // 2
+            now = time.ticks_ms()
+            if time.ticks_diff(now, self._last_pub) >= half or (
+                time.ticks_diff(now, self._last_down) >= half
+                and time.ticks_diff(now, self._last_h) >= half
+            ):
+                self._last_h = now
+                try:
+                    await self.mq.publish(self._up, b"h", 0)
+                    self._last_pub = time.ticks_ms()
+                except OSError:
+                    pass
+
+    async def _pause(self, ms: int, gen: int) -> None:
+        t0 = time.ticks_ms()
+        while gen == self._gen and time.ticks_diff(time.ticks_ms(), t0) < ms:
+            await asyncio.sleep_ms(_TICK_MS)
+
+    async def _net(self) -> None:
+        mq = self.mq
+        wifi = self.wifi
+        while self.cfg is None:
+            await asyncio.sleep_ms(_TICK_MS)
+        delay = 0
+        gen = -1
+        while True:
+            if gen != self._gen:
+                gen = self._gen
+                cfg = self.cfg
+                tun = self.tun
+                delay = tun["reconnect_min_ms"]
+                mq.configure(
+                    client_id(cfg[0]), cfg[7], cfg[8], tun["mqtt_keepalive_s"],
+                    (self._status, OFFLINE, 1, True), tun["mqtt_response_ms"], tun["mqtt_retries"],
+                )
+                wifi.connect_ms = tun["wifi_connect_ms"]
+                wifi.stable_ms = tun["wifi_stable_ms"]
+            if not await wifi.connect(cfg[5], cfg[6]):
+                if gen != self._gen:
+                    continue
+                if self._first_wifi:
+                    self._ctl(control.MSG_BAD_WIFI)
+                self._first_wifi = False
+                self.diag("WiFi: no connection (status %d)" % wifi.status)
+                await self._pause(delay, gen)
+                delay = min(delay * 2, tun["reconnect_max_ms"])
+                continue
+            self._first_wifi = False
+            if gen != self._gen:
+                continue
+            try:
+                await mq.connect(cfg[2], cfg[1], cfg[10])
+                await mq.publish(self._status, ONLINE, 1, True)
+                await mq.subscribe(self._down, 1)
+            except (OSError, MQTTError) as e:
+                mq.close()
+                why = _reason(e)
+                if self._first_broker:
+                    self._ctl(control.encode_text(control.BAD_BROKER, why))
+                self._first_broker = False
+                self.diag("broker %s:%d: %s" % (cfg[2], cfg[1], why))
+                await self._pause(delay, gen)
+                delay = min(delay * 2, tun["reconnect_max_ms"])
+                continue
+            self._first_broker = False
+            self.connects += 1
+            delay = tun["reconnect_min_ms"]
+            self._last_down = time.ticks_add(time.ticks_ms(), -cfg[3])  # server unknown yet
+            self._last_pub = self._last_down  # so 'h' goes out at once
+            self._ready = True
+            while mq.isconnected() and wifi.isconnected() and gen == self._gen:
+                await asyncio.sleep_ms(_TICK_MS * 2)
+            self._ready = False
+            if gen != self._gen:  # new config: leave cleanly, status offline
+                try:
+                    await mq.publish(self._status_of(cfg), OFFLINE, 0, True)
+                    await mq.disconnect()
+                except OSError:
+                    pass
+                mq.close()
+                continue
+            why = mq.why if not mq.isconnected() else "WiFi lost"
+            mq.close(why)
+            self.diag("broker connection lost: %s" % why)
+            await self._pause(delay, gen)
+
+    def _status_of(self, cfg) -> bytes:
+        return Topics(cfg[9], cfg[0]).status.encode()
+
+    async def _guard(self, coro) -> None:
+        try:
+            await coro
+        except Exception as e:  # a bug: stop, main.py resets the ESP8266
+            sys.print_exception(e)
+            self._crash = e
+            self._stop.set()
+
+    async def run(self) -> None:
+        gc.collect()
+        asyncio.create_task(self._guard(self.resp.run()))
+        asyncio.create_task(self._guard(self._main_loop()))
+        asyncio.create_task(self._guard(self._uplink()))
+        asyncio.create_task(self._guard(self._downlink()))
+        asyncio.create_task(self._guard(self._heartbeat()))
+        asyncio.create_task(self._guard(self._net()))
+        await self._stop.wait()
+        raise RuntimeError("bridge task failed: %r" % (self._crash,))
+
+
+def run() -> None:
+    asyncio.run(Bridge().run())

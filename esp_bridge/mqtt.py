@@ -1,0 +1,703 @@
+# Compact asyncio MQTT 3.1.1 client for the ESP8266 (MicroPython).
+#
+# One connection at a time; the owner (bridge.py) decides when to connect and
+# reconnect. Features: CONNECT with will, credentials and clean_session;
+# CONNACK refusals as MQTTError with a readable reason; PUBLISH QoS 0 and 1
+# (QoS 1 with a bounded in-flight table, retried with DUP after response_ms,
+# resent on reconnect); SUBSCRIBE; PINGREQ keepalive with dead-broker
+# detection; optional TLS; incoming messages in a bounded queue: while it is
+# full the socket is not read (TCP then pushes back on the broker).
+#
+# Hot paths reuse preallocated buffers: a received packet is read into one
+# bytearray; only the (topic, payload) bytes handed to the consumer are new.
+from micropython import const
+import asyncio
+import time
+
+_CONNECT = const(0x10)
+_CONNACK = const(0x20)
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_PINGRESP = const(0xD0)
+_DISCONNECT = const(0xE0)
+
+_ENOTCONN = const(107)
+_ETIMEDOUT = const(110)
+_ECONNRESET = const(104)
+
+TOPIC_MAX = const(128)  # longest topic sent or accepted
+MSG_MAX = const(1152)  # longest payload accepted (PROTOCOL.md MAX_MESSAGE)
+
+_REASONS = (
+    "",
+    "unacceptable protocol version",
+    "identifier rejected",
+    "server unavailable",
+    "bad user name or password",
+    "not authorised",
+)
+
+
+class MQTTError(Exception):
+    """A protocol-level failure. code: the CONNACK return code (1-5) or 0."""
+
+    def __init__(self, text: str, code: int = 0) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def refusal(code: int) -> str:
+    """The text for a CONNACK return code, e.g. 'refused: not authorised'."""
+    if 0 < code < len(_REASONS):
+        return "refused: " + _REASONS[code]
+    return "refused: code %d" % code
+
+
+def put_len(buf: bytearray, i: int, n: int) -> int:
+    """Write n as an MQTT remaining-length varint at buf[i]; return the next index."""
+    if n < 0 or n > 268435455:
+        raise ValueError("length")
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            b |= 0x80
+        buf[i] = b
+        i += 1
+        if not n:
+            return i
+
+
+def get_len(buf, i: int = 0) -> tuple:
+    """Decode a varint at buf[i]: (value, next index); ValueError if malformed."""
+    n = 0
+    sh = 0
+    while True:
+        if sh > 21 or i >= len(buf):
+            raise ValueError("remaining length")
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << sh
+        if not b & 0x80:
+            return n, i
+        sh += 7
+
+
+def _put_str(buf: bytearray, i: int, s: bytes) -> int:
+    n = len(s)
+    buf[i] = n >> 8
+    buf[i + 1] = n & 0xFF
+    buf[i + 2 : i + 2 + n] = s
+    return i + 2 + n
+
+
+def _nothing(on: bool) -> None:
+    pass
+
+
+def _tls_context():
+    # micropython-lib's ssl.SSLContext sets CERT_NONE; the ESP8266 (axTLS)
+    # cannot verify certificates anyway: TLS here encrypts, it does not
+    # authenticate the broker (docs/FIRMWARE.md)
+    try:
+        import ssl
+
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    except (ImportError, AttributeError):
+        import tls
+
+        return tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+
+
+def _b(s) -> bytes:
+    return s.encode() if isinstance(s, str) else bytes(s)
+
+
+class MQTTClient:
+    """MQTT 3.1.1 client. The owner calls connect() again after a failure.
+
+    will: None or (topic, payload, qos, retain).
+    response_ms: how long to wait for CONNACK, SUBACK, PUBACK, PINGRESP or a
+    stuck write before the connection is deemed dead.
+    max_inflight: unacknowledged QoS 1 publishes; publish() waits when full.
+    rx_slots: size of the incoming message queue (back-pressure when full).
+    retries: DUP resends of a QoS 1 publish on one connection before the
+    connection is dropped (it is resent again after the reconnect).
+    """
+
+    def __init__(
+        self,
+        client_id,
+        user="",
+        password="",
+        keepalive_s: int = 60,
+        clean_session: bool = False,
+        will=None,
+        response_ms: int = 10000,
+        max_inflight: int = 4,
+        rx_slots: int = 4,
+        retries: int = 2,
+        max_msg: int = MSG_MAX,
+    ) -> None:
+        self._cid = _b(client_id)
+        self._user = _b(user) if user else b""
+        self._pw = _b(password) if password else b""
+        self.keepalive_s = keepalive_s
+        self.clean_session = clean_session
+        self._will = will
+        self.response_ms = response_ms
+        self._retries = retries
+        self._max_msg = max_msg
+        # receive buffer for one packet body (topic + pid + payload)
+        self._rbuf = bytearray(4 + TOPIC_MAX + max_msg)
+        self._rmv = memoryview(self._rbuf)
+        self._tbuf = bytearray(9 + TOPIC_MAX)  # outgoing fixed header + topic + pid
+        self._tmv = memoryview(self._tbuf)
+        self._abuf = bytearray(b"\x40\x02\x00\x00")  # PUBACK
+        # one asyncio Stream, typed as its two CPython halves
+        self._r: asyncio.StreamReader | None = None
+        self._w: asyncio.StreamWriter | None = None
+        self._up = False
+        self._tasks: list = []
+        self._wlock = asyncio.Lock()
+        self._ev = asyncio.Event()  # any state change: PUBACK, SUBACK, connection down
+        self._pid = 0
+        # in-flight QoS 1 table (parallel lists, fixed size)
+        n = max_inflight
+        self._f_pid = [0] * n
+        self._f_topic = [b""] * n
+        self._f_msg = [b""] * n
+        self._f_ret = [False] * n
+        self._f_ms = [time.ticks_ms()] * n
+        self._f_try = [0] * n
+        self._f_n = 0
+        # incoming queue (ring of (topic, payload, retain))
+        self._q: list = [None] * rx_slots
+        self._qh = 0
+        self._qn = 0
+        self._q_ev = asyncio.Event()  # a message was queued
+        self._space_ev = asyncio.Event()  # the consumer took one
+        self._paused = False
+        self._sub_pid = -1
+        self._sub_rc = -1
+        self._pinging = False  # a PINGREQ is unanswered
+        self._ping_ms = time.ticks_ms()  # when it went out
+        self._last_rx = self._ping_ms
+        self._last_tx = self._ping_ms
+        self._wbusy = False
+        self._wt0 = self._ping_ms
+        self._ip: str | None = None  # resolved broker address (DNS once, getaddrinfo blocks)
+        self._host: str | None = None
+        self._fails = 0  # connect attempts failed in a row
+        self.on_block = _nothing  # called with True/False around a blocking DNS lookup
+        self.why = ""  # why the last connection ended
+        self.oversize = 0  # incoming messages dropped for size
+
+    def configure(
+        self, client_id, user="", password="", keepalive_s=60, will=None, response_ms=10000,
+        retries=2, clean_session=False,
+    ) -> None:
+        """New session parameters (while disconnected). Forgets queued and in-flight messages."""
+        self.close("reconfigure")
+        self._cid = _b(client_id)
+        self._user = _b(user) if user else b""
+        self._pw = _b(password) if password else b""
+        self.keepalive_s = keepalive_s
+        self._will = will
+        self.response_ms = response_ms
+        self._retries = retries
+        self.clean_session = clean_session
+        for i in range(len(self._f_pid)):
+            self._f_pid[i] = 0
+            self._f_topic[i] = b""
+            self._f_msg[i] = b""
+        self._f_n = 0
+        while self._qn:
+            self.get()
+
+    # ----- state -----
+
+    def isconnected(self) -> bool:
+        return self._up
+
+    def inflight(self) -> int:
+        return self._f_n
+
+    def pending(self) -> int:
+        """Incoming messages waiting in the queue."""
+        return self._qn
+
+    def get(self):
+        """Take the oldest incoming (topic, payload, retain), or None."""
+        if not self._qn:
+            return None
+        q = self._q
+        m = q[self._qh]
+        q[self._qh] = None
+        self._qh = (self._qh + 1) % len(q)
+        self._qn -= 1
+        self._space_ev.set()
+        return m
+
+    async def next(self):
+        """Wait for and take the next incoming (topic, payload, retain)."""
+        while not self._qn:
+            self._q_ev.clear()
+            await self._q_ev.wait()
+        return self.get()
+
+    async def wait_change(self) -> None:
+        """Wait until a PUBACK, SUBACK or the end of the connection."""
+        self._ev.clear()
+        await self._ev.wait()
+
+    # ----- connection -----
+
+    def _resolve(self, host, port):
+        # DNS once: getaddrinfo blocks the event loop (on the ESP8266 it still
+        # runs scheduled IRQ handlers: on_block lets the I2C link go on)
+        if self._ip is None or self._host != host or self._fails >= 4:
+            import socket
+
+            self._host = host
+            self._fails = 0
+            self.on_block(True)
+            try:
+                a = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+            finally:
+                self.on_block(False)
+            # the ESP8266 (lwIP) gives ('a.b.c.d', port): keep the literal;
+            # other ports give an opaque sockaddr: keep the name
+            self._ip = a[0] if isinstance(a, tuple) else host
+        return self._ip
+
+    async def connect(self, host, port: int = 1883, tls: bool = False) -> bool:
+        """Open the connection; return the CONNACK session-present flag.
+
+        Raises MQTTError (refused, malformed) or OSError (network)."""
+        self.close("reconnect")
+        self.why = ""
+        try:
+            ip = self._resolve(host, port)
+            ctx = None
+            if tls:
+                ctx = _tls_context()
+            s: tuple = await asyncio.wait_for_ms(
+                asyncio.open_connection(
+                    ip, port, ssl=ctx, server_hostname=host if tls else None
+                ),
+                self.response_ms,
+            )
+            self._r = s[0]
+            self._w = s[1]
+        except asyncio.TimeoutError:
+            self._fails += 1  # after 4 in a row: resolve again (DHCP may have moved it)
+            raise OSError(_ETIMEDOUT)
+        except OSError:
+            self._fails += 1
+            raise
+        try:
+            await asyncio.wait_for_ms(self._handshake(), self.response_ms)
+        except asyncio.TimeoutError:
+            self._close_sock()
+            self._fails += 1
+            raise OSError(_ETIMEDOUT)
+        except Exception:
+            self._close_sock()
+            self._fails += 1
+            raise
+        self._fails = 0
+        now = time.ticks_ms()
+        self._last_rx = now
+        self._last_tx = now
+        self._pinging = False
+        self._paused = False
+        self._up = True
+        present = bool(self._rbuf[2] & 1)
+        self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._keeper())]
+        # MQTT-4.4.0-1: resend unacknowledged publishes with their packet ids
+        for i in range(len(self._f_pid)):
+            if self._f_pid[i]:
+                self._f_try[i] = 0
+                await self._send_pub(i, True)
+        return present
+
+    async def _handshake(self) -> None:
+        will = self._will
+        n = 10 + 2 + len(self._cid)
+        flags = 0x02 if self.clean_session else 0
+        if will:
+            wt = _b(will[0])
+            wm = _b(will[1])
+            n += 4 + len(wt) + len(wm)
+            flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
+        if self._user:
+            n += 2 + len(self._user)
+            flags |= 0x80
+        if self._pw:
+            n += 2 + len(self._pw)
+            flags |= 0x40
+        pkt = bytearray(5 + n)
+        pkt[0] = _CONNECT
+        i = put_len(pkt, 1, n)
+        i = _put_str(pkt, i, b"MQTT")
+        pkt[i] = 4  # protocol level 3.1.1
+        pkt[i + 1] = flags
+        pkt[i + 2] = self.keepalive_s >> 8
+        pkt[i + 3] = self.keepalive_s & 0xFF
+        i = _put_str(pkt, i + 4, self._cid)
+        if will:
+            i = _put_str(pkt, i, wt)
+            i = _put_str(pkt, i, wm)
+        if self._user:
+            i = _put_str(pkt, i, self._user)
+        if self._pw:
+            i = _put_str(pkt, i, self._pw)
+        await self._send(memoryview(pkt)[:i], None, True)
+        del pkt
+        mv = self._rmv
+        await self._readn(mv[:4])
+        b = self._rbuf
+        if b[0] != _CONNACK or b[1] != 2:
+            raise MQTTError("bad CONNACK")
+        if b[3]:
+            raise MQTTError(refusal(b[3]), b[3])
+
+    def _close_sock(self) -> None:
+        w = self._w
+        self._w = None
+        self._r = None
+        if w is not None:
+            try:
+                w.s.close()  # type: ignore[attr-defined]  # MicroPython Stream.s: the socket
+            except Exception:
+                pass
+
+    def close(self, why: str = "closed") -> None:
+        """Drop the connection at once (the broker publishes the will)."""
+        was = self._up
+        self._up = False
+        cur = asyncio.current_task()
+        for t in self._tasks:
+            if t is not cur:
+                t.cancel()
+        self._tasks = []
+        self._close_sock()
+        if was:
+            self.why = why
+        self._ev.set()
+
+    async def disconnect(self) -> None:
+        """Say DISCONNECT (no will) and close."""
+        if self._up:
+            try:
+                async with self._wlock:
+                    self._tbuf[0] = _DISCONNECT
+                    self._tbuf[1] = 0
+                    await self._write(self._tmv[:2])
+            except OSError:
+                pass
+        self.close("disconnect")
+
+    def _fail(self, why: str) -> None:
+        if self._up:
+            self.close(why)
+
+    # ----- sending -----
+
+    async def _send(self, a, b=None, connecting: bool = False) -> None:
+        async with self._wlock:
+            await self._write(a, b, connecting)
+
+    async def _write(self, a, b=None, connecting: bool = False) -> None:
+        # Caller holds _wlock: packets never interleave, and _tbuf (filled
+        # under the lock) is not overwritten before it is written.
+        s = self._w
+        if s is None or not (self._up or connecting):
+            raise OSError(_ENOTCONN)
+        try:
+            s.write(a)  # copies what the socket does not take at once
+            if b:
+                s.write(b)
+            self._wt0 = time.ticks_ms()
+            self._wbusy = True
+            await s.drain()
+        except OSError as e:
+            self._wbusy = False
+            self._fail("write: %s" % e)
+            raise
+        self._wbusy = False
+        self._last_tx = time.ticks_ms()
+
+    def _next_pid(self) -> int:
+        while True:
+            self._pid = self._pid % 65535 + 1
+            if self._pid not in self._f_pid and self._pid != self._sub_pid:
+                return self._pid
+
+    async def _send_pub(self, slot: int, dup: bool) -> None:
+        await self._pub(
+            self._f_topic[slot], self._f_msg[slot], 1, self._f_ret[slot], self._f_pid[slot], dup
+        )
+        self._f_ms[slot] = time.ticks_ms()
+
+    async def _pub(self, topic, msg, qos, retain, pid, dup) -> None:
+        async with self._wlock:
+            b = self._tbuf
+            b[0] = _PUBLISH | (8 if dup else 0) | (qos << 1) | (1 if retain else 0)
+            n = 2 + len(topic) + len(msg) + (2 if qos else 0)
+            i = put_len(b, 1, n)
+            i = _put_str(b, i, topic)
+            if qos:
+                b[i] = pid >> 8
+                b[i + 1] = pid & 0xFF
+                i += 2
+            await self._write(self._tmv[:i], msg)
+
+    async def publish(self, topic, msg, qos: int = 0, retain: bool = False) -> int:
+        """Publish; QoS 1 returns the packet id once it is in the in-flight table.
+
+        A QoS 1 message, once accepted, is retried and resent after a
+        reconnect until its PUBACK arrives. Raises OSError when not connected
+        (the message was not accepted), ValueError when too long."""
+        topic = _b(topic) if isinstance(topic, str) else topic
+        if len(topic) > TOPIC_MAX or not topic:
+            raise ValueError("topic length")
+        if len(msg) > 268435455 - 4 - len(topic):
+            raise ValueError("payload length")
+        if not qos:
+            if not self._up:
+                raise OSError(_ENOTCONN)
+            await self._pub(topic, msg, 0, retain, 0, False)
+            return 0
+        while self._f_n >= len(self._f_pid):
+            if not self._up:
+                raise OSError(_ENOTCONN)
+            await self.wait_change()
+        if not self._up:
+            raise OSError(_ENOTCONN)
+        slot = self._f_pid.index(0)
+        pid = self._next_pid()
+        self._f_pid[slot] = pid
+        self._f_topic[slot] = topic
+        self._f_msg[slot] = msg
+        self._f_ret[slot] = retain
+        self._f_try[slot] = 0
+        self._f_ms[slot] = time.ticks_ms()
+        self._f_n += 1
+        try:
+            await self._send_pub(slot, False)
+        except OSError:
+            pass  # accepted: it goes out again after the reconnect
+        return pid
+
+    async def wait_acked(self) -> None:
+        """Wait until every QoS 1 publish is acknowledged (or the link drops)."""
+        while self._f_n:
+            if not self._up:
+                raise OSError(_ENOTCONN)
+            await self.wait_change()
+
+    async def subscribe(self, topic, qos: int = 1) -> int:
+        """Subscribe to one filter; return the granted QoS. MQTTError if refused."""
+        topic = _b(topic)
+        if len(topic) > TOPIC_MAX or not topic:
+            raise ValueError("topic length")
+        pid = self._next_pid()
+        self._sub_pid = pid
+        self._sub_rc = -1
+        async with self._wlock:
+            b = self._tbuf
+            b[0] = _SUBSCRIBE
+            i = put_len(b, 1, 5 + len(topic))
+            b[i] = pid >> 8
+            b[i + 1] = pid & 0xFF
+            i = _put_str(b, i + 2, topic)
+            b[i] = qos
+            await self._write(self._tmv[: i + 1])
+        t0 = time.ticks_ms()
+        while self._sub_rc < 0:
+            if not self._up:
+                raise OSError(_ENOTCONN)
+            left = self.response_ms - time.ticks_diff(time.ticks_ms(), t0)
+            if left <= 0:
+                self._fail("no SUBACK")
+                raise OSError(_ETIMEDOUT)
+            self._ev.clear()
+            try:
+                await asyncio.wait_for_ms(self._ev.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        self._sub_pid = -1
+        if self._sub_rc == 0x80:
+            raise MQTTError("subscription refused")
+        return self._sub_rc
+
+    # ----- receiving -----
+
+    async def _readn(self, mv) -> None:
+        """Fill mv exactly from the socket."""
+        n = len(mv)
+        got = 0
+        s = self._r
+        if s is None:
+            raise OSError(_ENOTCONN)
+        while got < n:
+            r = await s.readinto(mv[got:])
+            if r is None:  # TLS: record not complete yet
+                continue
+            if not r:
+                raise OSError(_ECONNRESET)
+            got += r
+            self._last_rx = time.ticks_ms()
+
+    async def _reader(self) -> None:
+        try:
+            await self._read_loop()
+        except OSError as e:
+            self._fail("read: %s" % e)
+        except (MQTTError, ValueError, IndexError) as e:
+            self._fail("malformed: %s" % e)
+        except MemoryError:
+            # no room for a message: drop the connection; a QoS 1 message not
+            # yet acknowledged is redelivered after the reconnect
+            self._fail("out of memory")
+
+    async def _read_loop(self) -> None:
+        b = self._rbuf
+        mv = self._rmv
+        q = self._q
+        while True:
+            if self._qn >= len(q):  # consumer full: stop reading the socket
+                self._paused = True
+                while self._qn >= len(q):
+                    self._space_ev.clear()
+                    await self._space_ev.wait()
+                self._paused = False
+                self._resume_timers()
+            await self._readn(mv[:2])
+            t = b[0]
+            n = b[1] & 0x7F
+            if b[1] & 0x80:
+                sh = 7
+                while True:
+                    await self._readn(mv[1:2])
+                    n |= (b[1] & 0x7F) << sh
+                    if not b[1] & 0x80:
+                        break
+                    sh += 7
+                    if sh > 21:
+                        raise MQTTError("remaining length")
+            if t & 0xF0 == _PUBLISH:
+                await self._on_publish(t, n)
+                continue
+            if n > 4:
+                raise MQTTError("packet %02x length %d" % (t, n))
+            if n:
+                await self._readn(mv[:n])
+            if t == _PUBACK and n == 2:
+                pid = (b[0] << 8) | b[1]
+                if pid in self._f_pid:
+                    i = self._f_pid.index(pid)
+                    self._f_pid[i] = 0
+                    self._f_topic[i] = b""
+                    self._f_msg[i] = b""
+                    self._f_n -= 1
+                    self._ev.set()
+            elif t == _SUBACK and n == 3:
+                if (b[0] << 8) | b[1] == self._sub_pid:
+                    self._sub_rc = b[2]
+                    self._ev.set()
+            elif t == _PINGRESP and n == 0:
+                self._pinging = False
+            else:
+                raise MQTTError("unexpected packet %02x" % t)
+
+    async def _on_publish(self, t: int, n: int) -> None:
+        b = self._rbuf
+        mv = self._rmv
+        qos = (t >> 1) & 3
+        if qos > 1 or n < 2 + (2 if qos else 0):
+            raise MQTTError("bad PUBLISH")
+        await self._readn(mv[:2])
+        tl = (b[0] << 8) | b[1]
+        hl = tl + (2 if qos else 0)
+        if tl > TOPIC_MAX or 2 + hl > n:
+            raise MQTTError("bad topic length")
+        await self._readn(mv[:hl])
+        pid = (b[tl] << 8) | b[tl + 1] if qos else 0
+        pl = n - 2 - hl
+        if pl > self._max_msg:
+            # too long for the link: drain it in pieces, acknowledge it (else a
+            # persistent session would redeliver it for ever) and count it
+            left = pl
+            while left:
+                k = min(left, len(b) - hl)
+                await self._readn(mv[hl : hl + k])
+                left -= k
+            self.oversize += 1
+        else:
+            await self._readn(mv[hl : hl + pl])
+            q = self._q
+            q[(self._qh + self._qn) % len(q)] = (bytes(mv[:tl]), bytes(mv[hl : hl + pl]), t & 1)
+            self._qn += 1
+            self._q_ev.set()
+        if qos:
+            a = self._abuf  # own buffer: _tbuf may be in use by a publisher
+            a[2] = pid >> 8
+            a[3] = pid & 0xFF
+            await self._send(a)
+
+    # ----- timers: keepalive, dead broker, QoS 1 retries -----
+
+    def _resume_timers(self) -> None:
+        # nothing could be read while paused: restart the response clocks
+        now = time.ticks_ms()
+        self._ping_ms = now
+        self._last_rx = now
+        for i in range(len(self._f_pid)):
+            if self._f_pid[i]:
+                self._f_ms[i] = now
+
+    async def _keeper(self) -> None:
+        ping = self.keepalive_s * 250  # ping after keepalive/4 of silence
+        tick = min(self.response_ms // 4, 500)
+        b = bytearray(2)
+        b[0] = _PINGREQ
+        try:
+            while self._up:
+                await asyncio.sleep_ms(tick)
+                now = time.ticks_ms()
+                if self._wbusy and time.ticks_diff(now, self._wt0) > self.response_ms:
+                    self._fail("write stalled")
+                    return
+                if self._paused:
+                    # not reading: judge nothing, but keep the broker's keepalive fed
+                    if ping and time.ticks_diff(now, self._last_tx) >= ping:
+                        self._pinging = True
+                        self._ping_ms = now
+                        await self._send(b)
+                    continue
+                if self._pinging:
+                    if time.ticks_diff(now, self._ping_ms) > self.response_ms:
+                        self._fail("no PINGRESP")
+                        return
+                elif ping and (
+                    time.ticks_diff(now, self._last_rx) >= ping
+                    or time.ticks_diff(now, self._last_tx) >= ping
+                ):
+                    self._pinging = True
+                    self._ping_ms = now
+                    await self._send(b)
+                for i in range(len(self._f_pid)):
+                    if self._f_pid[i] and time.ticks_diff(now, self._f_ms[i]) >= self.response_ms:
+                        if self._f_try[i] >= self._retries:
+                            self._fail("no PUBACK")
+                            return
+                        self._f_try[i] += 1
+                        await self._send_pub(i, True)
+        except OSError:
+            pass  # _send already failed the connection

@@ -1,0 +1,652 @@
+"""The ESP8266 MQTT client (esp_bridge/mqtt.py) under the MicroPython unix port.
+
+Each test runs a MicroPython script (the SCRIPT below, one scenario per
+test) against a real broker: the embedded amqtt and Mosquitto. pytest
+watches from the outside with paho-mqtt, restarts or freezes the broker,
+kills the MicroPython process, or puts a small TCP proxy or fake broker in
+the path to create the faults a real network makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from conftest import ROOT, TEST_TIMEOUT, BrokerProcess, free_port, mosquitto_process
+from test_bridge_support import ESP_BRIDGE, MpyProcess, mpy_env, run_mpy
+
+SCRIPT = r'''
+import asyncio
+import sys
+import time
+
+from mqtt import MQTTClient, MQTTError, get_len, put_len, refusal
+
+scen = sys.argv[1]
+port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+HOST = "127.0.0.1"
+
+
+def out(*a):
+    print(*a)
+
+
+async def wait_until(cond, ms):
+    t0 = time.ticks_ms()
+    while not cond():
+        if time.ticks_diff(time.ticks_ms(), t0) > ms:
+            return False
+        await asyncio.sleep_ms(20)
+    return True
+
+
+async def varint():
+    cases = [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16383, b"\xff\x7f"),
+             (16384, b"\x80\x80\x01"), (2097151, b"\xff\xff\x7f"),
+             (2097152, b"\x80\x80\x80\x01"), (268435455, b"\xff\xff\xff\x7f")]
+    buf = bytearray(5)
+    for n, enc in cases:
+        i = put_len(buf, 0, n)
+        assert bytes(buf[:i]) == enc, (n, bytes(buf[:i]))
+        assert get_len(enc + b"zz") == (n, len(enc)), n
+    for bad in (b"\xff\xff\xff\xff\x01", b"\x80", b""):
+        try:
+            get_len(bad)
+            raise AssertionError(bad)
+        except ValueError:
+            pass
+    for bad in (-1, 268435456):
+        try:
+            put_len(buf, 0, bad)
+            raise AssertionError(bad)
+        except ValueError:
+            pass
+    assert refusal(4) == "refused: bad user name or password"
+    assert refusal(5) == "refused: not authorised"
+    assert refusal(9) == "refused: code 9"
+    out("VARINT OK")
+
+
+async def basic():
+    c = MQTTClient("mp-basic", keepalive_s=2, response_ms=2000, clean_session=True)
+    present = await c.connect(HOST, port)
+    out("CONNECTED", present)
+    out("GRANTED", await c.subscribe("mp/basic/#", 1))
+    await c.publish("mp/basic/q0", b"zero", 0)
+    await c.publish(b"mp/basic/q1", b"one", 1)
+    await c.publish("mp/basic/big", b"B" * 1100, 1, True)
+    await c.wait_acked()
+    out("ACKED", c.inflight())
+    got = {}
+    for _ in range(3):
+        t, m, r = await asyncio.wait_for_ms(c.next(), 3000)
+        got[t.decode()] = len(m)
+    out("GOT", sorted(got.items()))
+    for bad in ("", "x" * 129):
+        try:
+            await c.publish(bad, b"x")
+            out("BAD TOPIC ACCEPTED")
+        except ValueError:
+            pass
+    await asyncio.sleep_ms(3500)  # longer than 1.5 x keepalive: pings keep it up
+    out("ALIVE", c.isconnected(), c.why)
+    await c.publish("mp/basic/big", b"", 1, True)  # clear the retained message
+    await c.wait_acked()
+    await c.disconnect()
+    out("CLOSED", c.isconnected())
+
+
+async def will():
+    c = MQTTClient("mp-will", keepalive_s=60, will=("mp/will/status", b"offline", 1, True))
+    await c.connect(HOST, port)
+    await c.publish("mp/will/status", b"online", 1, True)
+    await c.wait_acked()
+    out("READY")
+    while True:
+        await asyncio.sleep(1)
+
+
+async def reconnect():
+    c = MQTTClient("mp-rc", keepalive_s=2, response_ms=1000, clean_session=False)
+    await c.connect(HOST, port)
+    await c.subscribe("mp/rc/#", 1)
+    out("READY")
+    await wait_until(lambda: not c.isconnected(), 20000)
+    out("DOWN", c.why)
+    t0 = time.ticks_ms()
+    first = True
+    while True:  # as the bridge does: reconnect, resubscribe, until it works
+        try:
+            await c.connect(HOST, port)
+            if first:
+                out("RECONNECTED after", time.ticks_diff(time.ticks_ms(), t0))
+                first = False
+            await c.subscribe("mp/rc/#", 1)
+            await c.publish("mp/rc/x", b"back", 1)
+            t, m, r = await asyncio.wait_for_ms(c.next(), 3000)
+            break
+        except (OSError, MQTTError, asyncio.TimeoutError) as e:
+            out("RETRY", repr(e), c.isconnected(), c.why)
+            await asyncio.sleep_ms(200)
+    out("BACK", t.decode(), m.decode())
+    await c.disconnect()
+
+
+async def retry():
+    c = MQTTClient("mp-retry", keepalive_s=30, response_ms=800, retries=3, clean_session=True)
+    await c.connect(HOST, port)
+    pid = await c.publish("mp/retry/x", b"r1", 1)
+    out("PUBLISHED", pid)
+    await asyncio.wait_for_ms(c.wait_acked(), 5000)
+    out("ACKED", c.inflight(), c.isconnected())
+    await c.disconnect()
+
+
+async def refused():
+    user = sys.argv[3]
+    pw = sys.argv[4]
+    c = MQTTClient("mp-ref", user=user, password=pw, response_ms=3000, clean_session=True)
+    try:
+        await c.connect(HOST, port)
+        out("ACCEPTED")
+        await c.disconnect()
+    except MQTTError as e:
+        out("REFUSED", e.code, e.args[0])
+
+
+async def backpressure():
+    n = int(sys.argv[3])
+    c = MQTTClient("mp-bp", keepalive_s=2, response_ms=1500, rx_slots=2, clean_session=True)
+    await c.connect(HOST, port)
+    await c.subscribe("mp/bp", 1)
+    out("READY")
+    most = 0
+    t0 = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t0) < 4000:  # a slow consumer: take nothing
+        most = max(most, c.pending())
+        await asyncio.sleep_ms(50)
+    out("PAUSED", most, c._paused, c.isconnected(), c.why)
+    seq = []
+    while len(seq) < n:
+        t, m, r = await asyncio.wait_for_ms(c.next(), 5000)
+        seq.append(int(m))
+        most = max(most, c.pending())
+    out("BP", len(seq), seq == list(range(n)), most, c.isconnected())
+    await c.disconnect()
+
+
+async def concurrent():
+    c = MQTTClient("mp-cc", keepalive_s=30, response_ms=5000, clean_session=True)
+    await c.connect(HOST, port)
+    await c.subscribe("mp/cc/+", 1)
+    big = b"Z" * 300000  # many partial writes: the others wait for the lock meanwhile
+    async def small(name):
+        await asyncio.sleep_ms(0)
+        await c.publish("mp/cc/" + name, b"from-" + name.encode(), 1)
+    tasks = [asyncio.create_task(c.publish("mp/cc/big", big, 0))]
+    tasks += [asyncio.create_task(small(n)) for n in ("bb", "c", "dddd")]
+    await asyncio.gather(*tasks)
+    await c.wait_acked()
+    got = []
+    for _ in range(3):
+        t, m, r = await asyncio.wait_for_ms(c.next(), 5000)
+        got.append((t.decode(), m.decode()))
+    await asyncio.sleep_ms(300)
+    out("CONCURRENT", sorted(got), c.oversize, c.isconnected())
+    await c.disconnect()
+
+
+async def malformed():
+    c = MQTTClient("mp-mal", keepalive_s=30, response_ms=1000, max_msg=1152)
+    for i in range(4):
+        await c.connect(HOST, port)
+        if i < 3:
+            ok = await wait_until(lambda: not c.isconnected(), 3000)
+            out("DROP", i, ok, c.why)
+        else:
+            await c.subscribe("mp/x", 1)
+            t, m, r = await asyncio.wait_for_ms(c.next(), 3000)
+            out("OVERSIZE", c.oversize, t.decode(), m.decode(), c.isconnected())
+            await asyncio.sleep_ms(300)
+            await c.disconnect()
+
+
+async def tls():
+    c = MQTTClient("mp-tls", keepalive_s=10, response_ms=5000, clean_session=True)
+    await c.connect("localhost", port, True)
+    await c.subscribe("mp/tls", 1)
+    await c.publish("mp/tls", b"secret", 1)
+    t, m, r = await asyncio.wait_for_ms(c.next(), 5000)
+    out("TLS", t.decode(), m.decode())
+    await c.disconnect()
+
+
+asyncio.run(globals()[scen]())
+'''
+
+
+def _script(tmp_path: Path) -> Path:
+    f = tmp_path / "mqtt_scenarios.py"
+    f.write_text(SCRIPT)
+    return f
+
+
+def start(micropython_bin: str, tmp_path: Path, *args: object) -> MpyProcess:
+    argv = [micropython_bin, str(_script(tmp_path)), *[str(a) for a in args]]
+    return MpyProcess(argv, mpy_env(ESP_BRIDGE, ROOT))
+
+
+def finish(p: MpyProcess) -> str:
+    rc = p.wait()
+    out = p.output()
+    assert rc == 0, out
+    assert "Traceback" not in out, out
+    return out
+
+
+class Watcher:
+    """A paho subscriber recording (topic, payload, qos, retain)."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "watcher") -> None:
+        self.messages: list[tuple[str, bytes, int, bool]] = []
+        self._cv = threading.Condition()
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.c.on_message = self._on_message
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        self.c.subscribe(topic, 1)
+        assert subscribed.wait(TEST_TIMEOUT), "paho subscription not acknowledged"
+
+    def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        with self._cv:
+            self.messages.append((msg.topic, msg.payload, msg.qos, bool(msg.retain)))
+            self._cv.notify_all()
+
+    def wait(self, pred: Callable[[tuple[str, bytes, int, bool]], bool],
+             timeout: float = TEST_TIMEOUT) -> tuple[str, bytes, int, bool]:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for m in self.messages:
+                    if pred(m):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching message; got {self.messages[-10:]}")
+                self._cv.wait(left)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.fixture
+def watcher_factory() -> Iterator[Callable[..., Watcher]]:
+    made: list[Watcher] = []
+
+    def make(port: int, topic: str, client_id: str = "watcher") -> Watcher:
+        w = Watcher(port, topic, client_id)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def test_varint_and_reasons(micropython_bin: str, tmp_path: Path) -> None:
+    out = finish(start(micropython_bin, tmp_path, "varint"))
+    assert "VARINT OK" in out
+
+
+def test_connect_publish_subscribe_both_qos(micropython_bin: str, tmp_path: Path,
+                                            any_broker: BrokerProcess,
+                                            watcher_factory: Callable[..., Watcher]) -> None:
+    w = watcher_factory(any_broker.port, "mp/basic/#")
+    out = finish(start(micropython_bin, tmp_path, "basic", any_broker.port))
+    assert "CONNECTED False" in out  # clean session: no session present
+    assert "GRANTED 1" in out
+    assert "ACKED 0" in out
+    assert "GOT [('mp/basic/big', 1100), ('mp/basic/q0', 4), ('mp/basic/q1', 3)]" in out
+    assert "BAD TOPIC ACCEPTED" not in out
+    assert "ALIVE True" in out  # keepalive 2 s, 3.5 s idle: PINGREQ/PINGRESP kept it up
+    assert "CLOSED False" in out
+    q1 = w.wait(lambda m: m[0] == "mp/basic/q1")
+    assert q1[1] == b"one" and q1[2] == 1
+    assert w.wait(lambda m: m[0] == "mp/basic/q0")[1] == b"zero"
+    assert w.wait(lambda m: m[0] == "mp/basic/big" and m[1])[1] == b"B" * 1100
+
+
+def test_will_published_when_process_dies(micropython_bin: str, tmp_path: Path,
+                                          any_broker: BrokerProcess,
+                                          watcher_factory: Callable[..., Watcher]) -> None:
+    w = watcher_factory(any_broker.port, "mp/will/status")
+    with start(micropython_bin, tmp_path, "will", any_broker.port) as p:
+        p.wait_for("READY")
+        w.wait(lambda m: m[1] == b"online")
+        p.proc.send_signal(signal.SIGKILL)  # the socket dies with the process
+        p.proc.wait()
+    m = w.wait(lambda m: m[1] == b"offline")
+    assert m[2] == 1
+
+
+def test_reconnect_after_broker_restart(micropython_bin: str, tmp_path: Path,
+                                        any_broker: BrokerProcess) -> None:
+    with start(micropython_bin, tmp_path, "reconnect", any_broker.port) as p:
+        p.wait_for("READY")
+        any_broker.restart()
+        down = p.wait_for("DOWN")
+        assert "read" in down or "write" in down, down
+        p.wait_for("RECONNECTED")
+        assert p.wait_for("BACK") == "BACK mp/rc/x back"
+        assert p.wait() == 0
+
+
+def test_dead_broker_detected_by_unanswered_ping(micropython_bin: str, tmp_path: Path,
+                                                 any_broker: BrokerProcess) -> None:
+    assert any_broker.proc is not None
+    with start(micropython_bin, tmp_path, "reconnect", any_broker.port) as p:
+        p.wait_for("READY")
+        any_broker.proc.send_signal(signal.SIGSTOP)  # silent: the socket stays open
+        try:
+            down = p.wait_for("DOWN", timeout=10)
+        finally:
+            any_broker.proc.send_signal(signal.SIGCONT)
+        assert "no PINGRESP" in down, down
+        p.wait_for("RECONNECTED")
+        p.wait_for("BACK")
+
+
+class PubackSwallower:
+    """TCP proxy to the broker that drops the first PUBACK going to the client
+    and records every PUBLISH the client sends (first byte, packet id)."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.port = free_port()
+        self.publishes: list[tuple[int, int]] = []
+        self.dropped = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        assert self._ready.wait(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        srv = await asyncio.start_server(self._conn, "127.0.0.1", self.port)
+        self._ready.set()
+        async with srv:
+            await srv.serve_forever()
+
+    @staticmethod
+    async def _packet(r: asyncio.StreamReader) -> bytes:
+        head = await r.readexactly(1)
+        n, shift, raw = 0, 0, b""
+        while True:
+            b = await r.readexactly(1)
+            raw += b
+            n |= (b[0] & 0x7F) << shift
+            shift += 7
+            if not b[0] & 0x80:
+                break
+        return head + raw + await r.readexactly(n)
+
+    async def _pump(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, up: bool) -> None:
+        try:
+            while True:
+                pkt = await self._packet(r)
+                kind = pkt[0] & 0xF0
+                if up and kind == 0x30:
+                    i = 1
+                    while pkt[i] & 0x80:
+                        i += 1
+                    tl = (pkt[i + 1] << 8) | pkt[i + 2]
+                    pid = (pkt[i + 3 + tl] << 8) | pkt[i + 4 + tl]
+                    self.publishes.append((pkt[0], pid))
+                if not up and kind == 0x40 and not self.dropped:
+                    self.dropped += 1
+                    continue
+                w.write(pkt)
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+    async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        br, bw = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        await asyncio.gather(self._pump(cr, bw, True), self._pump(br, cw, False))
+
+
+def test_qos1_retried_with_dup_when_puback_lost(micropython_bin: str, tmp_path: Path,
+                                                any_broker: BrokerProcess,
+                                                watcher_factory: Callable[..., Watcher]) -> None:
+    w = watcher_factory(any_broker.port, "mp/retry/#")
+    proxy = PubackSwallower(any_broker.port)
+    out = finish(start(micropython_bin, tmp_path, "retry", proxy.port))
+    assert "ACKED 0 True" in out, out  # acknowledged, on the same connection
+    assert proxy.dropped == 1
+    assert len(proxy.publishes) == 2, proxy.publishes
+    (first, pid1), (second, pid2) = proxy.publishes
+    assert first == 0x32 and second == 0x3A  # QoS 1, then QoS 1 with DUP
+    assert pid1 == pid2
+    assert w.wait(lambda m: m[0] == "mp/retry/x")[1] == b"r1"
+
+
+@pytest.fixture
+def secured_mosquitto(tmp_path: Path) -> Iterator[BrokerProcess]:
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    pw_file = tmp_path / "passwd"
+    subprocess.run([passwd, "-c", "-b", str(pw_file), "dev1", "s3cret"], check=True,
+                   capture_output=True)
+    pw_file.chmod(0o644)
+    conf = [f"password_file {pw_file}", *_stay_root()]
+    broker = mosquitto_process(tmp_path, conf_lines=conf)
+    # the conftest config says allow_anonymous true first: override it
+    conf_path = tmp_path / "mosquitto-test.conf"
+    broker.start = _with_conf(broker, conf_path, "allow_anonymous false")  # type: ignore[method-assign]
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def _stay_root() -> list[str]:
+    """Started as root, Mosquitto drops to its own user, which cannot read
+    pytest's private tmp_path (password, key files): 'user root' keeps it."""
+    return ["user root"] if os.geteuid() == 0 else []
+
+
+def _with_conf(broker: BrokerProcess, conf_path: Path, line: str) -> Callable[[], None]:
+    original = BrokerProcess.start
+
+    def start() -> None:
+        text = conf_path.read_text().replace("allow_anonymous true", line)
+        conf_path.write_text(text)
+        original(broker)
+
+    return start
+
+
+@pytest.mark.mosquitto
+def test_refused_credentials_are_clear_errors(micropython_bin: str, tmp_path: Path,
+                                              secured_mosquitto: BrokerProcess) -> None:
+    port = secured_mosquitto.port
+    ok = finish(start(micropython_bin, tmp_path, "refused", port, "dev1", "s3cret"))
+    assert "ACCEPTED" in ok
+    bad = finish(start(micropython_bin, tmp_path, "refused", port, "dev1", "wrong"))
+    anon = finish(start(micropython_bin, tmp_path, "refused", port, "", ""))
+    # Mosquitto 2 answers a wrong password with 5 (not authorised) on MQTT 3.1.1
+    # and anonymous with 5; code 4 is mapped too (see test_varint_and_reasons)
+    for out in (bad, anon):
+        line = next(x for x in out.splitlines() if x.startswith("REFUSED"))
+        code = int(line.split()[1])
+        assert code in (4, 5), line
+        assert line.endswith("refused: bad user name or password" if code == 4
+                             else "refused: not authorised"), line
+
+
+def test_backpressure_stops_reading(micropython_bin: str, tmp_path: Path,
+                                    any_broker: BrokerProcess) -> None:
+    n = 40
+    with start(micropython_bin, tmp_path, "backpressure", any_broker.port, n) as p:
+        p.wait_for("READY")
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bp-pub")
+        pub.connect("127.0.0.1", any_broker.port)
+        pub.loop_start()
+        try:
+            infos = [pub.publish("mp/bp", str(i), qos=1) for i in range(n)]
+            for info in infos:
+                info.wait_for_publish(TEST_TIMEOUT)
+            paused = p.wait_for("PAUSED")
+            # the queue never grew past its 2 slots; the socket was not read;
+            # pings went on (keepalive 2 s, 4 s paused) so nothing was dropped
+            assert paused == "PAUSED 2 True True ", paused
+            assert p.wait_for("BP") == "BP 40 True 2 True"
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        assert p.wait() == 0
+
+
+def test_concurrent_publishers_do_not_mix_packets(micropython_bin: str, tmp_path: Path,
+                                                  any_broker: BrokerProcess) -> None:
+    out = finish(start(micropython_bin, tmp_path, "concurrent", any_broker.port))
+    assert ("CONCURRENT [('mp/cc/bb', 'from-bb'), ('mp/cc/c', 'from-c'), "
+            "('mp/cc/dddd', 'from-dddd')] 1 True") in out, out
+
+
+class FakeBroker:
+    """Answers CONNECT, then misbehaves: one scenario per connection."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.n = 0
+        self.pubacks: list[bytes] = []
+        self._srv = socket.create_server(("127.0.0.1", self.port))
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def _recv(s: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = s.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    def _read_packet(self, s: socket.socket) -> bytes:
+        head = self._recv(s, 1)
+        n, shift, raw = 0, 0, b""
+        while True:
+            b = self._recv(s, 1)
+            raw += b
+            n |= (b[0] & 0x7F) << shift
+            shift += 7
+            if not b[0] & 0x80:
+                break
+        return head + raw + self._recv(s, n)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                s, _ = self._srv.accept()
+            except OSError:
+                return
+            with s:
+                s.settimeout(5)
+                self._read_packet(s)  # CONNECT
+                s.sendall(b"\x20\x02\x00\x00")
+                i = self.n
+                self.n += 1
+                try:
+                    self._misbehave(i, s)
+                except OSError:
+                    pass
+
+    def _misbehave(self, i: int, s: socket.socket) -> None:
+        if i == 0:
+            s.sendall(b"\xf0\x00")  # reserved packet type
+        elif i == 1:
+            # PUBLISH whose topic length runs past its remaining length
+            s.sendall(b"\x30\x04\x00\x09ab")
+        elif i == 2:
+            s.sendall(b"\x30\xff\xff\xff\xff\x01")  # remaining length of 5 bytes
+        else:
+            sub = self._read_packet(s)  # SUBSCRIBE
+            s.sendall(b"\x90\x03" + sub[2:4] + b"\x01")
+            big = b"\x00\x04mp/x\x00\x07" + b"Z" * 2000  # QoS 1, id 7, 2000 bytes
+            s.sendall(b"\x32" + bytes([len(big) & 0x7F | 0x80, len(big) >> 7]) + big)
+            s.sendall(b"\x30\x08\x00\x04mp/xok")
+            self.pubacks.append(self._read_packet(s))
+        # wait for the client to hang up
+        while s.recv(100):
+            pass
+
+    def close(self) -> None:
+        self._srv.close()
+
+
+def test_malformed_packets_drop_the_connection(micropython_bin: str, tmp_path: Path) -> None:
+    fb = FakeBroker()
+    try:
+        out = finish(start(micropython_bin, tmp_path, "malformed", fb.port))
+    finally:
+        fb.close()
+    lines = [x for x in out.splitlines() if x.startswith("DROP")]
+    assert len(lines) == 3, out
+    assert all(x.startswith(f"DROP {i} True malformed") for i, x in enumerate(lines)), lines
+    # an oversized message is skipped and acknowledged; the connection stays up
+    assert "OVERSIZE 1 mp/x ok True" in out
+    assert fb.pubacks == [b"\x40\x02\x00\x07"]
+
+
+@pytest.fixture
+def tls_mosquitto(tmp_path: Path) -> Iterator[BrokerProcess]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    key.chmod(0o644)
+    broker = mosquitto_process(tmp_path, conf_lines=[f"certfile {cert}", f"keyfile {key}",
+                                                         *_stay_root()])
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.mark.mosquitto
+def test_tls_connection(micropython_bin: str, tmp_path: Path,
+                        tls_mosquitto: BrokerProcess) -> None:
+    out = finish(start(micropython_bin, tmp_path, "tls", tls_mosquitto.port))
+    assert "TLS mp/tls secret" in out
+
+
+def test_script_runs_under_the_unix_port(micropython_bin: str, tmp_path: Path) -> None:
+    """The client module imports with nothing but MicroPython's own modules."""
+    r = run_mpy(micropython_bin, "import mqtt\nprint(mqtt.MSG_MAX, mqtt.TOPIC_MAX)\n",
+                tmp_path, ESP_BRIDGE)
+    assert r.stdout.split() == ["1152", "128"], r.stdout + r.stderr
+
