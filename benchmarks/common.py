@@ -1,0 +1,361 @@
+"""What the benchmark families share: result rows, statistics, brokers, the machine.
+
+A benchmark family measures each figure once per run and repeats the run
+(``Context.repeats``); a :class:`Row` keeps every run's value with its median
+and spread (min, max, and the inter-quartile range when there are 4 runs or
+more). Nothing here asserts anything about speed: targets are carried as text
+and compared in the report only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+log = logging.getLogger("pblink.bench")
+
+
+# -- rows -------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One figure: its values over the repeated runs, and how they spread."""
+
+    family: str
+    name: str
+    unit: str
+    values: list[float]
+    params: dict[str, Any] = field(default_factory=dict)
+    target: str = ""  # e.g. "< 50 ms": compared in the report, never asserted
+    met: bool | None = None  # the median against the target, when the target is numeric
+    note: str = ""
+    median: float | None = None
+    min: float | None = None
+    max: float | None = None
+    q1: float | None = None
+    q3: float | None = None
+    runs: int = 0
+
+    def __post_init__(self) -> None:
+        vals = [float(v) for v in self.values if v is not None and not math.isnan(float(v))]
+        self.values = [round(v, 6) for v in vals]
+        self.runs = len(vals)
+        if vals:
+            self.median = round(statistics.median(vals), 6)
+            self.min = round(min(vals), 6)
+            self.max = round(max(vals), 6)
+            if len(vals) >= 4:
+                q = statistics.quantiles(vals, n=4)
+                self.q1, self.q3 = round(q[0], 6), round(q[2], 6)
+        if self.met is None and self.target and self.median is not None:
+            self.met = check_target(self.median, self.target)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_target(value: float, target: str) -> bool | None:
+    """``"< 50"``, ``">= 100"``, ``"== 0"``: the value against it; None if not numeric."""
+    m = re.match(r"^\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)", target)
+    if not m:
+        return None
+    op, bound = m.group(1), float(m.group(2))
+    return {"<": value < bound, "<=": value <= bound, ">": value > bound,
+            ">=": value >= bound, "==": value == bound}[op]
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
+    return ordered[k]
+
+
+@dataclass
+class Context:
+    """What every family gets: the run's size, a scratch folder, a progress printer."""
+
+    quick: bool = False
+    repeats: int = 3
+    workdir: Path = field(default_factory=lambda: Path("/tmp"))
+    verbose: bool = False
+    mosquitto: str | None = None  # path of the mosquitto binary, None when missing
+    options: dict[str, Any] = field(default_factory=dict)  # family-specific (--scale-n, ...)
+
+    @property
+    def tiny(self) -> bool:
+        """The smoke-test size (tests/test_bench_suite.py): figures are meaningless."""
+        return bool(self.options.get("tiny"))
+
+    def progress(self, text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def subdir(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def find_mosquitto() -> str | None:
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/bin/mosquitto"):
+        if cand and os.path.exists(cand):
+            return cand
+    return None
+
+
+# -- brokers ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+MOSQUITTO_BENCH_CONF = """\
+# Written by benchmarks/common.py: this project's broker/mosquitto/mosquitto.conf
+# limits (queues sized for a server app that holds every device's traffic),
+# on loopback, anonymous, no persistence (a throwaway benchmark broker).
+listener {port} 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_queued_messages 100000
+max_queued_bytes 134217728
+max_inflight_messages 1000
+max_connections -1
+persistence false
+log_dest stdout
+log_type error
+log_type warning
+"""
+
+
+class Broker:
+    """A broker child process (Mosquitto or the embedded amqtt) on a free loopback port."""
+
+    def __init__(self, kind: str, workdir: Path, mosquitto: str | None = None) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.port = free_port()
+        self.mosquitto = mosquitto
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def argv(self) -> list[str]:
+        if self.kind == "mosquitto":
+            if not self.mosquitto:
+                raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+            conf = self.workdir / f"mosquitto-{self.port}.conf"
+            conf.write_text(MOSQUITTO_BENCH_CONF.format(port=self.port))
+            return [self.mosquitto, "-c", str(conf)]
+        return [sys.executable, "-m", "broker.embedded", "--host", "127.0.0.1", "--port",
+                str(self.port)]
+
+    def _spawn(self) -> None:
+        with open(self.workdir / f"{self.kind}-{self.port}.log", "ab") as logf:
+            self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdout=logf,
+                                         stderr=subprocess.STDOUT, preexec_fn=raise_nofile,
+                                         start_new_session=True)
+
+    async def start(self, limit_s: float = 20.0) -> None:
+        self._spawn()
+        assert self.proc is not None
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}; see "
+                                   f"{self.workdir}")
+            try:
+                _r, w = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            w.close()
+            return
+        raise TimeoutError(f"{self.kind}: nothing listening on {self.port} after {limit_s} s")
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        for _ in range(100):
+            if proc.poll() is not None:
+                return
+            await asyncio.sleep(0.05)
+        proc.kill()
+        proc.wait()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU of the broker process so far (from /proc)."""
+        if self.proc is None:
+            return None
+        return proc_cpu_seconds(self.proc.pid)
+
+
+@contextlib.asynccontextmanager
+async def broker(kind: str, workdir: Path, mosquitto: str | None = None) -> AsyncIterator[Broker]:
+    b = Broker(kind, workdir, mosquitto)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+# -- processes and the machine -----------------------------------------------------------
+
+
+def raise_nofile(limit: int = 65536) -> None:
+    """Raise this process's open-file limit (soft up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+def proc_rss_kib(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) in KiB: current and peak resident set of a live process."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    vals = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M))
+    if "VmRSS" not in vals:
+        return None
+    return int(vals["VmRSS"]), int(vals.get("VmHWM", vals["VmRSS"]))
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        m = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+        mem_kib = int(m.group(1)) if m else 0
+    mpy = "?"
+    with contextlib.suppress(Exception):
+        mp = str(BIN / "micropython") if (BIN / "micropython").exists() else "micropython"
+        mpy = subprocess.run(
+            [mp, "-c", "import sys; print(sys.implementation.version, sys.version)"],
+            capture_output=True, text=True, timeout=10).stdout.strip()
+    mosq = "not installed"
+    path = find_mosquitto()
+    if path:
+        with contextlib.suppress(Exception):
+            out = subprocess.run([path, "-h"], capture_output=True, text=True, timeout=10)
+            mosq = (out.stdout + out.stderr).splitlines()[0].strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "micropython": mpy,
+        "mosquitto": mosq,
+        "kernel": platform.release(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def run_loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit in ("ms", "s") and abs(value) < 10:
+        return f"{value:.2f}" if unit == "s" else f"{value:.1f}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}".rstrip("0").rstrip(".") if unit not in ("ms",) else f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def render_markdown(rows: Iterable[dict[str, Any]]) -> str:
+    """The rows (as in the JSON file) as a Markdown table, for docs/PERFORMANCE.md."""
+    out = ["| family | figure | params | median | min .. max | runs | unit | target |",
+           "|---|---|---|---:|---|---:|---|---|"]
+    for r in rows:
+        unit = r["unit"]
+        spread = f"{fmt(r['min'], unit)} .. {fmt(r['max'], unit)}" if r["runs"] else "-"
+        target = r["target"]
+        if r["met"] is not None:
+            target += " met" if r["met"] else " **MISSED**"
+        out.append(f"| {r['family']} | {r['name']} | {param_text(r['params'])} | "
+                   f"{fmt(r['median'], unit)} | {spread} | {r['runs']} | {unit} | {target} |")
+    return "\n".join(out)
+
+
+def param_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def render_table(rows: Iterable[Row]) -> str:
+    """One plain-text table: family, figure, params, median [min..max] (IQR), runs, target."""
+    rows = list(rows)
+    out = []
+    head = (f"{'family':<10} {'figure':<44} {'params':<50} {'median':>10} "
+            f"{'spread (min..max)':>22} {'n':>3}  {'unit':<10} target")
+    out.append(head)
+    out.append("-" * len(head))
+    for r in rows:
+        spread = f"{fmt(r.min, r.unit)}..{fmt(r.max, r.unit)}" if r.runs else "-"
+        if r.q1 is not None:
+            spread += f" iqr {fmt(r.q1, r.unit)}-{fmt(r.q3, r.unit)}"
+        target = r.target
+        if r.met is not None:
+            target += " (met)" if r.met else " (MISSED)"
+        out.append(f"{r.family:<10} {r.name:<44.44} {param_text(r.params):<50.50} "
+                   f"{fmt(r.median, r.unit):>10} {spread:>22} {r.runs:>3}  {r.unit:<10} {target}")
+        if r.note:
+            out.append(f"{'':<10}   note: {r.note}")
+    return "\n".join(out)

@@ -1,0 +1,154 @@
+"""Runs benchmark families, prints one table and writes it as JSON.
+
+``python -m benchmarks.runner [--quick] [--only FAMILY ...]`` or ``pblink bench``.
+The JSON file (default ``bench-results/bench-<timestamp>.json``) holds the
+machine description, the command, each family's wall time (and error, if it
+failed), and every row with all its run values, median and spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from benchmarks import EXTRA_FAMILIES, FAMILIES
+from benchmarks.common import (
+    ROOT,
+    Context,
+    Row,
+    find_mosquitto,
+    machine_info,
+    raise_nofile,
+    render_table,
+    run_loadavg,
+)
+
+MODULES = {
+    "latency": "benchmarks.latency",
+    "throughput": "benchmarks.throughput",
+    "scale": "benchmarks.scale",
+    "esp": "benchmarks.esp_budget",
+    "recovery": "benchmarks.recovery",
+    "soak": "benchmarks.soak",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="a short run: fewer repeats, smaller loads (about 3 to 4 minutes)")
+    p.add_argument("--only", action="append", choices=[*FAMILIES, *EXTRA_FAMILIES],
+                   metavar="FAMILY",
+                   help="run only this family (repeatable): " + ", ".join(
+                       [*FAMILIES, *EXTRA_FAMILIES]) + "; soak runs only when named")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="runs per figure (default 3, --quick 2)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="JSON file to write (default bench-results/bench-<timestamp>.json)")
+    p.add_argument("--workdir", default=None,
+                   help="keep every process's log here (default: a temporary folder)")
+    p.add_argument("--scale-n", type=int, action="append", default=None, metavar="N",
+                   help="scale: device-double counts (repeatable; default 100 1000 5000, "
+                   "--quick 100)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="soak: seconds (default 600, --quick 60)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="soak: device pairs (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="soak: chaos seed")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests only
+
+
+async def run_families(ctx: Context, names: list[str]) -> tuple[list[Row], dict[str, Any]]:
+    rows: list[Row] = []
+    info: dict[str, Any] = {}
+    for name in names:
+        mod = importlib.import_module(MODULES[name])
+        ctx.progress(f"{name}: {mod.DESCRIPTION}")
+        t0 = time.monotonic()
+        entry: dict[str, Any] = {}
+        try:
+            got = await mod.run(ctx)
+            rows.extend(got)
+            entry["rows"] = len(got)
+        except Exception as exc:  # one family failing must not lose the others' figures
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["traceback"] = traceback.format_exc()
+            ctx.progress(f"{name}: FAILED: {entry['error']}")
+        entry["elapsed_s"] = round(time.monotonic() - t0, 1)
+        entry["loadavg_end"] = run_loadavg()
+        info[name] = entry
+        ctx.progress(f"{name}: done in {entry['elapsed_s']} s")
+    return rows, info
+
+
+def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    raise_nofile()
+    names = args.only or list(FAMILIES)
+    repeats = args.repeats or (1 if args.tiny else 2 if args.quick else 3)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tmp = None
+    if args.workdir:
+        workdir = Path(args.workdir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="pblink-bench-")
+        workdir = Path(tmp.name)
+    options = {"scale_n": args.scale_n, "duration": args.duration, "devices": args.devices,
+               "seed": args.seed, "tiny": args.tiny}
+    logging.getLogger("pblink.server").setLevel(logging.ERROR)  # reconnect chatter
+    ctx = Context(quick=args.quick or args.tiny, repeats=repeats, workdir=workdir,
+                  mosquitto=find_mosquitto(), options=options)
+    machine = machine_info()
+    t0 = time.monotonic()
+    try:
+        rows, info = asyncio.run(run_families(ctx, names))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    elapsed = time.monotonic() - t0
+    table = render_table(rows)
+    command = "pblink bench " + " ".join(argv if argv is not None else sys.argv[2:])
+    print(f"pblink bench: {len(rows)} figures in {elapsed:.0f} s "
+          f"({'quick' if args.quick else 'full'}, {repeats} runs per figure)")
+    print(table)
+    failed = {k: v["error"] for k, v in info.items() if "error" in v}
+    for name, err in failed.items():
+        print(f"family {name} FAILED: {err}")
+    out = Path(args.out) if args.out else ROOT / "bench-results" / f"bench-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "command": command.strip(),
+        "started": stamp,
+        "elapsed_s": round(elapsed, 1),
+        "quick": args.quick,
+        "repeats": repeats,
+        "machine": machine,
+        "loadavg_end": run_loadavg(),
+        "families": info,
+        "rows": [r.to_json() for r in rows],
+        "table": table,
+    }
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"written {out}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.runner", description=__doc__)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return main_args(args, argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Server scale: N device doubles against one server process, through a broker.
+
+Processes (all on loopback): a broker (Mosquitto with this project's queue
+limits, benchmarks/common.py; or the embedded amqtt), one server process
+(benchmarks/scale_server.py: a LinkServer claiming d0..d<N-1> and reading
+every line), and K load-generator processes (benchmarks/scale_load.py, N/K
+device doubles each in one asyncio loop; K = 1 per 500 doubles, at least
+1). Each double writes one qos line per second (qos=True, wait=True) for the
+measurement window, with a random phase. Per run:
+
+- delivered fraction: lines the server read (unique) / lines written, after a
+  drain; duplicates and reorderings counted too;
+- end-to-end latency p50/p99: the double's write() call to the server's
+  readline() (CLOCK_MONOTONIC in both processes);
+- server CPU seconds per 1,000 lines (the server process's own rusage from
+  the start of the window to the end of the drain) and its peak RSS (ru_maxrss);
+- the share of doubles the server answered before the window (a double writes
+  only while it deems the server reachable, so the rest wait);
+- the broker's CPU (per 1,000 lines and in cores);
+- the generators' event-loop lag (how late a 50 ms timer fires in each
+  generator process: large means the generator itself could not keep up) and
+  their CPU use.
+
+Mosquitto runs N = 100, 1,000, 5,000 (--quick: 100). The embedded amqtt
+(about 4 x slower than Mosquitto, shared/reference/BROKERS.md) steps up
+through 100, 200, 300, 500 and stops at the first N it does not sustain
+(delivered < 99 %, p99 > 1 s, or under 90 % of the offered lines written
+because writes were blocked waiting for acks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, Broker, Context, Row, pct, proc_cpu_seconds
+
+FAMILY = "scale"
+DESCRIPTION = "N device doubles, one LinkServer process, Mosquitto and amqtt"
+
+PER_GENERATOR = 500
+
+
+class Child:
+    """A Python child process talking lines on stdin/stdout."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        errf = await asyncio.to_thread(open, self.log_path, "ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=errf, start_new_session=True)
+        finally:
+            errf.close()
+
+    async def expect(self, prefix: str, timeout: float) -> str:  # noqa: ASYNC109
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no {prefix!r} within {timeout} s "
+                                   f"(log {self.log_path})")
+            raw = await asyncio.wait_for(self.proc.stdout.readline(), left)
+            if not raw:
+                raise RuntimeError(f"{self.name} exited before {prefix!r} (log {self.log_path})")
+            text = raw.decode().strip()
+            if text.startswith(prefix):
+                return text[len(prefix):].strip()
+
+    def send(self, text: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write((text + "\n").encode())
+
+    async def stop(self, grace: float = 0.0) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if grace:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace)
+            if proc.returncode is not None:
+                return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def one_run(ctx: Context, kind: str, n: int, window: float, tag: str,
+                  profile: bool = False, timeout_ms: int = 1500,
+                  ready_s: float = 60.0) -> dict[str, Any]:
+    work = ctx.subdir(f"scale-{kind}-{n}-{timeout_ms}-{tag}")
+    broker = Broker(kind, work, ctx.mosquitto)
+    await broker.start()
+    server: Child | None = None
+    gens: list[Child] = []
+    try:
+        out = work / "server_stats.json"
+        argv = [sys.executable, "-m", "benchmarks.scale_server", "--port", str(broker.port),
+                "--n", str(n), "--out", str(out), "--timeout-ms", str(timeout_ms)]
+        if profile:
+            argv += ["--profile", str(work / "server.prof")]
+        argv += ctx.options.get("server_args") or []
+        server = Child("server", argv, work / "server.log")
+        await server.start()
+        startup_s = float((await server.expect("READY", 120)).split()[0])
+        k = max(1, -(-n // PER_GENERATOR))
+        per = -(-n // k)
+        first = 0
+        while first < n:
+            count = min(per, n - first)
+            g = Child(f"gen{len(gens)}", [
+                sys.executable, "-m", "benchmarks.scale_load", "--port", str(broker.port),
+                "--first", str(first), "--count", str(count), "--ready-s", str(ready_s),
+                "--timeout-ms", str(timeout_ms), "--tick-ms", str(min(500, timeout_ms // 6))],
+                work / f"gen{len(gens)}.log")
+            await g.start()
+            gens.append(g)
+            first += count
+        t_conn = time.monotonic()
+        readies = [await g.expect("READY", ready_s + 60) for g in gens]
+        connect_s = time.monotonic() - t_conn
+        server_ok = sum(int(r.split()[0]) for r in readies)
+        server.send("mark")
+        await server.expect("MARKED", 30)
+        broker_cpu0 = broker.cpu_seconds() or 0.0
+        t0 = time.monotonic() + 1.0
+        for g in gens:
+            g.send(f"go {t0} {window}")
+        results = [json.loads(await g.expect("RESULT", window + 60)) for g in gens]
+        (work / "generators.json").write_text(json.dumps(results))
+        broker_cpu = (broker.cpu_seconds() or 0.0) - broker_cpu0
+        server.send("stop")
+        await server.expect("STOPPED", 60)
+        stats = json.loads(out.read_text())
+    finally:
+        for g in gens:
+            await g.stop()
+        if server is not None:
+            await server.stop(grace=10.0)
+        await broker.stop()
+    written = sum(r["written"] for r in results)
+    received = stats["received_window"]
+    lat = stats["latency_ms"]
+    gen_cpu = [r["cpu_s_window"] / max(1e-9, r["wall_s_window"]) for r in results]
+    per_k = 1000 / received if received else float("nan")  # no lines: no per-line figure
+    return {
+        "doubles that saw the server before the window": server_ok / n,
+        "delivered fraction": received / written if written else 0.0,
+        "lines not delivered after drain": max(0, written - received),
+        "lines duplicated": stats["duplicates"],
+        "lines/s written (N offered)": written / window,
+        "latency p50": pct(lat, 0.5),
+        "latency p99": pct(lat, 0.99),
+        "server CPU s per 1000 lines": stats["cpu_s_window"] * per_k,
+        "server CPU utilisation": stats["cpu_s_window"] / max(1e-9, stats["wall_s_window"]),
+        "server peak RSS": stats["maxrss_kib"] / 1024,
+        "server startup (claim N conn_ids)": startup_s,
+        "connect + server_ok time": connect_s,
+        "broker CPU s per 1000 lines": broker_cpu * per_k,
+        "broker CPU utilisation": broker_cpu / max(1e-9, stats["wall_s_window"]),
+        "generator event-loop lag p99": max(r["loop_lag_p99_ms"] for r in results),
+        "generator CPU utilisation (max)": max(gen_cpu),
+        "_generators": len(gens),
+    }
+
+
+UNITS = {
+    "doubles that saw the server before the window": "fraction", "delivered fraction": "fraction",
+    "lines not delivered after drain": "lines", "lines duplicated": "lines",
+    "lines/s written (N offered)": "lines/s",
+    "latency p50": "ms", "latency p99": "ms", "server CPU s per 1000 lines": "s",
+    "server CPU utilisation": "cores", "server peak RSS": "MiB",
+    "server startup (claim N conn_ids)": "s", "connect + server_ok time": "s",
+    "broker CPU s per 1000 lines": "s", "broker CPU utilisation": "cores",
+    "generator event-loop lag p99": "ms",
+    "generator CPU utilisation (max)": "cores",
+}
+
+
+def sustained(res: dict[str, Any], n: int) -> bool:
+    return (res["delivered fraction"] >= 0.99 and res["latency p99"] <= 1000
+            and res["lines/s written (N offered)"] >= 0.9 * n)
+
+
+async def run(ctx: Context) -> list[Row]:
+    window = 3.0 if ctx.tiny else 10.0 if ctx.quick else 12.0
+    # (broker, counts, step up until not sustained, timeout_ms)
+    plan: list[tuple[str, list[int], bool, int]] = []
+    ns = ctx.options.get("scale_n") or ([10] if ctx.tiny else [100] if ctx.quick
+                                        else [100, 1000, 5000])
+    if ctx.mosquitto:
+        plan.append(("mosquitto", ns, False, 1500))
+        if max(ns) >= 5000:  # the same with rare heartbeats: the line path alone
+            plan.append(("mosquitto", [max(ns)], False, 10000))
+    plan.append(("amqtt", [10] if ctx.tiny else [100] if ctx.quick else [100, 200, 300, 500],
+                 True, 1500))
+    rows: list[Row] = []
+    for kind, counts, step_up, timeout_ms in plan:
+        for n in counts:
+            repeats = ctx.repeats if n <= 1000 else 1
+            if step_up and not ctx.quick:
+                repeats = 1
+            runs: dict[str, list[float]] = {}
+            gens = 0
+            failed = ""
+            for r in range(repeats):
+                ctx.progress(f"scale: {kind}, N={n}, timeout_ms={timeout_ms}, run {r + 1}/"
+                             f"{repeats}, {window:.0f} s window")
+                try:
+                    res = await one_run(ctx, kind, n, window, f"r{r}", timeout_ms=timeout_ms,
+                                        ready_s=min(60.0, 10 + n / 100))
+                except (TimeoutError, RuntimeError) as exc:
+                    failed = str(exc)
+                    ctx.progress(f"scale: {kind} N={n} failed: {exc}")
+                    break
+                gens = res.pop("_generators")
+                for key, v in res.items():
+                    runs.setdefault(key, []).append(v)
+            params = {"broker": kind, "N": n, "timeout_ms": timeout_ms, "gens": gens}
+            for key, vals in runs.items():
+                target = ""
+                if n == 5000 and kind == "mosquitto" and timeout_ms == 1500:
+                    target = {"latency p99": "< 250", "lines not delivered after drain": "== 0",
+                              "delivered fraction": ">= 1"}.get(key, "")
+                rows.append(Row(FAMILY, key, UNITS[key], vals, params, target=target))
+            if failed:
+                rows.append(Row(FAMILY, "run failed", "-", [], params, note=failed[:200]))
+            if step_up and (failed or not runs or not all(
+                    sustained({k: v[i] for k, v in runs.items()}, n)
+                    for i in range(len(runs["latency p99"])))):
+                rows.append(Row(FAMILY, "highest N sustained", "doubles",
+                                [counts[counts.index(n) - 1]] if counts.index(n) else [],
+                                {"broker": kind, "timeout_ms": timeout_ms},
+                                note=f"N={n} was not sustained"))
+                break
+        else:
+            if step_up:
+                rows.append(Row(FAMILY, "highest N sustained", "doubles", [counts[-1]],
+                                {"broker": kind, "timeout_ms": timeout_ms},
+                                note="every N tried was sustained"))
+    return rows
+
+
+__all__ = ["one_run", "proc_cpu_seconds", "run"]

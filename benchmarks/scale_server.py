@@ -1,0 +1,193 @@
+"""The server process of the scale benchmark: one LinkServer serving N conn_ids.
+
+``python -m benchmarks.scale_server --port P --n N --out stats.json [--state FILE]``
+
+Claims conn_ids ``d0`` .. ``d<N-1>`` and reads every line. A line is
+``<seq> <t_ns>``: the device double's sequence number and ``time.monotonic_ns()``
+when its ``write()`` was called (CLOCK_MONOTONIC is one clock for every process
+on the machine), so the end-to-end latency is taken here at readline().
+
+Commands on stdin, one per line: ``mark`` (start of the measurement window:
+CPU, counters and latency samples restart), ``stop`` (write the statistics as
+JSON to --out, close the LinkServer, exit). Prints ``READY <seconds>`` once
+every conn_id is claimed. With ``--profile FILE`` the run is profiled with
+cProfile (the stats go to FILE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from server_apps import LinkServer
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.lat: list[float] = []
+        self.count = 0
+        self.dups = 0
+        self.reordered = 0
+        self.last: dict[str, int] = {}
+        self.seen: dict[str, set[int]] = {}
+
+    def line(self, conn_id: str, text: str, now_ns: int) -> None:
+        try:
+            seq_s, t_s = text.split()
+            seq, t_ns = int(seq_s), int(t_s)
+        except ValueError:
+            return
+        seen = self.seen.setdefault(conn_id, set())
+        if seq in seen:
+            self.dups += 1
+            return
+        seen.add(seq)
+        if seq < self.last.get(conn_id, 0):
+            self.reordered += 1
+        self.last[conn_id] = max(seq, self.last.get(conn_id, 0))
+        self.count += 1
+        self.lat.append((now_ns - t_ns) / 1e6)
+
+
+def _batch_reads(server: LinkServer, batch: int) -> None:
+    """Experiment: let paho's network thread read up to `batch` packets per wake-up.
+
+    paho-mqtt 2.2's loop_read() reads len(_out_messages) + len(_in_messages)
+    packets, at least 1: a client that publishes nothing at QoS > 0 reads ONE
+    packet per select() round. This instance-level patch (the benchmark's own
+    server object; server_apps is unchanged) reads until the socket is empty."""
+    import paho.mqtt.client as mqtt
+
+    client = server._client
+    assert client is not None
+
+    def loop_read(max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        for _ in range(batch):
+            if client._sock is None:
+                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = client._packet_read()
+            if rc > 0:
+                return client._loop_rc_handle(rc)
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client.loop_read = loop_read  # type: ignore[method-assign]
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def main(args: argparse.Namespace) -> None:
+    stats = Stats()
+    t0 = time.monotonic()
+    server = LinkServer("127.0.0.1", args.port, timeout_ms=args.timeout_ms,
+                        client_id=f"pblink-scale-{args.port}", root=args.root,
+                        state_path=args.state, fsync=bool(args.state), connect_timeout=30)
+    await server.start()
+    if args.paho_read_batch:
+        _batch_reads(server, args.paho_read_batch)
+    conns = [await server.connection(f"d{i}") for i in range(args.n)]
+
+    async def reader(conn: Any) -> None:
+        async for line in conn:
+            stats.line(conn.conn_id, line, time.monotonic_ns())
+
+    tasks = [asyncio.create_task(reader(c)) for c in conns]
+
+    async def monitor() -> None:  # progress on stderr (the log), every 2 s
+        while True:
+            await asyncio.sleep(2)
+            online = sum(c.online for c in conns)
+            rx = sum(c.stats.get("rx_lines", 0) for c in conns)
+            hb = sum(c.stats.get("heartbeats", 0) for c in conns)
+            client = server._client
+            out_q = len(getattr(client, "_out_packet", ())) if client is not None else -1
+            print(f"{time.monotonic() - t0:7.1f}s online {online} read {stats.count} "
+                  f"rx_lines {rx} heartbeats {hb} inbox {len(server._inbox)} "
+                  f"paho_out_queue {out_q} {dict(server.stats)}", file=sys.stderr, flush=True)
+
+    tasks.append(asyncio.create_task(monitor()))
+    print(f"READY {time.monotonic() - t0:.2f}", flush=True)
+    loop = asyncio.get_running_loop()
+    mark_cpu, mark_t, mark_count = cpu_s(), time.monotonic(), 0
+    all_count = 0
+    while True:
+        cmd = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if cmd == "mark":
+            all_count += stats.count
+            stats.lat.clear()
+            stats.count = 0
+            mark_cpu, mark_t, mark_count = cpu_s(), time.monotonic(), 0
+            print("MARKED", flush=True)
+        elif cmd in ("stop", ""):
+            break
+    end_cpu, end_t = cpu_s(), time.monotonic()
+    seen = sum(len(s) for s in stats.seen.values())
+    doc = {
+        "n": args.n,
+        "received_window": stats.count - mark_count,
+        "received_total_unique": seen,
+        "received_before_mark": all_count,
+        "duplicates": stats.dups,
+        "reordered": stats.reordered,
+        "latency_ms": stats.lat,
+        "cpu_s_window": end_cpu - mark_cpu,
+        "wall_s_window": end_t - mark_t,
+        "cpu_s_total": end_cpu,
+        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "server_stats": dict(server.stats),
+        "per_conn_seen": {c: len(s) for c, s in stats.seen.items()},
+    }
+    await asyncio.to_thread(Path(args.out).write_text, json.dumps(doc))
+    for t in tasks:
+        t.cancel()
+    await server.close()
+    print("STOPPED", flush=True)
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--root", default="pblink")
+    p.add_argument("--timeout-ms", type=int, default=1500)
+    p.add_argument("--state", default=None, help="state file (fsync): the demo server's way")
+    p.add_argument("--profile", default=None, help="cProfile the run into this file")
+    p.add_argument("--paho-read-batch", type=int, default=0,
+                   help="experiment: paho reads up to this many packets per wake-up")
+    p.add_argument("--switch-interval", type=float, default=None,
+                   help="sys.setswitchinterval (seconds) for the GIL: an experiment knob")
+    args = p.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+    logging.basicConfig(level=logging.WARNING)
+    from benchmarks.common import raise_nofile
+
+    raise_nofile()
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            asyncio.run(main(args))
+        finally:
+            prof.disable()
+            prof.dump_stats(args.profile)
+    else:
+        asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,107 @@
+"""Smoke tests of `pblink bench` (benchmarks/): each family runs in a tiny
+configuration (``--tiny``: a few lines, one run) and writes well-formed JSON
+rows. Nothing here looks at the figures themselves: speed is measured by
+`pblink bench`, never asserted (docs/PERFORMANCE.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import EXTRA_FAMILIES, FAMILIES
+from benchmarks.common import Row, check_target, pct, render_table
+from benchmarks.runner import main as bench_main
+
+ROW_KEYS = {"family", "name", "unit", "values", "params", "target", "met", "note", "median",
+            "min", "max", "q1", "q3", "runs"}
+
+
+def _run(family: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{family}.json"
+    code = bench_main(["--tiny", "--only", family, "--out", str(out),
+                       "--workdir", str(tmp_path / "work"), *extra])
+    doc = json.loads(out.read_text())
+    assert doc["families"][family].get("error") is None, doc["families"][family]
+    assert code == 0
+    return doc
+
+
+def _check_rows(doc: dict, family: str) -> None:
+    assert doc["machine"]["nproc"] >= 1 and doc["machine"]["cpu_model"]
+    assert doc["command"].startswith("pblink bench")
+    rows = doc["rows"]
+    assert rows, "no figures"
+    for row in rows:
+        assert set(row) == ROW_KEYS, row
+        assert row["family"] == family
+        assert isinstance(row["name"], str) and row["name"]
+        assert isinstance(row["params"], dict)
+        assert row["runs"] == len(row["values"])
+        if row["runs"]:
+            vals = row["values"]
+            assert all(isinstance(v, float) and math.isfinite(v) for v in vals), row
+            assert row["min"] <= row["median"] <= row["max"]
+    assert family in doc["table"]
+
+
+def test_row_statistics() -> None:
+    r = Row("x", "latency", "ms", [4.0, 1.0, 3.0, 2.0], target="< 3")
+    assert (r.median, r.min, r.max, r.runs) == (2.5, 1.0, 4.0, 4)
+    assert r.q1 is not None and r.q3 is not None and r.q1 <= r.median <= r.q3
+    assert r.met is True
+    assert Row("x", "lost", "lines", [1], target="== 0").met is False
+    assert Row("x", "empty", "ms", []).median is None
+    assert check_target(5, "no number") is None
+    assert pct([1, 2, 3, 4], 0.5) == 2 and math.isnan(pct([], 0.5))
+    assert "latency" in render_table([r])
+
+
+def test_family_list() -> None:
+    assert set(FAMILIES) == {"latency", "throughput", "scale", "esp", "recovery"}
+    assert EXTRA_FAMILIES == ("soak",)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["latency", "throughput", "recovery"])
+def test_link_families_tiny(family: str, tmp_path: Path) -> None:
+    doc = _run(family, tmp_path)
+    _check_rows(doc, family)
+
+
+@pytest.mark.slow
+def test_scale_tiny(tmp_path: Path) -> None:
+    doc = _run("scale", tmp_path)
+    _check_rows(doc, "scale")
+    names = {(r["name"], r["params"].get("broker")) for r in doc["rows"]}
+    assert ("delivered fraction", "amqtt") in names
+
+
+@pytest.mark.slow
+def test_esp_tiny(tmp_path: Path) -> None:
+    doc = _run("esp", tmp_path)
+    _check_rows(doc, "esp")
+    names = {r["name"] for r in doc["rows"]}
+    assert "frozen .mpy, total" in names
+    assert "smallest -X heapsize that passes" in names
+
+
+@pytest.mark.slow
+def test_soak_tiny(tmp_path: Path) -> None:
+    doc = _run("soak", tmp_path, "--duration", "12")
+    _check_rows(doc, "soak")
+    names = {r["name"] for r in doc["rows"]}
+    assert {"qos lines lost", "qos lines duplicated", "processes that died on their own"} <= names
+
+
+def test_cli_has_bench() -> None:
+    from pblink.cli import command_names
+
+    assert "bench" in command_names()
