@@ -31,7 +31,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = TEST_TIMEOUT, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = TEST_TIMEOUT, proc: subprocess.Popen | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -67,7 +69,8 @@ class BrokerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 - kept open by the child
+        # The child keeps the log open; the parent's copy closes with this object.
+        log = open(self.workdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, proc=self.proc)
 
@@ -92,13 +95,17 @@ class BrokerProcess:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def amqtt_process(workdir: Path, port: int | None = None, extra: list[str] | None = None) -> BrokerProcess:
+def amqtt_process(
+    workdir: Path, port: int | None = None, extra: list[str] | None = None
+) -> BrokerProcess:
     port = port or free_port()
     argv = [sys.executable, "-m", "broker.embedded", "--host", "127.0.0.1", "--port", str(port)]
     return BrokerProcess("amqtt", argv + (extra or []), port, workdir)
 
 
-def mosquitto_process(workdir: Path, port: int | None = None, conf_lines: list[str] | None = None) -> BrokerProcess:
+def mosquitto_process(
+    workdir: Path, port: int | None = None, conf_lines: list[str] | None = None
+) -> BrokerProcess:
     binary = require_tool("mosquitto")
     port = port or free_port()
     conf = workdir / "mosquitto-test.conf"
