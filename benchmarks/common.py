@@ -261,10 +261,11 @@ def proc_rss_kib(pid: int) -> tuple[int, int] | None:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    vals = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M))
-    if "VmRSS" not in vals:
+    vals: dict[str, str] = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M))
+    rss = vals.get("VmRSS")
+    if rss is None:
         return None
-    return int(vals["VmRSS"]), int(vals.get("VmHWM", vals["VmRSS"]))
+    return int(rss), int(vals.get("VmHWM", rss))
 
 
 def machine_info() -> dict[str, Any]:

@@ -98,6 +98,17 @@ def _nothing(on: bool) -> None:
     pass
 
 
+def _no_delay(stream) -> None:
+    # Small publishes (acks, heartbeats, QoS 0 lines) must not wait ~40 ms for
+    # the broker's delayed ACK (Nagle's algorithm). Where the port's socket
+    # does not offer TCP_NODELAY (the ESP8266's lwIP binding refuses it; so do
+    # TLS sockets) the option is simply not set.
+    try:
+        stream.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+    except (AttributeError, OSError, TypeError):
+        pass
+
+
 def _tls_context():
     # micropython-lib's ssl.SSLContext sets CERT_NONE; the ESP8266 (axTLS)
     # cannot verify certificates anyway: TLS here encrypts, it does not
@@ -293,6 +304,7 @@ class MQTTClient:
             )
             self._r = s[0]
             self._w = s[1]
+            _no_delay(s[1])
         except asyncio.TimeoutError:
             self._fails += 1  # after 4 in a row: resolve again (DHCP may have moved it)
             raise OSError(_ETIMEDOUT)

@@ -20,7 +20,7 @@ Nothing is asserted: targets are shown next to the figures.
 
 A full run takes about 12 minutes on a 2-core machine; --quick about 4.
 `--only soak --duration 1800 --devices 4` runs the chaos soak instead.
-Needs a checkout of the repository (benchmarks/ is not installed as a package)."""
+Run it from a checkout: it uses the device code and tests/ next to it."""
 
 
 def register(subparsers: Any) -> None:
@@ -34,8 +34,8 @@ def register(subparsers: Any) -> None:
 
 
 def _ensure_path() -> None:
-    """benchmarks/ lives next to pblink/ in the checkout; the editable install
-    maps only the listed packages, so put the checkout on the path."""
+    """benchmarks/ lives next to pblink/ in the checkout: make sure it imports
+    even where the installed package list does not include it."""
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
