@@ -290,17 +290,8 @@ class LinkEndpoint:
         self.syncs = 0
         self.peer_reboots = 0
         self.resets = 0
-        self._tx_seq = 1
-        self._tx_off = 0
-        self._chunk_out = False
         self._tail_sends = 0
-        self._last_acc = 0
-        self._asm_len = 0
-        self._discard = False
-        self.peer_hold = False
-        self._peer_more = False
-        self._sent_payload = False
-        self._moved = False
+        self._reset_link()  # sets the per-link state below
 
     # -- state -------------------------------------------------------------
 
