@@ -73,6 +73,16 @@ class _Port:
             await self._flag.wait()
         return True
 
+    async def _finish(self, ok: bool) -> "bytearray | None":
+        """End an exchange (PROTOCOL.md 1.2 steps 4-5): syn low, wait for ack low."""
+        self._syn.value(0)
+        if self._ack.value() and not await self._wait_ack(0):
+            ok = False
+        if not ok:
+            self.failures += 1
+            return None
+        return self._rx
+
     def close(self) -> None:
         self._syn.value(0)
         self._ack.irq(handler=None)
@@ -105,13 +115,7 @@ class TargetPort(_Port):
         ok = ack.value() == 1 or await self._wait_ack(1)
         if ok:
             self._rx[:] = self._in
-        syn.value(0)
-        if ack.value() and not await self._wait_ack(0):
-            ok = False
-        if not ok:
-            self.failures += 1
-            return None
-        return self._rx
+        return await self._finish(ok)
 
     def close(self) -> None:
         super().close()
@@ -170,13 +174,7 @@ class SlavePort(_Port):
                             ok = ack.value() == 1 or await self._wait_ack(1)
         except OSError:
             ok = False
-        syn.value(0)
-        if ack.value() and not await self._wait_ack(0):
-            ok = False
-        if not ok:
-            self.failures += 1
-            return None
-        return self._rx
+        return await self._finish(ok)
 
     def close(self) -> None:
         super().close()
