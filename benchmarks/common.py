@@ -54,6 +54,11 @@ class Row:
     q1: float | None = None
     q3: float | None = None
     runs: int = 0
+    # What plots need beyond the statistics (benchmarks/plots.py): every single
+    # observation behind the figure (e.g. each probe's latency in ms, all runs
+    # pooled), and series over time as {axis name: values}, the first key the x axis.
+    samples: list[float] = field(default_factory=list)
+    series: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         vals = [float(v) for v in self.values if v is not None and not math.isnan(float(v))]

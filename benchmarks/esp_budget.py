@@ -99,6 +99,12 @@ def heap_after(relay: Any, support: Any, mpy_dir: Path, imports: str) -> tuple[i
     return int(lines[0]), lines[1].split()
 
 
+def heap_log(lines: list[str]) -> list[int]:
+    """The scripted Pyboard's ``PB MEM live=N ...`` lines (PBLINK_SIM_MEMLOG: one a
+    second, ``gc.mem_alloc()`` after a collect), in order: the heap over the test."""
+    return [int(m.group(1)) for m in (re.match(r"PB MEM live=(\d+)", ln) for ln in lines) if m]
+
+
 def bytecode_of(mpy_dir: Path, modules: set[str]) -> int:
     total = 0
     for name in modules:
@@ -114,7 +120,8 @@ def traffic_test(relay: Any, support: Any, broker: Broker, work: Path, mpy_dir: 
     srv = relay.Server(broker.port)
     result: dict[str, Any] = {"ok": False, "heapsize": heapsize}
     p = relay.start_bridge(relay.BIN_MPY, work, relay.config(broker.port, report_s=1), up=n,
-                           heapsize=str(heapsize) if heapsize else None, mpy_dir=mpy_dir)
+                           heapsize=str(heapsize) if heapsize else None, mpy_dir=mpy_dir,
+                           PBLINK_SIM_MEMLOG="1")
     try:
         limit = 10 + n / 25  # a healthy bridge relays well over 100 frames/s here
         p.wait_for("PB U", timeout=20)
@@ -145,6 +152,7 @@ def traffic_test(relay: Any, support: Any, broker: Broker, work: Path, mpy_dir: 
         out = "\n".join(p.lines)
         result.update(peak=int(figures["peak"]), live_peak=int(figures["live_peak"]),
                       up=int(figures["up"]), down=int(figures["down"]))
+        result["live"] = heap_log(p.lines)
         result["ok"] = (rc == 0 and result["up"] == n and result["down"] >= n
                         and "Traceback" not in out and "MemoryError" not in out)
         if not result["ok"]:
@@ -170,7 +178,8 @@ async def driver_figures(ctx: Context, work: Path) -> list[Row]:
     all_cost, all_mods = heap_after(relay, support, mpy_dir, relay.IMPORTS)
     bridge_mods = set(all_mods) - set(fakes_mods)
     bridge_code = bytecode_of(mpy_dir, bridge_mods)
-    n = 20 if ctx.tiny else 200 if ctx.quick else 1000
+    # at least 100: below that the test waits for a "PB U" line that never comes again
+    n = 100 if ctx.tiny else 200 if ctx.quick else 1000
     nb = 100 if ctx.quick else 200
     step = 16384 if ctx.tiny else 512
     rows: list[Row] = []
@@ -179,6 +188,7 @@ async def driver_figures(ctx: Context, work: Path) -> list[Row]:
     await broker.start()
     try:
         peaks, lives = [], []
+        series: dict[str, list[float]] = {}
         default_heap = cost + 2 * relay.ESP_BUDGET
         for r in range(max(1, ctx.repeats - 1)):
             ctx.progress(f"esp: traffic test {n} frames each way + broker restart, heap "
@@ -189,11 +199,16 @@ async def driver_figures(ctx: Context, work: Path) -> list[Row]:
                 rows.append(Row(FAMILY, "traffic test failed", "-", [],
                                 {"heapsize": default_heap}, note=res.get("error", "")))
                 continue
+            if not series and res.get("live"):  # the first good run's heap, second by second
+                series = {"t_s": [float(i + 1) for i in range(len(res["live"]))],
+                          "live heap above import cost, B": [float(v - cost)
+                                                              for v in res["live"]]}
             peaks.append(res["peak"] - cost)
             lives.append(res["live_peak"] - cost)
         params = {"frames": n, "heapsize": default_heap, "unix_import_cost": cost}
         rows.append(Row(FAMILY, "unix heap peak above import cost (no gc)", "B", peaks, params))
-        rows.append(Row(FAMILY, "unix heap live peak above import cost", "B", lives, params))
+        rows.append(Row(FAMILY, "unix heap live peak above import cost", "B", lives, params,
+                        series=series))
         # bisection: smallest heap that passes
         lo, hi = cost, default_heap
         ok_at: dict[int, bool] = {}

@@ -54,8 +54,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 async def one_run(ctx: Context, broker: Broker, config: str, n: int,
+                  samples: dict[tuple[str, str, str], list[float]] | None = None,
                   **rig_kw: Any) -> dict[str, dict[str, float]]:
-    """{qos: {figure: ms}} for one bench start."""
+    """{qos: {figure: ms}} for one bench start; every probe's ms is appended to
+    ``samples[(config, qos, direction)]`` when given (for the CDF plot)."""
     out: dict[str, dict[str, float]] = {}
     spacing = SPACING_MS
     async with link_rig(ctx, f"lat-{config}", broker=broker, settings=CONFIGS[config],
@@ -76,6 +78,9 @@ async def one_run(ctx: Context, broker: Broker, config: str, n: int,
             for name, vals in (("up", up), ("down", down), ("echo", rtt)):
                 fig[f"{name} p50"] = pct(vals, 0.5) * 1000
                 fig[f"{name} p99"] = pct(vals, 0.99) * 1000
+                if samples is not None:
+                    samples.setdefault((config, "qos" if qos else "noqos", name), []).extend(
+                        round(v * 1000, 3) for v in vals)
             fig["delivered"] = len(rtt) / n
             out["qos" if qos else "noqos"] = fig
     return out
@@ -85,6 +90,7 @@ async def run(ctx: Context) -> list[Row]:
     n = 3 if ctx.tiny else 12 if ctx.quick else 20
     kind = "mosquitto" if ctx.mosquitto else "amqtt"
     runs: dict[tuple[str, str, str], list[float]] = {}
+    samples: dict[tuple[str, str, str], list[float]] = {}
     broker = Broker(kind, ctx.subdir("latency-broker"), ctx.mosquitto)
     await broker.start()
     try:
@@ -92,7 +98,7 @@ async def run(ctx: Context) -> list[Row]:
             for config in CONFIGS:
                 ctx.progress(f"latency: run {r + 1}/{ctx.repeats}, {config} poll, {n} probes "
                              "per qos")
-                res = await one_run(ctx, broker, config, n)
+                res = await one_run(ctx, broker, config, n, samples)
                 for q, figs in res.items():
                     for fname, v in figs.items():
                         runs.setdefault((config, q, fname), []).append(v)
@@ -108,7 +114,9 @@ async def run(ctx: Context) -> list[Row]:
                  "echo": "echo round trip"}[direction]
         rows.append(Row(FAMILY, f"{label} {stat}", "ms", vals,
                         {"poll": config, "qos": q == "qos", "broker": kind},
-                        target=targets.get((config, q, fname), "")))
+                        target=targets.get((config, q, fname), ""),
+                        samples=samples.get((config, q, direction), []) if stat == "p50"
+                        else []))
     # the ratio original/default of the medians, per figure
     for q in ("qos", "noqos"):
         for fname in ("up p50", "down p50", "echo p50", "echo p99"):

@@ -63,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=None, metavar="N",
                    help="soak: device pairs (default 4)")
     p.add_argument("--seed", type=int, default=None, help="soak: chaos seed")
+    p.add_argument("--plot-format", choices=("png", "svg"), default="png",
+                   help="format of the plots written beside the JSON (default %(default)s)")
+    p.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    p.add_argument("--plot", default=None, metavar="JSON",
+                   help="run nothing: draw the plots of this existing result file beside it")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests only
 
 
@@ -89,7 +94,24 @@ async def run_families(ctx: Context, names: list[str]) -> tuple[list[Row], dict[
     return rows, info
 
 
+def write_plots(out: Path, fmt: str) -> list[Path]:
+    """The plots of the result file ``out``, beside it (benchmarks/plots.py)."""
+    from benchmarks.plots import plot_file
+
+    files = plot_file(out, fmt=fmt)
+    for f in files:
+        print(f"plot written {f}")
+    return files
+
+
 def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    if args.plot:
+        try:
+            write_plots(Path(args.plot), args.plot_format)
+        except ValueError as exc:
+            print(f"pblink bench: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     raise_nofile()
     names = args.only or list(FAMILIES)
     repeats = args.repeats or (1 if args.tiny else 2 if args.quick else 3)
@@ -101,8 +123,10 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="pblink-bench-")
         workdir = Path(tmp.name)
+    out = Path(args.out) if args.out else ROOT / "bench-results" / f"bench-{stamp}.json"
     options = {"scale_n": args.scale_n, "duration": args.duration, "devices": args.devices,
-               "seed": args.seed, "tiny": args.tiny}
+               "seed": args.seed, "tiny": args.tiny,
+               "soak_timeline": out.with_name(f"{out.stem}-soak-timeline.html")}
     logging.getLogger("pblink.server").setLevel(logging.ERROR)  # reconnect chatter
     ctx = Context(quick=args.quick or args.tiny, repeats=repeats, workdir=workdir,
                   mosquitto=find_mosquitto(), options=options)
@@ -122,7 +146,6 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     failed = {k: v["error"] for k, v in info.items() if "error" in v}
     for name, err in failed.items():
         print(f"family {name} FAILED: {err}")
-    out = Path(args.out) if args.out else ROOT / "bench-results" / f"bench-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "command": command.strip(),
@@ -138,6 +161,8 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"written {out}")
+    if not args.no_plots:
+        write_plots(out, args.plot_format)
     return 1 if failed else 0
 
 

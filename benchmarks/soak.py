@@ -17,7 +17,9 @@ adds that watch:
   bridge) are counted from boots not explained by a pulse.
 
 Run it with ``pblink bench --only soak --duration 1800 --devices 4`` (the
-summary goes to stdout and to the results JSON).
+summary goes to stdout and to the results JSON; the run's timeline, drawn by
+virtual_bench/timeline.py so a lost or late line can be found by eye, goes
+beside the JSON as ``<name>-soak-timeline.html``).
 """
 
 from __future__ import annotations
@@ -190,11 +192,13 @@ def soak_rows(demo: SoakDemo, elapsed: float, code: int, extra: dict[str, Any]) 
 
 async def run_soak(duration: float, devices: int = 4, period_ms: int = 1000,
                    seed: int | None = None, workdir: Path | None = None,
-                   echo: bool = True) -> tuple[int, str, list[Row], dict[str, Any]]:
-    """Run the soak; (exit status, printed summary, rows, process data)."""
+                   echo: bool = True, timeline: Path | None = None,
+                   ) -> tuple[int, str, list[Row], dict[str, Any]]:
+    """Run the soak; (exit status, printed summary, rows, process data). With
+    ``timeline``, the run's timeline goes there (virtual_bench/timeline.py)."""
     out = io.StringIO()
     demo = SoakDemo(devices=devices, duration=duration, chaos=True, period_ms=period_ms,
-                    view="quiet", seed=seed, workdir=workdir, out=out)
+                    view="quiet", seed=seed, workdir=workdir, out=out, timeline=timeline)
     t0 = time.monotonic()
     try:
         code = await demo.run()
@@ -219,7 +223,10 @@ async def run(ctx: Context) -> list[Row]:
                                                      else 600))
     devices = int(ctx.options.get("devices") or (1 if ctx.tiny else 4))
     ctx.progress(f"soak: {devices} device(s), chaos, {duration:.0f} s")
+    timeline = ctx.options.get("soak_timeline")
     _code, text, rows, _data = await run_soak(duration, devices, seed=ctx.options.get("seed"),
-                                            workdir=ctx.subdir("soak"))
+                                            workdir=ctx.subdir("soak"), timeline=timeline)
+    if timeline is not None:
+        rows[0].note += f"; timeline {timeline}"
     (ctx.workdir / "soak-summary.txt").write_text(text)
     return rows

@@ -60,6 +60,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed for --chaos")
     parser.add_argument("--workdir", default=None,
                         help="keep the logs of every process here (default: a temporary folder)")
+    parser.add_argument("--timeline", default=None, metavar="FILE.html",
+                        help="record the run and draw it as one timeline per device: lines, "
+                        "acks, retransmissions, U/D, online, faults, resets, reports "
+                        "(a self-contained HTML file)")
     parser.set_defaults(func=run)
 
 
@@ -78,5 +82,6 @@ def run(args: argparse.Namespace) -> int:
     demo = Demo(devices=args.devices, duration=args.duration, chaos=args.chaos,
                 broker=args.broker, period_ms=args.period_ms, view=args.view, root=args.root,
                 seed=args.seed, timeout_ms=args.timeout_ms,
-                workdir=Path(args.workdir) if args.workdir else None)
+                workdir=Path(args.workdir) if args.workdir else None,
+                timeline=Path(args.timeline) if args.timeline else None)
     return asyncio.run(demo.run())

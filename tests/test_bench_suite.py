@@ -20,8 +20,10 @@ from benchmarks import EXTRA_FAMILIES, FAMILIES
 from benchmarks.common import Row, check_target, pct, render_table
 from benchmarks.runner import main as bench_main
 
+PLOT_OF = {"latency": "latency", "throughput": "throughput", "scale": "scale",
+           "esp": "esp_heap", "recovery": "recovery"}
 ROW_KEYS = {"family", "name", "unit", "values", "params", "target", "met", "note", "median",
-            "min", "max", "q1", "q3", "runs"}
+            "min", "max", "q1", "q3", "runs", "samples", "series"}
 
 
 def _run(family: str, tmp_path: Path, *extra: str) -> dict:
@@ -31,6 +33,10 @@ def _run(family: str, tmp_path: Path, *extra: str) -> dict:
     doc = json.loads(out.read_text())
     assert doc["families"][family].get("error") is None, doc["families"][family]
     assert code == 0
+    plot = PLOT_OF.get(family)
+    if plot is not None:  # the runner draws the family's plot beside the JSON
+        png = out.parent / f"{out.stem}-{plot}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     return doc
 
 
@@ -74,6 +80,9 @@ def test_family_list() -> None:
 def test_link_families_tiny(family: str, tmp_path: Path) -> None:
     doc = _run(family, tmp_path)
     _check_rows(doc, family)
+    if family == "latency":  # every probe's latency, for the CDF plot
+        p50 = [r for r in doc["rows"] if r["name"].endswith("p50") and "ratio" not in r["name"]]
+        assert p50 and all(len(r["samples"]) >= 1 for r in p50)
 
 
 @pytest.mark.slow
@@ -91,6 +100,9 @@ def test_esp_tiny(tmp_path: Path) -> None:
     names = {r["name"] for r in doc["rows"]}
     assert "frozen .mpy, total" in names
     assert "smallest -X heapsize that passes" in names
+    live = next(r for r in doc["rows"] if r["name"] == "unix heap live peak above import cost")
+    series = list(live["series"].values())  # the heap over the traffic test, for the plot
+    assert len(series) == 2 and len(series[1]) >= 1
 
 
 @pytest.mark.slow
@@ -99,6 +111,10 @@ def test_soak_tiny(tmp_path: Path) -> None:
     _check_rows(doc, "soak")
     names = {r["name"] for r in doc["rows"]}
     assert {"qos lines lost", "qos lines duplicated", "processes that died on their own"} <= names
+    from virtual_bench.timeline import read_timeline
+
+    timeline = read_timeline(tmp_path / "soak-soak-timeline.html")  # beside the JSON
+    assert timeline["devices"]["1"]["lines"], "the soak's timeline places its lines"
 
 
 def test_cli_has_bench() -> None:

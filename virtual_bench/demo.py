@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from virtual_bench.harness import PYBOARD, Bench, Lab, OutputLine
+from virtual_bench.timeline import TimelineRecorder
 
 log = logging.getLogger("pblink.demo")
 
@@ -364,7 +365,7 @@ class Demo:
                  broker: tuple[str, int] | None = None, period_ms: int = 1000,
                  view: str = "auto", root: str | None = None, seed: int | None = None,
                  timeout_ms: int = 1500, workdir: Path | None = None,
-                 out: TextIO = sys.stdout) -> None:
+                 out: TextIO = sys.stdout, timeline: Path | None = None) -> None:
         self.n = devices
         self.duration = duration
         self.chaos = chaos
@@ -381,6 +382,8 @@ class Demo:
         self.stop = asyncio.Event()
         conn_ids = [str(i) for i in range(1, devices + 1)]
         self.tracker = Tracker(conn_ids, echo=out if self.view == "lines" else None)
+        self.timeline = timeline  # write the run's timeline here (virtual_bench/timeline.py)
+        self.recorder = TimelineRecorder(conn_ids, self.tracker.t0) if timeline else None
         self.lab: Lab | None = None
         self._fault_tasks: set[asyncio.Task[None]] = set()
         self.keys_enabled = False
@@ -394,9 +397,12 @@ class Demo:
                        "--root", self.root, "--client-id", client_id, "--state-dir",
                        "server_state"]
         tracker = self.tracker
+        on_line, on_server, on_bus = tracker.on_pyboard, tracker.on_server, tracker.on_bus
+        if self.recorder is not None:
+            on_line, on_server, on_bus = self.recorder.chain(on_line, on_server, on_bus)
         return Lab(devices=self.n, broker=self.broker, server_args=server_args,
-                   workdir=self.workdir, settings=settings, on_line=tracker.on_pyboard,
-                   on_server_line=tracker.on_server, on_bus=tracker.on_bus)
+                   workdir=self.workdir, settings=settings, on_line=on_line,
+                   on_server_line=on_server, on_bus=on_bus)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -426,12 +432,24 @@ class Demo:
             for task in list(self._fault_tasks):
                 task.cancel()
             await lab.stop()
+            self._write_timeline(lab)
         if self.view == "block":
             self.out.write(render_status(self.tracker, self._header(elapsed), self.target,
                                          False) + "\n\n")
         self.out.write(summary(self.tracker, elapsed, self.period_ms) + "\n")
         self.out.flush()
         return 0 if self.tracker.ok() else 1
+
+    def _write_timeline(self, lab: Lab) -> None:
+        if self.recorder is None or self.timeline is None:
+            return
+        for f in self.tracker.faults:
+            self.recorder.add_fault(FAULT_NAMES[f.kind], f.device, f.t, f.end)
+        for bench in lab.benches:
+            self.recorder.add_bench_events(bench)
+        path = self.recorder.write(self.timeline, title=f"pblink demo, {self.n} device(s)"
+                                   f"{', chaos' if self.chaos else ''}")
+        self.out.write(f"timeline written to {path}\n")
 
     async def _start_lab(self, lab: Lab) -> None:
         tracker = self.tracker

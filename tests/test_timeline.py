@@ -1,0 +1,108 @@
+"""The run timeline (virtual_bench/timeline.py): the recorder fed link messages
+directly (no sockets), and a short chaos run of the demo whose file is read back."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from virtual_bench.timeline import TimelineRecorder, read_timeline
+
+
+def _bench(conn_id: str = "1", events: list | None = None) -> SimpleNamespace:
+    return SimpleNamespace(conn_id=conn_id, events=events or [])
+
+
+def test_recorder_places_lines_acks_retransmissions_and_states(tmp_path: Path) -> None:
+    rec = TimelineRecorder(["1"])
+    b = _bench("1", [(time.monotonic(), "boot", "esp8266 #2"),
+                     (time.monotonic(), "reset", "esp8266 held in reset")])
+    rec.on_bus(b, "up", b"C[\"1\",1883]")
+    rec.on_bus(b, "down", b"U")
+    rec.on_bus(b, "up", b"q|3fa2c901|1|1|first <line>")
+    rec.on_bus(b, "up", b"q|3fa2c901|1|1|first <line>")  # retransmission
+    rec.on_bus(b, "down", b"a|3fa2c901|1")
+    rec.on_bus(b, "up", b"q|3fa2c901|2|2|never acked")
+    rec.on_bus(b, "down", b"q|0badf00d|7|7|from the server")
+    rec.on_bus(b, "up", b"a|0badf00d|7")
+    rec.on_bus(b, "up", b"u|3fa2c901|no qos")
+    rec.on_bus(b, "down", b"D")
+    rec.on_bus(b, "down", b"R[3,17,21504]")
+    rec.on_bus(b, "down", b"K")
+    rec.on_bus(b, "up", b"q|bad")  # a frame that does not parse is marked, not fatal
+    rec.on_bus(_bench("9"), "up", b"q|3fa2c901|1|1|other device")  # not recorded
+    rec.on_server_line("server_app", "INFO pblink.server: device 1 is online")
+    rec.on_server_line("server_app", "INFO pblink.server: link server x closed")
+    now = time.monotonic()
+    rec.add_fault("WiFi outage", "1", now - 0.5, now + 3600)  # still going: clamped
+    rec.add_bench_events(b)
+    path = rec.write(tmp_path / "t.html", title="unit <test>")
+    data = read_timeline(path)
+    dev = data["devices"]["1"]
+    lines = {ln["text"]: ln for ln in dev["lines"]}
+    assert set(lines) == {"first <line>", "never acked", "from the server", "no qos"}
+    first = lines["first <line>"]
+    assert first["ack"] is not None and first["ack"] >= first["t"] and len(first["repeats"]) == 1
+    assert lines["never acked"]["ack"] is None
+    assert lines["from the server"]["direction"] == "down" and lines["from the server"]["ack"]
+    assert not lines["no qos"]["qos"]
+    assert [s for _t, s in dev["link_state"]] == ["U", "D"]
+    assert [r for _t, r in dev["reports"]] == [[3, 17, 21504]]
+    assert len(dev["syncs"]) == 1
+    assert [o for _t, o in dev["online"]] == [True, False]  # closed: no longer judged
+    assert {k for _t, k, _d in dev["marks"]} == {"bad frame", "boot", "reset"}
+    assert data["faults"][0]["end"] <= data["duration_s"] + 0.01
+    text = path.read_text()
+    assert "unit &lt;test&gt;" in text and "first &lt;line&gt;" in text  # escaped
+    assert text.count('class="line') == 4 and text.count('class="repeat"') == 1
+    assert "http" not in text.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    other = tmp_path / "other.html"
+    other.write_text("<html></html>")
+    with pytest.raises(ValueError, match="no timeline data"):
+        read_timeline(other)
+
+
+@pytest.mark.slow
+def test_chaos_run_timeline_names_every_fault_and_places_every_line(tmp_path: Path) -> None:
+    from virtual_bench.demo import FAULT_NAMES, Demo
+
+    path = tmp_path / "run.html"
+    out = io.StringIO()
+    demo = Demo(devices=1, duration=30, chaos=True, seed=5, period_ms=300, view="quiet",
+                timeline=path, out=out)
+    code = asyncio.run(demo.run())
+    assert code == 0, out.getvalue()[-2000:]
+    assert f"timeline written to {path}" in out.getvalue()
+    data = read_timeline(path)
+    text = path.read_text()
+    faults = demo.tracker.faults
+    assert len(faults) >= 2, "chaos injected too little to test"
+    assert len(data["faults"]) == len(faults)
+    for f in faults:
+        assert FAULT_NAMES[f.kind] in text
+        assert any(d["name"] == FAULT_NAMES[f.kind] and abs(d["start"] - (f.t - demo.tracker.t0))
+                   < 0.01 for d in data["faults"])
+    dev = demo.tracker.devices["1"]
+    recorded = data["devices"]["1"]["lines"]
+
+    def txs(direction: str) -> set[int]:
+        return {json.loads(r["text"])[1] for r in recorded if r["direction"] == direction}
+
+    assert set(dev.up_bus) <= txs("up")  # every line the Pyboard put on its bus
+    assert set(dev.down_rx) <= txs("down")  # every reply the Pyboard printed
+    assert len(dev.up_bus) >= 20
+    # each recorded line is drawn once, at its time
+    marks = re.findall(r'class="line[^"]*" data-dir="(up|down)" data-t="([0-9.]+)"', text)
+    assert len(marks) == len(recorded)
+    assert sorted(float(t) for _d, t in marks) == sorted(r["t"] for r in recorded)
+    acked = [r for r in recorded if r["qos"] and r["ack"] is not None]
+    assert len(acked) >= len(recorded) - 2  # at most a line or two in flight at the end
+    assert data["devices"]["1"]["link_state"] and data["devices"]["1"]["online"]
+    assert data["devices"]["1"]["syncs"]
