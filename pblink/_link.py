@@ -57,6 +57,12 @@ def topics(root: str, conn_id: str) -> tuple[str, str, str]:
     return str(t.up), str(t.down), str(t.status)
 
 
+def parse_topic(root: str, topic: str | bytes) -> tuple[str, str] | None:
+    """(conn_id, leaf) of ``<root>/<conn_id>/<up|down|status>``, None for any other topic."""
+    got = _names.parse_topic(root, topic)
+    return None if got is None else (str(got[0]), str(got[1]))
+
+
 def decode(payload: bytes) -> Frame:
     """One end-to-end frame; ValueError when malformed."""
     return cast(Frame, _frames.decode(payload))

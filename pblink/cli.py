@@ -34,6 +34,7 @@ COMMANDS: list[str] = [
     "build_firmware",
     "demo",
     "bench",
+    "monitor",
 ]
 
 

@@ -1,0 +1,103 @@
+"""`pblink monitor`: a live status page of the devices under one topic root."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from pblink.common import EXIT_USAGE, CliError, add_broker_options, add_command
+
+log = logging.getLogger("pblink.monitor")
+
+DESCRIPTION = """\
+Serve a web page that shows, live, every device under one topic root:
+conn_id, online or offline and since when, whether its server app is
+reachable, the last line each way, line rates, acks and retransmissions.
+Open http://LISTEN/ in a browser; the page updates itself (server-sent events
+from /events; /api/devices is the same as JSON).
+
+Online and reachable are judged as the server library and the bridge judge
+them (docs/PROTOCOL.md 4.4), so pass the devices' --timeout-ms if it is not
+the default. The monitor only subscribes (to <root>/+/up, down and status):
+it publishes nothing and acknowledges no frame, so it never changes what it
+watches. Connect with credentials that may read every device's topics (the
+server's; a device's may read only its own subtree)."""
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def register(subparsers: Any) -> None:
+    parser = add_command(subparsers, "monitor", help="a live web page of the devices' state",
+                         description=DESCRIPTION)
+    parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080),
+                        metavar="HOST:PORT",
+                        help="where the page is served (default 127.0.0.1:8080; port 0: any)")
+    parser.add_argument("--timeout-ms", type=int, default=1500, metavar="MS",
+                        help="the devices' link timeout_ms (default %(default)s)")
+    add_broker_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    if not 1 <= args.timeout_ms <= 3_600_000:
+        raise CliError("--timeout-ms must be 1 to 3600000 (PROTOCOL.md 2)", EXIT_USAGE)
+    return asyncio.run(serve(args))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    from pblink.common import BrokerOptions, connect_paho, random_client_id, stop_paho
+    from pblink.monitor_state import Fleet
+    from pblink.monitor_web import MonitorHub, make_app
+
+    opts = BrokerOptions.from_args(args)
+    fleet = Fleet(opts.root, args.timeout_ms)
+    hub = MonitorHub(fleet, title=f"pblink monitor: {opts.root} on {opts.address}")
+    loop = asyncio.get_running_loop()
+
+    def setup(client: Any) -> None:
+        client.on_message = lambda c, u, msg: loop.call_soon_threadsafe(
+            hub.message, msg.topic, bytes(msg.payload))
+
+    def on_connected(client: Any) -> None:
+        client.subscribe([(topic, 0) for topic in fleet.subscriptions()])
+        loop.call_soon_threadsafe(hub.broker, True, f"{opts.address} connected")
+
+    def on_lost(reason: str) -> None:
+        log.warning("lost the MQTT broker %s (%s); reconnecting", opts.address, reason)
+        loop.call_soon_threadsafe(hub.broker, False, f"{opts.address} lost ({reason})")
+
+    client = await asyncio.to_thread(connect_paho, opts, random_client_id("pblink-monitor"),
+                                     setup=setup, on_connected=on_connected, on_lost=on_lost)
+    runner = web.AppRunner(make_app(hub), access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, *args.listen)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CliError(f"cannot listen on {args.listen[0]}:{args.listen[1]}: "
+                           f"{exc.strerror or exc}") from None
+        host, port = runner.addresses[0][:2]
+        print(f"pblink monitor: http://{host}:{port}/ (root {opts.root} on {opts.address}); "
+              "Ctrl-C stops", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await asyncio.to_thread(stop_paho, client)
+    return 0
