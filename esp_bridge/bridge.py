@@ -5,7 +5,7 @@
 #   _main_loop  every 100 ms: 'K' keepalive, 'R' reports, 'U'/'D' changes
 #   _uplink     link messages from the Pyboard: 'C' config; q/u/a -> <root>/<id>/up
 #   _downlink   frames on <root>/<id>/down -> link messages to the Pyboard
-#   _heartbeat  'h' on up when quiet (PROTOCOL.md 4.4)
+#   _heartbeat  'h' on up when quiet (PROTOCOL.md 4.4); the last 'R' on <root>/<id>/report
 #   _net        WiFi, then broker, with backoff; status online + will offline
 #
 # Bounded both ways: the link's received-message queue (full -> HOLD stops
@@ -59,6 +59,8 @@ class Bridge:
         self._up = b""
         self._down = b""
         self._status = b""
+        self._report = b""
+        self._report_msg = None  # the last R message not yet published on MQTT
         self.connects = 0
         self.report_no = 0
         self._first_wifi = True
@@ -111,6 +113,7 @@ class Bridge:
         self._up = topics.up.encode()
         self._down = topics.down.encode()
         self._status = topics.status.encode()
+        self._report = topics.report.encode()
         self._gen += 1
 
     # ----- tasks -----
@@ -146,7 +149,9 @@ class Bridge:
             elif time.ticks_diff(now, next_r) >= 0:
                 next_r = time.ticks_add(now, cfg[4] * 1000)
                 self.report_no += 1
-                self._ctl(control.encode_report([self.connects, self.report_no, gc.mem_free()]))
+                msg = control.encode_report([self.connects, self.report_no, gc.mem_free()])
+                self._ctl(msg)
+                self._report_msg = msg  # for the report topic too (_heartbeat publishes it)
             if self.mq.oversize != self._oversize:
                 self._oversize = self.mq.oversize
                 n = self._oversize
@@ -216,6 +221,14 @@ class Bridge:
                 try:
                     await self.mq.publish(self._up, b"h", 0)
                     self._last_pub = time.ticks_ms()
+                except OSError:
+                    pass
+            msg = self._report_msg
+            if msg is not None and self.mq.isconnected():
+                # PROTOCOL.md 4.1: retained, QoS 0, so any reader sees the latest report
+                self._report_msg = None
+                try:
+                    await self.mq.publish(self._report, msg[1:], 0, True)
                 except OSError:
                     pass
 

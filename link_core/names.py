@@ -21,7 +21,8 @@ DEFAULT_ROOT = "pblink"
 UP = "up"
 DOWN = "down"
 STATUS = "status"
-LEAVES = (UP, DOWN, STATUS)
+REPORT = "report"  # retained [connects, report_no, mem_free]: the bridge's last R report
+LEAVES = (UP, DOWN, STATUS, REPORT)
 ONLINE = "online"  # retained payload of <root>/<conn_id>/status
 OFFLINE = "offline"
 
@@ -234,12 +235,12 @@ def client_id(conn_id):
 def wildcard(root, leaf):
     """Subscription filter ``<root>/+/<leaf>`` (e.g. for the server library)."""
     if leaf not in LEAVES:
-        raise ValueError("leaf " + _show(leaf) + " is not one of 'up', 'down', 'status'")
+        raise ValueError("leaf " + _show(leaf) + " is not one of 'up', 'down', 'status', 'report'")
     return check_root(root) + "/+/" + leaf
 
 
 class Topics:
-    """The three topics of one device: ``.up``, ``.down``, ``.status``.
+    """The topics of one device: ``.up``, ``.down``, ``.status``, ``.report``.
 
     ``Topics(root, conn_id)`` validates both (``ValueError``). ``.base`` is
     ``<root>/<conn_id>``.
@@ -252,6 +253,7 @@ class Topics:
         self.up = self.base + "/" + UP
         self.down = self.base + "/" + DOWN
         self.status = self.base + "/" + STATUS
+        self.report = self.base + "/" + REPORT
 
     def __repr__(self):
         return "Topics(" + repr(self.root) + ", " + repr(self.conn_id) + ")"
@@ -262,7 +264,7 @@ def parse_topic(root, topic):
 
     ``topic`` is ``str`` or UTF-8 bytes. Returns ``None`` if the topic is not
     under ``root``, the conn_id is invalid or the leaf is not one of ``up``,
-    ``down``, ``status``. Never raises for a bad topic.
+    ``down``, ``status``, ``report``. Never raises for a bad topic.
     """
     if not isinstance(topic, str):
         try:

@@ -15,6 +15,7 @@ _names: Any = importlib.import_module("link_core.names")
 _frames: Any = importlib.import_module("link_core.frames")
 _endpoint: Any = importlib.import_module("link_core.endpoint")
 _clock: Any = importlib.import_module("link_core.clock")
+_control: Any = importlib.import_module("link_core.control")
 
 # (kind, session, msg_id, base, line), as returned by link_core.frames.decode
 Frame = tuple[str, str | None, int | None, int | None, str | None]
@@ -58,9 +59,17 @@ def topics(root: str, conn_id: str) -> tuple[str, str, str]:
 
 
 def parse_topic(root: str, topic: str | bytes) -> tuple[str, str] | None:
-    """(conn_id, leaf) of ``<root>/<conn_id>/<up|down|status>``, None for any other topic."""
+    """(conn_id, leaf) of ``<root>/<conn_id>/<up|down|status|report>``; None for others."""
     got = _names.parse_topic(root, topic)
     return None if got is None else (str(got[0]), str(got[1]))
+
+
+def decode_report(payload: bytes) -> list[int]:
+    """[connects, report_no, mem_free] of an R report body; ValueError when malformed."""
+    try:
+        return [int(v) for v in _control.decode_report(payload)]
+    except (TypeError, IndexError) as exc:
+        raise ValueError(f"bad report {payload[:40]!r}: {exc}") from None
 
 
 def decode(payload: bytes) -> Frame:

@@ -13,13 +13,15 @@ log = logging.getLogger("pblink.monitor")
 DESCRIPTION = """\
 Serve a web page that shows, live, every device under one topic root:
 conn_id, online or offline and since when, whether its server app is
-reachable, the last line each way, line rates, acks and retransmissions.
+reachable, the last line each way, line rates, acks and retransmissions,
+and the bridge's last report (connects, mem_free; when its report_s > 0).
 Open http://LISTEN/ in a browser; the page updates itself (server-sent events
 from /events; /api/devices is the same as JSON).
 
 Online and reachable are judged as the server library and the bridge judge
 them (docs/PROTOCOL.md 4.4), so pass the devices' --timeout-ms if it is not
-the default. The monitor only subscribes (to <root>/+/up, down and status):
+the default. The monitor only subscribes (to <root>/+/up, down, status and
+report):
 it publishes nothing and acknowledges no frame, so it never changes what it
 watches. Connect with credentials that may read every device's topics (the
 server's; a device's may read only its own subtree)."""

@@ -1,7 +1,7 @@
 """What `pblink monitor` knows about the devices under one topic root (sans-I/O).
 
 :class:`Fleet` is fed the MQTT messages any client subscribed to
-``<root>/+/up``, ``<root>/+/down`` and ``<root>/+/status`` receives
+``<root>/+/up``, ``down``, ``status`` and ``report`` receives
 (docs/PROTOCOL.md 4.1), with the time, and keeps one :class:`DeviceRow` per
 conn_id. It judges as the server library does (PROTOCOL.md 4.4), from the
 outside:
@@ -15,8 +15,9 @@ outside:
 - the last line each way (``q`` and ``u`` frames; a retransmitted ``q`` frame,
   same session and id, counts once, as a retransmission), lines per second
   over the last ``RATE_WINDOW_S`` seconds, acks and retransmissions seen;
-- ``R`` reports never reach MQTT (PROTOCOL.md 2: the bridge sends them to the
-  Pyboard over I2C only), so the row carries none.
+- the bridge's last ``R`` report ``[connects, report_no, mem_free]`` from
+  ``<root>/+/report`` (retained, PROTOCOL.md 4.1; only when the device's
+  ``report_s`` > 0).
 
 It publishes nothing and acknowledges nothing: it is a reader only. Times are
 seconds on a clock the caller chooses (``time.time()`` in the command).
@@ -80,6 +81,8 @@ class DeviceRow:
     last_up: float | None = None  # last valid frame on up
     last_down: float | None = None  # last valid frame on down
     malformed: int = 0
+    report: list[int] | None = None  # [connects, report_no, mem_free]
+    report_t: float | None = None  # when it arrived (a retained one: when we subscribed)
     up: Direction = field(default_factory=Direction)
     down: Direction = field(default_factory=Direction)
 
@@ -93,7 +96,7 @@ class DeviceRow:
                for k, v in (("last_line", d.last_line), ("last_line_t", d.last_line_t),
                             ("lines", d.lines), ("rate", round(d.rate(now), 2)),
                             ("acks", d.acks), ("repeats", d.repeats))},
-            "report": None,  # R reports travel on I2C only (module docstring)
+            "report": self.report, "report_t": self.report_t,
         }
 
 
@@ -108,7 +111,7 @@ class Fleet:
 
     def subscriptions(self) -> list[str]:
         """The topic filters to subscribe to (read-only; any client may)."""
-        return [f"{self.root}/+/{leaf}" for leaf in ("up", "down", "status")]
+        return [f"{self.root}/+/{leaf}" for leaf in ("up", "down", "status", "report")]
 
     def _row(self, conn_id: str, now: float) -> DeviceRow:
         row = self.devices.get(conn_id)
@@ -133,6 +136,13 @@ class Fleet:
             row.status = text
             if text in ("online", "offline"):
                 self._judge(row, text == "online", now, f"status {text}")
+            return conn_id
+        if leaf == "report":
+            try:
+                row.report = _link.decode_report(payload)
+                row.report_t = now
+            except ValueError:
+                row.malformed += 1
             return conn_id
         try:
             kind, session, msg_id, _base, line = _link.decode(payload)

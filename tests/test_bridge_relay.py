@@ -88,6 +88,7 @@ class Server:
         self.answer = True  # answer 'h' with 'h'
         self.up: list[bytes] = []
         self.status: list[tuple[bytes, bool]] = []
+        self.reports: list[tuple[bytes, bool]] = []  # <root>/<id>/report: (payload, retained)
         self._cv = threading.Condition()
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"srv-{free_port()}")
         self.c.on_message = self._on_message
@@ -100,12 +101,15 @@ class Server:
         assert self._subscribed.wait(TEST_TIMEOUT)
 
     def _on_connect(self, c: paho.Client, *_a: object) -> None:
-        c.subscribe([(f"{self.base}/up", 1), (f"{self.base}/status", 1)])
+        c.subscribe([(f"{self.base}/up", 1), (f"{self.base}/status", 1),
+                     (f"{self.base}/report", 0)])
 
     def _on_message(self, c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         with self._cv:
             if msg.topic.endswith("/status"):
                 self.status.append((msg.payload, bool(msg.retain)))
+            elif msg.topic.endswith("/report"):
+                self.reports.append((msg.payload, bool(msg.retain)))
             elif msg.payload == b"h":
                 if self.answer:
                     c.publish(f"{self.base}/down", b"h", qos=0)
@@ -234,6 +238,24 @@ def test_status_retained_and_will_on_crash(micropython_bin: str, tmp_path: Path,
         p.proc.kill()
         p.proc.wait()
     srv.wait(lambda: srv.status[-1][0] == b"offline", what="will: offline")
+
+
+def test_reports_published_retained_on_the_report_topic(
+        micropython_bin: str, tmp_path: Path, any_broker: BrokerProcess, server_factory) -> None:
+    """PROTOCOL.md 4.1: each R report also goes to <root>/<id>/report, retained, so a
+    reader (pblink monitor) sees [connects, report_no, mem_free] without the Pyboard."""
+    srv = server_factory(any_broker.port)
+    with start_bridge(micropython_bin, tmp_path, config(any_broker.port, report_s=1)) as p:
+        p.wait_for("PB U")
+        line = p.wait_for("PB R ", timeout=10)
+        srv.wait(lambda: len(srv.reports) >= 2, what="two reports on MQTT")
+        first = json.loads(srv.reports[0][0])
+        assert len(first) == 3 and first[0] >= 1 and first[2] > 0
+        numbers = [json.loads(m)[1] for m, _r in srv.reports]
+        assert numbers == sorted(numbers) and json.loads(line[5:])[1] in numbers
+        late = server_factory(any_broker.port)  # a new subscriber gets the latest, retained
+        late.wait(lambda: any(r for _m, r in late.reports), what="retained report")
+    assert "Traceback" not in p.output()
 
 
 def test_server_liveness_gives_u_and_d(micropython_bin: str, tmp_path: Path,

@@ -21,7 +21,8 @@ T = 1000.0  # an arbitrary clock origin, seconds
 
 def test_fleet_judges_online_from_status_and_traffic() -> None:
     f = Fleet("site/pblink", timeout_ms=1000)
-    assert f.subscriptions() == ["site/pblink/+/up", "site/pblink/+/down", "site/pblink/+/status"]
+    assert f.subscriptions() == ["site/pblink/+/up", "site/pblink/+/down",
+                                 "site/pblink/+/status", "site/pblink/+/report"]
     assert f.on_message("site/pblink/1/status", b"online", T) == "1"
     row = f.devices["1"]
     assert row.online and row.since == T and row.why == "status online"
@@ -53,7 +54,11 @@ def test_fleet_counts_lines_acks_repeats_and_server_reachability() -> None:
     assert row["server_reachable"] and row["online"]
     assert not f.snapshot(T + 0.8 + 1.6)[0]["server_reachable"]  # nothing on down for 1.5 s
     assert f.snapshot(T + 11)[0]["up_rate"] == 0.0  # out of the 10 s window
-    assert row["report"] is None  # R reports never reach MQTT
+    assert row["report"] is None  # none published yet
+    f.on_message("pblink/dev-2/report", b"[3,17,21504]", T + 2)
+    f.on_message("pblink/dev-2/report", b"[3,-1,0]", T + 3)  # malformed: kept the last good
+    row = f.snapshot(T + 3)[0]
+    assert row["report"] == [3, 17, 21504] and row["report_t"] == T + 2 and row["malformed"] == 2
     assert json.dumps(f.snapshot(T))  # JSON-ready
 
 
@@ -125,7 +130,7 @@ def _chromium() -> str:
 @pytest.mark.slow
 async def test_status_page_in_chromium_follows_a_wifi_cut(tmp_path: Path) -> None:
     """A bench device with the demo server app; the page, in headless chromium, shows
-    it online with its server reachable and its lines; its WiFi is cut: the row goes
+    it online with its server reachable, its lines and its report; its WiFi is cut: the row goes
     offline; WiFi back: online again. The page only updates through its events."""
     chromium = _chromium()
     from playwright.async_api import async_playwright
@@ -133,7 +138,8 @@ async def test_status_page_in_chromium_follows_a_wifi_cut(tmp_path: Path) -> Non
     from virtual_bench.demo import DEMO_SETTINGS
     from virtual_bench.harness import Lab
 
-    settings = dict(DEMO_SETTINGS, demo_period_ms=300, timeout_ms=1500, topic_root="pblink")
+    settings = dict(DEMO_SETTINGS, demo_period_ms=300, timeout_ms=1500, topic_root="pblink",
+                    report_s=1)
     lab = Lab(devices=1, workdir=tmp_path / "lab", settings=settings,
               server_args=["--ids", "1", "--timeout-ms", "1500", "--root", "pblink",
                            "--client-id", "pblink-monitor-test", "--state-dir", "state"])
@@ -161,6 +167,10 @@ async def test_status_page_in_chromium_follows_a_wifi_cut(tmp_path: Path) -> Non
                 "document.querySelector('#dev-1 td.line.up').textContent.startsWith('[\"1\"')",
                 timeout=30_000)
             assert "online" in await page.inner_text("#dev-1 td.state")
+            # the bridge's R report, from its retained report topic
+            await page.wait_for_function(
+                "document.querySelector('#dev-1 td.report').textContent.includes('mem_free')",
+                timeout=30_000)
             await page.screenshot(path=str(tmp_path / "online.png"))
             await lab.benches[0].cut_wifi(None)
             await page.wait_for_selector('#dev-1[data-online="false"]', timeout=20_000)
