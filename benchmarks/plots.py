@@ -207,7 +207,8 @@ def plot_esp_heap(doc: dict[str, Any]) -> Figure | None:
         _note(ax, "no heap series in this result: the esp family recorded none"
               + (f"\n(it failed: {error[:80]})" if error else
                  "\n(older JSON, or its traffic test did not run)"))
-    _title(fig, doc, "ESP8266 bridge heap over its traffic test")
+    _title(fig, doc, "ESP8266 bridge heap over its traffic test (series as the esp family "
+           "records them; unix-port figures are 64-bit)")
     return fig
 
 
