@@ -116,6 +116,48 @@ def test_monitor_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
 
 
+def test_monitor_only_subscribes_and_never_publishes(tmp_path: Path) -> None:
+    """Against a Mosquitto that logs every packet: the monitor subscribes, sees a
+    device's frames (so it did receive them), and publishes nothing, no ack."""
+    import time
+    import urllib.request
+
+    import paho.mqtt.client as paho
+    from conftest import mosquitto_process
+
+    broker = mosquitto_process(tmp_path, conf_lines=["log_dest stdout", "log_type all"])
+    broker.start()
+    http_port = free_port()
+    mon = subprocess.Popen([sys.executable, "-m", "pblink", "monitor", "--port", str(broker.port),
+                            "--listen", f"127.0.0.1:{http_port}"], cwd=ROOT,
+                           stdout=subprocess.PIPE, text=True)
+    device = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pblink-5")
+    try:
+        assert mon.stdout is not None and "pblink monitor: http://" in mon.stdout.readline()
+        device.connect("127.0.0.1", broker.port)
+        device.loop_start()
+        device.publish("pblink/5/status", b"online", qos=1, retain=True).wait_for_publish(5)
+        device.publish("pblink/5/up", b"q|3fa2c901|1|1|watch me", qos=1).wait_for_publish(5)
+        url = f"http://127.0.0.1:{http_port}/api/devices"
+        deadline = time.monotonic() + 15
+        seen: list = []
+        while time.monotonic() < deadline and not seen:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                seen = [d for d in json.load(r)["devices"] if d["up_last_line"] == "watch me"]
+            time.sleep(0.1)
+        assert seen, "the monitor never showed the device's line"
+    finally:
+        device.loop_stop()
+        device.disconnect()
+        mon.terminate()
+        mon.wait(10)
+        broker.stop()
+    log = broker.log()
+    assert "Received SUBSCRIBE from pblink-monitor-" in log
+    assert "Received PUBLISH from pblink-5" in log  # the log does show publishes
+    assert "Received PUBLISH from pblink-monitor-" not in log
+
+
 def _chromium() -> str:
     path = require_tool("chromium")
     try:
