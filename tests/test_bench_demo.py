@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from virtual_bench.demo import Tracker, _tally
+from virtual_bench.demo import DemoTracker, _tally
 
 
 def test_tally_counts_lost_duplicated_reordered() -> None:
@@ -20,7 +20,7 @@ def test_tally_counts_lost_duplicated_reordered() -> None:
 
 
 def test_tracker_parses_the_demo_lines() -> None:
-    tr = Tracker(["1"])
+    tr = DemoTracker(["1"])
     dev = tr.devices["1"]
 
     class FakeBench:
