@@ -41,6 +41,27 @@ def _split(spec: str, what: str) -> tuple[str, str | None]:
     return target, name
 
 
+def _is_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target
+
+
+def resolve_server_spec(spec: str) -> str:
+    """`spec` made independent of the current folder (a server app started
+    elsewhere finds it): a file's path made absolute, the current folder put on
+    PYTHONPATH for a module. UsageError when a named file is not there."""
+    import os
+
+    target, name = _split(spec, "--server-app")
+    if _is_file(target):
+        path = Path(target)
+        if not path.is_file():
+            raise UsageError(f"server app {spec!r}: no such file {target}")
+        return f"{path.resolve()}:{name}" if name else str(path.resolve())
+    paths = [str(Path.cwd()), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    return spec
+
+
 def load_server_app(spec: str) -> Any:
     """The callable named by `spec` (default name: ``app``), imported in this process.
 
@@ -50,7 +71,7 @@ def load_server_app(spec: str) -> Any:
     target, name = _split(spec, "--app")
     name = name or "app"
     try:
-        if target.endswith(".py") or "/" in target:
+        if _is_file(target):
             path = Path(target)
             if not path.is_file():
                 raise UsageError(f"server app {spec!r}: no such file {target}")
@@ -80,10 +101,9 @@ def load_server_app(spec: str) -> Any:
 def format_user_traceback(exc: BaseException) -> str:
     """The traceback of an exception from the user's code, without pblink's own frames."""
     tb = exc.__traceback__
-    own = str(Path(__file__).resolve().parent)
+    root = Path(__file__).resolve().parent.parent
+    own = (str(root / "pblink"), str(root / "server_apps"), "<frozen importlib")
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(own):
-        tb = tb.tb_next
-    while tb is not None and "importlib" in tb.tb_frame.f_code.co_filename:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 

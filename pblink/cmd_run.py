@@ -104,11 +104,12 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from pblink.apps import BoardApp
+    from pblink.apps import BoardApp, resolve_server_spec
     from pblink.common import check_root
     from virtual_bench.demo import BenchRun, BoardCode, Tracker
 
     app = BoardApp.locate(args.board_app)
+    server_app = resolve_server_spec(args.server_app)
     check_root(args.root)
     broker = external_broker_for_bench(args)
     conn_ids = [str(i) for i in range(1, args.devices + 1)]
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         board = BoardCode("pblink_run_main", (Path(tmp), app.path), tuple(map(str, files)))
         tracker = Tracker(conn_ids, app_files=board.files)
         bench_run = BenchRun(
-            tracker=tracker, board=board, server_app=args.server_app, duration=args.duration,
+            tracker=tracker, board=board, server_app=server_app, duration=args.duration,
             chaos=args.chaos, broker=broker, view=args.view, root=args.root, seed=args.seed,
             timeout_ms=args.timeout_ms, workdir=Path(args.workdir) if args.workdir else None,
             title="pblink run", out=sys.stdout)

@@ -28,8 +28,9 @@ import json
 import logging
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from server_apps import _core
 from server_apps.link_server import (
@@ -120,7 +121,7 @@ async def serve(
     connect_timeout: float = 10.0,
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
-    application: Callable[[LinkServer, Sequence[str]], Awaitable[None]] | None = None,
+    application: Callable[[LinkServer, Sequence[str]], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run a server application until ``stop`` is set (or the task is cancelled).
 
