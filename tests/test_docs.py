@@ -1,6 +1,7 @@
-"""The docs: their examples run as printed, and the project's files point only at files of the repository: never at the
-developers' shared/ folder, which users do not have. (`shared/runtime/...` of
-the MicroPython source tree is named as such.)"""
+"""The docs: their examples run as printed, the API reference builds, and the
+project's files point only at files of the repository: never at the developers'
+shared/ folder, which users do not have. (`shared/runtime/...` of the
+MicroPython source tree is named as such.)"""
 
 from __future__ import annotations
 
