@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Any
 
-from pblink.common import COUNT, CliError, add_command
+from pblink.common import COUNT, CliError, UsageError, add_command
 
 DESCRIPTION = """\
 Flash the ESP8266 with the firmware that has the pblink bridge frozen in.
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     image = firmware.find_image(args.firmware)
     description = firmware.check_image(image)
     if args.baud <= 0:
-        raise CliError(f"--baud {args.baud} is not a baud rate", 2)
+        raise UsageError(f"--baud {args.baud} is not a baud rate")
     print(f"pblink flash: image {description}", file=sys.stderr, flush=True)
     plan = firmware.FlashPlan(port=args.port, image=image, baud=args.baud, before=args.before,
                               connect_attempts=args.connect_attempts,

@@ -8,11 +8,11 @@ import sys
 from typing import Any
 
 from pblink.common import (
-    EXIT_USAGE,
     LINK_TIMEOUT_MS,
     PORT,
     SECONDS,
     CliError,
+    UsageError,
     add_command,
     number,
 )
@@ -140,7 +140,7 @@ def _ask(prompt: str, *, secret: bool = False) -> str:
     print(prompt, end="", file=sys.stderr, flush=True)
     line = sys.stdin.readline()
     if not line:
-        raise CliError("no answer (end of input)", EXIT_USAGE)
+        raise UsageError("no answer (end of input)")
     return line.rstrip("\n")
 
 
@@ -154,8 +154,8 @@ def _complete(values: dict[str, Any], given: dict[str, Any], interactive: bool) 
         if values.get(name):
             continue
         if not interactive:
-            raise CliError(f"no {name} given and none on the board: pass "
-                           f"--{name.replace('_', '-')}", EXIT_USAGE)
+            raise UsageError(f"no {name} given and none on the board: pass "
+                             f"--{name.replace('_', '-')}")
         values[name] = _ask(prompts[name]).strip()
     if not interactive:
         return
@@ -179,8 +179,7 @@ def run(args: argparse.Namespace) -> int:
     given = {} if args.check else _given_settings(args, known)
     if (args.keep_settings or args.check) and any(
             getattr(args, n) is not None for n in ("conn_id", "host", "broker_port", "tls")):
-        raise CliError("settings options and --keep-settings/--check do not go together",
-                       EXIT_USAGE)
+        raise UsageError("settings options and --keep-settings/--check do not go together")
 
     bi.validate_settings(given, complete=False)  # fail fast, before the board is reached
     board = bi.Mpremote(args.port, soft_reset=not args.no_reset, timeout=args.timeout)
