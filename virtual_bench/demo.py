@@ -77,6 +77,7 @@ DEMO_SETTINGS = RUN_SETTINGS  # the demo adds demo_period_ms
 
 _SERVER_RX = re.compile(r"pblink\.s_app: (\S+) <- (.*)$")
 _SERVER_TX = re.compile(r"pblink\.s_app: (\S+) -> (.*)$")
+_LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ ")
 _REPORT = re.compile(r"^Connects (\d+) Count (\d+) Mem free (\d+)")
 
 
@@ -179,6 +180,7 @@ class Tracker:
         self.app_files = app_files
         self._tracebacks: dict[str, list[str]] = {}  # source -> lines so far
         self.on_fail: Callable[[], None] | None = None  # a run ends at the first failure
+        self.app_output: deque[str] = deque(maxlen=8)  # what the apps print/log, for the view
 
     def stamp(self, t: float | None = None) -> str:
         return f"{(t if t is not None else time.monotonic()) - self.t0:7.1f}s"
@@ -257,6 +259,7 @@ class Tracker:
 
     def on_app_output(self, dev: Device, ln: OutputLine) -> None:
         """A line the Pyboard app printed."""
+        self.app_output.append(f"{self.stamp(ln.t)} dev{dev.conn_id} pyboard: {ln.text}")
         self.event(f"dev{dev.conn_id} pyboard: {ln.text}", ln.t, chatty=True)
 
     def on_server(self, _name: str, text: str) -> None:
@@ -264,6 +267,10 @@ class Tracker:
             return
         if " ERROR " in text:
             self.event(f"server app: {text}")
+        else:
+            text = _LOG_TIME.sub("", text)  # the view has its own clock
+            self.app_output.append(f"{self.stamp()} server app: {text}")
+            self.event(f"server app: {text}", chatty=True)
 
     def on_bus(self, bench: Bench, direction: str, msg: bytes) -> None:
         dev = self.devices.get(bench.conn_id)
@@ -491,6 +498,10 @@ def render_status(tracker: Tracker, header: str, target: str, keys: bool) -> str
     out.append("")
     out.append("recent events:")
     out.extend("  " + e for e in tracker.events)
+    if tracker.app_output:
+        out.append("")
+        out.append("what the apps print (latest):")
+        out.extend("  " + line[:200] for line in tracker.app_output)
     return "\n".join(out)
 
 
