@@ -30,7 +30,7 @@ DEFAULT_IDS = ("1", "2", "3", "4")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """What a server application is run with, besides the broker (also `pblink run`)."""
+    """What a server application is run with, besides the broker and its conn_ids."""
     parser.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, default=1500, metavar="MS",
                         help="the link's timeout_ms (default %(default)s)")
     parser.add_argument("--client-id", default="pblink.server",
@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
                         help="your server application: MODULE:CALLABLE or FILE.py:CALLABLE "
                         "(default: the demo, server_apps.s_app:app)")
     parser.add_argument("--ids", nargs="+", default=list(DEFAULT_IDS), metavar="CONN_ID",
-                        help="conn_ids to serve (default %(default)s)")
+                        help=f"conn_ids to serve (default {' '.join(DEFAULT_IDS)})")
     add_server_arguments(parser)
     add_broker_options(parser)
     parser.set_defaults(func=run, log_boost=1)

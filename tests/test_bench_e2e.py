@@ -7,6 +7,11 @@ the Pyboard's path) writes N numbered qos lines and prints what it receives;
 the server side echoes every line back. Each test injects one fault mid-stream
 and then checks that every qos line arrived exactly once and in order, both
 ways, and that the link went down and came back (readline/write paused).
+
+The fault tests run on the fixtures of the project's pytest plugin
+(`pblink_start`, pblink/pytest_plugin.py), as a user's tests of their own apps
+do (docs/TESTING.md); the tests that need another broker or a bench option
+(Mosquitto, no WiFi at boot, a refusing broker, pyb.I2C) build the bench here.
 """
 
 from __future__ import annotations
