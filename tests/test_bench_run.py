@@ -126,3 +126,25 @@ def test_server_app_with_a_syntax_error(tmp_path: Path) -> None:
                                                             "async def app(server, conn_ids)"))
     assert_failed(proc, "FAILED: server app exited (status 1)", "SyntaxError",
                   f'File "{tmp_path / "server_app.py"}", line 5')
+
+
+def test_own_broker_with_credentials(tmp_path: Path) -> None:
+    """--broker HOST:PORT --user/--password: the server app and every device log
+    in with them (a broker that refuses anonymous clients), the tail hint names it."""
+    from conftest import amqtt_process
+
+    from broker.credentials import write_amqtt_users
+
+    write_amqtt_users(tmp_path / "amqtt.passwd", {"bench": "bench-pw"})
+    broker = amqtt_process(tmp_path, extra=["--password-file", str(tmp_path / "amqtt.passwd")])
+    broker.start()
+    try:
+        proc = pblink_run(tmp_path, BOARD_OK, SERVER_OK, "--broker",
+                          f"127.0.0.1:{broker.port}", "--user", "bench", "--password",
+                          "bench-pw", "--root", "bench-test", duration="10")
+    finally:
+        broker.stop()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "dev1 pyboard: got pong ping 1" in proc.stdout
+    assert (f"pblink tail 1 --broker 127.0.0.1:{broker.port} --root bench-test --user bench"
+            in proc.stdout)

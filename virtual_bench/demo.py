@@ -685,7 +685,9 @@ class BenchRun:
         host, port = lab.broker_address
         where = f"{host}:{port}" if self.broker else f"embedded amqtt on {host}:{port}"
         tracker.event(f"started: broker {where}, root {self.root!r}, {self.n} device(s)")
-        tracker.event(f"watch a device: pblink tail 1 --broker {host}:{port} --root {self.root}")
+        user = f" --user {self.broker.user}" if self.broker and self.broker.user else ""
+        tracker.event(f"watch a device: pblink tail 1 --broker {host}:{port} --root "
+                      f"{self.root}{user}")
 
     async def _watch_apps(self) -> None:
         """ESP8266 boots for the view; a server app or Pyboard app that died ends the run."""
