@@ -66,6 +66,14 @@ def ensure_venv() -> None:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # during set-up
+        print("[dev] interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "setup"}:
         print("usage: python3 dev.py demo [pblink demo options] | test [pytest options] | setup")
         return 2
@@ -78,7 +86,14 @@ def main(argv: list[str]) -> int:
         args = [str(BIN / "pblink"), "demo", *rest]
     else:
         args = [str(BIN / "python"), "-m", "pytest", *rest]
-    return subprocess.call(args, cwd=ROOT, env=env)
+    # Ctrl-C reaches the child too (same process group): it ends on its own,
+    # printing its summary; this process only waits for it, without a traceback.
+    with subprocess.Popen(args, cwd=ROOT, env=env) as child:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:
+                continue
 
 
 if __name__ == "__main__":

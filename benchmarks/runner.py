@@ -31,6 +31,7 @@ from benchmarks.common import (
     render_table,
     run_loadavg,
 )
+from pblink.common import COUNT, SECONDS
 
 MODULES = {
     "latency": "benchmarks.latency",
@@ -49,18 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="FAMILY",
                    help="run only this family (repeatable): " + ", ".join(
                        [*FAMILIES, *EXTRA_FAMILIES]) + "; soak runs only when named")
-    p.add_argument("--repeats", type=int, default=None, metavar="N",
+    p.add_argument("--repeats", type=COUNT, default=None, metavar="N",
                    help="runs per figure (default 3, --quick 2)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="JSON file to write (default bench-results/bench-<timestamp>.json)")
     p.add_argument("--workdir", default=None,
                    help="keep every process's log here (default: a temporary folder)")
-    p.add_argument("--scale-n", type=int, action="append", default=None, metavar="N",
+    p.add_argument("--scale-n", type=COUNT, action="append", default=None, metavar="N",
                    help="scale: device-double counts (repeatable; default 100 1000 5000, "
                    "--quick 100)")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
+    p.add_argument("--duration", type=SECONDS, default=None, metavar="S",
                    help="soak: seconds (default 600, --quick 60)")
-    p.add_argument("--devices", type=int, default=None, metavar="N",
+    p.add_argument("--devices", type=COUNT, default=None, metavar="N",
                    help="soak: device pairs (default 4)")
     p.add_argument("--seed", type=int, default=None, help="soak: chaos seed")
     p.add_argument("--plot-format", choices=("png", "svg"), default="png",

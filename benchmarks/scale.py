@@ -22,7 +22,7 @@ measurement window, with a random phase. Per run:
   their CPU use.
 
 Mosquitto runs N = 100, 1,000, 5,000 (--quick: 100). The embedded amqtt
-(about 4 x slower than Mosquitto, shared/reference/BROKERS.md) steps up
+(slower than Mosquitto: docs/PERFORMANCE.md) steps up
 through 100, 200, 300, 500 and stops at the first N it does not sustain
 (delivered < 99 %, p99 > 1 s, or under 90 % of the offered lines written
 because writes were blocked waiting for acks).

@@ -46,6 +46,7 @@ from broker.defaults import (
     DEFAULT_ROOT,
     DEFAULT_SERVER_USER,
 )
+from pblink.common import COUNT, PORT
 
 log = logging.getLogger("broker.embedded")  # not __main__ under `python -m`
 
@@ -265,7 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The broker options, shared with `pblink broker`."""
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=1883, help="TCP port (default 1883)")
+    parser.add_argument("--port", type=PORT, default=1883, help="TCP port (default 1883)")
     parser.add_argument("--password-file", type=Path, metavar="FILE",
                         help="amqtt password file (user:<argon2 hash> lines, see `pblink passwd`); "
                              "without it every client is accepted")
@@ -274,7 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-user", action="append", metavar="USER",
                         help=f"a server user for --acl (repeatable; default {DEFAULT_SERVER_USER})")
     parser.add_argument("--root", default=DEFAULT_ROOT, help=f"topic root (default {DEFAULT_ROOT})")
-    parser.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED, metavar="N",
+    parser.add_argument("--max-queued", type=COUNT, default=DEFAULT_MAX_QUEUED, metavar="N",
                         help=f"messages kept for one offline client (default {DEFAULT_MAX_QUEUED})")
 
 

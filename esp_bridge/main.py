@@ -1,6 +1,6 @@
 # Boot entry of the ESP8266 bridge. Frozen into the firmware as main.py: the
 # ESP8266 port runs _boot.py, then boot.py, then main.py, and a frozen main.py
-# is found before a file of that name (shared/runtime/pyexec.c,
+# is found before a file of that name (MicroPython source: shared/runtime/pyexec.c,
 # pyexec_file_if_exists). So the bridge starts on power-up with nothing on
 # the filesystem. Ctrl-C on the UART gives the REPL.
 import sys

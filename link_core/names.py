@@ -45,6 +45,16 @@ def _show(value, limit=40):
     return r
 
 
+def _show_line(data, text):
+    """A line for an error message: its text, never a bytes repr."""
+    if text is None:
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeError:
+            return "of " + str(len(data)) + " bytes"
+    return _show(text)
+
+
 def check_conn_id(conn_id):
     """Return ``conn_id`` if it is 1 to 64 characters from ``A-Z a-z 0-9 _ -``.
 
@@ -188,7 +198,7 @@ def _line_bytes(line, strip):
     if n > MAX_LINE:
         raise ValueError(
             "line "
-            + _show(data)
+            + _show_line(data, text)
             + " is "
             + str(n)
             + " bytes UTF-8 encoded; the limit is MAX_LINE = "
@@ -198,13 +208,13 @@ def _line_bytes(line, strip):
     if i >= 0:
         raise ValueError(
             "line "
-            + _show(data)
+            + _show_line(data, text)
             + " has a newline at byte "
             + str(i)
             + ": a line is one line (only one trailing newline is allowed, and removed)"
         )
     if n and max(data) >= 0x80 and not utf8_valid(data):
-        raise ValueError("line " + _show(data) + " is not valid UTF-8")
+        raise ValueError("line " + _show_line(data, None) + " is not valid UTF-8")
     return data, text
 
 

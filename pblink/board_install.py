@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pblink.common import EXIT_ERROR, EXIT_USAGE, CliError
+from pblink.common import EXIT_ERROR, CliError, UsageError
 
 # -- what gets installed ---------------------------------------------------------
 
@@ -49,8 +49,8 @@ def find_source(explicit: str | None = None) -> Path:
         if all((root / rel / "__init__.py").is_file() for rel in PACKAGES.values()):
             return root.resolve()
     where = explicit or " or ".join(str(c) for c in candidates)
-    raise CliError(f"cannot find pyboard/pb_link and link_core in {where}: run pblink from a "
-                   "pblink-mqtt checkout or pass --source DIR", EXIT_USAGE)
+    raise UsageError(f"cannot find pyboard/pb_link and link_core in {where}: run pblink from a "
+                     "pblink-mqtt checkout or pass --source DIR")
 
 
 def source_files(root: Path) -> list[tuple[str, Path]]:
@@ -230,10 +230,10 @@ def parse_set_option(item: str, known: Iterable[str]) -> tuple[str, Any]:
     name = name.strip()
     allowed = set(known)
     if not sep or not name:
-        raise CliError(f"--set {item!r}: expected NAME=VALUE", EXIT_USAGE)
+        raise UsageError(f"--set {item!r}: expected NAME=VALUE")
     if name not in allowed:
-        raise CliError(f"--set {name}: pb_link/config.py reads no such setting "
-                       f"(known: {', '.join(sorted(allowed))})", EXIT_USAGE)
+        raise UsageError(f"--set {name}: pb_link/config.py reads no such setting "
+                         f"(known: {', '.join(sorted(allowed))})")
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -252,7 +252,7 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[
     warnings: list[str] = []
 
     def bad(message: str) -> CliError:
-        return CliError(message, EXIT_USAGE)
+        return UsageError(message)
 
     for setting in SETTINGS:
         if setting.name not in values:

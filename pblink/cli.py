@@ -5,12 +5,13 @@ Each command lives in its own module `pblink/cmd_<name>.py` exposing
 and sets `func` to a callable `(args) -> int` (the exit status). Heavy imports
 belong inside that callable, so `pblink --help` stays fast and one command's
 missing dependency cannot break the others. Adding a command is one line in
-COMMANDS below. A command whose parser has the default `passthrough=True`
-receives every argument after its name untouched in `args.app_args`
-(`pblink server --help` is the server application's help).
+COMMANDS below. Numbers and addresses are parsed with the types in
+`pblink.common` (ranges checked), broker options added with
+`pblink.common.add_broker_options`.
 
-Expected failures raise `pblink.common.CliError(message, code)`: printed as one
-line on stderr, no traceback; see `pblink.common` for the exit codes.
+Expected failures raise `pblink.common.CliError` or one of its kinds (or an
+exception `pblink.common.error_from` knows): printed as one line on stderr, no
+traceback, with the kind's exit code.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pblink.common import EXIT_CODES_HELP, CliError, setup_logging
+from pblink.common import EXIT_CODES_HELP, Parser, error_from, setup_logging
 
 COMMANDS: list[str] = [
     "broker",
@@ -35,17 +36,19 @@ COMMANDS: list[str] = [
     "demo",
     "bench",
     "monitor",
+    "run",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pblink",
         description="pblink-mqtt: a Pyboard talks MQTT through an ESP8266 wired over I2C.",
         epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging on stderr (repeatable)")
+    parser.add_argument("--version", action="version", version=f"pblink {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"pblink.cmd_{name}").register(subparsers)
@@ -64,33 +67,30 @@ def command_names(parser: argparse.ArgumentParser | None = None) -> list[str]:
     return list(_subparsers(parser or build_parser()))
 
 
-def _split_passthrough(argv: list[str], names: set[str]) -> tuple[list[str], list[str] | None]:
-    """Cut argv after a passthrough command's name: (ours, theirs or None)."""
-    for i, arg in enumerate(argv):
-        if not arg.startswith("-"):
-            return (argv[: i + 1], argv[i + 1 :]) if arg in names else (argv, None)
-    return argv, None
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pblink-mqtt")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    passthrough = {name for name, sub in _subparsers(parser).items()
-                   if sub.get_default("passthrough")}
-    ours, theirs = _split_passthrough(list(sys.argv[1:] if argv is None else argv), passthrough)
-    args = parser.parse_args(ours)
-    if theirs is not None:
-        # The application parses its own arguments and sets up its own logging.
-        args.app_args = (["-v"] if args.verbose and "-v" not in theirs else []) + theirs
-    else:
-        setup_logging(args.verbose + int(getattr(args, "log_boost", 0)))
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    setup_logging(args.verbose + int(getattr(args, "log_boost", 0)))
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
-        print(f"pblink {args.command}: error: {exc}", file=sys.stderr)
-        return exc.code
     except KeyboardInterrupt:
         logging.getLogger("pblink").info("interrupted")
         return 130
+    except Exception as exc:
+        error = error_from(exc)
+        if error is None:
+            raise
+        print(f"pblink {args.command}: error: {error}", file=sys.stderr)
+        return error.code
 
 
 if __name__ == "__main__":

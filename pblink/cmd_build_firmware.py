@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pblink.common import CliError, add_command
+from pblink.common import COUNT, CliError, add_command
 
 DESCRIPTION = """\
 Build MicroPython for the ESP8266 with esp_bridge and link_core frozen in, from a
@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
                    help="freeze manifest (default esp_bridge/manifest.py in this checkout)")
     p.add_argument("--output", default=str(DEFAULT_IMAGE), metavar="FILE",
                    help="where to copy the image (default %(default)s)")
-    p.add_argument("--jobs", "-j", type=int, metavar="N", help="parallel make jobs")
+    p.add_argument("--jobs", "-j", type=COUNT, metavar="N", help="parallel make jobs")
     p.add_argument("--docker", nargs="?", const="larsks/esp-open-sdk", metavar="IMAGE",
                    help="run the compiler in Docker (default image %(const)s)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")

@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Any
 
-from pblink.common import CliError, add_command
+from pblink.common import COUNT, CliError, UsageError, add_command
 
 DESCRIPTION = """\
 Flash the ESP8266 with the firmware that has the pblink bridge frozen in.
@@ -36,14 +36,14 @@ def register(subparsers: Any) -> None:
                     description=DESCRIPTION)
     p.add_argument("port", metavar="PORT", help="the ESP8266's serial port, e.g. /dev/ttyUSB0")
     p.add_argument("--firmware", metavar="IMAGE", help="firmware image (.bin) to write")
-    p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+    p.add_argument("--baud", type=COUNT, default=DEFAULT_BAUD,
                    help="baud rate for erasing and writing (default %(default)s; 460800 is "
                         "faster where the USB adapter allows)")
     p.add_argument("--before", choices=("default-reset", "no-reset"), default="default-reset",
                    help="default-reset: esptool resets the chip into its bootloader with "
                         "DTR/RTS (boards with USB, e.g. WeMos D1 mini, Feather Huzzah); "
                         "no-reset: you hold GPIO0 low and reset it yourself")
-    p.add_argument("--connect-attempts", type=int, default=7, metavar="N",
+    p.add_argument("--connect-attempts", type=COUNT, default=7, metavar="N",
                    help="tries to reach the bootloader (default %(default)s)")
     p.add_argument("--no-erase", action="store_true",
                    help="skip the full erase (keeps the ESP8266's filesystem; not recommended)")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     image = firmware.find_image(args.firmware)
     description = firmware.check_image(image)
     if args.baud <= 0:
-        raise CliError(f"--baud {args.baud} is not a baud rate", 2)
+        raise UsageError(f"--baud {args.baud} is not a baud rate")
     print(f"pblink flash: image {description}", file=sys.stderr, flush=True)
     plan = firmware.FlashPlan(port=args.port, image=image, baud=args.baud, before=args.before,
                               connect_attempts=args.connect_attempts,

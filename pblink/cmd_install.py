@@ -7,7 +7,15 @@ import os
 import sys
 from typing import Any
 
-from pblink.common import EXIT_USAGE, CliError, add_command
+from pblink.common import (
+    LINK_TIMEOUT_MS,
+    PORT,
+    SECONDS,
+    CliError,
+    UsageError,
+    add_command,
+    number,
+)
 
 DESCRIPTION = """\
 Copy pyboard/pb_link and link_core onto a Pyboard with mpremote, write the
@@ -57,14 +65,14 @@ def register(subparsers: Any) -> None:
                    help="never prompt; fail when a required setting is missing")
     p.add_argument("--source", metavar="DIR",
                    help="the pblink-mqtt checkout to install from (default: this one)")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=SECONDS, default=120.0, metavar="S",
                    help="seconds one mpremote step may take (default %(default)g)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     s = p.add_argument_group("settings written to pb_settings.py")
     s.add_argument("--conn-id", help="connection ID of this board (1-64 of A-Z a-z 0-9 _ -)")
     s.add_argument("--host", help="MQTT broker host, as the ESP8266 reaches it")
-    s.add_argument("--broker-port", type=int, dest="broker_port", metavar="N",
+    s.add_argument("--broker-port", type=PORT, dest="broker_port", metavar="N",
                    help="MQTT broker port (default in config.py: 1883; 8883 is set with --tls)")
     tls = s.add_mutually_exclusive_group()
     tls.add_argument("--tls", dest="tls", action="store_const", const=True,
@@ -81,8 +89,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--wifi-password", default=os.environ.get("PBLINK_WIFI_PASSWORD"),
                    help="WiFi password (default $PBLINK_WIFI_PASSWORD; asked for if --ssid is "
                         "given without it)")
-    s.add_argument("--timeout-ms", type=int, help="server timeout in ms (default 1500)")
-    s.add_argument("--report-s", type=int, help="ESP8266 reports every N s (0: never)")
+    s.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, help="server timeout in ms (default 1500)")
+    s.add_argument("--report-s", type=number(int, 0), help="ESP8266 reports every N s (0: never)")
     s.add_argument("--i2c-mode", choices=("target", "pyb"),
                    help="target: machine.I2CTarget (default); pyb: blocking pyb.I2C slave, for "
                         "firmware without I2CTarget")
@@ -132,7 +140,7 @@ def _ask(prompt: str, *, secret: bool = False) -> str:
     print(prompt, end="", file=sys.stderr, flush=True)
     line = sys.stdin.readline()
     if not line:
-        raise CliError("no answer (end of input)", EXIT_USAGE)
+        raise UsageError("no answer (end of input)")
     return line.rstrip("\n")
 
 
@@ -146,8 +154,8 @@ def _complete(values: dict[str, Any], given: dict[str, Any], interactive: bool) 
         if values.get(name):
             continue
         if not interactive:
-            raise CliError(f"no {name} given and none on the board: pass "
-                           f"--{name.replace('_', '-')}", EXIT_USAGE)
+            raise UsageError(f"no {name} given and none on the board: pass "
+                             f"--{name.replace('_', '-')}")
         values[name] = _ask(prompts[name]).strip()
     if not interactive:
         return
@@ -171,8 +179,7 @@ def run(args: argparse.Namespace) -> int:
     given = {} if args.check else _given_settings(args, known)
     if (args.keep_settings or args.check) and any(
             getattr(args, n) is not None for n in ("conn_id", "host", "broker_port", "tls")):
-        raise CliError("settings options and --keep-settings/--check do not go together",
-                       EXIT_USAGE)
+        raise UsageError("settings options and --keep-settings/--check do not go together")
 
     bi.validate_settings(given, complete=False)  # fail fast, before the board is reached
     board = bi.Mpremote(args.port, soft_reset=not args.no_reset, timeout=args.timeout)

@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
 
 
 def _password(args: argparse.Namespace) -> str:
-    from pblink.common import EXIT_USAGE, CliError
+    from pblink.common import UsageError
 
     if args.password is not None:
         return str(args.password)
@@ -60,26 +60,25 @@ def _password(args: argparse.Namespace) -> str:
         line = sys.stdin.readline()
         return line[:-1] if line.endswith("\n") else line
     if not sys.stdin.isatty():
-        raise CliError("no password: give --password or --password-stdin "
-                       "(stdin is not a terminal to ask on)", EXIT_USAGE)
+        raise UsageError("no password: give --password or --password-stdin "
+                         "(stdin is not a terminal to ask on)")
     first = getpass.getpass(f"password for {args.user}: ")
     if getpass.getpass("again: ") != first:
-        raise CliError("the two passwords differ", EXIT_USAGE)
+        raise UsageError("the two passwords differ")
     return first
 
 
 def run(args: argparse.Namespace) -> int:
     from broker import MOSQUITTO_ACL
     from broker import credentials as cred
-    from pblink.common import EXIT_USAGE, CliError
+    from pblink.common import CliError, UsageError
 
     if args.mosquitto is None and args.amqtt is None:
-        raise CliError("say which password file(s): --mosquitto FILE and/or --amqtt FILE",
-                       EXIT_USAGE)
+        raise UsageError("say which password file(s): --mosquitto FILE and/or --amqtt FILE")
     try:
         user = cred.check_user(args.user, server=args.server)
     except cred.CredentialsError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise UsageError(str(exc)) from None
     try:
         if args.mosquitto is not None:
             cred.mosquitto_passwd_binary()  # fail before writing anything
@@ -94,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             password = cred.check_password(_password(args))
         except cred.CredentialsError as exc:
-            raise CliError(str(exc), EXIT_USAGE) from None
+            raise UsageError(str(exc)) from None
         written = []
         if args.mosquitto is not None:
             cred.add_mosquitto_user(args.mosquitto, user, password)

@@ -9,11 +9,17 @@ import queue
 import time
 from typing import Any
 
-from pblink.common import add_broker_options, add_command
+from pblink.common import (
+    BROKER_ENV_HELP,
+    MILLISECONDS,
+    SECONDS,
+    add_broker_options,
+    add_command,
+)
 
 log = logging.getLogger("pblink.send")
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Send one line to a device, as a short-lived server-side sender with its own
 session (docs/PROTOCOL.md 3.1): publish a qos frame on <root>/<conn_id>/down,
 retransmit it while the device is not known to be offline, and exit 0 when the
@@ -25,7 +31,9 @@ A qos send opens its own sender session towards the device. The device tracks
 up to four sender sessions at once (docs/PROTOCOL.md 3.2), so a server
 application writing to the same device at the same time is not disturbed. send
 listens only for its own ack: it never acknowledges (and so never takes) lines
-the device sends."""
+the device sends.
+
+{BROKER_ENV_HELP}"""
 
 
 def register(subparsers: Any) -> None:
@@ -35,9 +43,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("line", metavar="LINE", help="the line (UTF-8, at most 1024 bytes)")
     parser.add_argument("--no-qos", dest="qos", action="store_false",
                         help="send once without acknowledgement (may be lost)")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+    parser.add_argument("--timeout", type=SECONDS, default=10.0, metavar="S",
                         help="seconds to wait for the ack (default %(default)s)")
-    parser.add_argument("--retry-ms", type=int, default=1500, metavar="MS",
+    parser.add_argument("--retry-ms", type=MILLISECONDS, default=1500, metavar="MS",
                         help="first retransmission wait, doubling up to 8x (default %(default)s)")
     add_broker_options(parser)
     parser.set_defaults(func=run)
@@ -46,10 +54,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pblink import _link
     from pblink.common import (
-        EXIT_TIMEOUT,
-        EXIT_USAGE,
         BrokerOptions,
-        CliError,
+        TimedOutError,
+        UsageError,
         check_conn_id,
         connect_paho,
         random_client_id,
@@ -60,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         line = _link.check_line(args.line)
     except ValueError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    if args.retry_ms < 1:
-        raise CliError("--retry-ms must be at least 1", EXIT_USAGE)
+        raise UsageError(str(exc)) from None
     opts = BrokerOptions.from_args(args)
     up, down, status = _link.topics(opts.root, conn_id)
     sender = _link.new_sender(os.urandom(4), 1, args.retry_ms)
@@ -117,17 +122,16 @@ def run(args: argparse.Namespace) -> int:
             for frame in sender.due(_link.now_ms(), device != "offline"):
                 log.debug("retransmitting to %s", conn_id)
                 client.publish(down, frame, qos=1)
-        raise CliError(
+        raise TimedOutError(
             f"no acknowledgement from device {conn_id} within {args.timeout:g} s "
-            f"(device status: {device}); the line may still be delivered from the broker's queue",
-            EXIT_TIMEOUT)
+            f"(device status: {device}); the line may still be delivered from the broker's queue")
     finally:
         stop_paho(client)
 
 
 def _wait_suback(events: queue.Queue[tuple[Any, ...]], deadline: float, address: str,
                  conn_id: str) -> None:
-    from pblink.common import EXIT_REFUSED, EXIT_TIMEOUT, CliError
+    from pblink.common import RefusedError, TimedOutError
 
     pending: list[tuple[Any, ...]] = []
     try:
@@ -135,15 +139,15 @@ def _wait_suback(events: queue.Queue[tuple[Any, ...]], deadline: float, address:
             try:
                 event = events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise CliError(f"MQTT broker {address} did not confirm the subscription",
-                               EXIT_TIMEOUT) from None
+                raise TimedOutError(f"MQTT broker {address} did not confirm the "
+                                    "subscription") from None
             if event[0] != "suback":
                 pending.append(event)
                 continue
             refused = [code for code in event[1] if code.is_failure]
             if refused:
-                raise CliError(f"MQTT broker {address} refused the subscription to "
-                               f"{conn_id}'s topics: {str(refused[0]).lower()}", EXIT_REFUSED)
+                raise RefusedError(f"MQTT broker {address} refused the subscription to "
+                                   f"{conn_id}'s topics: {str(refused[0]).lower()}")
             return
     finally:
         for event in pending:  # retained status and the like, in order

@@ -1,38 +1,90 @@
-"""`pblink server [ARGS...]`: run the demo server application (server_apps/s_app.py)."""
+"""`pblink server`: run a server application (the demo by default) against a broker."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from pblink.common import add_command
+from pblink.common import (
+    BROKER_ENV_HELP,
+    LINK_TIMEOUT_MS,
+    add_broker_options,
+    add_command,
+)
 
-DESCRIPTION = """\
-Run the demo server application, `python -m server_apps.s_app`: every
-argument after `server` goes to it (`pblink server --help` shows its options),
-and it sets up its own logging (`pblink -v server` passes -v on)."""
+DESCRIPTION = f"""\
+Run a server application until Ctrl-C or SIGTERM: the demo (server_apps/s_app.py,
+which answers each [conn_id, tx_count, rx_count] line with [conn_id, tx_count,
+rx_count, server_count]) or yours with --app. A server application is an async
+callable app(server, conn_ids) taking a started server_apps.LinkServer and the
+conn_ids to serve (docs/RUN.md).
+
+The link state is kept in <state-dir>/<client-id>.json, so stopping the server
+and starting it again loses and duplicates no line. Every line in and out of
+the demo is logged (INFO).
+
+{BROKER_ENV_HELP}"""
+
+DEFAULT_IDS = ("1", "2", "3", "4")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a server application is run with, besides the broker and its conn_ids."""
+    parser.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, default=1500, metavar="MS",
+                        help="the link's timeout_ms (default %(default)s)")
+    parser.add_argument("--client-id", default="pblink.server",
+                        help="the server's MQTT client id (default %(default)s)")
+    parser.add_argument("--state-dir", default=".pblink-state", metavar="DIR",
+                        help="folder of the state file (default %(default)s; '' for none)")
 
 
 def register(subparsers: Any) -> None:
-    parser = add_command(subparsers, "server", help="run the demo server application",
-                         description=DESCRIPTION, add_help=False)
-    # passthrough: pblink/cli.py hands every argument after `server` to the app
-    parser.set_defaults(func=run, app_args=[], passthrough=True)
+    parser = add_command(subparsers, "server", help="run a server application (default: the demo)",
+                         description=DESCRIPTION)
+    parser.add_argument("--app", metavar="MODULE:CALLABLE",
+                        help="your server application: MODULE:CALLABLE or FILE.py:CALLABLE "
+                        "(default: the demo, server_apps.s_app:app)")
+    parser.add_argument("--ids", nargs="+", default=list(DEFAULT_IDS), metavar="CONN_ID",
+                        help=f"conn_ids to serve (default {' '.join(DEFAULT_IDS)})")
+    add_server_arguments(parser)
+    add_broker_options(parser)
+    parser.set_defaults(func=run, log_boost=1)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pblink.common import CliError
+    import asyncio
+    import contextlib
+    import signal
+
+    from pblink.apps import AppLoadError, format_user_traceback, load_server_app
+    from pblink.common import BrokerOptions, CliError, check_conn_id
+    from server_apps.s_app import AppError, serve
+
+    ids = [check_conn_id(conn_id) for conn_id in args.ids]  # before connecting
+    opts = BrokerOptions.from_args(args)
+    try:
+        application = load_server_app(args.app) if args.app else None
+    except AppLoadError as exc:
+        if exc.details:
+            sys.stderr.write(exc.details)
+        raise
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await serve(opts.host, opts.port, ids=ids, root=opts.root, username=opts.user,
+                    password=opts.password, tls=opts.ssl_context(), client_id=args.client_id,
+                    state_dir=args.state_dir or None, timeout_ms=args.timeout_ms,
+                    connect_timeout=opts.connect_timeout, stop=stop, application=application)
 
     try:
-        from server_apps import s_app
-    except ImportError as exc:
-        if "-h" in args.app_args or "--help" in args.app_args:
-            print(f"usage: pblink server [ARGS...]\n\n{DESCRIPTION}")
-            return 0
-        raise CliError(f"the demo server application is not available: {exc}") from None
-    try:
-        result = s_app.main(list(args.app_args))
-    except SystemExit as exc:  # its argparse: --help, bad arguments
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return int(result or 0)
+        asyncio.run(main())
+    except AppError as exc:
+        assert exc.__cause__ is not None
+        sys.stderr.write(format_user_traceback(exc.__cause__))
+        raise CliError(str(exc)) from None
+    return 0

@@ -13,11 +13,11 @@ import time
 from types import FrameType
 from typing import Any
 
-from pblink.common import EXIT_TIMEOUT, add_broker_options, add_command
+from pblink.common import BROKER_ENV_HELP, COUNT, SECONDS, add_broker_options, add_command
 
 log = logging.getLogger("pblink.tail")
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Subscribe to a device's up, down and status topics and print what goes by,
 decoded (docs/PROTOCOL.md 3): one output line per data line and per status
 change, until Ctrl-C:
@@ -29,7 +29,9 @@ change, until Ctrl-C:
 A qos line retransmitted with the same session and id is printed once.
 --frames shows every frame with its kind, session and id (acks, heartbeats
 and retransmissions included). tail only listens: it acknowledges nothing.
-Connect with the server's credentials (a device's may read only its own subtree)."""
+Connect with the server's credentials (a device's may read only its own subtree).
+
+{BROKER_ENV_HELP}"""
 
 
 class TailPrinter:
@@ -84,7 +86,8 @@ class TailPrinter:
             log.warning("%s: malformed frame: %s", topic, exc)
             if not self.frames:
                 return None, False
-            return self._stamp(f"{leaf}: [malformed] {payload[:200]!r}"), False
+            text = payload[:200].decode("utf-8", "replace")
+            return self._stamp(f"{leaf}: [malformed] {text}"), False
         if kind == _link.QOS:
             assert session is not None and msg_id is not None
             repeat = self._repeat(leaf, session, msg_id)
@@ -111,9 +114,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--frames", action="store_true",
                         help="show every frame: kind, session, id; acks, heartbeats, repeats")
     parser.add_argument("-t", "--timestamps", action="store_true", help="prefix local time")
-    parser.add_argument("-n", "--count", type=int, metavar="N",
+    parser.add_argument("-n", "--count", type=COUNT, metavar="N",
                         help="exit after N data lines (exit 5 if --timeout comes first)")
-    parser.add_argument("--timeout", type=float, metavar="S", help="exit after S seconds")
+    parser.add_argument("--timeout", type=SECONDS, metavar="S", help="exit after S seconds")
     add_broker_options(parser)
     parser.set_defaults(func=run)
 
@@ -125,9 +128,9 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from pblink import _link
     from pblink.common import (
-        EXIT_REFUSED,
         BrokerOptions,
-        CliError,
+        RefusedError,
+        TimedOutError,
         check_conn_id,
         connect_paho,
         random_client_id,
@@ -161,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
             wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if wait <= 0:
                 if args.count is not None:
-                    raise CliError(f"{lines} of {args.count} line(s) within {args.timeout:g} s",
-                                   EXIT_TIMEOUT)
+                    raise TimedOutError(f"{lines} of {args.count} line(s) within "
+                                        f"{args.timeout:g} s")
                 break
             try:
                 event = events.get(timeout=wait)
@@ -176,9 +179,9 @@ def run(args: argparse.Namespace) -> int:
             elif event[0] == "suback":
                 refused = [code for code in event[1] if code.is_failure]
                 if refused:
-                    raise CliError(f"MQTT broker {opts.address} refused the subscription to "
-                                   f"{opts.root}/{conn_id}/...: {str(refused[0]).lower()}",
-                                   EXIT_REFUSED)
+                    raise RefusedError(f"MQTT broker {opts.address} refused the subscription "
+                                       f"to {opts.root}/{conn_id}/...: "
+                                       f"{str(refused[0]).lower()}")
                 log.info("subscribed to %s, %s, %s", up, down, status)
             elif event[0] == "lost":
                 log.warning("lost the MQTT broker %s (%s); reconnecting", opts.address, event[1])

@@ -1,8 +1,11 @@
-"""What the `pblink` commands share: errors and exit codes, logging, broker options.
+"""What the `pblink` commands share: errors and exit codes, argument types,
+logging, broker options.
 
-A command module raises `CliError(message, code)` for anything the user can fix;
-`pblink.cli.main` prints it as one line (`pblink <command>: error: <message>`) on
-stderr and exits with `code`. No traceback for expected failures.
+A command module raises a `CliError` (or one of its kinds below) for anything
+the user can fix; `pblink.cli.main` prints it as one line (`pblink <command>:
+error: <message>`) on stderr and exits with its code. No traceback for
+expected failures. `error_from(exc)` is the one place that maps the library's
+exceptions (server_apps, OSError, ...) onto these kinds.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-# Exit codes (documented in `pblink --help`).
+# Exit codes (documented in `pblink --help`, built from ERROR_KINDS below).
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything else that went wrong
 EXIT_USAGE = 2  # bad arguments (argparse uses 2 too), e.g. an invalid conn_id
@@ -25,18 +29,135 @@ EXIT_UNREACHABLE = 3  # the broker cannot be reached
 EXIT_REFUSED = 4  # the broker refused the connection (credentials, not authorised)
 EXIT_TIMEOUT = 5  # what we waited for did not happen in time (e.g. no ack)
 
-EXIT_CODES_HELP = (
-    "exit status: 0 ok, 1 error, 2 bad arguments (e.g. an invalid conn_id), "
-    "3 broker unreachable, 4 broker refused the connection (credentials), 5 timed out"
-)
-
 
 class CliError(Exception):
     """An expected failure: a one-line message and an exit code."""
 
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
+    code = EXIT_ERROR
+    what = "error"
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(_one_line(message))
+        if code is not None:
+            self.code = code
+
+
+class UsageError(CliError):
+    code = EXIT_USAGE
+    what = "bad arguments (e.g. an invalid conn_id or an out-of-range number)"
+
+
+class UnreachableError(CliError):
+    code = EXIT_UNREACHABLE
+    what = "broker unreachable"
+
+
+class RefusedError(CliError):
+    code = EXIT_REFUSED
+    what = "broker refused the connection (credentials, not authorised)"
+
+
+class TimedOutError(CliError):
+    code = EXIT_TIMEOUT
+    what = "timed out"
+
+
+ERROR_KINDS: tuple[type[CliError], ...] = (
+    CliError, UsageError, UnreachableError, RefusedError, TimedOutError)
+EXIT_CODES_HELP = "exit status: 0 ok, " + ", ".join(
+    f"{kind.code} {kind.what}" for kind in ERROR_KINDS)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def error_from(exc: BaseException) -> CliError | None:
+    """The CliError for an exception a command let through, or None (a bug: traceback).
+
+    The one place that maps the kinds of failure to exit codes: the server
+    library's broker errors, invalid names (ValueError from link_core's checks),
+    file errors, timeouts.
+    """
+    if isinstance(exc, CliError):
+        return exc
+    from server_apps import BrokerUnreachableError, LinkRefusedError, StateFileError
+
+    if isinstance(exc, LinkRefusedError):
+        return RefusedError(str(exc))
+    if isinstance(exc, BrokerUnreachableError):
+        return UnreachableError(str(exc))
+    if isinstance(exc, StateFileError):
+        return CliError(str(exc))
+    if isinstance(exc, TimeoutError):
+        return TimedOutError(str(exc) or "timed out")
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return CliError(f"{where}{exc.strerror}")
+    return None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other failure (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} "
+                              f"(see `{self.prog} --help`)\n")
+
+
+# -- argument types: every number and address is parsed here -------------------
+
+
+def number(kind: type[int] | type[float], low: float | None = None, high: float | None = None,
+           *, above: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: `kind` (int or float) within [low, high] (or > above)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be above {above:g}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = (f"{low:g} to {high:g}" if low is not None and high is not None
+                    else f"at least {low:g}" if low is not None else f"at most {high:g}")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {span}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+PORT = number(int, 1, 65535)
+SECONDS = number(float, above=0)  # a duration or timeout: > 0
+COUNT = number(int, 1)  # how many of something: >= 1
+MILLISECONDS = number(int, 1)
+LINK_TIMEOUT_MS = number(int, 20)  # a link's timeout_ms (LinkServer's lower bound)
+
+
+def _address(text: str, port_type: Callable[[str], int]) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, port_type(port)
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """An argparse type: HOST:PORT ([v6]:PORT too) -> (host, port), port 1 to 65535."""
+    return _address(text, PORT)
+
+
+LISTEN_PORT = number(int, 0, 65535)  # 0: the OS picks a free port
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """An argparse type for where to listen: HOST:PORT, port 0 to 65535 (0: any free)."""
+    return _address(text, LISTEN_PORT)
 
 
 def verbosity_parent() -> argparse.ArgumentParser:
@@ -52,6 +173,8 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """Create the parser of one `pblink` command (use from a module's `register()`)."""
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    epilog = kwargs.pop("epilog", None)
+    kwargs["epilog"] = f"{epilog}\n\n{EXIT_CODES_HELP}" if epilog else EXIT_CODES_HELP
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name, help=help, description=description or help, parents=[verbosity_parent()], **kwargs
     )
@@ -61,7 +184,8 @@ def add_command(
 def setup_logging(verbosity: int) -> None:
     """0: warnings; 1 (-v): info; 2 (-vv): debug; 3 (-vvv): libraries' debug too."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     quiet = logging.WARNING if verbosity < 2 else logging.INFO if verbosity == 2 else logging.DEBUG
     for name in ("amqtt", "transitions", "pblink.server.paho"):
         logging.getLogger(name).setLevel(quiet)
@@ -71,13 +195,13 @@ def setup_logging(verbosity: int) -> None:
 
 
 def check_conn_id(conn_id: str) -> str:
-    """The conn_id, or CliError(EXIT_USAGE) with link_core's explanation."""
+    """The conn_id, or UsageError with link_core's explanation."""
     from pblink import _link
 
     try:
         return _link.check_conn_id(conn_id)
     except ValueError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise UsageError(str(exc)) from None
 
 
 def check_root(root: str) -> str:
@@ -86,36 +210,52 @@ def check_root(root: str) -> str:
     try:
         return _link.check_root(root)
     except ValueError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise UsageError(str(exc)) from None
 
 
 # -- broker connection options --------------------------------------------------
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 1883
+DEFAULT_ROOT = "pblink"
+BROKER_ENV_HELP = """\
+environment: PBLINK_HOST, PBLINK_PORT, PBLINK_USER, PBLINK_PASSWORD (better than
+--password, which `ps` shows), PBLINK_ROOT and PBLINK_CAFILE give the defaults of
+the broker options."""
 
 
-def add_broker_options(parser: argparse.ArgumentParser, *, user_help: str | None = None) -> None:
-    """--host --port --user --password --root --tls --cafile --connect-timeout.
+def add_broker_options(parser: argparse.ArgumentParser, *, embedded: bool = False,
+                       user_help: str | None = None, root_help: str | None = None) -> None:
+    """The broker options of every command that connects to a broker:
+    --broker HOST:PORT (or --host, --port), --user, --password, --root, --tls,
+    --cafile, --connect-timeout, with the environment defaults of BROKER_ENV_HELP.
+    Read them with `BrokerOptions.from_args(args)`.
 
-    Defaults come from the environment when set: PBLINK_HOST, PBLINK_PORT,
-    PBLINK_USER, PBLINK_PASSWORD (better than --password, which `ps` shows).
+    `embedded=True` (commands that start their own broker unless told otherwise):
+    `external_broker(args)` is None, and PBLINK_HOST/PBLINK_PORT are not read,
+    unless --broker or --host is given.
     """
-    env = os.environ
     group = parser.add_argument_group("broker")
-    group.add_argument("--host", default=env.get("PBLINK_HOST", DEFAULT_HOST),
-                       help="MQTT broker host (default $PBLINK_HOST or %(default)s)")
-    group.add_argument("--port", type=int, default=int(env.get("PBLINK_PORT", DEFAULT_PORT)),
-                       help="MQTT broker port (default $PBLINK_PORT or %(default)s)")
-    group.add_argument("--user", default=env.get("PBLINK_USER"),
+    group.add_argument("--broker", type=host_port, metavar="HOST:PORT",
+                       help="use this MQTT broker instead of starting the embedded one"
+                       if embedded else "MQTT broker address, instead of --host and --port")
+    group.add_argument("--host", help="MQTT broker host" + (
+        "" if embedded else f" (default $PBLINK_HOST or {DEFAULT_HOST})"))
+    group.add_argument("--port", type=PORT, help=f"MQTT broker port (default $PBLINK_PORT or "
+                       f"{DEFAULT_PORT})")
+    group.add_argument("--user", default=os.environ.get("PBLINK_USER"),
                        help=user_help or "MQTT user name (default $PBLINK_USER; none: anonymous)")
-    group.add_argument("--password", default=env.get("PBLINK_PASSWORD"),
+    group.add_argument("--password", default=os.environ.get("PBLINK_PASSWORD"),
                        help="MQTT password (default $PBLINK_PASSWORD, which `ps` does not show)")
-    group.add_argument("--root", default="pblink", help="topic root (default %(default)s)")
+    group.add_argument("--root", default=os.environ.get("PBLINK_ROOT", DEFAULT_ROOT),
+                       help=root_help or "topic root (default $PBLINK_ROOT or %(default)s)")
     group.add_argument("--tls", action="store_true", help="connect with TLS")
-    group.add_argument("--cafile", help="CA certificate file for --tls (default: system CAs)")
-    group.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+    group.add_argument("--cafile", default=os.environ.get("PBLINK_CAFILE"),
+                       help="CA certificate file, implies --tls (default $PBLINK_CAFILE; "
+                       "none: the system's CAs)")
+    group.add_argument("--connect-timeout", type=SECONDS, default=5.0, metavar="S",
                        help="seconds to wait for the broker (default %(default)s)")
+    parser.set_defaults(embedded_broker=embedded)
 
 
 @dataclass
@@ -131,12 +271,28 @@ class BrokerOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BrokerOptions:
-        return cls(args.host, args.port, args.user, args.password, check_root(args.root),
+        """The options of `add_broker_options`, checked (UsageError)."""
+        if args.broker is not None:
+            if args.host is not None or args.port is not None:
+                raise UsageError("give --broker HOST:PORT or --host/--port, not both")
+            host, port = args.broker
+        else:
+            env = {} if args.embedded_broker and args.host is None else os.environ
+            host = args.host or env.get("PBLINK_HOST") or DEFAULT_HOST
+            port = args.port
+            if port is None:
+                try:
+                    port = PORT(env.get("PBLINK_PORT", str(DEFAULT_PORT)))
+                except argparse.ArgumentTypeError as exc:
+                    raise UsageError(f"PBLINK_PORT: {exc}") from None
+        if args.cafile is not None and not os.path.isfile(args.cafile):
+            raise UsageError(f"CA file {args.cafile}: no such file")
+        return cls(host, port, args.user, args.password, check_root(args.root),
                    bool(args.tls or args.cafile), args.cafile, args.connect_timeout)
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -144,7 +300,28 @@ class BrokerOptions:
         try:
             return ssl.create_default_context(cafile=self.cafile)
         except (OSError, ssl.SSLError) as exc:
-            raise CliError(f"cannot load CA file {self.cafile}: {exc}") from None
+            raise UsageError(f"cannot load CA file {self.cafile}: {exc}") from None
+
+    def command_line(self) -> str:
+        """These options as `pblink` arguments (no password: that stays in the environment)."""
+        parts = [f"--broker {self.address}", f"--root {self.root}"]
+        if self.user is not None:
+            parts.append(f"--user {self.user}")
+        if self.cafile:
+            parts.append(f"--cafile {self.cafile}")
+        elif self.tls:
+            parts.append("--tls")
+        return " ".join(parts)
+
+
+def external_broker(args: argparse.Namespace) -> BrokerOptions | None:
+    """For `add_broker_options(embedded=True)`: the broker the user named, or
+    None to start the embedded one."""
+    if args.broker is None and args.host is None:
+        if args.port is not None:
+            raise UsageError("--port needs --host (or give --broker HOST:PORT)")
+        return None
+    return BrokerOptions.from_args(args)
 
 
 def connect_paho(
@@ -161,7 +338,7 @@ def connect_paho(
     `on_connected(client)` runs in paho's thread after every successful CONNACK
     (subscribe there: a clean session forgets subscriptions across reconnects);
     `on_lost(reason)` after a connection that had been up is lost (paho reconnects).
-    Raises CliError with EXIT_UNREACHABLE or EXIT_REFUSED and a one-line reason.
+    Raises UnreachableError or RefusedError with a one-line reason.
     """
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -201,21 +378,27 @@ def connect_paho(
     try:
         client.connect(opts.host, opts.port, keepalive=30)
     except (OSError, ssl.SSLError, ValueError) as exc:
-        raise CliError(f"cannot reach MQTT broker {opts.address}: {_os_reason(exc, opts)}",
-                       EXIT_UNREACHABLE) from None
+        raise UnreachableError(f"cannot reach MQTT broker {opts.address}: "
+                               f"{_os_reason(exc, opts)}") from None
     client.loop_start()
     if not first.wait(opts.connect_timeout):
         stop_paho(client)
-        raise CliError(f"MQTT broker {opts.address} did not answer CONNECT within "
-                       f"{opts.connect_timeout:g} s", EXIT_UNREACHABLE)
+        raise UnreachableError(f"MQTT broker {opts.address} did not answer CONNECT within "
+                               f"{opts.connect_timeout:g} s")
     reason = result[0]
     if reason.is_failure:
         stop_paho(client)
         who = f"user {opts.user!r}" if opts.user is not None else "anonymous access"
-        raise CliError(f"MQTT broker {opts.address} refused the connection ({who}): "
-                       f"{str(reason).lower()}", EXIT_REFUSED)
+        raise RefusedError(f"MQTT broker {opts.address} refused the connection ({who}): "
+                           f"{str(reason).lower()}")
     logging.getLogger("pblink").info("connected to MQTT broker %s as %s", opts.address, client_id)
     return client
+
+
+def probe_broker(opts: BrokerOptions, client_id: str) -> None:
+    """Connect and disconnect once: UnreachableError / RefusedError now rather
+    than a run that cannot work."""
+    stop_paho(connect_paho(opts, client_id))
 
 
 def _os_reason(exc: BaseException, opts: BrokerOptions) -> str:

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pblink.common import EXIT_ERROR, EXIT_USAGE, CliError
+from pblink.common import EXIT_ERROR, CliError, UsageError
 
 CHIP = "esp8266"
 DEFAULT_BAUD = 115200
@@ -82,7 +82,7 @@ def find_image(explicit: str | None) -> Path:
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            raise CliError(f"no firmware image at {path}", EXIT_USAGE)
+            raise UsageError(f"no firmware image at {path}")
         return path
     looked = []
     env = os.environ.get(IMAGE_ENV)
@@ -95,9 +95,9 @@ def find_image(explicit: str | None) -> Path:
         if candidate.is_file():
             return candidate
         looked.append(str(candidate))
-    raise CliError("no firmware image given (--firmware IMAGE) or found (looked at "
-                   + ", ".join(dict.fromkeys(looked)) + "): build one with "
-                   "`pblink build-firmware --micropython-src DIR`", EXIT_USAGE)
+    raise UsageError("no firmware image given (--firmware IMAGE) or found (looked at "
+                     + ", ".join(dict.fromkeys(looked)) + "): build one with "
+                     "`pblink build-firmware --micropython-src DIR`")
 
 
 def check_image(path: Path) -> str:
@@ -209,16 +209,15 @@ class BuildPlan:
 
 def check_build_inputs(plan: BuildPlan) -> None:
     if not plan.src.is_dir():
-        raise CliError(f"--micropython-src {plan.src} is not a directory", EXIT_USAGE)
+        raise UsageError(f"--micropython-src {plan.src} is not a directory")
     if not (plan.port_dir / "Makefile").is_file() or not (plan.src / "py" / "mpconfig.h").is_file():
-        raise CliError(f"{plan.src} is not a MicroPython source tree (no ports/esp8266/Makefile "
-                       "or py/mpconfig.h): clone https://github.com/micropython/micropython",
-                       EXIT_USAGE)
+        raise UsageError(f"{plan.src} is not a MicroPython source tree (no ports/esp8266/Makefile "
+                         "or py/mpconfig.h): clone https://github.com/micropython/micropython")
     if not (plan.port_dir / "boards" / plan.board).is_dir():
-        raise CliError(f"{plan.src} has no ESP8266 board {plan.board} "
-                       f"(ports/esp8266/boards/{plan.board})", EXIT_USAGE)
+        raise UsageError(f"{plan.src} has no ESP8266 board {plan.board} "
+                         f"(ports/esp8266/boards/{plan.board})")
     if not plan.manifest.is_file():
-        raise CliError(f"no freeze manifest at {plan.manifest}", EXIT_USAGE)
+        raise UsageError(f"no freeze manifest at {plan.manifest}")
     if shutil.which("make") is None:
         raise CliError("make is not installed (apt-get install build-essential)")
     if plan.docker:

@@ -169,7 +169,21 @@ class _Liveness:
 
 
 class Connection:
-    """The server end of one device's link. Get one with ``LinkServer.connection()``."""
+    """The server end of one device's link. Get one with ``LinkServer.connection()``.
+
+    Read with ``await conn.readline()`` or ``async for line in conn``; write
+    with ``await conn.write(line, qos=True, wait=True)`` (PROTOCOL.md 3).
+
+    Attributes:
+        conn_id: the device's connection id.
+        up_topic: ``<root>/<conn_id>/up``, the device's lines to the server.
+        down_topic: ``<root>/<conn_id>/down``, the server's lines to the device.
+        status_topic: ``<root>/<conn_id>/status``, the bridge's retained
+            ``online``/``offline``.
+        stats: counters (``tx_qos``, ``tx_unreliable``, ``rx_lines``,
+            ``retransmitted``, ``resent``, ``heartbeats``, ``malformed``, ...), for logs
+            and tests.
+    """
 
     def __init__(
         self,
@@ -224,7 +238,15 @@ class Connection:
     # -- reading ---------------------------------------------------------------
 
     async def readline(self) -> str:
-        """The next line from the device, ending in ``"\\n"``. Waits for one."""
+        """The next line from the device, ending in ``"\\n"``. Waits for one.
+
+        Lines come exactly once and in order for qos lines (PROTOCOL.md 3.2);
+        a line without qos may be missing after an outage. ``async for line in
+        conn`` does the same and ends when the server is closed.
+
+        Raises:
+            LinkClosedError: the LinkServer is closed (or closing).
+        """
         while True:
             # Once closing, unread lines belong to the final state file, not to the app.
             if self._server._closed or self._server._closing:
@@ -255,9 +277,19 @@ class Connection:
         acknowledged; waits while the sender window is full. ``wait=True`` (with
         qos): starts only when every earlier qos line has been acknowledged.
         ``qos=False``: sent once, may be lost in an outage. Every write pauses
-        while the broker or the device is unreachable. ``ValueError`` (nothing
-        sent) for a line with an internal newline, longer than ``MAX_LINE``
-        bytes, or not UTF-8.
+        while the broker or the device is unreachable.
+
+        Args:
+            line: the line, ``str`` or UTF-8 ``bytes``, at most ``MAX_LINE``
+                (1024) bytes encoded, one trailing ``"\\n"`` allowed.
+            qos: guaranteed delivery (default ``True``).
+            wait: ordering: wait for every earlier qos line's acknowledgement
+                first (default ``True``; only with ``qos``).
+
+        Raises:
+            ValueError: (nothing sent) the line has an internal newline, is
+                longer than ``MAX_LINE`` bytes, or is not UTF-8.
+            LinkClosedError: the LinkServer is closed.
         """
         text = _core.check_line(line)
         server = self._server
@@ -278,7 +310,11 @@ class Connection:
                 self.stats["tx_unreliable"] += 1
 
     async def drain(self) -> None:
-        """Wait until every qos line written so far has been acknowledged."""
+        """Wait until every qos line written so far has been acknowledged.
+
+        Raises:
+            LinkClosedError: the LinkServer was closed meanwhile.
+        """
         await self._wait_until(lambda: bool(self._sender.idle()))
 
     async def wait_online(self) -> None:
@@ -303,11 +339,47 @@ class Connection:
 class LinkServer:
     """One MQTT connection serving the devices under ``root`` (PROTOCOL.md 4.3).
 
-    Use as ``async with LinkServer(...) as server``. See the module docstring
-    for the guarantees. ``tls``: ``True`` for the system's default CA set, or
-    an ``ssl.SSLContext``. ``protocol``: ``MQTTv311`` (default) or ``MQTTv5``.
-    ``queue_size``: unread lines held per conn_id before the server stops
-    acknowledging. ``connect_timeout``: seconds for the first connection.
+    Use as ``async with LinkServer(...) as server``, then
+    ``conn = await server.connection(conn_id)`` per device. See the module
+    docstring for the guarantees (delivery, liveness, durable state).
+
+    Args:
+        host: the MQTT broker's host name or address. Default ``"localhost"``.
+        port: the broker's TCP port, 1 to 65535. Default 1883 (use 8883 with ``tls``).
+        root: the topic root, 1 to 128 characters: levels of ``A-Z a-z 0-9 _ -``
+            separated by single ``/`` (PROTOCOL.md 4.1). The devices' topics are
+            ``<root>/<conn_id>/up|down|status``. Default ``"pblink"``.
+        client_id: this server's MQTT client id. Two servers sharing one broker
+            need different ids. Default ``"pblink.server"``.
+        username: MQTT user name; ``None`` (default) connects anonymously.
+        password: MQTT password, with ``username``. Default ``None``.
+        tls: ``None``/``False`` (default): plain TCP; ``True``: TLS with the
+            system's default CA certificates; an ``ssl.SSLContext``: TLS with
+            that context (your CA file, client certificates).
+        protocol: ``MQTTv311`` (default) or ``MQTTv5`` (then with a session
+            that outlives the connection).
+        timeout_ms: the link's timeout in milliseconds, at least 20; must be
+            the devices' ``timeout_ms`` (pb_settings). Retransmissions start
+            after it, and a device is offline after ``2 * timeout_ms`` of
+            silence. Default 1500.
+        state_path: file of the durable link state (JSON, written atomically);
+            ``None`` (default): no state file, a restart starts new sessions.
+        queue_size: unread lines held per conn_id; while it is full the server
+            stops acknowledging that device's lines (back-pressure). At least 1,
+            default 64.
+        window: qos lines per conn_id in flight (written, not acknowledged)
+            before ``write()`` waits. At least 1, default ``SERVER_WINDOW`` (16).
+        keepalive: MQTT keepalive in seconds. Default 60.
+        connect_timeout: seconds to wait for the first connection (TCP, TLS and
+            CONNACK) in ``start()``. Default 10.0.
+        commit_delay_ms: milliseconds a state-file batch waits for more items
+            after its first one (group commit). Default 2.
+        fsync: ``fsync`` the state file and its folder on every write
+            (default ``True``); ``False`` for tests on a slow disk.
+
+    Raises:
+        ValueError: an invalid ``root``, ``timeout_ms`` under 20, ``queue_size``
+            or ``window`` under 1, an unknown ``protocol``.
     """
 
     def __init__(
@@ -374,6 +446,7 @@ class LinkServer:
 
     @property
     def broker(self) -> str:
+        """The broker's address, ``"host:port"`` (for messages)."""
         return f"{self.host}:{self.port}"
 
     @property
@@ -401,7 +474,15 @@ class LinkServer:
         await self.close()
 
     async def start(self) -> None:
-        """Load the state file, connect to the broker, subscribe. See ``__aenter__``."""
+        """Load the state file, connect to the broker, subscribe (``async with`` calls it).
+
+        Raises:
+            LinkAuthError: the broker refused the credentials.
+            LinkRefusedError: the broker refused the connection for another reason.
+            BrokerUnreachableError: no connection within ``connect_timeout`` seconds.
+            StateFileError: the state file exists but cannot be read as one.
+            RuntimeError: ``start()`` was called before.
+        """
         if self._started:
             raise RuntimeError("a LinkServer can be started only once")
         self._started = True
@@ -487,8 +568,16 @@ class LinkServer:
     async def connection(self, conn_id: str) -> Connection:
         """The Connection for ``conn_id`` (the same object on every call).
 
-        ``ValueError`` naming the conn_id and the rule when it is not 1 to 64
-        characters from ``A-Z a-z 0-9 _ -`` (PROTOCOL.md 4.1).
+        Claiming a conn_id is what makes this server answer that device
+        (until then its heartbeats go unanswered, so another server process
+        may serve it). With a state file, the conn_id's stored receive state
+        and unread lines are taken up.
+
+        Raises:
+            ValueError: ``conn_id`` is not 1 to 64 characters from
+                ``A-Z a-z 0-9 _ -`` (PROTOCOL.md 4.1); the message names it.
+            StateFileError: the stored state of this conn_id is damaged.
+            LinkClosedError: the LinkServer is closed.
         """
         conn_id = _core.check_conn_id(conn_id)
         self._check_open()

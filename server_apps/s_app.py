@@ -1,4 +1,4 @@
-"""The demo server application: ``python -m server_apps.s_app`` (also ``pblink server``).
+"""The demo server application: ``pblink server`` (also ``python -m server_apps.s_app``).
 
 For each conn_id (default 1 2 3 4) it reads lines from the demo Pyboard
 application. Each is a JSON list ``[conn_id, tx_count, rx_count]``; the reply is
@@ -14,21 +14,25 @@ From Python::
 
     from server_apps.s_app import serve
     await serve("localhost", 1883, ids=["1", "2"], stop=stop_event)
+
+``app(server, conn_ids)`` is the same application on a LinkServer of yours;
+it is the shape of a server application that ``pblink server --app`` and
+``pblink run --server-app`` run.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
-import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
+from server_apps import _core
 from server_apps.link_server import (
     Connection,
     LinkClosedError,
@@ -53,31 +57,53 @@ def reply_for(line: str, server_count: int) -> str | None:
     return json.dumps([*data, server_count])
 
 
-async def _serve_one(conn: Connection, stop: asyncio.Event) -> None:
+async def _serve_one(conn: Connection, writes: set[asyncio.Task[None]]) -> None:
     count = 0
-    while not stop.is_set():
-        reading = asyncio.ensure_future(conn.readline())
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            done, _ = await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not reading.done():
-                reading.cancel()
-        if reading not in done or reading.cancelled():
-            return
-        try:
-            line = reading.result()
-        except LinkClosedError:
-            return
+    async for line in conn:
         log.info("%s <- %s", conn.conn_id, line.rstrip("\n"))
         reply = reply_for(line, count + 1)
         if reply is None:
             log.warning("%s: not a [conn_id, tx_count, rx_count] list: %r", conn.conn_id, line)
             continue
         count += 1
-        await conn.write(reply, qos=True, wait=True)
-        log.info("%s -> %s", conn.conn_id, reply)
+        # A line that was read gets its reply even if the app is stopped now:
+        # the write runs as its own task, which app() lets finish.
+        write = asyncio.create_task(_reply(conn, reply))
+        writes.add(write)
+        write.add_done_callback(writes.discard)
+        await asyncio.shield(write)
+
+
+async def _reply(conn: Connection, reply: str) -> None:
+    await conn.write(reply, qos=True, wait=True)
+    log.info("%s -> %s", conn.conn_id, reply)
+
+
+async def app(server: LinkServer, conn_ids: Sequence[str]) -> None:
+    """The demo server application on a started ``server``, until cancelled.
+
+    The callable ``pblink server --app`` and ``pblink run --server-app`` take
+    (this one is their default): awaited with the LinkServer and the conn_ids
+    to serve. On cancellation, replies being written get ``STOP_GRACE_S``
+    seconds to finish.
+    """
+    conns = [await server.connection(conn_id) for conn_id in conn_ids]
+    log.info("demo server on %s, root %r, serving conn_id(s) %s",
+             server.broker, server.root, " ".join(conn_ids))
+    writes: set[asyncio.Task[None]] = set()
+    tasks = [asyncio.create_task(_serve_one(c, writes), name=f"s_app-{c.conn_id}")
+             for c in conns]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if writes:
+            _, pending = await asyncio.wait(writes, timeout=STOP_GRACE_S)
+            if pending:
+                log.warning("stopped with %d reply(ies) not written", len(pending))
+        log.info("demo server stopping")
 
 
 async def serve(
@@ -92,123 +118,57 @@ async def serve(
     client_id: str = "pblink.server",
     state_dir: str | Path | None = DEFAULT_STATE_DIR,
     timeout_ms: int = 1500,
+    connect_timeout: float = 10.0,
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
+    application: Callable[[LinkServer, Sequence[str]], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Run the demo server until ``stop`` is set (or the task is cancelled).
+    """Run a server application until ``stop`` is set (or the task is cancelled).
 
-    ``state_dir=None`` runs without a state file. ``ready`` is set once every
-    conn_id is being served. Raises LinkAuthError / ConnectionError from
-    LinkServer when the broker refuses or cannot be reached at start.
+    ``application(server, ids)`` defaults to the demo, ``app``; it is
+    cancelled when ``stop`` is set, and if it raises, ``AppError`` is raised
+    from its exception (it returning ends the run too).
+
+    ``state_dir=None`` runs without a state file (else
+    ``<state_dir>/<client_id>.json``). ``ready`` is set once every conn_id is
+    being served. Raises ValueError for an invalid conn_id or root (before
+    connecting), and LinkAuthError / LinkRefusedError / BrokerUnreachableError
+    from LinkServer when the broker refuses or cannot be reached at start.
     """
+    for conn_id in ids:
+        _core.check_conn_id(conn_id)
     stop = stop or asyncio.Event()
     state_path = Path(state_dir) / f"{client_id}.json" if state_dir is not None else None
     async with LinkServer(
-        host,
-        port,
-        root=root,
-        client_id=client_id,
-        username=username,
-        password=password,
-        tls=tls,
-        timeout_ms=timeout_ms,
-        state_path=state_path,
+        host, port, root=root, client_id=client_id, username=username, password=password,
+        tls=tls, timeout_ms=timeout_ms, state_path=state_path, connect_timeout=connect_timeout,
     ) as server:
-        conns = [await server.connection(conn_id) for conn_id in ids]
-        log.info(
-            "demo server on %s:%s, root %r, serving conn_id(s) %s",
-            host, port, root, " ".join(ids),
-        )
-        tasks = [
-            asyncio.create_task(_serve_one(c, stop), name=f"s_app-{c.conn_id}") for c in conns
-        ]
-        pending: set[asyncio.Task[None]] = set()
+        task = asyncio.create_task((application or app)(server, ids), name="server-app")
+        stopping = asyncio.create_task(stop.wait())
         if ready is not None:
             ready.set()
         try:
-            done, _ = await asyncio.wait(
-                [*tasks, asyncio.ensure_future(stop.wait())],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for task in done:
-                exc = None if task.cancelled() else task.exception()
-                if exc is not None:
-                    raise exc
-            # Stopping: let replies being written finish for a moment.
-            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, LinkClosedError):
+            stopping.cancel()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LinkClosedError):
+                try:
                     await task
-        if pending:
-            log.warning("stopped with %d reply(ies) not written", len(pending))
-        log.info("demo server stopping")
+                except Exception as exc:
+                    raise AppError(f"the server application raised {type(exc).__name__}: "
+                                   f"{exc}") from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m server_apps.s_app",
-        description="pblink-mqtt demo server: answers each [id, tx, rx] line with "
-        "[id, tx, rx, server_count].",
-    )
-    p.add_argument("--host", default="localhost", help="MQTT broker host (default localhost)")
-    p.add_argument("--port", type=int, default=1883, help="MQTT broker port (default 1883)")
-    p.add_argument("--root", default="pblink", help="topic root (default pblink)")
-    p.add_argument("--user", default=None, help="MQTT user name")
-    p.add_argument("--password", default=None, help="MQTT password")
-    p.add_argument("--tls", action="store_true", help="connect with TLS (system CA certificates)")
-    p.add_argument("--client-id", default="pblink.server", help="MQTT client id")
-    p.add_argument(
-        "--ids", nargs="+", default=list(DEFAULT_IDS), metavar="ID",
-        help="conn_ids to serve (default 1 2 3 4)",
-    )
-    p.add_argument(
-        "--state-dir", default=DEFAULT_STATE_DIR,
-        help=f"folder of the state file (default {DEFAULT_STATE_DIR}; '' for none)",
-    )
-    p.add_argument("--timeout-ms", type=int, default=1500, help="link timeout (default 1500)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
-
-
-async def _main_async(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await serve(
-        args.host,
-        args.port,
-        ids=args.ids,
-        root=args.root,
-        username=args.user,
-        password=args.password,
-        tls=True if args.tls else None,
-        client_id=args.client_id,
-        state_dir=args.state_dir or None,
-        timeout_ms=args.timeout_ms,
-        stop=stop,
-    )
+class AppError(Exception):
+    """The server application given to ``serve`` raised (``__cause__``)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        asyncio.run(_main_async(args))
-    except (ConnectionError, ValueError) as exc:  # LinkAuthError, unreachable, bad conn_id
-        log.error("%s", exc)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    """``python -m server_apps.s_app ARGS`` is ``pblink server ARGS``."""
+    from pblink.cli import main as pblink_main
+
+    return pblink_main(["server", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

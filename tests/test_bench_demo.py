@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from virtual_bench.demo import Tracker, _tally
+from virtual_bench.demo import DemoTracker, _tally
 
 
 def test_tally_counts_lost_duplicated_reordered() -> None:
@@ -20,7 +20,7 @@ def test_tally_counts_lost_duplicated_reordered() -> None:
 
 
 def test_tracker_parses_the_demo_lines() -> None:
-    tr = Tracker(["1"])
+    tr = DemoTracker(["1"])
     dev = tr.devices["1"]
 
     class FakeBench:
@@ -67,3 +67,59 @@ def test_headless_demo_with_chaos_exits_zero() -> None:
         for row in rows:
             sent, received = int(row[4]), int(row[5])
             assert received >= 10 and sent - received <= 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_dev_py_demo_ends_with_the_summary() -> None:
+    """Ctrl-C (SIGINT to the terminal's process group: dev.py and pblink demo)
+    ends the demo with its summary and verdict, and no traceback."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "dev.py", "demo", "--view", "lines",
+                             "--period-ms", "200"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # wait until replies reach the Pyboard
+            if "server->pyboard" in line or time.monotonic() > deadline:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Traceback" not in err, err[-3000:]
+    assert "KeyboardInterrupt" not in err, err[-3000:]
+    assert "pblink demo summary" in out, out[-3000:] + err[-2000:]
+    assert "result: OK" in out, out[-3000:]
+    assert proc.returncode == 0
+
+
+@pytest.mark.slow
+async def test_demo_stops_with_a_failing_verdict_when_its_server_app_dies() -> None:
+    import asyncio
+    import io
+    import time
+
+    from virtual_bench.demo import Demo
+
+    out = io.StringIO()
+    demo = Demo(devices=1, period_ms=200, duration=120, view="quiet", out=out)
+    t0 = time.monotonic()
+    run = asyncio.create_task(demo.run())
+    dev = demo.tracker.devices["1"]
+    while not dev.down_rx:  # the demo is up: replies reach the Pyboard
+        assert not run.done(), out.getvalue()
+        await asyncio.sleep(0.2)
+    assert demo.lab is not None and demo.lab.server is not None
+    assert demo.lab.server.proc is not None
+    demo.lab.server.proc.kill()  # not a fault the demo injected
+    code = await asyncio.wait_for(run, 60)
+    assert code == 1
+    assert time.monotonic() - t0 < 100  # it stopped, long before --duration
+    summary = out.getvalue()
+    assert "result: FAILED: server app exited (status -9)" in summary, summary

@@ -7,6 +7,11 @@ the Pyboard's path) writes N numbered qos lines and prints what it receives;
 the server side echoes every line back. Each test injects one fault mid-stream
 and then checks that every qos line arrived exactly once and in order, both
 ways, and that the link went down and came back (readline/write paused).
+
+The fault tests run on the fixtures of the project's pytest plugin
+(`pblink_start`, pblink/pytest_plugin.py), as a user's tests of their own apps
+do (docs/TESTING.md); the tests that need another broker or a bench option
+(Mosquitto, no WiFi at boot, a refusing broker, pyb.I2C) build the bench here.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import pytest
 from conftest import TEST_TIMEOUT, require_tool
 
+from pblink.testing import AppBench
 from server_apps import LinkServer
 from virtual_bench.harness import PYBOARD, Bench, ManagedProcess, broker_process, free_port
 
@@ -51,7 +57,6 @@ E2E_SETTINGS: dict[str, Any] = {
 PB_APP = """
 import asyncio, json
 import pb_settings as S
-from pb_link import config as cfg
 from pb_link.app_base import AppBase
 
 
@@ -94,6 +99,13 @@ class App(AppBase):
 
     async def bad_server(self):
         print('E2E bad_server', self.broker_reason)
+
+"""
+# The same app started as a main.py would (for Bench, which imports a module).
+PB_MAIN = """
+import asyncio
+from pb_link import config as cfg
+from pb_e2e_app import App
 
 
 async def main():
@@ -177,26 +189,71 @@ class Scenario:
         await asyncio.sleep(0.5)  # time for a late duplicate to show up
 
     def check_exactly_once(self, n: int, bench: Bench | None = None) -> None:
-        """Every qos line 1..n exactly once and in order, both ways."""
         b = bench or self.bench
-        up = [ln for ln in self.app.received[b.conn_id] if ln.startswith("line ")]
-        assert [int(ln.split()[1]) for ln in up] == list(range(1, n + 1)), up
-        down = [ln for ln in b.output(PYBOARD) if ln.startswith("RX echo line ")]
-        assert [int(ln.split()[3]) for ln in down] == list(range(1, n + 1)), down
+        assert_exactly_once(n, self.app.received[b.conn_id], b.output(PYBOARD))
 
     def went_down_and_up(self, since: int, bench: Bench | None = None) -> None:
-        b = bench or self.bench
-        later = [ln.text for ln in list(b.lines)[since - (b.line_count - len(b.lines)):]
-                 if ln.board == PYBOARD]
-        downs = [i for i, t in enumerate(later) if t == "E2E server_ok False"]
-        assert downs, "the link never went down"
-        assert "E2E server_ok True" in later[downs[0]:], "the link never came back"
+        went_down_and_up(bench or self.bench, since)
 
     def tx_gap(self, bench: Bench | None = None) -> float:
-        """The longest pause between two successive 'TX' lines (write() returning)."""
-        b = bench or self.bench
-        times = [ln.t for ln in b.lines if ln.board == PYBOARD and re.match(r"^TX \d+$", ln.text)]
-        return max((b2 - a for a, b2 in itertools.pairwise(times)), default=0.0)
+        return tx_gap(bench or self.bench)
+
+
+def assert_exactly_once(n: int, server_read: list[str], board_output: list[str]) -> None:
+    """Every qos line 1..n exactly once and in order, both ways."""
+    up = [ln for ln in server_read if ln.startswith("line ")]
+    assert [int(ln.split()[1]) for ln in up] == list(range(1, n + 1)), up
+    down = [ln for ln in board_output if ln.startswith("RX echo line ")]
+    assert [int(ln.split()[3]) for ln in down] == list(range(1, n + 1)), down
+
+
+def went_down_and_up(b: Bench, since: int) -> None:
+    later = [ln.text for ln in list(b.lines)[since - (b.line_count - len(b.lines)):]
+             if ln.board == PYBOARD]
+    downs = [i for i, t in enumerate(later) if t == "E2E server_ok False"]
+    assert downs, "the link never went down"
+    assert "E2E server_ok True" in later[downs[0]:], "the link never came back"
+
+
+def tx_gap(b: Bench) -> float:
+    """The longest pause between two successive 'TX' lines (write() returning)."""
+    times = [ln.t for ln in b.lines if ln.board == PYBOARD and re.match(r"^TX \d+$", ln.text)]
+    return max((b2 - a for a, b2 in itertools.pairwise(times)), default=0.0)
+
+
+# -- on the pytest plugin's fixtures (pblink.pytest_plugin), as users write them ------
+
+
+async def echo_app(server: Any, conn_ids: list[str]) -> None:
+    """The server app of the plugin tests: echoes every line as 'echo <line>'."""
+    async def echo(conn_id: str) -> None:
+        conn = await server.connection(conn_id)
+        async for line in conn:
+            await conn.write("echo " + line.rstrip("\n"))
+
+    await asyncio.gather(*(echo(c) for c in conn_ids))
+
+
+@pytest.fixture
+def e2e_board_app(tmp_path: Path) -> str:
+    code = tmp_path / "pb_code"
+    code.mkdir(exist_ok=True)
+    (code / "pb_e2e_app.py").write_text(textwrap.dedent(PB_APP))
+    return f"{code / 'pb_e2e_app.py'}:App"
+
+
+@pytest.fixture
+def start_e2e(pblink_start: Any, e2e_board_app: str) -> Any:
+    async def start(devices: int = 1, **settings: Any) -> AppBench:
+        return await pblink_start(e2e_board_app, echo_app, devices=devices, settings=settings,
+                                  timeout=WAIT)  # type: ignore[no-any-return]
+    return start
+
+
+async def wait_all(bench: AppBench, n: int, conn_id: str = "1") -> None:
+    await bench.wait_board_output(rf"^RX echo line {n}$", conn_id)
+    await asyncio.sleep(0.5)  # time for a late duplicate to show up
+    assert_exactly_once(n, bench.server_received(conn_id), bench.board_output(conn_id))
 
 
 def mosquitto(tmp_path: Path) -> ManagedProcess:
@@ -213,7 +270,8 @@ async def scenario(tmp_path: Path, devices: int = 1, settings: dict[str, Any] | 
                    broker_kind: str = "amqtt", **bench_kw: Any) -> AsyncIterator[Scenario]:
     code = tmp_path / "pb_code"
     code.mkdir(exist_ok=True)
-    (code / "pb_e2e.py").write_text(textwrap.dedent(PB_APP))
+    (code / "pb_e2e_app.py").write_text(textwrap.dedent(PB_APP))
+    (code / "pb_e2e.py").write_text(textwrap.dedent(PB_MAIN))
     broker = (mosquitto(tmp_path) if broker_kind == "mosquitto"
               else broker_process(log_path=tmp_path / "broker.log"))
     await broker.start()
@@ -276,17 +334,6 @@ async def test_report_and_server_ok(tmp_path: Path) -> None:
         await sc.bench.wait_output(r"^E2E server_ok False$", timeout=WAIT, since=mark)
 
 
-async def test_wifi_outage_mid_stream(tmp_path: Path) -> None:
-    async with scenario(tmp_path, settings={"e2e_count": 40, "e2e_period_ms": 50}) as sc:
-        await sc.wait_tx(10)
-        mark = sc.bench.line_count
-        await sc.bench.cut_wifi(3.0)
-        await sc.wait_all(40)
-        sc.check_exactly_once(40)
-        sc.went_down_and_up(mark)
-        assert sc.tx_gap() > 1.5  # write() paused during the outage
-
-
 @pytest.mark.parametrize("broker_kind", BROKERS)
 async def test_broker_restart(tmp_path: Path, broker_kind: str) -> None:
     async with scenario(tmp_path, settings={"e2e_count": 40, "e2e_period_ms": 50},
@@ -300,60 +347,6 @@ async def test_broker_restart(tmp_path: Path, broker_kind: str) -> None:
         sc.check_exactly_once(40)
         sc.went_down_and_up(mark)
         assert sc.tx_gap() > 1.0  # write() paused while the link was down
-
-
-async def test_server_app_restart(tmp_path: Path) -> None:
-    async with scenario(tmp_path, settings={"e2e_count": 40, "e2e_period_ms": 50}) as sc:
-        await sc.wait_tx(10)
-        mark = sc.bench.line_count
-        await sc.app.stop()
-        await asyncio.sleep(2.5)  # longer than timeout_ms: the bridge reports D
-        await sc.app.start()
-        await sc.wait_all(40)
-        sc.check_exactly_once(40)
-        sc.went_down_and_up(mark)
-        assert sc.tx_gap() > 1.0  # write() paused while the link was down
-
-
-async def test_esp_crash_mid_transfer(tmp_path: Path) -> None:
-    """SIGKILL the ESP8266 while lines flow; the Pyboard's reset pulse revives it."""
-    async with scenario(tmp_path, settings={"e2e_count": 40, "e2e_period_ms": 30}) as sc:
-        await sc.wait_tx(10)
-        mark = sc.bench.line_count
-        pulses = sc.bench.stats["reset_pulses"]
-        await sc.bench.crash_esp()
-        await sc.wait_all(40)
-        sc.check_exactly_once(40)
-        sc.went_down_and_up(mark)
-        assert sc.tx_gap() > 1.0  # write() paused while the link was down
-        assert sc.bench.stats["reset_pulses"] > pulses
-        assert sc.bench.procs["esp8266"].boot >= 3
-
-
-async def test_hung_esp_is_reset(tmp_path: Path) -> None:
-    """SIGSTOP the ESP8266: exchanges and keepalives stop, the Pyboard resets it."""
-    async with scenario(tmp_path, settings={"e2e_count": 40, "e2e_period_ms": 30}) as sc:
-        await sc.wait_tx(10)
-        mark = sc.bench.line_count
-        pulses = sc.bench.stats["reset_pulses"]
-        await sc.bench.hang_esp()
-        await sc.bench.wait_output(r"pb_link: (exchanges failing|no keepalive)", timeout=WAIT,
-                                   since=mark)
-        await sc.wait_all(40)
-        sc.check_exactly_once(40)
-        sc.went_down_and_up(mark)
-        assert sc.tx_gap() > 1.0  # write() paused while the link was down
-        assert sc.bench.stats["reset_pulses"] > pulses
-
-
-async def test_corrupted_i2c_bytes(tmp_path: Path) -> None:
-    """Random bit flips on the bus: the CRC catches them, nothing lost or doubled."""
-    async with scenario(tmp_path, settings={"e2e_count": 40, "e2e_period_ms": 20}) as sc:
-        await sc.wait_tx(5)
-        await sc.bench.corrupt_i2c(count=3, probability=0.05, seconds=3.0)
-        await sc.wait_all(40)
-        sc.check_exactly_once(40)
-        assert sc.bench.stats["i2c_corrupted"] >= 3
 
 
 async def test_bad_wifi_at_boot(tmp_path: Path) -> None:
@@ -377,15 +370,6 @@ async def test_bad_server_at_boot(tmp_path: Path, mode: str, reason: str) -> Non
         sc.check_exactly_once(5)
 
 
-async def test_two_devices_one_server(tmp_path: Path) -> None:
-    async with scenario(tmp_path, devices=2,
-                        settings={"e2e_count": 20, "e2e_period_ms": 30}) as sc:
-        await asyncio.gather(*(sc.wait_all(20, b) for b in sc.benches))
-        for bench in sc.benches:
-            sc.check_exactly_once(20, bench)
-            assert all(ln.startswith("line ") for ln in sc.app.received[bench.conn_id])
-
-
 async def test_long_line_and_oversized_line(tmp_path: Path) -> None:
     """A 600-byte line (five I2C chunks) arrives intact both ways; a 1,025-byte
     line is refused with ValueError on the writing side, on both ends."""
@@ -404,3 +388,91 @@ async def test_long_line_and_oversized_line(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="1024"):
             await conn.write(oversized)
         assert conn.in_flight == 0  # nothing was queued for it
+
+
+async def test_wifi_outage_mid_stream(start_e2e: Any) -> None:
+    bench = await start_e2e(e2e_count=40, e2e_period_ms=50)
+    await bench.wait_board_output(r"^TX 10$")
+    mark = bench.device().line_count
+    await bench.cut_wifi(3.0)
+    await wait_all(bench, 40)
+    went_down_and_up(bench.device(), mark)
+    assert tx_gap(bench.device()) > 1.5  # write() paused during the outage
+
+
+@pytest.mark.parametrize("crash", [False, True])
+async def test_server_app_restart(start_e2e: Any, crash: bool) -> None:
+    """A clean restart of the server app, and a crash (no clean state file)."""
+    bench = await start_e2e(e2e_count=40, e2e_period_ms=50)
+    await bench.wait_board_output(r"^TX 10$")
+    mark = bench.device().line_count
+    await bench.restart_server_app(2.5, crash=crash)  # longer than timeout_ms: D
+    await wait_all(bench, 40)
+    went_down_and_up(bench.device(), mark)
+    assert tx_gap(bench.device()) > 1.0  # write() paused while the link was down
+
+
+async def test_broker_restart_on_the_plugin(start_e2e: Any) -> None:
+    bench = await start_e2e(e2e_count=40, e2e_period_ms=50)
+    await bench.wait_board_output(r"^TX 10$")
+    mark = bench.device().line_count
+    await bench.restart_broker(2.0)
+    await wait_all(bench, 40)
+    went_down_and_up(bench.device(), mark)
+
+
+async def test_esp_crash_mid_transfer(start_e2e: Any) -> None:
+    """SIGKILL the ESP8266 while lines flow; the Pyboard's reset pulse revives it."""
+    bench = await start_e2e(e2e_count=40, e2e_period_ms=30)
+    await bench.wait_board_output(r"^TX 10$")
+    mark = bench.device().line_count
+    pulses = bench.device().stats["reset_pulses"]
+    await bench.crash_esp()
+    await wait_all(bench, 40)
+    went_down_and_up(bench.device(), mark)
+    assert tx_gap(bench.device()) > 1.0  # write() paused while the link was down
+    assert bench.device().stats["reset_pulses"] > pulses
+    assert bench.esp_boots() >= 3
+
+
+async def test_hung_esp_is_reset(start_e2e: Any) -> None:
+    """SIGSTOP the ESP8266: exchanges and keepalives stop, the Pyboard resets it."""
+    bench = await start_e2e(e2e_count=40, e2e_period_ms=30)
+    await bench.wait_board_output(r"^TX 10$")
+    mark = bench.device().line_count
+    pulses = bench.device().stats["reset_pulses"]
+    await bench.hang_esp()
+    await bench.wait_board_output(r"pb_link: (exchanges failing|no keepalive)")
+    await wait_all(bench, 40)
+    went_down_and_up(bench.device(), mark)
+    assert tx_gap(bench.device()) > 1.0  # write() paused while the link was down
+    assert bench.device().stats["reset_pulses"] > pulses
+
+
+async def test_corrupted_i2c_bytes(start_e2e: Any) -> None:
+    """Random bit flips on the bus: the CRC catches them, nothing lost or doubled."""
+    bench = await start_e2e(e2e_count=40, e2e_period_ms=20)
+    await bench.wait_board_output(r"^TX 5$")
+    await bench.corrupt_i2c(count=3, probability=0.05, seconds=3.0)
+    await wait_all(bench, 40)
+    assert bench.device().stats["i2c_corrupted"] >= 3
+
+
+async def test_two_devices_one_server(start_e2e: Any) -> None:
+    bench = await start_e2e(devices=2, e2e_count=20, e2e_period_ms=30)
+    await asyncio.gather(*(wait_all(bench, 20, c) for c in ("1", "2")))
+    for conn_id in ("1", "2"):
+        assert all(ln.startswith("line ") for ln in bench.server_received(conn_id))
+        assert len(bench.board_received(conn_id)) == 20  # the echoes crossed the bus once
+
+
+async def test_a_board_app_that_raises_fails_the_bench(pblink_start: Any, tmp_path: Path) -> None:
+    """The plugin's check: a traceback through the user's Pyboard app is a failure."""
+    app = tmp_path / "bad_app.py"
+    app.write_text(textwrap.dedent(PB_APP).replace("print('E2E start')",
+                                                   "print('E2E start'); 1 / 0"))
+    bench = await pblink_start(f"{app}:App", echo_app, timeout=WAIT)
+    with pytest.raises(AssertionError, match=r"ZeroDivisionError"):
+        await bench.wait_board_output(r"^never printed$")
+    assert f'"{app}", line' in bench.failures[0].details
+    bench.tracker.failures.clear()  # seen: do not fail the test at teardown

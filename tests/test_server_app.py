@@ -89,16 +89,17 @@ async def test_serve_skips_lines_that_are_not_the_demo_format(
     assert any("not a [conn_id, tx_count, rx_count] list" in r.getMessage() for r in caplog.records)
 
 
-def test_main_reports_unreachable_broker(caplog: pytest.LogCaptureFixture) -> None:
+def test_main_reports_unreachable_broker(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
-    assert s_app.main(["--port", str(port), "--host", "127.0.0.1", "--state-dir", ""]) == 1
-    assert any(f"127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
+    assert s_app.main(["--port", str(port), "--host", "127.0.0.1", "--state-dir", ""]) == 3
+    assert f"cannot reach MQTT broker 127.0.0.1:{port}" in capsys.readouterr().err
 
 
-def test_main_rejects_bad_conn_id(amqtt_broker: BrokerProcess, tmp_path: Path) -> None:
-    argv = ["--port", str(amqtt_broker.port), "--ids", "1", "no/slash",
-            "--state-dir", str(tmp_path)]
-    assert s_app.main(argv) == 1
+def test_main_rejects_bad_conn_id_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--host", "127.0.0.1", "--port", str(free_port()), "--ids", "1", "no/slash",
+            "--state-dir", ""]
+    assert s_app.main(argv) == 2  # not 3: the broker is never tried
+    assert "conn_id 'no/slash'" in capsys.readouterr().err
 
 
 def test_module_runs_and_stops_cleanly_on_sigterm(

@@ -1,19 +1,23 @@
-"""`pblink demo`: the whole system on the virtual bench, with a live view and faults.
+"""`pblink run` and `pblink demo`: apps on the virtual bench, with a live view and faults.
 
-A `Lab` runs the broker (embedded amqtt, or `--broker`), the demo server app
-(`python -m server_apps.s_app`, a restartable child process) and one virtual
-Pyboard + ESP8266 pair per device running the real `pb_link.pb_client` demo and
-the real bridge. `Tracker` follows what happens from three vantage points:
+A `BenchRun` runs a `Lab`: the broker (embedded amqtt, or `--broker`), a server
+application (`pblink server --app SPEC` as a restartable child process) and one
+virtual Pyboard + ESP8266 pair per device, the Pyboard running the user's
+`AppBase` subclass (or the demo, `pb_link.pb_client`) and the ESP8266 the real
+bridge. A `Tracker` follows what happens from three vantage points:
 
-- the Pyboard's printed lines (`Got [id, tx, rx, server_count]`, server up/down,
-  reports, pb_link's verbose messages);
-- the server app's log (`<id> <- [id, tx, rx]` and `<id> -> [...]`);
-- the I2C bus (the bench's sniffer: each `q` frame's line as it leaves the Pyboard).
+- the Pyboard's printed lines (pb_link's verbose messages for the link state,
+  tracebacks, the app's own output);
+- the server app's output (its log, tracebacks);
+- the I2C bus (the bench's sniffer: each data line leaving the Pyboard, its
+  acknowledgement from the server, each line delivered to the Pyboard).
 
-From the demo's sequence numbers (the Pyboard writes [conn_id, tx_count,
-rx_count]; the server replies [conn_id, tx_count, rx_count, server_count]) it
-counts lines sent, received, lost, duplicated and reordered in each direction,
-and the round trip from the Pyboard's bus to the Pyboard's print.
+The run's verdict is OK only when every device exchanged lines and neither
+application raised, failed to start or died. `DemoTracker` adds the demo's
+own bookkeeping: from its sequence numbers (the Pyboard writes [conn_id,
+tx_count, rx_count]; the server replies [conn_id, tx_count, rx_count,
+server_count]) it counts lines sent, received, lost, duplicated and reordered
+in each direction, and the round trip from the Pyboard's bus to its print.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ import statistics
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from virtual_bench.harness import PYBOARD, Bench, Lab, OutputLine
+from virtual_bench.harness import ESP, PYBOARD, PYBOARD_DIR, Bench, Lab, OutputLine
 from virtual_bench.timeline import TimelineRecorder
 
 log = logging.getLogger("pblink.demo")
@@ -51,9 +56,9 @@ FAULT_NAMES = {
 }
 KEYS = {"w": "wifi", "c": "crash", "h": "hang", "b": "broker", "s": "server", "i": "i2c"}
 
-# Bench timings for the demo: fast recovery, but not so short that a loaded
+# Bench timings for a run: fast recovery, but not so short that a loaded
 # machine trips them. Names as in pb_settings (pyboard/pb_link/config.py).
-DEMO_SETTINGS: dict[str, Any] = {
+RUN_SETTINGS: dict[str, Any] = {
     "verbose": True,  # pb_link's messages (reset pulses, sync) feed the event list
     "report_s": 5,
     "boot_wait_ms": 300,
@@ -69,8 +74,11 @@ DEMO_SETTINGS: dict[str, Any] = {
     },
 }
 
+DEMO_SETTINGS = RUN_SETTINGS  # the demo adds demo_period_ms
+
 _SERVER_RX = re.compile(r"pblink\.s_app: (\S+) <- (.*)$")
 _SERVER_TX = re.compile(r"pblink\.s_app: (\S+) -> (.*)$")
+_LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ ")
 _REPORT = re.compile(r"^Connects (\d+) Count (\d+) Mem free (\d+)")
 
 
@@ -88,6 +96,20 @@ class Device:
     conn_id: str
     link: str = "starting"
     esp_boot: int = 0
+    # Seen on the I2C bus (any app): data lines each way, up lines the server acknowledged.
+    bus_up: int = 0  # qos lines
+    bus_up_u: int = 0  # lines without qos (never acknowledged)
+    bus_acked: int = 0
+    bus_down: int = 0
+    seen_up: set[tuple[str, int]] = field(default_factory=set)
+    seen_acks: set[tuple[str, int]] = field(default_factory=set)
+    seen_down: set[tuple[str, int]] = field(default_factory=set)
+    last_up: str = ""
+    last_down: str = ""
+    ups: int = 0
+    downs: int = 0
+    resets: int = 0
+    # The demo's own bookkeeping (DemoTracker), from its sequence numbers.
     up_bus: dict[int, float] = field(default_factory=dict)  # tx -> first time on the bus
     up_rx: list[int] = field(default_factory=list)  # tx values the server got, in order
     up_rx_t: dict[int, float] = field(default_factory=dict)
@@ -97,12 +119,15 @@ class Device:
     up_lat: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
     down_lat: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
     report: list[int] | None = None
-    last_up: str = ""
-    last_down: str = ""
     last_got_t: float = 0.0
-    ups: int = 0
-    downs: int = 0
-    resets: int = 0
+
+
+@dataclass
+class Failure:
+    """Something that makes the verdict fail: one line, and the traceback if any."""
+
+    text: str
+    details: str = ""
 
 
 def _tally(received: list[int], expected: set[int] | None = None) -> dict[str, int]:
@@ -135,16 +160,28 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class Tracker:
-    """Turns output lines and bus messages into per-device counters and events."""
+TRACEBACK = "Traceback (most recent call last):"
 
-    def __init__(self, conn_ids: list[str], echo: TextIO | None = None) -> None:
+
+class Tracker:
+    """Turns the output of any apps and the bus messages into per-device counters,
+    events and failures. `app_files`: paths of the Pyboard app's source; a
+    traceback through one of them is the app's and fails the run."""
+
+    def __init__(self, conn_ids: list[str], echo: TextIO | None = None,
+                 app_files: tuple[str, ...] = ()) -> None:
         self.t0 = time.monotonic()
         self.devices = {c: Device(c) for c in conn_ids}
         self.events: deque[str] = deque(maxlen=12)
         self.faults: list[Fault] = []
+        self.failures: list[Failure] = []
+        self.warnings: list[Failure] = []  # tracebacks outside the app (the link, the bridge)
         self.echo = echo  # plain-lines view: print each event as it happens
         self.server_up = False
+        self.app_files = app_files
+        self._tracebacks: dict[str, list[str]] = {}  # source -> lines so far
+        self.on_fail: Callable[[], None] | None = None  # a run ends at the first failure
+        self.app_output: deque[str] = deque(maxlen=8)  # what the apps print/log, for the view
 
     def stamp(self, t: float | None = None) -> str:
         return f"{(t if t is not None else time.monotonic()) - self.t0:7.1f}s"
@@ -156,17 +193,171 @@ class Tracker:
         if self.echo is not None:
             print(line, file=self.echo, flush=True)
 
+    def fail(self, text: str, details: str = "") -> None:
+        self.failures.append(Failure(text, details))
+        self.event(f"FAILED: {text}")
+        if self.on_fail is not None:
+            self.on_fail()
+
     # -- sources ---------------------------------------------------------------
+
+    def _traceback(self, source: str, text: str, what: str, owned: bool) -> bool:
+        """Collect a traceback printed line by line; True while the line is part of one.
+        A finished one fails the run when `owned` or it passes through the app's files."""
+        lines = self._tracebacks.get(source)
+        if text.strip() == TRACEBACK:
+            self._tracebacks[source] = [TRACEBACK]
+            return True
+        if lines is None:
+            return False
+        lines.append(text)
+        if text.startswith((" ", "\t")):
+            return True
+        del self._tracebacks[source]  # the exception line ends it
+        block = "\n".join(lines)
+        mine = owned or any(f'"{path}"' in block for path in self.app_files)
+        if mine:
+            self.fail(f"{what} raised {text.strip()}", block)
+        else:
+            self.warnings.append(Failure(f"{what} printed a traceback: {text.strip()}", block))
+            self.event(f"{what}: {text.strip()}")
+        return True
 
     def on_pyboard(self, bench: Bench, ln: OutputLine) -> None:
         dev = self.devices.get(bench.conn_id)
         if dev is None:
             return
+        source = f"dev{dev.conn_id} {'Pyboard app' if ln.board == PYBOARD else 'ESP8266'}"
+        if self._traceback(f"{source} #{ln.boot}", ln.text, source, owned=False):
+            return
         if ln.board != PYBOARD:
             if ln.text.startswith("bridge:"):
                 self.event(f"dev{dev.conn_id} ESP8266 {ln.text[7:].strip()}", ln.t)
-            elif "Traceback" in ln.text or "Error" in ln.text:
+            elif "Error" in ln.text:
                 self.event(f"dev{dev.conn_id} ESP8266: {ln.text}", ln.t)
+            return
+        text = ln.text
+        if text.startswith("pb_link:"):
+            what = text[8:].strip()
+            if what == "reset pulse":
+                dev.resets += 1
+                dev.link = "reset"
+            elif what == "link synchronised" and dev.link != "UP":
+                dev.link = "synced"
+            elif what in ("server up", "server down"):
+                dev.link = "UP" if what == "server up" else "down"
+                if what == "server up":
+                    dev.ups += 1
+                else:
+                    dev.downs += 1
+                self.event(f"dev{dev.conn_id} link {dev.link}", ln.t)
+                return
+            self.event(f"dev{dev.conn_id} pyboard: {what}", ln.t)
+        elif text.startswith("ESP8266:"):
+            pass  # the bridge's 'E' diagnostics: already shown from the ESP8266's own output
+        else:
+            self.on_app_output(dev, ln)
+
+    def on_app_output(self, dev: Device, ln: OutputLine) -> None:
+        """A line the Pyboard app printed."""
+        self.app_output.append(f"{self.stamp(ln.t)} dev{dev.conn_id} pyboard: {ln.text}")
+        self.event(f"dev{dev.conn_id} pyboard: {ln.text}", ln.t, chatty=True)
+
+    def on_server(self, _name: str, text: str) -> None:
+        if self._traceback("server", text, "server app", owned=True):
+            return
+        if " ERROR " in text:
+            self.event(f"server app: {text}")
+        else:
+            text = _LOG_TIME.sub("", text)  # the view has its own clock
+            self.app_output.append(f"{self.stamp()} server app: {text}")
+            self.event(f"server app: {text}", chatty=True)
+
+    def on_bus(self, bench: Bench, direction: str, msg: bytes) -> None:
+        dev = self.devices.get(bench.conn_id)
+        if dev is None or msg[:1] not in (b"q", b"u", b"a"):
+            return
+        try:
+            from link_core import frames
+
+            kind, session, msg_id, _base, line = frames.decode(msg)
+        except ValueError:
+            return
+        if kind == "a":
+            key = (str(session), int(msg_id))
+            if direction == "down" and key in dev.seen_up and key not in dev.seen_acks:
+                dev.seen_acks.add(key)
+                dev.bus_acked += 1
+            return
+        if kind == "q":
+            key = (str(session), int(msg_id))
+            seen = dev.seen_up if direction == "up" else dev.seen_down
+            if key in seen:
+                return  # a retransmission
+            seen.add(key)
+        if direction == "up":
+            if kind == "q":
+                dev.bus_up += 1
+            else:
+                dev.bus_up_u += 1
+            dev.last_up = str(line)
+        else:
+            dev.bus_down += 1
+            dev.last_down = str(line)
+        self.survived(dev.conn_id, time.monotonic())
+
+    def survived(self, conn_id: str, t: float) -> None:
+        """A line crossed after a fault ended: the device got over it."""
+        for fault in self.faults:
+            if not fault.survived and fault.device in (conn_id, "all") and t > fault.end:
+                fault.survived = True
+
+    def fault(self, fault: Fault) -> None:
+        self.faults.append(fault)
+        where = "all devices" if fault.device == "all" else f"dev{fault.device}"
+        self.event(f"FAULT {FAULT_NAMES[fault.kind]} ({where})")
+
+    # -- results -----------------------------------------------------------------
+
+    def counts(self, dev: Device) -> list[tuple[str, dict[str, int]]]:
+        """The rows of the summary: (direction, {sent, received, ...})."""
+        return [("pyboard -> server", {"sent": dev.bus_up, "received": dev.bus_acked}),
+                ("server -> pyboard", {"sent": dev.bus_down, "received": dev.bus_down})]
+
+    def notes(self) -> list[str]:
+        """What the summary's table does not say."""
+        out = ["(counted on the I2C bus: qos lines; pyboard -> server received = acknowledged "
+               "by the server app)"]
+        unreliable = sum(d.bus_up_u for d in self.devices.values())
+        if unreliable:
+            out.append(f"(and {unreliable} line(s) pyboard -> server without qos: never "
+                       "acknowledged, not counted)")
+        return out
+
+    def problems(self) -> list[str]:
+        """Why the verdict is not OK (empty: OK)."""
+        out = [f.text for f in self.failures]
+        for dev in self.devices.values():
+            if not (dev.bus_acked or dev.bus_down):
+                out.append(f"dev{dev.conn_id}: no line was exchanged with the server app")
+        return out
+
+    def ok(self) -> bool:
+        return not self.problems()
+
+    def all_rtts(self) -> list[float]:
+        return [r for d in self.devices.values() for r in d.rtt]
+
+
+class DemoTracker(Tracker):
+    """The demo apps' lines: `Got [...]`, `Server is up`, reports; the server's
+    `<id> <- [...]` / `<id> -> [...]` log lines. Counts each direction by the
+    demo's sequence numbers and fails on a lost or duplicated qos line."""
+
+    def on_pyboard(self, bench: Bench, ln: OutputLine) -> None:
+        dev = self.devices.get(bench.conn_id)
+        if dev is None or ln.board != PYBOARD:
+            super().on_pyboard(bench, ln)
             return
         text = ln.text
         if text.startswith("Got "):
@@ -187,9 +378,7 @@ class Tracker:
             if tx in dev.down_tx:
                 dev.down_lat.append(ln.t - dev.down_tx[tx])
             self.event(f"dev{dev.conn_id} server->pyboard {text[4:]}{extra}", ln.t, chatty=True)
-            for fault in self.faults:
-                if not fault.survived and fault.device in (dev.conn_id, "all") and ln.t > fault.end:
-                    fault.survived = True
+            self.survived(dev.conn_id, ln.t)
         elif text == "Server is up":
             dev.link = "UP"
             dev.ups += 1
@@ -201,23 +390,14 @@ class Tracker:
         elif m := _REPORT.match(text):
             dev.report = [int(m.group(1)), int(m.group(2)), int(m.group(3))]
             self.event(f"dev{dev.conn_id} report {dev.report}", ln.t, chatty=True)
-        elif text.startswith("pb_link:"):
-            what = text[8:].strip()
-            if what == "reset pulse":
-                dev.resets += 1
-                dev.link = "reset"
-            elif what == "link synchronised" and dev.link != "UP":
-                dev.link = "synced"
-            if not what.startswith("server"):
-                self.event(f"dev{dev.conn_id} pyboard: {what}", ln.t)
         elif text.startswith("No initial"):
             self.event(f"dev{dev.conn_id} {text}", ln.t)
-        elif text.startswith("ESP8266:"):
-            pass  # the bridge's 'E' diagnostics: already shown from the ESP8266's own output
-        elif "Traceback" in text or "Error" in text:
-            self.event(f"dev{dev.conn_id} pyboard: {text}", ln.t)
+        elif text.startswith("pb_link: server"):
+            pass  # `Server is up/down` says it
+        else:
+            super().on_pyboard(bench, ln)
 
-    def on_server(self, _name: str, text: str) -> None:
+    def on_server(self, name: str, text: str) -> None:
         now = time.monotonic()
         if m := _SERVER_RX.search(text):
             dev = self.devices.get(m.group(1))
@@ -243,8 +423,8 @@ class Tracker:
         elif "demo server on" in text:
             self.server_up = True
             self.event("server app: serving")
-        elif " ERROR " in text or "Traceback" in text:
-            self.event(f"server app: {text}")
+        else:
+            super().on_server(name, text)
 
     def on_bus(self, bench: Bench, direction: str, msg: bytes) -> None:
         dev = self.devices.get(bench.conn_id)
@@ -259,12 +439,8 @@ class Tracker:
             return
         dev.up_bus.setdefault(tx, time.monotonic())
 
-    def fault(self, fault: Fault) -> None:
-        self.faults.append(fault)
-        where = "all devices" if fault.device == "all" else f"dev{fault.device}"
-        self.event(f"FAULT {FAULT_NAMES[fault.kind]} ({where})")
-
-    # -- results -----------------------------------------------------------------
+    def notes(self) -> list[str]:
+        return []
 
     def tallies(self, dev: Device) -> tuple[dict[str, int], dict[str, int]]:
         up = _tally(dev.up_rx)
@@ -273,19 +449,28 @@ class Tracker:
         down["sent"] = len(dev.down_tx)
         return up, down
 
-    def ok(self) -> bool:
-        for dev in self.devices.values():
-            for t in self.tallies(dev):
-                if t["lost"] or t["duplicated"]:
-                    return False
-        return True
+    def counts(self, dev: Device) -> list[tuple[str, dict[str, int]]]:
+        up, down = self.tallies(dev)
+        return [("pyboard -> server", up), ("server -> pyboard", down)]
 
-    def all_rtts(self) -> list[float]:
-        return [r for d in self.devices.values() for r in d.rtt]
+    def problems(self) -> list[str]:
+        out = [f.text for f in self.failures]
+        for dev in self.devices.values():
+            for name, t in self.counts(dev):
+                if not t["received"]:
+                    out.append(f"dev{dev.conn_id}: no line went {name}")
+                if t["lost"] or t["duplicated"]:
+                    out.append(f"dev{dev.conn_id} {name}: {t['lost']} qos line(s) lost, "
+                               f"{t['duplicated']} duplicated")
+        return out
 
 
 def _ms(value: float) -> str:
     return "-" if value != value else f"{value * 1000:.0f}"
+
+
+def _n(t: dict[str, int], key: str) -> str:
+    return str(t[key]) if key in t else "-"
 
 
 def render_status(tracker: Tracker, header: str, target: str, keys: bool) -> str:
@@ -298,23 +483,26 @@ def render_status(tracker: Tracker, header: str, target: str, keys: bool) -> str
                f"{'lost':>6}{'dup':>5}{'reord':>6}{'rtt p50/p90 ms':>16}  "
                f"{'report':<20}last line from pyboard / from server")
     for dev in tracker.devices.values():
-        up, down = tracker.tallies(dev)
+        (_, up), (_, down) = tracker.counts(dev)
         rtts = list(dev.rtt)[-200:]
-        lost = up["lost"] + down["lost"]
-        dup = up["duplicated"] + down["duplicated"]
-        reord = up["reordered"] + down["reordered"]
+        total = {k: str(up[k] + down[k]) if k in up else "-"
+                 for k in ("lost", "duplicated", "reordered")}
         report = str(dev.report) if dev.report else "-"
         out.append(
             f"{dev.conn_id:<4}{dev.link:<8}{dev.esp_boot:<5}"
             f"{up['received']:>5}/{up['sent']:<4}{down['received']:>5}/{down['sent']:<4}"
-            f"{lost:>6}{dup:>5}{reord:>6}"
+            f"{total['lost']:>6}{total['duplicated']:>5}{total['reordered']:>6}"
             f"{_ms(_pct(rtts, 0.5)) + '/' + _ms(_pct(rtts, 0.9)):>16}  "
-            f"{report:<20}{dev.last_up} / {dev.last_down}")
+            f"{report:<20}{dev.last_up[:60]} / {dev.last_down[:60]}")
     out.append("")
     out.append("faults survived/injected: " + _fault_line(tracker))
     out.append("")
     out.append("recent events:")
     out.extend("  " + e for e in tracker.events)
+    if tracker.app_output:
+        out.append("")
+        out.append("what the apps print (latest):")
+        out.extend("  " + line[:200] for line in tracker.app_output)
     return "\n".join(out)
 
 
@@ -327,17 +515,18 @@ def _fault_line(tracker: Tracker) -> str:
     return ", ".join(parts) or "none yet"
 
 
-def summary(tracker: Tracker, elapsed: float, period_ms: int) -> str:
-    out = [f"pblink demo summary: {elapsed:.1f} s, {len(tracker.devices)} device(s), "
-           f"one line every {period_ms} ms each way per device"]
+def summary(tracker: Tracker, elapsed: float, title: str = "pblink run", what: str = "") -> str:
+    out = [f"{title} summary: {elapsed:.1f} s, {len(tracker.devices)} device(s)"
+           + (f", {what}" if what else "")]
     out.append(f"{'dev':<5}{'direction':<18}{'sent':>6}{'received':>10}{'lost':>6}"
                f"{'duplicated':>12}{'reordered':>11}{'in flight':>11}")
     for dev in tracker.devices.values():
-        up, down = tracker.tallies(dev)
-        for name, t in (("pyboard -> server", up), ("server -> pyboard", down)):
-            flight = max(0, t["sent"] - t["received"] - t["lost"])
+        for name, t in tracker.counts(dev):
+            flight = max(0, t["sent"] - t["received"] - t.get("lost", 0))
             out.append(f"{dev.conn_id:<5}{name:<18}{t['sent']:>6}{t['received']:>10}"
-                       f"{t['lost']:>6}{t['duplicated']:>12}{t['reordered']:>11}{flight:>11}")
+                       f"{_n(t, 'lost'):>6}{_n(t, 'duplicated'):>12}{_n(t, 'reordered'):>11}"
+                       f"{flight:>11}")
+    out.extend(tracker.notes())
     rtts = tracker.all_rtts()
     ups = [u for d in tracker.devices.values() for u in d.up_lat]
     downs = [u for d in tracker.devices.values() for u in d.down_lat]
@@ -353,69 +542,127 @@ def summary(tracker: Tracker, elapsed: float, period_ms: int) -> str:
     if unsurvived:
         out.append("not (yet) recovered from: " + ", ".join(
             f"{FAULT_NAMES[f.kind]} at {f.t - tracker.t0:.1f}s" for f in unsurvived))
-    out.append("result: " + ("OK, no qos line lost or duplicated" if tracker.ok()
-                             else "FAILED: qos lines lost or duplicated"))
+    for item in [*tracker.warnings, *tracker.failures]:
+        if item.details:
+            out.append("")
+            out.append(f"{item.text}:")
+            out.append(item.details.rstrip())
+    problems = tracker.problems()
+    if problems:
+        out.append("result: FAILED: " + "; ".join(problems))
+    elif isinstance(tracker, DemoTracker):
+        out.append("result: OK, lines exchanged both ways, no qos line lost or duplicated")
+    else:
+        out.append("result: OK, every device exchanged lines with the server app, "
+                   "no app raised or died")
     return "\n".join(out)
 
 
-class Demo:
-    """Runs the lab, the view, the keyboard and the chaos monkey."""
+@dataclass
+class BoardCode:
+    """The Pyboard application a run starts: the module the Pyboard imports (it
+    starts the app), the folders to put on its path and the app's own files
+    (a traceback through them fails the run)."""
 
-    def __init__(self, *, devices: int = 1, duration: float | None = None, chaos: bool = False,
-                 broker: tuple[str, int] | None = None, period_ms: int = 1000,
-                 view: str = "auto", root: str | None = None, seed: int | None = None,
-                 timeout_ms: int = 1500, workdir: Path | None = None,
+    module: str = "pb_link.pb_client"
+    paths: tuple[Path, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+@dataclass
+class ExternalBroker:
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = None
+
+
+class BenchRun:
+    """Runs the lab, the view, the keyboard and the chaos monkey, and judges the run.
+
+    `server_app`: a `pblink server --app` spec (None: the demo server app).
+    `tracker`: a Tracker over conn_ids 1..devices (DemoTracker for the demo).
+    """
+
+    def __init__(self, *, tracker: Tracker, board: BoardCode | None = None,
+                 server_app: str | None = None, duration: float | None = None,
+                 chaos: bool = False, broker: ExternalBroker | None = None,
+                 settings: dict[str, Any] | None = None, view: str = "auto",
+                 root: str = "pblink", seed: int | None = None, timeout_ms: int = 1500,
+                 workdir: Path | None = None, title: str = "pblink run", what: str = "",
                  out: TextIO = sys.stdout, timeline: Path | None = None) -> None:
-        self.n = devices
+        self.tracker = tracker
+        self.n = len(tracker.devices)
+        self.board = board or BoardCode()
+        self.server_app = server_app
         self.duration = duration
         self.chaos = chaos
         self.broker = broker
-        self.period_ms = period_ms
+        self.settings = dict(RUN_SETTINGS if settings is None else settings)
         self.out = out
-        tty = out.isatty()
-        self.view = ("block" if tty else "lines") if view == "auto" else view
-        self.root = root or ("pblink" if broker is None else f"pblink-demo-{secrets.token_hex(2)}")
+        self.view = view
+        self.root = root
         self.rng = random.Random(seed)
         self.timeout_ms = timeout_ms
         self.workdir = workdir
+        self.title = title
+        self.what = what
         self.target = "1"
         self.stop = asyncio.Event()
-        conn_ids = [str(i) for i in range(1, devices + 1)]
-        self.tracker = Tracker(conn_ids, echo=out if self.view == "lines" else None)
         self.timeline = timeline  # write the run's timeline here (virtual_bench/timeline.py)
-        self.recorder = TimelineRecorder(conn_ids, self.tracker.t0) if timeline else None
+        self.recorder = (TimelineRecorder(list(tracker.devices), tracker.t0)
+                         if timeline else None)
         self.lab: Lab | None = None
         self._fault_tasks: set[asyncio.Task[None]] = set()
+        self._server_restarting = False
         self.keys_enabled = False
 
+    @staticmethod
+    def view_mode(view: str, out: TextIO) -> str:
+        return ("block" if out.isatty() else "lines") if view == "auto" else view
+
     def _lab(self) -> Lab:
-        settings = dict(DEMO_SETTINGS)
-        settings.update(demo_period_ms=self.period_ms, timeout_ms=self.timeout_ms,
-                        topic_root=self.root)
-        client_id = f"pblink-demo-{secrets.token_hex(3)}"
+        settings = dict(self.settings)
+        settings.update(timeout_ms=self.timeout_ms, topic_root=self.root)
+        server_env: dict[str, str] = {}
+        if self.broker is not None and self.broker.user is not None:
+            settings.update(mqtt_user=self.broker.user, mqtt_password=self.broker.password or "")
+            server_env = {"PBLINK_USER": self.broker.user,
+                          "PBLINK_PASSWORD": self.broker.password or ""}
+        client_id = f"pblink-run-{secrets.token_hex(3)}"
         server_args = ["--ids", *self.tracker.devices, "--timeout-ms", str(self.timeout_ms),
                        "--root", self.root, "--client-id", client_id, "--state-dir",
                        "server_state"]
+        if self.server_app is not None:
+            server_args += ["--app", self.server_app]
         tracker = self.tracker
         on_line, on_server, on_bus = tracker.on_pyboard, tracker.on_server, tracker.on_bus
         if self.recorder is not None:
             on_line, on_server, on_bus = self.recorder.chain(on_line, on_server, on_bus)
-        return Lab(devices=self.n, broker=self.broker, server_args=server_args,
+        broker = (self.broker.host, self.broker.port) if self.broker else None
+        return Lab(devices=self.n, broker=broker, server_args=server_args, server_env=server_env,
                    workdir=self.workdir, settings=settings, on_line=on_line,
-                   on_server_line=on_server, on_bus=on_bus)
+                   on_server_line=on_server, on_bus=on_bus,
+                   pyboard_module=self.board.module, pyboard_paths=self.board.paths)
 
     async def run(self) -> int:
+        """Run until the duration, `q`, Ctrl-C/SIGTERM or an app's failure; print the
+        summary; 0 when the verdict is OK, else 1."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop.set)
+        self.view = self.view_mode(self.view, self.out)
+        if self.view == "lines":
+            self.tracker.echo = self.out
+        self.tracker.on_fail = self.stop.set
         self.lab = lab = self._lab()
         restore_tty = self._keyboard(loop)
         t_start = time.monotonic()
         view_task = asyncio.create_task(self._view(t_start))
         try:
             await self._start_lab(lab)
-            tasks = [asyncio.create_task(self._watch_boots())]
+            tasks = [asyncio.create_task(self._watch_apps())]
             if self.chaos:
                 tasks.append(asyncio.create_task(self._chaos(t_start)))
             if self.duration is not None:
@@ -436,7 +683,7 @@ class Demo:
         if self.view == "block":
             self.out.write(render_status(self.tracker, self._header(elapsed), self.target,
                                          False) + "\n\n")
-        self.out.write(summary(self.tracker, elapsed, self.period_ms) + "\n")
+        self.out.write(summary(self.tracker, elapsed, self.title, self.what) + "\n")
         self.out.flush()
         return 0 if self.tracker.ok() else 1
 
@@ -447,35 +694,55 @@ class Demo:
             self.recorder.add_fault(FAULT_NAMES[f.kind], f.device, f.t, f.end)
         for bench in lab.benches:
             self.recorder.add_bench_events(bench)
-        path = self.recorder.write(self.timeline, title=f"pblink demo, {self.n} device(s)"
+        path = self.recorder.write(self.timeline, title=f"{self.title}, {self.n} device(s)"
                                    f"{', chaos' if self.chaos else ''}")
         self.out.write(f"timeline written to {path}\n")
 
     async def _start_lab(self, lab: Lab) -> None:
         tracker = self.tracker
         await lab.start()
-        where = (f"{self.broker[0]}:{self.broker[1]}" if self.broker
-                 else f"embedded amqtt on {lab.broker_address[0]}:{lab.broker_address[1]}")
+        host, port = lab.broker_address
+        where = f"{host}:{port}" if self.broker else f"embedded amqtt on {host}:{port}"
         tracker.event(f"started: broker {where}, root {self.root!r}, {self.n} device(s)")
+        user = f" --user {self.broker.user}" if self.broker and self.broker.user else ""
+        tracker.event(f"watch a device: pblink tail 1 --broker {host}:{port} --root "
+                      f"{self.root}{user}")
 
-    async def _watch_boots(self) -> None:
-        assert self.lab is not None
+    async def _watch_apps(self) -> None:
+        """ESP8266 boots for the view; a server app or Pyboard app that died ends the run."""
+        lab = self.lab
+        assert lab is not None
         while True:
-            for bench in self.lab.benches:
+            for bench in lab.benches:
                 dev = self.tracker.devices[bench.conn_id]
-                boot = bench.procs["esp8266"].boot if "esp8266" in bench.procs else 0
+                boot = bench.procs[ESP].boot if ESP in bench.procs else 0
                 if boot != dev.esp_boot and dev.esp_boot:
                     self.tracker.event(f"dev{dev.conn_id} ESP8266 boots (#{boot})")
                 dev.esp_boot = boot
+                board = bench.procs.get(PYBOARD)
+                if board is not None and board.proc is not None and \
+                        board.proc.returncode is not None:
+                    self.tracker.fail(f"dev{bench.conn_id} Pyboard app exited (status "
+                                      f"{board.proc.returncode})")
+                    self.stop.set()
+                    return
+            server = lab.server
+            if server is not None and not server.alive and not self._server_restarting:
+                code = server.proc.returncode if server.proc is not None else None
+                self.tracker.fail(f"server app exited (status {code})",
+                                  "\n".join(list(server.lines)[-30:]))
+                self.stop.set()
+                return
             await asyncio.sleep(0.2)
 
     def _header(self, elapsed: float) -> str:
-        where = (f"{self.broker[0]}:{self.broker[1]}" if self.broker else "embedded amqtt")
+        where = (f"{self.broker.host}:{self.broker.port}" if self.broker else "embedded amqtt")
         if self.lab is not None and self.lab.broker is not None and self.lab.broker.port:
             where += f" :{self.lab.broker.port}"
         mode = f"{self.duration:.0f} s run" if self.duration else "until q / Ctrl-C"
-        return (f"pblink demo  |  broker {where}  |  root {self.root}  |  "
-                f"{self.n} device(s), a line every {self.period_ms} ms  |  "
+        what = f"{self.what}  |  " if self.what else ""
+        return (f"{self.title}  |  broker {where}  |  root {self.root}  |  "
+                f"{self.n} device(s)  |  {what}"
                 f"{'chaos  |  ' if self.chaos else ''}{elapsed:5.0f} s ({mode})")
 
     async def _view(self, t_start: float) -> None:
@@ -563,7 +830,11 @@ class Demo:
             elif kind == "server":
                 fault = Fault(kind, "all", now, now + 3600)
                 self.tracker.fault(fault)
-                await lab.restart_server_app()
+                self._server_restarting = True
+                try:
+                    await lab.restart_server_app()
+                finally:
+                    self._server_restarting = False
                 fault.end = time.monotonic()
         except Exception as exc:  # a fault that could not be injected must not end the demo
             self.tracker.event(f"fault {kind} failed: {exc}")
@@ -585,3 +856,19 @@ class Demo:
             conn_id = self.rng.choice(list(self.tracker.devices))
             await self._inject(kind, conn_id)
             await asyncio.sleep(self.rng.uniform(4.0, 8.0))
+
+
+DEMO_APP = str(PYBOARD_DIR / "pb_link" / "demo.py")
+
+
+class Demo(BenchRun):
+    """`pblink demo`: a BenchRun of the demo apps, judged by a DemoTracker."""
+
+    def __init__(self, *, devices: int = 1, period_ms: int = 1000, **options: Any) -> None:
+        conn_ids = [str(i) for i in range(1, devices + 1)]
+        self.period_ms = period_ms
+        options.setdefault("title", "pblink demo")
+        options.setdefault("what", f"one line every {period_ms} ms each way per device")
+        super().__init__(tracker=DemoTracker(conn_ids, app_files=(DEMO_APP,)),
+                         board=BoardCode(files=(DEMO_APP,)),
+                         settings=dict(DEMO_SETTINGS, demo_period_ms=period_ms), **options)

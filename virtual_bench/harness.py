@@ -1377,25 +1377,29 @@ def broker_process(port: int | None = None, *, log_path: Path | None = None,
 
 def server_app_process(host: str, port: int, args: Sequence[str] = (), *,
                        cwd: Path = ROOT, log_path: Path | None = None,
-                       on_line: Callable[[str, str], None] | None = None) -> ManagedProcess:
-    """The demo server app (`python -m server_apps.s_app`) as a child process,
-    run in `cwd` (where its relative --state-dir lands)."""
-    argv = [sys.executable, "-u", "-m", "server_apps.s_app", "--host", host, "--port", str(port),
+                       on_line: Callable[[str, str], None] | None = None,
+                       env: dict[str, str] | None = None) -> ManagedProcess:
+    """A server application (`pblink server ARGS`: the demo, or `--app SPEC`) as
+    a child process, run in `cwd` (where its relative --state-dir lands).
+    `env` is added to the environment (e.g. PBLINK_USER, PBLINK_PASSWORD)."""
+    argv = [sys.executable, "-u", "-m", "pblink", "server", "--host", host, "--port", str(port),
             *args]
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path, **(env or {}))
     return ManagedProcess("server_app", argv, cwd=cwd, log_path=log_path, on_line=on_line,
                           env=env)
 
 
 class Lab:
-    """A broker, optionally the demo server app, and N benches (conn_ids 1..N).
+    """A broker, optionally a server app (`pblink server server_args`: the demo
+    unless they say `--app`), and N benches (conn_ids 1..N).
 
     Fault API on top of each bench's: `drop_broker(seconds)`, `restart_server_app()`.
     """
 
     def __init__(self, *, devices: int = 1, broker: tuple[str, int] | None = None,
                  server_app: bool = True, server_args: Sequence[str] = (),
+                 server_env: dict[str, str] | None = None,
                  workdir: str | Path | None = None, conn_ids: Iterable[str] | None = None,
                  on_line: Callable[[Bench, OutputLine], None] | None = None,
                  on_server_line: Callable[[str, str], None] | None = None,
@@ -1403,6 +1407,7 @@ class Lab:
         self.external_broker = broker
         self.server_app_wanted = server_app
         self.server_args = list(server_args)
+        self.server_env = server_env
         self.workdir = Path(workdir) if workdir else None
         self.conn_ids = [str(c) for c in conn_ids] if conn_ids else [
             str(i) for i in range(1, devices + 1)]
@@ -1445,7 +1450,8 @@ class Lab:
         if self.server_app_wanted:
             self.server = server_app_process(host, port, self.server_args, cwd=self.workdir,
                                              log_path=self.workdir / "server_app.log",
-                                             on_line=self.on_server_line)
+                                             on_line=self.on_server_line,
+                                             env=self.server_env)
             await self.server.start()
         for conn_id in self.conn_ids:
             bench = Bench(self.broker_address, conn_id=conn_id, on_line=self.on_line,

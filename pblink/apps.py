@@ -1,0 +1,165 @@
+"""Loading the user's applications for `pblink server --app` and `pblink run`.
+
+A server application is an async callable ``app(server, conn_ids)`` (see
+``server_apps.s_app.app``), named ``MODULE:CALLABLE`` or ``FILE.py:CALLABLE``.
+A Pyboard application is an ``AppBase`` subclass, named ``FILE.py:CLASS`` or
+``DIR/PACKAGE:CLASS`` / ``DIR/PACKAGE/MODULE.py:CLASS``; it runs under
+MicroPython on the bench, so here it is only located, not imported.
+
+When the user's code fails to import (a syntax error, a missing module, an
+exception at import time) the traceback is what the user needs: `AppLoadError`
+carries it, formatted, with the file and line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pblink.common import CliError, UsageError
+
+
+class AppLoadError(CliError):
+    """The user's application could not be loaded; `.details` is its traceback."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def _split(spec: str, what: str) -> tuple[str, str | None]:
+    target, sep, name = spec.rpartition(":")
+    if not sep:
+        return spec, None
+    if not target or not name.isidentifier():
+        raise UsageError(f"{what} {spec!r}: expected MODULE_OR_FILE:NAME")
+    return target, name
+
+
+def _is_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target
+
+
+def resolve_server_spec(spec: str) -> str:
+    """`spec` made independent of the current folder (a server app started
+    elsewhere finds it): a file's path made absolute, the current folder put on
+    PYTHONPATH for a module. UsageError when a named file is not there."""
+    import os
+
+    target, name = _split(spec, "--server-app")
+    if _is_file(target):
+        path = Path(target)
+        if not path.is_file():
+            raise UsageError(f"server app {spec!r}: no such file {target}")
+        return f"{path.resolve()}:{name}" if name else str(path.resolve())
+    paths = [str(Path.cwd()), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    return spec
+
+
+def load_server_app(spec: str) -> Any:
+    """The callable named by `spec` (default name: ``app``), imported in this process.
+
+    UsageError for a spec that names nothing; AppLoadError (with the traceback)
+    when the user's module fails to import or lacks the callable.
+    """
+    target, name = _split(spec, "--app")
+    name = name or "app"
+    try:
+        if _is_file(target):
+            path = Path(target)
+            if not path.is_file():
+                raise UsageError(f"server app {spec!r}: no such file {target}")
+            sys.path.insert(0, str(path.resolve().parent))  # its siblings import
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module
+            module_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))  # like `python -m`
+            module = importlib.import_module(target)
+    except CliError:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise AppLoadError(f"server app {spec!r} failed to import: "
+                           f"{type(exc).__name__}: {exc}", format_user_traceback(exc)) from None
+    app = getattr(module, name, None)
+    if not callable(app):
+        raise AppLoadError(f"server app {spec!r}: {target} has no callable {name!r}")
+    return app
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The traceback of an exception from the user's code, without pblink's own frames."""
+    tb = exc.__traceback__
+    root = Path(__file__).resolve().parent.parent
+    own = (str(root / "pblink"), str(root / "server_apps"), "<frozen importlib")
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(own):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+@dataclass
+class BoardApp:
+    """Where a Pyboard application lives: the folder to put on MICROPYPATH, the
+    module to import there and the AppBase subclass in it."""
+
+    path: Path
+    module: str
+    cls: str
+
+    @classmethod
+    def locate(cls, spec: str) -> BoardApp:
+        """From FILE.py:CLASS, PKGDIR:CLASS (its __init__) or PKGDIR/MOD.py:CLASS
+        (default CLASS: App). UsageError when the file or folder is not there."""
+        target, name = _split(spec, "--board-app")
+        name = name or "App"
+        path = Path(target).resolve()
+        if path.is_dir():
+            if not (path / "__init__.py").is_file():
+                raise UsageError(f"board app {spec!r}: {target} is a folder without __init__.py")
+            return cls(path.parent, path.name, name)
+        if path.suffix != ".py" or not path.is_file():
+            raise UsageError(f"board app {spec!r}: no such file {target} (a .py file or a "
+                             "package folder)")
+        parts = [path.stem]
+        folder = path.parent
+        while (folder / "__init__.py").is_file():  # a module inside a package
+            parts.insert(0, folder.name)
+            folder = folder.parent
+        return cls(folder, ".".join(parts), name)
+
+    def check_syntax(self) -> None:
+        """A syntax error found now, with file and line, rather than on the bench.
+        (CPython's grammar; MicroPython accepts a subset of it.)"""
+        base = self.path / Path(*self.module.split("."))
+        files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+        for file in files:
+            try:
+                compile(file.read_bytes(), str(file), "exec")
+            except SyntaxError as exc:
+                raise AppLoadError(f"board app {self.module}: syntax error in {file} line "
+                                   f"{exc.lineno}: {exc.msg}",
+                                   "".join(traceback.format_exception_only(exc))) from None
+
+    def launcher(self) -> str:
+        """The MicroPython module the bench's Pyboard imports: builds the app
+        from pb_link.config, as a board's main.py would, and runs it forever."""
+        return (
+            "# Written by pblink run: starts the board app as a main.py would.\n"
+            "import asyncio\n"
+            "from pb_link import config\n"
+            f"from {self.module} import {self.cls} as _App\n\n\n"
+            "async def _main():\n"
+            "    _App(config.conn_id, config.config, config.hardware, config.verbose)\n"
+            "    await asyncio.Event().wait()\n\n\n"
+            "asyncio.run(_main())\n")

@@ -1,0 +1,99 @@
+"""pytest plugin: test your pblink-mqtt apps on the virtual bench, under faults.
+
+Registered through the ``pytest11`` entry point of the pblink-mqtt package,
+so installing the package is enough. Needs pytest-asyncio (the fixtures are
+async). Fixtures:
+
+``pblink_bench``
+    An `pblink.testing.AppBench`, started, with the apps named by the test's
+    ``@pytest.mark.pblink(board_app=..., server_app=..., devices=1,
+    settings=None, timeout=None)`` marker, else the ``pblink_board_app`` /
+    ``pblink_server_app`` ini options. Relative paths are taken from the test
+    file's folder. Stopped after the test; the test fails if an app raised.
+
+``pblink_start``
+    A factory for more than one bench or apps chosen in the test:
+    ``bench = await pblink_start(board_app, server_app, devices=..., settings=...)``
+    (the same arguments as AppBench). Each is stopped and checked after the test.
+
+Timeouts: every ``wait_*`` waits ``timeout`` seconds: the marker's, else
+``--pblink-timeout``, else the ``pblink_timeout`` ini option (default 30).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+
+if TYPE_CHECKING:  # imported by the fixtures: a test run that uses none stays light
+    from pblink.testing import AppBench
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pblink", "pblink-mqtt virtual bench")
+    group.addoption("--pblink-timeout", type=float, default=None, metavar="S",
+                    help="seconds each pblink_bench wait_* call waits (default: the "
+                    "pblink_timeout ini option, else 30)")
+    parser.addini("pblink_timeout", f"seconds each wait_* waits (default {DEFAULT_TIMEOUT:g})",
+                  default=str(DEFAULT_TIMEOUT))
+    parser.addini("pblink_board_app", "default Pyboard app of pblink_bench (FILE.py:CLASS)",
+                  default="")
+    parser.addini("pblink_server_app", "default server app of pblink_bench (MODULE:CALLABLE)",
+                  default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "pblink(board_app=None, server_app=None, devices=1, settings=None, "
+        "timeout=None): the apps and options of the pblink_bench fixture")
+
+
+def _timeout(config: pytest.Config) -> float:
+    option = config.getoption("pblink_timeout")
+    return float(option) if option is not None else float(config.getini("pblink_timeout"))
+
+
+@pytest_asyncio.fixture
+async def pblink_start(request: pytest.FixtureRequest, tmp_path: Path,
+                       ) -> AsyncIterator[Callable[..., Awaitable[AppBench]]]:
+    started: list[AppBench] = []
+    base = request.path.parent
+
+    from pblink.testing import AppBench
+
+    async def start(board_app: str, server_app: Any, **options: Any) -> AppBench:
+        options.setdefault("timeout", _timeout(request.config))
+        options.setdefault("workdir", tmp_path / f"bench{len(started) + 1}")
+        options.setdefault("base", base)
+        bench = AppBench(board_app, server_app, **options)
+        started.append(bench)
+        await bench.start()
+        return bench
+
+    yield start
+    for bench in reversed(started):
+        await bench.stop()
+    for bench in started:
+        bench.check()
+
+
+@pytest_asyncio.fixture
+async def pblink_bench(request: pytest.FixtureRequest,
+                       pblink_start: Callable[..., Awaitable[AppBench]]) -> AppBench:
+    marker = request.node.get_closest_marker("pblink")
+    options: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
+    board_app = options.pop("board_app", None) or request.config.getini("pblink_board_app")
+    server_app = options.pop("server_app", None) or request.config.getini("pblink_server_app")
+    if not board_app or not server_app:
+        pytest.fail("pblink_bench: name the apps with @pytest.mark.pblink(board_app=..., "
+                    "server_app=...) or the pblink_board_app/pblink_server_app ini options",
+                    pytrace=False)
+    if options.get("timeout") is None:
+        options.pop("timeout", None)
+    return await pblink_start(board_app, server_app, **options)

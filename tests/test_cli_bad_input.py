@@ -1,0 +1,170 @@
+"""Every `pblink` command with bad input of each kind: one line on stderr
+naming the problem, and the exit code `pblink --help` promises
+(2 bad arguments, 3 broker unreachable, 4 broker refused the connection)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TEST_TIMEOUT, BrokerProcess, amqtt_process, free_port
+
+from broker.credentials import write_amqtt_users
+from pblink import cli
+from pblink.common import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
+
+RUN_APPS = ["--board-app", "examples/sensor/sensor_app.py:Sensor",
+            "--server-app", "examples/sensor/sensor_server.py:app"]
+# Each command that connects to a broker, with what it needs besides.
+CONNECTING = {
+    "send": ["send", "1", "hi"],
+    "tail": ["tail", "1"],
+    "server": ["server", "--state-dir", ""],
+    "demo": ["demo", "--duration", "5"],
+    "run": ["run", *RUN_APPS, "--duration", "5"],
+}
+if "monitor" in cli.command_names():
+    CONNECTING["monitor"] = ["monitor"]
+
+
+def pblink(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pblink", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=TEST_TIMEOUT * 2, env=env, stdin=subprocess.DEVNULL)
+
+
+def assert_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pblink"), lines[0]
+    assert not re.search(r"(^|[\s(])b'", lines[0]), lines[0]  # no Python byte reprs
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# -- numbers and addresses: parsed with ranges, before anything else happens -----
+
+BAD_ARGUMENTS = [
+    (["send", "1", "hi", "--port", "99999"], "--port: 99999 is out of range: must be 1 to 65535"),
+    (["send", "1", "hi", "--port", "x"], "--port: 'x' is not an integer"),
+    (["send", "1", "hi", "--timeout", "0"], "--timeout: 0 is out of range: must be above 0"),
+    (["send", "1", "hi", "--timeout", "nan"], "--timeout: 'nan' is not a finite number"),
+    (["send", "1", "hi", "--retry-ms", "0"], "--retry-ms: 0 is out of range"),
+    (["send", "1", "hi", "--connect-timeout", "-1"], "--connect-timeout: -1 is out of range"),
+    (["send", "1", "hi", "--broker", "nohost"], "--broker: 'nohost' is not HOST:PORT"),
+    (["send", "1", "hi", "--broker", "h:0"], "--broker: 0 is out of range"),
+    (["send", "1", "hi", "--broker", "h:1", "--host", "x"], "--broker HOST:PORT or --host"),
+    (["send", "1", "hi", "--cafile", "/no/such/ca.pem"], "CA file /no/such/ca.pem: no such file"),
+    (["send", "1", "hi", "--root", "a//b"], "topic root 'a//b' has an empty level"),
+    (["send", "1", "a\nb"], "line 'a\\nb' has a newline at byte 1"),
+    (["tail", "1", "--count", "0"], "--count: 0 is out of range: must be at least 1"),
+    (["tail", "1", "--timeout", "-2"], "--timeout: -2 is out of range"),
+    (["tail", "1", "--port", "65536"], "--port: 65536 is out of range"),
+    (["server", "--port", "0"], "--port: 0 is out of range"),
+    (["server", "--timeout-ms", "5"], "--timeout-ms: 5 is out of range: must be at least 20"),
+    (["server", "--connect-timeout", "0"], "--connect-timeout: 0 is out of range"),
+    (["server", "--app", "no_such_file.py:app"], "no such file no_such_file.py"),
+    (["demo", "--devices", "0"], "--devices: 0 is out of range: must be 1 to 9"),
+    (["demo", "--devices", "10"], "--devices: 10 is out of range"),
+    (["demo", "--duration", "0"], "--duration: 0 is out of range"),
+    (["demo", "--period-ms", "5"], "--period-ms: 5 is out of range: must be at least 10"),
+    (["demo", "--port", "1883"], "--port needs --host"),
+    (["demo", "--broker", "127.0.0.1:1883", "--tls"], "without TLS"),
+    (["run", *RUN_APPS, "--timeout-ms", "1"], "--timeout-ms: 1 is out of range"),
+    (["run", "--board-app", "nope.py:App", "--server-app", "m:app"], "no such file nope.py"),
+    (["run", "--board-app", "examples/sensor/sensor_app.py:Sensor", "--server-app",
+      "gone/server.py:app"], "no such file gone/server.py"),
+    (["run", *RUN_APPS, "--root", "a/+"], "topic root 'a/+'"),
+    (["broker", "--port", "70000"], "--port: 70000 is out of range"),
+    (["broker", "--max-queued", "0"], "--max-queued: 0 is out of range"),
+    (["install", "/dev/null", "--broker-port", "0"], "--broker-port: 0 is out of range"),
+    (["install", "/dev/null", "--timeout", "0"], "--timeout: 0 is out of range"),
+    (["install", "/dev/null", "--report-s", "-1"], "--report-s: -1 is out of range"),
+    (["flash", "/dev/null", "--baud", "0"], "--baud: 0 is out of range"),
+    (["flash", "/dev/null", "--connect-attempts", "0"], "--connect-attempts: 0 is out of range"),
+    (["build-firmware", "--micropython-src", "x", "--jobs", "0"],
+     "0 is out of range: must be at least 1"),
+    (["bench", "--repeats", "0"], "--repeats: 0 is out of range"),
+    (["bench", "--duration", "-5"], "--duration: -5 is out of range"),
+    (["passwd", "--amqtt", "f", "--password", "x", "a/b"], "conn_id 'a/b'"),
+    (["no-such-command"], "invalid choice: 'no-such-command'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS,
+                         ids=[" ".join(a)[:60] for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments(argv: list[str], message: str) -> None:
+    assert_error(pblink(*argv), EXIT_USAGE, message)
+
+
+def test_every_command_is_covered() -> None:
+    covered = {argv[0] for argv, _ in BAD_ARGUMENTS} | set(CONNECTING)
+    assert set(cli.command_names()) <= covered
+
+
+def test_bad_port_from_the_environment() -> None:
+    env = dict(os.environ, PBLINK_PORT="99999")
+    assert_error(pblink("send", "1", "hi", env=env), EXIT_USAGE,
+                 "PBLINK_PORT: 99999 is out of range")
+
+
+# -- invalid conn_id: 2, checked before connecting (the broker here does not exist) ---
+
+
+@pytest.mark.parametrize("command", ["send", "tail", "server"])
+def test_invalid_conn_id_before_connecting(command: str) -> None:
+    argv = {"send": ["send", "a/b", "hi"], "tail": ["tail", "a/b"],
+            "server": ["server", "--ids", "1", "a/b", "--state-dir", ""]}[command]
+    proc = pblink(*argv, "--broker", f"127.0.0.1:{free_port()}")
+    assert_error(proc, EXIT_USAGE, "conn_id 'a/b' has the character '/'")
+
+
+# -- broker unreachable: 3; credentials refused: 4 ---------------------------------
+
+
+@pytest.mark.parametrize("command", list(CONNECTING))
+def test_unreachable_broker(command: str) -> None:
+    port = free_port()
+    proc = pblink(*CONNECTING[command], "--broker", f"127.0.0.1:{port}")
+    assert_error(proc, EXIT_UNREACHABLE, f"cannot reach MQTT broker 127.0.0.1:{port}",
+                 "Connection refused")
+    assert "result: OK" not in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def locked_broker(tmp_path_factory: pytest.TempPathFactory) -> BrokerProcess:
+    workdir = tmp_path_factory.mktemp("locked")
+    passwd = workdir / "amqtt.passwd"
+    write_amqtt_users(passwd, {"pblink.server": "server-pw"})
+    broker = amqtt_process(workdir, extra=["--password-file", str(passwd)])
+    broker.start()
+    yield broker  # type: ignore[misc]
+    broker.stop()
+
+
+@pytest.mark.parametrize("command", list(CONNECTING))
+def test_refused_credentials(command: str, locked_broker: BrokerProcess, tmp_path: Path) -> None:
+    proc = pblink(*CONNECTING[command], "--broker", f"127.0.0.1:{locked_broker.port}",
+                  "--user", "pblink.server", "--password", "wrong")
+    assert_error(proc, EXIT_REFUSED, "refused the connection", "not authorized")
+    assert "result: OK" not in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["send", "server"])
+def test_credentials_from_the_environment(command: str, locked_broker: BrokerProcess) -> None:
+    """PBLINK_USER/PBLINK_PASSWORD/PBLINK_HOST/PBLINK_PORT are every connecting
+    command's defaults: with the right ones the broker lets it in (send then
+    times out waiting for a device: 5; server is stopped by its own timeout)."""
+    env = dict(os.environ, PBLINK_HOST="127.0.0.1", PBLINK_PORT=str(locked_broker.port),
+               PBLINK_USER="pblink.server", PBLINK_PASSWORD="server-pw")
+    if command == "send":
+        proc = pblink("send", "1", "hi", "--timeout", "0.5", env=env)
+        assert_error(proc, 5, "no acknowledgement from device 1")
+    else:
+        wrong = dict(env, PBLINK_PASSWORD="wrong")
+        assert_error(pblink("server", "--state-dir", "", env=wrong), EXIT_REFUSED)

@@ -1,0 +1,45 @@
+"""The pytest plugin is registered through the package's pytest11 entry point,
+so a user's pytest finds its fixtures without any conftest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from conftest import ROOT, TEST_TIMEOUT
+
+
+def test_registered_as_a_pytest11_entry_point() -> None:
+    plugins = {ep.name: ep.value for ep in entry_points(group="pytest11")}
+    assert plugins.get("pblink") == "pblink.pytest_plugin"
+
+
+def test_a_user_project_gets_the_fixtures(tmp_path: Path) -> None:
+    """In a folder of its own (no conftest, no pyproject of ours), pytest lists
+    the plugin's fixtures and explains a bench with no apps named."""
+    (tmp_path / "test_mine.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_needs_apps(pblink_bench):
+            pass
+    """))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "-p",
+                           "no:cacheprovider"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=TEST_TIMEOUT * 2)
+    assert "pblink_bench" in proc.stdout and "pblink_start" in proc.stdout, proc.stdout[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=TEST_TIMEOUT * 2)
+    assert proc.returncode == 1
+    assert "name the apps with @pytest.mark.pblink" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_the_docs_example_is_the_one_that_runs() -> None:
+    """docs/TESTING.md shows examples/sensor's files as they are."""
+    doc = (ROOT / "docs" / "TESTING.md").read_text()
+    for name in ("sensor_app.py", "test_sensor.py"):
+        body = (ROOT / "examples" / "sensor" / name).read_text().strip()
+        assert body in doc, f"docs/TESTING.md does not show examples/sensor/{name} as it is"
