@@ -91,6 +91,7 @@ def test_esp_tiny(tmp_path: Path) -> None:
     names = {r["name"] for r in doc["rows"]}
     assert "frozen .mpy, total" in names
     assert "smallest -X heapsize that passes" in names
+    assert "ESP8266 free heap (32-bit frozen)" in names
 
 
 @pytest.mark.slow
