@@ -116,20 +116,22 @@ class SoftI2C:
             raise OSError(5)
 
     def readfrom_mem(self, addr, memaddr, nbytes, addrsize=8):
+        b = bytearray(nbytes)
+        self.readfrom_mem_into(addr, memaddr, b)
+        return bytes(b)
+
+    def readfrom_mem_into(self, addr, memaddr, buf, addrsize=8):
         if addr != 0x12:
             raise OSError(19)
+        nbytes = len(buf)
         self._tick("r", memaddr, nbytes)
+        buf[:] = MV[memaddr : memaddr + nbytes]
         k = FAULTS.get("long_hdr")
         if k and nbytes == 4 and self.n % k == 0:
-            b = bytearray(MV[memaddr : memaddr + 4])
-            b[3] = 200
-            return bytes(b)
+            buf[3] = 200
         k = FAULTS.get("flip_in")
         if k and self.n % k == 0:
-            b = bytearray(MV[memaddr : memaddr + nbytes])
-            b[(self.n // k) % nbytes] ^= 0x04
-            return bytes(b)
-        return bytes(MV[memaddr : memaddr + nbytes])
+            buf[(self.n // k) % nbytes] ^= 0x04
 
     def writeto_mem(self, addr, memaddr, buf, addrsize=8):
         if addr != 0x12:
