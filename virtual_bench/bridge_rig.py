@@ -248,6 +248,7 @@ class Initiator:
         self.timeout_ms = timeout_ms
         self.exchanges = 0
         self.fails = 0
+        self.mem_errors = 0
 
     async def _wait(self, pin, level):
         t0 = time.ticks_ms()
@@ -268,7 +269,10 @@ class Initiator:
         syn.drive(1)
         ok = await self._wait(ack, 1)
         if ok:
-            self.link.on_frame(machine.MV[0x80 : 0x80 + FRAME_MAX])
+            try:
+                self.link.on_frame(machine.MV[0x80 : 0x80 + FRAME_MAX])
+            except MemoryError:  # its chunk stays unacknowledged: resent
+                self.mem_errors += 1
         syn.drive(0)
         if ok:
             ok = await self._wait(ack, 0)
@@ -303,6 +307,39 @@ def held(n):
     return _BLK + (n + _BLK) // _BLK * _BLK
 
 
+def fragment(keep, size):
+    """Fill the heap with pieces of ``size`` bytes kept in ``keep``. With size
+    200, every other piece is then freed: plenty free, but no hole fits a
+    1,000-byte line (the ESP8266's failure mode). Called again with size 600 it
+    plugs the large holes that objects dying since have opened. The pieces hang
+    in groups of 16 chained by their last slot: no list grows (and leaves a hole)."""
+    head = None
+    while True:
+        try:
+            group = [None] * 17
+        except MemoryError:
+            break
+        group[16] = head
+        head = group
+        n = 0
+        try:
+            while n < 16:
+                group[n] = bytearray(size)
+                n += 1
+        except MemoryError:
+            break
+    if size <= 200:
+        group = head
+        while group is not None:
+            for i in range(0, 16, 2):
+                group[i] = None
+            group = group[16]
+    try:
+        keep.append(head)
+    except MemoryError:
+        pass
+
+
 async def main():
     gc.collect()
     a0 = gc.mem_alloc()
@@ -327,6 +364,10 @@ async def main():
     own_peak = 0
     t_gc = time.ticks_ms()
     m = None
+    frag = os.getenv("PBLINK_SIM_FRAGMENT")  # "sent,ms": fragment the heap for ms
+    frag_at, frag_ms = [int(x) for x in frag.split(",")] if frag else (0, 0)
+    ballast = None
+    frag_t0 = None
     gc.collect()
     own_fixed = gc.mem_alloc() - a0  # this Pyboard's Initiator, config, locals
     m = frame(1000, 1000)
@@ -369,9 +410,9 @@ async def main():
                     gc.collect()
                     print(
                         "PB DONE up=%d down=%d k=%d exchanges=%d fails=%d peak=%d live_peak=%d"
-                        " bridge_peak=%d own_fixed=%d own_peak=%d"
+                        " bridge_peak=%d own_fixed=%d own_peak=%d mem_errors=%d"
                         % (sent, down, k, ini.exchanges, ini.fails, peak, live_peak,
-                           bridge_peak, own_fixed, own_peak)
+                           bridge_peak, own_fixed, own_peak, ini.mem_errors)
                     )
                     print("PB COUNTERS %s" % json.dumps(link.counters()))
                     import micropython
@@ -398,11 +439,27 @@ async def main():
                 own_peak = own
             if os.getenv("PBLINK_SIM_MEMLOG"):
                 print("PB MEM live=%d own=%d sent=%d down=%d" % (a, own, sent, down))
-        while ok_ and sent < n_up and link.can_queue():
-            sent += 1
-            link.queue_message(frame(sent, 1000 if sent % 50 == 0 else size))
-            if sent % 100 == 0:
-                print("PB UP %d" % sent)
+        if frag_at and sent >= frag_at and ballast is None and frag_t0 is None:
+            print("PB FRAGMENT")
+            ballast = []
+            fragment(ballast, 200)
+            frag_t0 = time.ticks_ms()
+        if ballast is not None:
+            now = time.ticks_ms()
+            if time.ticks_diff(now, frag_t0) >= frag_ms:
+                ballast = None
+                gc.collect()
+                print("PB RELEASED mem_errors=%d" % ini.mem_errors)
+            else:  # at every step: a hole that opened is plugged before the bridge's turn
+                fragment(ballast, 600)
+        try:
+            while ok_ and sent < n_up and link.can_queue():
+                link.queue_message(frame(sent + 1, 1000 if (sent + 1) % 50 == 0 else size))
+                sent += 1
+                if sent % 100 == 0:
+                    print("PB UP %d" % sent)
+        except MemoryError:  # no room for the next line yet: made again later
+            ini.mem_errors += 1
 '''
 
 
