@@ -22,8 +22,9 @@ from conftest import IN_CI, BrokerProcess
 from virtual_bench import esp_heap, micropython32
 
 # The bridge's footprint on the ESP8266 may not grow past this (bytes of the
-# 38,016-byte GC heap); docs/FIRMWARE.md "Memory budget" gives the figures.
-ESP_USED_BUDGET = 25_000
+# 38,016-byte GC heap): measured 24,432 to 24,640, runs vary by a few hundred
+# bytes; docs/FIRMWARE.md "Memory budget" gives the figures.
+ESP_USED_BUDGET = 25_600
 
 
 @pytest.fixture(scope="session")
