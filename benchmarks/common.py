@@ -286,7 +286,9 @@ def machine_info() -> dict[str, Any]:
         mem_kib = int(m.group(1)) if m else 0
     mpy = "?"
     with contextlib.suppress(Exception):
-        mp = str(BIN / "micropython") if (BIN / "micropython").exists() else "micropython"
+        from virtual_bench.harness import micropython_binary
+
+        mp = micropython_binary()
         mpy = subprocess.run(
             [mp, "-c", "import sys; print(sys.implementation.version, sys.version)"],
             capture_output=True, text=True, timeout=10).stdout.strip()

@@ -36,10 +36,19 @@ which only matter for faults.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
+from benchmarks import hw_model
 from benchmarks.common import Broker, Context, Row, pct
 from benchmarks.linkrig import link_rig
+from benchmarks.throughput import Usage
+
+# A probe's link message (q|<session>|i|i|x i) and its ack, bus bytes of its exchange
+PROBE_BUS_BYTES = hw_model.BUS_OVERHEAD + 40
+# the handshake steps of an exchange on the bench, poll wait excluded
+CORE_STEPS = ("exchange step: syn up -> ack up", "exchange step: ack up -> syn down",
+              "exchange step: syn down -> ack down")
 
 FAMILY = "latency"
 # Probe spacing: longer than idle_after_ms (200) plus a round trip, so every probe
@@ -63,6 +72,7 @@ async def one_run(ctx: Context, broker: Broker, config: str, n: int,
     async with link_rig(ctx, f"lat-{config}", broker=broker, settings=CONFIGS[config],
                         **rig_kw) as rig:
         for qos in (True, False):
+            usage = Usage(rig, edges=True) if config == "default" else None
             rig.side.echo_qos = qos
             rig.side.rx_x.clear()
             rig.side.tx_e.clear()
@@ -82,6 +92,10 @@ async def one_run(ctx: Context, broker: Broker, config: str, n: int,
                     samples.setdefault((config, "qos" if qos else "noqos", name), []).extend(
                         round(v * 1000, 3) for v in vals)
             fig["delivered"] = len(rtt) / n
+            if usage is not None:
+                steps = usage.figures()
+                if all(k in steps for k in CORE_STEPS):
+                    fig["bench exchange"] = sum(steps[k] for k in CORE_STEPS)
             out["qos" if qos else "noqos"] = fig
     return out
 
@@ -107,7 +121,7 @@ async def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     targets = {("default", "qos", "echo p50"): "< 50"}
     for (config, q, fname), vals in runs.items():
-        if fname == "delivered":
+        if fname in ("delivered", "bench exchange"):
             continue
         direction, stat = fname.split()
         label = {"up": "one way Pyboard -> server app", "down": "one way server app -> Pyboard",
@@ -126,7 +140,36 @@ async def run(ctx: Context) -> list[Row]:
                 ratios = [ov / dv for ov, dv in zip(o, d, strict=False) if dv > 0]
                 rows.append(Row(FAMILY, f"ratio original/default {fname}", "x", ratios,
                                 {"qos": q == "qos", "broker": kind}))
+    rows += modelled_rows(runs, kind)
     lost = [v for (c, q, f), vals in runs.items() if f == "delivered" for v in vals]
     if lost and min(lost) < 1.0:
         rows[0].note = f"some probes got no echo (delivered fraction min {min(lost):.2f})"
+    return rows
+
+
+def modelled_rows(runs: dict[tuple[str, str, str], list[float]], kind: str) -> list[Row]:
+    """Echo round trip p50 on the modelled hardware (benchmarks/hw_model.py).
+
+    The round trip crosses the link twice (the probe up, the echo down): each
+    run's raw p50 minus two of the bench's exchanges (syn up to ack down, median
+    of that run) plus two modelled ones. The poll waits stay: they are the
+    protocol's own timing. The broker, the server app and the ESP8266's MQTT
+    client are the bench's (loopback, this machine): WiFi airtime is not in it.
+    """
+    rows: list[Row] = []
+    for q in ("qos", "noqos"):
+        raw = runs.get(("default", q, "echo p50"), [])
+        bench = runs.get(("default", q, "bench exchange"), [])
+        bench_ex = statistics.median(bench) if bench else None
+        for scl in (hw_model.SCL_NOMINAL_HZ, hw_model.SCL_SLOW_HZ):
+            model_ex = hw_model.exchange_ms(PROBE_BUS_BYTES, scl.value, poll=False)
+            vals = [v - 2 * bench_ex + 2 * model_ex for v in raw] if bench_ex else []
+            rows.append(Row(
+                FAMILY, "echo round trip p50, modelled hardware", "ms", vals,
+                {"poll": "default", "qos": q == "qos", "broker": kind,
+                 "scl_khz": int(scl.value) // 1000, "model": "hw_model"},
+                target="< 50" if q == "qos" else "",
+                note=f"raw p50 - 2 x bench exchange ({bench_ex or 0:.1f} ms) + 2 x modelled "
+                f"exchange ({model_ex:.1f} ms, benchmarks/hw_model.py); SoftI2C rate: "
+                f"{scl.source}"))
     return rows

@@ -34,6 +34,7 @@ import statistics
 import time
 from typing import Any
 
+from benchmarks import hw_model
 from benchmarks.common import Broker, Context, Row, proc_cpu_seconds
 from benchmarks.linkrig import LinkRig, link_rig
 
@@ -237,4 +238,34 @@ async def run(ctx: Context) -> list[Row]:
                     else "cores")
             rows.append(Row(FAMILY, f"{name} (CPU)" if unit == "cores" else name, unit, vals,
                             params))
+    return rows + modelled_rows(runs)
+
+
+def modelled_rows(runs: dict[tuple[Any, ...], list[float]]) -> list[Row]:
+    """Lines/s of 64-byte lines one way on the modelled hardware (benchmarks/hw_model.py).
+
+    Per run: the exchanges the bench needed per line and the bus bytes each
+    carried, both properties of the protocol, with each exchange's duration
+    from the model instead of the bench's."""
+    rows: list[Row] = []
+    for direction in ("up", "down"):
+        for mode in ("qos", "noqos"):
+            key = (400_000, direction, 64, mode)
+            lines = runs.get((*key, "lines/s"), [])
+            exch = runs.get((*key, "exchanges/s"), [])
+            ratio = runs.get((*key, "bus_bytes_per_payload_byte"), [])
+            for scl in (hw_model.SCL_NOMINAL_HZ, hw_model.SCL_SLOW_HZ):
+                vals = []
+                for lps, eps, bpb in zip(lines, exch, ratio, strict=False):
+                    if lps <= 0 or eps <= 0:
+                        continue
+                    per_exchange = bpb * 64 * lps / eps  # bus bytes per exchange
+                    vals.append(lps / eps * 1000 / hw_model.exchange_ms(per_exchange, scl.value))
+                rows.append(Row(
+                    FAMILY, "lines/s, modelled hardware", "lines/s", vals,
+                    {"dir": direction, "size": 64, "mode": mode,
+                     "scl_khz": int(scl.value) // 1000, "model": "hw_model"},
+                    target=">= 100",
+                    note=f"bench's exchanges per line and bus bytes per exchange, each exchange "
+                    f"timed by benchmarks/hw_model.py; SoftI2C rate: {scl.source}"))
     return rows

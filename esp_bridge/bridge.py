@@ -12,6 +12,11 @@
 # the Pyboard) is emptied only as fast as MQTT takes it; MQTT is read only
 # while the link's outgoing queue has room for down frames. The bridge holds
 # no end-to-end state: at most the messages in flight.
+#
+# No allocation failure stops it: a MemoryError leaves the chunk
+# unacknowledged (responder.py), the frame unpublished or the down frame
+# unqueued (retried here) or the MQTT packet unacknowledged (mqtt.py); each is
+# counted and the count goes out in the next 'R' report (PROTOCOL.md 2).
 from micropython import const
 import asyncio
 import gc
@@ -54,6 +59,7 @@ class Bridge:
         self.cfg = None
         self.tun = settings.defaults()
         self._gen = 0  # counts config changes
+        self._net_gen = -1  # the config _net last applied
         self._syncs = -1  # link.syncs when the last 'C' came
         self._ready = False  # connected, online published, subscribed
         self._up = b""
@@ -63,6 +69,7 @@ class Bridge:
         self._report_msg = None  # the last R message not yet published on MQTT
         self.connects = 0
         self.report_no = 0
+        self.mem_errors = 0  # MemoryErrors caught here (see mem_errors_total)
         self._first_wifi = True
         self._first_broker = True
         self._server_ok = False
@@ -74,6 +81,14 @@ class Bridge:
         self._oversize = 0
         self._crash: Exception | None = None
         self._stop = asyncio.Event()
+
+    def mem_errors_total(self) -> int:
+        """MemoryErrors caught since boot, in the bridge, the responder and MQTT."""
+        return self.mem_errors + self.resp.mem_errors + self.mq.mem_errors
+
+    def _oom(self) -> None:
+        self.mem_errors += 1
+        gc.collect()
 
     # ----- link messages to the Pyboard -----
 
@@ -149,7 +164,8 @@ class Bridge:
             elif time.ticks_diff(now, next_r) >= 0:
                 next_r = time.ticks_add(now, cfg[4] * 1000)
                 self.report_no += 1
-                msg = control.encode_report([self.connects, self.report_no, gc.mem_free()])
+                msg = control.encode_report(
+                    [self.connects, self.report_no, gc.mem_free(), self.mem_errors_total()])
                 self._ctl(msg)
                 self._report_msg = msg  # for the report topic too (_heartbeat publishes it)
             if self.mq.oversize != self._oversize:
@@ -171,6 +187,8 @@ class Bridge:
                     return
                 except OSError:
                     pass
+                except MemoryError:  # not published: tried again
+                    self._oom()
             await asyncio.sleep_ms(_TICK_MS)
 
     async def _uplink(self) -> None:
@@ -178,16 +196,25 @@ class Bridge:
         link = resp.link
         while True:
             m = await resp.get()
-            k = m[0]
-            if k == control.CONFIG:
-                self._on_config(m)
-            elif k == control.QOS or k == control.UNRELIABLE or k == control.ACK:
-                if self.cfg is None:
-                    self.diag("no config yet: frame dropped")
-                elif self._syncs == link.syncs:  # else: from before a resync, awaiting 'C'
-                    await self._publish(m, 1 if k == control.QOS else 0)
-            else:
-                self.diag("unknown link message kind %r dropped" % chr(k))
+            while True:  # a message taken is handled, however long memory is short
+                try:
+                    await self._up_message(m, link)
+                    break
+                except MemoryError:
+                    self._oom()
+                    await asyncio.sleep_ms(_TICK_MS)
+
+    async def _up_message(self, m, link) -> None:
+        k = m[0]
+        if k == control.CONFIG:
+            self._on_config(m)
+        elif k == control.QOS or k == control.UNRELIABLE or k == control.ACK:
+            if self.cfg is None:
+                self.diag("no config yet: frame dropped")
+            elif self._syncs == link.syncs:  # else: from before a resync, awaiting 'C'
+                await self._publish(m, 1 if k == control.QOS else 0)
+        else:
+            self.diag("unknown link message kind %r dropped" % chr(k))
 
     async def _downlink(self) -> None:
         resp = self.resp
@@ -202,7 +229,13 @@ class Bridge:
             if k == _H:
                 continue
             if k == control.QOS or k == control.UNRELIABLE or k == control.ACK:
-                await resp.put(msg, _DATA_TX)
+                while True:  # taken from MQTT: queued for the Pyboard, whatever it takes
+                    try:
+                        await resp.put(msg, _DATA_TX)
+                        break
+                    except MemoryError:
+                        self._oom()
+                        await asyncio.sleep_ms(_TICK_MS)
             else:
                 self.diag("malformed frame on down dropped")
 
@@ -242,11 +275,19 @@ class Bridge:
         wifi = self.wifi
         while self.cfg is None:
             await asyncio.sleep_ms(_TICK_MS)
-        delay = 0
-        gen = -1
+        # restarted by _guard after a MemoryError: reconnect, but keep the
+        # MQTT session (configure() would forget the QoS 1 messages in flight)
+        self._ready = False
+        if mq.isconnected():
+            mq.close("out of memory")
+        cfg = self.cfg
+        tun = self.tun
+        delay = tun["reconnect_min_ms"]
+        gen = self._net_gen
         while True:
             if gen != self._gen:
                 gen = self._gen
+                self._net_gen = gen
                 cfg = self.cfg
                 tun = self.tun
                 delay = tun["reconnect_min_ms"]
@@ -308,22 +349,27 @@ class Bridge:
     def _status_of(self, cfg) -> bytes:
         return Topics(cfg[9], cfg[0]).status.encode()
 
-    async def _guard(self, coro) -> None:
-        try:
-            await coro
-        except Exception as e:  # a bug: stop, main.py resets the ESP8266
-            sys.print_exception(e)
-            self._crash = e
-            self._stop.set()
+    async def _guard(self, task) -> None:
+        """Run task() for ever: restarted after a MemoryError (counted), which
+        its own loop did not absorb; any other exception is a bug: stop,
+        main.py resets the ESP8266."""
+        while True:
+            try:
+                await task()
+            except MemoryError:
+                self._oom()
+                await asyncio.sleep_ms(_TICK_MS)
+            except Exception as e:
+                sys.print_exception(e)
+                self._crash = e
+                self._stop.set()
+                return
 
     async def run(self) -> None:
         gc.collect()
-        asyncio.create_task(self._guard(self.resp.run()))
-        asyncio.create_task(self._guard(self._main_loop()))
-        asyncio.create_task(self._guard(self._uplink()))
-        asyncio.create_task(self._guard(self._downlink()))
-        asyncio.create_task(self._guard(self._heartbeat()))
-        asyncio.create_task(self._guard(self._net()))
+        for task in (self.resp.run, self._main_loop, self._uplink, self._downlink,
+                     self._heartbeat, self._net):
+            asyncio.create_task(self._guard(task))
         await self._stop.wait()
         raise RuntimeError("bridge task failed: %r" % (self._crash,))
 

@@ -12,6 +12,7 @@
 # bytearray; only the (topic, payload) bytes handed to the consumer are new.
 from micropython import const
 import asyncio
+import gc
 import time
 
 _CONNECT = const(0x10)
@@ -27,6 +28,8 @@ _DISCONNECT = const(0xE0)
 _ENOTCONN = const(107)
 _ETIMEDOUT = const(110)
 _ECONNRESET = const(104)
+_ENOMEM = const(12)
+_OOM_RETRY_MS = const(50)  # wait before retrying an allocation that failed
 
 TOPIC_MAX = const(128)  # longest topic sent or accepted
 MSG_MAX = const(1152)  # longest payload accepted (PROTOCOL.md MAX_MESSAGE)
@@ -206,6 +209,7 @@ class MQTTClient:
         self.on_block = _nothing  # called with True/False around a blocking DNS lookup
         self.why = ""  # why the last connection ended
         self.oversize = 0  # incoming messages dropped for size
+        self.mem_errors = 0  # MemoryErrors caught (nothing lost: see _write, _on_publish)
 
     def configure(
         self, client_id, user="", password="", keepalive_s=60, will=None, response_ms=10000,
@@ -441,6 +445,14 @@ class MQTTClient:
             self._wbusy = False
             self._fail("write: %s" % e)
             raise
+        except MemoryError:
+            # the stream could not buffer the rest: the packet is incomplete, so
+            # the connection must go; callers see the usual OSError (a QoS 1
+            # message is resent after the reconnect, a QoS 0 one was not sent)
+            self._wbusy = False
+            self.mem_errors += 1
+            self._fail("write: out of memory")
+            raise OSError(_ENOMEM)
         self._wbusy = False
         self._last_tx = time.ticks_ms()
 
@@ -504,6 +516,8 @@ class MQTTClient:
             await self._send_pub(slot, False)
         except OSError:
             pass  # accepted: it goes out again after the reconnect
+        except MemoryError:  # nothing was written: accepted, the retry timer resends it
+            self.mem_errors += 1
         return pid
 
     async def wait_acked(self) -> None:
@@ -574,8 +588,9 @@ class MQTTClient:
         except (MQTTError, ValueError, IndexError) as e:
             self._fail("malformed: %s" % e)
         except MemoryError:
-            # no room for a message: drop the connection; a QoS 1 message not
-            # yet acknowledged is redelivered after the reconnect
+            # an allocation failed outside the retried copy: drop the connection;
+            # a QoS 1 message not yet acknowledged is redelivered after the reconnect
+            self.mem_errors += 1
             self._fail("out of memory")
 
     async def _read_loop(self) -> None:
@@ -654,7 +669,21 @@ class MQTTClient:
         else:
             await self._readn(mv[hl : hl + pl])
             q = self._q
-            q[(self._qh + self._qn) % len(q)] = (bytes(mv[:tl]), bytes(mv[hl : hl + pl]), t & 1)
+            while True:
+                try:
+                    item = (bytes(mv[:tl]), bytes(mv[hl : hl + pl]), t & 1)
+                    break
+                except MemoryError:
+                    # the packet stays in _rbuf, unacknowledged and the socket
+                    # unread, until the copy fits (the keeper judges nothing meanwhile)
+                    self.mem_errors += 1
+                    self._paused = True
+                    gc.collect()
+                    await asyncio.sleep_ms(_OOM_RETRY_MS)
+            if self._paused:
+                self._paused = False
+                self._resume_timers()
+            q[(self._qh + self._qn) % len(q)] = item
             self._qn += 1
             self._q_ev.set()
         if qos:

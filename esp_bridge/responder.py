@@ -5,7 +5,9 @@
 # ThreadSafeFlag; the task below then carries out exactly four bus
 # transactions, feeds link_core's LinkEndpoint, raises ack, and lowers it
 # again once syn is low. A bus error (OSError from SoftI2C) aborts the
-# exchange without raising ack: the Initiator times out and retries.
+# exchange without raising ack: the Initiator times out and retries. A
+# MemoryError (no room for a completed message on a fragmented heap) leaves
+# that chunk unacknowledged: the exchange goes on, the Pyboard resends it.
 from micropython import const
 import asyncio
 
@@ -47,6 +49,8 @@ class Responder:
         ack.value(0)
         self.link = LinkEndpoint(RESPONDER, tx_queue, rx_queue)
         self._rx = bytearray(FRAME_MAX)
+        self._rxv = memoryview(self._rx)
+        self._rxh = self._rxv[:HEADER]
         self._tx = bytearray(FRAME_MAX)
         self._txv = memoryview(self._tx)
         self._hdr = self._txv[:HEADER]
@@ -60,6 +64,7 @@ class Responder:
         self._gone = 0  # messages that left the outgoing queue (sent or dropped)
         self.exchanges = 0
         self.bus_errors = 0
+        self.mem_errors = 0  # MemoryErrors caught in exchanges (the chunk is resent)
         syn.irq(handler=self._irq, trigger=syn.IRQ_RISING | syn.IRQ_FALLING)
 
     def _irq(self, _pin) -> None:
@@ -115,24 +120,33 @@ class Responder:
     # ----- the bus -----
 
     def exchange(self) -> bool:
-        """One exchange, steps 2.1 to 2.4 of PROTOCOL.md 1.2. False on a bus error."""
+        """One exchange, steps 2.1 to 2.4 of PROTOCOL.md 1.2. False on a bus error.
+
+        Reads into the preallocated frame buffer: no per-exchange allocation
+        beyond two memoryview slices."""
         i2c = self.i2c
         rx = self._rx
         link = self.link
         try:
-            h = i2c.readfrom_mem(ADDR, _MEM_IN, 4)
-            rx[0:4] = h
-            n = h[3]
+            i2c.readfrom_mem_into(ADDR, _MEM_IN, self._rxh)
+            n = rx[3]
             if n <= CHUNK_MAX:
-                rx[4 : n + 6] = i2c.readfrom_mem(ADDR, _MEM_IN + 4, n + 2)
-                link.on_frame(memoryview(rx)[: n + 6])
+                frame = self._rxv[: n + 6]
+                i2c.readfrom_mem_into(ADDR, _MEM_IN + 4, frame[4:])
             else:
-                link.on_frame(memoryview(rx)[:4])  # too long: corrupt, counted, ignored
+                frame = self._rxh  # too long: corrupt, counted, ignored
+            try:
+                link.on_frame(frame)
+            except MemoryError:
+                self.mem_errors += 1  # its chunk stays unacknowledged: resent
             ln = link.build_frame(self._tx)
             i2c.writeto_mem(ADDR, _MEM_OUT, self._hdr)
             i2c.writeto_mem(ADDR, _MEM_OUT + 4, self._txv[4:ln])
         except OSError:
             self.bus_errors += 1
+            return False
+        except MemoryError:  # a slice: no ack, the Initiator retries the exchange
+            self.mem_errors += 1
             return False
         self.exchanges += 1
         if link.rx_pending:

@@ -32,7 +32,7 @@ ACK = const(0x61)  # 'a'
 KEEPALIVE = const(0x4B)  # 'K' empty, every KEEPALIVE_MS
 SERVER_UP = const(0x55)  # 'U' empty, the server application is reachable
 SERVER_DOWN = const(0x44)  # 'D' empty, server, broker or WiFi unreachable
-REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free]
+REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free, mem_errors]
 BAD_WIFI = const(0x57)  # 'W' empty, first WiFi connection after boot failed
 BAD_BROKER = const(0x42)  # 'B' UTF-8 reason, first broker connection failed
 ERROR = const(0x45)  # 'E' UTF-8 diagnostic text
@@ -246,8 +246,10 @@ def decode_config(msg):
 
 
 def _check_report(rep):
-    if not isinstance(rep, (list, tuple)) or len(rep) != 3:
-        raise ValueError("report " + _show(rep) + " is not [connects, report_no, mem_free]")
+    if not isinstance(rep, (list, tuple)) or not 3 <= len(rep) <= 4:
+        raise ValueError(
+            "report " + _show(rep) + " is not [connects, report_no, mem_free(, mem_errors)]"
+        )
     for v in rep:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError("report " + _show(rep) + " entries must be ints >= 0")
@@ -255,12 +257,17 @@ def _check_report(rep):
 
 
 def encode_report(rep):
-    """The ``R`` link message for ``[connects, report_no, mem_free]`` (ints >= 0)."""
+    """The ``R`` link message for ``[connects, report_no, mem_free, mem_errors]`` (ints >= 0).
+
+    ``mem_errors``: MemoryErrors the bridge caught since boot (PROTOCOL.md 2);
+    a 3-entry report (a bridge older than that entry) is accepted too.
+    """
     return b"R" + dump_list(_check_report(rep))
 
 
 def decode_report(msg):
-    """``[connects, report_no, mem_free]`` from an ``R`` message (kind byte optional)."""
+    """``[connects, report_no, mem_free]`` or ``[..., mem_errors]`` from an ``R``
+    message (kind byte optional); ValueError when malformed."""
     return _check_report(_load_body(msg, REPORT, "report"))
 
 

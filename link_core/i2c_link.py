@@ -479,6 +479,9 @@ class LinkEndpoint:
         frame. A good frame's ack may complete the chunk being sent; its
         chunk is accepted if it is the next in sequence and the received
         queue has room; a completed message goes to ``pop_message``.
+        MemoryError (no room for a completed message) leaves that chunk
+        unaccepted: the next ``build_frame`` does not acknowledge it, the peer
+        sends it again; the rest of the frame (its ack) has been taken.
         """
         ln = check_frame(data)
         if ln < 0:
@@ -548,17 +551,18 @@ class LinkEndpoint:
             self.messages_out += 1
 
     def _accept(self, data, ln, seq, more):
-        # Build the finished message BEFORE committing the chunk: if the
-        # allocation fails (MemoryError on a fragmented ESP8266 heap) the chunk
-        # stays unacknowledged and the peer sends it again, so nothing is lost.
+        # Every allocation (the finished message, the queue's growth) comes
+        # BEFORE the chunk is committed: if one fails (MemoryError on a
+        # fragmented ESP8266 heap) the chunk stays unacknowledged and the peer
+        # sends it again, so nothing is lost. The caller counts the error.
         a = self._asm_len
         discard = self._discard or a + ln > MAX_MESSAGE
         if not discard:
             mv = data if isinstance(data, memoryview) else memoryview(data)
             self._asm[a : a + ln] = mv[HEADER : HEADER + ln]
-        msg = None
         if not more and not discard:
-            msg = bytes(memoryview(self._asm)[: a + ln])
+            self._rxq.append(bytes(memoryview(self._asm)[: a + ln]))
+            self.messages_in += 1
         self._last_acc = seq
         self.bytes_in += ln
         if more:
@@ -568,9 +572,6 @@ class LinkEndpoint:
             return
         if discard:
             self.too_long += 1
-        else:
-            self._rxq.append(msg)
-            self.messages_in += 1
         self._discard = False
         self._asm_len = 0
 

@@ -65,7 +65,8 @@ def parse_topic(root: str, topic: str | bytes) -> tuple[str, str] | None:
 
 
 def decode_report(payload: bytes) -> list[int]:
-    """[connects, report_no, mem_free] of an R report body; ValueError when malformed."""
+    """[connects, report_no, mem_free(, mem_errors)] of an R report body (PROTOCOL.md 2);
+    ValueError when malformed."""
     try:
         return [int(v) for v in _control.decode_report(payload)]
     except (TypeError, IndexError) as exc:

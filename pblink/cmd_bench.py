@@ -20,7 +20,7 @@ Nothing is asserted: targets are shown next to the figures.
 
 A full run takes about 12 minutes on a 2-core machine; --quick about 4.
 `--only soak --duration 1800 --devices 4` runs the chaos soak instead.
-Run it from a checkout: it uses the device code and tests/ next to it."""
+Run it from a checkout: it uses the device code next to it."""
 
 
 def register(subparsers: Any) -> None:

@@ -15,7 +15,7 @@ outside:
 - the last line each way (``q`` and ``u`` frames; a retransmitted ``q`` frame,
   same session and id, counts once, as a retransmission), lines per second
   over the last ``RATE_WINDOW_S`` seconds, acks and retransmissions seen;
-- the bridge's last ``R`` report ``[connects, report_no, mem_free]`` from
+- the bridge's last ``R`` report ``[connects, report_no, mem_free, mem_errors]`` from
   ``<root>/+/report`` (retained, PROTOCOL.md 4.1; only when the device's
   ``report_s`` > 0).
 
@@ -81,7 +81,7 @@ class DeviceRow:
     last_up: float | None = None  # last valid frame on up
     last_down: float | None = None  # last valid frame on down
     malformed: int = 0
-    report: list[int] | None = None  # [connects, report_no, mem_free]
+    report: list[int] | None = None  # [connects, report_no, mem_free(, mem_errors)]
     report_t: float | None = None  # when it arrived (a retained one: when we subscribed)
     up: Direction = field(default_factory=Direction)
     down: Direction = field(default_factory=Direction)

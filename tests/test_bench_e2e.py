@@ -317,8 +317,8 @@ async def test_pyb_i2c_slave_mode(tmp_path: Path) -> None:
 
 
 async def test_report_and_server_ok(tmp_path: Path) -> None:
-    """report() gets [connect_count, report_no, mem_free] every report_s; server_ok(True)
-    when the server app is reachable, server_ok(False) when it goes away."""
+    """report() gets [connect_count, report_no, mem_free, mem_errors] every report_s;
+    server_ok(True) when the server app is reachable, server_ok(False) when it goes away."""
     async with scenario(tmp_path, settings={"e2e_count": 3, "report_s": 1}) as sc:
         m1 = await sc.bench.wait_output(r"^E2E report (\[.*\])$", timeout=WAIT)
         mark = sc.bench.line_count
@@ -328,7 +328,8 @@ async def test_report_and_server_ok(tmp_path: Path) -> None:
         first, second = json.loads(m1.group(1)), json.loads(m2.group(1))
         assert first[0] == 1 and second[0] == 1  # one broker connection so far
         assert second[1] == first[1] + 1  # report numbers count up
-        assert all(isinstance(v, int) and v > 0 for v in second)
+        assert all(isinstance(v, int) and v > 0 for v in second[:3])
+        assert second[3] == 0  # no MemoryError caught on a healthy bridge
         await sc.bench.wait_output(r"^E2E server_ok True$", timeout=WAIT)
         await sc.app.stop()  # the server app goes away (clean exit)
         await sc.bench.wait_output(r"^E2E server_ok False$", timeout=WAIT, since=mark)

@@ -100,9 +100,11 @@ def test_esp_tiny(tmp_path: Path) -> None:
     names = {r["name"] for r in doc["rows"]}
     assert "frozen .mpy, total" in names
     assert "smallest -X heapsize that passes" in names
+    assert "traffic test failed" not in names  # every traffic run completed
     live = next(r for r in doc["rows"] if r["name"] == "unix heap live peak above import cost")
     series = list(live["series"].values())  # the heap over the traffic test, for the plot
     assert len(series) == 2 and len(series[1]) >= 1
+    assert "ESP8266 free heap (32-bit frozen)" in names
 
 
 @pytest.mark.slow

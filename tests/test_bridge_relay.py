@@ -17,124 +17,25 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from conftest import ROOT, TEST_TIMEOUT, BrokerProcess, free_port
-from test_bridge_support import ESP_BRIDGE, MpyProcess, compile_tree, make_hw_dir, mpy_env
+from conftest import BrokerProcess, free_port
+from test_bridge_support import compile_tree, make_hw_dir
 
-# Memory gate (docs/FIRMWARE.md "Memory budget"): the ESP8266 has a 38 KiB
-# MicroPython heap; the bridge may use ESP_BUDGET of it at run time (the rest
-# is slack for fragmentation and the REPL). The unix port is 64-bit, its
-# objects up to twice as large, and it holds in its heap what the ESP8266
-# keeps in flash: the bytecode of the frozen modules (and, here, the fake
-# hardware and the scripted Pyboard). So the test heap is
+from virtual_bench.bridge_rig import Server, config, import_cost, run_traffic, start_bridge
+
+# Memory gate (docs/FIRMWARE.md "Memory budget"), on the 64-bit unix port: the
+# bridge may use ESP_BUDGET of the ESP8266's 38 KiB heap at run time. The unix
+# port is 64-bit, its objects up to twice as large, and it holds in its heap
+# what the ESP8266 keeps in flash: the bytecode of the frozen modules (and,
+# here, the fake hardware and the scripted Pyboard). So the test heap is
 #     N = C_unix + 2 x ESP_BUDGET
-# with C_unix measured: the heap in use after importing everything.
+# with C_unix measured: the heap in use after importing everything. The figure
+# that counts for the device is the 32-bit one: tests/test_bridge_heap32.py.
 ESP_BUDGET = 24 * 1024
-IMPORTS = "import asyncio, machine, network, esp, sim_pyboard, bridge, wifi, mqtt, responder"
-
-FAST = {
-    "keepalive_ms": 500,
-    "wifi_connect_ms": 1000,
-    "wifi_stable_ms": 200,
-    "reconnect_min_ms": 200,
-    "reconnect_max_ms": 1000,
-    "mqtt_keepalive_s": 4,
-    "mqtt_response_ms": 1500,
-}
-
-
-def config(port: int, conn_id: str = "dev1", timeout_ms: int = 1500, report_s: int = 0,
-           user: str = "", password: str = "", tuning: dict | None = None,
-           host: str = "127.0.0.1") -> list:
-    return [conn_id, port, host, timeout_ms, report_s, "ssid", "wifi-pw", user, password,
-            "pblink", False, FAST if tuning is None else tuning]
-
-
-def import_cost(micropython_bin: str, mpy_dir: Path) -> int:
-    """Bytes of heap in use once every module of the test run is imported."""
-    code = (f"import gc, sys\nsys.path.insert(0, '.frozen')\n{IMPORTS}\n"
-            "gc.collect()\nprint(gc.mem_alloc())")
-    r = subprocess.run([micropython_bin, "-c", code], env=mpy_env(mpy_dir, frozen=False),
-                       capture_output=True, text=True, timeout=TEST_TIMEOUT)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return int(r.stdout.split()[-1])
-
-
-def start_bridge(micropython_bin: str, tmp_path: Path, cfg: list, up: int = 0,
-                 heapsize: str | None = None, mpy_dir: Path | None = None,
-                 **env: str) -> MpyProcess:
-    """main.py as the bench starts it; with mpy_dir, from precompiled modules."""
-    hw = make_hw_dir(tmp_path)
-    argv = [micropython_bin] + (["-X", f"heapsize={heapsize}"] if heapsize else [])
-    argv.append(str((mpy_dir or ESP_BRIDGE) / "main.py"))
-    path = (mpy_dir,) if mpy_dir else (hw, ESP_BRIDGE, ROOT)
-    e = mpy_env(*path, frozen=False, PBLINK_SIM_PYBOARD="1",
-                PBLINK_SIM_CONFIG=json.dumps(cfg), PBLINK_SIM_UP=str(up), **env)
-    return MpyProcess(argv, e)
-
-
-class Server:
-    """The server application's side, reduced to what the bridge needs."""
-
-    def __init__(self, port: int, conn_id: str = "dev1", root: str = "pblink") -> None:
-        self.base = f"{root}/{conn_id}"
-        self.answer = True  # answer 'h' with 'h'
-        self.up: list[bytes] = []
-        self.status: list[tuple[bytes, bool]] = []
-        self.reports: list[tuple[bytes, bool]] = []  # <root>/<id>/report: (payload, retained)
-        self._cv = threading.Condition()
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"srv-{free_port()}")
-        self.c.on_message = self._on_message
-        self.c.on_connect = self._on_connect
-        self.c.reconnect_delay_set(0.1, 0.5)
-        self._subscribed = threading.Event()
-        self.c.on_subscribe = lambda *a: self._subscribed.set()
-        self.c.connect("127.0.0.1", port, keepalive=5)
-        self.c.loop_start()
-        assert self._subscribed.wait(TEST_TIMEOUT)
-
-    def _on_connect(self, c: paho.Client, *_a: object) -> None:
-        c.subscribe([(f"{self.base}/up", 1), (f"{self.base}/status", 1),
-                     (f"{self.base}/report", 0)])
-
-    def _on_message(self, c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
-        with self._cv:
-            if msg.topic.endswith("/status"):
-                self.status.append((msg.payload, bool(msg.retain)))
-            elif msg.topic.endswith("/report"):
-                self.reports.append((msg.payload, bool(msg.retain)))
-            elif msg.payload == b"h":
-                if self.answer:
-                    c.publish(f"{self.base}/down", b"h", qos=0)
-            else:
-                self.up.append(msg.payload)
-            self._cv.notify_all()
-
-    def wait(self, pred, timeout: float = TEST_TIMEOUT, what: str = "",
-             proc: MpyProcess | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while not pred():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    tail = "" if proc is None else "\noutput:\n" + proc.output()
-                    raise AssertionError(f"timed out waiting for {what}; status={self.status[-5:]} "
-                                         f"up={len(self.up)}{tail}")
-                self._cv.wait(left)
-
-    def send(self, frame: bytes, qos: int) -> paho.MQTTMessageInfo:
-        return self.c.publish(f"{self.base}/down", frame, qos=qos)
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 @pytest.fixture
@@ -151,80 +52,30 @@ def server_factory() -> Iterator:
         s.close()
 
 
-def _indices(frames: list[bytes]) -> list[int]:
-    out = []
-    for f in frames:
-        line = f.rsplit(b"|", 1)[1]
-        out.append(int(line.split()[1]))
-    return out
-
-
 @pytest.mark.slow
 def test_relay_1000_each_way_and_broker_restart_within_heap(
         micropython_bin: str, mpy_cross_bin: str, tmp_path: Path,
-        mosquitto_broker: BrokerProcess, server_factory) -> None:
+        mosquitto_broker: BrokerProcess) -> None:
     """Memory gate: connect, 1,000 frames up, 1,000 down, a broker restart."""
     n = 1000
-    broker = mosquitto_broker
     mpy_dir = compile_tree(mpy_cross_bin, make_hw_dir(tmp_path), tmp_path / "mpy")
     cost = import_cost(micropython_bin, mpy_dir)
     heap = os.environ.get("PBLINK_BRIDGE_HEAPSIZE") or str(cost + 2 * ESP_BUDGET)
-    srv = server_factory(broker.port)
-    with start_bridge(micropython_bin, tmp_path, config(broker.port, report_s=1), up=n,
-                      heapsize=heap, mpy_dir=mpy_dir) as p:
-        p.wait_for("PB SYNCED")
-        p.wait_for("PB U")  # the server answered 'h': reachable
-        assert srv.status[-1][0] == b"online"
-        srv.wait(lambda: len(srv.up) >= n, timeout=60, what="1000 frames up", proc=p)
-        assert sorted(_indices(srv.up)) == list(range(1, n + 1))
-        assert _indices(srv.up) == list(range(1, n + 1))  # in order
-        long = [f for f in srv.up if len(f) > 1000]
-        assert len(long) == n // 50  # the 1,000-byte lines crossed in 9 chunks each
-        # down: 1,000 frames, q at QoS 1 and u at QoS 0, paced by what arrived
-        sent = 0
-        done = 0
-        while sent < n:
-            batch = min(100, n - sent)
-            for i in range(sent, sent + batch):
-                if i % 2:
-                    srv.send(f"q|5e55f00d|{i}|{i}|down {i}".encode(), 1)
-                else:
-                    srv.send(f"u|5e55f00d|down {i}".encode(), 1)
-            sent += batch
-            if sent - done > 300:
-                done = int(p.wait_for("PB DOWN", timeout=30).split()[2])
-        line = p.wait_for(f"PB DOWN {n}", timeout=60)
-        assert line == f"PB DOWN {n}"
-        # broker restart: the bridge notices, says D, reconnects, says U again
-        online_before = sum(m == b"online" for m, _ in srv.status)
-        broker.restart()
-        p.wait_for("PB D", timeout=30)
-        p.wait_for("PB U", timeout=30)
-        srv.wait(lambda: sum(m == b"online" for m, _ in srv.status) > online_before,
-                 what="status online again")
-        p.wait_for("PB R [2,", timeout=30)  # reports count the second connection
-        # finish: the scripted Pyboard prints its figures and exits
-        deadline = time.monotonic() + 30
-        while p.proc.poll() is None and time.monotonic() < deadline:
-            srv.send(b"u|5e55f00d|END", 1)
-            time.sleep(0.3)
-        done_line = p.wait_for("PB DONE")
-        assert p.wait() == 0, p.output()
-        reports = [x for x in p.lines if x.startswith("PB R ")]
-    figures = dict(kv.split("=") for kv in done_line.split()[2:])
+    res = run_traffic(micropython_bin, tmp_path, mosquitto_broker.port, mosquitto_broker.restart,
+                      n=n, heapsize=heap, mpy_dir=mpy_dir)
+    lines = res["lines"]
     if os.environ.get("PBLINK_SIM_MEMLOG"):  # manual profiling aid
-        print("\n".join(x for x in p.lines if x.startswith("PB MEM")))
-    live = int(figures["live_peak"])
+        print("\n".join(x for x in lines if x.startswith("PB MEM")))
+    live = res["live_peak"]
     print(f"\n[bridge memory] import cost C_unix = {cost} B; heap N = {heap} B")
-    print(f"[bridge memory] micropython -X heapsize={heap} esp_bridge/main.py: {done_line}")
+    print(f"[bridge memory] micropython -X heapsize={heap} esp_bridge/main.py: {res['done_line']}")
     print(f"[bridge memory] run-time live peak above C_unix: {live - cost} B (64-bit)")
-    print(f"[bridge memory] last report [connects, report_no, mem_free]: {reports[-1]}")
-    mem_info = [x for x in p.lines if x.startswith(("stack:", "GC:", "No. of", "max"))]
+    print(f"[bridge memory] last report [connects, report_no, mem_free]: {res['reports'][-1]}")
+    mem_info = [x for x in lines if x.startswith(("stack:", "GC:", "No. of", "max"))]
     print("[bridge memory] micropython.mem_info() at the end: " + " | ".join(mem_info))
-    assert int(figures["up"]) == n and int(figures["down"]) >= n
-    connects = json.loads(reports[-1][5:])[0]
-    assert connects >= 2  # the reconnect after the restart
-    assert "Traceback" not in p.output()
+    assert res["up"] == n and res["down"] >= n
+    assert res["reports"][-1][0] >= 2  # the reconnect after the restart
+    assert live > cost  # the figures are the scripted Pyboard's real samples
 
 
 def test_status_retained_and_will_on_crash(micropython_bin: str, tmp_path: Path,
@@ -243,14 +94,15 @@ def test_status_retained_and_will_on_crash(micropython_bin: str, tmp_path: Path,
 def test_reports_published_retained_on_the_report_topic(
         micropython_bin: str, tmp_path: Path, any_broker: BrokerProcess, server_factory) -> None:
     """PROTOCOL.md 4.1: each R report also goes to <root>/<id>/report, retained, so a
-    reader (pblink monitor) sees [connects, report_no, mem_free] without the Pyboard."""
+    reader (pblink monitor) sees [connects, report_no, mem_free, mem_errors] without the
+    Pyboard."""
     srv = server_factory(any_broker.port)
     with start_bridge(micropython_bin, tmp_path, config(any_broker.port, report_s=1)) as p:
         p.wait_for("PB U")
         line = p.wait_for("PB R ", timeout=10)
         srv.wait(lambda: len(srv.reports) >= 2, what="two reports on MQTT")
         first = json.loads(srv.reports[0][0])
-        assert len(first) == 3 and first[0] >= 1 and first[2] > 0
+        assert len(first) == 4 and first[0] >= 1 and first[2] > 0 and first[3] >= 0
         numbers = [json.loads(m)[1] for m, _r in srv.reports]
         assert numbers == sorted(numbers) and json.loads(line[5:])[1] in numbers
         late = server_factory(any_broker.port)  # a new subscriber gets the latest, retained

@@ -55,10 +55,10 @@ def test_vectors_cpython():
     check_output(proc)
 
 
-def test_vectors_micropython():
+def test_vectors_micropython(micropython_bin):
     env = dict(os.environ, MICROPYPATH=f"{ROOT}:{VECTORS}")
     proc = subprocess.run(
-        [tool("micropython"), str(SCRIPT), str(DATA)],
+        [micropython_bin, str(SCRIPT), str(DATA)],
         capture_output=True,
         text=True,
         env=env,
@@ -70,7 +70,7 @@ def test_vectors_micropython():
     assert int(out.split("ALL ")[1].split()[0]) > n
 
 
-def test_core_fits_a_small_heap(tmp_path):
+def test_core_fits_a_small_heap(tmp_path, micropython_bin):
     """link_core, precompiled as on the boards, runs a link + e2e workload in a 64 KB heap.
 
     (The unix port is 64-bit: its objects are up to twice an ESP8266's.)
@@ -85,7 +85,7 @@ def test_core_fits_a_small_heap(tmp_path):
         )
     env = dict(os.environ, MICROPYPATH=str(tmp_path))
     proc = subprocess.run(
-        [tool("micropython"), "-X", "heapsize=64k", str(VECTORS / "core_workload.py")],
+        [micropython_bin, "-X", "heapsize=64k", str(VECTORS / "core_workload.py")],
         capture_output=True,
         text=True,
         env=env,

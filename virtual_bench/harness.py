@@ -71,8 +71,22 @@ STAT_IDLE, STAT_CONNECTING, STAT_WRONG_PASSWORD, STAT_NO_AP_FOUND, STAT_GOT_IP =
 ENODEV, EIO, ETIMEDOUT = 19, 5, 110
 
 
+MICROPYTHON_ENV = "PBLINK_MICROPYTHON"
+
+
 def micropython_binary() -> str:
-    """The unix-port `micropython` next to this Python, else on PATH."""
+    """The unix-port `micropython` every board process, test and benchmark starts.
+
+    ``$PBLINK_MICROPYTHON`` when set (e.g. the 32-bit build of
+    ``virtual_bench.micropython32``: ``PBLINK_MICROPYTHON=... python3 dev.py test``),
+    else the one next to this Python (the PyPI unix port dev.py installs), else
+    on PATH. FileNotFoundError when there is none or the variable names no file.
+    """
+    env = os.environ.get(MICROPYTHON_ENV)
+    if env:
+        if not Path(env).is_file():
+            raise FileNotFoundError(f"{MICROPYTHON_ENV}={env}: no such file")
+        return env
     candidate = Path(sys.executable).parent / "micropython"
     if candidate.exists():
         return str(candidate)

@@ -11,7 +11,7 @@ see virtual_bench/harness.py) and keeps, per device, on the harness clock
   ``a`` ack coming back, so its round trip (line on the Pyboard's bus -> its
   end-to-end ack on the same bus); ``u`` lines as points;
 - the ``U``/``D`` state the Pyboard was told (bus messages ``U``, ``D``), ``R``
-  reports ``[connects, report_no, mem_free]``, and each sync (the ``C`` config
+  reports ``[connects, report_no, mem_free, mem_errors]``, and each sync (the ``C`` config
   the Pyboard sends after every sync, PROTOCOL.md 1.6 step 4);
 - the device's online state as the server app judged it (its log line
   ``device <conn_id> is online|offline``, server_apps/link_server.py);

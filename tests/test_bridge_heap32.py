@@ -1,0 +1,74 @@
+"""The bridge's ESP8266 heap, measured as the device runs it (docs/FIRMWARE.md "Memory budget").
+
+The traffic test (1,000 frames each way, every 50th a 1,000-byte line, and a
+Mosquitto restart) runs under a 32-bit MicroPython with esp_bridge/manifest.py
+frozen in, at the heap that gives the bridge the ESP8266's room
+(virtual_bench/esp_heap.py states the rule). It fails when the bridge's
+ESP8266 footprint (boot state + asyncio + module objects + run-time peak) grows
+past ESP_USED_BUDGET, or when anything is lost or a traceback is printed.
+
+The 32-bit build needs this machine's builder (virtual_bench/micropython32.py);
+where there is none the test is skipped with that reason, except in CI (CI=true),
+where .ci/run installs gcc-multilib and the test must run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI, BrokerProcess
+
+from virtual_bench import esp_heap, micropython32
+
+# The bridge's footprint on the ESP8266 may not grow past this (bytes of the
+# 38,016-byte GC heap): measured 24,432 to 24,640, runs vary by a few hundred
+# bytes; docs/FIRMWARE.md "Memory budget" gives the figures.
+ESP_USED_BUDGET = 25_600
+
+
+@pytest.fixture(scope="session")
+def micropython32_frozen() -> str:
+    if micropython32.builder() is None:
+        msg = ("no 32-bit MicroPython builder (../shared/micropython32/build.sh or "
+               f"${micropython32.BUILD_ENV}): the ESP8266 heap test needs it")
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return str(micropython32.build(micropython32.MANIFEST))
+
+
+def test_frozen_build_is_32_bit_with_the_bridge_in_rom(micropython32_frozen: str,
+                                                       tmp_path: Path) -> None:
+    import subprocess
+
+    code = ("import sys, gc; sys.path.insert(0, '.frozen'); import bridge, wifi;"
+            "print(sys.maxsize, bridge.__file__, gc.mem_alloc() + gc.mem_free())")
+    r = subprocess.run([micropython32_frozen, "-X", "heapsize=38912", "-c", code], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=30,
+                       env={"MICROPYPATH": ".frozen"})
+    assert r.returncode == 0, r.stderr
+    maxsize, path, total = r.stdout.split()
+    assert int(maxsize) == 2**31 - 1
+    assert path == "bridge.py"  # frozen: no folder, the bytecode is in the binary
+    assert int(total) == esp_heap.ESP_GC_TOTAL  # the ESP8266's GC heap layout
+
+
+@pytest.mark.slow
+@pytest.mark.mosquitto
+def test_bridge_heap_on_32_bit_frozen_within_budget(
+        micropython32_frozen: str, mpy_cross_bin: str, tmp_path: Path,
+        mosquitto_broker: BrokerProcess) -> None:
+    m = esp_heap.measure(micropython32_frozen, mpy_cross_bin, tmp_path, mosquitto_broker.port,
+                         mosquitto_broker.restart)
+    imp, run, esp = m["imports"], m["run"], m["esp"]
+    print(f"\n[esp heap] 32-bit frozen, -X heapsize={m['heapsize']}: {run['done_line']}")
+    print(f"[esp heap] imports (B): {imp}")
+    print(f"[esp heap] scripted Pyboard: fixed {run['own_fixed']} B, peak {run['own_peak']} B")
+    print(f"[esp heap] ESP8266 estimate (B): {esp}")
+    print(f"[esp heap] mem_info at the end: {' | '.join(run['mem_info'])}")
+    assert run["own_peak"] <= esp_heap.SIM_ALLOW, "the scripted Pyboard outgrew its allowance"
+    assert run["reports"][-1][0] >= 2  # the reconnect after the broker restart
+    assert esp["run_time"] > 0 and esp["modules"] > 0
+    assert esp["used"] <= ESP_USED_BUDGET, (
+        f"the bridge uses {esp['used']} B of the ESP8266's heap, budget {ESP_USED_BUDGET} B: {esp}")

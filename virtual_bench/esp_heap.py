@@ -1,0 +1,98 @@
+"""The ESP8266 bridge's heap, measured on the 32-bit MicroPython with the bridge frozen in.
+
+Method (docs/FIRMWARE.md "Memory budget"): the 32-bit unix build of
+``virtual_bench.micropython32`` has the ESP8266's object sizes and heap layout,
+and with esp_bridge/manifest.py frozen in, the bridge's bytecode is out of the
+heap as on the device. The traffic test of ``virtual_bench.bridge_rig`` runs in
+it. What the test adds that an ESP8266 does not have is measured and taken
+out: the fakes' module objects and bytecode (``machine``, ``network``, ``esp``,
+``sim_pyboard``, loaded from .mpy), and the scripted Pyboard's run-time data
+(its Initiator, config and queued lines, which it sums itself at every sample).
+What the ESP8266 has and the unix port has not is added: its state after boot
+(``ESP_BOOT``). So::
+
+    used on the ESP8266 = ESP_BOOT + asyncio + module objects + run-time peak
+    free                = ESP_GC_TOTAL - used
+
+The heap of the run corresponds to the ESP8266's: ``-X heapsize`` whose GC
+total is ESP_GC_TOTAL - ESP_BOOT + (the unix interpreter's own state + the
+fakes + SIM_ALLOW), so the bridge has the room it has on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from virtual_bench import bridge_rig
+from virtual_bench.micropython32 import ESP_HEAPSIZE
+
+# GC total of the ESP8266's 38 KiB heap (the allocation table takes the rest):
+# micropython.mem_info() on the board, and on the 32-bit build with -X heapsize=38912.
+ESP_GC_TOTAL = 38_016
+# The ESP8266 port's heap in use after boot before main.py (interpreter state,
+# flashbdev, the littlefs mount): about 1,600 bytes, measured on an ESP8266
+# (issue 11's table); the unix port's own state is measured and taken out instead.
+ESP_BOOT = 1_600
+# The scripted Pyboard's run-time data the heap of the run allows for: its fixed
+# part (Initiator buffers, config, locals) plus its queue of 4 lines, at most one
+# of 1,000 bytes (every 50th). The test checks the sampled figure stays below it.
+SIM_ALLOW = 4_096
+TARGET_FREE = 26 * 1024  # the original pb_link's ESP8266 free heap (issue 11)
+# asyncio loads its submodules (event, lock, funcs, stream) on first use of
+# these names: counted as asyncio, not as the bridge's run-time data
+ASYNCIO = ("import asyncio\n"
+           "asyncio.Event, asyncio.Lock, asyncio.ThreadSafeFlag, asyncio.open_connection, "
+           "asyncio.wait_for_ms")
+
+
+def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
+    """Heap of each part once imported, bytes: ``interpreter`` (the unix port's own
+    state), ``asyncio`` (with the submodules the bridge loads), ``modules`` (the
+    frozen bridge's and link_core's module
+    objects), ``fakes`` (fake hardware and scripted Pyboard, bytecode included),
+    ``all`` (everything the traffic test imports)."""
+    def at(imports: str) -> int:
+        return bridge_rig.heap_after(micropython_bin, fakes_dir, imports)
+
+    base = at("pass")
+    a = at(ASYNCIO)
+    b = at(f"{ASYNCIO}\nimport {bridge_rig.BRIDGE}")
+    every = at(f"{ASYNCIO}\n{bridge_rig.IMPORTS}")
+    return {"interpreter": base, "asyncio": a - base, "modules": b - a, "fakes": every - b,
+            "all": every}
+
+
+def run_heapsize(imports: dict[str, int]) -> int:
+    """The ``-X heapsize`` that gives the bridge the ESP8266's room (module doc)."""
+    gc_total = ESP_GC_TOTAL - ESP_BOOT + imports["interpreter"] + imports["fakes"] + SIM_ALLOW
+    return gc_total * ESP_HEAPSIZE // ESP_GC_TOTAL + 16
+
+
+def esp_figures(imports: dict[str, int], run: dict[str, Any]) -> dict[str, int]:
+    """The ESP8266 estimate from ``breakdown_imports`` and a ``run_traffic`` result.
+
+    Bytes: ``boot``, ``asyncio``, ``modules``, ``run_time`` (the bridge's live
+    peak above everything imported), ``used``, ``free``, ``gc_total``."""
+    run_time = run["bridge_peak"] - imports["all"]
+    used = ESP_BOOT + imports["asyncio"] + imports["modules"] + run_time
+    return {"boot": ESP_BOOT, "asyncio": imports["asyncio"], "modules": imports["modules"],
+            "run_time": run_time, "used": used, "free": ESP_GC_TOTAL - used,
+            "gc_total": ESP_GC_TOTAL}
+
+
+def measure(micropython32: str, mpy_cross_bin: str, work: Path, port: int,
+            restart_broker: Any, n: int = 1000, heapsize: int | None = None) -> dict[str, Any]:
+    """Build nothing, run everything: the imports, the traffic test at the
+    ESP-equivalent heap (or ``heapsize``), the estimate. Returns {"imports",
+    "heapsize", "run" (run_traffic's result without its lines), "esp"}.
+    AssertionError from the traffic test propagates."""
+    fakes_dir = bridge_rig.compile_fakes(mpy_cross_bin, bridge_rig.make_hw_dir(work),
+                                         work / "fakes-mpy")
+    imports = breakdown_imports(micropython32, fakes_dir)
+    heap = heapsize or run_heapsize(imports)
+    run = bridge_rig.run_traffic(micropython32, work, port, restart_broker, n=n, heapsize=heap,
+                                 mpy_dir=fakes_dir, frozen_bridge=True)
+    lines = run.pop("lines")
+    run["mem_info"] = [x for x in lines if x.startswith(("GC:", "No. of", "max"))]
+    return {"imports": imports, "heapsize": heap, "run": run, "esp": esp_figures(imports, run)}

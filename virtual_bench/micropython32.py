@@ -1,0 +1,95 @@
+"""A 32-bit MicroPython unix port with the ESP8266 bridge frozen in, built once and cached.
+
+The ESP8266 runs a 32-bit MicroPython with the bridge frozen into flash: its
+objects are half the size of the 64-bit unix port's and its bytecode is not in
+the heap. A 32-bit unix build of the same MicroPython with esp_bridge/manifest.py
+frozen in has the same object sizes and the same heap layout (``-X
+heapsize=38912`` gives the ESP8266's GC total of 38,016 bytes), so heap figures
+measured with it carry over to the device (docs/FIRMWARE.md "Memory budget").
+
+The build script is a development tool, not part of this project: the source of
+the MicroPython version of the PyPI unix port and ``build.sh OUT [MANIFEST]``
+(needs ``gcc-multilib``). It is looked up in ``$PBLINK_MICROPYTHON32_BUILD``,
+else in ``../shared/micropython32/build.sh`` next to the checkout (the project's
+development machines). Where neither exists ``builder()`` returns None and the
+callers skip with that reason.
+
+Binaries are cached under ``$PBLINK_CACHE`` (default ``~/.cache/pblink``),
+keyed by a hash of the build script and of every file the manifest freezes:
+a change to the bridge rebuilds it (about a minute on 2 cores), anything else
+reuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "esp_bridge" / "manifest.py"
+BUILD_ENV = "PBLINK_MICROPYTHON32_BUILD"
+# The ESP8266 port's MicroPython heap: heap[38 * 1024] in ports/esp8266/main.c.
+ESP_HEAPSIZE = 38 * 1024
+
+
+def builder() -> Path | None:
+    """The build script, or None when this machine has none (see the module doc)."""
+    env = os.environ.get(BUILD_ENV)
+    if env:
+        return Path(env)
+    default = ROOT.parent / "shared" / "micropython32" / "build.sh"
+    return default if default.exists() else None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PBLINK_CACHE") or Path.home() / ".cache" / "pblink") / "mp32"
+
+
+def _frozen_sources(manifest: Path) -> list[Path]:
+    """Every file that changes what the manifest freezes: the esp_bridge and link_core sources."""
+    return sorted(manifest.parent.glob("*.py")) + sorted((ROOT / "link_core").glob("*.py"))
+
+
+def _key(script: Path, manifest: Path | None) -> str:
+    h = hashlib.sha256(script.read_bytes())
+    if manifest is not None:
+        for f in [manifest, *_frozen_sources(manifest)]:
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build(manifest: Path | None = MANIFEST) -> Path:
+    """Path of the 32-bit ``micropython`` binary with ``manifest`` frozen (None: plain).
+
+    Builds it on first use (about 1 minute) under ``cache_dir()``; concurrent
+    callers wait for one build. Raises FileNotFoundError when there is no
+    builder, RuntimeError with the build's output when it fails (for example
+    ``apt-get install gcc-multilib`` is missing).
+    """
+    script = builder()
+    if script is None or not script.exists():
+        raise FileNotFoundError(f"no 32-bit MicroPython builder ({BUILD_ENV} or "
+                                "../shared/micropython32/build.sh)")
+    tag = ("frozen-" if manifest else "plain-") + _key(script, manifest)
+    out = cache_dir() / tag / "micropython"
+    if out.exists():
+        return out
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():  # built while we waited
+            return out
+        env = dict(os.environ, WORK=str(cache_dir() / "work"))
+        argv = ["bash", str(script), str(out) + ".tmp"] + ([str(manifest)] if manifest else [])
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+        if r.returncode != 0:
+            with contextlib.suppress(OSError):
+                os.unlink(str(out) + ".tmp")
+            raise RuntimeError(f"32-bit MicroPython build failed ({' '.join(argv)}):\n"
+                               + (r.stdout + r.stderr)[-3000:])
+        os.replace(str(out) + ".tmp", out)
+    return out
