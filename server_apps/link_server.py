@@ -89,7 +89,6 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
@@ -162,12 +161,6 @@ class _Signal:
         await self._event.wait()
 
 
-@dataclass
-class _Liveness:
-    online: bool = False
-    last_heard: int = 0
-
-
 class Connection:
     """The server end of one device's link. Get one with ``LinkServer.connection()``."""
 
@@ -190,7 +183,7 @@ class Connection:
         self._lines: collections.deque[str] = collections.deque(unread)  # readable
         self._held: list[str] = []  # delivered, waiting for their batch to be on disk
         self._parked: collections.deque[_core.Frame] = collections.deque()
-        self._live = _Liveness()
+        self._live = _core.device_watch(server.timeout_ms)  # PROTOCOL.md 4.4
         self._changed = _Signal()
         self._write_lock = asyncio.Lock()
         self.stats: dict[str, int] = collections.defaultdict(int)
@@ -263,18 +256,14 @@ class Connection:
         server = self._server
         server._check_open()
         async with self._write_lock:
+            await self._wait_until(
+                lambda: _core.may_write(self._reachable(), self._sender, qos, wait)
+            )
             if qos:
-                await self._wait_until(
-                    lambda: self._reachable()
-                    and bool(self._sender.can_send())
-                    and (not wait or bool(self._sender.idle()))
-                )
-                frame = self._sender.send(text, now_ms())
-                server._publish(self.down_topic, frame, 1)
+                server._publish(self.down_topic, self._sender.send(text, now_ms()))
                 self.stats["tx_qos"] += 1
             else:
-                await self._wait_until(self._reachable)
-                server._publish(self.down_topic, self._sender.unreliable(text), 0)
+                server._publish(self.down_topic, self._sender.unreliable(text))
                 self.stats["tx_unreliable"] += 1
 
     async def drain(self) -> None:
@@ -354,7 +343,7 @@ class LinkServer:
         self._store = StateStore(state_path, fsync=fsync) if state_path is not None else None
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
-        self._unclaimed: collections.OrderedDict[str, _Liveness] = collections.OrderedDict()
+        self._unclaimed: collections.OrderedDict[str, _core.DeviceWatch] = collections.OrderedDict()
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -520,7 +509,7 @@ class LinkServer:
         live = self._unclaimed.pop(conn_id, None)
         if live is not None:
             conn._live = live
-            self._check_silence(conn_id, live, now_ms())
+            live.silent(now_ms())
         self._conns[conn_id] = conn
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
@@ -707,11 +696,10 @@ class LinkServer:
             log.warning(
                 "lost MQTT broker %s (%s); reconnecting with backoff", self.broker, reason_code
             )
-        now = now_ms()
-        for conn_id, conn in self._conns.items():
-            self._set_online(conn_id, conn, False, now)
+        for conn in self._conns.values():
+            self._online_changed(conn, conn._live.lost())
         for live in self._unclaimed.values():
-            live.online = False
+            live.lost()
         self._wake_all()
 
     def _wake_all(self) -> None:
@@ -746,12 +734,9 @@ class LinkServer:
             log.warning("%s: ignored status payload %r", conn_id, payload[:40])
             return
         if conn is None:
-            live = self._unclaimed_liveness(conn_id)
-            live.online = online
-            live.last_heard = now
+            self._unclaimed_liveness(conn_id).status(online, now)
         else:
-            conn._live.last_heard = now
-            self._set_online(conn_id, conn, online, now)
+            self._online_changed(conn, conn._live.status(online, now))
 
     def _on_up(self, conn: Connection, payload: bytes, now: int) -> None:
         try:
@@ -761,11 +746,10 @@ class LinkServer:
             conn.stats["malformed"] += 1
             log.warning("%s: dropped malformed frame %r: %s", conn.up_topic, payload[:80], exc)
             return
-        conn._live.last_heard = now
-        self._set_online(conn.conn_id, conn, True, now)
+        self._online_changed(conn, conn._live.heard(now))
         kind = frame[0]
         if kind == _core.KIND_HEARTBEAT:
-            self._publish(conn.down_topic, _core.HEARTBEAT, 0)
+            self._publish(conn.down_topic, _core.HEARTBEAT)
             conn.stats["heartbeats"] += 1
         elif kind == _core.KIND_ACK:
             if self._sender_ack(conn, frame):
@@ -799,7 +783,7 @@ class LinkServer:
                 conn._lines.extend(lines)
                 conn._changed.fire()
             if ack is not None:
-                self._publish(conn.down_topic, ack, 0)
+                self._publish(conn.down_topic, ack)
             return
         conn._held.extend(lines)
         if ack is not None:
@@ -816,10 +800,10 @@ class LinkServer:
 
     # -- liveness --------------------------------------------------------------
 
-    def _unclaimed_liveness(self, conn_id: str) -> _Liveness:
+    def _unclaimed_liveness(self, conn_id: str) -> _core.DeviceWatch:
         live = self._unclaimed.get(conn_id)
         if live is None:
-            live = self._unclaimed[conn_id] = _Liveness()
+            live = self._unclaimed[conn_id] = _core.device_watch(self.timeout_ms)
             if len(self._unclaimed) > UNCLAIMED_LIMIT:
                 self._unclaimed.popitem(last=False)
         else:
@@ -827,30 +811,22 @@ class LinkServer:
         return live
 
     def _heard_unclaimed(self, conn_id: str, now: int) -> None:
-        live = self._unclaimed_liveness(conn_id)
-        live.online = True
-        live.last_heard = now
+        self._unclaimed_liveness(conn_id).heard(now)
 
-    def _set_online(self, conn_id: str, conn: Connection, online: bool, now: int) -> None:
-        if conn._live.online == online:
+    def _online_changed(self, conn: Connection, changed: bool) -> None:
+        """Act on a change of ``conn``'s DeviceWatch: log, resend all when back, wake."""
+        if not changed:
             return
-        conn._live.online = online
-        log.info("device %s is %s", conn_id, "online" if online else "offline")
+        online = conn._live.online
+        log.info("device %s is %s", conn.conn_id, "online" if online else "offline")
         if online and self._broker_up:
             self._resend_all(conn)
         conn._changed.fire()
 
-    def _check_silence(self, conn_id: str, live: _Liveness, now: int) -> bool:
-        """True when ``live`` has been silent too long (and marks it offline)."""
-        if live.online and _core.ticks_diff(now, live.last_heard) > 2 * self.timeout_ms:
-            live.online = False
-            return True
-        return False
-
     def _resend_all(self, conn: Connection) -> None:
         frames = conn._sender.resend_all(now_ms())
         for frame in frames:
-            self._publish(conn.down_topic, frame, 1)
+            self._publish(conn.down_topic, frame)
         if frames:
             conn.stats["resent"] += len(frames)
             log.debug("%s: resent %d frame(s)", conn.conn_id, len(frames))
@@ -862,34 +838,33 @@ class LinkServer:
             await asyncio.sleep(period)
             now = now_ms()
             for conn_id, conn in self._conns.items():
-                if conn._live.online and (
-                    _core.ticks_diff(now, conn._live.last_heard) > 2 * self.timeout_ms
-                ):
+                if conn._live.silent(now):
                     log.info("%s: silent for %d ms", conn_id, 2 * self.timeout_ms)
-                    self._set_online(conn_id, conn, False, now)
-                peer_up = conn._live.online and self._broker_up
+                    self._online_changed(conn, True)
+                peer_up = conn._reachable()
                 frames = conn._sender.due(now, peer_up)
                 if peer_up:
                     for frame in frames:
-                        self._publish(conn.down_topic, frame, 1)
+                        self._publish(conn.down_topic, frame)
                     if frames:
                         conn.stats["retransmitted"] += len(frames)
-            for conn_id, live in self._unclaimed.items():
-                self._check_silence(conn_id, live, now)
+            for live in self._unclaimed.values():
+                live.silent(now)
 
     # -- output ----------------------------------------------------------------
 
-    def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+    def _publish(self, topic: str, payload: bytes) -> None:
+        """Publish an end-to-end frame at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
-        info = client.publish(topic, payload, qos=qos)
+        info = client.publish(topic, payload, qos=_core.qos_of(payload))
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
 
     def _flush_acks(self, acks: list[tuple[str, bytes]]) -> None:
         for topic, ack in acks:
-            self._publish(topic, ack, 0)
+            self._publish(topic, ack)
         acks.clear()
 
     # -- durable state ---------------------------------------------------------

@@ -85,7 +85,8 @@ class Server:
 
     def __init__(self, port: int, conn_id: str = "dev1", root: str = "pblink") -> None:
         self.base = f"{root}/{conn_id}"
-        self.answer = True  # answer 'h' with 'h'
+        self.answer = True  # answer 'h' with self.reply
+        self.reply = b"h"
         self.up: list[bytes] = []
         self.status: list[tuple[bytes, bool]] = []
         self._cv = threading.Condition()
@@ -108,7 +109,7 @@ class Server:
                 self.status.append((msg.payload, bool(msg.retain)))
             elif msg.payload == b"h":
                 if self.answer:
-                    c.publish(f"{self.base}/down", b"h", qos=0)
+                    c.publish(f"{self.base}/down", self.reply, qos=0)
             else:
                 self.up.append(msg.payload)
             self._cv.notify_all()
@@ -251,6 +252,38 @@ def test_server_liveness_gives_u_and_d(micropython_bin: str, tmp_path: Path,
         p.wait_for("PB D", timeout=5)  # silent for timeout_ms
         srv.answer = True
         p.wait_for("PB U")
+
+
+def test_only_an_exact_heartbeat_counts_as_the_server(
+        micropython_bin: str, tmp_path: Path, any_broker: BrokerProcess, server_factory) -> None:
+    """PROTOCOL.md 4.4: 'hello' on down is no heartbeat: an E diagnostic, and still D."""
+    srv = server_factory(any_broker.port)
+    srv.reply = b"hello"
+    with start_bridge(micropython_bin, tmp_path, config(any_broker.port, timeout_ms=800)) as p:
+        p.wait_for("PB D")
+        line = p.wait_for("PB E malformed frame on down dropped", timeout=10)
+        assert "hello" in line, line
+        time.sleep(1.0)
+        assert "PB U" not in p.lines  # the server's 'hello' answers prove nothing
+        srv.reply = b"h\n"  # as mosquitto_pub -s sends it: a heartbeat
+        p.wait_for("PB U")
+
+
+def test_unanswered_device_gets_a_diagnostic(
+        micropython_bin: str, tmp_path: Path, any_broker: BrokerProcess, server_factory) -> None:
+    """PROTOCOL.md 4.4: nothing on down within 2 x timeout_ms of the connection: E names causes."""
+    srv = server_factory(any_broker.port)
+    srv.answer = False  # no server application serves this conn_id
+    with start_bridge(micropython_bin, tmp_path, config(any_broker.port, timeout_ms=800)) as p:
+        p.wait_for("PB D")
+        # 2 x timeout_ms after the broker connection, plus slack for a loaded machine
+        line = p.wait_for("PB E no server application answers conn_id dev1", timeout=8)
+        for cause in ("pblink server --ids", "topic root", "ACL"):
+            assert cause in line, line
+        time.sleep(1.0)
+        told = [x for x in p.lines if x.startswith("PB E no server application")]
+        assert len(told) == 1, told  # once per connection
+        assert "PB U" not in p.lines
 
 
 def test_wifi_outage_gives_d_then_u(micropython_bin: str, tmp_path: Path,

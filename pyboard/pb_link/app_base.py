@@ -22,6 +22,7 @@ from micropython import const
 from link_core import control, frames
 from link_core.endpoint import Receiver, Sender
 from link_core.i2c_link import INITIATOR, LinkEndpoint, PollPolicy
+from link_core.liveness import may_write
 from link_core.names import check_conn_id, line_bytes
 from pb_link.ports import make_port
 
@@ -139,11 +140,7 @@ class AppBase:
         async with self._wlock:
             while True:
                 self._check_open()
-                if (
-                    self._up
-                    and ep.tx_pending < _LINK_TXQ - _ACK_ROOM
-                    and (not qos or (tx.can_send() and (not wait or tx.idle())))
-                ):
+                if ep.tx_pending < _LINK_TXQ - _ACK_ROOM and may_write(self._up, tx, qos, wait):
                     break
                 self._wevt.clear()
                 await self._wevt.wait()
