@@ -68,6 +68,19 @@ writes the sender state too and marks the file clean; claiming a conn_id
 writes its entry without sender state first, so after a crash it starts a new
 sender session. Without ``state_path`` acks go out at once.
 
+One identity, one process (PROTOCOL.md 4.3)
+-------------------------------------------
+Two processes must not share an MQTT client id (the broker would keep kicking
+one off for the other) nor a state file (one would overwrite the other's
+entries with an older copy). So ``start()`` first takes an exclusive lock on
+the state file (:class:`StateLockedError` if another process holds it), then
+asks, with a short-lived probe connection, whether a process is already
+connected as this client id: a running LinkServer answers on
+``<root>/.servers/<client_id>/holder`` every probe on ``.../probe`` (``.``
+never appears in a conn_id, so no device's topics are touched). An answer
+within ``identity_probe_s`` (default 0.5 s; 0 skips the probe) raises
+:class:`ServerIdentityError`. Both messages name the option to change.
+
 Errors
 ------
 ``__aenter__`` raises :class:`LinkAuthError` when the broker refuses the
@@ -84,6 +97,8 @@ import collections
 import contextlib
 import logging
 import os
+import re
+import secrets
 import socket
 import ssl
 import threading
@@ -113,6 +128,11 @@ UNCLAIMED_LIMIT: Final = 4096
 # CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
 _AUTH_CODES: Final = frozenset({0x86, 0x87, 0x8A, 0x8C})
 _SESSION_EXPIRY_S: Final = 0xFFFFFFFF
+_SESSION_TAKEN_OVER: Final = 0x8E  # MQTT 5 DISCONNECT reason; 3.1.1 just closes the socket
+IDENTITY_HINT: Final = (
+    ": give each server process its own client id (pblink server --client-id NAME, "
+    "LinkServer(client_id=...)); its state file follows the client id"
+)
 
 
 class LinkClosedError(ConnectionError):
@@ -134,6 +154,11 @@ class LinkRefusedError(ConnectionError):
 
 class LinkAuthError(LinkRefusedError):
     """The broker refused the credentials (bad user name or password, not authorised)."""
+
+
+class ServerIdentityError(ConnectionError):
+    """Another running process is connected to the broker as this server's client id."""
+
 
 
 def now_ms() -> int:
@@ -318,6 +343,7 @@ class LinkServer:
         connect_timeout: float = 10.0,
         commit_delay_ms: int = 2,
         fsync: bool = True,
+        identity_probe_s: float = 0.5,
     ) -> None:
         _core.check_root(root)
         if timeout_ms < 20:
@@ -336,6 +362,15 @@ class LinkServer:
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.protocol = protocol
+        self.identity_probe_s = identity_probe_s
+        self._token = secrets.token_hex(4)  # this process's answer to identity probes
+        level = client_id if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", client_id) else (
+            client_id.encode().hex()[:128] or "-"
+        )
+        self._probe_topic = f"{root}/.servers/{level}/probe"
+        self._holder_topic = f"{root}/.servers/{level}/holder"
+        self._quick_drops = 0  # broker connections lost soon after they came up
+        self._up_since = 0.0
         self._username = username
         self._password = password
         self._tls = tls
@@ -395,6 +430,12 @@ class LinkServer:
             raise RuntimeError("a LinkServer can be started only once")
         self._started = True
         self._loop = asyncio.get_running_loop()
+        try:
+            await self._claim_identity()
+        except BaseException:
+            if self._store is not None:
+                self._store.unlock()
+            raise
         if self._store is not None:
             self._state = await asyncio.to_thread(self._store.load)
             log.info(
@@ -412,6 +453,8 @@ class LinkServer:
         except BaseException:
             self._closed = True
             await self._stop_client(wait=False)
+            if self._store is not None:
+                self._store.unlock()
             raise
         self._tasks = [asyncio.create_task(self._ticker(), name="pblink-server-ticker")]
         if self._store is not None:
@@ -436,6 +479,8 @@ class LinkServer:
         self._broker_up = False
         self._wake_all()
         await self._stop_client()
+        if self._store is not None:
+            self._store.unlock()
         log.info("link server %s closed", self.client_id)
 
     async def abort(self) -> None:
@@ -465,6 +510,8 @@ class LinkServer:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
             await asyncio.to_thread(client.loop_stop)
+        if self._store is not None:
+            self._store.unlock()
         log.warning("link server %s aborted", self.client_id)
 
     def _check_open(self) -> None:
@@ -534,12 +581,7 @@ class LinkServer:
                 clean_session=False,
                 protocol=MQTTv311,
             )
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        if self._tls is True:
-            client.tls_set_context(ssl.create_default_context())
-        elif isinstance(self._tls, ssl.SSLContext):
-            client.tls_set_context(self._tls)
+        self._secure(client)
         client.reconnect_delay_set(1, 30)
         client.max_inflight_messages_set(100)
         client.connect_timeout = self.connect_timeout
@@ -548,6 +590,63 @@ class LinkServer:
         client.on_disconnect = self._paho_on_disconnect
         client.on_message = self._paho_on_message
         return client
+
+    def _secure(self, client: mqtt.Client) -> None:
+        """Credentials and TLS, as given to the constructor."""
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        if self._tls is True:
+            client.tls_set_context(ssl.create_default_context())
+        elif isinstance(self._tls, ssl.SSLContext):
+            client.tls_set_context(self._tls)
+
+    async def _claim_identity(self) -> None:
+        """Lock the state file, then make sure no other process is connected as our client id."""
+        if self._store is not None:
+            await asyncio.to_thread(self._store.lock, IDENTITY_HINT)
+        if self.identity_probe_s > 0 and await asyncio.to_thread(self._identity_taken):
+            raise ServerIdentityError(
+                f"another server process is connected to MQTT broker {self.broker} as client id "
+                f"{self.client_id!r}{IDENTITY_HINT}"
+            )
+
+    def _identity_taken(self) -> bool:
+        """Blocking: does a running LinkServer answer a probe for our client id?
+
+        Any failure of the probe connection counts as "no": the real
+        connection then reports what is wrong (refusal, unreachable).
+        """
+        answered = threading.Event()
+        ready = threading.Event()
+        probe = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"pblink.probe-{secrets.token_hex(4)}",
+            clean_session=True,
+            protocol=MQTTv311,
+        )
+        self._secure(probe)
+        probe.on_connect = lambda c, *a: c.subscribe(self._holder_topic, 0)
+        probe.on_subscribe = lambda *a: ready.set()
+        def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            # Checked: amqtt also hands a new subscriber retained messages of other topics.
+            if msg.topic == self._holder_topic and not msg.retain:
+                answered.set()
+
+        probe.on_message = on_message
+        try:
+            probe.connect(self.host, self.port, 30)
+        except (OSError, ValueError):
+            return False
+        probe.loop_start()
+        try:
+            if not ready.wait(self.connect_timeout):
+                return False
+            probe.publish(self._probe_topic, self._token, qos=0)
+            return answered.wait(self.identity_probe_s)
+        finally:
+            with contextlib.suppress(Exception):
+                probe.disconnect()
+            probe.loop_stop()
 
     async def _connect(self) -> None:
         assert self._loop is not None
@@ -613,9 +712,11 @@ class LinkServer:
         properties: Properties | None,
     ) -> None:
         if not reason_code.is_failure:
-            client.subscribe(
-                [(_core.wildcard(self.root, "up"), 1), (_core.wildcard(self.root, "status"), 1)]
-            )
+            client.subscribe([
+                (_core.wildcard(self.root, "up"), 1),
+                (_core.wildcard(self.root, "status"), 1),
+                (self._probe_topic, 0),  # QoS 0: a probe is never queued for us
+            ])
         self._to_loop(("connect", reason_code))
 
     def _paho_on_disconnect(
@@ -633,6 +734,10 @@ class LinkServer:
             topic = msg.topic
         except UnicodeDecodeError:
             log.warning("dropped a message on a topic that is not UTF-8")
+            return
+        if topic == self._probe_topic:  # another process asks who holds our client id
+            if msg.payload != self._token.encode():
+                client.publish(self._holder_topic, self._token, qos=0)
             return
         while len(self._inbox) >= INBOX_LIMIT and not self._closing:
             time.sleep(0.002)  # the loop is behind: stop reading, TCP pushes back
@@ -679,6 +784,7 @@ class LinkServer:
         if not first:
             log.info("reconnected to MQTT broker %s", self.broker)
         self._broker_up = True
+        self._up_since = time.monotonic()
         self._wake_all()
 
     def _on_disconnect(self, reason_code: ReasonCode) -> None:
@@ -693,8 +799,17 @@ class LinkServer:
         was_up = self._broker_up
         self._broker_up = False
         if was_up and not self._closing:
+            quick = time.monotonic() - self._up_since < 5.0
+            self._quick_drops = self._quick_drops + 1 if quick else 0
+            hint = ""
+            if reason_code.value == _SESSION_TAKEN_OVER or self._quick_drops >= 2:
+                hint = (
+                    f"; another client may be connected as client id {self.client_id!r} "
+                    "(the broker keeps one connection per client id)" + IDENTITY_HINT
+                )
             log.warning(
-                "lost MQTT broker %s (%s); reconnecting with backoff", self.broker, reason_code
+                "lost MQTT broker %s (%s); reconnecting with backoff%s",
+                self.broker, reason_code, hint,
             )
         for conn in self._conns.values():
             self._online_changed(conn, conn._live.lost())
