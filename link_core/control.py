@@ -192,8 +192,9 @@ def check_config(cfg):
     given. Rules: conn_id per ``names.check_conn_id``; port 1..65535; host
     1..253 bytes; timeout_ms 1..3600000; report_s 0..86400; ssid 0..32
     bytes; wifi_password 0..64 bytes; mqtt_user and mqtt_password 0..256
-    bytes; topic_root per ``names.check_root``; tls a bool; tuning a dict
-    with str keys (its keys and values are the bridge's business).
+    bytes, mqtt_password only with mqtt_user (MQTT-3.1.2-22); topic_root
+    per ``names.check_root``; tls a bool; tuning a dict with str keys (its
+    keys and values are the bridge's business).
     ``ValueError`` naming the field otherwise.
     """
     if not isinstance(cfg, (list, tuple)) or not CONFIG_REQUIRED <= len(cfg) <= 12:
@@ -212,6 +213,9 @@ def check_config(cfg):
     _str_max("wifi_password", c[6], 64)
     _str_max("mqtt_user", c[7], 256)
     _str_max("mqtt_password", c[8], 256)
+    if c[8] and not c[7]:  # MQTT-3.1.2-22: brokers close the connection
+        raise ValueError("config mqtt_password is set but mqtt_user is empty: MQTT 3.1.1 sends a "
+                         "password only with a user name")
     check_root(c[9])
     if not isinstance(c[10], bool):
         raise ValueError("config tls " + _show(c[10]) + " is not a bool")
