@@ -133,13 +133,15 @@ class Bridge:
             watch = self.watch
             ok = self._ready and watch.reachable(now)
             self._server_ok = ok
-            if watch.unanswered(now):
-                self.diag(
+            if watch.unanswered(now):  # 'D' with the reason: server_ok(False) on the Pyboard
+                why = (
                     "no server application answers conn_id %s under %s/ on %s:%d within %d ms: "
                     "none serves this conn_id (pblink server --ids), another topic root or broker, "
                     "or the broker's ACL drops this device's frames (user %r)"
                     % (cfg[0], cfg[9], cfg[2], cfg[1], 2 * cfg[3], cfg[7])
                 )
+                print("bridge:", why)
+                self._ctl(control.encode_text(control.SERVER_DOWN, why))
             if (1 if ok else 0) != self._told and self._syncs == link.syncs:
                 if self._ctl(control.MSG_SERVER_UP if ok else control.MSG_SERVER_DOWN):
                     self._told = 1 if ok else 0

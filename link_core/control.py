@@ -31,7 +31,7 @@ ACK = const(0x61)  # 'a'
 # ESP8266 -> Pyboard
 KEEPALIVE = const(0x4B)  # 'K' empty, every KEEPALIVE_MS
 SERVER_UP = const(0x55)  # 'U' empty, the server application is reachable
-SERVER_DOWN = const(0x44)  # 'D' empty, server, broker or WiFi unreachable
+SERVER_DOWN = const(0x44)  # 'D' server, broker or WiFi unreachable; optional UTF-8 reason
 REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free]
 BAD_WIFI = const(0x57)  # 'W' empty, first WiFi connection after boot failed
 BAD_BROKER = const(0x42)  # 'B' UTF-8 reason, first broker connection failed
@@ -272,12 +272,13 @@ def decode_report(msg):
 
 
 def encode_text(kind, text):
-    """A ``B`` or ``E`` message: kind byte + UTF-8 text, cut to fit MAX_MESSAGE.
+    """A ``B``, ``E`` or reasoned ``D`` message: kind byte + UTF-8 text, cut to fit MAX_MESSAGE.
 
     The cut never splits a character.
     """
-    if kind != BAD_BROKER and kind != ERROR:
-        raise ValueError("kind " + _show(kind) + " is not BAD_BROKER ('B') or ERROR ('E')")
+    if kind != BAD_BROKER and kind != ERROR and kind != SERVER_DOWN:
+        raise ValueError("kind " + _show(kind) + " is not BAD_BROKER ('B'), ERROR ('E') or "
+                         "SERVER_DOWN ('D')")
     if not isinstance(text, str):
         raise ValueError("text " + _show(text) + " is not a str")
     data = text.encode("utf-8")
@@ -290,7 +291,7 @@ def encode_text(kind, text):
 
 
 def decode_text(msg):
-    """The UTF-8 text of a ``B`` or ``E`` message (``ValueError`` if not UTF-8)."""
+    """The UTF-8 text of a ``B``, ``E`` or ``D`` message (``ValueError`` if not UTF-8)."""
     data = bytes(msg)[1:]
     if not utf8_valid(data):
         raise ValueError("message " + _show(bytes(msg)) + " is not valid UTF-8")

@@ -322,6 +322,11 @@ class LinkServer:
     an ``ssl.SSLContext``. ``protocol``: ``MQTTv311`` (default) or ``MQTTv5``.
     ``queue_size``: unread lines held per conn_id before the server stops
     acknowledging. ``connect_timeout``: seconds for the first connection.
+    ``identity_probe_s``: how long ``start()`` waits for another process
+    holding ``client_id`` to answer (0: no probe; see "One identity, one
+    process"). ``serve_hint``: how the application would serve a conn_id, in
+    the warning logged once per conn_id that talks but is not served
+    (``{conn_id}`` is replaced by it).
     """
 
     def __init__(
@@ -344,6 +349,7 @@ class LinkServer:
         commit_delay_ms: int = 2,
         fsync: bool = True,
         identity_probe_s: float = 0.5,
+        serve_hint: str = "ask for it with LinkServer.connection()",
     ) -> None:
         _core.check_root(root)
         if timeout_ms < 20:
@@ -363,6 +369,8 @@ class LinkServer:
         self.connect_timeout = connect_timeout
         self.protocol = protocol
         self.identity_probe_s = identity_probe_s
+        self.serve_hint = serve_hint  # how to serve a conn_id, for the "not served" log
+        self._told_unserved: set[str] = set()
         self._token = secrets.token_hex(4)  # this process's answer to identity probes
         level = client_id if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", client_id) else (
             client_id.encode().hex()[:128] or "-"
@@ -836,6 +844,7 @@ class LinkServer:
         elif leaf == "up":
             if conn is None:
                 self._heard_unclaimed(conn_id, now)
+                self._unserved(conn_id)
                 self.stats["unclaimed"] += 1
                 return
             self._on_up(conn, payload, now)
@@ -850,6 +859,8 @@ class LinkServer:
             return
         if conn is None:
             self._unclaimed_liveness(conn_id).status(online, now)
+            if online:
+                self._unserved(conn_id)
         else:
             self._online_changed(conn, conn._live.status(online, now))
 
@@ -924,6 +935,17 @@ class LinkServer:
         else:
             self._unclaimed.move_to_end(conn_id)
         return live
+
+    def _unserved(self, conn_id: str) -> None:
+        """Log, once per conn_id, a device this server hears but does not serve."""
+        if conn_id in self._told_unserved or len(self._told_unserved) >= UNCLAIMED_LIMIT:
+            return
+        self._told_unserved.add(conn_id)
+        log.warning(
+            "device %s is online under %s/ but this server does not serve it (its frames get "
+            "no answer and the device reports the server down): %s, unless another server "
+            "process serves it", conn_id, self.root, self.serve_hint.format(conn_id=conn_id),
+        )
 
     def _heard_unclaimed(self, conn_id: str, now: int) -> None:
         self._unclaimed_liveness(conn_id).heard(now)

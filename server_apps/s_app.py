@@ -113,6 +113,7 @@ async def serve(
         tls=tls,
         timeout_ms=timeout_ms,
         state_path=state_path,
+        serve_hint="serve it with `pblink server --ids ... {conn_id}`",
     ) as server:
         conns = [await server.connection(conn_id) for conn_id in ids]
         log.info(

@@ -329,9 +329,9 @@ async def main():
             elif c == 0x55:  # U
                 ok_ = True
                 print("PB U")
-            elif c == 0x44:  # D
+            elif c == 0x44:  # D, with the bridge's reason when it has one
                 ok_ = False
-                print("PB D")
+                print("PB D" + (" " + m[1:].decode() if len(m) > 1 else ""))
             elif c in b"RWBE":
                 print("PB %s %s" % (chr(c), m[1:].decode()))
             else:
