@@ -262,8 +262,16 @@ class Bridge:
             try:
                 await mq.connect(cfg[2], cfg[1], cfg[10])
                 await mq.publish(self._status, ONLINE, liveness.QOS_STATUS, True)
+                # Up from here: with a persistent session the broker may send a
+                # backlog on down before the SUBACK, which then waits behind it
+                # (for as long as the link takes to drain it); meanwhile the
+                # Pyboard's acks and the heartbeats must go out.
+                self.watch.connected(time.ticks_ms())  # server unknown yet: 'h' at once
+                self._ready = True
                 await mq.subscribe(self._down, 1)
             except (OSError, MQTTError) as e:
+                self._ready = False
+                self.watch.disconnected()
                 mq.close()
                 why = _reason(e)
                 if self._first_broker:
@@ -276,8 +284,6 @@ class Bridge:
             self._first_broker = False
             self.connects += 1
             delay = tun["reconnect_min_ms"]
-            self.watch.connected(time.ticks_ms())  # server unknown yet: 'h' at once
-            self._ready = True
             while mq.isconnected() and wifi.isconnected() and gen == self._gen:
                 await asyncio.sleep_ms(_TICK_MS * 2)
             self._ready = False

@@ -568,13 +568,12 @@ class MQTTClient:
         while self._sub_rc < 0:
             if not self._up:
                 raise OSError(_ENOTCONN)
-            left = self.response_ms - time.ticks_diff(time.ticks_ms(), t0)
-            if left <= 0:
+            if self._overdue(t0, time.ticks_ms()):
                 self._fail("no SUBACK")
                 raise OSError(_ETIMEDOUT)
             self._ev.clear()
             try:
-                await asyncio.wait_for_ms(self._ev.wait(), left)
+                await asyncio.wait_for_ms(self._ev.wait(), self._tick_ms())
             except asyncio.TimeoutError:
                 pass
         self._sub_pid = -1
@@ -699,6 +698,22 @@ class MQTTClient:
 
     # ----- timers: keepalive, dead broker, QoS 1 retries -----
 
+    def _tick_ms(self) -> int:
+        return min(self.response_ms // 4, 500)
+
+    def _overdue(self, since: int, now: int) -> bool:
+        """A response asked for at `since` is late: the broker is deemed dead.
+
+        Only when response_ms have passed since the request AND since the last
+        byte read, and the reader is not paused. A broker may queue a response
+        (SUBACK, PUBACK, PINGRESP) behind a backlog of PUBLISHes that this
+        client reads only as fast as the I2C link drains them: while bytes
+        keep coming, or while we hold the socket unread, it is alive."""
+        if self._paused:
+            return False
+        rt = self.response_ms
+        return time.ticks_diff(now, since) > rt and time.ticks_diff(now, self._last_rx) > rt
+
     def _resume_timers(self) -> None:
         # nothing could be read while paused: restart the response clocks
         now = time.ticks_ms()
@@ -710,7 +725,7 @@ class MQTTClient:
 
     async def _keeper(self) -> None:
         ping = self.keepalive_s * 250  # ping after keepalive/4 of silence
-        tick = min(self.response_ms // 4, 500)
+        tick = self._tick_ms()
         b = bytearray(2)
         b[0] = _PINGREQ
         try:
@@ -728,7 +743,7 @@ class MQTTClient:
                         await self._send(b)
                     continue
                 if self._pinging:
-                    if time.ticks_diff(now, self._ping_ms) > self.response_ms:
+                    if self._overdue(self._ping_ms, now):
                         self._fail("no PINGRESP")
                         return
                 elif ping and (
@@ -739,7 +754,7 @@ class MQTTClient:
                     self._ping_ms = now
                     await self._send(b)
                 for i in range(len(self._f_pid)):
-                    if self._f_pid[i] and time.ticks_diff(now, self._f_ms[i]) >= self.response_ms:
+                    if self._f_pid[i] and self._overdue(self._f_ms[i], now):
                         if self._f_try[i] >= self._retries:
                             self._fail("no PUBACK")
                             return

@@ -27,6 +27,7 @@ import paho.mqtt.client as paho
 import pytest
 from conftest import ROOT, TEST_TIMEOUT, BrokerProcess, free_port
 from test_bridge_support import ESP_BRIDGE, MpyProcess, compile_tree, make_hw_dir, mpy_env
+from test_broker_mosquitto import shipped_mosquitto  # noqa: F401  (fixture)
 
 # Memory gate (docs/FIRMWARE.md "Memory budget"): the ESP8266 has a 38 KiB
 # MicroPython heap; the bridge may use ESP_BUDGET of it at run time (the rest
@@ -83,7 +84,8 @@ def start_bridge(micropython_bin: str, tmp_path: Path, cfg: list, up: int = 0,
 class Server:
     """The server application's side, reduced to what the bridge needs."""
 
-    def __init__(self, port: int, conn_id: str = "dev1", root: str = "pblink") -> None:
+    def __init__(self, port: int, conn_id: str = "dev1", root: str = "pblink",
+                 user: str | None = None, password: str | None = None) -> None:
         self.base = f"{root}/{conn_id}"
         self.answer = True  # answer 'h' with self.reply
         self.reply = b"h"
@@ -93,6 +95,8 @@ class Server:
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"srv-{free_port()}")
         self.c.on_message = self._on_message
         self.c.on_connect = self._on_connect
+        if user is not None:
+            self.c.username_pw_set(user, password)
         self.c.reconnect_delay_set(0.1, 0.5)
         self._subscribed = threading.Event()
         self.c.on_subscribe = lambda *a: self._subscribed.set()
@@ -284,6 +288,66 @@ def test_unanswered_device_gets_a_diagnostic(
         told = [x for x in p.lines if x.startswith("PB D no server application")]
         assert len(told) == 1, told  # once per connection
         assert "PB U" not in p.lines
+
+
+BACKLOG = 300  # frames queued for the device during the outage (issue 9 part 3)
+BACKLOG_SIZE = 900  # bytes each
+
+
+@pytest.fixture(params=["amqtt", "mosquitto", "shipped mosquitto"])
+def backlog_broker(request: pytest.FixtureRequest) -> tuple[BrokerProcess, dict, dict]:
+    """(broker, server credentials, device credentials as config() keywords)."""
+    if request.param == "shipped mosquitto":  # max_inflight_messages 1000: all at once
+        from test_broker_mosquitto import USERS
+        broker = request.getfixturevalue("shipped_mosquitto")
+        return (broker, {"user": "pblink.server", "password": USERS["pblink.server"]},
+                {"user": "dev1", "password": USERS["dev1"]})
+    name = "amqtt_broker" if request.param == "amqtt" else "mosquitto_broker"
+    return request.getfixturevalue(name), {}, {}
+
+
+@pytest.mark.slow
+def test_backlog_after_an_outage_drains_in_order_without_a_reconnect(
+        micropython_bin: str, tmp_path: Path, backlog_broker: tuple[BrokerProcess, dict, dict],
+        server_factory) -> None:
+    """A broker delivering a backlog faster than the link drains it is not a dead broker.
+
+    WiFi cut, 300 q frames of 900 bytes published on down (QoS 1, queued by the
+    broker for the bridge's persistent session), WiFi back: the bridge stays
+    connected (its mqtt_response_ms is 1.5 s here, far less than the drain
+    time) and hands every frame to the Pyboard, in order.
+    """
+    any_broker, srv_login, dev_login = backlog_broker
+    srv = server_factory(any_broker.port, **srv_login)
+    flag = tmp_path / "wifi-down"
+    with start_bridge(micropython_bin, tmp_path, config(any_broker.port, **dev_login),
+                      PBLINK_FAKE_WIFI_DOWN=str(flag)) as p:
+        p.wait_for("PB U")
+        flag.write_text("")
+        p.wait_for("PB D", timeout=5)
+        time.sleep(0.5)  # the broker has noticed the closed socket
+        infos = []
+        for i in range(1, BACKLOG + 1):
+            head = f"q|0badcafe|{i}|{i}|bl {i} "
+            infos.append(srv.send((head + "x" * (BACKLOG_SIZE - len(head))).encode(), 1))
+        for info in infos:
+            info.wait_for_publish(TEST_TIMEOUT)
+        mark = len(p.lines)
+        t0 = time.monotonic()
+        flag.unlink()
+        p.wait_for(f"PB BL {BACKLOG}", timeout=120)
+        drain_s = time.monotonic() - t0
+        after = p.lines[mark:]
+        assert not [x for x in after if x.startswith("PB BL GAP")], after
+        lost = [x for x in after if "broker connection lost" in x or x.startswith("PB E broker")]
+        assert not lost, f"the bridge dropped the connection during the backlog: {lost}"
+        # the server counts as reachable from the first frame on: U, and no D while draining
+        told = [x for x in after if x in ("PB U", "PB D")]
+        shown = [x for x in after if x[:4] != "PB K"]
+        assert told and told[0] == "PB U" and "PB D" not in told, shown
+    which = any_broker.name + (" (shipped config)" if dev_login else "")
+    print(f"\n[backlog] {which}: {BACKLOG} x {BACKLOG_SIZE} B drained in {drain_s:.1f} s "
+          f"({BACKLOG * BACKLOG_SIZE / drain_s / 1024:.1f} KiB/s)")
 
 
 def test_wifi_outage_gives_d_then_u(micropython_bin: str, tmp_path: Path,

@@ -293,6 +293,7 @@ async def main():
     ok_ = False
     sent = 0
     down = 0
+    bl = 0  # last backlog frame number seen
     k = 0
     peak = 0
     live_peak = 0
@@ -338,6 +339,14 @@ async def main():
                 down += 1
                 if down % 100 == 0:
                     print("PB DOWN %d" % down)
+                i = m.find(b"|bl ")  # backlog frames "...|bl <n> ...": checked for order
+                if i > 0:
+                    n = int(m[i + 4 : m.find(b" ", i + 4)])
+                    if n != bl + 1:
+                        print("PB BL GAP want %d got %d" % (bl + 1, n))
+                    bl = n
+                    if n % 50 == 0:
+                        print("PB BL %d" % n)
                 if m.endswith(b"|END"):
                     gc.collect()
                     print(
