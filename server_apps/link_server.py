@@ -875,8 +875,11 @@ class LinkServer:
         self._online_changed(conn, conn._live.heard(now))
         kind = frame[0]
         if kind == _core.KIND_HEARTBEAT:
-            self._publish(conn.down_topic, _core.HEARTBEAT)
-            conn.stats["heartbeats"] += 1
+            if conn._live.answer_due(now):  # a backlog of stale ones gets one answer
+                self._publish(conn.down_topic, _core.HEARTBEAT)
+                conn.stats["heartbeats"] += 1
+            else:
+                conn.stats["heartbeats_coalesced"] += 1
         elif kind == _core.KIND_ACK:
             if self._sender_ack(conn, frame):
                 conn._changed.fire()
@@ -956,7 +959,7 @@ class LinkServer:
             return
         online = conn._live.online
         log.info("device %s is %s", conn.conn_id, "online" if online else "offline")
-        if online and self._broker_up:
+        if online and self._broker_up and conn._live.resend_due(now_ms()):
             self._resend_all(conn)
         conn._changed.fire()
 

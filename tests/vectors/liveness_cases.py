@@ -161,6 +161,22 @@ def case_device_watch():
     assert d.lost() and not d.online
 
 
+def case_device_watch_bounds_backlogs():
+    d = DeviceWatch(1000)
+    assert d.answer_due(0)
+    # a backlog of stale heartbeats, all at once: one answer
+    assert [d.answer_due(1) for _ in range(30)] == [False] * 30
+    assert not d.answer_due(249)
+    assert d.answer_due(250)
+    # a live bridge (one 'h' per timeout/2) gets every answer
+    assert all(d.answer_due(250 + 500 * i) for i in range(1, 6))
+    assert d.resend_due(10) and not d.resend_due(11) and d.resend_due(260)
+    w = DeviceWatch(1000)
+    t = TICKS_MAX - 10
+    assert w.answer_due(t) and not w.answer_due(ticks_add(t, 249))
+    assert w.answer_due(ticks_add(t, 250))
+
+
 CASES = [
     case_qos_of_every_kind,
     case_classify_strict,
@@ -172,6 +188,7 @@ CASES = [
     case_server_watch_unanswered_once,
     case_server_watch_wraps,
     case_device_watch,
+    case_device_watch_bounds_backlogs,
 ]
 
 
