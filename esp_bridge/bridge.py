@@ -133,7 +133,10 @@ class Bridge:
             watch = self.watch
             ok = self._ready and watch.reachable(now)
             self._server_ok = ok
-            if watch.unanswered(now):  # 'D' with the reason: server_ok(False) on the Pyboard
+            # A 'D' with the reason: server_ok(False) on the Pyboard. Asked only
+            # when it can be queued: unanswered() is True once per connection.
+            can_tell = self._syncs == link.syncs and link.synced and link.can_queue()
+            if can_tell and watch.unanswered(now):
                 why = (
                     "no server application answers conn_id %s under %s/ on %s:%d within %d ms: "
                     "none serves this conn_id (pblink server --ids), another topic root or broker, "

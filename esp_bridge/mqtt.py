@@ -701,7 +701,7 @@ class MQTTClient:
     def _tick_ms(self) -> int:
         return min(self.response_ms // 4, 500)
 
-    def _overdue(self, since: int, now: int) -> bool:
+    def _overdue(self, since, now) -> bool:
         """A response asked for at `since` is late: the broker is deemed dead.
 
         Only when response_ms have passed since the request AND since the last

@@ -510,7 +510,7 @@ class DeviceDouble:
             self._set_server_ok(False)
         if watch.unanswered(now):
             self.stats["unanswered"] += 1
-            log.warning(
+            log.info(
                 "%s: no server application answered within %d ms of the broker connection",
                 self.conn_id, 2 * self.timeout_ms,
             )
