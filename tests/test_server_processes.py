@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -171,3 +172,34 @@ def test_two_processes_split_the_conn_ids_and_lose_nothing(
     for name, conn_id in ids.items():
         state = json.loads((tmp_path / ".pblink-state" / f"pblink.server-{name}.json").read_text())
         assert state["clean"] is True and set(state["conns"]) == {conn_id}, state
+
+
+@pytest.mark.mosquitto
+async def test_a_client_id_fight_that_slips_past_the_probe_is_named_in_the_log(
+    mosquitto_broker: BrokerProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Probe off (or two starts in the same half second): the kicking is logged with its cause.
+
+    Mosquitto closes the older connection of a client id each time the other
+    process reconnects (the embedded amqtt broker kicks only once).
+    """
+    from test_server_link import until
+
+    from server_apps import LinkServer
+
+    caplog.set_level(logging.WARNING, logger="pblink.server")
+    kw: dict[str, Any] = {"client_id": "pblink.server-twin", "identity_probe_s": 0,
+                          "timeout_ms": T, "connect_timeout": 5.0}
+    broker = mosquitto_broker
+
+    def hinted() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if "another client may be connected as client id 'pblink.server-twin'"
+                in r.getMessage()]
+
+    async with asyncio.timeout(TEST_TIMEOUT):
+        async with LinkServer(broker.host, broker.port, state_path=tmp_path / "a.json", **kw):
+            async with LinkServer(broker.host, broker.port, state_path=tmp_path / "b.json",
+                                  **kw):
+                await until(lambda: bool(hinted()), "the hint in the log")
+    assert "--client-id" in hinted()[0] and "\n" not in hinted()[0]
