@@ -461,3 +461,19 @@ async def test_backlog_after_wifi_cut_reaches_a_slow_pyboard_in_order(
         assert "E2E server_ok False" not in later[ups[-1]:], "D while the backlog drained"
     print(f"\n[backlog e2e] {broker_kind}: {BACKLOG} x 900 B to a Pyboard reading one line "
           f"per {READ_MS} ms in {drain_s:.1f} s")
+
+
+async def test_device_under_another_root_gets_server_ok_false_and_the_reason(
+        tmp_path: Path) -> None:
+    """Issue 9 part 4, end to end: nothing answers the device (the server app uses another
+    topic root); within about 2 x timeout_ms of the broker connection the real AppBase
+    runs server_ok(False) and prints the bridge's reason naming the likely causes."""
+    settings = {"e2e_count": 0, "topic_root": "site7"}
+    async with scenario(tmp_path, settings=settings) as sc:
+        m = await sc.bench.wait_output(r"^pb_link: server unreachable: (.*)$", timeout=WAIT)
+        reason = m.group(1)
+        assert reason.startswith("no server application answers conn_id 1 under site7/"), reason
+        for cause in ("pblink server --ids", "topic root", "ACL"):
+            assert cause in reason, reason
+        await sc.bench.wait_output(r"^E2E server_ok False$", timeout=WAIT)
+        assert "E2E server_ok True" not in sc.bench.output(PYBOARD)
