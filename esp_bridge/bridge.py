@@ -23,7 +23,7 @@ import gc
 import sys
 import time
 
-from link_core import control
+from link_core import control, liveness
 from link_core.names import MAX_MESSAGE, OFFLINE, ONLINE, Topics, client_id
 from mqtt import MQTTClient, MQTTError
 from responder import Responder
@@ -36,7 +36,6 @@ _RX_QUEUE = const(2)  # messages from the Pyboard not yet published (then HOLD)
 _MQ_INFLIGHT = const(3)  # QoS 1 publishes awaiting PUBACK
 _MQ_SLOTS = const(2)  # frames from down not yet queued for the Pyboard
 _TICK_MS = const(100)
-_H = const(0x68)  # 'h' heartbeat frame
 
 
 def _reason(e) -> str:
@@ -74,10 +73,7 @@ class Bridge:
         self._first_broker = True
         self._server_ok = False
         self._told = -1  # last U/D told since the last 'C': 1, 0, -1 none
-        now = time.ticks_ms()
-        self._last_pub = now
-        self._last_down = now
-        self._last_h = now
+        self.watch = liveness.ServerWatch(1500)  # PROTOCOL.md 4.4; timeout_ms from the config
         self._oversize = 0
         self._crash: Exception | None = None
         self._stop = asyncio.Event()
@@ -125,6 +121,7 @@ class Bridge:
             return
         self.cfg = cfg
         self.tun = tun
+        self.watch.timeout_ms = cfg[3]
         self._up = topics.up.encode()
         self._down = topics.down.encode()
         self._status = topics.status.encode()
@@ -151,8 +148,21 @@ class Bridge:
             cfg = self.cfg
             if cfg is None:
                 continue
-            ok = self._ready and time.ticks_diff(now, self._last_down) < cfg[3]
+            watch = self.watch
+            ok = self._ready and watch.reachable(now)
             self._server_ok = ok
+            # A 'D' with the reason: server_ok(False) on the Pyboard. Asked only
+            # when it can be queued: unanswered() is True once per connection.
+            can_tell = self._syncs == link.syncs and link.synced and link.can_queue()
+            if can_tell and watch.unanswered(now):
+                why = (
+                    "no server application answers conn_id %s under %s/ on %s:%d within %d ms: "
+                    "none serves this conn_id (pblink server --ids), another topic root or broker, "
+                    "or the broker's ACL drops this device's frames (user %r)"
+                    % (cfg[0], cfg[9], cfg[2], cfg[1], 2 * cfg[3], cfg[7])
+                )
+                print("bridge:", why)
+                self._ctl(control.encode_text(control.SERVER_DOWN, why))
             if (1 if ok else 0) != self._told and self._syncs == link.syncs:
                 if self._ctl(control.MSG_SERVER_UP if ok else control.MSG_SERVER_DOWN):
                     self._told = 1 if ok else 0
@@ -173,8 +183,8 @@ class Bridge:
                 n = self._oversize
                 self.diag("frames over %d bytes on down dropped: %d" % (MAX_MESSAGE, n))
 
-    async def _publish(self, msg, qos: int) -> None:
-        """Publish a frame on up, waiting out outages; dropped on a link resync."""
+    async def _publish(self, msg) -> None:
+        """Publish a frame on up at its QoS, waiting out outages; dropped on a link resync."""
         mq = self.mq
         syncs = self._syncs
         while True:
@@ -182,8 +192,8 @@ class Bridge:
                 return  # the Pyboard resynchronised: it resends what matters
             if self._ready and mq.isconnected():
                 try:
-                    await mq.publish(self._up, msg, qos)
-                    self._last_pub = time.ticks_ms()
+                    await mq.publish(self._up, msg, liveness.qos_of(msg))
+                    self.watch.published(time.ticks_ms())
                     return
                 except OSError:
                     pass
@@ -212,7 +222,7 @@ class Bridge:
             if self.cfg is None:
                 self.diag("no config yet: frame dropped")
             elif self._syncs == link.syncs:  # else: from before a resync, awaiting 'C'
-                await self._publish(m, 1 if k == control.QOS else 0)
+                await self._publish(m)
         else:
             self.diag("unknown link message kind %r dropped" % chr(k))
 
@@ -222,13 +232,14 @@ class Bridge:
         while True:
             await resp.room(_DATA_TX)
             topic, msg, _retain = await mq.next()  # retain set by amqtt on queued: ignored
-            if topic != self._down or not msg:
+            if topic != self._down:
                 continue
-            self._last_down = time.ticks_ms()
-            k = msg[0]
-            if k == _H:
+            kind = liveness.classify_down(msg)
+            if kind == liveness.IS_BAD:  # not traffic: proves nothing about the server
+                self.diag("malformed frame on down dropped: %r" % msg[:40])
                 continue
-            if k == control.QOS or k == control.UNRELIABLE or k == control.ACK:
+            self.watch.heard(time.ticks_ms())
+            if kind == liveness.IS_DATA:
                 while True:  # taken from MQTT: queued for the Pyboard, whatever it takes
                     try:
                         await resp.put(msg, _DATA_TX)
@@ -236,24 +247,18 @@ class Bridge:
                     except MemoryError:
                         self._oom()
                         await asyncio.sleep_ms(_TICK_MS)
-            else:
-                self.diag("malformed frame on down dropped")
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep_ms(_TICK_MS)
             if not self._ready or self.cfg is None:
                 continue
-            half = self.cfg[3] // 2
             now = time.ticks_ms()
-            if time.ticks_diff(now, self._last_pub) >= half or (
-                time.ticks_diff(now, self._last_down) >= half
-                and time.ticks_diff(now, self._last_h) >= half
-            ):
-                self._last_h = now
+            if self.watch.heartbeat_due(now):
+                self.watch.heartbeat_sent(now)
+                hb = liveness.HEARTBEAT
                 try:
-                    await self.mq.publish(self._up, b"h", 0)
-                    self._last_pub = time.ticks_ms()
+                    await self.mq.publish(self._up, hb, liveness.qos_of(hb))
                 except OSError:
                     pass
             msg = self._report_msg
@@ -293,7 +298,8 @@ class Bridge:
                 delay = tun["reconnect_min_ms"]
                 mq.configure(
                     client_id(cfg[0]), cfg[7], cfg[8], tun["mqtt_keepalive_s"],
-                    (self._status, OFFLINE, 1, True), tun["mqtt_response_ms"], tun["mqtt_retries"],
+                    (self._status, OFFLINE, liveness.QOS_STATUS, True),
+                    tun["mqtt_response_ms"], tun["mqtt_retries"],
                 )
                 wifi.connect_ms = tun["wifi_connect_ms"]
                 wifi.stable_ms = tun["wifi_stable_ms"]
@@ -312,9 +318,17 @@ class Bridge:
                 continue
             try:
                 await mq.connect(cfg[2], cfg[1], cfg[10])
-                await mq.publish(self._status, ONLINE, 1, True)
+                await mq.publish(self._status, ONLINE, liveness.QOS_STATUS, True)
+                # Up from here: with a persistent session the broker may send a
+                # backlog on down before the SUBACK, which then waits behind it
+                # (for as long as the link takes to drain it); meanwhile the
+                # Pyboard's acks and the heartbeats must go out.
+                self.watch.connected(time.ticks_ms())  # server unknown yet: 'h' at once
+                self._ready = True
                 await mq.subscribe(self._down, 1)
             except (OSError, MQTTError) as e:
+                self._ready = False
+                self.watch.disconnected()
                 mq.close()
                 why = _reason(e)
                 if self._first_broker:
@@ -327,15 +341,13 @@ class Bridge:
             self._first_broker = False
             self.connects += 1
             delay = tun["reconnect_min_ms"]
-            self._last_down = time.ticks_add(time.ticks_ms(), -cfg[3])  # server unknown yet
-            self._last_pub = self._last_down  # so 'h' goes out at once
-            self._ready = True
             while mq.isconnected() and wifi.isconnected() and gen == self._gen:
                 await asyncio.sleep_ms(_TICK_MS * 2)
             self._ready = False
+            self.watch.disconnected()
             if gen != self._gen:  # new config: leave cleanly, status offline
                 try:
-                    await mq.publish(self._status_of(cfg), OFFLINE, 0, True)
+                    await mq.publish(self._status_of(cfg), OFFLINE, liveness.QOS_STATUS, True)
                     await mq.disconnect()
                 except OSError:
                     pass

@@ -130,6 +130,18 @@ def _b(s) -> bytes:
     return s.encode() if isinstance(s, str) else bytes(s)
 
 
+def check_session(client_id, user, password, clean_session) -> None:
+    """ValueError for CONNECT settings MQTT 3.1.1 forbids (refused here, never sent).
+
+    A password needs a user name (MQTT-3.1.2-22); an empty client id needs a
+    clean session (MQTT-3.1.3-7, a broker answers 'identifier rejected').
+    """
+    if password and not user:
+        raise ValueError("MQTT password without a user name (MQTT-3.1.2-22)")
+    if not client_id and not clean_session:
+        raise ValueError("empty MQTT client id with a persistent session (MQTT-3.1.3-7)")
+
+
 class MQTTClient:
     """MQTT 3.1.1 client. The owner calls connect() again after a failure.
 
@@ -156,6 +168,7 @@ class MQTTClient:
         retries: int = 2,
         max_msg: int = MSG_MAX,
     ) -> None:
+        check_session(client_id, user, password, clean_session)
         self._cid = _b(client_id)
         self._user = _b(user) if user else b""
         self._pw = _b(password) if password else b""
@@ -215,7 +228,10 @@ class MQTTClient:
         self, client_id, user="", password="", keepalive_s=60, will=None, response_ms=10000,
         retries=2, clean_session=False,
     ) -> None:
-        """New session parameters (while disconnected). Forgets queued and in-flight messages."""
+        """New session parameters (while disconnected). Forgets queued and in-flight messages.
+
+        ValueError (nothing changed) for settings MQTT 3.1.1 forbids (check_session)."""
+        check_session(client_id, user, password, clean_session)
         self.close("reconfigure")
         self._cid = _b(client_id)
         self._user = _b(user) if user else b""
@@ -326,6 +342,14 @@ class MQTTClient:
             self._fails += 1
             raise
         self._fails = 0
+        if self.clean_session:
+            # MQTT-3.1.2-6: a clean session discards the old one, in-flight
+            # publishes included; the end-to-end layer resends what matters.
+            for i in range(len(self._f_pid)):
+                self._f_pid[i] = 0
+                self._f_topic[i] = b""
+                self._f_msg[i] = b""
+            self._f_n = 0
         now = time.ticks_ms()
         self._last_rx = now
         self._last_tx = now
@@ -486,10 +510,15 @@ class MQTTClient:
 
         A QoS 1 message, once accepted, is retried and resent after a
         reconnect until its PUBACK arrives. Raises OSError when not connected
-        (the message was not accepted), ValueError when too long."""
+        (the message was not accepted), ValueError when too long, for a
+        wildcard in the topic (MQTT-3.3.2-2) or a QoS other than 0 and 1."""
         topic = _b(topic) if isinstance(topic, str) else topic
         if len(topic) > TOPIC_MAX or not topic:
             raise ValueError("topic length")
+        if b"+" in topic or b"#" in topic:
+            raise ValueError("wildcard in a PUBLISH topic (MQTT-3.3.2-2)")
+        if qos != 0 and qos != 1:
+            raise ValueError("QoS %d: only 0 and 1 are supported" % qos)
         if len(msg) > 268435455 - 4 - len(topic):
             raise ValueError("payload length")
         if not qos:
@@ -528,10 +557,15 @@ class MQTTClient:
             await self.wait_change()
 
     async def subscribe(self, topic, qos: int = 1) -> int:
-        """Subscribe to one filter; return the granted QoS. MQTTError if refused."""
+        """Subscribe to one filter; return the granted QoS. MQTTError if refused.
+
+        ValueError for a QoS other than 0 and 1: this client cannot take QoS 2
+        deliveries (it would answer PUBLISH QoS 2 with nothing)."""
         topic = _b(topic)
         if len(topic) > TOPIC_MAX or not topic:
             raise ValueError("topic length")
+        if qos != 0 and qos != 1:
+            raise ValueError("subscription QoS %d: only 0 and 1 are supported" % qos)
         pid = self._next_pid()
         self._sub_pid = pid
         self._sub_rc = -1
@@ -548,13 +582,12 @@ class MQTTClient:
         while self._sub_rc < 0:
             if not self._up:
                 raise OSError(_ENOTCONN)
-            left = self.response_ms - time.ticks_diff(time.ticks_ms(), t0)
-            if left <= 0:
+            if self._overdue(t0, time.ticks_ms()):
                 self._fail("no SUBACK")
                 raise OSError(_ETIMEDOUT)
             self._ev.clear()
             try:
-                await asyncio.wait_for_ms(self._ev.wait(), left)
+                await asyncio.wait_for_ms(self._ev.wait(), self._tick_ms())
             except asyncio.TimeoutError:
                 pass
         self._sub_pid = -1
@@ -694,6 +727,22 @@ class MQTTClient:
 
     # ----- timers: keepalive, dead broker, QoS 1 retries -----
 
+    def _tick_ms(self) -> int:
+        return min(self.response_ms // 4, 500)
+
+    def _overdue(self, since, now) -> bool:
+        """A response asked for at `since` is late: the broker is deemed dead.
+
+        Only when response_ms have passed since the request AND since the last
+        byte read, and the reader is not paused. A broker may queue a response
+        (SUBACK, PUBACK, PINGRESP) behind a backlog of PUBLISHes that this
+        client reads only as fast as the I2C link drains them: while bytes
+        keep coming, or while we hold the socket unread, it is alive."""
+        if self._paused:
+            return False
+        rt = self.response_ms
+        return time.ticks_diff(now, since) > rt and time.ticks_diff(now, self._last_rx) > rt
+
     def _resume_timers(self) -> None:
         # nothing could be read while paused: restart the response clocks
         now = time.ticks_ms()
@@ -705,7 +754,7 @@ class MQTTClient:
 
     async def _keeper(self) -> None:
         ping = self.keepalive_s * 250  # ping after keepalive/4 of silence
-        tick = min(self.response_ms // 4, 500)
+        tick = self._tick_ms()
         b = bytearray(2)
         b[0] = _PINGREQ
         try:
@@ -723,7 +772,7 @@ class MQTTClient:
                         await self._send(b)
                     continue
                 if self._pinging:
-                    if time.ticks_diff(now, self._ping_ms) > self.response_ms:
+                    if self._overdue(self._ping_ms, now):
                         self._fail("no PINGRESP")
                         return
                 elif ping and (
@@ -734,7 +783,7 @@ class MQTTClient:
                     self._ping_ms = now
                     await self._send(b)
                 for i in range(len(self._f_pid)):
-                    if self._f_pid[i] and time.ticks_diff(now, self._f_ms[i]) >= self.response_ms:
+                    if self._f_pid[i] and self._overdue(self._f_ms[i], now):
                         if self._f_try[i] >= self._retries:
                             self._fail("no PUBACK")
                             return

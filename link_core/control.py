@@ -31,7 +31,7 @@ ACK = const(0x61)  # 'a'
 # ESP8266 -> Pyboard
 KEEPALIVE = const(0x4B)  # 'K' empty, every KEEPALIVE_MS
 SERVER_UP = const(0x55)  # 'U' empty, the server application is reachable
-SERVER_DOWN = const(0x44)  # 'D' empty, server, broker or WiFi unreachable
+SERVER_DOWN = const(0x44)  # 'D' server, broker or WiFi unreachable; optional UTF-8 reason
 REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free, mem_errors]
 BAD_WIFI = const(0x57)  # 'W' empty, first WiFi connection after boot failed
 BAD_BROKER = const(0x42)  # 'B' UTF-8 reason, first broker connection failed
@@ -192,8 +192,9 @@ def check_config(cfg):
     given. Rules: conn_id per ``names.check_conn_id``; port 1..65535; host
     1..253 bytes; timeout_ms 1..3600000; report_s 0..86400; ssid 0..32
     bytes; wifi_password 0..64 bytes; mqtt_user and mqtt_password 0..256
-    bytes; topic_root per ``names.check_root``; tls a bool; tuning a dict
-    with str keys (its keys and values are the bridge's business).
+    bytes, mqtt_password only with mqtt_user (MQTT-3.1.2-22); topic_root
+    per ``names.check_root``; tls a bool; tuning a dict with str keys (its
+    keys and values are the bridge's business).
     ``ValueError`` naming the field otherwise.
     """
     if not isinstance(cfg, (list, tuple)) or not CONFIG_REQUIRED <= len(cfg) <= 12:
@@ -212,6 +213,9 @@ def check_config(cfg):
     _str_max("wifi_password", c[6], 64)
     _str_max("mqtt_user", c[7], 256)
     _str_max("mqtt_password", c[8], 256)
+    if c[8] and not c[7]:  # MQTT-3.1.2-22: brokers close the connection
+        raise ValueError("config mqtt_password is set but mqtt_user is empty: MQTT 3.1.1 sends a "
+                         "password only with a user name")
     check_root(c[9])
     if not isinstance(c[10], bool):
         raise ValueError("config tls " + _show(c[10]) + " is not a bool")
@@ -275,12 +279,13 @@ def decode_report(msg):
 
 
 def encode_text(kind, text):
-    """A ``B`` or ``E`` message: kind byte + UTF-8 text, cut to fit MAX_MESSAGE.
+    """A ``B``, ``E`` or reasoned ``D`` message: kind byte + UTF-8 text, cut to fit MAX_MESSAGE.
 
     The cut never splits a character.
     """
-    if kind != BAD_BROKER and kind != ERROR:
-        raise ValueError("kind " + _show(kind) + " is not BAD_BROKER ('B') or ERROR ('E')")
+    if kind != BAD_BROKER and kind != ERROR and kind != SERVER_DOWN:
+        raise ValueError("kind " + _show(kind) + " is not BAD_BROKER ('B'), ERROR ('E') or "
+                         "SERVER_DOWN ('D')")
     if not isinstance(text, str):
         raise ValueError("text " + _show(text) + " is not a str")
     data = text.encode("utf-8")
@@ -293,7 +298,7 @@ def encode_text(kind, text):
 
 
 def decode_text(msg):
-    """The UTF-8 text of a ``B`` or ``E`` message (``ValueError`` if not UTF-8)."""
+    """The UTF-8 text of a ``B``, ``E`` or ``D`` message (``ValueError`` if not UTF-8)."""
     data = bytes(msg)[1:]
     if not utf8_valid(data):
         raise ValueError("message " + _show(bytes(msg)) + " is not valid UTF-8")

@@ -300,7 +300,8 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[
         warnings.append("a WiFi password without an ssid is not used: the ESP8266 keeps the "
                         "network it last joined")
     if values.get("mqtt_password") and not values.get("mqtt_user"):
-        warnings.append("an MQTT password without mqtt_user is not sent (anonymous login)")
+        raise bad("mqtt_password is set but mqtt_user is empty: MQTT 3.1.1 sends a password "
+                  "only with a user name (--mqtt-user)")
     if values.get("tls") and values.get("port") == 1883:
         warnings.append("tls is on but the broker port is 1883, usually the plain-text port "
                         "(8883 is the usual TLS port)")

@@ -34,6 +34,33 @@ Connect with the server's credentials (a device's may read only its own subtree)
 {BROKER_ENV_HELP}"""
 
 
+QUIET_S = 10.0  # seconds without a message before tail says so
+
+
+class QuietWatch:
+    """Says when nothing at all has come on a device's topics for ``after_s`` seconds.
+
+    ``heard(now)`` on every message; ``due(now)`` is True once per quiet spell.
+    Nothing at all (not even a retained status) means the device never
+    connected with this conn_id, root and broker, or the ACL hides it.
+    """
+
+    def __init__(self, after_s: float, now: float) -> None:
+        self.after_s = after_s
+        self._last = now
+        self._told = False
+
+    def heard(self, now: float) -> None:
+        self._last = now
+        self._told = False
+
+    def due(self, now: float) -> bool:
+        if self._told or now - self._last < self.after_s:
+            return False
+        self._told = True
+        return True
+
+
 class TailPrinter:
     """Turns messages on one device's topics into output lines."""
 
@@ -159,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
                           on_connected=on_connected, on_lost=on_lost)
     deadline = time.monotonic() + args.timeout if args.timeout is not None else None
     lines = 0
+    quiet = QuietWatch(QUIET_S, time.monotonic())
     try:
         while args.count is None or lines < args.count:
             wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
@@ -170,8 +198,15 @@ def run(args: argparse.Namespace) -> int:
             try:
                 event = events.get(timeout=wait)
             except queue.Empty:
+                if quiet.due(time.monotonic()):
+                    log.warning(
+                        "nothing on %s/%s/# for %g s: is a device configured with conn_id %s, "
+                        "topic root %s and this broker (%s), and is it powered? With an ACL, "
+                        "are its credentials for user %s?", opts.root, conn_id, QUIET_S,
+                        conn_id, opts.root, opts.address, conn_id)
                 continue
             if event[0] == "msg":
+                quiet.heard(time.monotonic())
                 out, is_line = printer.message(event[1], event[2], event[3])
                 if out is not None:
                     print(out, flush=True)

@@ -14,8 +14,9 @@ from server_apps.link_server import (
     LinkServer,
     MQTTv5,
     MQTTv311,
+    ServerIdentityError,
 )
-from server_apps.state import StateFileError
+from server_apps.state import StateFileError, StateLockedError
 
 __all__ = [
     "BrokerUnreachableError",
@@ -26,5 +27,7 @@ __all__ = [
     "LinkServer",
     "MQTTv5",
     "MQTTv311",
+    "ServerIdentityError",
     "StateFileError",
+    "StateLockedError",
 ]

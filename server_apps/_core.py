@@ -16,6 +16,7 @@ _clock: Any = importlib.import_module("link_core.clock")
 _names: Any = importlib.import_module("link_core.names")
 _frames: Any = importlib.import_module("link_core.frames")
 _endpoint: Any = importlib.import_module("link_core.endpoint")
+_liveness: Any = importlib.import_module("link_core.liveness")
 
 # (kind, session, msg_id, base, line) as returned by frames.decode
 Frame = tuple[str, str | None, int | None, int | None, str | None]
@@ -64,6 +65,57 @@ class Receiver(Protocol):
     def on_frame(self, frame: Frame) -> tuple[bytes | None, list[str]]: ...
     def snapshot(self) -> dict[str, Any]: ...
     def restore(self, snap: dict[str, Any]) -> None: ...
+
+
+class ServerWatch(Protocol):
+    """link_core.liveness.ServerWatch: the device end's view of the server (PROTOCOL.md 4.4)."""
+
+    timeout_ms: int
+
+    def connected(self, now_ms: int) -> None: ...
+    def disconnected(self) -> None: ...
+    def published(self, now_ms: int) -> None: ...
+    def heard(self, now_ms: int) -> None: ...
+    def heartbeat_due(self, now_ms: int) -> bool: ...
+    def heartbeat_sent(self, now_ms: int) -> None: ...
+    def reachable(self, now_ms: int) -> bool: ...
+    def unanswered(self, now_ms: int) -> bool: ...
+
+
+class DeviceWatch(Protocol):
+    """link_core.liveness.DeviceWatch: the server's view of one device (PROTOCOL.md 4.4)."""
+
+    timeout_ms: int
+    online: bool
+    last_heard: int
+
+    def heard(self, now_ms: int) -> bool: ...
+    def status(self, online: bool, now_ms: int) -> bool: ...
+    def silent(self, now_ms: int) -> bool: ...
+    def lost(self) -> bool: ...
+    def answer_due(self, now_ms: int) -> bool: ...
+    def resend_due(self, now_ms: int) -> bool: ...
+
+
+def server_watch(timeout_ms: int) -> ServerWatch:
+    return cast(ServerWatch, _liveness.ServerWatch(timeout_ms))
+
+
+def device_watch(timeout_ms: int) -> DeviceWatch:
+    return cast(DeviceWatch, _liveness.DeviceWatch(timeout_ms))
+
+
+def qos_of(frame: bytes) -> int:
+    """MQTT QoS of an end-to-end frame: 1 for ``q``, 0 otherwise (PROTOCOL.md 4.1)."""
+    return int(_liveness.qos_of(frame))
+
+
+def may_write(reachable: bool, sender: Sender, qos: bool, wait: bool) -> bool:
+    """Write admission (PROTOCOL.md 3.1): reachable, window room, and with ``wait`` idle."""
+    return bool(_liveness.may_write(reachable, sender, qos, wait))
+
+
+QOS_STATUS: Final[int] = int(_liveness.QOS_STATUS)
 
 
 class Topics(Protocol):

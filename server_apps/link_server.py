@@ -44,7 +44,10 @@ Liveness (PROTOCOL.md 4.4)
 A device is online when its retained status becomes ``online`` or any valid
 frame arrives on its ``up`` topic, and offline on status ``offline``, after
 ``2 * timeout_ms`` of silence, or when the broker connection is lost. Every
-``h`` from a claimed conn_id is answered with ``h`` on its ``down`` topic.
+``h`` from a claimed conn_id is answered with ``h`` on its ``down`` topic, at
+most one per ``timeout_ms / 4``: a backlog of stale heartbeats delivered at
+once after an outage gets one answer. The rules are ``link_core.liveness``
+(``DeviceWatch``, ``qos_of``, ``may_write``), shared with the devices.
 
 Frames for a conn_id no one has asked for with ``connection()`` are neither
 acknowledged nor answered, heartbeats included: the bridge then reports the
@@ -68,6 +71,19 @@ writes the sender state too and marks the file clean; claiming a conn_id
 writes its entry without sender state first, so after a crash it starts a new
 sender session. Without ``state_path`` acks go out at once.
 
+One identity, one process (PROTOCOL.md 4.3)
+-------------------------------------------
+Two processes must not share an MQTT client id (the broker would keep kicking
+one off for the other) nor a state file (one would overwrite the other's
+entries with an older copy). So ``start()`` first takes an exclusive lock on
+the state file (:class:`StateLockedError` if another process holds it), then
+asks, with a short-lived probe connection, whether a process is already
+connected as this client id: a running LinkServer answers on
+``<root>/.servers/<client_id>/holder`` every probe on ``.../probe`` (``.``
+never appears in a conn_id, so no device's topics are touched). An answer
+within ``identity_probe_s`` (default 0.5 s; 0 skips the probe) raises
+:class:`ServerIdentityError`. Both messages name the option to change.
+
 Errors
 ------
 ``__aenter__`` raises :class:`LinkAuthError` when the broker refuses the
@@ -84,12 +100,13 @@ import collections
 import contextlib
 import logging
 import os
+import re
+import secrets
 import socket
 import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
@@ -114,6 +131,11 @@ UNCLAIMED_LIMIT: Final = 4096
 # CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
 _AUTH_CODES: Final = frozenset({0x86, 0x87, 0x8A, 0x8C})
 _SESSION_EXPIRY_S: Final = 0xFFFFFFFF
+_SESSION_TAKEN_OVER: Final = 0x8E  # MQTT 5 DISCONNECT reason; 3.1.1 just closes the socket
+IDENTITY_HINT: Final = (
+    ": give each server process its own client id (pblink server --client-id NAME, "
+    "LinkServer(client_id=...)); its state file follows the client id"
+)
 
 
 class LinkClosedError(ConnectionError):
@@ -135,6 +157,11 @@ class LinkRefusedError(ConnectionError):
 
 class LinkAuthError(LinkRefusedError):
     """The broker refused the credentials (bad user name or password, not authorised)."""
+
+
+class ServerIdentityError(ConnectionError):
+    """Another running process is connected to the broker as this server's client id."""
+
 
 
 def now_ms() -> int:
@@ -160,12 +187,6 @@ class _Signal:
 
     async def wait(self) -> None:
         await self._event.wait()
-
-
-@dataclass
-class _Liveness:
-    online: bool = False
-    last_heard: int = 0
 
 
 class Connection:
@@ -204,7 +225,7 @@ class Connection:
         self._lines: collections.deque[str] = collections.deque(unread)  # readable
         self._held: list[str] = []  # delivered, waiting for their batch to be on disk
         self._parked: collections.deque[_core.Frame] = collections.deque()
-        self._live = _Liveness()
+        self._live = _core.device_watch(server.timeout_ms)  # PROTOCOL.md 4.4
         self._changed = _Signal()
         self._write_lock = asyncio.Lock()
         self.stats: dict[str, int] = collections.defaultdict(int)
@@ -295,18 +316,14 @@ class Connection:
         server = self._server
         server._check_open()
         async with self._write_lock:
+            await self._wait_until(
+                lambda: _core.may_write(self._reachable(), self._sender, qos, wait)
+            )
             if qos:
-                await self._wait_until(
-                    lambda: self._reachable()
-                    and bool(self._sender.can_send())
-                    and (not wait or bool(self._sender.idle()))
-                )
-                frame = self._sender.send(text, now_ms())
-                server._publish(self.down_topic, frame, 1)
+                server._publish(self.down_topic, self._sender.send(text, now_ms()))
                 self.stats["tx_qos"] += 1
             else:
-                await self._wait_until(self._reachable)
-                server._publish(self.down_topic, self._sender.unreliable(text), 0)
+                server._publish(self.down_topic, self._sender.unreliable(text))
                 self.stats["tx_unreliable"] += 1
 
     async def drain(self) -> None:
@@ -376,6 +393,12 @@ class LinkServer:
             after its first one (group commit). Default 2.
         fsync: ``fsync`` the state file and its folder on every write
             (default ``True``); ``False`` for tests on a slow disk.
+        identity_probe_s: seconds ``start()`` waits for another process holding
+            ``client_id`` to answer before it refuses to start (0: no probe; see
+            docs/SERVER.md "One identity, one process"). Default 0.5.
+        serve_hint: how the application would serve a conn_id, in the warning
+            logged once per conn_id that talks but is not served (``{conn_id}``
+            is replaced by it). Default: a hint naming ``LinkServer.connection()``.
 
     Raises:
         ValueError: an invalid ``root``, ``timeout_ms`` under 20, ``queue_size``
@@ -401,6 +424,8 @@ class LinkServer:
         connect_timeout: float = 10.0,
         commit_delay_ms: int = 2,
         fsync: bool = True,
+        identity_probe_s: float = 0.5,
+        serve_hint: str = "ask for it with LinkServer.connection()",
     ) -> None:
         _core.check_root(root)
         if timeout_ms < 20:
@@ -419,6 +444,17 @@ class LinkServer:
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.protocol = protocol
+        self.identity_probe_s = identity_probe_s
+        self.serve_hint = serve_hint  # how to serve a conn_id, for the "not served" log
+        self._told_unserved: set[str] = set()
+        self._token = secrets.token_hex(4)  # this process's answer to identity probes
+        level = client_id if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", client_id) else (
+            client_id.encode().hex()[:128] or "-"
+        )
+        self._probe_topic = f"{root}/.servers/{level}/probe"
+        self._holder_topic = f"{root}/.servers/{level}/holder"
+        self._quick_drops = 0  # broker connections lost soon after they came up
+        self._up_since = 0.0
         self._username = username
         self._password = password
         self._tls = tls
@@ -426,7 +462,7 @@ class LinkServer:
         self._store = StateStore(state_path, fsync=fsync) if state_path is not None else None
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
-        self._unclaimed: collections.OrderedDict[str, _Liveness] = collections.OrderedDict()
+        self._unclaimed: collections.OrderedDict[str, _core.DeviceWatch] = collections.OrderedDict()
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -487,6 +523,12 @@ class LinkServer:
             raise RuntimeError("a LinkServer can be started only once")
         self._started = True
         self._loop = asyncio.get_running_loop()
+        try:
+            await self._claim_identity()
+        except BaseException:
+            if self._store is not None:
+                self._store.unlock()
+            raise
         if self._store is not None:
             self._state = await asyncio.to_thread(self._store.load)
             log.info(
@@ -504,6 +546,8 @@ class LinkServer:
         except BaseException:
             self._closed = True
             await self._stop_client(wait=False)
+            if self._store is not None:
+                self._store.unlock()
             raise
         self._tasks = [asyncio.create_task(self._ticker(), name="pblink-server-ticker")]
         if self._store is not None:
@@ -528,6 +572,8 @@ class LinkServer:
         self._broker_up = False
         self._wake_all()
         await self._stop_client()
+        if self._store is not None:
+            self._store.unlock()
         log.info("link server %s closed", self.client_id)
 
     async def abort(self) -> None:
@@ -557,6 +603,8 @@ class LinkServer:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
             await asyncio.to_thread(client.loop_stop)
+        if self._store is not None:
+            self._store.unlock()
         log.warning("link server %s aborted", self.client_id)
 
     def _check_open(self) -> None:
@@ -609,7 +657,7 @@ class LinkServer:
         live = self._unclaimed.pop(conn_id, None)
         if live is not None:
             conn._live = live
-            self._check_silence(conn_id, live, now_ms())
+            live.silent(now_ms())
         self._conns[conn_id] = conn
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
@@ -634,12 +682,7 @@ class LinkServer:
                 clean_session=False,
                 protocol=MQTTv311,
             )
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        if self._tls is True:
-            client.tls_set_context(ssl.create_default_context())
-        elif isinstance(self._tls, ssl.SSLContext):
-            client.tls_set_context(self._tls)
+        self._secure(client)
         client.reconnect_delay_set(1, 30)
         client.max_inflight_messages_set(100)
         client.connect_timeout = self.connect_timeout
@@ -648,6 +691,63 @@ class LinkServer:
         client.on_disconnect = self._paho_on_disconnect
         client.on_message = self._paho_on_message
         return client
+
+    def _secure(self, client: mqtt.Client) -> None:
+        """Credentials and TLS, as given to the constructor."""
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        if self._tls is True:
+            client.tls_set_context(ssl.create_default_context())
+        elif isinstance(self._tls, ssl.SSLContext):
+            client.tls_set_context(self._tls)
+
+    async def _claim_identity(self) -> None:
+        """Lock the state file, then make sure no other process is connected as our client id."""
+        if self._store is not None:
+            await asyncio.to_thread(self._store.lock, IDENTITY_HINT)
+        if self.identity_probe_s > 0 and await asyncio.to_thread(self._identity_taken):
+            raise ServerIdentityError(
+                f"another server process is connected to MQTT broker {self.broker} as client id "
+                f"{self.client_id!r}{IDENTITY_HINT}"
+            )
+
+    def _identity_taken(self) -> bool:
+        """Blocking: does a running LinkServer answer a probe for our client id?
+
+        Any failure of the probe connection counts as "no": the real
+        connection then reports what is wrong (refusal, unreachable).
+        """
+        answered = threading.Event()
+        ready = threading.Event()
+        probe = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"pblink.probe-{secrets.token_hex(4)}",
+            clean_session=True,
+            protocol=MQTTv311,
+        )
+        self._secure(probe)
+        probe.on_connect = lambda c, *a: c.subscribe(self._holder_topic, 0)
+        probe.on_subscribe = lambda *a: ready.set()
+        def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            # Checked: amqtt also hands a new subscriber retained messages of other topics.
+            if msg.topic == self._holder_topic and not msg.retain:
+                answered.set()
+
+        probe.on_message = on_message
+        try:
+            probe.connect(self.host, self.port, 30)
+        except (OSError, ValueError):
+            return False
+        probe.loop_start()
+        try:
+            if not ready.wait(self.connect_timeout):
+                return False
+            probe.publish(self._probe_topic, self._token, qos=0)
+            return answered.wait(self.identity_probe_s)
+        finally:
+            with contextlib.suppress(Exception):
+                probe.disconnect()
+            probe.loop_stop()
 
     async def _connect(self) -> None:
         assert self._loop is not None
@@ -713,9 +813,11 @@ class LinkServer:
         properties: Properties | None,
     ) -> None:
         if not reason_code.is_failure:
-            client.subscribe(
-                [(_core.wildcard(self.root, "up"), 1), (_core.wildcard(self.root, "status"), 1)]
-            )
+            client.subscribe([
+                (_core.wildcard(self.root, "up"), 1),
+                (_core.wildcard(self.root, "status"), 1),
+                (self._probe_topic, 0),  # QoS 0: a probe is never queued for us
+            ])
         self._to_loop(("connect", reason_code))
 
     def _paho_on_disconnect(
@@ -733,6 +835,10 @@ class LinkServer:
             topic = msg.topic
         except UnicodeDecodeError:
             log.warning("dropped a message on a topic that is not UTF-8")
+            return
+        if topic == self._probe_topic:  # another process asks who holds our client id
+            if msg.payload != self._token.encode():
+                client.publish(self._holder_topic, self._token, qos=0)
             return
         while len(self._inbox) >= INBOX_LIMIT and not self._closing:
             time.sleep(0.002)  # the loop is behind: stop reading, TCP pushes back
@@ -779,6 +885,7 @@ class LinkServer:
         if not first:
             log.info("reconnected to MQTT broker %s", self.broker)
         self._broker_up = True
+        self._up_since = time.monotonic()
         self._wake_all()
 
     def _on_disconnect(self, reason_code: ReasonCode) -> None:
@@ -793,14 +900,22 @@ class LinkServer:
         was_up = self._broker_up
         self._broker_up = False
         if was_up and not self._closing:
+            quick = time.monotonic() - self._up_since < 5.0
+            self._quick_drops = self._quick_drops + 1 if quick else 0
+            hint = ""
+            if reason_code.value == _SESSION_TAKEN_OVER or self._quick_drops >= 2:
+                hint = (
+                    f"; another client may be connected as client id {self.client_id!r} "
+                    "(the broker keeps one connection per client id)" + IDENTITY_HINT
+                )
             log.warning(
-                "lost MQTT broker %s (%s); reconnecting with backoff", self.broker, reason_code
+                "lost MQTT broker %s (%s); reconnecting with backoff%s",
+                self.broker, reason_code, hint,
             )
-        now = now_ms()
-        for conn_id, conn in self._conns.items():
-            self._set_online(conn_id, conn, False, now)
+        for conn in self._conns.values():
+            self._online_changed(conn, conn._live.lost())
         for live in self._unclaimed.values():
-            live.online = False
+            live.lost()
         self._wake_all()
 
     def _wake_all(self) -> None:
@@ -822,6 +937,7 @@ class LinkServer:
         elif leaf == "up":
             if conn is None:
                 self._heard_unclaimed(conn_id, now)
+                self._unserved(conn_id)
                 self.stats["unclaimed"] += 1
                 return
             self._on_up(conn, payload, now)
@@ -835,12 +951,11 @@ class LinkServer:
             log.warning("%s: ignored status payload %r", conn_id, payload[:40])
             return
         if conn is None:
-            live = self._unclaimed_liveness(conn_id)
-            live.online = online
-            live.last_heard = now
+            self._unclaimed_liveness(conn_id).status(online, now)
+            if online:
+                self._unserved(conn_id)
         else:
-            conn._live.last_heard = now
-            self._set_online(conn_id, conn, online, now)
+            self._online_changed(conn, conn._live.status(online, now))
 
     def _on_up(self, conn: Connection, payload: bytes, now: int) -> None:
         try:
@@ -850,12 +965,14 @@ class LinkServer:
             conn.stats["malformed"] += 1
             log.warning("%s: dropped malformed frame %r: %s", conn.up_topic, payload[:80], exc)
             return
-        conn._live.last_heard = now
-        self._set_online(conn.conn_id, conn, True, now)
+        self._online_changed(conn, conn._live.heard(now))
         kind = frame[0]
         if kind == _core.KIND_HEARTBEAT:
-            self._publish(conn.down_topic, _core.HEARTBEAT, 0)
-            conn.stats["heartbeats"] += 1
+            if conn._live.answer_due(now):  # a backlog of stale ones gets one answer
+                self._publish(conn.down_topic, _core.HEARTBEAT)
+                conn.stats["heartbeats"] += 1
+            else:
+                conn.stats["heartbeats_coalesced"] += 1
         elif kind == _core.KIND_ACK:
             if self._sender_ack(conn, frame):
                 conn._changed.fire()
@@ -888,7 +1005,7 @@ class LinkServer:
                 conn._lines.extend(lines)
                 conn._changed.fire()
             if ack is not None:
-                self._publish(conn.down_topic, ack, 0)
+                self._publish(conn.down_topic, ack)
             return
         conn._held.extend(lines)
         if ack is not None:
@@ -905,41 +1022,44 @@ class LinkServer:
 
     # -- liveness --------------------------------------------------------------
 
-    def _unclaimed_liveness(self, conn_id: str) -> _Liveness:
+    def _unclaimed_liveness(self, conn_id: str) -> _core.DeviceWatch:
         live = self._unclaimed.get(conn_id)
         if live is None:
-            live = self._unclaimed[conn_id] = _Liveness()
+            live = self._unclaimed[conn_id] = _core.device_watch(self.timeout_ms)
             if len(self._unclaimed) > UNCLAIMED_LIMIT:
                 self._unclaimed.popitem(last=False)
         else:
             self._unclaimed.move_to_end(conn_id)
         return live
 
-    def _heard_unclaimed(self, conn_id: str, now: int) -> None:
-        live = self._unclaimed_liveness(conn_id)
-        live.online = True
-        live.last_heard = now
-
-    def _set_online(self, conn_id: str, conn: Connection, online: bool, now: int) -> None:
-        if conn._live.online == online:
+    def _unserved(self, conn_id: str) -> None:
+        """Log, once per conn_id, a device this server hears but does not serve."""
+        if conn_id in self._told_unserved or len(self._told_unserved) >= UNCLAIMED_LIMIT:
             return
-        conn._live.online = online
-        log.info("device %s is %s", conn_id, "online" if online else "offline")
-        if online and self._broker_up:
+        self._told_unserved.add(conn_id)
+        log.warning(
+            "device %s is online under %s/ but this server does not serve it (its frames get "
+            "no answer and the device reports the server down): %s, unless another server "
+            "process serves it", conn_id, self.root, self.serve_hint.format(conn_id=conn_id),
+        )
+
+    def _heard_unclaimed(self, conn_id: str, now: int) -> None:
+        self._unclaimed_liveness(conn_id).heard(now)
+
+    def _online_changed(self, conn: Connection, changed: bool) -> None:
+        """Act on a change of ``conn``'s DeviceWatch: log, resend all when back, wake."""
+        if not changed:
+            return
+        online = conn._live.online
+        log.info("device %s is %s", conn.conn_id, "online" if online else "offline")
+        if online and self._broker_up and conn._live.resend_due(now_ms()):
             self._resend_all(conn)
         conn._changed.fire()
-
-    def _check_silence(self, conn_id: str, live: _Liveness, now: int) -> bool:
-        """True when ``live`` has been silent too long (and marks it offline)."""
-        if live.online and _core.ticks_diff(now, live.last_heard) > 2 * self.timeout_ms:
-            live.online = False
-            return True
-        return False
 
     def _resend_all(self, conn: Connection) -> None:
         frames = conn._sender.resend_all(now_ms())
         for frame in frames:
-            self._publish(conn.down_topic, frame, 1)
+            self._publish(conn.down_topic, frame)
         if frames:
             conn.stats["resent"] += len(frames)
             log.debug("%s: resent %d frame(s)", conn.conn_id, len(frames))
@@ -951,34 +1071,33 @@ class LinkServer:
             await asyncio.sleep(period)
             now = now_ms()
             for conn_id, conn in self._conns.items():
-                if conn._live.online and (
-                    _core.ticks_diff(now, conn._live.last_heard) > 2 * self.timeout_ms
-                ):
+                if conn._live.silent(now):
                     log.info("%s: silent for %d ms", conn_id, 2 * self.timeout_ms)
-                    self._set_online(conn_id, conn, False, now)
-                peer_up = conn._live.online and self._broker_up
+                    self._online_changed(conn, True)
+                peer_up = conn._reachable()
                 frames = conn._sender.due(now, peer_up)
                 if peer_up:
                     for frame in frames:
-                        self._publish(conn.down_topic, frame, 1)
+                        self._publish(conn.down_topic, frame)
                     if frames:
                         conn.stats["retransmitted"] += len(frames)
-            for conn_id, live in self._unclaimed.items():
-                self._check_silence(conn_id, live, now)
+            for live in self._unclaimed.values():
+                live.silent(now)
 
     # -- output ----------------------------------------------------------------
 
-    def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+    def _publish(self, topic: str, payload: bytes) -> None:
+        """Publish an end-to-end frame at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
-        info = client.publish(topic, payload, qos=qos)
+        info = client.publish(topic, payload, qos=_core.qos_of(payload))
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
 
     def _flush_acks(self, acks: list[tuple[str, bytes]]) -> None:
         for topic, ack in acks:
-            self._publish(topic, ack, 0)
+            self._publish(topic, ack)
         acks.clear()
 
     # -- durable state ---------------------------------------------------------

@@ -8,7 +8,10 @@ with ``qos=True, wait=True``. Every line in and out is logged at INFO.
 
 The link state is kept in ``<state-dir>/<client-id>.json`` (default
 ``.pblink-state/pblink.server.json``), so stopping the server with Ctrl-C or
-SIGTERM and starting it again loses and duplicates no line.
+SIGTERM and starting it again loses and duplicates no line. One process per
+client id: a second process with the same one refuses to start with one line
+naming ``--client-id``; to split conn_ids over processes give each its own
+(docs/SERVER.md).
 
 From Python::
 
@@ -142,6 +145,7 @@ async def serve(
     async with LinkServer(
         host, port, root=root, client_id=client_id, username=username, password=password,
         tls=tls, timeout_ms=timeout_ms, state_path=state_path, connect_timeout=connect_timeout,
+        serve_hint="serve it with `pblink server --ids ... {conn_id}`",
     ) as server:
         task = asyncio.create_task((application or app)(server, ids), name="server-app")
         stopping = asyncio.create_task(stop.wait())

@@ -24,16 +24,32 @@ that conn_id over (an unclaimed conn_id's state is carried over untouched); as
 soon as a conn_id is claimed and the process runs, its entry is written without
 ``tx``, so after a crash that conn_id starts a new sender session. The file-level
 ``clean`` flag says whether the last writer exited cleanly (for logs and tools).
+
+One writer per file: a running server holds an exclusive ``fcntl.flock`` on
+``<path>.lock`` (:meth:`StateStore.lock`), so a second process given the same
+file refuses to start (:class:`StateLockedError`) instead of overwriting the
+first one's entries with an older copy. The lock dies with its process, so a
+crash leaves no stale lock behind.
+
+The file is input like any other: :meth:`StateStore.load` checks every entry
+(conn_id, receive and sender state, unread lines) and raises
+:class:`StateFileError` naming the file for anything this library could not
+have written, rather than hand the application a line that breaks the
+``readline()`` contract.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from server_apps import _core
 
 log = logging.getLogger("pblink.server.state")
 
@@ -42,7 +58,11 @@ VERSION = 1
 
 
 class StateFileError(ValueError):
-    """The state file exists but cannot be used (unreadable, not JSON, wrong format)."""
+    """The state file exists but cannot be used (unreadable, not JSON, wrong format, bad entry)."""
+
+
+class StateLockedError(StateFileError):
+    """Another running process holds the state file (see :meth:`StateStore.lock`)."""
 
 
 @dataclass
@@ -63,15 +83,31 @@ class ConnState:
 
     @classmethod
     def from_json(cls, doc: Any) -> ConnState:
+        """The entry, checked as this library writes it; ``ValueError`` otherwise.
+
+        ``rx`` must restore into a Receiver and ``tx`` into a Sender (the
+        link_core checks), every unread line must be a line ``readline()`` can
+        return (``check_line``: no newline, at most ``MAX_LINE`` bytes).
+        """
         if not isinstance(doc, dict):
             raise ValueError("entry is not an object")
+        unknown = set(doc) - {"rx", "tx", "unread"}
+        if unknown:
+            raise ValueError(f"unknown key(s) {sorted(unknown)}")
         rx, tx, unread = doc.get("rx"), doc.get("tx"), doc.get("unread", [])
-        if rx is not None and not isinstance(rx, dict):
-            raise ValueError("rx is not an object")
-        if tx is not None and not isinstance(tx, dict):
-            raise ValueError("tx is not an object")
-        if not isinstance(unread, list) or not all(isinstance(x, str) for x in unread):
+        if rx is not None:
+            if not isinstance(rx, dict):
+                raise ValueError("rx is not an object")
+            _core.make_receiver().restore(rx)
+        if tx is not None:
+            if not isinstance(tx, dict):
+                raise ValueError("tx is not an object")
+            _core.restore_sender(tx)
+        if not isinstance(unread, list):
             raise ValueError("unread is not a list of strings")
+        for line in unread:
+            if not isinstance(line, str) or _core.check_line(line) != line:
+                raise ValueError(f"unread line {str(line)[:40]!r} is not a line readline() returns")
         return cls(rx=rx, unread=unread, tx=tx)
 
 
@@ -99,6 +135,46 @@ class StateStore:
         self.path = Path(path)
         self.fsync = fsync
         self.writes = 0
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def lock(self, hint: str = "") -> None:
+        """Take the exclusive lock on the file for this process (blocking call: short).
+
+        Raises :class:`StateLockedError` naming the file and the holder's pid
+        when another process holds it; ``hint`` (e.g. which option to change)
+        ends the message. Idempotent; :meth:`unlock` releases it.
+        """
+        if self._lock_fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateLockedError(
+                f"state file {self.path} is in use by another running server process "
+                f"(pid {holder}){hint}"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the lock taken by :meth:`lock` (the lock file stays: harmless)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def load(self) -> ServerState:
         """The stored state; an empty, not-clean state when the file does not exist.
@@ -121,8 +197,15 @@ class StateStore:
             conns_doc = doc.get("conns", {})
             if not isinstance(conns_doc, dict):
                 raise ValueError("conns is not an object")
-            conns = {str(cid): ConnState.from_json(entry) for cid, entry in conns_doc.items()}
-            return ServerState(clean=bool(doc.get("clean", False)), conns=conns)
+            if not isinstance(doc.get("clean", False), bool):
+                raise ValueError("clean is not true or false")
+            conns = {}
+            for cid, entry in conns_doc.items():
+                try:
+                    conns[_core.check_conn_id(cid)] = ConnState.from_json(entry)
+                except ValueError as exc:
+                    raise ValueError(f"conn_id {cid!r}: {exc}") from None
+            return ServerState(clean=doc.get("clean", False), conns=conns)
         except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError included
             raise StateFileError(
                 f"state file {self.path} is not usable ({exc}); "

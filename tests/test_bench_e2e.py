@@ -67,9 +67,12 @@ class App(AppBase):
         asyncio.create_task(self.writer())
 
     async def reader(self):
+        slow = getattr(S, 'e2e_read_ms', 0)  # a slow reader: the link must hold back
         while True:
             line = await self.readline()
             print('RX', line, end='')
+            if slow:
+                await asyncio.sleep_ms(slow)
 
     async def writer(self):
         for extra in getattr(S, 'e2e_extra', []):
@@ -477,3 +480,73 @@ async def test_a_board_app_that_raises_fails_the_bench(pblink_start: Any, tmp_pa
         await bench.wait_board_output(r"^never printed$")
     assert f'"{app}", line' in bench.failures[0].details
     bench.tracker.failures.clear()  # seen: do not fail the test at teardown
+
+
+BACKLOG = 100  # frames of 900 bytes queued on down during a WiFi cut
+READ_MS = 120  # the Pyboard app reads one line per READ_MS: slower than the link
+
+
+@pytest.mark.parametrize("broker_kind", BROKERS)
+async def test_backlog_after_wifi_cut_reaches_a_slow_pyboard_in_order(
+        tmp_path: Path, broker_kind: str) -> None:
+    """Issue 9 part 3, end to end: real AppBase and bridge, a reader slower than the link.
+
+    While the WiFi is cut, BACKLOG qos frames of 900 bytes of another server
+    session are published on the device's down topic (QoS 1: the broker queues
+    them for the bridge's persistent session). When the WiFi is back the broker
+    sends them as fast as it can, the I2C link drains them at its own pace and
+    the Pyboard application reads one every READ_MS: flow control (the bridge
+    stops reading the socket, the Pyboard holds the ESP8266 back) delivers
+    every line once and in order, and the bridge never takes the busy broker
+    for a dead one (no D after the U that follows the cut).
+    """
+    import paho.mqtt.client as paho
+
+    settings = {"e2e_count": 0, "e2e_read_ms": READ_MS, "rx_queue": 2}
+    async with scenario(tmp_path, settings=settings, broker_kind=broker_kind) as sc:
+        await sc.bench.wait_output(r"^E2E server_ok True$", timeout=WAIT)
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="backlog-publisher")
+        pub.connect("127.0.0.1", sc.broker.port)
+        pub.loop_start()
+        try:
+            await sc.bench.cut_wifi()
+            await sc.bench.wait_output(r"^E2E server_ok False$", timeout=WAIT)
+            await asyncio.sleep(1.0)  # the broker has seen the connection go
+            infos = []
+            for i in range(1, BACKLOG + 1):
+                head = f"q|0badcafe|{i}|{i}|bl {i} "
+                infos.append(pub.publish("pblink/1/down", head + "x" * (900 - len(head)), 1))
+            for info in infos:
+                await asyncio.to_thread(info.wait_for_publish, WAIT)
+            mark = sc.bench.line_count
+            t0 = asyncio.get_running_loop().time()
+            await sc.bench.restore_wifi()
+            await sc.bench.wait_output(rf"^RX bl {BACKLOG} ", timeout=3 * WAIT, since=mark)
+            drain_s = asyncio.get_running_loop().time() - t0
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        await asyncio.sleep(0.5)
+        got = [int(ln.split()[2]) for ln in sc.bench.output(PYBOARD) if ln.startswith("RX bl ")]
+        assert got == list(range(1, BACKLOG + 1)), got
+        later = [ln.text for ln in list(sc.bench.lines) if ln.board == PYBOARD]
+        ups = [i for i, t in enumerate(later) if t == "E2E server_ok True"]
+        assert "E2E server_ok False" not in later[ups[-1]:], "D while the backlog drained"
+    print(f"\n[backlog e2e] {broker_kind}: {BACKLOG} x 900 B to a Pyboard reading one line "
+          f"per {READ_MS} ms in {drain_s:.1f} s")
+
+
+async def test_device_under_another_root_gets_server_ok_false_and_the_reason(
+        tmp_path: Path) -> None:
+    """Issue 9 part 4, end to end: nothing answers the device (the server app uses another
+    topic root); within about 2 x timeout_ms of the broker connection the real AppBase
+    runs server_ok(False) and prints the bridge's reason naming the likely causes."""
+    settings = {"e2e_count": 0, "topic_root": "site7"}
+    async with scenario(tmp_path, settings=settings) as sc:
+        m = await sc.bench.wait_output(r"^pb_link: server unreachable: (.*)$", timeout=WAIT)
+        reason = m.group(1)
+        assert reason.startswith("no server application answers conn_id 1 under site7/"), reason
+        for cause in ("pblink server --ids", "topic root", "ACL"):
+            assert cause in reason, reason
+        await sc.bench.wait_output(r"^E2E server_ok False$", timeout=WAIT)
+        assert "E2E server_ok True" not in sc.bench.output(PYBOARD)

@@ -221,6 +221,48 @@ async def malformed():
             await c.disconnect()
 
 
+async def forbidden():
+    # MQTT 3.1.1 "MUST NOT"s refused where they enter, before anything is sent
+    for args in (("mp-f", "", "pw", False), ("", "", "", False), ("", "u", "pw", False)):
+        try:
+            MQTTClient(args[0], args[1], args[2], clean_session=args[3])
+            out("SESSION ACCEPTED", args)
+        except ValueError as e:
+            out("REFUSED", e)
+    c = MQTTClient("", clean_session=True)  # allowed: the broker assigns an id
+    try:
+        c.configure("mp-f", "", "pw")
+        out("CONFIGURE ACCEPTED")
+    except ValueError as e:
+        out("REFUSED", e)
+    c = MQTTClient("mp-forbidden", keepalive_s=10, response_ms=3000, clean_session=True)
+    await c.connect(HOST, port)
+    for topic in ("mp/f/+", "mp/#", "+"):
+        try:
+            await c.publish(topic, b"x", 1)
+            out("WILDCARD SENT", topic)
+        except ValueError as e:
+            out("REFUSED", e)
+    try:
+        await c.subscribe("mp/f/#", 2)
+        out("QOS2 SUBSCRIBED")
+    except ValueError as e:
+        out("REFUSED", e)
+    out("STILL CONNECTED", c.isconnected(), c.inflight())
+    await c.disconnect()
+    # an in-flight QoS 1 publish left from before is not resent into a new clean session
+    c._f_pid[0] = 77
+    c._f_topic[0] = b"mp/f/stale"
+    c._f_msg[0] = b"stale"
+    c._f_n = 1
+    await c.connect(HOST, port)
+    out("CLEAN INFLIGHT", c.inflight())
+    await c.publish("mp/f/fresh", b"fresh", 1)
+    await c.wait_acked()
+    await c.disconnect()
+    out("FORBIDDEN DONE")
+
+
 async def tls():
     c = MQTTClient("mp-tls", keepalive_s=10, response_ms=5000, clean_session=True)
     await c.connect("localhost", port, True)
@@ -638,6 +680,25 @@ def tls_mosquitto(tmp_path: Path) -> Iterator[BrokerProcess]:
 
 
 @pytest.mark.mosquitto
+def test_forbidden_by_mqtt311_refused_at_entry(micropython_bin: str, tmp_path: Path,
+                                               any_broker: BrokerProcess,
+                                               watcher_factory: Callable[..., Watcher]) -> None:
+    """Issue 9 part 5: what MQTT 3.1.1 forbids raises ValueError, never reaches the wire."""
+    w = watcher_factory(any_broker.port, "mp/f/#")
+    out = finish(start(micropython_bin, tmp_path, "forbidden", any_broker.port))
+    assert "ACCEPTED" not in out and "WILDCARD SENT" not in out, out
+    assert "QOS2 SUBSCRIBED" not in out, out
+    assert out.count("REFUSED MQTT password without a user name") == 2, out
+    assert "REFUSED empty MQTT client id with a persistent session" in out, out
+    assert out.count("REFUSED wildcard in a PUBLISH topic") == 3, out
+    assert "REFUSED subscription QoS 2" in out, out
+    assert "STILL CONNECTED True 0" in out, out
+    assert "CLEAN INFLIGHT 0" in out and "FORBIDDEN DONE" in out, out
+    w.wait(lambda m: m[0] == "mp/f/fresh")
+    time.sleep(0.3)
+    assert [m[0] for m in w.messages] == ["mp/f/fresh"], w.messages  # no stale, no wildcard
+
+
 def test_tls_connection(micropython_bin: str, tmp_path: Path,
                         tls_mosquitto: BrokerProcess) -> None:
     out = finish(start(micropython_bin, tmp_path, "tls", tls_mosquitto.port))

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BrokerProcess, free_port
+from conftest import TEST_TIMEOUT, BrokerProcess, free_port
 from test_bridge_support import compile_tree, make_hw_dir
+from test_broker_mosquitto import shipped_mosquitto  # noqa: F401  (fixture)
 
 from virtual_bench.bridge_rig import Server, config, import_cost, run_traffic, start_bridge
 
@@ -125,6 +126,98 @@ def test_server_liveness_gives_u_and_d(micropython_bin: str, tmp_path: Path,
         p.wait_for("PB D", timeout=5)  # silent for timeout_ms
         srv.answer = True
         p.wait_for("PB U")
+
+
+def test_only_an_exact_heartbeat_counts_as_the_server(
+        micropython_bin: str, tmp_path: Path, any_broker: BrokerProcess, server_factory) -> None:
+    """PROTOCOL.md 4.4: 'hello' on down is no heartbeat: an E diagnostic, and still D."""
+    srv = server_factory(any_broker.port)
+    srv.reply = b"hello"
+    with start_bridge(micropython_bin, tmp_path, config(any_broker.port, timeout_ms=800)) as p:
+        p.wait_for("PB D")
+        line = p.wait_for("PB E malformed frame on down dropped", timeout=10)
+        assert "hello" in line, line
+        time.sleep(1.0)
+        assert "PB U" not in p.lines  # the server's 'hello' answers prove nothing
+        srv.reply = b"h\n"  # as mosquitto_pub -s sends it: a heartbeat
+        p.wait_for("PB U")
+
+
+def test_unanswered_device_gets_a_diagnostic(
+        micropython_bin: str, tmp_path: Path, any_broker: BrokerProcess, server_factory) -> None:
+    """PROTOCOL.md 4.4: nothing on down within 2 x timeout_ms of the connection: E names causes."""
+    srv = server_factory(any_broker.port)
+    srv.answer = False  # no server application serves this conn_id
+    with start_bridge(micropython_bin, tmp_path, config(any_broker.port, timeout_ms=800)) as p:
+        p.wait_for("PB D")
+        # 2 x timeout_ms after the broker connection, plus slack for a loaded machine
+        line = p.wait_for("PB D no server application answers conn_id dev1", timeout=8)
+        for cause in ("pblink server --ids", "topic root", "ACL"):
+            assert cause in line, line
+        time.sleep(1.0)
+        told = [x for x in p.lines if x.startswith("PB D no server application")]
+        assert len(told) == 1, told  # once per connection
+        assert "PB U" not in p.lines
+
+
+BACKLOG = 300  # frames queued for the device during the outage (issue 9 part 3)
+BACKLOG_SIZE = 900  # bytes each
+
+
+@pytest.fixture(params=["amqtt", "mosquitto", "shipped mosquitto"])
+def backlog_broker(request: pytest.FixtureRequest) -> tuple[BrokerProcess, dict, dict]:
+    """(broker, server credentials, device credentials as config() keywords)."""
+    if request.param == "shipped mosquitto":  # max_inflight_messages 1000: all at once
+        from test_broker_mosquitto import USERS
+        broker = request.getfixturevalue("shipped_mosquitto")
+        return (broker, {"user": "pblink.server", "password": USERS["pblink.server"]},
+                {"user": "dev1", "password": USERS["dev1"]})
+    name = "amqtt_broker" if request.param == "amqtt" else "mosquitto_broker"
+    return request.getfixturevalue(name), {}, {}
+
+
+@pytest.mark.slow
+def test_backlog_after_an_outage_drains_in_order_without_a_reconnect(
+        micropython_bin: str, tmp_path: Path, backlog_broker: tuple[BrokerProcess, dict, dict],
+        server_factory) -> None:
+    """A broker delivering a backlog faster than the link drains it is not a dead broker.
+
+    WiFi cut, 300 q frames of 900 bytes published on down (QoS 1, queued by the
+    broker for the bridge's persistent session), WiFi back: the bridge stays
+    connected (its mqtt_response_ms is 1.5 s here, far less than the drain
+    time) and hands every frame to the Pyboard, in order.
+    """
+    any_broker, srv_login, dev_login = backlog_broker
+    srv = server_factory(any_broker.port, **srv_login)
+    flag = tmp_path / "wifi-down"
+    with start_bridge(micropython_bin, tmp_path, config(any_broker.port, **dev_login),
+                      PBLINK_FAKE_WIFI_DOWN=str(flag)) as p:
+        p.wait_for("PB U")
+        flag.write_text("")
+        p.wait_for("PB D", timeout=5)
+        time.sleep(0.5)  # the broker has noticed the closed socket
+        infos = []
+        for i in range(1, BACKLOG + 1):
+            head = f"q|0badcafe|{i}|{i}|bl {i} "
+            infos.append(srv.send((head + "x" * (BACKLOG_SIZE - len(head))).encode(), 1))
+        for info in infos:
+            info.wait_for_publish(TEST_TIMEOUT)
+        mark = len(p.lines)
+        t0 = time.monotonic()
+        flag.unlink()
+        p.wait_for(f"PB BL {BACKLOG}", timeout=120)
+        drain_s = time.monotonic() - t0
+        after = p.lines[mark:]
+        assert not [x for x in after if x.startswith("PB BL GAP")], after
+        lost = [x for x in after if "broker connection lost" in x or x.startswith("PB E broker")]
+        assert not lost, f"the bridge dropped the connection during the backlog: {lost}"
+        # the server counts as reachable from the first frame on: U, and no D while draining
+        told = [x for x in after if x in ("PB U", "PB D")]
+        shown = [x for x in after if x[:4] != "PB K"]
+        assert told and told[0] == "PB U" and "PB D" not in told, shown
+    which = any_broker.name + (" (shipped config)" if dev_login else "")
+    print(f"\n[backlog] {which}: {BACKLOG} x {BACKLOG_SIZE} B drained in {drain_s:.1f} s "
+          f"({BACKLOG * BACKLOG_SIZE / drain_s / 1024:.1f} KiB/s)")
 
 
 def test_wifi_outage_gives_d_then_u(micropython_bin: str, tmp_path: Path,

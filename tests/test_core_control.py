@@ -101,6 +101,7 @@ def test_dump_list_matches_json_dumps(items):
         ([*CFG[:6], "p" * 65], "wifi_password"),
         ([*CFG, 5], "mqtt_user"),
         ([*CFG, "", "x" * 257], "mqtt_password"),
+        ([*CFG, "", "secret"], "mqtt_password is set but mqtt_user is empty"),  # MQTT-3.1.2-22
         ([*CFG, "", "", "bad/"], "topic root"),
         ([*CFG, "", "", "pblink", 1], "tls"),
     ],

@@ -693,6 +693,47 @@ def test_esp_reboot_fresh_resync_and_retransmit(board, mode: str) -> None:
                             ["server_ok", True]]
 
 
+UNANSWERED = r"""
+import asyncio
+import pbt
+from link_core import control
+
+async def main():
+    app, esp = pbt.setup(server_up=False)
+    await pbt.until(lambda: len(esp.configs) == 1, 3000, "config")
+    await asyncio.sleep_ms(100)
+    why = "no server application answers conn_id dev-1 under pblink/ ..."
+    esp.outbox.append(b"D")  # at config time: nothing known yet, no call
+    await asyncio.sleep_ms(150)
+    before = list(app.calls)
+    esp.outbox.append(control.encode_text(control.SERVER_DOWN, why))
+    await pbt.until(lambda: ["server_ok", False] in app.calls, 2000, "server_ok(False)")
+    esp.outbox.append(control.encode_text(control.SERVER_DOWN, why))  # next connection
+    await asyncio.sleep_ms(150)
+    esp.set_server(True)
+    await pbt.until(app.status, 2000, "up")
+    esp.set_server(False)
+    await pbt.until(lambda: not app.status(), 2000, "down")
+    esp.outbox.append(control.encode_text(control.SERVER_DOWN, why))
+    await asyncio.sleep_ms(200)
+    pbt.result({"before": before, "calls": app.calls, "reason": app.server_reason})
+    app.close(); esp.stop()
+
+pbt.run(main())
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reasoned_d_runs_server_ok_false_once_per_outage(board, mode: str) -> None:
+    """PROTOCOL.md 4.4: the bridge's 'D' with a reason reaches the application at once."""
+    res, out = board(UNANSWERED, mode=mode)
+    assert res["before"] == []  # a plain 'D' while down is no news
+    assert res["calls"] == [["server_ok", False], ["start"], ["server_ok", True],
+                            ["server_ok", False]]
+    assert res["reason"].startswith("no server application answers conn_id dev-1")
+    assert out.count("pb_link: server unreachable: no server application") == 3
+
+
 KEEPALIVE = r"""
 import asyncio, time
 import machine, pbt

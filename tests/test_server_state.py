@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from server_apps import StateFileError
+from server_apps import StateFileError, StateLockedError
 from server_apps.state import ConnState, ServerState, StateStore
+
+
+def _doc(conns: dict[str, object], clean: object = False) -> bytes:
+    return json.dumps({"format": "pblink-server-state", "version": 1, "clean": clean,
+                       "conns": conns}).encode()
 
 
 def test_missing_file_is_an_empty_unclean_state(tmp_path: Path) -> None:
@@ -57,6 +64,17 @@ def test_no_fsync_mode_writes_too(tmp_path: Path) -> None:
         b'{"format": "pblink-server-state", "version": 1, "conns": []}',
         b'{"format": "pblink-server-state", "version": 1, "conns": {"1": {"unread": [1]}}}',
         b'{"format": "pblink-server-state", "version": 1, "conns": {"1": {"rx": 5}}}',
+        # contents this library never writes (issue 9): each would break a contract later
+        _doc({"1": {"unread": ["two\nlines"]}}),  # readline() returns one line
+        _doc({"1": {"unread": ["trailing\n"]}}),
+        _doc({"1": {"unread": ["x" * 1025]}}),  # MAX_LINE
+        _doc({"no/slash": {"unread": []}}),  # not a conn_id
+        _doc({"1": {"rx": {"window": 16, "sessions": [["NOTHEX00", 1, []]]}}}),
+        _doc({"1": {"rx": {"window": 16, "sessions": [["0123abcd", 1, [[99, "far"]]]]}}}),
+        _doc({"1": {"tx": {"session": "89abcdef", "next_id": 3, "window": 16,
+                           "timeout_ms": 300, "unacked": [[7, "after next_id"]]}}}),
+        _doc({"1": {"unread": [], "extra": 1}}),
+        _doc({}, clean="yes"),
     ],
 )
 def test_unusable_file_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
@@ -96,3 +114,36 @@ def test_readers_never_see_a_torn_file(tmp_path: Path) -> None:
         thread.join()
     assert not errors
     assert set(seen) <= {0, 20}
+
+
+def test_one_process_per_state_file(tmp_path: Path) -> None:
+    """The lock (fcntl.flock) refuses a second holder, names the file, the pid and the hint."""
+    path = tmp_path / "dir" / "s.json"
+    first = StateStore(path)
+    first.lock()
+    first.lock()  # idempotent
+    with pytest.raises(StateLockedError, match=r"s\.json.*in use.*pid \d+.*--client-id") as info:
+        StateStore(path).lock(": use --client-id")
+    assert "\n" not in str(info.value)
+    first.unlock()
+    second = StateStore(path)
+    second.lock()
+    second.unlock()
+
+
+def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    code = (f"from server_apps.state import StateStore\nStateStore({str(path)!r}).lock()\n"
+            "print('locked', flush=True)\nimport time\ntime.sleep(60)\n")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"locked\n"
+        with pytest.raises(StateLockedError, match=f"pid {proc.pid}"):
+            StateStore(path).lock()
+    finally:
+        proc.kill()  # a crash: no unlock
+        proc.wait()
+    store = StateStore(path)
+    store.lock()
+    store.unlock()

@@ -357,6 +357,7 @@ async def main():
     ok_ = False
     sent = 0
     down = 0
+    bl = 0  # last backlog frame number seen
     k = 0
     peak = 0
     live_peak = 0
@@ -397,15 +398,23 @@ async def main():
             elif c == 0x55:  # U
                 ok_ = True
                 print("PB U")
-            elif c == 0x44:  # D
+            elif c == 0x44:  # D, with the bridge's reason when it has one
                 ok_ = False
-                print("PB D")
+                print("PB D" + (" " + m[1:].decode() if len(m) > 1 else ""))
             elif c in b"RWBE":
                 print("PB %s %s" % (chr(c), m[1:].decode()))
             else:
                 down += 1
                 if down % 100 == 0:
                     print("PB DOWN %d" % down)
+                i = m.find(b"|bl ")  # backlog frames "...|bl <n> ...": checked for order
+                if i > 0:
+                    n = int(m[i + 4 : m.find(b" ", i + 4)])
+                    if n != bl + 1:
+                        print("PB BL GAP want %d got %d" % (bl + 1, n))
+                    bl = n
+                    if n % 50 == 0:
+                        print("PB BL %d" % n)
                 if m.endswith(b"|END"):
                     gc.collect()
                     print(
@@ -674,9 +683,11 @@ def start_bridge(micropython_bin: str, tmp_path: Path, cfg: list, up: int = 0,
 class Server:
     """The server application's side, reduced to what the bridge needs."""
 
-    def __init__(self, port: int, conn_id: str = "dev1", root: str = "pblink") -> None:
+    def __init__(self, port: int, conn_id: str = "dev1", root: str = "pblink",
+                 user: str | None = None, password: str | None = None) -> None:
         self.base = f"{root}/{conn_id}"
-        self.answer = True  # answer 'h' with 'h'
+        self.answer = True  # answer 'h' with self.reply
+        self.reply = b"h"
         self.up: list[bytes] = []
         self.status: list[tuple[bytes, bool]] = []
         self.reports: list[tuple[bytes, bool]] = []  # <root>/<id>/report: (payload, retained)
@@ -684,6 +695,8 @@ class Server:
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"srv-{free_port()}")
         self.c.on_message = self._on_message
         self.c.on_connect = self._on_connect
+        if user is not None:
+            self.c.username_pw_set(user, password)
         self.c.reconnect_delay_set(0.1, 0.5)
         self._subscribed = threading.Event()
         self.c.on_subscribe = lambda *a: self._subscribed.set()
@@ -704,7 +717,7 @@ class Server:
                 self.reports.append((msg.payload, bool(msg.retain)))
             elif msg.payload == b"h":
                 if self.answer:
-                    c.publish(f"{self.base}/down", b"h", qos=0)
+                    c.publish(f"{self.base}/down", self.reply, qos=0)
             else:
                 self.up.append(msg.payload)
             self._cv.notify_all()

@@ -137,9 +137,7 @@ class DeviceDouble:
         self._server_ok = False
         self._closed = False
         self._generation = 0  # bumped by restart(): waiting calls raise DeviceRestarted
-        self._last_rx = 0
-        self._last_pub = 0
-        self._last_h = 0
+        self._watch = _core.server_watch(timeout_ms)  # the bridge's rules, PROTOCOL.md 4.4
         self.last_refusal: str | None = None
         self.stats: dict[str, int] = collections.defaultdict(int)
 
@@ -252,19 +250,12 @@ class DeviceDouble:
         text = _core.check_line(line)
         gen = self._generation
         async with self._write_lock:
+            while not _core.may_write(self._server_ok, self._sender, qos, wait):
+                await self._changed_wait(gen)
             if qos:
-                while not (
-                    self._server_ok
-                    and self._sender.can_send()
-                    and (not wait or self._sender.idle())
-                ):
-                    await self._changed_wait(gen)
-                frame = self._sender.send(text, now_ms())
-                self._publish(frame, 1)
+                self._publish(self._sender.send(text, now_ms()))
             else:
-                while not self._server_ok:
-                    await self._changed_wait(gen)
-                self._publish(self._sender.unreliable(text), 0)
+                self._publish(self._sender.unreliable(text))
 
     async def drain(self) -> None:
         """Wait until every qos line has been acknowledged."""
@@ -331,7 +322,7 @@ class DeviceDouble:
         )
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
-        client.will_set(self.status_topic, _core.OFFLINE, qos=1, retain=True)
+        client.will_set(self.status_topic, _core.OFFLINE, qos=_core.QOS_STATUS, retain=True)
         client.connect_timeout = self.connect_timeout
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -340,9 +331,7 @@ class DeviceDouble:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        now = now_ms()
-        self._last_rx = _core.ticks_add(now, -self.timeout_ms)  # server not yet heard
-        self._last_pub = self._last_h = self._last_rx
+        self._watch.disconnected()
         self._client = client
         self._connack = self._loop.create_future()
         try:
@@ -372,6 +361,7 @@ class DeviceDouble:
         client, self._client = self._client, None
         was_up = self._mqtt_up
         self._mqtt_up = False
+        self._watch.disconnected()
         self._set_server_ok(False)
         if client is None:
             if was_up:
@@ -439,8 +429,9 @@ class DeviceDouble:
             # broker sends right behind the CONNACK (queued down frames).
             self.last_refusal = None
             self._mqtt_up = True
+            self._watch.connected(now_ms())  # server not yet heard: 'h' at once
             self.stats["connects"] += 1
-            client.publish(self.status_topic, _core.ONLINE, qos=1, retain=True)
+            client.publish(self.status_topic, _core.ONLINE, qos=_core.QOS_STATUS, retain=True)
             client.subscribe(self.down_topic, qos=1)
             self._tick()  # the first heartbeat at once: the server's answer means U
             self._fire(kick=True)
@@ -462,6 +453,7 @@ class DeviceDouble:
             self._connack.set_exception(ConnectionAbortedError("closed before CONNACK"))
             self._connack.exception()
         self._mqtt_up = False
+        self._watch.disconnected()
         self._set_server_ok(False)
         self._fire(kick=True)
 
@@ -474,8 +466,7 @@ class DeviceDouble:
             self.stats["malformed"] += 1
             log.warning("%s: dropped malformed frame %r: %s", self.conn_id, msg.payload[:60], exc)
             return
-        now = now_ms()
-        self._last_rx = now
+        self._watch.heard(now_ms())
         self.stats["received"] += 1
         self._set_server_ok(True)
         kind = frame[0]
@@ -488,7 +479,7 @@ class DeviceDouble:
                 return
             ack, lines = self._receiver.on_frame(frame)
             if ack is not None:
-                self._publish(ack, 0)
+                self._publish(ack)
             if lines:
                 self._lines.extend(lines)
                 self.stats["rx_lines"] += len(lines)
@@ -503,7 +494,7 @@ class DeviceDouble:
         log.debug("%s: server %s", self.conn_id, "up (U)" if ok else "down (D)")
         if ok:
             for frame in self._sender.resend_all(now_ms()):
-                self._publish(frame, 1)
+                self._publish(frame)
         self._fire()
 
     def _tick(self) -> None:
@@ -514,27 +505,29 @@ class DeviceDouble:
         if not self._mqtt_up:
             return
         now = now_ms()
-        half = self.timeout_ms // 2
-        if self._server_ok and _core.ticks_diff(now, self._last_rx) >= self.timeout_ms:
+        watch = self._watch
+        if self._server_ok and not watch.reachable(now):
             self._set_server_ok(False)
-        # The bridge's rule (esp_bridge/bridge.py): quiet up, or quiet down at most once
-        # per timeout_ms / 2.
-        if _core.ticks_diff(now, self._last_pub) >= half or (
-            _core.ticks_diff(now, self._last_rx) >= half
-            and _core.ticks_diff(now, self._last_h) >= half
-        ):
-            self._last_h = now
-            self._publish(_core.HEARTBEAT, 0)
+        if watch.unanswered(now):
+            self.stats["unanswered"] += 1
+            log.info(
+                "%s: no server application answered within %d ms of the broker connection",
+                self.conn_id, 2 * self.timeout_ms,
+            )
+        if watch.heartbeat_due(now):
+            watch.heartbeat_sent(now)
+            self._publish(_core.HEARTBEAT)
         for frame in self._sender.due(now, self._server_ok):
-            self._publish(frame, 1)
+            self._publish(frame)
             self.stats["retransmitted"] += 1
 
-    def _publish(self, payload: bytes, qos: int) -> None:
+    def _publish(self, payload: bytes) -> None:
+        """Publish an end-to-end frame on up at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._mqtt_up:
             return
-        client.publish(self.up_topic, payload, qos=qos)
-        self._last_pub = now_ms()
+        client.publish(self.up_topic, payload, qos=_core.qos_of(payload))
+        self._watch.published(now_ms())
         self.stats["published"] += 1
 
 

@@ -22,6 +22,7 @@ from micropython import const
 from link_core import control, frames
 from link_core.endpoint import Receiver, Sender
 from link_core.i2c_link import INITIATOR, LinkEndpoint, PollPolicy
+from link_core.liveness import may_write
 from link_core.names import check_conn_id, line_bytes
 from pb_link.ports import make_port
 
@@ -109,6 +110,8 @@ class AppBase:
         self._closed = False
         self._error: Exception | None = None
         self.broker_reason = ""  # the ESP8266's reason with the last 'B'
+        self.server_reason = ""  # the ESP8266's reason with the last reasoned 'D'
+        self._down_told = False  # server_ok(False) ran since the last server_ok(True)
         self.pulses = 0  # reset pulses given
         self.acks_dropped = 0
         self._task = asyncio.create_task(self._run())
@@ -139,11 +142,7 @@ class AppBase:
         async with self._wlock:
             while True:
                 self._check_open()
-                if (
-                    self._up
-                    and ep.tx_pending < _LINK_TXQ - _ACK_ROOM
-                    and (not qos or (tx.can_send() and (not wait or tx.idle())))
-                ):
+                if ep.tx_pending < _LINK_TXQ - _ACK_ROOM and may_write(self._up, tx, qos, wait):
                     break
                 self._wevt.clear()
                 await self._wevt.wait()
@@ -343,6 +342,15 @@ class AppBase:
             self._set_up(True)
         elif k == control.SERVER_DOWN:
             self._set_up(False)
+            if len(m) > 1:  # the bridge says why nobody answers (PROTOCOL.md 4.4)
+                try:
+                    self.server_reason = control.decode_text(m)
+                except ValueError:
+                    self.server_reason = "?"
+                print("pb_link: server unreachable:", self.server_reason)
+                if not self._down_told:
+                    self._down_told = True
+                    self._spawn(self.server_ok(False))
         elif k == control.REPORT:
             try:
                 rep = control.decode_report(m)
@@ -393,6 +401,7 @@ class AppBase:
             return
         self._up = up
         self._log("server", "up" if up else "down")
+        self._down_told = not up
         if up:
             self._resend = True
         self._spawn(self.server_ok(up))

@@ -1,0 +1,267 @@
+"""Liveness rules (docs/PROTOCOL.md 4.4): heartbeats, reachability, write admission, MQTT QoS.
+
+Sans-I/O: callers pass times (``now_ms``, tick values) and events in and act
+on the decisions returned. One module for the rules that the bridge
+(``esp_bridge``), the Pyboard (``AppBase``), the server library
+(``server_apps``) and the device double (``virtual_bench``) all follow::
+
+    qos_of(frame) -> 0 | 1                 # MQTT QoS of an end-to-end frame (4.1)
+    classify_down(payload) -> IS_HEARTBEAT | IS_DATA | IS_BAD   # strict, allocation free
+    may_write(reachable, sender, qos, wait) -> bool    # write admission (3.1)
+
+    w = ServerWatch(timeout_ms)            # on the device end: is the server app there?
+    w.connected(now) / w.disconnected()    # the broker connection came up / went down
+    w.published(now)                       # a frame went out on up
+    w.heard(now)                           # a good frame (heartbeat or data) came on down
+    w.heartbeat_due(now) -> bool           # publish 'h' now (then call w.heartbeat_sent)
+    w.heartbeat_sent(now)
+    w.reachable(now) -> bool               # the bridge's U (True) / D (False)
+    w.unanswered(now) -> bool              # True once per connection: no answer in 2 x timeout
+
+    d = DeviceWatch(timeout_ms)            # on the server: is the device there?
+    d.heard(now) -> bool                   # a good frame on up; True if it came online
+    d.status(online, now) -> bool          # retained status; True if online changed
+    d.silent(now) -> bool                  # True (and offline) after 2 x timeout of silence
+    d.lost() -> bool                       # the server's broker connection was lost
+    d.answer_due(now) -> bool              # answer this 'h' (at most one per timeout/4)
+    d.resend_due(now) -> bool              # resend all now it is back (at most one per timeout/4)
+    d.online, d.last_heard
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from link_core.clock import ticks_add, ticks_diff
+
+# The heartbeat frame (PROTOCOL.md 3), equal to frames.HEARTBEAT (checked by the tests);
+# not imported from there so that the bridge, which never decodes frames, does not load the codec.
+HEARTBEAT = b"h"
+
+# classify_down results
+IS_BAD = const(0)
+IS_HEARTBEAT = const(1)
+IS_DATA = const(2)
+
+# MQTT QoS (PROTOCOL.md 4.1)
+QOS_DATA = const(1)  # 'q' frames
+QOS_OTHER = const(0)  # 'u', 'a', 'h'
+QOS_STATUS = const(1)  # the retained status and the will
+
+_Q = const(0x71)  # 'q'
+_U = const(0x75)  # 'u'
+_A = const(0x61)  # 'a'
+_H = const(0x68)  # 'h'
+_BAR = const(0x7C)  # '|'
+_NL = const(0x0A)
+_SESSION_END = const(10)  # index of the '|' after kind, '|' and 8 hex digits
+
+
+def qos_of(frame):
+    """MQTT QoS (0 or 1) to publish the end-to-end ``frame`` (bytes-like) at.
+
+    ``q`` frames go at QoS 1, everything else (``u``, ``a``, ``h``) at QoS 0
+    (PROTOCOL.md 4.1): a lost ``u`` is allowed, a lost ``a`` or ``h`` is
+    replaced by the next one.
+    """
+    return QOS_DATA if len(frame) and frame[0] == _Q else QOS_OTHER
+
+
+def _hex(c):
+    return 48 <= c <= 57 or 97 <= c <= 102
+
+
+def classify_down(payload):
+    """What a payload that arrived on ``down`` (or ``up``) is, without allocating.
+
+    ``IS_HEARTBEAT``: exactly ``h`` (one trailing ``\\n`` tolerated, PROTOCOL.md
+    3). ``IS_DATA``: starts with ``q|``, ``u|`` or ``a|`` and a well-formed
+    session (8 lowercase hex digits and ``|``); the end application parses the
+    rest (``frames.decode``). ``IS_BAD``: anything else, e.g. ``hello`` or
+    ``h|x``. A IS_BAD payload is not traffic: it proves nothing about the peer
+    and gets the ``E`` diagnostic on the bridge (PROTOCOL.md 2).
+    """
+    n = len(payload)
+    if n and payload[n - 1] == _NL:
+        n -= 1
+    if n == 0:
+        return IS_BAD
+    k = payload[0]
+    if k == _H:
+        return IS_HEARTBEAT if n == 1 else IS_BAD
+    if (k != _Q and k != _U and k != _A) or n <= _SESSION_END or payload[1] != _BAR:
+        return IS_BAD
+    for i in range(2, _SESSION_END):
+        if not _hex(payload[i]):
+            return IS_BAD
+    return IS_DATA if payload[_SESSION_END] == _BAR else IS_BAD
+
+
+def may_write(reachable, sender, qos, wait):
+    """True when a ``write(line, qos, wait)`` may start now (PROTOCOL.md 3.1).
+
+    ``reachable``: the peer application is reachable (the device's ``U``; on
+    the server: the device online and the broker connected). ``sender``: the
+    link_core ``Sender`` (``can_send()``: the window has room; ``idle()``:
+    nothing unacknowledged). A qos line needs window room; with ``wait`` also
+    no unacknowledged qos line. Every write waits while the peer is unreachable.
+    """
+    if not reachable:
+        return False
+    if not qos:
+        return True
+    return sender.can_send() and (not wait or sender.idle())
+
+
+class ServerWatch:
+    """The device end's view of its server application (PROTOCOL.md 4.4).
+
+    ``ServerWatch(timeout_ms)``, ``timeout_ms`` the link timeout from the
+    config (may be changed later by assigning ``timeout_ms``). Rules:
+
+    - heartbeat: due when nothing was published on ``up`` for ``timeout_ms/2``,
+      or nothing was heard on ``down`` for ``timeout_ms/2`` and no ``h`` went
+      out in the last ``timeout_ms/2`` (so a bridge whose server is gone sends
+      one ``h`` per half timeout, not a flood).
+    - reachable (``U``): connected and a good frame came on ``down`` within the
+      last ``timeout_ms``; otherwise ``D``.
+    - unanswered: connected for ``2 x timeout_ms`` and nothing heard on ``down``
+      since the connection came up: no server application serves this
+      conn_id under this root on this broker, or the broker drops the device's
+      publishes (ACL). True once per connection, for the diagnostic.
+    """
+
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self.is_connected = False
+        self.last_pub = 0
+        self.last_heard = 0
+        self.last_h = 0
+        self.since = 0  # when the broker connection came up
+        self.answered = False  # a good frame on down since then
+        self._told = False  # unanswered() reported for this connection
+
+    def connected(self, now_ms):
+        """The broker connection is up: the server is unknown, a heartbeat is due at once."""
+        past = ticks_add(now_ms, -self.timeout_ms)
+        self.last_heard = past
+        self.last_pub = past
+        self.last_h = past
+        self.since = now_ms
+        self.answered = False
+        self._told = False
+        self.is_connected = True
+
+    def disconnected(self):
+        """WiFi or the broker connection is lost: ``D``."""
+        self.is_connected = False
+
+    def published(self, now_ms):
+        """A frame (any kind) went out on ``up``."""
+        self.last_pub = now_ms
+
+    def heard(self, now_ms):
+        """An ``IS_HEARTBEAT`` or ``IS_DATA`` payload (``classify_down``) came on ``down``."""
+        self.last_heard = now_ms
+        self.answered = True
+
+    def heartbeat_due(self, now_ms):
+        """True when an ``h`` should be published on ``up`` now."""
+        if not self.is_connected:
+            return False
+        half = self.timeout_ms // 2
+        if ticks_diff(now_ms, self.last_pub) >= half:
+            return True
+        quiet = ticks_diff(now_ms, self.last_heard) >= half
+        return quiet and ticks_diff(now_ms, self.last_h) >= half
+
+    def heartbeat_sent(self, now_ms):
+        """The ``h`` asked for by ``heartbeat_due`` went out."""
+        self.last_h = now_ms
+        self.last_pub = now_ms
+
+    def reachable(self, now_ms):
+        """The server application is reachable: ``U`` (True) or ``D`` (False)."""
+        return self.is_connected and ticks_diff(now_ms, self.last_heard) < self.timeout_ms
+
+    def unanswered(self, now_ms):
+        """True once per connection when ``2 x timeout_ms`` passed with nothing on ``down``."""
+        if self._told or self.answered or not self.is_connected:
+            return False
+        if ticks_diff(now_ms, self.since) < 2 * self.timeout_ms:
+            return False
+        self._told = True
+        return True
+
+
+class DeviceWatch:
+    """The server's view of one device (PROTOCOL.md 4.4).
+
+    ``DeviceWatch(timeout_ms)``. Online when a good frame came on its ``up``
+    within the last ``2 x timeout_ms`` or its retained status became
+    ``online``; offline on status ``offline``, after ``2 x timeout_ms`` of
+    silence, or when the server's own broker connection is lost. A frame
+    that does not parse is not traffic: do not call ``heard`` for it.
+
+    Backlogs: a broker may deliver, all at once, what queued up for the server
+    while it was away (amqtt even queues QoS 0 heartbeats): dozens of stale
+    ``h`` per device, or status flips. ``answer_due`` and ``resend_due``
+    allow one answer, one resend-all, per ``timeout_ms / 4``: a live bridge
+    sends ``h`` at most every ``timeout_ms / 2``, so it still gets an answer to
+    each, and the first seconds back stay bounded.
+    """
+
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self.online = False
+        self.last_heard = 0
+        self._answered = None  # when the last 'h' was answered
+        self._resent = None  # when the last resend-all went out
+
+    def _spaced(self, last, now_ms):
+        return last is None or ticks_diff(now_ms, last) >= self.timeout_ms // 4
+
+    def answer_due(self, now_ms):
+        """True (and recorded) when an ``h`` that came now should be answered."""
+        if not self._spaced(self._answered, now_ms):
+            return False
+        self._answered = now_ms
+        return True
+
+    def resend_due(self, now_ms):
+        """True (and recorded) when the device came back and every unacked frame may go again."""
+        if not self._spaced(self._resent, now_ms):
+            return False
+        self._resent = now_ms
+        return True
+
+    def _set(self, online):
+        if online == self.online:
+            return False
+        self.online = online
+        return True
+
+    def heard(self, now_ms):
+        """A good frame came on ``up``. True if the device just came online."""
+        self.last_heard = now_ms
+        return self._set(True)
+
+    def status(self, online, now_ms):
+        """The retained status became ``online`` (True) or ``offline``. True if changed."""
+        self.last_heard = now_ms
+        return self._set(online)
+
+    def silent(self, now_ms):
+        """True (and now offline) when online and silent for more than ``2 x timeout_ms``."""
+        if self.online and ticks_diff(now_ms, self.last_heard) > 2 * self.timeout_ms:
+            self.online = False
+            return True
+        return False
+
+    def lost(self):
+        """The server's broker connection is gone. True if the device was online."""
+        return self._set(False)
