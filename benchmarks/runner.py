@@ -31,7 +31,7 @@ from benchmarks.common import (
     render_table,
     run_loadavg,
 )
-from pblink.common import COUNT, SECONDS
+from pblink.common import COUNT, SECONDS, output_file
 
 MODULES = {
     "latency": "benchmarks.latency",
@@ -52,8 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        [*FAMILIES, *EXTRA_FAMILIES]) + "; soak runs only when named")
     p.add_argument("--repeats", type=COUNT, default=None, metavar="N",
                    help="runs per figure (default 3, --quick 2)")
-    p.add_argument("--out", default=None, metavar="FILE",
-                   help="JSON file to write (default bench-results/bench-<timestamp>.json)")
+    p.add_argument("--out", type=output_file, default=None, metavar="FILE",
+                   help="JSON file to write (default bench-results/bench-<timestamp>.json); "
+                   "checked before the run starts, missing folders are created")
     p.add_argument("--workdir", default=None,
                    help="keep every process's log here (default: a temporary folder)")
     p.add_argument("--scale-n", type=COUNT, action="append", default=None, metavar="N",
@@ -68,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="format of the plots written beside the JSON (default %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     p.add_argument("--plot", default=None, metavar="JSON",
-                   help="run nothing: draw the plots of this existing result file beside it")
+                   help="run nothing: draw the plots of this existing result file beside it "
+                   "(with --plot-format; no other option applies)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests only
 
 
@@ -95,8 +97,18 @@ async def run_families(ctx: Context, names: list[str]) -> tuple[list[Row], dict[
     return rows, info
 
 
+# Options that make no sense with --plot (it runs nothing): (dest, how the user typed it).
+RUN_OPTIONS = (("quick", "--quick"), ("only", "--only"), ("repeats", "--repeats"),
+               ("out", "--out"), ("workdir", "--workdir"), ("scale_n", "--scale-n"),
+               ("duration", "--duration"), ("devices", "--devices"), ("seed", "--seed"),
+               ("no_plots", "--no-plots"), ("tiny", "--tiny"))
+
+
 def write_plots(out: Path, fmt: str) -> list[Path]:
-    """The plots of the result file ``out``, beside it (benchmarks/plots.py)."""
+    """The plots of the result file ``out``, beside it (benchmarks/plots.py).
+
+    Raises benchmarks.plots.PlotError (one line, naming the file) when there
+    is nothing to plot or the file is not a usable result."""
     from benchmarks.plots import plot_file
 
     files = plot_file(out, fmt=fmt)
@@ -105,13 +117,23 @@ def write_plots(out: Path, fmt: str) -> list[Path]:
     return files
 
 
+def _error(message: str, code: int) -> int:
+    print(f"pblink bench: error: {message}", file=sys.stderr)
+    return code
+
+
 def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from benchmarks.plots import NothingToPlot, PlotError
+
     if args.plot:
+        given = [flag for dest, flag in RUN_OPTIONS if getattr(args, dest, None)]
+        if given:
+            return _error(f"--plot runs nothing, so {', '.join(given)} would be ignored: "
+                          "give --plot JSON with --plot-format only", 2)
         try:
             write_plots(Path(args.plot), args.plot_format)
-        except ValueError as exc:
-            print(f"pblink bench: error: {exc}", file=sys.stderr)
-            return 2
+        except PlotError as exc:
+            return _error(str(exc), 2)
         return 0
     raise_nofile()
     names = args.only or list(FAMILIES)
@@ -147,7 +169,6 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     failed = {k: v["error"] for k, v in info.items() if "error" in v}
     for name, err in failed.items():
         print(f"family {name} FAILED: {err}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "command": command.strip(),
         "started": stamp,
@@ -160,10 +181,20 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         "rows": [r.to_json() for r in rows],
         "table": table,
     }
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    try:  # the table is on stdout already: a file that cannot be written loses nothing
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+    except OSError as exc:
+        return _error(f"results not written to {out}: {exc.strerror or exc} "
+                      "(the table above has every figure)", 1)
     print(f"written {out}")
     if not args.no_plots:
-        write_plots(out, args.plot_format)
+        try:
+            write_plots(out, args.plot_format)
+        except NothingToPlot:
+            print(f"no plots: none of {', '.join(names)} has one")  # e.g. --only soak
+        except PlotError as exc:
+            return _error(f"plots not written: {exc}", 1)
     return 1 if failed else 0
 
 

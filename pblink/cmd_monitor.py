@@ -78,7 +78,7 @@ async def serve(args: argparse.Namespace) -> int:
         log.warning("lost the MQTT broker %s (%s); reconnecting", opts.address, reason)
         loop.call_soon_threadsafe(hub.broker, False, f"{opts.address} lost ({reason})")
 
-    client = await asyncio.to_thread(connect_paho, opts, random_client_id("pblink-monitor"),
+    client = await asyncio.to_thread(connect_paho, opts, random_client_id("monitor"),
                                      setup=setup, on_connected=on_connected, on_lost=on_lost)
     runner = web.AppRunner(make_app(hub), access_log=None)
     await runner.setup()

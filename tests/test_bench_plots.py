@@ -160,3 +160,33 @@ def test_plot_rejects_the_options_of_a_run(tmp_path: Path, extra: list[str]) -> 
     _one_line_error(_bench("--plot", str(copy), *extra), 2, "--plot runs nothing",
                     extra[0])
     assert [f.name for f in tmp_path.iterdir()] == ["old.json"]
+
+
+def test_results_that_cannot_be_written_at_the_end_keep_the_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--out is checked before the run; if it still cannot be written at the end (here its
+    folder became a file during the run), the table is on stdout, one line on stderr, exit 1."""
+    import argparse
+    import shutil
+
+    from benchmarks import runner
+    from benchmarks.common import Row
+
+    folder = tmp_path / "results"
+    parser = argparse.ArgumentParser()
+    runner.add_arguments(parser)
+    args = parser.parse_args(["--out", str(folder / "r.json"), "--only", "recovery"])
+    assert folder.is_dir()  # created by the up-front check, as --help says
+
+    async def families(ctx: object, names: list[str]) -> tuple[list[Row], dict]:
+        shutil.rmtree(folder)
+        folder.write_text("a file where the folder was")
+        return [Row("recovery", "WiFi cut -> server_ok(False)", "s", [0.25, 0.27])], {
+            "recovery": {"rows": 1, "elapsed_s": 0.1}}
+
+    monkeypatch.setattr(runner, "run_families", families)
+    assert runner.main_args(args, []) == 1
+    out, err = capsys.readouterr()
+    assert "WiFi cut -> server_ok(False)" in out and "0.26" in out  # the table
+    assert err.count("\n") == 1 and f"results not written to {folder / 'r.json'}" in err

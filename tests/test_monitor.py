@@ -153,9 +153,9 @@ def test_monitor_only_subscribes_and_never_publishes(tmp_path: Path) -> None:
         mon.wait(10)
         broker.stop()
     log = broker.log()
-    assert "Received SUBSCRIBE from pblink-monitor-" in log
+    assert "Received SUBSCRIBE from pblink.monitor-" in log
     assert "Received PUBLISH from pblink-5" in log  # the log does show publishes
-    assert "Received PUBLISH from pblink-monitor-" not in log
+    assert "Received PUBLISH from pblink.monitor-" not in log
 
 
 def _chromium() -> str:
@@ -184,7 +184,7 @@ async def test_status_page_in_chromium_follows_a_wifi_cut(tmp_path: Path) -> Non
                     report_s=1)
     lab = Lab(devices=1, workdir=tmp_path / "lab", settings=settings,
               server_args=["--ids", "1", "--timeout-ms", "1500", "--root", "pblink",
-                           "--client-id", "pblink-monitor-test", "--state-dir", "state"])
+                           "--client-id", "pblink.server-test", "--state-dir", "state"])
     await lab.start()
     monitor = None
     try:

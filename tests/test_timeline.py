@@ -178,3 +178,34 @@ def test_chaos_run_timeline_names_every_fault_and_places_every_line(tmp_path: Pa
     assert len(acked) >= len(recorded) - 2  # at most a line or two in flight at the end
     assert data["devices"]["1"]["link_state"] and data["devices"]["1"]["online"]
     assert data["devices"]["1"]["syncs"]
+
+
+@pytest.mark.slow
+def test_timeline_that_cannot_be_written_at_the_end_keeps_the_summary(tmp_path: Path) -> None:
+    """--timeline is checked before the run; if the file still cannot be written at the end
+    (its folder became a file during the run), the summary is printed and then a one-line
+    error (pblink exits 1 with it)."""
+    from pblink.common import error_from
+    from virtual_bench.demo import Demo, TimelineWriteError
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = io.StringIO()
+    demo = Demo(devices=1, duration=4, period_ms=300, view="quiet", timeline=folder / "t.html",
+                out=out)
+
+    async def run() -> int:
+        task = asyncio.create_task(demo.run())
+        await asyncio.sleep(1)
+        folder.rmdir()
+        folder.write_text("a file where the folder was")
+        return await task
+
+    with pytest.raises(TimelineWriteError) as caught:
+        asyncio.run(run())
+    assert "outages survived/injected" in out.getvalue(), out.getvalue()  # the summary
+    assert "timeline written" not in out.getvalue()
+    err = error_from(caught.value)
+    assert err is not None and err.code == 1
+    assert str(err).startswith(f"timeline not written: {folder / 't.html'}: ")
+    assert "\n" not in str(err)
