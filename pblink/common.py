@@ -148,6 +148,11 @@ def _address(text: str, port_type: Callable[[str], int]) -> tuple[str, int]:
     return host, port_type(port)
 
 
+def address_text(host: str, port: int) -> str:
+    """HOST:PORT as typed and as in a URL: an IPv6 host in brackets ([::1]:8080)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def host_port(text: str) -> tuple[str, int]:
     """An argparse type: HOST:PORT ([v6]:PORT too) -> (host, port), port 1 to 65535."""
     return _address(text, PORT)
@@ -293,7 +298,7 @@ class BrokerOptions:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return address_text(self.host, self.port)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
