@@ -45,7 +45,7 @@ MODULES = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
-                   help="a short run: fewer repeats, smaller loads (about 3 to 4 minutes)")
+                   help="a short run: fewer repeats, smaller loads (about 6 minutes on 2 cores)")
     p.add_argument("--only", action="append", choices=[*FAMILIES, *EXTRA_FAMILIES],
                    metavar="FAMILY",
                    help="run only this family (repeatable): " + ", ".join(

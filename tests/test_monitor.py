@@ -74,8 +74,8 @@ def test_fleet_counts_lines_acks_repeats_and_server_reachability() -> None:
 def test_tools_client_ids_can_never_be_a_devices() -> None:
     """The devices connect as pblink-<conn_id> (PROTOCOL.md 4.2); a tool with such an id
     would take over a device's session. A conn_id has no '.', the tools' ids do."""
-    from pblink.common import random_client_id
     from link_core.names import client_id
+    from pblink.common import random_client_id
 
     for tool in ("monitor", "tail", "send", "probe"):
         cid = random_client_id(tool)
