@@ -209,3 +209,34 @@ def test_timeline_that_cannot_be_written_at_the_end_keeps_the_summary(tmp_path: 
     assert err is not None and err.code == 1
     assert str(err).startswith(f"timeline not written: {folder / 't.html'}: ")
     assert "\n" not in str(err)
+
+
+@pytest.mark.slow
+def test_server_restart_lane_comes_back_online_while_lines_are_acked(tmp_path: Path) -> None:
+    """A real server app restart: the lane is unknown while it restarts, and online again
+    once the new server app acks the device's lines (it logs no new judgement)."""
+    from virtual_bench.demo import Demo
+
+    path = tmp_path / "restart.html"
+    out = io.StringIO()
+    demo = Demo(devices=1, duration=20, period_ms=300, view="quiet", timeline=path, out=out)
+
+    async def run() -> int:
+        task = asyncio.create_task(demo.run())
+        await asyncio.sleep(8)
+        demo.inject("server", "1")
+        return await task
+
+    assert asyncio.run(run()) == 0, out.getvalue()[-2000:]
+    data = read_timeline(path)
+    (restart,) = [f for f in data["faults"] if f["name"] == "server app restart"]
+    online = data["devices"]["1"]["online"]
+    unknown = [t for t, o in online if o is None and t >= restart["start"] - 0.5]
+    assert unknown, online
+    back = [t for t, o in online if o is True and t > unknown[0]]
+    assert back, online  # online again after the restart
+    acked_after = [r for r in data["devices"]["1"]["lines"]
+                   if r["direction"] == "up" and r["ack"] is not None and r["t"] > back[0] + 1]
+    assert acked_after  # and lines kept being acked while the lane says online
+    # no stretch of "unknown" outlasts the restart by more than a few seconds
+    assert back[0] - unknown[0] < restart["end"] - restart["start"] + 5
