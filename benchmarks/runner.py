@@ -72,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run nothing: draw the plots of this existing result file beside it "
                    "(with --plot-format; no other option applies)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests only
+    # what a run reads and --plot (which runs nothing) would ignore: (dest, flag, default)
+    p.set_defaults(run_options=[(a.dest, a.option_strings[-1], a.default) for a in p._actions
+                                if a.dest not in ("plot", "plot_format", "help", "verbose")
+                                and a.option_strings])
 
 
 async def run_families(ctx: Context, names: list[str]) -> tuple[list[Row], dict[str, Any]]:
@@ -97,13 +101,6 @@ async def run_families(ctx: Context, names: list[str]) -> tuple[list[Row], dict[
     return rows, info
 
 
-# Options that make no sense with --plot (it runs nothing): (dest, how the user typed it).
-RUN_OPTIONS = (("quick", "--quick"), ("only", "--only"), ("repeats", "--repeats"),
-               ("out", "--out"), ("workdir", "--workdir"), ("scale_n", "--scale-n"),
-               ("duration", "--duration"), ("devices", "--devices"), ("seed", "--seed"),
-               ("no_plots", "--no-plots"), ("tiny", "--tiny"))
-
-
 def write_plots(out: Path, fmt: str) -> list[Path]:
     """The plots of the result file ``out``, beside it (benchmarks/plots.py).
 
@@ -126,7 +123,8 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from benchmarks.plots import NothingToPlot, PlotError
 
     if args.plot:
-        given = [flag for dest, flag in RUN_OPTIONS if getattr(args, dest, None)]
+        given = [flag for dest, flag, default in args.run_options
+                 if getattr(args, dest, default) != default]
         if given:
             return _error(f"--plot runs nothing, so {', '.join(given)} would be ignored: "
                           "give --plot JSON with --plot-format only", 2)

@@ -152,7 +152,7 @@ def test_nothing_to_plot_says_so_and_fails(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("extra", [["--only", "latency"], ["--no-plots"], ["--quick"],
-                                   ["--repeats", "2"], ["--out", "x.json"]])
+                                   ["--repeats", "2"], ["--out", "x.json"], ["--seed", "0"]])
 def test_plot_rejects_the_options_of_a_run(tmp_path: Path, extra: list[str]) -> None:
     """--plot runs nothing: an option of a run beside it would be silently ignored."""
     copy = tmp_path / "old.json"
