@@ -190,3 +190,45 @@ def test_results_that_cannot_be_written_at_the_end_keep_the_table(
     out, err = capsys.readouterr()
     assert "WiFi cut -> server_ok(False)" in out and "0.26" in out  # the table
     assert err.count("\n") == 1 and f"results not written to {folder / 'r.json'}" in err
+
+
+def test_plots_say_what_they_draw() -> None:
+    """Legibility that can be checked: the ESP heap's axis from 0, its series named as sampled
+    once a second, the row's peak and a target drawn; latency's legend outside the panels;
+    throughput's up and down told apart by marker; recovery's median beside its bar."""
+    import matplotlib.pyplot as plt
+
+    from benchmarks.plots import plot_esp_heap, plot_latency, plot_recovery, plot_throughput
+
+    doc = json.loads(FIXTURE.read_text())
+    for row in doc["rows"]:
+        if row.get("series"):
+            row["target"] = "< 30000"
+    fig = plot_esp_heap(doc)
+    assert fig is not None
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == 0
+    labels = ax.get_legend_handles_labels()[1]
+    assert any("sampled once a second" in label for label in labels), labels
+    assert any("median of" in label for label in labels), labels
+    assert "target < 30000" in labels
+    assert not any(": live heap" in label for label in labels)  # no row name run into it
+    plt.close(fig)
+
+    fig = plot_latency(doc)
+    assert fig is not None and fig.legends and not any(a.get_legend() for a in fig.axes)
+    plt.close(fig)
+
+    fig = plot_throughput(doc)
+    assert fig is not None
+    handles, labels = fig.axes[0].get_legend_handles_labels()  # errorbar containers
+    markers = {label.split(",")[0]: h.lines[0].get_marker()
+               for h, label in zip(handles, labels, strict=True)}
+    assert markers.get("up") and markers.get("down") and markers["up"] != markers["down"]
+    plt.close(fig)
+
+    fig = plot_recovery(doc)
+    assert fig is not None
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts and all(t.startswith("median ") for t in texts)
+    plt.close(fig)
