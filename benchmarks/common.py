@@ -78,12 +78,23 @@ class Row:
         return asdict(self)
 
 
-def check_target(value: float, target: str) -> bool | None:
-    """``"< 50"``, ``">= 100"``, ``"== 0"``: the value against it; None if not numeric."""
+def parse_target(target: str) -> tuple[str, float] | None:
+    """``"< 50 ms"`` -> ("<", 50.0); None when the target is not a comparison with a number."""
     m = re.match(r"^\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)", target)
     if not m:
         return None
-    op, bound = m.group(1), float(m.group(2))
+    try:
+        return m.group(1), float(m.group(2))
+    except ValueError:
+        return None
+
+
+def check_target(value: float, target: str) -> bool | None:
+    """``"< 50"``, ``">= 100"``, ``"== 0"``: the value against it; None if not numeric."""
+    parsed = parse_target(target)
+    if parsed is None:
+        return None
+    op, bound = parsed
     return {"<": value < bound, "<=": value <= bound, ">": value > bound,
             ">=": value >= bound, "==": value == bound}[op]
 

@@ -38,7 +38,19 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+from benchmarks.common import parse_target
+
 FORMATS = ("png", "svg")
+
+
+class PlotError(ValueError):
+    """A result that cannot be plotted; the message is one line naming the file and what is
+    wrong (`pblink bench --plot` and ``python -m benchmarks.plots`` exit 2 with it)."""
+
+
+class NothingToPlot(PlotError):
+    """A valid result without rows of any plotted family (e.g. a soak-only run)."""
+
 ORIGINAL_POLL_MS = 100  # the original pb_link's fixed I2C poll period
 MODE_COLORS = {"qos+wait": "C0", "qos": "C1", "noqos": "C2"}
 
@@ -70,10 +82,13 @@ def plot_latency(doc: dict[str, Any]) -> Figure | None:
         return None
     directions = ("one way Pyboard -> server app", "one way server app -> Pyboard",
                   "echo round trip")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), sharey=True, layout="constrained")
+    legend: dict[str, Any] = {}  # label -> line: one legend for the three panels
     for ax, direction in zip(axes, directions, strict=True):
-        ax.set_title(direction, fontsize=10)
         these = [r for r in rows if r["name"].startswith(direction)]
+        counts = sorted({len(r["samples"]) for r in these})
+        ax.set_title(direction + (f" (n = {', '.join(map(str, counts))} probes per curve)"
+                                  if counts else ""), fontsize=10)
         if not these:
             _note(ax, "no per-probe samples in this result\n(older JSON: re-run pblink bench)")
             continue
@@ -84,9 +99,10 @@ def plot_latency(doc: dict[str, Any]) -> Figure | None:
             poll = r["params"].get("poll", "?")
             qos = "qos" if r["params"].get("qos") else "no qos"
             label = f"{'original 100 ms poll' if poll == 'original' else 'this design'}, {qos}"
-            ax.step(vals, ys, where="post", label=f"{label} (n={len(vals)})",
-                    linestyle="--" if poll == "original" else "-",
-                    color="C0" if r["params"].get("qos") else "C1")
+            (line,) = ax.step(vals, ys, where="post", label=label,
+                              linestyle="--" if poll == "original" else "-",
+                              color="C0" if r["params"].get("qos") else "C1")
+            legend.setdefault(label, line)
         ax.axvline(ORIGINAL_POLL_MS, color="grey", linewidth=0.8, linestyle=":")
         ax.text(ORIGINAL_POLL_MS, 1.02, "100 ms poll", color="grey", fontsize=8, ha="center")
         ax.set_xscale("log")
@@ -94,8 +110,10 @@ def plot_latency(doc: dict[str, Any]) -> Figure | None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("latency, ms (log)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="center right")
     axes[0].set_ylabel("fraction of probes at or below")
+    if legend:  # below the panels: inside, it would hide the curves
+        fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=4,
+                   fontsize=9, frameon=False)
     _title(fig, doc, "Latency distribution (CDF): this design's poll policy vs the original's")
     return fig
 
@@ -116,18 +134,22 @@ def plot_throughput(doc: dict[str, Any]) -> Figure | None:
             groups.setdefault(key, []).append((p["size"], r["median"], r["min"], r["max"]))
         for (direction, mode, khz), pts in sorted(groups.items()):
             pts.sort()
-            xs = [p[0] for p in pts]
+            # up and down at one size side by side (a few % apart on the log axis), and
+            # told apart by marker shape too: single 100 kHz points have no line style
+            xs = [p[0] * (0.95 if direction == "up" else 1.05) for p in pts]
             ys = [p[1] for p in pts]
-            err = [[y - p[2] for y, p in zip(ys, pts, strict=True)],
-                   [p[3] - y for y, p in zip(ys, pts, strict=True)]]
-            ax.errorbar(xs, ys, yerr=err, marker="o" if khz >= 400 else "s", capsize=3,
+            err = [[y - (p[2] if p[2] is not None else y) for y, p in zip(ys, pts, strict=True)],
+                   [(p[3] if p[3] is not None else y) - y for y, p in zip(ys, pts, strict=True)]]
+            ax.errorbar(xs, ys, yerr=err, marker="^" if direction == "up" else "v",
+                        markersize=7 if khz >= 400 else 8, capsize=3,
                         linestyle="-" if direction == "up" else "--",
                         color=MODE_COLORS.get(mode, "k"), label=f"{direction}, {mode}, {khz} kHz",
                         markerfacecolor="none" if khz < 400 else None)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("line size, bytes (log)")
         ax.set_ylabel(unit)
-        ax.set_title(f"{unit} against line size and I2C clock", fontsize=10)
+        ax.set_title(f"{unit} against line size and I2C clock\n(triangles: up, filled "
+                     "400 kHz, hollow 100 kHz)", fontsize=10)
         ax.grid(True, alpha=0.3)
         if groups:
             ax.legend(fontsize=7)
@@ -182,26 +204,41 @@ def plot_esp_heap(doc: dict[str, Any]) -> Figure | None:
     rows = _rows(doc, "esp")
     if not rows and "esp" not in doc.get("families", {}):
         return None
-    fig, ax = plt.subplots(figsize=(10, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     drawn = 0
+    titles = []
     for r in rows:
         series = r.get("series") or {}
         if len(series) < 2:
             continue
         (xname, xs), *ys = series.items()
         for yname, vals in ys:
-            ax.plot(xs[: len(vals)], vals, marker=".", label=f"{r['name']}: {yname}")
+            ax.plot(xs[: len(vals)], vals, marker=".", color=f"C{drawn}",
+                    label=f"{yname}, sampled once a second (one run's series)")
             drawn += 1
+        # the row's figure is the peak over every run: shown as what it is, beside the series
+        if r.get("median") is not None:
+            ax.axhline(r["median"], color=f"C{drawn - 1}", linestyle="--", linewidth=1,
+                       label=f"{r['name']}: median of {r.get('runs', '?')} run(s), "
+                       f"{r['median']:,.0f} {r.get('unit', '')}".rstrip())
+        target = parse_target(str(r.get("target") or ""))
+        if target is not None:
+            ax.axhline(target[1], color="#a33", linestyle=":", linewidth=1.2,
+                       label=f"target {r['target']}")
+        titles.append(f"{r['name']} ({r.get('runs', '?')} runs; the series is one of them)")
         ax.set_xlabel(xname.replace("_s", ", s") if xname.endswith("_s") else xname)
     estimate = [r for r in rows if r["name"].startswith("ESP8266 free heap") and r["median"]]
     if drawn:
         ax.set_ylabel("bytes")
+        ax.set_ylim(bottom=0)  # heap bars read as amounts: start at zero
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title("; ".join(titles), fontsize=9)
         if estimate:
-            ax.text(0.01, 0.02, f"{estimate[0]['name']}: {estimate[0]['median']:,.0f} B "
-                    f"({estimate[0]['params'].get('rule', '')})", transform=ax.transAxes,
-                    fontsize=8)
+            est = estimate[0]
+            fig.text(0.01, 0.01, f"{est['name']}: {est['median']:,.0f} B "
+                     f"({est['params'].get('rule', '')})"
+                     + (f", target {est['target']}" if est.get("target") else ""), fontsize=8)
     else:
         error = doc.get("families", {}).get("esp", {}).get("error")
         _note(ax, "no heap series in this result: the esp family recorded none"
@@ -213,7 +250,7 @@ def plot_esp_heap(doc: dict[str, Any]) -> Figure | None:
 
 
 def plot_recovery(doc: dict[str, Any]) -> Figure | None:
-    rows = [r for r in _rows(doc, "recovery") if r["runs"]]
+    rows = [r for r in _rows(doc, "recovery") if r["values"] and r["median"] is not None]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.8))
@@ -223,7 +260,9 @@ def plot_recovery(doc: dict[str, Any]) -> Figure | None:
     ax.barh(ys, [r["median"] for r in rows], color=colors, alpha=0.6)
     for y, r in zip(ys, rows, strict=True):
         ax.plot(r["values"], [y] * len(r["values"]), "k.", markersize=5)
-        ax.text(max(r["values"]), y, f"   {r['median']:.2f} s", va="center", fontsize=8)
+        # right of the axes, not after a dot: the figure is the bar's (median), not a run's
+        ax.text(1.01, y, f"median {r['median']:.2f} s", va="center", fontsize=8,
+                transform=ax.get_yaxis_transform())
     ax.set_yticks(ys, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds (bar: median; dots: each run)")
@@ -232,6 +271,7 @@ def plot_recovery(doc: dict[str, Any]) -> Figure | None:
     return fig
 
 
+PLOTTED_FAMILIES = ("latency", "throughput", "scale", "esp", "recovery")
 PLOTS: dict[str, Callable[[dict[str, Any]], Figure | None]] = {
     "latency": plot_latency,
     "throughput": plot_throughput,
@@ -241,29 +281,84 @@ PLOTS: dict[str, Callable[[dict[str, Any]], Figure | None]] = {
 }
 
 
+_NUMBER = (int, float)
+
+
+def _check_rows(rows: list[Any]) -> str | None:
+    """What is wrong with a result's rows (the shape of benchmarks.common.Row.to_json), or
+    None. Checked before anything is drawn, so a bad file writes no file at all."""
+    for i, r in enumerate(rows):
+        where = f"rows[{i}]"
+        if not isinstance(r, dict):
+            return f"{where} is {type(r).__name__}, not an object"
+        for key, kinds, what in (("family", (str,), "a string"), ("name", (str,), "a string"),
+                                 ("params", (dict,), "an object")):
+            if not isinstance(r.get(key), kinds):
+                return f"{where} has no {key!r} {what}"
+        for key in ("median", "min", "max"):
+            if r.get(key) is not None and not isinstance(r[key], _NUMBER):
+                return f"{where} ({r['name']}): {key!r} is not a number"
+        for key in ("values", "samples"):
+            vals = r.get(key, [])
+            if not isinstance(vals, list) or not all(isinstance(v, _NUMBER) for v in vals):
+                return f"{where} ({r['name']}): {key!r} is not a list of numbers"
+        series = r.get("series", {})
+        if not isinstance(series, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, _NUMBER) for x in v)
+                for v in series.values()):
+            return f"{where} ({r['name']}): 'series' is not an object of number lists"
+    return None
+
+
 def write_plots(doc: dict[str, Any], out_dir: Path, stem: str,
-                fmt: str = "png") -> list[Path]:
+                fmt: str = "png", source: str = "result") -> list[Path]:
     """Write every plot the result has data for as ``out_dir/<stem>-<plot>.<fmt>``.
 
-    ``doc``: the bench result as loaded from its JSON. Returns the files written
-    (none for a result without rows of the plotted families). ValueError for an
-    unknown ``fmt`` (one of FORMATS)."""
+    ``doc``: the bench result as loaded from its JSON; ``source`` names it in errors.
+    Returns the files written. Raises PlotError (one line) for an unknown ``fmt`` (one of
+    FORMATS), rows of the wrong shape, a folder that cannot be written, and NothingToPlot
+    when no row belongs to a plotted family. Every figure is drawn before the first file
+    is written, and a failed write removes the files already written: all or nothing."""
     if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, make in PLOTS.items():
-        with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays searchable text
-            fig = make(doc)
-        if fig is None:
-            continue
+        raise PlotError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    rows = doc.get("rows")
+    if not isinstance(rows, list):
+        raise PlotError(f"{source}: not a pblink bench result (no 'rows' list)")
+    problem = _check_rows(rows)
+    if problem:
+        raise PlotError(f"{source}: not a usable bench result: {problem}")
+    figures: list[tuple[str, Figure]] = []
+    written: list[Path] = []
+    try:
+        for name, make in PLOTS.items():
+            try:
+                with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays searchable
+                    fig = make(doc)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                raise PlotError(f"{source}: the {name} plot cannot use its rows: "
+                                f"{type(exc).__name__}: {exc}") from None
+            if fig is not None:
+                if fig.get_layout_engine() is None:
+                    fig.tight_layout()
+                figures.append((name, fig))
+        if not figures:
+            raise NothingToPlot(f"no plottable families in {source} (plots are drawn for "
+                                f"{', '.join(PLOTTED_FAMILIES)})")
         try:
-            fig.tight_layout()
-            path = out_dir / f"{stem}-{name}.{fmt}"
-            with plt.rc_context({"svg.fonttype": "none"}):
-                fig.savefig(path, dpi=110)
-            written.append(path)
-        finally:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name, fig in figures:
+                path = out_dir / f"{stem}-{name}.{fmt}"
+                with plt.rc_context({"svg.fonttype": "none"}):
+                    fig.savefig(path, dpi=110)
+                written.append(path)
+        except OSError as exc:
+            for path in written:
+                path.unlink(missing_ok=True)
+            written = []
+            raise PlotError(f"cannot write the plots of {source} in {out_dir}: "
+                            f"{exc.strerror or exc}") from None
+    finally:
+        for _, fig in figures:
             plt.close(fig)
     return written
 
@@ -271,14 +366,16 @@ def write_plots(doc: dict[str, Any], out_dir: Path, stem: str,
 def plot_file(path: Path, out_dir: Path | None = None, fmt: str = "png") -> list[Path]:
     """Plots of the result file ``path``, beside it unless ``out_dir``.
 
-    Raises ValueError with a one-line reason when the file is not a bench result."""
+    Raises PlotError (see write_plots) with a one-line reason naming the file."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable bench result: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
-        raise ValueError(f"{path}: not a pblink bench result (no 'rows' list)")
-    return write_plots(doc, out_dir or path.parent, path.stem, fmt)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise PlotError(f"{path}: not a readable bench result: {reason}") from None
+    if not isinstance(doc, dict):
+        raise PlotError(f"{path}: not a pblink bench result (no 'rows' list)")
+    path = Path(path)
+    return write_plots(doc, out_dir or path.parent, path.stem, fmt, source=str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         files = plot_file(args.result, args.out, args.format)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except PlotError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
     for f in files:
         print(f"written {f}")

@@ -31,7 +31,7 @@ from benchmarks.common import (
     render_table,
     run_loadavg,
 )
-from pblink.common import COUNT, SECONDS
+from pblink.common import COUNT, SECONDS, output_file
 
 MODULES = {
     "latency": "benchmarks.latency",
@@ -45,15 +45,16 @@ MODULES = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
-                   help="a short run: fewer repeats, smaller loads (about 3 to 4 minutes)")
+                   help="a short run: fewer repeats, smaller loads (about 6 minutes on 2 cores)")
     p.add_argument("--only", action="append", choices=[*FAMILIES, *EXTRA_FAMILIES],
                    metavar="FAMILY",
                    help="run only this family (repeatable): " + ", ".join(
                        [*FAMILIES, *EXTRA_FAMILIES]) + "; soak runs only when named")
     p.add_argument("--repeats", type=COUNT, default=None, metavar="N",
                    help="runs per figure (default 3, --quick 2)")
-    p.add_argument("--out", default=None, metavar="FILE",
-                   help="JSON file to write (default bench-results/bench-<timestamp>.json)")
+    p.add_argument("--out", type=output_file, default=None, metavar="FILE",
+                   help="JSON file to write (default bench-results/bench-<timestamp>.json); "
+                   "checked before the run starts, missing folders are created")
     p.add_argument("--workdir", default=None,
                    help="keep every process's log here (default: a temporary folder)")
     p.add_argument("--scale-n", type=COUNT, action="append", default=None, metavar="N",
@@ -68,8 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="format of the plots written beside the JSON (default %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     p.add_argument("--plot", default=None, metavar="JSON",
-                   help="run nothing: draw the plots of this existing result file beside it")
+                   help="run nothing: draw the plots of this existing result file beside it "
+                   "(with --plot-format; no other option applies)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests only
+    # what a run reads and --plot (which runs nothing) would ignore: (dest, flag, default)
+    p.set_defaults(run_options=[(a.dest, a.option_strings[-1], a.default) for a in p._actions
+                                if a.dest not in ("plot", "plot_format", "help", "verbose")
+                                and a.option_strings])
 
 
 async def run_families(ctx: Context, names: list[str]) -> tuple[list[Row], dict[str, Any]]:
@@ -96,7 +102,10 @@ async def run_families(ctx: Context, names: list[str]) -> tuple[list[Row], dict[
 
 
 def write_plots(out: Path, fmt: str) -> list[Path]:
-    """The plots of the result file ``out``, beside it (benchmarks/plots.py)."""
+    """The plots of the result file ``out``, beside it (benchmarks/plots.py).
+
+    Raises benchmarks.plots.PlotError (one line, naming the file) when there
+    is nothing to plot or the file is not a usable result."""
     from benchmarks.plots import plot_file
 
     files = plot_file(out, fmt=fmt)
@@ -105,13 +114,24 @@ def write_plots(out: Path, fmt: str) -> list[Path]:
     return files
 
 
+def _error(message: str, code: int) -> int:
+    print(f"pblink bench: error: {message}", file=sys.stderr)
+    return code
+
+
 def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from benchmarks.plots import NothingToPlot, PlotError
+
     if args.plot:
+        given = [flag for dest, flag, default in args.run_options
+                 if getattr(args, dest, default) != default]
+        if given:
+            return _error(f"--plot runs nothing, so {', '.join(given)} would be ignored: "
+                          "give --plot JSON with --plot-format only", 2)
         try:
             write_plots(Path(args.plot), args.plot_format)
-        except ValueError as exc:
-            print(f"pblink bench: error: {exc}", file=sys.stderr)
-            return 2
+        except PlotError as exc:
+            return _error(str(exc), 2)
         return 0
     raise_nofile()
     names = args.only or list(FAMILIES)
@@ -147,7 +167,6 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     failed = {k: v["error"] for k, v in info.items() if "error" in v}
     for name, err in failed.items():
         print(f"family {name} FAILED: {err}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "command": command.strip(),
         "started": stamp,
@@ -160,10 +179,20 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         "rows": [r.to_json() for r in rows],
         "table": table,
     }
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    try:  # the table is on stdout already: a file that cannot be written loses nothing
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+    except OSError as exc:
+        return _error(f"results not written to {out}: {exc.strerror or exc} "
+                      "(the table above has every figure)", 1)
     print(f"written {out}")
     if not args.no_plots:
-        write_plots(out, args.plot_format)
+        try:
+            write_plots(out, args.plot_format)
+        except NothingToPlot:
+            print(f"no plots: none of {', '.join(names)} has one")  # e.g. --only soak
+        except PlotError as exc:
+            return _error(f"plots not written: {exc}", 1)
     return 1 if failed else 0
 
 

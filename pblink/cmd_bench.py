@@ -18,7 +18,8 @@ after faults. Each figure is repeated and shown with its median and spread;
 the table is also written as JSON (bench-results/bench-<timestamp>.json).
 Nothing is asserted: targets are shown next to the figures.
 
-A full run takes about 12 minutes on a 2-core machine; --quick about 4.
+A full run takes about 13 minutes on a 2-core machine, --quick about 6
+(measured: docs/PERFORMANCE.md, "The machine and the run").
 `--only soak --duration 1800 --devices 4` runs the chaos soak instead.
 Run it from a checkout: it uses the device code next to it."""
 

@@ -11,6 +11,7 @@ from pblink.common import (
     CliError,
     add_broker_options,
     add_command,
+    address_text,
     listen_address,
 )
 
@@ -19,8 +20,10 @@ log = logging.getLogger("pblink.monitor")
 DESCRIPTION = """\
 Serve a web page that shows, live, every device under one topic root:
 conn_id, online or offline and since when, whether its server app is
-reachable, the last line each way, line rates, acks and retransmissions,
-and the bridge's last report (connects, mem_free; when its report_s > 0).
+reachable (unknown, shown as a dash, while the device is offline), the last
+line each way, line rates, the lines acknowledged each way (up lines acked by
+the server app / down lines acked by the device) and retransmissions, and the
+bridge's last report (connects, mem_free; when its report_s > 0).
 Open http://LISTEN/ in a browser; the page updates itself (server-sent events
 from /events; /api/devices is the same as JSON).
 
@@ -38,7 +41,8 @@ def register(subparsers: Any) -> None:
                          description=DESCRIPTION)
     parser.add_argument("--listen", type=listen_address, default=("127.0.0.1", 8080),
                         metavar="HOST:PORT",
-                        help="where the page is served (default 127.0.0.1:8080; port 0: any)")
+                        help="where the page is served (default 127.0.0.1:8080; port 0: any; "
+                        "an IPv6 address in brackets, [::1]:8080)")
     parser.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, default=1500, metavar="MS",
                         help="the devices' link timeout_ms (default %(default)s)")
     add_broker_options(parser)
@@ -78,7 +82,7 @@ async def serve(args: argparse.Namespace) -> int:
         log.warning("lost the MQTT broker %s (%s); reconnecting", opts.address, reason)
         loop.call_soon_threadsafe(hub.broker, False, f"{opts.address} lost ({reason})")
 
-    client = await asyncio.to_thread(connect_paho, opts, random_client_id("pblink-monitor"),
+    client = await asyncio.to_thread(connect_paho, opts, random_client_id("monitor"),
                                      setup=setup, on_connected=on_connected, on_lost=on_lost)
     runner = web.AppRunner(make_app(hub), access_log=None)
     await runner.setup()
@@ -90,11 +94,11 @@ async def serve(args: argparse.Namespace) -> int:
         try:
             await site.start()
         except OSError as exc:
-            raise CliError(f"cannot listen on {args.listen[0]}:{args.listen[1]}: "
+            raise CliError(f"cannot listen on {address_text(*args.listen)}: "
                            f"{exc.strerror or exc}") from None
         host, port = runner.addresses[0][:2]
-        print(f"pblink monitor: http://{host}:{port}/ (root {opts.root} on {opts.address}); "
-              "Ctrl-C stops", flush=True)
+        print(f"pblink monitor: http://{address_text(host, port)}/ (root {opts.root} on "
+              f"{opts.address}); Ctrl-C stops", flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()

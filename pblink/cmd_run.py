@@ -12,6 +12,7 @@ from pblink.common import (
     add_broker_options,
     add_command,
     number,
+    output_file,
 )
 
 DESCRIPTION = """\
@@ -64,10 +65,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: block on a terminal, lines otherwise)")
     parser.add_argument("--workdir", default=None,
                         help="keep the logs of every process here (default: a temporary folder)")
-    parser.add_argument("--timeline", default=None, metavar="FILE.html",
+    parser.add_argument("--timeline", type=output_file, default=None, metavar="FILE.html",
                         help="record the run and draw it as one timeline per device: lines, "
                         "acks, retransmissions, U/D, online, faults, resets, reports "
-                        "(a self-contained HTML file)")
+                        "(a self-contained HTML file; checked before the run starts, missing "
+                        "folders are created)")
     add_broker_options(parser, embedded=True)
 
 
@@ -94,7 +96,7 @@ def external_broker_for_bench(args: argparse.Namespace) -> Any:
     if opts.tls:
         raise UsageError("the bench's virtual ESP8266s connect without TLS: give a broker "
                          "listener without --tls/--cafile")
-    probe_broker(opts, random_client_id("pblink-probe"))
+    probe_broker(opts, random_client_id("probe"))
     return ExternalBroker(opts.host, opts.port, opts.user, opts.password)
 
 

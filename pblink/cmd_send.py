@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             client.subscribe([(up, 1), (status, 1)])
 
     started = time.monotonic()
-    client = connect_paho(opts, random_client_id("pblink-send"), setup=setup,
+    client = connect_paho(opts, random_client_id("send"), setup=setup,
                           on_connected=on_connected)
     try:
         if not args.qos:

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         events.put(("lost", reason))
 
     previous = signal.signal(signal.SIGTERM, _sigterm)
-    client = connect_paho(opts, random_client_id("pblink-tail"), setup=setup,
+    client = connect_paho(opts, random_client_id("tail"), setup=setup,
                           on_connected=on_connected, on_lost=on_lost)
     deadline = time.monotonic() + args.timeout if args.timeout is not None else None
     lines = 0

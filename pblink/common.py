@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 # Exit codes (documented in `pblink --help`, built from ERROR_KINDS below).
@@ -145,6 +146,11 @@ def _address(text: str, port_type: Callable[[str], int]) -> tuple[str, int]:
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host, port_type(port)
+
+
+def address_text(host: str, port: int) -> str:
+    """HOST:PORT as typed and as in a URL: an IPv6 host in brackets ([::1]:8080)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -292,7 +298,7 @@ class BrokerOptions:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return address_text(self.host, self.port)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -419,5 +425,42 @@ def stop_paho(client: Any) -> None:
         client.loop_stop()
 
 
-def random_client_id(prefix: str) -> str:
-    return f"{prefix}-{os.urandom(4).hex()}"
+CLIENT_ID_PREFIX = "pblink."
+
+
+def random_client_id(tool: str) -> str:
+    """A fresh MQTT client id for one of the tools: ``pblink.<tool>-<8 hex digits>``.
+
+    A device's bridge connects as ``pblink-<conn_id>`` (PROTOCOL.md 4.2) and a
+    conn_id never holds a ``.`` (link_core/names.py), so an id starting with
+    ``pblink.`` can never take over a device's session (the broker drops the
+    older of two clients with one id, MQTT 3.1.1 section 3.1.4) nor fall under
+    the broker's device-id rules; the server's default ``pblink.server`` is in
+    this namespace too. ``tool``: a short word (``monitor``, ``tail``, ...)."""
+    return f"{CLIENT_ID_PREFIX}{tool}-{os.urandom(4).hex()}"
+
+
+def output_file(text: str) -> Path:
+    """An argparse type for a file a command writes at the end of a (long) run.
+
+    Checked now, so a run is never lost to a path that cannot be written: not
+    an existing folder, not an existing file without write permission, and a
+    file can be created in its folder (tried with a temporary file, which also
+    catches read-only and pseudo file systems such as /proc). Missing parent
+    folders are created (the commands' --help says so). Raises
+    argparse.ArgumentTypeError (exit 2) with a one-line reason."""
+    import tempfile
+
+    path = Path(text).expanduser()
+    if not text or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: no permission to write it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".pblink-check-"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text}: cannot write a file in {path.parent}: {exc.strerror or exc}") from None
+    return path

@@ -11,10 +11,15 @@ outside:
   frame on ``up`` (the bridge sends an ``h`` at least every ``timeout_ms / 2``
   while it is connected, and the embedded amqtt never fires a will);
 - server app reachable: a frame arrived on ``down`` within ``timeout_ms`` (the
-  bridge's own rule for ``U``: a server app answers every ``h``);
+  bridge's own rule for ``U``: a server app answers every ``h``); unknown
+  (None) while the device is offline: the server app answers the device's
+  frames, so with none coming nothing can be told about it;
 - the last line each way (``q`` and ``u`` frames; a retransmitted ``q`` frame,
   same session and id, counts once, as a retransmission), lines per second
-  over the last ``RATE_WINDOW_S`` seconds, acks and retransmissions seen;
+  over the last ``RATE_WINDOW_S`` seconds, retransmissions seen, and the lines
+  acknowledged: an up line's ack travels on ``down`` (from the server app), a
+  down line's on ``up`` (from the device), so ``up.acked`` counts the acks seen
+  on ``down`` and ``down.acked`` those on ``up`` (PROTOCOL.md 2);
 - the bridge's last ``R`` report ``[connects, report_no, mem_free, mem_errors]`` from
   ``<root>/+/report`` (retained, PROTOCOL.md 4.1; only when the device's
   ``report_s`` > 0).
@@ -42,7 +47,7 @@ class Direction:
     last_line: str | None = None
     last_line_t: float | None = None
     lines: int = 0
-    acks: int = 0
+    acked: int = 0  # this direction's lines acknowledged (acks seen on the other topic)
     repeats: int = 0
     _times: collections.deque[float] = field(default_factory=collections.deque)
     _seen: collections.OrderedDict[tuple[str, int], None] = field(
@@ -87,7 +92,9 @@ class DeviceRow:
     down: Direction = field(default_factory=Direction)
 
     def to_json(self, now: float, timeout_s: float) -> dict[str, Any]:
-        reachable = self.last_down is not None and now - self.last_down <= timeout_s
+        # None: unknown while the device is offline (nothing reaches the server app to answer)
+        reachable = (None if not self.online else
+                     self.last_down is not None and now - self.last_down <= timeout_s)
         return {
             "conn_id": self.conn_id, "online": self.online, "since": self.since,
             "why": self.why, "status": self.status, "server_reachable": reachable,
@@ -95,7 +102,7 @@ class DeviceRow:
             **{f"{name}_{k}": v for name, d in (("up", self.up), ("down", self.down))
                for k, v in (("last_line", d.last_line), ("last_line_t", d.last_line_t),
                             ("lines", d.lines), ("rate", round(d.rate(now), 2)),
-                            ("acks", d.acks), ("repeats", d.repeats))},
+                            ("acked", d.acked), ("repeats", d.repeats))},
             "report": self.report, "report_t": self.report_t,
         }
 
@@ -160,8 +167,8 @@ class Fleet:
             d.line(line or "", now, (session, msg_id))
         elif kind == _link.UNRELIABLE:
             d.line(line or "", now, None)
-        elif kind == _link.ACK:
-            d.acks += 1
+        elif kind == _link.ACK:  # acknowledges a line that went the other way
+            (row.down if leaf == "up" else row.up).acked += 1
         return conn_id
 
     def tick(self, now: float) -> list[str]:

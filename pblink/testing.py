@@ -208,7 +208,7 @@ class AppBench:
         assert self.lab is not None and self._workdir is not None and self._app is not None
         host, port = self.lab.broker_address
         self.server = LinkServer(host, port, root=self.settings.get("topic_root", "pblink"),
-                                 client_id="pblink-test-server",
+                                 client_id="pblink.test-server",
                                  timeout_ms=int(self.settings["timeout_ms"]),
                                  state_path=self._workdir / "server_state.json", fsync=False)
         await self.server.start()

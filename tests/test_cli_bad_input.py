@@ -91,6 +91,17 @@ BAD_ARGUMENTS = [
      "0 is out of range: must be at least 1"),
     (["bench", "--repeats", "0"], "--repeats: 0 is out of range"),
     (["bench", "--duration", "-5"], "--duration: -5 is out of range"),
+    (["bench", "--repeats", "-2"], "--repeats: -2 is out of range: must be at least 1"),
+    (["bench", "--only", "soak", "--duration", "-1"], "--duration: -1 is out of range"),
+    # files written at the end of a long run: checked before it starts
+    (["bench", "--out", "/proc/x.json"], "--out: /proc/x.json: cannot write a file in /proc"),
+    (["bench", "--out", "/tmp"], "--out: '/tmp' is a folder"),
+    (["demo", "--timeline", "/tmp"], "--timeline: '/tmp' is a folder"),
+    (["demo", "--timeline", "/proc/x.html"], "--timeline: /proc/x.html: cannot write a file"),
+    (["run", *RUN_APPS, "--timeline", "/proc/x.html"], "--timeline: /proc/x.html: cannot"),
+    (["monitor", "--port", "99999"], "--port: 99999 is out of range"),
+    (["monitor", "--listen", "[::1]:70000"], "--listen: 70000 is out of range"),
+    (["monitor", "--listen", "8080"], "--listen: '8080' is not HOST:PORT"),
     (["passwd", "--amqtt", "f", "--password", "x", "a/b"], "conn_id 'a/b'"),
     (["no-such-command"], "invalid choice: 'no-such-command'"),
 ]

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, ROOT, free_port, require_tool
+from conftest import IN_CI, ROOT, amqtt_process, free_port, require_tool
 
 from pblink.monitor_state import Fleet
 
@@ -49,10 +50,18 @@ def test_fleet_counts_lines_acks_repeats_and_server_reachability() -> None:
     assert list(f.devices) == ["dev-2"]
     row = f.snapshot(T + 1)[0]
     assert row["up_last_line"] == "loose" and row["up_lines"] == 2 and row["up_repeats"] == 1
-    assert row["down_last_line"] == "reply|with|bars" and row["down_acks"] == 1
+    assert row["down_last_line"] == "reply|with|bars"
+    # the ack on down acknowledges an up line (the server app's); none for down lines yet
+    assert row["up_acked"] == 1 and row["down_acked"] == 0
+    f.on_message("pblink/dev-2/up", b"a|0badf00d|4", T + 0.95)  # the device acks the reply
+    assert f.snapshot(T + 1)[0]["down_acked"] == 1 and f.snapshot(T + 1)[0]["up_acked"] == 1
     assert row["up_rate"] == pytest.approx(0.2) and row["malformed"] == 1
-    assert row["server_reachable"] and row["online"]
-    assert not f.snapshot(T + 0.8 + 1.6)[0]["server_reachable"]  # nothing on down for 1.5 s
+    assert row["server_reachable"] is True and row["online"]
+    # nothing on down for 1.5 s while the device is online: unreachable
+    assert f.snapshot(T + 0.8 + 1.6)[0]["server_reachable"] is False
+    f.on_message("pblink/dev-2/status", b"offline", T + 2.5)
+    # the device offline: nothing can be told about its server app
+    assert f.snapshot(T + 2.6)[0]["server_reachable"] is None
     assert f.snapshot(T + 11)[0]["up_rate"] == 0.0  # out of the 10 s window
     assert row["report"] is None  # none published yet
     f.on_message("pblink/dev-2/report", b"[3,17,21504]", T + 2)
@@ -60,6 +69,20 @@ def test_fleet_counts_lines_acks_repeats_and_server_reachability() -> None:
     row = f.snapshot(T + 3)[0]
     assert row["report"] == [3, 17, 21504] and row["report_t"] == T + 2 and row["malformed"] == 2
     assert json.dumps(f.snapshot(T))  # JSON-ready
+
+
+def test_tools_client_ids_can_never_be_a_devices() -> None:
+    """The devices connect as pblink-<conn_id> (PROTOCOL.md 4.2); a tool with such an id
+    would take over a device's session. A conn_id has no '.', the tools' ids do."""
+    from link_core.names import client_id
+    from pblink.common import random_client_id
+
+    for tool in ("monitor", "tail", "send", "probe"):
+        cid = random_client_id(tool)
+        assert cid.startswith(f"pblink.{tool}-")
+        assert not cid.startswith(client_id("x")[:-1])  # not in the devices' "pblink-"
+    sources = "".join(p.read_text() for p in (ROOT / "pblink").glob("*.py"))
+    assert not re.search(r"random_client_id\(\"pblink", sources)
 
 
 def test_fleet_sorts_numeric_conn_ids_numerically() -> None:
@@ -101,6 +124,32 @@ async def test_web_routes_serve_the_page_the_json_and_events() -> None:
                 assert ids == ["1", "2"]
     finally:
         await runner.cleanup()
+
+
+def test_monitor_listens_on_ipv6_in_brackets(tmp_path: Path) -> None:
+    """--listen '[::1]:0': the brackets are the address's, not the host's; the banner's URL
+    has them back (a browser needs them)."""
+    import socket
+    import urllib.request
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    broker = amqtt_process(tmp_path)
+    broker.start()
+    mon = subprocess.Popen([sys.executable, "-m", "pblink", "monitor", "--broker",
+                            f"127.0.0.1:{broker.port}", "--listen", "[::1]:0"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert mon.stdout is not None
+        banner = mon.stdout.readline()
+        m = re.search(r"http://\[::1\]:(\d+)/", banner)
+        assert m, (banner, mon.stderr.read() if mon.poll() is not None else "")
+        with urllib.request.urlopen(f"http://[::1]:{m.group(1)}/api/devices", timeout=10) as r:
+            assert json.load(r)["devices"] == []
+    finally:
+        mon.terminate()
+        mon.wait(10)
+        broker.stop()
 
 
 def test_monitor_cli_errors_are_one_line(tmp_path: Path) -> None:
@@ -153,9 +202,9 @@ def test_monitor_only_subscribes_and_never_publishes(tmp_path: Path) -> None:
         mon.wait(10)
         broker.stop()
     log = broker.log()
-    assert "Received SUBSCRIBE from pblink-monitor-" in log
+    assert "Received SUBSCRIBE from pblink.monitor-" in log
     assert "Received PUBLISH from pblink-5" in log  # the log does show publishes
-    assert "Received PUBLISH from pblink-monitor-" not in log
+    assert "Received PUBLISH from pblink.monitor-" not in log
 
 
 def _chromium() -> str:
@@ -184,7 +233,7 @@ async def test_status_page_in_chromium_follows_a_wifi_cut(tmp_path: Path) -> Non
                     report_s=1)
     lab = Lab(devices=1, workdir=tmp_path / "lab", settings=settings,
               server_args=["--ids", "1", "--timeout-ms", "1500", "--root", "pblink",
-                           "--client-id", "pblink-monitor-test", "--state-dir", "state"])
+                           "--client-id", "pblink.server-test", "--state-dir", "state"])
     await lab.start()
     monitor = None
     try:

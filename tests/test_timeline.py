@@ -56,7 +56,7 @@ def test_recorder_places_lines_acks_retransmissions_and_states(tmp_path: Path) -
     assert [s for _t, s in dev["link_state"]] == ["U", "D"]
     assert [r for _t, r in dev["reports"]] == [[3, 17, 21504]]
     assert len(dev["syncs"]) == 1
-    assert [o for _t, o in dev["online"]] == [True, False]  # closed: no longer judged
+    assert [o for _t, o in dev["online"]] == [True, None]  # closed: no longer judged
     assert {k for _t, k, _d in dev["marks"]} == {"bad frame", "boot", "reset"}
     assert data["faults"][0]["end"] <= data["duration_s"] + 0.01
     text = path.read_text()
@@ -67,6 +67,78 @@ def test_recorder_places_lines_acks_retransmissions_and_states(tmp_path: Path) -
     other.write_text("<html></html>")
     with pytest.raises(ValueError, match="no timeline data"):
         read_timeline(other)
+
+
+def test_read_timeline_takes_a_str_or_a_path(tmp_path: Path) -> None:
+    path = TimelineRecorder(["1"]).write(tmp_path / "t.html")
+    assert read_timeline(str(path)) == read_timeline(path)
+    assert read_timeline(str(path))["devices"]["1"]["lines"] == []
+
+
+def test_restarted_server_that_answers_the_device_has_judged_it_online(tmp_path: Path) -> None:
+    """A restarted server app whose saved state says online logs no judgement; its first
+    frame to the device (an ack, a line) shows it has one. Until then: unknown."""
+    rec = TimelineRecorder(["1", "2"])
+    b1, b2 = _bench("1"), _bench("2")
+    rec.on_server_line("server_app", "INFO pblink.server: device 1 is online")
+    rec.on_server_line("server_app", "INFO pblink.server: device 2 is online")
+    rec.on_server_line("server_app", "INFO pblink.server: link server pblink.server closed")
+    rec.on_bus(b1, "up", b"q|3fa2c901|1|1|during the restart")
+    rec.on_bus(b1, "down", b"a|3fa2c901|1")  # the new server acked it
+    rec.on_bus(b1, "down", b"a|3fa2c901|1")  # once is enough
+    rec.on_bus(b2, "up", b"q|0badf00d|1|1|nobody answers")
+    data = read_timeline(rec.write(tmp_path / "t.html"))
+    assert [o for _t, o in data["devices"]["1"]["online"]] == [True, None, True]
+    assert [o for _t, o in data["devices"]["2"]["online"]] == [True, None]
+    assert "unknown (server app restarting)" in (tmp_path / "t.html").read_text()
+
+
+def test_in_flight_at_the_end_is_not_an_ack_that_never_came(tmp_path: Path) -> None:
+    rec = TimelineRecorder(["1"])
+    b = _bench("1")
+    rec.on_bus(b, "up", b"q|3fa2c901|1|1|lost")  # never acked, but a later line was
+    rec.on_bus(b, "up", b"q|3fa2c901|2|2|acked")
+    rec.on_bus(b, "down", b"a|3fa2c901|2")
+    rec.on_bus(b, "up", b"q|3fa2c901|3|3|in flight")  # the run ends before its ack
+    text = rec.write(tmp_path / "t.html").read_text()
+    assert text.count('class="line noack"') == 1 and text.count('class="line inflight"') == 1
+    assert "its ack never came" in text and "still in flight when the run ended" in text
+    assert "1 qos line(s) whose ack never came, 1 in flight at the end" in text
+
+
+def test_instant_faults_last_until_the_link_resynchronised(tmp_path: Path) -> None:
+    """A crash or hang has no end of its own: it is drawn until the next sync on that
+    device, or to the end of the run when none came."""
+    rec = TimelineRecorder(["1", "2"])
+    now = time.monotonic()
+    rec.add_fault("ESP8266 hang", "1", now, now)
+    rec.add_fault("ESP8266 crash", "2", now, now)
+    time.sleep(0.05)
+    rec.on_bus(_bench("1"), "up", b"C[\"1\",1883]")
+    time.sleep(0.05)
+    data = read_timeline(rec.write(tmp_path / "t.html"))
+    hang, crash = data["faults"]
+    sync = data["devices"]["1"]["syncs"][0]
+    assert hang["ended_by"] == "resync" and hang["end"] == pytest.approx(sync, abs=0.002)
+    assert hang["end"] - hang["start"] >= 0.04
+    assert crash["ended_by"] == "run end" and crash["end"] == pytest.approx(data["duration_s"])
+    assert "until the link resynchronised" in (tmp_path / "t.html").read_text()
+
+
+def test_page_scales_to_its_width_explains_its_marks_and_says_when_no_fault(
+        tmp_path: Path) -> None:
+    rec = TimelineRecorder(["1"])
+    rec.on_bus(_bench("1"), "up", b"q|3fa2c901|1|1|x")
+    rec.on_bus(_bench("1"), "down", b"a|3fa2c901|1")
+    text = rec.write(tmp_path / "t.html").read_text()
+    svg = re.search(r'<svg xmlns="http://www.w3.org/2000/svg" ([^>]*)id="dev-1"', text)
+    assert svg and 'width="100%"' in svg.group(1) and "viewBox=" in svg.group(1)
+    assert "overflow-x" not in text
+    assert "No faults injected." in text and "<th>fault</th>" not in text
+    legend = re.search(r'<div class="legend">(.*?)</div>', text, re.S)
+    assert legend and "a board booted" in legend.group(1) and "the reset line" in legend.group(1)
+    assert "bus-to-ack time" in text
+    assert "round trip" not in re.sub(r"the run\s+summary's <i>round trip</i>", "", text)
 
 
 @pytest.mark.slow
@@ -106,3 +178,65 @@ def test_chaos_run_timeline_names_every_fault_and_places_every_line(tmp_path: Pa
     assert len(acked) >= len(recorded) - 2  # at most a line or two in flight at the end
     assert data["devices"]["1"]["link_state"] and data["devices"]["1"]["online"]
     assert data["devices"]["1"]["syncs"]
+
+
+@pytest.mark.slow
+def test_timeline_that_cannot_be_written_at_the_end_keeps_the_summary(tmp_path: Path) -> None:
+    """--timeline is checked before the run; if the file still cannot be written at the end
+    (its folder became a file during the run), the summary is printed and then a one-line
+    error (pblink exits 1 with it)."""
+    from pblink.common import error_from
+    from virtual_bench.demo import Demo, TimelineWriteError
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = io.StringIO()
+    demo = Demo(devices=1, duration=4, period_ms=300, view="quiet", timeline=folder / "t.html",
+                out=out)
+
+    async def run() -> int:
+        task = asyncio.create_task(demo.run())
+        await asyncio.sleep(1)
+        folder.rmdir()
+        folder.write_text("a file where the folder was")
+        return await task
+
+    with pytest.raises(TimelineWriteError) as caught:
+        asyncio.run(run())
+    assert "outages survived/injected" in out.getvalue(), out.getvalue()  # the summary
+    assert "timeline written" not in out.getvalue()
+    err = error_from(caught.value)
+    assert err is not None and err.code == 1
+    assert str(err).startswith(f"timeline not written: {folder / 't.html'}: ")
+    assert "\n" not in str(err)
+
+
+@pytest.mark.slow
+def test_server_restart_lane_comes_back_online_while_lines_are_acked(tmp_path: Path) -> None:
+    """A real server app restart: the lane is unknown while it restarts, and online again
+    once the new server app acks the device's lines (it logs no new judgement)."""
+    from virtual_bench.demo import Demo
+
+    path = tmp_path / "restart.html"
+    out = io.StringIO()
+    demo = Demo(devices=1, duration=20, period_ms=300, view="quiet", timeline=path, out=out)
+
+    async def run() -> int:
+        task = asyncio.create_task(demo.run())
+        await asyncio.sleep(8)
+        demo.inject("server", "1")
+        return await task
+
+    assert asyncio.run(run()) == 0, out.getvalue()[-2000:]
+    data = read_timeline(path)
+    (restart,) = [f for f in data["faults"] if f["name"] == "server app restart"]
+    online = data["devices"]["1"]["online"]
+    unknown = [t for t, o in online if o is None and t >= restart["start"] - 0.5]
+    assert unknown, online
+    back = [t for t, o in online if o is True and t > unknown[0]]
+    assert back, online  # online again after the restart
+    acked_after = [r for r in data["devices"]["1"]["lines"]
+                   if r["direction"] == "up" and r["ack"] is not None and r["t"] > back[0] + 1]
+    assert acked_after  # and lines kept being acked while the lane says online
+    # no stretch of "unknown" outlasts the restart by more than a few seconds
+    assert back[0] - unknown[0] < restart["end"] - restart["start"] + 5

@@ -577,6 +577,15 @@ class ExternalBroker:
     password: str | None = None
 
 
+class TimelineWriteError(OSError):
+    """The run's timeline file could not be written at the end (the summary was printed).
+
+    An OSError with a one-line ``strerror``: `pblink` prints it as one line and exits 1."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message)
+
+
 class BenchRun:
     """Runs the lab, the view, the keyboard and the chaos monkey, and judges the run.
 
@@ -629,7 +638,8 @@ class BenchRun:
             settings.update(mqtt_user=self.broker.user, mqtt_password=self.broker.password or "")
             server_env = {"PBLINK_USER": self.broker.user,
                           "PBLINK_PASSWORD": self.broker.password or ""}
-        client_id = f"pblink-run-{secrets.token_hex(3)}"
+        # "pblink.": never a device's "pblink-<conn_id>" (pblink.common.random_client_id)
+        client_id = f"pblink.run-{secrets.token_hex(3)}"
         server_args = ["--ids", *self.tracker.devices, "--timeout-ms", str(self.timeout_ms),
                        "--root", self.root, "--client-id", client_id, "--state-dir",
                        "server_state"]
@@ -679,24 +689,32 @@ class BenchRun:
             for task in list(self._fault_tasks):
                 task.cancel()
             await lab.stop()
-            self._write_timeline(lab)
+            timeline_error = self._write_timeline(lab)
         if self.view == "block":
             self.out.write(render_status(self.tracker, self._header(elapsed), self.target,
                                          False) + "\n\n")
         self.out.write(summary(self.tracker, elapsed, self.title, self.what) + "\n")
         self.out.flush()
+        if timeline_error:
+            # after the summary, so a run is never lost to its timeline file
+            raise TimelineWriteError(timeline_error)
         return 0 if self.tracker.ok() else 1
 
-    def _write_timeline(self, lab: Lab) -> None:
+    def _write_timeline(self, lab: Lab) -> str | None:
+        """Write the timeline; the one-line reason it could not be written, or None."""
         if self.recorder is None or self.timeline is None:
-            return
+            return None
         for f in self.tracker.faults:
             self.recorder.add_fault(FAULT_NAMES[f.kind], f.device, f.t, f.end)
         for bench in lab.benches:
             self.recorder.add_bench_events(bench)
-        path = self.recorder.write(self.timeline, title=f"{self.title}, {self.n} device(s)"
-                                   f"{', chaos' if self.chaos else ''}")
+        try:
+            path = self.recorder.write(self.timeline, title=f"{self.title}, {self.n} device(s)"
+                                       f"{', chaos' if self.chaos else ''}")
+        except OSError as exc:
+            return f"timeline not written: {self.timeline}: {exc.strerror or exc}"
         self.out.write(f"timeline written to {path}\n")
+        return None
 
     async def _start_lab(self, lab: Lab) -> None:
         tracker = self.tracker

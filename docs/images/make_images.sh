@@ -40,6 +40,11 @@ async def main(png: str) -> None:
 asyncio.run(main(sys.argv[1]))
 PY
 
-# 3. plots: from a full bench run, e.g.
-#    .venv/bin/pblink bench --out bench-results/bench-full.json
-#    cp bench-results/bench-full-latency.png docs/images/plot-latency.png
+# 3. plots: redrawn from the committed full run's JSON (docs/PERFORMANCE.md, "Plots");
+#    a new full run: .venv/bin/pblink bench --out bench-results/bench-full.json, then
+#    copy its JSON here and name it below.
+result=bench-20261130-093443
+.venv/bin/pblink bench --plot "$out/$result.json"
+for plot in latency throughput scale esp_heap recovery; do
+    mv "$out/$result-$plot.png" "$out/plot-$plot.png"
+done
