@@ -17,6 +17,7 @@ _names: Any = importlib.import_module("link_core.names")
 _frames: Any = importlib.import_module("link_core.frames")
 _endpoint: Any = importlib.import_module("link_core.endpoint")
 _liveness: Any = importlib.import_module("link_core.liveness")
+_device_watch: Any = importlib.import_module("link_core.device_watch")
 
 # (kind, session, msg_id, base, line) as returned by frames.decode
 Frame = tuple[str, str | None, int | None, int | None, str | None]
@@ -83,7 +84,7 @@ class ServerWatch(Protocol):
 
 
 class DeviceWatch(Protocol):
-    """link_core.liveness.DeviceWatch: the server's view of one device (PROTOCOL.md 4.4)."""
+    """link_core.device_watch.DeviceWatch: the server's view of one device (PROTOCOL.md 4.4)."""
 
     timeout_ms: int
     online: bool
@@ -102,7 +103,7 @@ def server_watch(timeout_ms: int) -> ServerWatch:
 
 
 def device_watch(timeout_ms: int) -> DeviceWatch:
-    return cast(DeviceWatch, _liveness.DeviceWatch(timeout_ms))
+    return cast(DeviceWatch, _device_watch.DeviceWatch(timeout_ms))
 
 
 def qos_of(frame: bytes) -> int:

@@ -3,7 +3,7 @@
 The devices keep sending heartbeats while the server is stopped. A broker that
 queues them (amqtt queues even QoS 0 messages for a persistent session)
 delivers them all at once when the server comes back: they must not be
-answered one by one (link_core.liveness.DeviceWatch.answer_due), and the
+answered one by one (link_core.device_watch.DeviceWatch.answer_due), and the
 lines written before the outage arrive exactly once.
 """
 

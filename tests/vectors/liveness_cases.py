@@ -8,7 +8,8 @@ import sys
 
 from link_core import endpoint, frames, liveness
 from link_core.clock import TICKS_MAX, ticks_add
-from link_core.liveness import IS_BAD, IS_DATA, IS_HEARTBEAT, DeviceWatch, ServerWatch
+from link_core.device_watch import DeviceWatch
+from link_core.liveness import IS_BAD, IS_DATA, IS_HEARTBEAT, ServerWatch
 
 S = "3fa2c901"
 
