@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,15 @@ from conftest import TEST_TIMEOUT, BrokerProcess, free_port
 from test_bridge_support import compile_tree, make_hw_dir
 from test_broker_mosquitto import shipped_mosquitto  # noqa: F401  (fixture)
 
-from virtual_bench.bridge_rig import Server, config, import_cost, run_traffic, start_bridge
+from virtual_bench.bridge_rig import (
+    IMPORTS,
+    Server,
+    config,
+    import_cost,
+    mpy_env,
+    run_traffic,
+    start_bridge,
+)
 
 # Memory gate (docs/FIRMWARE.md "Memory budget"), on the 64-bit unix port: the
 # bridge may use ESP_BUDGET of the ESP8266's 38 KiB heap at run time. The unix
@@ -77,6 +86,22 @@ def test_relay_1000_each_way_and_broker_restart_within_heap(
     assert res["up"] == n and res["down"] >= n
     assert res["reports"][-1][0] >= 2  # the reconnect after the restart
     assert live > cost  # the figures are the scripted Pyboard's real samples
+
+
+def test_bridge_loads_only_the_device_end_rules(micropython_bin: str, mpy_cross_bin: str,
+                                               tmp_path: Path) -> None:
+    """The ESP8266 holds every imported module's functions and class dicts in RAM:
+    the bridge loads link_core.liveness (device end) but not link_core.device_watch
+    (the server's view of a device, which cost it 368 B of heap when it was part of liveness)."""
+    mpy_dir = compile_tree(mpy_cross_bin, make_hw_dir(tmp_path), tmp_path / "mpy")
+    code = ("import sys; sys.path.insert(0, '.frozen'); " + IMPORTS
+            + "; print(' '.join(sorted(sys.modules)))")
+    r = subprocess.run([micropython_bin, "-c", code], cwd=mpy_dir, capture_output=True,
+                       text=True, timeout=30, env=mpy_env(mpy_dir, frozen=False))
+    assert r.returncode == 0, r.stderr
+    loaded = r.stdout.split()
+    assert "bridge" in loaded and "link_core.liveness" in loaded, loaded
+    assert "link_core.device_watch" not in loaded, loaded
 
 
 def test_status_retained_and_will_on_crash(micropython_bin: str, tmp_path: Path,
