@@ -17,6 +17,11 @@ from conftest import ROOT
 SHARED = re.compile(r"(?<![\w/.-])(\.\./)?shared/(?!runtime/)")
 
 
+# The one exception: the 32-bit heap gate's tool locator (DEVELOPERS' rule: a test
+# gate may use a tool from shared/, skipped with a visible reason where it is absent).
+GATE_TOOL = "virtual_bench/micropython32.py"
+
+
 def test_no_file_points_into_shared() -> None:
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
@@ -26,7 +31,7 @@ def test_no_file_points_into_shared() -> None:
                 name == "tests/test_docs.py":
             continue
         for number, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1):
-            if SHARED.search(line):
+            if SHARED.search(line) or (name != GATE_TOOL and '"shared"' in line):
                 offenders.append(f"{name}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
 
