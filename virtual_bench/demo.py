@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pblink.apps import BOARD_APP_ERROR
 from virtual_bench.harness import ESP, PYBOARD, PYBOARD_DIR, Bench, Lab, OutputLine
 from virtual_bench.timeline import TimelineRecorder
 
@@ -237,6 +238,9 @@ class Tracker:
                 self.event(f"dev{dev.conn_id} ESP8266: {ln.text}", ln.t)
             return
         text = ln.text
+        if text.startswith(BOARD_APP_ERROR):  # the launcher could not start the app
+            self.fail(f"dev{dev.conn_id} {text[len(BOARD_APP_ERROR):].strip()}")
+            return
         if text.startswith("pb_link:"):
             what = text[8:].strip()
             if what == "reset pulse":
