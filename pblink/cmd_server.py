@@ -57,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
     import logging
     import signal
-
-    from pblink.apps import AppLoadError, format_user_traceback, load_server_app
     from pathlib import Path
 
+    from pblink.apps import AppLoadError, format_user_traceback, load_server_app
     from pblink.common import (
         BrokerOptions,
         CliError,

@@ -198,7 +198,7 @@ def app_specs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--board-app", f"{plain}:Plain", "--server-app", f"{srv}:app"],
          "Plain in " + str(plain) + " is not an AppBase subclass"),
         (["--board-app", f"{plain}:Nope", "--server-app", f"{srv}:app"],
-         f"has no class 'Nope'"),
+         "has no class 'Nope'"),
         (["--board-app", board, "--server-app", f"{srv}:nope"], "has no callable 'nope'"),
         (["--board-app", board, "--server-app", "no_such_module_x:app"],
          "no module named 'no_such_module_x'"),
