@@ -258,6 +258,11 @@ class BoardApp:
                                    f"{exc.lineno}: {exc.msg}",
                                    "".join(traceback.format_exception_only(exc))) from None
 
+    def source(self) -> Path:
+        """The file of the app's module (a package's __init__.py)."""
+        base = self.path / Path(*self.module.split("."))
+        return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
     def launcher(self) -> str:
         """The MicroPython module the bench's Pyboard imports: builds the app
         from pb_link.config, as a board's main.py would, and runs it forever."""
@@ -268,8 +273,9 @@ class BoardApp:
             "from pb_link.app_base import AppBase\n"
             f"from {self.module} import {self.cls} as _App\n\n"
             "if not (isinstance(_App, type) and issubclass(_App, AppBase)):\n"
-            f"    print({BOARD_APP_ERROR!r}, {self.cls!r}, 'in', {self.module!r},\n"
-            "          'is not an AppBase subclass')\n"
+            f"    print({BOARD_APP_ERROR!r}, {self.cls!r}, 'in', {str(self.source())!r},\n"
+            "          'is not an AppBase subclass (class %s(AppBase): ...)' % "
+            f"{self.cls!r})\n"
             "    raise SystemExit(2)\n\n"
             "async def _main():\n"
             "    _App(config.conn_id, config.config, config.hardware, config.verbose)\n"

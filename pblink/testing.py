@@ -155,6 +155,7 @@ class AppBench:
         self._board_out: dict[str, list[str]] = {c: [] for c in self.conn_ids}
         self._seen: set[tuple[str, str, str, int]] = set()
         self._changed = asyncio.Event()
+        self._reported = 0  # failures check() raised already
 
     def _path(self, target: str) -> Path:
         path = Path(target)
@@ -305,11 +306,14 @@ class AppBench:
     def failures(self) -> list[Failure]:
         return list(self.tracker.failures)
 
-    def check(self) -> None:
-        """AssertionError if an app raised (with its traceback)."""
-        if self.tracker.failures:
-            raise AssertionError("\n".join(f"{f.text}\n{f.details}" for f in
-                                           self.tracker.failures))
+    def check(self, new_only: bool = False) -> None:
+        """AssertionError if an app raised (with its traceback). `new_only`: only
+        for failures no earlier check raised (the plugin's teardown: a failure the
+        test already reported is not reported twice)."""
+        failures = self.tracker.failures[self._reported if new_only else 0:]
+        if failures:
+            self._reported = len(self.tracker.failures)
+            raise AssertionError("\n".join(f"{f.text}\n{f.details}" for f in failures))
 
     # -- waiting ------------------------------------------------------------------------
 

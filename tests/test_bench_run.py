@@ -148,3 +148,13 @@ def test_own_broker_with_credentials(tmp_path: Path) -> None:
     assert "dev1 pyboard: got pong ping 1" in proc.stdout
     assert (f"pblink tail 1 --broker 127.0.0.1:{broker.port} --root bench-test --user bench"
             in proc.stdout)
+
+
+def test_board_app_not_an_appbase_subclass(tmp_path: Path) -> None:
+    """A class that only looks like an app (its base is no AppBase) fails the
+    run at once, naming the class, instead of running silently to the end."""
+    board = "class Base:\n    pass\n\n\nclass Echo(Base):\n    pass\n"
+    proc = pblink_run(tmp_path, board, SERVER_OK, duration="60")
+    assert_failed(proc, f"dev1 Echo in {tmp_path / 'board_app.py'} is not an AppBase subclass")
+    elapsed = float(proc.stdout.split("pblink run summary: ")[1].split(" s")[0])
+    assert elapsed < 30, proc.stdout[-2000:]
