@@ -281,3 +281,99 @@ class BoardApp:
             "    _App(config.conn_id, config.config, config.hardware, config.verbose)\n"
             "    await asyncio.Event().wait()\n\n\n"
             "asyncio.run(_main())\n")
+
+
+APP_LINES = "server app lines:"  # the log line `pblink run`'s verdict reads counts from
+
+
+class CountingConnection:
+    """A Connection that tells `on_line(conn_id, "read"|"written", line)` what
+    the app read (readline, ``async for``) and wrote; else the same."""
+
+    def __init__(self, conn: Any, on_line: Any) -> None:
+        self._conn = conn
+        self._on_line = on_line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def readline(self) -> str:
+        line = await self._conn.readline()
+        self._on_line(self._conn.conn_id, "read", line.rstrip("\n"))
+        return line
+
+    def __aiter__(self) -> Any:
+        return self._iterate()
+
+    async def _iterate(self) -> Any:
+        from server_apps.link_server import LinkClosedError
+
+        while True:
+            try:
+                yield await self.readline()
+            except LinkClosedError:
+                return
+
+    async def write(self, line: str | bytes, qos: bool = True, wait: bool = True) -> None:
+        await self._conn.write(line, qos, wait)
+        text = line.decode() if isinstance(line, bytes) else line
+        self._on_line(self._conn.conn_id, "written", text.rstrip("\n"))
+
+
+class CountingServer:
+    """The LinkServer a server app gets: its connections report each line to
+    `on_line` (see CountingConnection); else the same."""
+
+    def __init__(self, server: Any, on_line: Any) -> None:
+        self._server = server
+        self._on_line = on_line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+    async def connection(self, conn_id: str) -> CountingConnection:
+        return CountingConnection(await self._server.connection(conn_id), self._on_line)
+
+
+def counted(application: Any, every_s: float = 2.0) -> Any:
+    """`application` run on a CountingServer that logs (INFO) per conn_id the
+    lines the app read and wrote: ``server app lines: <conn_id> read N written M``,
+    at once for a conn_id's first line, then at most every `every_s` seconds."""
+    import asyncio
+    import logging
+
+    log = logging.getLogger("pblink.app")
+
+    async def run(server: Any, conn_ids: Any) -> None:
+        counts: dict[str, list[int]] = {}
+        dirty: set[str] = set()
+
+        def report(conn_id: str) -> None:
+            read, written = counts[conn_id]
+            log.info("%s %s read %d written %d", APP_LINES, conn_id, read, written)
+
+        def on_line(conn_id: str, direction: str, _line: str) -> None:
+            count = counts.setdefault(conn_id, [0, 0])
+            index = 0 if direction == "read" else 1
+            count[index] += 1
+            if count[index] == 1:
+                report(conn_id)
+            else:
+                dirty.add(conn_id)
+
+        async def reporter() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                for conn_id in sorted(dirty):
+                    report(conn_id)
+                dirty.clear()
+
+        task = asyncio.create_task(reporter())
+        try:
+            await application(CountingServer(server, on_line), conn_ids)
+        finally:
+            task.cancel()
+            for conn_id in sorted(dirty):
+                report(conn_id)
+
+    return run

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from pblink.apps import AppLoadError, format_user_traceback, load_server_app
+    from pblink.apps import AppLoadError, counted, format_user_traceback, load_server_app
     from pblink.common import (
         BrokerOptions,
         CliError,
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     ids = [check_conn_id(conn_id) for conn_id in args.ids]  # before connecting
     opts = BrokerOptions.from_args(args)
     try:
-        application = load_server_app(args.app) if args.app else None
+        application = counted(load_server_app(args.app)) if args.app else None
     except AppLoadError as exc:
         if exc.details:
             sys.stderr.write(exc.details)

@@ -69,6 +69,8 @@ BAD_ARGUMENTS = [
     (["server", "--timeout-ms", "5"], "--timeout-ms: 5 is out of range: must be at least 20"),
     (["server", "--connect-timeout", "0"], "--connect-timeout: 0 is out of range"),
     (["server", "--app", "no_such_file.py:app"], "no such file no_such_file.py"),
+    (["demo", "--seed", "x"], "--seed: 'x' is not an integer"),
+    (["run", *RUN_APPS, "--seed", "1.5"], "--seed: '1.5' is not an integer"),
     (["demo", "--devices", "0"], "--devices: 0 is out of range: must be 1 to 9"),
     (["demo", "--devices", "10"], "--devices: 10 is out of range"),
     (["demo", "--duration", "0"], "--duration: 0 is out of range"),
