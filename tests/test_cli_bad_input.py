@@ -257,3 +257,18 @@ def test_server_app_that_returns(tmp_path: Path, locked_broker: BrokerProcess) -
                   "--password", "server-pw")
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "server app exited" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_password_file_without_users_and_deleting_no_user(tmp_path: Path) -> None:
+    """A broker password file with no valid line would refuse every client: 2
+    before starting; removing a user who is not there is an error, not 'done'."""
+    junk = tmp_path / "hostname"
+    junk.write_text("myhost\n# user:plain\n")
+    assert_error(pblink("broker", "--port", str(free_port()), "--password-file", str(junk)),
+                 EXIT_USAGE, f"--password-file {junk}: no user:<hash> line")
+    assert_error(pblink("broker", "--port", str(free_port()), "--password-file",
+                        str(tmp_path / "none")), EXIT_USAGE, "does not exist")
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, {"pblink.server": "server-pw"})
+    assert_error(pblink("passwd", "--amqtt", str(passwd), "--delete", "1"), 1,
+                 f"1: not found in {passwd}, nothing removed")
