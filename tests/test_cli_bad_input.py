@@ -272,3 +272,32 @@ def test_password_file_without_users_and_deleting_no_user(tmp_path: Path) -> Non
     write_amqtt_users(passwd, {"pblink.server": "server-pw"})
     assert_error(pblink("passwd", "--amqtt", str(passwd), "--delete", "1"), 1,
                  f"1: not found in {passwd}, nothing removed")
+
+
+def test_device_credentials_refusal_says_why(tmp_path: Path) -> None:
+    """With the ACL a device's credentials need its client id: the refusal says so."""
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, {"pblink.server": "server-pw", "1": "dev-pw"})
+    broker = amqtt_process(tmp_path, extra=["--password-file", str(passwd), "--acl"])
+    broker.start()
+    try:
+        proc = pblink("tail", "1", "--broker", f"127.0.0.1:{broker.port}", "--user", "1",
+                      "--password", "dev-pw")
+    finally:
+        broker.stop()
+    assert_error(proc, EXIT_REFUSED, "device credentials only work with the device's client "
+                 "id pblink-1; use the server's credentials")
+    help_text = " ".join(pblink("tail", "--help").stdout.split())
+    assert "own subtree" not in help_text and "own client id (pblink-<conn_id>)" in help_text
+
+
+def test_tls_to_a_plain_listener(tmp_path: Path) -> None:
+    """--tls to a plain broker: the TCP connect worked, the handshake did not."""
+    broker = amqtt_process(tmp_path)
+    broker.start()
+    try:
+        proc = pblink("send", "1", "hi", "--broker", f"127.0.0.1:{broker.port}", "--tls",
+                      "--connect-timeout", "2")
+    finally:
+        broker.stop()
+    assert_error(proc, EXIT_UNREACHABLE, "TLS handshake failed")
