@@ -132,3 +132,22 @@ def test_every_public_name_of_the_server_library_is_documented() -> None:
                       (Connection.write, Connection.write.__doc__)):
         for param in list(inspect.signature(func).parameters)[1:]:
             assert f"        {param}: " in (doc or ""), f"{func.__qualname__}: {param}"
+
+
+def test_reference_shows_the_values_of_named_defaults() -> None:
+    """A default given as a constant's name is shown with its value too."""
+    from server_apps import s_app
+
+    doc = (inspect.getdoc(s_app.serve) or "") + (inspect.getdoc(s_app.app) or "")
+    assert repr(s_app.DEFAULT_IDS).replace("'", '"') in doc
+    assert repr(s_app.DEFAULT_STATE_DIR).replace("'", '"') in doc
+    assert f"({s_app.STOP_GRACE_S})" in doc
+
+
+@pytest.mark.parametrize("port", [0, 65536, "1883", True])
+def test_bad_port_is_the_documented_error(port: object) -> None:
+    from server_apps import LinkServer
+
+    with pytest.raises(ValueError, match="is not a TCP port"):
+        LinkServer("localhost", port)  # type: ignore[arg-type]
+    assert "``port`` outside 1 to 65535" in " ".join((LinkServer.__doc__ or "").split())
