@@ -117,8 +117,7 @@ async def esp32_figures(ctx: Context, work: Path, broker: Broker, n: int) -> lis
     if micropython32.builder() is None:
         return [Row(FAMILY, "ESP8266 free heap (32-bit frozen)", "B", [],
                     target=f">= {TARGET_FREE}",
-                    note="not measured: no 32-bit MicroPython builder on this machine "
-                    f"(${micropython32.BUILD_ENV} or ../shared/micropython32/build.sh)")]
+                    note=f"not measured: {micropython32.MISSING}")]
     ctx.progress("esp: building (or reusing) the 32-bit MicroPython with the bridge frozen in")
     mp32 = str(await asyncio.to_thread(micropython32.build, micropython32.MANIFEST))
     fakes = bridge_rig.compile_fakes(mpy_cross(), bridge_rig.make_hw_dir(work), work / "fakes32")

@@ -117,6 +117,21 @@ def _user_of(line: str) -> str | None:
     return line.split(":", 1)[0].strip()
 
 
+def hashed_users(path: str | Path) -> list[str]:
+    """The users of an amqtt password file with a usable line ``user:<hash>`` (a
+    ``$``-prefixed hash, as `pblink passwd` writes); CredentialsError when the
+    file is missing or cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise CredentialsError(f"password file {path} does not exist")
+    users = []
+    for line in _read_lines(path):
+        user = _user_of(line)
+        if user and line.split(":", 1)[1].strip().startswith("$"):
+            users.append(user)
+    return users
+
+
 def add_amqtt_user(path: str | Path, user: str, password: str) -> None:
     write_amqtt_users(path, {user: password})
 

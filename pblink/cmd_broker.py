@@ -29,9 +29,18 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from broker.credentials import CredentialsError, hashed_users
     from broker.embedded import BrokerStartError, broker_from_args, serve
-    from pblink.common import CliError
+    from pblink.common import CliError, UsageError
 
+    if args.password_file is not None:  # a file of no user would refuse every client
+        try:
+            users = hashed_users(args.password_file)
+        except CredentialsError as exc:
+            raise UsageError(f"--password-file: {exc}") from None
+        if not users:
+            raise UsageError(f"--password-file {args.password_file}: no user:<hash> line "
+                             "(add users with `pblink passwd --amqtt FILE USER`)")
     try:
         asyncio.run(serve(broker_from_args(args)))
     except BrokerStartError as exc:

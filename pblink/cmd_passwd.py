@@ -88,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
                 found.append(str(args.mosquitto))
             if args.amqtt is not None and cred.remove_amqtt_user(args.amqtt, user):
                 found.append(str(args.amqtt))
-            print(f"removed {user} from {', '.join(found)}" if found else f"{user}: not found")
+            if not found:
+                files = " or ".join(str(f) for f in (args.mosquitto, args.amqtt) if f is not None)
+                raise CliError(f"{user}: not found in {files}, nothing removed")
+            print(f"removed {user} from {', '.join(found)}")
             return 0
         try:
             password = cred.check_password(_password(args))

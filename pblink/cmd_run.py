@@ -42,7 +42,9 @@ ESP8266, b restart the broker, s restart the server app, i corrupt I2C bytes,
 1-9 choose the device they act on, q quit. --chaos injects every kind at random.
 
 The verdict is OK (exit 0) only when every device exchanged lines with the
-server app and no app raised, failed to import or died; a traceback from your
+server app, the server app read lines itself (readline or async for: the
+library acknowledges lines unread up to its queue; the summary says how many
+it read and wrote) and no app raised, failed to import or died; a traceback from your
 code is shown with its file and line. An unreachable broker exits 3, refused
 credentials 4, before anything starts."""
 
@@ -56,8 +58,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run S seconds, print a summary, exit 0 only if the verdict "
                         "is OK (default: until q or Ctrl-C)")
     parser.add_argument("--chaos", action="store_true",
-                        help="inject every kind of fault at random")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for --chaos")
+                        help="inject every kind of fault at random (a timed run needs "
+                        "--duration of at least 21 s for the first one)")
+    parser.add_argument("--seed", type=number(int), default=None,
+                        help="random seed for --chaos")
     parser.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, default=1500, metavar="MS",
                         help="the link's timeout_ms on both ends (default %(default)s)")
     parser.add_argument("--view", choices=("auto", "block", "lines", "quiet"), default="auto",
@@ -102,6 +106,14 @@ def external_broker_for_bench(args: argparse.Namespace) -> Any:
 
 def bench_main(bench_run: Any) -> int:
     import asyncio
+    import logging
+
+    from virtual_bench.demo import CHAOS_MIN_DURATION_S
+
+    if bench_run.chaos and bench_run.duration and bench_run.duration < CHAOS_MIN_DURATION_S:
+        logging.getLogger("pblink").warning(
+            "--chaos needs --duration of at least %g s to inject faults (given %g s)",
+            CHAOS_MIN_DURATION_S, bench_run.duration)
 
     return int(asyncio.run(bench_run.run()))
 

@@ -55,22 +55,46 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
+    import logging
     import signal
+    from pathlib import Path
 
-    from pblink.apps import AppLoadError, format_user_traceback, load_server_app
-    from pblink.common import BrokerOptions, CliError, check_conn_id
+    from pblink.apps import AppLoadError, counted, format_user_traceback, load_server_app
+    from pblink.common import (
+        BrokerOptions,
+        CliError,
+        UsageError,
+        check_conn_id,
+        probe_broker,
+        random_client_id,
+    )
     from server_apps.s_app import AppError, serve
 
     ids = [check_conn_id(conn_id) for conn_id in args.ids]  # before connecting
     opts = BrokerOptions.from_args(args)
     try:
-        application = load_server_app(args.app) if args.app else None
+        application = counted(load_server_app(args.app)) if args.app else None
     except AppLoadError as exc:
         if exc.details:
             sys.stderr.write(exc.details)
         raise
+    # The broker first, then the state folder: an unreachable broker (exit 3) or
+    # refused credentials (exit 4) print one line and leave nothing behind.
+    quiet = logging.getLogger("pblink")  # the server's own connection says "connected"
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
+    try:
+        probe_broker(opts, random_client_id("probe"))
+    finally:
+        quiet.setLevel(level)
+    if args.state_dir:
+        try:
+            Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--state-dir {args.state_dir}: cannot create it: "
+                             f"{exc.strerror or exc}") from None
 
-    async def main() -> None:
+    async def main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,11 +104,15 @@ def run(args: argparse.Namespace) -> int:
                     password=opts.password, tls=opts.ssl_context(), client_id=args.client_id,
                     state_dir=args.state_dir or None, timeout_ms=args.timeout_ms,
                     connect_timeout=opts.connect_timeout, stop=stop, application=application)
+        return stop.is_set()
 
     try:
-        asyncio.run(main())
+        stopped = asyncio.run(main())
     except AppError as exc:
         assert exc.__cause__ is not None
         sys.stderr.write(format_user_traceback(exc.__cause__))
         raise CliError(str(exc)) from None
+    if not stopped:  # the app returned by itself: the devices are no longer served
+        raise CliError("server app exited: it returned before Ctrl-C/SIGTERM "
+                       "(a server app serves until cancelled)")
     return 0

@@ -29,7 +29,8 @@ change, until Ctrl-C:
 A qos line retransmitted with the same session and id is printed once.
 --frames shows every frame with its kind, session and id (acks, heartbeats
 and retransmissions included). tail only listens: it acknowledges nothing.
-Connect with the server's credentials (a device's may read only its own subtree).
+Connect with the server's credentials: a device's credentials are let in only
+with the device's own client id (pblink-<conn_id>), which tail does not use.
 
 {BROKER_ENV_HELP}"""
 

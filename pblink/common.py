@@ -395,8 +395,15 @@ def connect_paho(
     if reason.is_failure:
         stop_paho(client)
         who = f"user {opts.user!r}" if opts.user is not None else "anonymous access"
+        hint = ""
+        if opts.user is not None and not opts.user.startswith(CLIENT_ID_PREFIX) and \
+                client_id != f"pblink-{opts.user}":
+            # The broker's ACL (broker/): a device's user name is its conn_id and
+            # is let in only as the device's own client id, pblink-<conn_id>.
+            hint = (f" (device credentials only work with the device's client id "
+                    f"pblink-{opts.user}; use the server's credentials)")
         raise RefusedError(f"MQTT broker {opts.address} refused the connection ({who}): "
-                           f"{str(reason).lower()}")
+                           f"{str(reason).lower()}{hint}")
     logging.getLogger("pblink").info("connected to MQTT broker %s as %s", opts.address, client_id)
     return client
 
@@ -410,6 +417,23 @@ def probe_broker(opts: BrokerOptions, client_id: str) -> None:
 def _os_reason(exc: BaseException, opts: BrokerOptions) -> str:
     if isinstance(exc, socket.gaierror):
         return f"unknown host {opts.host!r}"
+    if opts.tls and isinstance(exc, (TimeoutError, ssl.SSLError)) and _tcp_connects(opts):
+        return (f"TLS handshake failed ({_short(exc, opts)}): is {opts.address} a TLS "
+                "listener?")
+    return _short(exc, opts)
+
+
+def _tcp_connects(opts: BrokerOptions) -> bool:
+    """Whether a plain TCP connection to the broker succeeds (a TLS failure then
+    is the handshake's, not the network's)."""
+    try:
+        socket.create_connection((opts.host, opts.port), timeout=opts.connect_timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _short(exc: BaseException, opts: BrokerOptions) -> str:
     if isinstance(exc, TimeoutError):
         return f"timed out after {opts.connect_timeout:g} s"
     if isinstance(exc, OSError) and exc.strerror:

@@ -80,7 +80,7 @@ async def pblink_start(request: pytest.FixtureRequest, tmp_path: Path,
     for bench in reversed(started):
         await bench.stop()
     for bench in started:
-        bench.check()
+        bench.check(new_only=True)
 
 
 @pytest_asyncio.fixture

@@ -34,11 +34,12 @@ import contextlib
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from server_apps import Connection, LinkClosedError, LinkServer
+from pblink.apps import CountingServer
+from server_apps import LinkClosedError, LinkServer
 from virtual_bench.demo import Failure, Tracker
 from virtual_bench.harness import ESP, PYBOARD, Bench, Lab
 
@@ -64,54 +65,6 @@ TEST_SETTINGS: dict[str, Any] = {
 DEFAULT_TIMEOUT = 30.0  # as the plugin's pblink_timeout default
 
 ServerApp = Callable[[Any, Sequence[str]], Any]
-
-
-class _RecordingConnection:
-    """A Connection that notes what the app reads and writes (else the same)."""
-
-    def __init__(self, conn: Connection, read: list[str], written: list[str]) -> None:
-        self._conn = conn
-        self._read = read
-        self._written = written
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-    async def readline(self) -> str:
-        line = await self._conn.readline()
-        self._read.append(line.rstrip("\n"))
-        return line
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        while True:
-            try:
-                yield await self.readline()
-            except LinkClosedError:
-                return
-
-    async def write(self, line: str | bytes, qos: bool = True, wait: bool = True) -> None:
-        await self._conn.write(line, qos, wait)
-        text = line.decode() if isinstance(line, bytes) else line
-        self._written.append(text.rstrip("\n"))
-
-
-class _RecordingServer:
-    """The LinkServer the app gets: its connections record (else the same)."""
-
-    def __init__(self, server: LinkServer, bench: AppBench) -> None:
-        self._server = server
-        self._bench = bench
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._server, name)
-
-    async def connection(self, conn_id: str) -> _RecordingConnection:
-        conn = await self._server.connection(conn_id)
-        return _RecordingConnection(conn, self._bench._server_in.setdefault(conn_id, []),
-                                    self._bench._server_out.setdefault(conn_id, []))
 
 
 class AppBench:
@@ -155,6 +108,7 @@ class AppBench:
         self._board_out: dict[str, list[str]] = {c: [] for c in self.conn_ids}
         self._seen: set[tuple[str, str, str, int]] = set()
         self._changed = asyncio.Event()
+        self._reported = 0  # failures check() raised already
 
     def _path(self, target: str) -> Path:
         path = Path(target)
@@ -212,7 +166,7 @@ class AppBench:
                                  timeout_ms=int(self.settings["timeout_ms"]),
                                  state_path=self._workdir / "server_state.json", fsync=False)
         await self.server.start()
-        app = self._app(_RecordingServer(self.server, self), list(self.conn_ids))
+        app = self._app(CountingServer(self.server, self._server_line), list(self.conn_ids))
         self._app_task = asyncio.ensure_future(app)
         self._app_task.add_done_callback(self._app_done)
 
@@ -305,11 +259,14 @@ class AppBench:
     def failures(self) -> list[Failure]:
         return list(self.tracker.failures)
 
-    def check(self) -> None:
-        """AssertionError if an app raised (with its traceback)."""
-        if self.tracker.failures:
-            raise AssertionError("\n".join(f"{f.text}\n{f.details}" for f in
-                                           self.tracker.failures))
+    def check(self, new_only: bool = False) -> None:
+        """AssertionError if an app raised (with its traceback). `new_only`: only
+        for failures no earlier check raised (the plugin's teardown: a failure the
+        test already reported is not reported twice)."""
+        failures = self.tracker.failures[self._reported if new_only else 0:]
+        if failures:
+            self._reported = len(self.tracker.failures)
+            raise AssertionError("\n".join(f"{f.text}\n{f.details}" for f in failures))
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -357,6 +314,12 @@ class AppBench:
             f"Pyboard {conn_id}: no output matching {pattern!r}", timeout))
 
     # -- sources ------------------------------------------------------------------------
+
+    def _server_line(self, conn_id: str, direction: str, line: str) -> None:
+        """What the server app read or wrote (CountingServer)."""
+        lines = self._server_in if direction == "read" else self._server_out
+        lines.setdefault(conn_id, []).append(line)
+        self._changed.set()
 
     def _on_line(self, bench: Bench, ln: Any) -> None:
         self.tracker.on_pyboard(bench, ln)

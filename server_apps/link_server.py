@@ -196,7 +196,8 @@ class Connection:
     with ``await conn.write(line, qos=True, wait=True)`` (PROTOCOL.md 3).
 
     Attributes:
-        conn_id: the device's connection id.
+        conn_id (str): the device's connection id, 1 to 64 characters from
+            ``A-Z a-z 0-9 _ -`` (as given to ``LinkServer.connection()``).
         up_topic: ``<root>/<conn_id>/up``, the device's lines to the server.
         down_topic: ``<root>/<conn_id>/down``, the server's lines to the device.
         status_topic: ``<root>/<conn_id>/status``, the bridge's retained
@@ -215,7 +216,7 @@ class Connection:
         unread: Iterable[str],
     ) -> None:
         self._server = server
-        self.conn_id = conn_id
+        self.conn_id: str = conn_id
         topics = _core.topics(server.root, conn_id)
         self.up_topic: str = topics.up
         self.down_topic: str = topics.down
@@ -401,8 +402,9 @@ class LinkServer:
             is replaced by it). Default: a hint naming ``LinkServer.connection()``.
 
     Raises:
-        ValueError: an invalid ``root``, ``timeout_ms`` under 20, ``queue_size``
-            or ``window`` under 1, an unknown ``protocol``.
+        ValueError: an invalid ``root``, a ``port`` outside 1 to 65535 (or not
+            an int), ``timeout_ms`` under 20, ``queue_size`` or ``window`` under
+            1, an unknown ``protocol``.
     """
 
     def __init__(
@@ -428,6 +430,8 @@ class LinkServer:
         serve_hint: str = "ask for it with LinkServer.connection()",
     ) -> None:
         _core.check_root(root)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(f"port={port!r} is not a TCP port (1 to 65535)")
         if timeout_ms < 20:
             raise ValueError(f"timeout_ms={timeout_ms} is too small (at least 20)")
         if queue_size < 1 or window < 1:

@@ -88,7 +88,7 @@ async def app(server: LinkServer, conn_ids: Sequence[str]) -> None:
     The callable ``pblink server --app`` and ``pblink run --server-app`` take
     (this one is their default): awaited with the LinkServer and the conn_ids
     to serve. On cancellation, replies being written get ``STOP_GRACE_S``
-    seconds to finish.
+    (5.0) seconds to finish.
     """
     conns = [await server.connection(conn_id) for conn_id in conn_ids]
     log.info("demo server on %s, root %r, serving conn_id(s) %s",
@@ -128,6 +128,8 @@ async def serve(
 ) -> None:
     """Run a server application until ``stop`` is set (or the task is cancelled).
 
+    ``ids`` defaults to ``DEFAULT_IDS``, ``("1", "2", "3", "4")``;
+    ``state_dir`` to ``DEFAULT_STATE_DIR``, ``".pblink-state"``.
     ``application(server, ids)`` defaults to the demo, ``app``; it is
     cancelled when ``stop`` is set, and if it raises, ``AppError`` is raised
     from its exception (it returning ends the run too).

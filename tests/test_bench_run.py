@@ -4,6 +4,7 @@ fails to import or has a syntax error."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -68,6 +69,8 @@ def test_own_apps_exchange_lines(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "pblink run summary" in proc.stdout
     assert "result: OK" in proc.stdout
+    read, written = re.search(r"server app \((\d+) read, (\d+) written\)", proc.stdout).groups()
+    assert int(read) >= 2 and int(written) >= 2, proc.stdout[-2000:]
     assert "dev1 pyboard: got pong ping 1" in proc.stdout
     assert "dev2 pyboard: got pong ping 1" in proc.stdout
 
@@ -148,3 +151,44 @@ def test_own_broker_with_credentials(tmp_path: Path) -> None:
     assert "dev1 pyboard: got pong ping 1" in proc.stdout
     assert (f"pblink tail 1 --broker 127.0.0.1:{broker.port} --root bench-test --user bench"
             in proc.stdout)
+
+
+def test_board_app_not_an_appbase_subclass(tmp_path: Path) -> None:
+    """A class that only looks like an app (its base is no AppBase) fails the
+    run at once, naming the class, instead of running silently to the end."""
+    board = "class Base:\n    pass\n\n\nclass Echo(Base):\n    pass\n"
+    proc = pblink_run(tmp_path, board, SERVER_OK, duration="60")
+    assert_failed(proc, f"dev1 Echo in {tmp_path / 'board_app.py'} is not an AppBase subclass")
+    elapsed = float(proc.stdout.split("pblink run summary: ")[1].split(" s")[0])
+    assert elapsed < 30, proc.stdout[-2000:]
+
+
+SERVER_DEAF = """
+import asyncio
+
+
+async def app(server, conn_ids):
+    for conn_id in conn_ids:
+        await server.connection(conn_id)  # the library acknowledges lines unread
+    await asyncio.Event().wait()
+"""
+
+
+def test_server_app_that_reads_nothing(tmp_path: Path) -> None:
+    """Lines acknowledged by the library but never read by the app: not OK."""
+    proc = pblink_run(tmp_path, BOARD_OK, SERVER_DEAF, duration="8")
+    assert_failed(proc, "dev1: the server app read no line")
+
+
+def test_chaos_too_short_warns(tmp_path: Path) -> None:
+    """--chaos in a run too short for any fault says so at the start (and
+    docs/RUN.md and --help say how long is enough)."""
+    from virtual_bench.demo import CHAOS_MIN_DURATION_S
+
+    proc = pblink_run(tmp_path, BOARD_OK, SERVER_OK, "--chaos", duration="6")
+    need = f"--chaos needs --duration of at least {CHAOS_MIN_DURATION_S:g} s to inject faults"
+    assert need in proc.stderr, proc.stderr
+    assert f"at least {CHAOS_MIN_DURATION_S:g} s" in (ROOT / "docs" / "RUN.md").read_text()
+    help_text = subprocess.run([sys.executable, "-m", "pblink", "run", "--help"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60).stdout
+    assert f"at least {CHAOS_MIN_DURATION_S:g} s" in " ".join(help_text.split())

@@ -30,8 +30,7 @@ ESP_USED_BUDGET = 25_600
 @pytest.fixture(scope="session")
 def micropython32_frozen() -> str:
     if micropython32.builder() is None:
-        msg = ("no 32-bit MicroPython builder (../shared/micropython32/build.sh or "
-               f"${micropython32.BUILD_ENV}): the ESP8266 heap test needs it")
+        msg = f"{micropython32.MISSING}: the ESP8266 heap test needs it"
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)

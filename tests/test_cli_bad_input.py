@@ -69,6 +69,8 @@ BAD_ARGUMENTS = [
     (["server", "--timeout-ms", "5"], "--timeout-ms: 5 is out of range: must be at least 20"),
     (["server", "--connect-timeout", "0"], "--connect-timeout: 0 is out of range"),
     (["server", "--app", "no_such_file.py:app"], "no such file no_such_file.py"),
+    (["demo", "--seed", "x"], "--seed: 'x' is not an integer"),
+    (["run", *RUN_APPS, "--seed", "1.5"], "--seed: '1.5' is not an integer"),
     (["demo", "--devices", "0"], "--devices: 0 is out of range: must be 1 to 9"),
     (["demo", "--devices", "10"], "--devices: 10 is out of range"),
     (["demo", "--duration", "0"], "--duration: 0 is out of range"),
@@ -179,3 +181,123 @@ def test_credentials_from_the_environment(command: str, locked_broker: BrokerPro
     else:
         wrong = dict(env, PBLINK_PASSWORD="wrong")
         assert_error(pblink("server", "--state-dir", "", env=wrong), EXIT_REFUSED)
+
+
+# -- the user's apps: named wrongly or of the wrong shape: one line, 2, before starting --
+
+BAD_APPS = {
+    "plain.py": "class Plain:\n    pass\n\n\ndef app(server, conn_ids):\n    pass\n",
+    "srv.py": "async def app(server, conn_ids):\n    pass\n\n\nnot_callable = 3\n",
+}
+
+
+def app_specs(tmp_path: Path) -> list[tuple[list[str], str]]:
+    for name, text in BAD_APPS.items():
+        (tmp_path / name).write_text(text)
+    plain, srv = tmp_path / "plain.py", tmp_path / "srv.py"
+    board = "examples/sensor/sensor_app.py:Sensor"
+    return [
+        (["--board-app", f"{plain}:Plain", "--server-app", f"{srv}:app"],
+         "Plain in " + str(plain) + " is not an AppBase subclass"),
+        (["--board-app", f"{plain}:Nope", "--server-app", f"{srv}:app"],
+         "has no class 'Nope'"),
+        (["--board-app", board, "--server-app", f"{srv}:nope"], "has no callable 'nope'"),
+        (["--board-app", board, "--server-app", "no_such_module_x:app"],
+         "no module named 'no_such_module_x'"),
+        (["--board-app", board, "--server-app", "no_such_pkg_x.sub:app"],
+         "no module named 'no_such_pkg_x.sub'"),
+        (["--board-app", board, "--server-app", f"{plain}:app"],
+         "the server app must be an async callable (async def app(server, conn_ids))"),
+    ]
+
+
+def test_bad_apps_for_run(tmp_path: Path) -> None:
+    """`pblink run`: each refused before a broker or a bench starts (the broker
+    given does not exist: reaching it would exit 3)."""
+    for argv, message in app_specs(tmp_path):
+        proc = pblink("run", *argv, "--duration", "5", "--broker",
+                      f"127.0.0.1:{free_port()}")
+        assert_error(proc, EXIT_USAGE, message)
+
+
+def test_bad_apps_for_server(tmp_path: Path) -> None:
+    """`pblink server --app`: the same server-app checks, before connecting."""
+    for argv, message in app_specs(tmp_path):
+        if argv[0] == "--board-app" and "Sensor" not in argv[1]:
+            continue
+        proc = pblink("server", "--app", argv[3], "--state-dir", "", "--broker",
+                      f"127.0.0.1:{free_port()}")
+        assert_error(proc, EXIT_USAGE, message)
+    proc = pblink("server", "--app", f"{tmp_path / 'srv.py'}:not_callable", "--state-dir", "",
+                  "--broker", f"127.0.0.1:{free_port()}")
+    assert_error(proc, EXIT_USAGE, "has no callable 'not_callable'")
+
+
+def test_server_errors_leave_nothing_behind(tmp_path: Path, locked_broker: BrokerProcess) -> None:
+    """An unreachable broker or refused credentials: one line, and no state folder."""
+    state = tmp_path / "state"
+    proc = pblink("server", "--state-dir", str(state), "--broker", f"127.0.0.1:{free_port()}")
+    assert_error(proc, EXIT_UNREACHABLE, "cannot reach MQTT broker")
+    proc = pblink("server", "--state-dir", str(state), "--broker",
+                  f"127.0.0.1:{locked_broker.port}", "--user", "pblink.server",
+                  "--password", "wrong")
+    assert_error(proc, EXIT_REFUSED, "refused the connection")
+    assert not state.exists()
+    proc = pblink("server", "--state-dir", "/proc/x", "--broker",
+                  f"127.0.0.1:{locked_broker.port}", "--user", "pblink.server",
+                  "--password", "server-pw")
+    assert_error(proc, EXIT_USAGE, "--state-dir /proc/x: cannot create it")
+
+
+def test_server_app_that_returns(tmp_path: Path, locked_broker: BrokerProcess) -> None:
+    """A server app returning at once ends `pblink server` with 1, saying so."""
+    (tmp_path / "quick.py").write_text("async def app(server, conn_ids):\n    return None\n")
+    proc = pblink("server", "--app", f"{tmp_path / 'quick.py'}:app", "--state-dir", "",
+                  "--broker", f"127.0.0.1:{locked_broker.port}", "--user", "pblink.server",
+                  "--password", "server-pw")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "server app exited" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_password_file_without_users_and_deleting_no_user(tmp_path: Path) -> None:
+    """A broker password file with no valid line would refuse every client: 2
+    before starting; removing a user who is not there is an error, not 'done'."""
+    junk = tmp_path / "hostname"
+    junk.write_text("myhost\n# user:plain\n")
+    assert_error(pblink("broker", "--port", str(free_port()), "--password-file", str(junk)),
+                 EXIT_USAGE, f"--password-file {junk}: no user:<hash> line")
+    assert_error(pblink("broker", "--port", str(free_port()), "--password-file",
+                        str(tmp_path / "none")), EXIT_USAGE, "does not exist")
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, {"pblink.server": "server-pw"})
+    assert_error(pblink("passwd", "--amqtt", str(passwd), "--delete", "1"), 1,
+                 f"1: not found in {passwd}, nothing removed")
+
+
+def test_device_credentials_refusal_says_why(tmp_path: Path) -> None:
+    """With the ACL a device's credentials need its client id: the refusal says so."""
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, {"pblink.server": "server-pw", "1": "dev-pw"})
+    broker = amqtt_process(tmp_path, extra=["--password-file", str(passwd), "--acl"])
+    broker.start()
+    try:
+        proc = pblink("tail", "1", "--broker", f"127.0.0.1:{broker.port}", "--user", "1",
+                      "--password", "dev-pw")
+    finally:
+        broker.stop()
+    assert_error(proc, EXIT_REFUSED, "device credentials only work with the device's client "
+                 "id pblink-1; use the server's credentials")
+    help_text = " ".join(pblink("tail", "--help").stdout.split())
+    assert "own subtree" not in help_text and "own client id (pblink-<conn_id>)" in help_text
+
+
+def test_tls_to_a_plain_listener(tmp_path: Path) -> None:
+    """--tls to a plain broker: the TCP connect worked, the handshake did not."""
+    broker = amqtt_process(tmp_path)
+    broker.start()
+    try:
+        proc = pblink("send", "1", "hi", "--broker", f"127.0.0.1:{broker.port}", "--tls",
+                      "--connect-timeout", "2")
+    finally:
+        broker.stop()
+    assert_error(proc, EXIT_UNREACHABLE, "TLS handshake failed")

@@ -43,3 +43,53 @@ def test_the_docs_example_is_the_one_that_runs() -> None:
     for name in ("sensor_app.py", "test_sensor.py"):
         body = (ROOT / "examples" / "sensor" / name).read_text().strip()
         assert body in doc, f"docs/TESTING.md does not show examples/sensor/{name} as it is"
+
+
+def test_bad_board_app_and_a_raising_app_reported_once(tmp_path: Path) -> None:
+    """A board class that is no AppBase subclass: a clear error, not a
+    TimeoutError; a failure the test reported is not reported again at teardown."""
+    (tmp_path / "board.py").write_text(textwrap.dedent("""
+        import asyncio
+        from pb_link.app_base import AppBase
+
+        class Base:
+            pass
+
+        class Fake(Base):
+            pass
+
+        class Crash(AppBase):
+            def start(self):
+                asyncio.create_task(self.boom())
+
+            async def boom(self):
+                raise RuntimeError("board app bug")
+    """))
+    (tmp_path / "server.py").write_text(textwrap.dedent("""
+        async def app(server, conn_ids):
+            conn = await server.connection("1")
+            async for line in conn:
+                pass
+    """))
+    (tmp_path / "test_mine.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.pblink(board_app="board.py:Fake", server_app="server.py:app")
+        async def test_fake(pblink_bench):
+            await pblink_bench.wait_server_received("x", timeout=60)
+
+        @pytest.mark.asyncio
+        @pytest.mark.pblink(board_app="board.py:Crash", server_app="server.py:app")
+        async def test_crash(pblink_bench):
+            await pblink_bench.wait_server_received("x", timeout=60)
+    """))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-o", "asyncio_mode=strict"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=TEST_TIMEOUT * 6)
+    out = proc.stdout
+    assert proc.returncode == 1, out[-3000:]
+    assert "Fake in " in out and "is not an AppBase subclass" in out, out[-3000:]
+    assert "TimeoutError" not in out, out[-3000:]
+    assert "RuntimeError: board app bug" in out, out[-3000:]
+    assert "2 failed" in out and "error" not in out.splitlines()[-1], out[-3000:]

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pblink.apps import APP_LINES, BOARD_APP_ERROR
 from virtual_bench.harness import ESP, PYBOARD, PYBOARD_DIR, Bench, Lab, OutputLine
 from virtual_bench.timeline import TimelineRecorder
 
@@ -120,6 +121,10 @@ class Device:
     down_lat: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
     report: list[int] | None = None
     last_got_t: float = 0.0
+    # What the user's server app read and wrote through its Connection (its
+    # `server app lines:` log; totals over server app restarts), None: no report yet.
+    app_lines: list[int] | None = None
+    app_last: tuple[int, int] = (0, 0)  # the current server app process's last report
 
 
 @dataclass
@@ -161,6 +166,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 TRACEBACK = "Traceback (most recent call last):"
+_APP_LINES = re.compile(re.escape(APP_LINES) + r" (\S+) read (\d+) written (\d+)")
 
 
 class Tracker:
@@ -237,6 +243,9 @@ class Tracker:
                 self.event(f"dev{dev.conn_id} ESP8266: {ln.text}", ln.t)
             return
         text = ln.text
+        if text.startswith(BOARD_APP_ERROR):  # the launcher could not start the app
+            self.fail(f"dev{dev.conn_id} {text[len(BOARD_APP_ERROR):].strip()}")
+            return
         if text.startswith("pb_link:"):
             what = text[8:].strip()
             if what == "reset pulse":
@@ -265,6 +274,10 @@ class Tracker:
 
     def on_server(self, _name: str, text: str) -> None:
         if self._traceback("server", text, "server app", owned=True):
+            return
+        counted = _APP_LINES.search(text)
+        if counted is not None:
+            self._app_lines(*counted.groups())
             return
         if " ERROR " in text:
             self.event(f"server app: {text}")
@@ -306,6 +319,16 @@ class Tracker:
             dev.last_down = str(line)
         self.survived(dev.conn_id, time.monotonic())
 
+    def _app_lines(self, conn_id: str, read: str, written: str) -> None:
+        dev = self.devices.get(conn_id)
+        if dev is None:
+            return
+        now = (int(read), int(written))
+        last = dev.app_last if now >= dev.app_last else (0, 0)  # a restarted server app
+        totals = dev.app_lines or [0, 0]
+        dev.app_lines = [totals[0] + now[0] - last[0], totals[1] + now[1] - last[1]]
+        dev.app_last = now
+
     def survived(self, conn_id: str, t: float) -> None:
         """A line crossed after a fault ended: the device got over it."""
         for fault in self.faults:
@@ -340,7 +363,19 @@ class Tracker:
         for dev in self.devices.values():
             if not (dev.bus_acked or dev.bus_down):
                 out.append(f"dev{dev.conn_id}: no line was exchanged with the server app")
+            elif not self.app_read(dev):  # the library acknowledges lines nobody reads
+                out.append(f"dev{dev.conn_id}: the server app read no line (lines reached "
+                           "the server and were acknowledged, unread)")
         return out
+
+    @staticmethod
+    def app_read(dev: Device) -> int:
+        return dev.app_lines[0] if dev.app_lines else 0
+
+    def app_totals(self) -> tuple[int, int]:
+        """Lines the server app read and wrote, over all devices."""
+        return (sum(self.app_read(d) for d in self.devices.values()),
+                sum(d.app_lines[1] for d in self.devices.values() if d.app_lines))
 
     def ok(self) -> bool:
         return not self.problems()
@@ -553,8 +588,9 @@ def summary(tracker: Tracker, elapsed: float, title: str = "pblink run", what: s
     elif isinstance(tracker, DemoTracker):
         out.append("result: OK, lines exchanged both ways, no qos line lost or duplicated")
     else:
-        out.append("result: OK, every device exchanged lines with the server app, "
-                   "no app raised or died")
+        read, written = tracker.app_totals()
+        out.append("result: OK, every device exchanged lines with the server app "
+                   f"({read} read, {written} written), no app raised or died")
     return "\n".join(out)
 
 
@@ -861,8 +897,8 @@ class BenchRun:
         """A random fault every few seconds; none in the last part of a timed run,
         so that every outage has ended before the summary."""
         kinds = [k for k in FAULT_KINDS if k != "broker" or self.broker is None]
-        settle = max(15.0, 0.25 * self.duration) if self.duration else 0.0
-        await asyncio.sleep(self.rng.uniform(4.0, 6.0))
+        settle = chaos_settle_s(self.duration) if self.duration else 0.0
+        await asyncio.sleep(self.rng.uniform(CHAOS_FIRST_S, CHAOS_FIRST_MAX_S))
         round_: list[str] = []
         while True:
             if self.duration and time.monotonic() - t_start > self.duration - settle:
@@ -877,6 +913,19 @@ class BenchRun:
 
 
 DEMO_APP = str(PYBOARD_DIR / "pb_link" / "demo.py")
+
+
+CHAOS_FIRST_S, CHAOS_FIRST_MAX_S = 4.0, 6.0  # when --chaos injects its first fault
+
+
+def chaos_settle_s(duration: float) -> float:
+    """The end of a timed --chaos run left without faults, for every outage to end."""
+    return max(15.0, 0.25 * duration)
+
+
+# The shortest --duration in which --chaos surely injects a fault: the first one
+# comes at most CHAOS_FIRST_MAX_S in, and none in the last chaos_settle_s(duration).
+CHAOS_MIN_DURATION_S = CHAOS_FIRST_MAX_S + 15.0
 
 
 class Demo(BenchRun):

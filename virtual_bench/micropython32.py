@@ -10,8 +10,8 @@ measured with it carry over to the device (docs/FIRMWARE.md "Memory budget").
 The build script is a development tool, not part of this project: the source of
 the MicroPython version of the PyPI unix port and ``build.sh OUT [MANIFEST]``
 (needs ``gcc-multilib``). It is looked up in ``$PBLINK_MICROPYTHON32_BUILD``,
-else in ``../shared/micropython32/build.sh`` next to the checkout (the project's
-development machines). Where neither exists ``builder()`` returns None and the
+else in ``DEV_BUILDER`` beside the checkout (the project's development
+machines). Where neither exists ``builder()`` returns None and the
 callers skip with that reason.
 
 Binaries are cached under ``$PBLINK_CACHE`` (default ``~/.cache/pblink``),
@@ -36,13 +36,19 @@ BUILD_ENV = "PBLINK_MICROPYTHON32_BUILD"
 ESP_HEAPSIZE = 38 * 1024
 
 
+# Where the development machines keep the build script, beside the checkout: the
+# one place the project names it (the 32-bit heap gate's tool).
+DEV_BUILDER = ROOT.parent / "shared" / "micropython32" / "build.sh"
+MISSING = (f"no 32-bit MicroPython builder: set ${BUILD_ENV} to its build.sh "
+           "(needs gcc-multilib)")
+
+
 def builder() -> Path | None:
     """The build script, or None when this machine has none (see the module doc)."""
     env = os.environ.get(BUILD_ENV)
     if env:
         return Path(env)
-    default = ROOT.parent / "shared" / "micropython32" / "build.sh"
-    return default if default.exists() else None
+    return DEV_BUILDER if DEV_BUILDER.exists() else None
 
 
 def cache_dir() -> Path:
@@ -72,8 +78,7 @@ def build(manifest: Path | None = MANIFEST) -> Path:
     """
     script = builder()
     if script is None or not script.exists():
-        raise FileNotFoundError(f"no 32-bit MicroPython builder ({BUILD_ENV} or "
-                                "../shared/micropython32/build.sh)")
+        raise FileNotFoundError(MISSING)
     tag = ("frozen-" if manifest else "plain-") + _key(script, manifest)
     out = cache_dir() / tag / "micropython"
     if out.exists():
