@@ -72,7 +72,8 @@ def refused(proc: subprocess.Popen[bytes]) -> str:
     out, _ = proc.communicate(timeout=TEST_TIMEOUT)
     text = out.decode(errors="replace").strip()
     assert proc.returncode == 1, text
-    errors = [x for x in text.splitlines() if " ERROR " in x]
+    # pblink's one-line error (pblink.common: "pblink server: error: ...")
+    errors = [x for x in text.splitlines() if x.startswith("pblink server: error: ")]
     assert len(errors) == 1 and "Traceback" not in text, text
     return errors[0]
 
