@@ -82,13 +82,18 @@ def error_from(exc: BaseException) -> CliError | None:
     """
     if isinstance(exc, CliError):
         return exc
-    from server_apps import BrokerUnreachableError, LinkRefusedError, StateFileError
+    from server_apps import (
+        BrokerUnreachableError,
+        LinkRefusedError,
+        ServerIdentityError,
+        StateFileError,
+    )
 
     if isinstance(exc, LinkRefusedError):
         return RefusedError(str(exc))
     if isinstance(exc, BrokerUnreachableError):
         return UnreachableError(str(exc))
-    if isinstance(exc, StateFileError):
+    if isinstance(exc, (StateFileError, ServerIdentityError)):  # another process's identity
         return CliError(str(exc))
     if isinstance(exc, TimeoutError):
         return TimedOutError(str(exc) or "timed out")
