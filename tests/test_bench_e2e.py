@@ -28,29 +28,18 @@ from typing import Any
 import pytest
 from conftest import TEST_TIMEOUT, require_tool
 
-from pblink.testing import AppBench
+from pblink.testing import TEST_SETTINGS, AppBench
 from server_apps import LinkServer
 from virtual_bench.harness import PYBOARD, Bench, ManagedProcess, broker_process, free_port
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT_MS = 1000  # the link's timeout_ms, on both ends
+TIMEOUT_MS = int(TEST_SETTINGS["timeout_ms"])  # the link's timeout_ms, on both ends
 WAIT = max(TEST_TIMEOUT, 30.0)  # one scenario's recovery budget
 
+# The plugin's bench timings (pblink.testing), without its verbose log and report
 E2E_SETTINGS: dict[str, Any] = {
-    "timeout_ms": TIMEOUT_MS,
-    "boot_wait_ms": 300,
-    "exchange_timeout_ms": 400,
-    "keepalive_timeout_ms": 2000,
-    "sync_timeout_ms": 3000,
-    "bridge_tuning": {
-        "keepalive_ms": 300,
-        "wifi_connect_ms": 1000,
-        "wifi_stable_ms": 100,
-        "reconnect_min_ms": 200,
-        "reconnect_max_ms": 1000,
-        "mqtt_response_ms": 2000,
-    },
+    k: v for k, v in TEST_SETTINGS.items() if k not in ("verbose", "report_s")
 }
 
 # The Pyboard test app. Knobs come from pb_settings (written by the bench).
