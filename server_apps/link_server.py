@@ -164,6 +164,10 @@ class ServerIdentityError(ConnectionError):
 
 
 
+# Acks for a foreign session over this many timeouts: another process serves the conn_id.
+FOREIGN_ACK_SPAN = 10
+
+
 def now_ms() -> int:
     """Milliseconds in link_core's tick domain (compare with ``ticks_diff`` only)."""
     return int(time.monotonic() * 1000) & _core.TICKS_MAX
@@ -227,6 +231,8 @@ class Connection:
         self._held: list[str] = []  # delivered, waiting for their batch to be on disk
         self._parked: collections.deque[_core.Frame] = collections.deque()
         self._live = _core.device_watch(server.timeout_ms)  # PROTOCOL.md 4.4
+        # acks on up for a session this process is not sending: (first ms, count, logged)
+        self._foreign: tuple[int, int, bool] | None = None
         self._changed = _Signal()
         self._write_lock = asyncio.Lock()
         self.stats: dict[str, int] = collections.defaultdict(int)
@@ -980,6 +986,8 @@ class LinkServer:
         elif kind == _core.KIND_ACK:
             if self._sender_ack(conn, frame):
                 conn._changed.fire()
+            elif frame[1] is not None and frame[1] != conn._sender.session:
+                self._foreign_ack(conn, frame[1], now)
         elif kind == _core.KIND_QOS:
             if conn._full() or conn._parked:
                 if frame in conn._parked:
@@ -996,6 +1004,29 @@ class LinkServer:
                 log.warning("%s: queue full, dropped a non-qos line", conn.conn_id)
                 return
             self._accept(conn, frame)
+
+    def _foreign_ack(self, conn: Connection, session: str, now: int) -> None:
+        """The device acknowledges lines of a session this process is not sending.
+
+        A few such acks follow a restart without a state file (lines of the
+        old session still on their way); a stream of them for longer than
+        FOREIGN_ACK_SPAN timeouts means another server process writes to this
+        conn_id too: its device then gets every reply twice. Logged once per
+        conn_id, as an error, with what to change (docs/SERVER.md).
+        """
+        first, count, logged = conn._foreign or (now, 0, False)
+        count += 1
+        span = _core.ticks_diff(now, first)
+        if not logged and count >= 3 and span >= FOREIGN_ACK_SPAN * self.timeout_ms:
+            logged = True
+            log.error(
+                "%s: the device acknowledges lines of session %s, which this process did "
+                "not send, for %.1f s: another server process serves conn_id %r too, so the "
+                "device gets both processes' lines; serve each conn_id from one process "
+                "(pblink server --ids, LinkServer.connection())",
+                conn.conn_id, session, span / 1000, conn.conn_id,
+            )
+        conn._foreign = (first, count, logged)
 
     @staticmethod
     def _sender_ack(conn: Connection, frame: _core.Frame) -> bool:

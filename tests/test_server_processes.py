@@ -204,3 +204,40 @@ async def test_a_client_id_fight_that_slips_past_the_probe_is_named_in_the_log(
                                   **kw):
                 await until(lambda: bool(hinted()), "the hint in the log")
     assert "--client-id" in hinted()[0] and "\n" not in hinted()[0]
+
+
+async def test_two_processes_serving_one_conn_id_is_an_error_in_the_log(
+    any_broker: BrokerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two server processes with their own client ids both serving conn_id 1 (the
+    README's `pblink server` beside `pblink demo --broker`): the device gets both
+    processes' lines. Each process sees the device acknowledge lines of a session
+    it did not send and says so once, as an error naming what to change."""
+    from server_apps import LinkServer
+    from server_apps.link_server import FOREIGN_ACK_SPAN
+
+    caplog.set_level(logging.ERROR, logger="pblink.server")
+    kw: dict[str, Any] = {"timeout_ms": T, "identity_probe_s": 0}
+    async with asyncio.timeout(TEST_TIMEOUT + 20), \
+            LinkServer(any_broker.host, any_broker.port, client_id="pblink.server-a", **kw) as a, \
+            LinkServer(any_broker.host, any_broker.port, client_id="pblink.server-b", **kw) as b, \
+            device_for(any_broker, "1") as dev:
+        conns = [await a.connection("1"), await b.connection("1")]
+        span_s = FOREIGN_ACK_SPAN * T / 1000
+        deadline = time.monotonic() + span_s + 10
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            await asyncio.gather(*(c.write(f"from {i} line {n}") for i, c in enumerate(conns)))
+            while True:  # the device reads both processes' lines
+                try:
+                    await asyncio.wait_for(dev.readline(), 0.05)
+                except TimeoutError:
+                    break
+            errors = [r.getMessage() for r in caplog.records if "another server process" in
+                      r.getMessage()]
+            if len(errors) >= 2:
+                break
+            await asyncio.sleep(0.1)
+    assert len(errors) == 2, errors  # each process once
+    assert all("conn_id '1'" in e and "--ids" in e for e in errors), errors
