@@ -32,6 +32,7 @@ HEARTBEAT: Final[bytes] = bytes(_frames.HEARTBEAT)
 ONLINE: Final[str] = str(_names.ONLINE)
 OFFLINE: Final[str] = str(_names.OFFLINE)
 RX_WINDOW: Final[int] = int(_endpoint.RX_WINDOW)
+MAX_SESSIONS: Final[int] = int(_endpoint.MAX_SESSIONS)  # peer sessions a Receiver keeps
 TX_WINDOW_PYBOARD: Final[int] = int(_endpoint.TX_WINDOW_PYBOARD)
 TX_WINDOW_SERVER: Final[int] = int(_endpoint.TX_WINDOW_SERVER)
 

@@ -98,6 +98,11 @@ class ConnState:
         if rx is not None:
             if not isinstance(rx, dict):
                 raise ValueError("rx is not an object")
+            sessions = rx.get("sessions", [])
+            if isinstance(sessions, list) and len(sessions) > _core.MAX_SESSIONS:
+                # the Receiver keeps (and so this library writes) at most MAX_SESSIONS
+                raise ValueError(f"rx has {len(sessions)} sessions, at most "
+                                 f"{_core.MAX_SESSIONS} are ever written")
             _core.make_receiver().restore(rx)
         if tx is not None:
             if not isinstance(tx, dict):
@@ -189,9 +194,12 @@ class StateStore:
         except OSError as exc:
             raise StateFileError(f"cannot read state file {self.path}: {exc}") from exc
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw.decode("utf-8"))  # a decoding error names its byte
             if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                 raise ValueError(f"not a {FORMAT} document")
+            unknown = set(doc) - {"format", "version", "clean", "conns"}
+            if unknown:
+                raise ValueError(f"unknown key(s) {sorted(unknown)}")
             if doc.get("version") != VERSION:
                 raise ValueError(f"unsupported version {doc.get('version')!r}")
             conns_doc = doc.get("conns", {})

@@ -75,6 +75,11 @@ def test_no_fsync_mode_writes_too(tmp_path: Path) -> None:
                            "timeout_ms": 300, "unacked": [[7, "after next_id"]]}}}),
         _doc({"1": {"unread": [], "extra": 1}}),
         _doc({}, clean="yes"),
+        # found by a new user's review: these were accepted and silently rewritten
+        b'{"format": "pblink-server-state", "version": 1, "conns": {}, "foo": 1}',
+        _doc({"1": {"rx": {"window": 16, "sessions": [
+            [f"{i:08x}", 1, []] for i in range(5)]}}}),  # more than MAX_SESSIONS
+        b'{"format": "pblink-server-state", "version": 1, "conns": {"\xff": {}}}',  # not UTF-8
     ],
 )
 def test_unusable_file_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
