@@ -540,12 +540,15 @@ class LinkServer:
                 self._store.unlock()
             raise
         if self._store is not None:
+            existed = self._store.path.exists()
             self._state = await asyncio.to_thread(self._store.load)
             log.info(
                 "state file %s: %d conn_id(s), last exit %s",
                 self._store.path,
                 len(self._state.conns),
-                "clean" if self._state.clean else "not clean (sender sessions restart)",
+                "clean" if self._state.clean
+                else "not clean (sender sessions restart)" if existed
+                else "none (a new file)",
             )
             self._state.clean = False
             await self._write_state(clean=False)  # mark it dirty while we run
