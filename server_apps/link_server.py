@@ -106,7 +106,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Final
 
@@ -117,7 +116,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from server_apps import _core
-from server_apps.state import ConnState, ServerState, StateFileError, StateStore
+from server_apps.connection import FOREIGN_ACK_SPAN, RX_WINDOW, Connection, now_ms
+from server_apps.errors import (
+    BrokerUnreachableError,
+    LinkAuthError,
+    LinkClosedError,
+    LinkRefusedError,
+    ServerIdentityError,
+)
+from server_apps.lines import Signal
+from server_apps.state import ConnState, ServerState, StateFileError, StateStore, Store
 
 log = logging.getLogger("pblink.server")
 
@@ -125,7 +133,6 @@ MQTTv311: Final = MQTTProtocolVersion.MQTTv311
 MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 
 SERVER_WINDOW: Final = _core.TX_WINDOW_SERVER
-RX_WINDOW: Final = _core.RX_WINDOW
 INBOX_LIMIT: Final = 10_000
 UNCLAIMED_LIMIT: Final = 4096
 # CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
@@ -137,227 +144,24 @@ IDENTITY_HINT: Final = (
     "LinkServer(client_id=...)); its state file follows the client id"
 )
 
-
-class LinkClosedError(ConnectionError):
-    """The LinkServer was closed (or not yet entered)."""
-
-
-class BrokerUnreachableError(ConnectionError):
-    """No MQTT connection could be opened to the broker at start."""
-
-
-class LinkRefusedError(ConnectionError):
-    """The broker answered CONNECT with a refusal."""
-
-    def __init__(self, broker: str, reason: str) -> None:
-        super().__init__(f"MQTT broker {broker} refused the connection: {reason}")
-        self.broker = broker
-        self.reason = reason
-
-
-class LinkAuthError(LinkRefusedError):
-    """The broker refused the credentials (bad user name or password, not authorised)."""
-
-
-class ServerIdentityError(ConnectionError):
-    """Another running process is connected to the broker as this server's client id."""
-
-
-
-# Acks for a foreign session over this many timeouts: another process serves the conn_id.
-FOREIGN_ACK_SPAN = 10
-
-
-def now_ms() -> int:
-    """Milliseconds in link_core's tick domain (compare with ``ticks_diff`` only)."""
-    return int(time.monotonic() * 1000) & _core.TICKS_MAX
-
-
-class _Signal:
-    """A level-free wake-up for coroutines waiting on a predicate.
-
-    ``while not pred(): await sig.wait()`` is race free in asyncio: ``fire()``
-    wakes every current waiter and re-arms.
-    """
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
-class Connection:
-    """The server end of one device's link. Get one with ``LinkServer.connection()``.
-
-    Read with ``await conn.readline()`` or ``async for line in conn``; write
-    with ``await conn.write(line, qos=True, wait=True)`` (PROTOCOL.md 3).
-
-    Attributes:
-        conn_id (str): the device's connection id, 1 to 64 characters from
-            ``A-Z a-z 0-9 _ -`` (as given to ``LinkServer.connection()``).
-        up_topic: ``<root>/<conn_id>/up``, the device's lines to the server.
-        down_topic: ``<root>/<conn_id>/down``, the server's lines to the device.
-        status_topic: ``<root>/<conn_id>/status``, the bridge's retained
-            ``online``/``offline``.
-        stats: counters (``tx_qos``, ``tx_unreliable``, ``rx_lines``,
-            ``retransmitted``, ``resent``, ``heartbeats``, ``malformed``, ...), for logs
-            and tests.
-    """
-
-    def __init__(
-        self,
-        server: LinkServer,
-        conn_id: str,
-        sender: _core.Sender,
-        receiver: _core.Receiver,
-        unread: Iterable[str],
-    ) -> None:
-        self._server = server
-        self.conn_id: str = conn_id
-        topics = _core.topics(server.root, conn_id)
-        self.up_topic: str = topics.up
-        self.down_topic: str = topics.down
-        self.status_topic: str = topics.status
-        self._sender = sender
-        self._receiver = receiver
-        self._lines: collections.deque[str] = collections.deque(unread)  # readable
-        self._held: list[str] = []  # delivered, waiting for their batch to be on disk
-        self._parked: collections.deque[_core.Frame] = collections.deque()
-        self._live = _core.device_watch(server.timeout_ms)  # PROTOCOL.md 4.4
-        # acks on up for a session this process is not sending: (first ms, count, logged)
-        self._foreign: tuple[int, int, bool] | None = None
-        self._changed = _Signal()
-        self._write_lock = asyncio.Lock()
-        self.stats: dict[str, int] = collections.defaultdict(int)
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.conn_id!r} {'online' if self.online else 'offline'}>"
-
-    # -- state -----------------------------------------------------------------
-
-    @property
-    def online(self) -> bool:
-        """The device is reachable (PROTOCOL.md 4.4)."""
-        return self._live.online
-
-    @property
-    def in_flight(self) -> int:
-        """qos lines written and not yet acknowledged by the device."""
-        return int(self._sender.in_flight)
-
-    @property
-    def session(self) -> str:
-        """This server's sender session for the conn_id (8 hex digits)."""
-        return str(self._sender.session)
-
-    def _queued(self) -> int:
-        return len(self._lines) + len(self._held)
-
-    def _full(self) -> bool:
-        return self._queued() >= self._server.queue_size
-
-    # -- reading ---------------------------------------------------------------
-
-    async def readline(self) -> str:
-        """The next line from the device, ending in ``"\\n"``. Waits for one.
-
-        Lines come exactly once and in order for qos lines (PROTOCOL.md 3.2);
-        a line without qos may be missing after an outage. ``async for line in
-        conn`` does the same and ends when the server is closed.
-
-        Raises:
-            LinkClosedError: the LinkServer is closed (or closing).
-        """
-        while True:
-            # Once closing, unread lines belong to the final state file, not to the app.
-            if self._server._closed or self._server._closing:
-                raise LinkClosedError(f"link server closed (conn_id {self.conn_id!r})")
-            if self._lines:
-                break
-            await self._changed.wait()
-        line = self._lines.popleft()
-        self._server._after_read(self)
-        return line + "\n"
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        while True:
-            try:
-                yield await self.readline()
-            except LinkClosedError:
-                return
-
-    # -- writing ---------------------------------------------------------------
-
-    async def write(self, line: str | bytes, qos: bool = True, wait: bool = True) -> None:
-        """Send one line to the device (one trailing newline is optional).
-
-        ``qos=True``: delivered exactly once and in order, retransmitted until
-        acknowledged; waits while the sender window is full. ``wait=True`` (with
-        qos): starts only when every earlier qos line has been acknowledged.
-        ``qos=False``: sent once, may be lost in an outage. Every write pauses
-        while the broker or the device is unreachable.
-
-        Args:
-            line: the line, ``str`` or UTF-8 ``bytes``, at most ``MAX_LINE``
-                (1024) bytes encoded, one trailing ``"\\n"`` allowed.
-            qos: guaranteed delivery (default ``True``).
-            wait: ordering: wait for every earlier qos line's acknowledgement
-                first (default ``True``; only with ``qos``).
-
-        Raises:
-            ValueError: (nothing sent) the line has an internal newline, is
-                longer than ``MAX_LINE`` bytes, or is not UTF-8.
-            LinkClosedError: the LinkServer is closed.
-        """
-        text = _core.check_line(line)
-        server = self._server
-        server._check_open()
-        async with self._write_lock:
-            await self._wait_until(
-                lambda: _core.may_write(self._reachable(), self._sender, qos, wait)
-            )
-            if qos:
-                server._publish(self.down_topic, self._sender.send(text, now_ms()))
-                self.stats["tx_qos"] += 1
-            else:
-                server._publish(self.down_topic, self._sender.unreliable(text))
-                self.stats["tx_unreliable"] += 1
-
-    async def drain(self) -> None:
-        """Wait until every qos line written so far has been acknowledged.
-
-        Raises:
-            LinkClosedError: the LinkServer was closed meanwhile.
-        """
-        await self._wait_until(lambda: bool(self._sender.idle()))
-
-    async def wait_online(self) -> None:
-        """Wait until the device is online."""
-        await self._wait_until(lambda: self.online)
-
-    async def wait_offline(self) -> None:
-        """Wait until the device is offline."""
-        await self._wait_until(lambda: not self.online)
-
-    def _reachable(self) -> bool:
-        return self._live.online and self._server._broker_up
-
-    async def _wait_until(self, pred: Callable[[], bool]) -> None:
-        while True:
-            self._server._check_open()
-            if pred():
-                return
-            await self._changed.wait()
+# Connection, the errors and FOREIGN_ACK_SPAN live in their own modules; importable here too
+__all__ = [
+    "FOREIGN_ACK_SPAN",
+    "INBOX_LIMIT",
+    "RX_WINDOW",
+    "SERVER_WINDOW",
+    "UNCLAIMED_LIMIT",
+    "BrokerUnreachableError",
+    "Connection",
+    "LinkAuthError",
+    "LinkClosedError",
+    "LinkRefusedError",
+    "LinkServer",
+    "MQTTv5",
+    "MQTTv311",
+    "ServerIdentityError",
+    "now_ms",
+]
 
 
 class LinkServer:
@@ -469,7 +273,9 @@ class LinkServer:
         self._password = password
         self._tls = tls
         self._commit_delay = commit_delay_ms / 1000
-        self._store = StateStore(state_path, fsync=fsync) if state_path is not None else None
+        self._store: Store | None = (
+            StateStore(state_path, fsync=fsync) if state_path is not None else None
+        )
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
         self._unclaimed: collections.OrderedDict[str, _core.DeviceWatch] = collections.OrderedDict()
@@ -485,9 +291,11 @@ class LinkServer:
         self._connack: asyncio.Future[tuple[bool, ReasonCode]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_acks: list[tuple[str, bytes]] = []
+        self._dirty: set[str] = set()  # claimed conn_ids whose stored entry changed
         self._commit_wanted = asyncio.Event()
         self._commit_lock = asyncio.Lock()
-        self._broker_signal = _Signal()
+        self._broker_signal = Signal()
+        self._host = _Host(self)  # what its Connections use of it
         self.stats: dict[str, int] = collections.defaultdict(int)
 
     @property
@@ -540,18 +348,18 @@ class LinkServer:
                 self._store.unlock()
             raise
         if self._store is not None:
-            existed = self._store.path.exists()
+            existed = self._store.exists()
             self._state = await asyncio.to_thread(self._store.load)
             log.info(
                 "state file %s: %d conn_id(s), last exit %s",
-                self._store.path,
+                self._store.where,
                 len(self._state.conns),
                 "clean" if self._state.clean
                 else "not clean (sender sessions restart)" if existed
                 else "none (a new file)",
             )
             self._state.clean = False
-            await self._write_state(clean=False)  # mark it dirty while we run
+            await self._write_state(clean=False, changed=set())  # mark it dirty while we run
         self._closed = False
         self._closing = False
         try:
@@ -654,7 +462,7 @@ class LinkServer:
             if stored.tx is not None:
                 sender = _core.restore_sender(stored.tx)
         except ValueError as exc:
-            path = self._store.path if self._store else "?"
+            path = self._store.where if self._store else "?"
             raise StateFileError(f"state file {path}, conn_id {conn_id!r}: {exc}") from exc
         if sender is not None:
             log.info(
@@ -666,19 +474,22 @@ class LinkServer:
                 _core.new_session(os.urandom(4)), self.window, self.timeout_ms
             )
             log.info("%s: new sender session %s", conn_id, sender.session)
-        conn = Connection(self, conn_id, sender, receiver, stored.unread)
         live = self._unclaimed.pop(conn_id, None)
         if live is not None:
-            conn._live = live
             live.silent(now_ms())
+        conn = Connection(
+            self._host, conn_id, self.root, sender, receiver, stored.unread,
+            timeout_ms=self.timeout_ms, queue_size=self.queue_size, watch=live,
+        )
         self._conns[conn_id] = conn
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
+        self._dirty.add(conn_id)
         if self._store is not None:
             async with self._commit_lock:
                 await self._commit(clean=False)
         if conn.online and self._broker_up:
-            self._resend_all(conn)
+            conn._resend_all()
         return conn
 
     # -- MQTT connection -------------------------------------------------------
@@ -926,7 +737,7 @@ class LinkServer:
                 self.broker, reason_code, hint,
             )
         for conn in self._conns.values():
-            self._online_changed(conn, conn._live.lost())
+            conn._broker_lost()
         for live in self._unclaimed.values():
             live.lost()
         self._wake_all()
@@ -934,7 +745,7 @@ class LinkServer:
     def _wake_all(self) -> None:
         self._broker_signal.fire()
         for conn in self._conns.values():
-            conn._changed.fire()
+            conn._wake()
 
     # -- incoming frames -------------------------------------------------------
 
@@ -953,7 +764,8 @@ class LinkServer:
                 self._unserved(conn_id)
                 self.stats["unclaimed"] += 1
                 return
-            self._on_up(conn, payload, now)
+            if not conn._receive(payload, now):
+                self.stats["malformed"] += 1
 
     def _on_status(self, conn_id: str, conn: Connection | None, payload: bytes, now: int) -> None:
         if payload == b"online":
@@ -968,95 +780,7 @@ class LinkServer:
             if online:
                 self._unserved(conn_id)
         else:
-            self._online_changed(conn, conn._live.status(online, now))
-
-    def _on_up(self, conn: Connection, payload: bytes, now: int) -> None:
-        try:
-            frame = _core.decode(payload)
-        except ValueError as exc:
-            self.stats["malformed"] += 1
-            conn.stats["malformed"] += 1
-            log.warning("%s: dropped malformed frame %r: %s", conn.up_topic, payload[:80], exc)
-            return
-        self._online_changed(conn, conn._live.heard(now))
-        kind = frame[0]
-        if kind == _core.KIND_HEARTBEAT:
-            if conn._live.answer_due(now):  # a backlog of stale ones gets one answer
-                self._publish(conn.down_topic, _core.HEARTBEAT)
-                conn.stats["heartbeats"] += 1
-            else:
-                conn.stats["heartbeats_coalesced"] += 1
-        elif kind == _core.KIND_ACK:
-            if self._sender_ack(conn, frame):
-                conn._changed.fire()
-            elif frame[1] is not None and frame[1] != conn._sender.session:
-                self._foreign_ack(conn, frame[1], now)
-        elif kind == _core.KIND_QOS:
-            if conn._full() or conn._parked:
-                if frame in conn._parked:
-                    pass  # a retransmission of a frame already parked
-                elif len(conn._parked) < RX_WINDOW:
-                    conn._parked.append(frame)
-                else:
-                    conn.stats["dropped_full"] += 1
-                return
-            self._accept(conn, frame)
-        elif kind == _core.KIND_UNRELIABLE:
-            if conn._full():
-                conn.stats["dropped_unreliable"] += 1
-                log.warning("%s: queue full, dropped a non-qos line", conn.conn_id)
-                return
-            self._accept(conn, frame)
-
-    def _foreign_ack(self, conn: Connection, session: str, now: int) -> None:
-        """The device acknowledges lines of a session this process is not sending.
-
-        A few such acks follow a restart without a state file (lines of the
-        old session still on their way); a stream of them for longer than
-        FOREIGN_ACK_SPAN timeouts means another server process writes to this
-        conn_id too: its device then gets every reply twice. Logged once per
-        conn_id, as an error, with what to change (docs/SERVER.md).
-        """
-        first, count, logged = conn._foreign or (now, 0, False)
-        count += 1
-        span = _core.ticks_diff(now, first)
-        if not logged and count >= 3 and span >= FOREIGN_ACK_SPAN * self.timeout_ms:
-            logged = True
-            log.error(
-                "%s: the device acknowledges lines of session %s, which this process did "
-                "not send, for %.1f s: another server process serves conn_id %r too, so the "
-                "device gets both processes' lines; serve each conn_id from one process "
-                "(pblink server --ids, LinkServer.connection())",
-                conn.conn_id, session, span / 1000, conn.conn_id,
-            )
-        conn._foreign = (first, count, logged)
-
-    @staticmethod
-    def _sender_ack(conn: Connection, frame: _core.Frame) -> bool:
-        return bool(conn._sender.on_ack(frame[1], frame[2]))
-
-    def _accept(self, conn: Connection, frame: _core.Frame) -> None:
-        ack, lines = conn._receiver.on_frame(frame)
-        conn.stats["rx_lines"] += len(lines)
-        if self._store is None:
-            if lines:
-                conn._lines.extend(lines)
-                conn._changed.fire()
-            if ack is not None:
-                self._publish(conn.down_topic, ack)
-            return
-        conn._held.extend(lines)
-        if ack is not None:
-            self._pending_acks.append((conn.down_topic, ack))
-        if lines or ack is not None:
-            self._commit_wanted.set()
-
-    def _after_read(self, conn: Connection) -> None:
-        """A line was read: take parked frames while there is room; persist the read."""
-        while conn._parked and not conn._full():
-            self._accept(conn, conn._parked.popleft())
-        if self._store is not None:
-            self._commit_wanted.set()
+            conn._status(online, now)
 
     # -- liveness --------------------------------------------------------------
 
@@ -1084,41 +808,14 @@ class LinkServer:
     def _heard_unclaimed(self, conn_id: str, now: int) -> None:
         self._unclaimed_liveness(conn_id).heard(now)
 
-    def _online_changed(self, conn: Connection, changed: bool) -> None:
-        """Act on a change of ``conn``'s DeviceWatch: log, resend all when back, wake."""
-        if not changed:
-            return
-        online = conn._live.online
-        log.info("device %s is %s", conn.conn_id, "online" if online else "offline")
-        if online and self._broker_up and conn._live.resend_due(now_ms()):
-            self._resend_all(conn)
-        conn._changed.fire()
-
-    def _resend_all(self, conn: Connection) -> None:
-        frames = conn._sender.resend_all(now_ms())
-        for frame in frames:
-            self._publish(conn.down_topic, frame)
-        if frames:
-            conn.stats["resent"] += len(frames)
-            log.debug("%s: resent %d frame(s)", conn.conn_id, len(frames))
-
     async def _ticker(self) -> None:
         """Silence timeouts and retransmissions, every ``timeout_ms / 8`` (10 to 100 ms)."""
         period = max(10, min(100, self.timeout_ms // 8)) / 1000
         while True:
             await asyncio.sleep(period)
             now = now_ms()
-            for conn_id, conn in self._conns.items():
-                if conn._live.silent(now):
-                    log.info("%s: silent for %d ms", conn_id, 2 * self.timeout_ms)
-                    self._online_changed(conn, True)
-                peer_up = conn._reachable()
-                frames = conn._sender.due(now, peer_up)
-                if peer_up:
-                    for frame in frames:
-                        self._publish(conn.down_topic, frame)
-                    if frames:
-                        conn.stats["retransmitted"] += len(frames)
+            for conn in self._conns.values():
+                conn._tick(now)
             for live in self._unclaimed.values():
                 live.silent(now)
 
@@ -1147,43 +844,73 @@ class LinkServer:
             async with self._commit_lock:
                 await self._commit(clean=False)
 
-    def _snapshot(self, clean: bool) -> ServerState:
-        conns = dict(self._state.conns)  # unclaimed entries are carried over as they are
-        for conn_id, conn in self._conns.items():
-            conns[conn_id] = ConnState(
-                rx=conn._receiver.snapshot(),
-                unread=[*conn._lines, *conn._held],
-                tx=conn._sender.snapshot() if clean else None,
-            )
-        return ServerState(clean=clean, conns=conns)
+    async def _write_state(self, clean: bool, changed: set[str]) -> None:
+        """Store the state, with the entries of the ``changed`` conn_ids taken now.
 
-    async def _write_state(self, clean: bool) -> None:
+        ``clean`` takes every claimed conn_id's entry, with its sender state.
+        Unclaimed entries are carried over as they were loaded; a claimed
+        conn_id whose entry did not change since the last batch keeps the entry
+        that batch took (only the conn_ids with something new cost work here).
+        """
         assert self._store is not None
-        data = self._snapshot(clean).to_bytes()
-        await asyncio.to_thread(self._store.write, data)
+        if clean:
+            changed = set(self._conns)
+        for conn_id in changed:
+            self._state.conns[conn_id] = self._conns[conn_id]._snapshot(clean)
+        state = ServerState(clean=clean, conns=dict(self._state.conns))
+        await asyncio.to_thread(self._store.save, state, changed)
 
     async def _commit(self, clean: bool) -> None:
         """Write one batch, then release its lines and publish its acks (caller holds the lock)."""
         self._commit_wanted.clear()
         acks, self._pending_acks = self._pending_acks, []
-        held = {conn_id: len(conn._held) for conn_id, conn in self._conns.items() if conn._held}
+        changed, self._dirty = self._dirty, set()
+        batch = {conn_id: self._conns[conn_id]._batch() for conn_id in changed}
         try:
-            await self._write_state(clean)
+            await self._write_state(clean, changed)
         except Exception as exc:
-            path = self._store.path if self._store else None
-            log.error("cannot write state file %s: %s (retrying)", path, exc)
+            where = self._store.where if self._store else None
+            log.error("cannot write state file %s: %s (retrying)", where, exc)
             self._pending_acks[:0] = acks
+            self._dirty |= changed
             if not clean:
                 await asyncio.sleep(1.0)
                 self._commit_wanted.set()
             return
         self.stats["commits"] += 1
-        for conn_id, count in held.items():
-            conn = self._conns[conn_id]
-            conn._lines.extend(conn._held[:count])
-            del conn._held[:count]
-            conn._changed.fire()
+        for conn_id, count in batch.items():
+            self._conns[conn_id]._release(count)
         self._flush_acks(acks)
+
+
+class _Host:
+    """The :class:`~server_apps.connection.Host` a LinkServer gives its Connections."""
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: LinkServer) -> None:
+        self._server = server
+
+    @property
+    def durable(self) -> bool:
+        return self._server._store is not None
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self._server._publish(topic, payload)
+
+    def broker_up(self) -> bool:
+        return self._server._broker_up
+
+    def closing(self) -> bool:
+        return self._server._closed or self._server._closing
+
+    def commit_later(self, conn_id: str, ack: tuple[str, bytes] | None, start: bool = True) -> None:
+        server = self._server
+        server._dirty.add(conn_id)
+        if ack is not None:
+            server._pending_acks.append(ack)
+        if start:
+            server._commit_wanted.set()
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -1,7 +1,8 @@
 """The server library's durable state file (PROTOCOL.md section 4.5).
 
 One JSON document per server (per MQTT client id), rewritten whole each time:
-serialised in the event loop, then written to ``<path>.tmp``, flushed (and
+serialised in the writer thread from a snapshot the event loop took (and no
+longer touches), then written to ``<path>.tmp``, flushed (and
 fsync'ed unless disabled) and renamed over ``<path>`` with :func:`os.replace`,
 so a reader sees either the old or the new document, never a torn one.
 
@@ -45,9 +46,10 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from server_apps import _core
 
@@ -133,14 +135,48 @@ class ServerState:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+class Store(Protocol):
+    """What a LinkServer needs of a durable state store (:class:`StateStore` is the file one).
+
+    The blocking methods (``lock``, ``load``, ``save``) are run in a thread.
+    ``where``: the store's address for messages (the file's path).
+    ``lock(hint)``: become its one writer or raise :class:`StateLockedError`
+    (``hint`` ends the message); ``unlock()`` releases it. ``exists()``: there is
+    stored state (for the start-up log). ``load()``: the stored state, an empty
+    one when there is none; :class:`StateFileError` when it cannot be used.
+    ``save(state, changed)``: store ``state`` atomically (the whole of it is
+    valid after the call, or the old one); ``changed`` names the conn_ids whose
+    entries changed since the last save (all claimed ones when
+    ``state.clean``), so that a store with one record per conn_id writes only
+    those. Raises on failure (the group commit logs it and retries).
+    """
+
+    @property
+    def where(self) -> str: ...
+    def lock(self, hint: str = "") -> None: ...
+    def unlock(self) -> None: ...
+    def exists(self) -> bool: ...
+    def load(self) -> ServerState: ...
+    def save(self, state: ServerState, changed: Collection[str]) -> None: ...
+
+
 class StateStore:
-    """Reads and atomically rewrites one state file."""
+    """Reads and atomically rewrites one state file (a :class:`Store`)."""
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self.writes = 0
         self._lock_fd: int | None = None
+
+    @property
+    def where(self) -> str:
+        """The file's path, for messages."""
+        return str(self.path)
+
+    def exists(self) -> bool:
+        """The file exists."""
+        return self.path.exists()
 
     @property
     def lock_path(self) -> Path:
@@ -219,6 +255,10 @@ class StateStore:
                 f"state file {self.path} is not usable ({exc}); "
                 "move it away to start afresh (acknowledged but unread lines in it would be lost)"
             ) from exc
+
+    def save(self, state: ServerState, changed: Collection[str]) -> None:
+        """Write the whole document (``changed`` does not matter to a file); blocking."""
+        self.write(state.to_bytes())
 
     def write(self, data: bytes) -> None:
         """Atomically replace the file with ``data`` (blocking: run it in a thread)."""
