@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pblink.common import CliError, UsageError
+from server_apps.errors import LinkClosedError
+from server_apps.lines import LineSource
 
 
 class AppLoadError(CliError):
@@ -286,9 +288,11 @@ class BoardApp:
 APP_LINES = "server app lines:"  # the log line `pblink run`'s verdict reads counts from
 
 
-class CountingConnection:
+class CountingConnection(LineSource):
     """A Connection that tells `on_line(conn_id, "read"|"written", line)` what
     the app read (readline, ``async for``) and wrote; else the same."""
+
+    end_of_lines = (LinkClosedError,)
 
     def __init__(self, conn: Any, on_line: Any) -> None:
         self._conn = conn
@@ -301,18 +305,6 @@ class CountingConnection:
         line = await self._conn.readline()
         self._on_line(self._conn.conn_id, "read", line.rstrip("\n"))
         return line
-
-    def __aiter__(self) -> Any:
-        return self._iterate()
-
-    async def _iterate(self) -> Any:
-        from server_apps.link_server import LinkClosedError
-
-        while True:
-            try:
-                yield await self.readline()
-            except LinkClosedError:
-                return
 
     async def write(self, line: str | bytes, qos: bool = True, wait: bool = True) -> None:
         await self._conn.write(line, qos, wait)

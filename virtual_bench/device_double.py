@@ -49,7 +49,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -59,6 +59,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from server_apps import _core
+from server_apps.lines import LineQueue
 
 log = logging.getLogger("pblink.double")
 
@@ -75,14 +76,18 @@ class DoubleClosed(ConnectionError):
     """The double was closed."""
 
 
-class DeviceDouble:
+class DeviceDouble(LineQueue):
     """One simulated device. See the module docstring.
 
     ``reconnect_min``/``reconnect_max``: the broker reconnect backoff (the
     bridge's 1 s doubling to 30 s by default; tests shorten it).
     ``queue_size``: received lines held for ``readline()``; while full, qos
     frames are dropped unacknowledged (the server retransmits later).
+    ``readline()`` and ``async for`` (which ends once the double is closed)
+    come from ``server_apps.lines.LineQueue``.
     """
+
+    end_of_lines = (DoubleClosed,)
 
     def __init__(
         self,
@@ -102,6 +107,7 @@ class DeviceDouble:
         reconnect_max: float = 30.0,
         connect_timeout: float = 5.0,
     ) -> None:
+        super().__init__()  # _lines, _changed
         self.conn_id = _core.check_conn_id(conn_id)
         self.host = host
         self.port = port
@@ -123,8 +129,6 @@ class DeviceDouble:
         self.client_id = _core.client_id(conn_id)
         self._sender = self._new_sender()
         self._receiver = _core.make_receiver()
-        self._lines: collections.deque[str] = collections.deque()
-        self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -229,22 +233,6 @@ class DeviceDouble:
 
     # -- AppBase API -----------------------------------------------------------
 
-    async def readline(self) -> str:
-        gen = self._generation
-        while not self._lines:
-            await self._changed_wait(gen)
-        return self._lines.popleft() + "\n"
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        while True:
-            try:
-                yield await self.readline()
-            except DoubleClosed:
-                return
-
     async def write(self, line: str | bytes, qos: bool = True, wait: bool = True) -> None:
         """As AppBase.write: pauses while the server application is unreachable."""
         text = _core.check_line(line)
@@ -262,9 +250,13 @@ class DeviceDouble:
         await self._wait_until(self._sender.idle)
 
     async def _wait_until(self, pred: Callable[[], bool]) -> None:
-        gen = self._generation
+        gen = self._read_start()
         while not pred():
             await self._changed_wait(gen)
+
+    def _read_start(self) -> int:
+        """The generation a waiting call belongs to (``restart()`` ends it)."""
+        return self._generation
 
     async def _changed_wait(self, gen: int) -> None:
         if self._closed:
@@ -279,8 +271,7 @@ class DeviceDouble:
 
     def _fire(self, kick: bool = False) -> None:
         """Wake waiting readers/writers; ``kick`` also wakes the connection task."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed.fire()
         if kick:
             self._wake.set()
 
