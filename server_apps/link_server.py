@@ -9,6 +9,11 @@
 
 This implements docs/PROTOCOL.md sections 3 to 5 on the server side with the
 sans-I/O core in ``link_core`` (frame codec, Sender, Receiver, names/topics).
+This module holds ``LinkServer``: the paho bridge, the routing of each message
+to its conn_id, the ticker and the group commit. One device's protocol
+(receiving, parking, reading, writing, its tick) is ``Connection`` in
+:mod:`server_apps.connection`; the state store is behind
+:class:`server_apps.state.Store`.
 
 Threading model
 ---------------
@@ -69,7 +74,9 @@ acknowledged line nor deliver one the app had not been given; only lines read
 in the last few milliseconds before a crash are delivered again. A clean exit
 writes the sender state too and marks the file clean; claiming a conn_id
 writes its entry without sender state first, so after a crash it starts a new
-sender session. Without ``state_path`` acks go out at once.
+sender session. Without ``state_path`` acks go out at once. A batch takes anew
+only the entries of conn_ids that changed since the last one and tells the
+store which they are (``Store.save(state, changed)``).
 
 One identity, one process (PROTOCOL.md 4.3)
 -------------------------------------------
@@ -116,14 +123,17 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from server_apps import _core
-from server_apps.connection import FOREIGN_ACK_SPAN, RX_WINDOW, Connection, now_ms
-from server_apps.errors import (
-    BrokerUnreachableError,
-    LinkAuthError,
-    LinkClosedError,
-    LinkRefusedError,
-    ServerIdentityError,
-)
+
+# Connection, the errors, FOREIGN_ACK_SPAN and now_ms have their own modules; importable here too.
+from server_apps.connection import FOREIGN_ACK_SPAN as FOREIGN_ACK_SPAN
+from server_apps.connection import RX_WINDOW
+from server_apps.connection import Connection as Connection
+from server_apps.connection import now_ms as now_ms
+from server_apps.errors import BrokerUnreachableError as BrokerUnreachableError
+from server_apps.errors import LinkAuthError as LinkAuthError
+from server_apps.errors import LinkClosedError as LinkClosedError
+from server_apps.errors import LinkRefusedError as LinkRefusedError
+from server_apps.errors import ServerIdentityError as ServerIdentityError
 from server_apps.lines import Signal
 from server_apps.state import ConnState, ServerState, StateFileError, StateStore, Store
 
@@ -143,25 +153,6 @@ IDENTITY_HINT: Final = (
     ": give each server process its own client id (pblink server --client-id NAME, "
     "LinkServer(client_id=...)); its state file follows the client id"
 )
-
-# Connection, the errors and FOREIGN_ACK_SPAN live in their own modules; importable here too
-__all__ = [
-    "FOREIGN_ACK_SPAN",
-    "INBOX_LIMIT",
-    "RX_WINDOW",
-    "SERVER_WINDOW",
-    "UNCLAIMED_LIMIT",
-    "BrokerUnreachableError",
-    "Connection",
-    "LinkAuthError",
-    "LinkClosedError",
-    "LinkRefusedError",
-    "LinkServer",
-    "MQTTv5",
-    "MQTTv311",
-    "ServerIdentityError",
-    "now_ms",
-]
 
 
 class LinkServer:
