@@ -7,11 +7,12 @@ most run once per broker (any_broker: embedded amqtt and Mosquitto).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from server_apps import (
     LinkServer,
     MQTTv5,
 )
+from server_apps.state import ServerState, StateStore
 from virtual_bench.device_double import DeviceDouble
 
 T = 300  # timeout_ms on both ends
@@ -317,6 +319,41 @@ async def test_server_crash_keeps_receive_state(
             )
             assert up == nl(lines("up", n))
             assert down == nl(lines("down", 20))
+
+
+async def test_a_batch_takes_only_the_conn_ids_that_changed(
+    amqtt_broker: BrokerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group commit takes anew, and names to the store (``Store.save(state,
+    changed)``), only the conn_ids with something new: an idle device costs a
+    busy one's batches nothing; a clean exit takes every claimed one."""
+    saves: list[tuple[bool, set[str]]] = []
+    save = StateStore.save
+
+    def recording_save(store: StateStore, state: ServerState, changed: Collection[str]) -> None:
+        saves.append((state.clean, set(changed)))
+        save(store, state, changed)
+
+    monkeypatch.setattr(StateStore, "save", recording_save)
+    path = tmp_path / "server-state.json"
+    async with asyncio.timeout(TEST_TIMEOUT):
+        async with server_for(amqtt_broker, state_path=path, fsync=False) as server:
+            busy = await server.connection("1")
+            await server.connection("2")
+            # the start marks the file dirty; each claim writes its own entry
+            assert saves == [(False, set()), (False, {"1"}), (False, {"2"})]
+            del saves[:]
+            async with device_for(amqtt_broker, "1") as dev:
+                await dev.wait_server()
+                for line in lines("up", 5):
+                    await dev.write(line)
+                assert [await busy.readline() for _ in range(5)] == nl(lines("up", 5))
+            await until(lambda: len(saves) > 0, "a batch")
+            assert {frozenset(changed) for _, changed in saves} == {frozenset({"1"})}, saves
+        assert saves[-1] == (True, {"1", "2"})
+    doc = json.loads(path.read_text())
+    assert set(doc["conns"]) == {"1", "2"} and "tx" in doc["conns"]["2"]
+    assert doc["conns"]["1"]["rx"]["sessions"][0][1] == 6  # ids 1 to 5 received: 6 is next
 
 
 # -- several devices, names and lines ---------------------------------------------------
