@@ -292,7 +292,7 @@ class CountingConnection(LineSource):
     """A Connection that tells `on_line(conn_id, "read"|"written", line)` what
     the app read (readline, ``async for``) and wrote; else the same."""
 
-    end_of_lines = (LinkClosedError,)
+    _end_of_lines = (LinkClosedError,)
 
     def __init__(self, conn: Any, on_line: Any) -> None:
         self._conn = conn

@@ -87,7 +87,7 @@ class Connection(LineQueue):
             and tests.
     """
 
-    end_of_lines = (LinkClosedError,)
+    _end_of_lines = (LinkClosedError,)
 
     def __init__(
         self,

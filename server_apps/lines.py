@@ -4,7 +4,7 @@ One home for what every reading end of a link does: :class:`LineQueue` holds
 received lines (``str`` without their newline) in a deque, ``readline()``
 waits for one and hands it out with ``"\\n"`` appended, as ``pb_link``'s
 ``AppBase.readline()`` does; ``async for line in q`` calls ``readline()`` until
-it raises one of the class's ``end_of_lines`` exceptions (the reader was
+it raises one of the class's ``_end_of_lines`` exceptions (the reader was
 closed), then ends. Used by :class:`server_apps.connection.Connection` (the
 server end), ``virtual_bench.device_double.DeviceDouble`` (the device end) and,
 through :class:`LineSource` alone, ``pblink.apps.CountingConnection`` (a
@@ -46,12 +46,12 @@ class Signal:
 class LineSource:
     """Anything with ``readline()``: ``async for`` reads it until it ends.
 
-    Subclasses set ``end_of_lines``, the exceptions by which ``readline()``
+    Subclasses set ``_end_of_lines``, the exceptions by which ``readline()``
     says there will be no more lines (closed); the loop ends on them quietly.
     Any other exception propagates out of the ``async for``.
     """
 
-    end_of_lines: ClassVar[tuple[type[BaseException], ...]] = ()
+    _end_of_lines: ClassVar[tuple[type[BaseException], ...]] = ()
 
     async def readline(self) -> str:
         """The next line, ending in ``"\\n"``."""
@@ -64,7 +64,7 @@ class LineSource:
         while True:
             try:
                 yield await self.readline()
-            except self.end_of_lines:
+            except self._end_of_lines:
                 return
 
 

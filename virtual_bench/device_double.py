@@ -87,7 +87,7 @@ class DeviceDouble(LineQueue):
     come from ``server_apps.lines.LineQueue``.
     """
 
-    end_of_lines = (DoubleClosed,)
+    _end_of_lines = (DoubleClosed,)
 
     def __init__(
         self,
