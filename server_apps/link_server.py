@@ -475,8 +475,8 @@ class LinkServer:
         self._conns[conn_id] = conn
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
-        self._dirty.add(conn_id)
         if self._store is not None:
+            self._dirty.add(conn_id)
             async with self._commit_lock:
                 await self._commit(clean=False)
         if conn.online and self._broker_up:
