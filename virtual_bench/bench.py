@@ -23,6 +23,7 @@ from typing import Any
 from virtual_bench.board_link import BoardConn, BoardLink, OutputLine
 from virtual_bench.i2c_bus import I2CBus
 from virtual_bench.injectors import FaultInjectors
+from virtual_bench.lifecycle import Started, scratch_dir
 from virtual_bench.machine_ops import Machine
 from virtual_bench.pins import Wires
 from virtual_bench.procs import BoardProcess, micropython_binary
@@ -65,7 +66,7 @@ BENCH_SETTINGS: dict[str, Any] = {
 
 
 
-class Bench(BoardLink, Wires, I2CBus, Wlan, Machine, FaultInjectors):
+class Bench(BoardLink, Wires, I2CBus, Wlan, Machine, FaultInjectors, Started):
     """One virtual Pyboard + ESP8266 pair wired together, with its WiFi proxy.
 
     `broker` is the (host, port) the proxy forwards to. `settings` are written to
@@ -152,20 +153,8 @@ class Bench(BoardLink, Wires, I2CBus, Wlan, Machine, FaultInjectors):
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> Bench:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def start(self) -> None:
-        if self.workdir is None:
-            import tempfile
-
-            self._tmp = tempfile.TemporaryDirectory(prefix=f"pblink-{self.name}-")
-            self.workdir = Path(self._tmp.name)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir, self._tmp = scratch_dir(self.workdir, f"pblink-{self.name}-")
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         self.proxy = TcpProxy(*self.broker, port=self.proxy_port)

@@ -9,10 +9,11 @@ from typing import Any
 
 from virtual_bench.bench import Bench
 from virtual_bench.board_link import OutputLine
+from virtual_bench.lifecycle import Started, scratch_dir
 from virtual_bench.procs import ManagedProcess, broker_process, server_app_process
 
 
-class Lab:
+class Lab(Started):
     """A broker, optionally a server app (`pblink server server_args`: the demo
     unless they say `--app`), and N benches (conn_ids 1..N).
 
@@ -52,20 +53,8 @@ class Lab:
         assert self.broker is not None and self.broker.port is not None
         return ("127.0.0.1", self.broker.port)
 
-    async def __aenter__(self) -> Lab:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def start(self) -> None:
-        if self.workdir is None:
-            import tempfile
-
-            self._tmp = tempfile.TemporaryDirectory(prefix="pblink-lab-")
-            self.workdir = Path(self._tmp.name)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir, self._tmp = scratch_dir(self.workdir, "pblink-lab-")
         if self.external_broker is None:
             self.broker = broker_process(log_path=self.workdir / "broker.log")
             await self.broker.start()

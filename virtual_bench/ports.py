@@ -8,11 +8,15 @@ each had their own).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Callable
 
 HOST = "127.0.0.1"
+# One knob stretches every wait of the tests, the bridge rig and the broker
+# launchers (a slow machine: PBLINK_WAIT_S=30). Seconds.
+WAIT_S = float(os.environ.get("PBLINK_WAIT_S", "15"))
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from virtual_bench.brokers import amqtt_argv
 from virtual_bench.ports import free_port, wait_port_async
 from virtual_bench.wiring import ROOT
 
@@ -213,11 +214,10 @@ class ManagedProcess:
 
 def broker_process(port: int | None = None, *, log_path: Path | None = None,
                    extra: Sequence[str] = ()) -> ManagedProcess:
-    """The embedded amqtt broker as a child process on 127.0.0.1."""
+    """The embedded amqtt broker as a child process on 127.0.0.1 (command line:
+    virtual_bench.brokers.amqtt_argv), its output read line by line."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "broker.embedded", "--host", "127.0.0.1", "--port", str(port),
-            *extra]
-    return ManagedProcess("broker", argv, port=port, log_path=log_path)
+    return ManagedProcess("broker", amqtt_argv(port, extra), port=port, log_path=log_path)
 
 
 def server_app_process(host: str, port: int, args: Sequence[str] = (), *,
