@@ -195,3 +195,11 @@ async def test_device_double_refuses_kinds_it_has_no_part_for() -> None:
                 await dev.inject(kind)
     with pytest.raises(ValueError, match="unknown fault kind"):
         await dev.inject("flood")
+
+
+def test_bench_md_lists_every_kind_as_in_the_table() -> None:
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "BENCH.md").read_text()
+    for row in FAULTS.values():
+        assert f"| `{row.kind}` | {row.label} | `{row.key}` |" in text, row.kind

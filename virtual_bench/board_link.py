@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtual_bench.parts import BenchParts
 from virtual_bench.ports import free_udp_port
 from virtual_bench.wiring import ESP, IN, PULL_NONE
 
@@ -99,7 +100,7 @@ class BoardConn:
 
 
 
-class BoardLink:
+class BoardLink(BenchParts):
     """Part of `Bench`: accept board connections, dispatch their requests."""
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

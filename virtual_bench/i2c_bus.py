@@ -10,6 +10,7 @@ import logging
 import time
 
 from virtual_bench.board_link import BenchOSError, BoardConn, Slave, SlaveOp, Target
+from virtual_bench.parts import BenchParts
 from virtual_bench.wiring import (
     EIO,
     ENODEV,
@@ -25,7 +26,7 @@ from virtual_bench.wiring import (
 log = logging.getLogger("virtual_bench.harness")  # one logger for the whole bench
 
 
-class I2CBus:
+class I2CBus(BenchParts):
     """I2C requests (`i2c`, `tgt`, `tgt_off`, `tgt_irq`, `mw`, `slave`, `srecv`, `ssend`,
     `scan`, `xfer`): bus time, target memory, slave pairing, bit flips."""
 

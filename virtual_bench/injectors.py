@@ -9,10 +9,11 @@ import signal
 import time
 from typing import Any
 
+from virtual_bench.parts import BenchParts
 from virtual_bench.wiring import ESP, HARD_RESET, PWRON_RESET, PYBOARD
 
 
-class FaultInjectors:
+class FaultInjectors(BenchParts):
     """WiFi, broker route, ESP8266 crash/hang/reset, I2C corruption."""
 
     async def cut_wifi(self, seconds: float | None = None) -> None:

@@ -6,10 +6,11 @@ import asyncio
 import time
 
 from virtual_bench.board_link import BoardConn
+from virtual_bench.parts import BenchParts
 from virtual_bench.wiring import PYBOARD, SOFT_RESET, WDT_RESET
 
 
-class Machine:
+class Machine(BenchParts):
     """Requests `reset`, `reset_cause`, `uid`, `wdt`, `wdt_feed`; the watchdog task."""
 
     def _op_reset(self, conn: BoardConn) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from virtual_bench.board_link import BoardConn, PinState
+from virtual_bench.parts import BenchParts
 from virtual_bench.wiring import (
     ESP,
     HARD_RESET,
@@ -17,7 +18,7 @@ from virtual_bench.wiring import (
 )
 
 
-class Wires:
+class Wires(BenchParts):
     """Pin requests (`pin`, `pw`, `pr`, `irq`), wire levels and edges, the reset line."""
 
     def _pin(self, conn: BoardConn, pin: str) -> PinState:

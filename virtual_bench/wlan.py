@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from virtual_bench.board_link import BenchOSError, BoardConn
+from virtual_bench.parts import BenchParts
 from virtual_bench.wiring import (
     EIO,
     STAT_CONNECTING,
@@ -16,7 +17,7 @@ from virtual_bench.wiring import (
 )
 
 
-class Wlan:
+class Wlan(BenchParts):
     """`wlan` requests: station and access-point interfaces, join time, stored credentials."""
 
     def _sta_connected(self, conn: BoardConn) -> bool:
