@@ -25,7 +25,10 @@ and the benchmarks use. Each part lives in its own module (one job each):
 |---|---|
 | wiring.py | paths, board names, the wiring table, constants shared with hw/ |
 | ports.py | free ports, waiting until a process listens |
+| brokers.py | broker processes (for the bench, the benchmarks and the tests) |
 | procs.py | the micropython binary, board processes, broker and server app processes |
+| lifecycle.py | `async with` over start/stop, the scratch folder |
+| parts.py | the state the parts of `Bench` share, declared once |
 | board_link.py | the board RPC: per-board state, request dispatch |
 | pins.py | pins, wires, edges, the reset line |
 | i2c_bus.py | the I2C bus: bus time, target memory, slaves, corruption |
@@ -42,37 +45,16 @@ and the benchmarks use. Each part lives in its own module (one job each):
 from __future__ import annotations
 
 from virtual_bench.bench import BENCH_SETTINGS, Bench
-from virtual_bench.board_link import BenchOSError, BoardConn, OutputLine, PinState
+from virtual_bench.board_link import BenchOSError, OutputLine
 from virtual_bench.lab import Lab
-from virtual_bench.ports import free_port, free_udp_port, wait_for_port, wait_port_async
-from virtual_bench.procs import (
-    MICROPYTHON_ENV,
-    BoardProcess,
-    ManagedProcess,
-    broker_process,
-    micropython_binary,
-    server_app_process,
-)
+from virtual_bench.ports import free_port
+from virtual_bench.procs import ManagedProcess, broker_process, micropython_binary
 from virtual_bench.proxy import TcpProxy
 from virtual_bench.sniffer import BusSniffer
-from virtual_bench.wiring import (
-    ESP,
-    ESP_DIR,
-    HARD_RESET,
-    HW_DIR,
-    PWRON_RESET,
-    PYBOARD,
-    PYBOARD_DIR,
-    ROOT,
-    SOFT_RESET,
-    WDT_RESET,
-    WIRES,
-)
+from virtual_bench.wiring import ESP, PYBOARD, PYBOARD_DIR
 
 __all__ = [
-    "BENCH_SETTINGS", "ESP", "ESP_DIR", "HARD_RESET", "HW_DIR", "MICROPYTHON_ENV", "PWRON_RESET",
-    "PYBOARD", "PYBOARD_DIR", "ROOT", "SOFT_RESET", "WDT_RESET", "WIRES", "Bench", "BenchOSError",
-    "BoardConn", "BoardProcess", "BusSniffer", "Lab", "ManagedProcess", "OutputLine", "PinState",
-    "TcpProxy", "broker_process", "free_port", "free_udp_port", "micropython_binary",
-    "server_app_process", "wait_for_port", "wait_port_async",
+    "BENCH_SETTINGS", "ESP", "PYBOARD", "PYBOARD_DIR", "Bench", "BenchOSError", "BusSniffer",
+    "Lab", "ManagedProcess", "OutputLine", "TcpProxy", "broker_process", "free_port",
+    "micropython_binary",
 ]

@@ -38,6 +38,12 @@ def _timeout_error(port: int, timeout: float, name: str) -> TimeoutError:
     return TimeoutError(f"{prefix}nothing listening on {HOST}:{port} after {timeout} s")
 
 
+def _raise_if_exited(exited: Callable[[], str | None] | None) -> None:
+    gone = exited() if exited is not None else None
+    if gone is not None:
+        raise RuntimeError(gone)
+
+
 def wait_for_port(port: int, timeout: float, *, exited: Callable[[], str | None] | None = None,
                   name: str = "") -> None:
     """Block until something accepts TCP connections on 127.0.0.1:`port`, polling every 0.05 s.
@@ -48,9 +54,7 @@ def wait_for_port(port: int, timeout: float, *, exited: Callable[[], str | None]
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        gone = exited() if exited is not None else None
-        if gone is not None:
-            raise RuntimeError(gone)
+        _raise_if_exited(exited)
         try:
             with socket.create_connection((HOST, port), timeout=0.2):
                 return
@@ -66,9 +70,7 @@ async def wait_port_async(port: int, limit_s: float, *,
     timeout in seconds), without blocking it."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        gone = exited() if exited is not None else None
-        if gone is not None:
-            raise RuntimeError(gone)
+        _raise_if_exited(exited)
         try:
             _r, w = await asyncio.open_connection(HOST, port)
         except OSError:
