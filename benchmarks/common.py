@@ -9,7 +9,6 @@ and compared in the report only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -26,6 +25,9 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from virtual_bench.brokers import amqtt_process, mosquitto_process
+from virtual_bench.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -143,101 +145,69 @@ def find_mosquitto() -> str | None:
 # -- brokers ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-MOSQUITTO_BENCH_CONF = """\
-# Written by benchmarks/common.py: this project's broker/mosquitto/mosquitto.conf
-# limits (queues sized for a server app that holds every device's traffic),
-# on loopback, anonymous, no persistence (a throwaway benchmark broker).
-listener {port} 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-max_queued_messages 100000
-max_queued_bytes 134217728
-max_inflight_messages 1000
-max_connections -1
-persistence false
-log_dest stdout
-log_type error
-log_type warning
-"""
+# The bench's Mosquitto: this project's broker/mosquitto/mosquitto.conf limits
+# (queues sized for a server app that holds every device's traffic), on
+# loopback, anonymous, no persistence (a throwaway benchmark broker); the
+# listener, set_tcp_nodelay and allow_anonymous lines come from
+# virtual_bench.brokers.mosquitto_process.
+MOSQUITTO_BENCH_CONF = (
+    "max_queued_messages 100000",
+    "max_queued_bytes 134217728",
+    "max_inflight_messages 1000",
+    "max_connections -1",
+    "persistence false",
+    "log_dest stdout",
+    "log_type error",
+    "log_type warning",
+)
 
 
 class Broker:
-    """A broker child process (Mosquitto or the embedded amqtt) on a free loopback port."""
+    """A broker child process (Mosquitto or the embedded amqtt) on a free loopback port,
+    for a benchmark's event loop: virtual_bench.brokers.BrokerProcess in its own
+    session with the open-file limit raised, its log ``workdir/<kind>-<port>.log``.
+    ``start`` waits up to 20 s for the port (RuntimeError when it exits first)."""
 
     def __init__(self, kind: str, workdir: Path, mosquitto: str | None = None) -> None:
         self.kind = kind
         self.workdir = workdir
-        self.port = free_port()
-        self.mosquitto = mosquitto
-        self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        options: dict[str, Any] = {"log_name": f"{kind}-{port}.log", "new_session": True,
+                                   "preexec": raise_nofile, "start_timeout": 20.0}
+        if kind == "mosquitto":
+            if not mosquitto:
+                raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+            self.process = mosquitto_process(workdir, mosquitto, port, MOSQUITTO_BENCH_CONF,
+                                             conf_name="mosquitto-{port}.conf", **options)
+        else:
+            self.process = amqtt_process(workdir, port, **options)
+
+    @property
+    def port(self) -> int:
+        return self.process.port
 
     @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
+        return self.process.address
 
-    def argv(self) -> list[str]:
-        if self.kind == "mosquitto":
-            if not self.mosquitto:
-                raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
-            conf = self.workdir / f"mosquitto-{self.port}.conf"
-            conf.write_text(MOSQUITTO_BENCH_CONF.format(port=self.port))
-            return [self.mosquitto, "-c", str(conf)]
-        return [sys.executable, "-m", "broker.embedded", "--host", "127.0.0.1", "--port",
-                str(self.port)]
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc
 
-    def _spawn(self) -> None:
-        with open(self.workdir / f"{self.kind}-{self.port}.log", "ab") as logf:
-            self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdout=logf,
-                                         stderr=subprocess.STDOUT, preexec_fn=raise_nofile,
-                                         start_new_session=True)
-
-    async def start(self, limit_s: float = 20.0) -> None:
-        self._spawn()
-        assert self.proc is not None
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}; see "
-                                   f"{self.workdir}")
-            try:
-                _r, w = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            w.close()
-            return
-        raise TimeoutError(f"{self.kind}: nothing listening on {self.port} after {limit_s} s")
+    async def start(self) -> None:
+        await self.process.start_async()
 
     async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        for _ in range(100):
-            if proc.poll() is not None:
-                return
-            await asyncio.sleep(0.05)
-        proc.kill()
-        proc.wait()
+        await self.process.stop_async()
 
     async def restart(self) -> None:
-        await self.stop()
-        await self.start()
+        await self.process.restart_async()
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU of the broker process so far (from /proc)."""
-        if self.proc is None:
-            return None
-        return proc_cpu_seconds(self.proc.pid)
+        proc = self.process.proc
+        return None if proc is None else proc_cpu_seconds(proc.pid)
 
 
 @contextlib.asynccontextmanager
@@ -297,7 +267,7 @@ def machine_info() -> dict[str, Any]:
         mem_kib = int(m.group(1)) if m else 0
     mpy = "?"
     with contextlib.suppress(Exception):
-        from virtual_bench.harness import micropython_binary
+        from virtual_bench.procs import micropython_binary
 
         mp = micropython_binary()
         mpy = subprocess.run(

@@ -12,7 +12,8 @@ adds that watch:
   the harness did not kill or stop it is a *death* (board, boot, exit code);
 - each board's output is scanned for ``Traceback`` and ``MemoryError``;
 - ESP8266 boots are compared with what explains them: reset pulses from the
-  Pyboard (after injected crashes and hangs, or the Pyboard's own watchdog
+  Pyboard (after injected faults whose row in virtual_bench/faults.py says
+  ``resets_esp``: crashes and hangs; or the Pyboard's own watchdog
   logic), and soft resets (``machine.reset()`` after an exception in the
   bridge) are counted from boots not explained by a pulse.
 
@@ -33,6 +34,7 @@ from typing import Any
 
 from benchmarks.common import Context, Row, run_loadavg
 from virtual_bench.demo import Demo
+from virtual_bench.faults import FAULTS
 from virtual_bench.harness import ESP, PYBOARD, Bench, Lab, ManagedProcess, OutputLine
 
 FAMILY = "soak"
@@ -126,7 +128,7 @@ class SoakDemo(Demo):
         for bench in lab.benches:
             s = bench.stats
             injected_esp = sum(1 for f in self.tracker.faults if f.device == bench.conn_id
-                               and f.kind in ("crash", "hang"))
+                               and FAULTS[f.kind].resets_esp)
             esp_boots = s["esp_boots"]
             # boots explained: the first one, and one per reset pulse
             unexplained = max(0, esp_boots - 1 - s["reset_pulses"])

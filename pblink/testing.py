@@ -42,6 +42,7 @@ from pblink.apps import CountingServer
 from server_apps import LinkClosedError, LinkServer
 from virtual_bench.demo import Failure, Tracker
 from virtual_bench.harness import ESP, PYBOARD, Bench, Lab
+from virtual_bench.lifecycle import Started, scratch_dir
 
 # Bench timings for tests: quick recovery, room for a loaded machine
 # (pb_settings names, pyboard/pb_link/config.py).
@@ -67,7 +68,7 @@ DEFAULT_TIMEOUT = 30.0  # as the plugin's pblink_timeout default
 ServerApp = Callable[[Any, Sequence[str]], Any]
 
 
-class AppBench:
+class AppBench(Started):
     """Your two apps on the virtual bench (see the module docstring).
 
     `board_app`: FILE.py:CLASS, PKG_DIR:CLASS or PKG_DIR/MOD.py:CLASS (an
@@ -116,21 +117,11 @@ class AppBench:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> AppBench:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         """Start the broker, the server app, then the devices."""
         from pblink.apps import load_server_app
 
-        if self._workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="pblink-appbench-")
-            self._workdir = Path(self._tmp.name)
-        self._workdir.mkdir(parents=True, exist_ok=True)
+        self._workdir, self._tmp = scratch_dir(self._workdir, "pblink-appbench-")
         spec = self.server_app_spec
         if isinstance(spec, str):
             target, sep, name = spec.rpartition(":")

@@ -1,5 +1,9 @@
 """Shared fixtures: free ports, real broker processes, the MicroPython tools.
 
+The helpers themselves live in virtual_bench (ports.py: free_port,
+wait_for_port; brokers.py: BrokerProcess and its launchers), shared with the
+bench and the benchmarks; the names stay importable from here.
+
 Brokers are real processes on free loopback ports, so every test is hermetic:
 the embedded amqtt broker always, Mosquitto when the binary is installed
 (required when CI=true, skipped with a visible reason otherwise).
@@ -9,44 +13,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from virtual_bench.bridge_rig import WAIT_S
+from virtual_bench import brokers
+from virtual_bench.brokers import BrokerProcess
 from virtual_bench.harness import micropython_binary
+from virtual_bench.ports import WAIT_S, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # One knob stretches every wait in the suite (slow machine: PBLINK_TEST_TIMEOUT=30).
 TEST_TIMEOUT = WAIT_S
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(
-    port: int, timeout: float = TEST_TIMEOUT, proc: subprocess.Popen | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
 def require_tool(name: str) -> str:
@@ -60,64 +42,19 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
-class BrokerProcess:
-    """A broker running as a child process on a fixed port; can be stopped and restarted."""
-
-    def __init__(self, name: str, argv: list[str], port: int, workdir: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.host = "127.0.0.1"
-        self.port = port
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        # The child keeps the log open; the parent's copy closes with this object.
-        log = open(self.workdir / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, proc=self.proc)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            # amqtt's shutdown can hang with QoS 1 messages in flight: don't wait long.
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log(self) -> str:
-        path = self.workdir / f"{self.name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+__all__ = ["BrokerProcess", "free_port", "wait_for_port"]  # re-exported for the tests
 
 
 def amqtt_process(
     workdir: Path, port: int | None = None, extra: list[str] | None = None
 ) -> BrokerProcess:
-    port = port or free_port()
-    argv = [sys.executable, "-m", "broker.embedded", "--host", "127.0.0.1", "--port", str(port)]
-    return BrokerProcess("amqtt", argv + (extra or []), port, workdir)
+    return brokers.amqtt_process(workdir, port, extra or ())
 
 
 def mosquitto_process(
     workdir: Path, port: int | None = None, conf_lines: list[str] | None = None
 ) -> BrokerProcess:
-    binary = require_tool("mosquitto")
-    port = port or free_port()
-    conf = workdir / "mosquitto-test.conf"
-    # set_tcp_nodelay as in the shipped config: without it every acknowledged
-    # round trip waits ~40 ms for Nagle's algorithm.
-    lines = [f"listener {port} 127.0.0.1", "set_tcp_nodelay true", "allow_anonymous true",
-             *(conf_lines or [])]
-    conf.write_text("\n".join(lines) + "\n")
-    return BrokerProcess("mosquitto", [binary, "-c", str(conf)], port, workdir)
+    return brokers.mosquitto_process(workdir, require_tool("mosquitto"), port, conf_lines or ())
 
 
 @pytest.fixture

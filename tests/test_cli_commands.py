@@ -315,7 +315,8 @@ def test_pblink_broker_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         proc = subprocess.Popen([*PBLINK, "broker", "--port", str(port)], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_port(port, proc=proc)
+            wait_for_port(port, TEST_TIMEOUT, exited=lambda: None if proc.poll() is None else
+                          f"pblink broker exited with {proc.returncode}")
             MqttProbe(port).connect().close()
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=TEST_TIMEOUT) == 0

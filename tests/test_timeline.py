@@ -143,7 +143,8 @@ def test_page_scales_to_its_width_explains_its_marks_and_says_when_no_fault(
 
 @pytest.mark.slow
 def test_chaos_run_timeline_names_every_fault_and_places_every_line(tmp_path: Path) -> None:
-    from virtual_bench.demo import FAULT_NAMES, Demo
+    from virtual_bench.demo import Demo
+    from virtual_bench.faults import FAULTS
 
     path = tmp_path / "run.html"
     out = io.StringIO()
@@ -158,8 +159,8 @@ def test_chaos_run_timeline_names_every_fault_and_places_every_line(tmp_path: Pa
     assert len(faults) >= 2, "chaos injected too little to test"
     assert len(data["faults"]) == len(faults)
     for f in faults:
-        assert FAULT_NAMES[f.kind] in text
-        assert any(d["name"] == FAULT_NAMES[f.kind] and abs(d["start"] - (f.t - demo.tracker.t0))
+        assert FAULTS[f.kind].label in text
+        assert any(d["name"] == FAULTS[f.kind].label and abs(d["start"] - (f.t - demo.tracker.t0))
                    < 0.01 for d in data["faults"])
     dev = demo.tracker.devices["1"]
     recorded = data["devices"]["1"]["lines"]

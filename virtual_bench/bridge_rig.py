@@ -31,11 +31,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from virtual_bench.harness import free_port
+from virtual_bench.ports import WAIT_S, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-# One knob stretches every wait of the tests and of this rig (slow machine: 30).
-WAIT_S = float(os.environ.get("PBLINK_WAIT_S", "15"))
 
 ESP_BRIDGE = ROOT / "esp_bridge"
 

@@ -41,21 +41,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pblink.apps import APP_LINES, BOARD_APP_ERROR
+from virtual_bench.faults import FAULTS, KEYS
 from virtual_bench.harness import ESP, PYBOARD, PYBOARD_DIR, Bench, Lab, OutputLine
 from virtual_bench.timeline import TimelineRecorder
 
 log = logging.getLogger("pblink.demo")
-
-FAULT_KINDS = ("wifi", "crash", "hang", "broker", "server", "i2c")
-FAULT_NAMES = {
-    "wifi": "WiFi outage",
-    "crash": "ESP8266 crash",
-    "hang": "ESP8266 hang",
-    "broker": "broker restart",
-    "server": "server app restart",
-    "i2c": "I2C corruption",
-}
-KEYS = {"w": "wifi", "c": "crash", "h": "hang", "b": "broker", "s": "server", "i": "i2c"}
 
 # Bench timings for a run: fast recovery, but not so short that a loaded
 # machine trips them. Names as in pb_settings (pyboard/pb_link/config.py).
@@ -338,7 +328,7 @@ class Tracker:
     def fault(self, fault: Fault) -> None:
         self.faults.append(fault)
         where = "all devices" if fault.device == "all" else f"dev{fault.device}"
-        self.event(f"FAULT {FAULT_NAMES[fault.kind]} ({where})")
+        self.event(f"FAULT {FAULTS[fault.kind].label} ({where})")
 
     # -- results -----------------------------------------------------------------
 
@@ -543,10 +533,10 @@ def render_status(tracker: Tracker, header: str, target: str, keys: bool) -> str
 
 def _fault_line(tracker: Tracker) -> str:
     parts = []
-    for kind in FAULT_KINDS:
+    for kind, row in FAULTS.items():
         these = [f for f in tracker.faults if f.kind == kind]
         if these:
-            parts.append(f"{FAULT_NAMES[kind]} {sum(f.survived for f in these)}/{len(these)}")
+            parts.append(f"{row.label} {sum(f.survived for f in these)}/{len(these)}")
     return ", ".join(parts) or "none yet"
 
 
@@ -576,7 +566,7 @@ def summary(tracker: Tracker, elapsed: float, title: str = "pblink run", what: s
     unsurvived = [f for f in tracker.faults if not f.survived]
     if unsurvived:
         out.append("not (yet) recovered from: " + ", ".join(
-            f"{FAULT_NAMES[f.kind]} at {f.t - tracker.t0:.1f}s" for f in unsurvived))
+            f"{FAULTS[f.kind].label} at {f.t - tracker.t0:.1f}s" for f in unsurvived))
     for item in [*tracker.warnings, *tracker.failures]:
         if item.details:
             out.append("")
@@ -659,7 +649,6 @@ class BenchRun:
                          if timeline else None)
         self.lab: Lab | None = None
         self._fault_tasks: set[asyncio.Task[None]] = set()
-        self._server_restarting = False
         self.keys_enabled = False
 
     @staticmethod
@@ -741,7 +730,7 @@ class BenchRun:
         if self.recorder is None or self.timeline is None:
             return None
         for f in self.tracker.faults:
-            self.recorder.add_fault(FAULT_NAMES[f.kind], f.device, f.t, f.end)
+            self.recorder.add_fault(FAULTS[f.kind].label, f.device, f.t, f.end)
         for bench in lab.benches:
             self.recorder.add_bench_events(bench)
         try:
@@ -781,7 +770,7 @@ class BenchRun:
                     self.stop.set()
                     return
             server = lab.server
-            if server is not None and not server.alive and not self._server_restarting:
+            if server is not None and not server.alive and not lab.restarting_server:
                 code = server.proc.returncode if server.proc is not None else None
                 self.tracker.fail(f"server app exited (status {code})",
                                   "\n".join(list(server.lines)[-30:]))
@@ -844,7 +833,7 @@ class BenchRun:
             self.target = ch
             self.tracker.event(f"target device: dev{ch}")
         elif ch in KEYS:
-            self.inject(KEYS[ch], self.target)
+            self.inject(KEYS[ch].kind, self.target)
 
     # -- faults -----------------------------------------------------------------------
 
@@ -854,49 +843,40 @@ class BenchRun:
         task.add_done_callback(self._fault_tasks.discard)
 
     async def _inject(self, kind: str, conn_id: str) -> None:
+        """Inject one fault of the table (virtual_bench/faults.py) and record it:
+        a device fault lasts its drawn duration (an instant one ends at once, the
+        device's recovery shows as survived), a lab fault until its injector returns."""
         lab = self.lab
         assert lab is not None
+        row = FAULTS[kind]
         bench = next(b for b in lab.benches if b.conn_id == conn_id)
         now = time.monotonic()
         try:
-            if kind == "wifi":
-                seconds = round(self.rng.uniform(2.0, 5.0), 1)
-                self.tracker.fault(Fault(kind, conn_id, now, now + seconds))
-                await bench.cut_wifi(seconds)
-            elif kind == "crash":
-                self.tracker.fault(Fault(kind, conn_id, now, now))
-                await bench.crash_esp()
-            elif kind == "hang":
-                self.tracker.fault(Fault(kind, conn_id, now, now))
-                await bench.hang_esp()
-            elif kind == "i2c":
-                self.tracker.fault(Fault(kind, conn_id, now, now + 2.0))
-                await bench.corrupt_i2c(count=2, probability=0.05, seconds=2.0)
-            elif kind == "broker":
-                if lab.broker is None:
-                    self.tracker.event("broker restart needs the demo's own broker (no --broker)")
-                    return
-                seconds = round(self.rng.uniform(1.0, 3.0), 1)
+            if row.needs_own_broker and lab.broker is None:
+                self.tracker.event(f"{row.label} needs the demo's own broker (no --broker)")
+                return
+            seconds = row.draw(self.rng)
+            if row.scope == "lab":
                 fault = Fault(kind, "all", now, now + 3600)
                 self.tracker.fault(fault)
-                await lab.drop_broker(seconds, wait=True)
+                await row.inject(lab, bench, seconds)
                 fault.end = time.monotonic()
-            elif kind == "server":
-                fault = Fault(kind, "all", now, now + 3600)
-                self.tracker.fault(fault)
-                self._server_restarting = True
-                try:
-                    await lab.restart_server_app()
-                finally:
-                    self._server_restarting = False
-                fault.end = time.monotonic()
+            else:
+                self.tracker.fault(Fault(kind, conn_id, now, now + (seconds or 0.0)))
+                await row.inject(lab, bench, seconds)
         except Exception as exc:  # a fault that could not be injected must not end the demo
             self.tracker.event(f"fault {kind} failed: {exc}")
+
+    def chaos_kinds(self) -> list[str]:
+        """The kinds --chaos injects, once each per round: every row of the fault
+        table (virtual_bench/faults.py) this run can inject."""
+        return [k for k, row in FAULTS.items()
+                if not (row.needs_own_broker and self.broker is not None)]
 
     async def _chaos(self, t_start: float) -> None:
         """A random fault every few seconds; none in the last part of a timed run,
         so that every outage has ended before the summary."""
-        kinds = [k for k in FAULT_KINDS if k != "broker" or self.broker is None]
+        kinds = self.chaos_kinds()
         settle = chaos_settle_s(self.duration) if self.duration else 0.0
         await asyncio.sleep(self.rng.uniform(CHAOS_FIRST_S, CHAOS_FIRST_MAX_S))
         round_: list[str] = []

@@ -20,6 +20,8 @@ but keep the end-to-end state (a WiFi outage; ``silent=True`` leaves the TCP
 connection open and just stops talking, like a device that lost power behind a
 NAT: the broker sees silence, not a closed socket). ``restart()`` is a Pyboard
 reboot: connection dropped, new sender session, receive state and queues lost.
+``inject(kind, seconds)`` takes the bench's fault kinds (virtual_bench/faults.py):
+``"wifi"``, ``"crash"`` and ``"hang"`` as a double can have them.
 
 Cost and scale: no thread per double. paho-mqtt is driven from the asyncio
 loop (``on_socket_open`` / ``register_write`` -> ``add_reader`` / ``add_writer``),
@@ -60,6 +62,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from server_apps import _core
 from server_apps.lines import LineQueue
+from virtual_bench import faults
 
 log = logging.getLogger("pblink.double")
 
@@ -230,6 +233,20 @@ class DeviceDouble(LineQueue):
         self._lines.clear()
         self._want_online = True
         self._fire(kick=True)
+
+    async def inject(self, kind: str, seconds: float | None = None) -> None:
+        """Inject a fault of the bench's table (virtual_bench/faults.py) by its
+        ``kind``, as this double can have it: ``"wifi"`` (offline for ``seconds``,
+        default 3), ``"crash"`` (the connection drops without DISCONNECT, then
+        reconnects, end-to-end state kept), ``"hang"`` (silent with the TCP
+        connection open for ``seconds``, default ``timeout_ms``, then reconnects).
+        Returns when the fault is over. ValueError for an unknown kind or one a
+        double has no part for (``"i2c"``; ``"broker"`` and ``"server"`` are the
+        lab's)."""
+        row = faults.fault_kind(kind)
+        if row.double is None:
+            raise ValueError(f"a DeviceDouble has no {row.label} (fault kind {kind!r})")
+        await row.double(self, seconds)
 
     # -- AppBase API -----------------------------------------------------------
 
