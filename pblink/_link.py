@@ -8,7 +8,6 @@ small typed surface below instead of the untyped core.
 from __future__ import annotations
 
 import importlib
-import time
 from typing import Any, Protocol, cast
 
 _names: Any = importlib.import_module("link_core.names")
@@ -85,8 +84,3 @@ def new_sender(random4: bytes, window: int, timeout_ms: int) -> Sender:
 
 def ticks_diff(a: int, b: int) -> int:
     return int(_clock.ticks_diff(a, b))
-
-
-def now_ms() -> int:
-    """Milliseconds in link_core's tick domain (compare with ticks_diff only)."""
-    return int(time.monotonic() * 1000) & TICKS_MAX

@@ -168,11 +168,6 @@ class ServerIdentityError(ConnectionError):
 FOREIGN_ACK_SPAN = 10
 
 
-def now_ms() -> int:
-    """Milliseconds in link_core's tick domain (compare with ``ticks_diff`` only)."""
-    return int(time.monotonic() * 1000) & _core.TICKS_MAX
-
-
 class _Signal:
     """A level-free wake-up for coroutines waiting on a predicate.
 
@@ -327,7 +322,7 @@ class Connection:
                 lambda: _core.may_write(self._reachable(), self._sender, qos, wait)
             )
             if qos:
-                server._publish(self.down_topic, self._sender.send(text, now_ms()))
+                server._publish(self.down_topic, self._sender.send(text, _core.now_ms()))
                 self.stats["tx_qos"] += 1
             else:
                 server._publish(self.down_topic, self._sender.unreliable(text))
@@ -670,7 +665,7 @@ class LinkServer:
         live = self._unclaimed.pop(conn_id, None)
         if live is not None:
             conn._live = live
-            live.silent(now_ms())
+            live.silent(_core.now_ms())
         self._conns[conn_id] = conn
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
@@ -943,7 +938,7 @@ class LinkServer:
         if parsed is None:
             return
         conn_id, leaf = parsed
-        now = now_ms()
+        now = _core.now_ms()
         conn = self._conns.get(conn_id)
         if leaf == "status":
             self._on_status(conn_id, conn, payload, now)
@@ -1090,12 +1085,12 @@ class LinkServer:
             return
         online = conn._live.online
         log.info("device %s is %s", conn.conn_id, "online" if online else "offline")
-        if online and self._broker_up and conn._live.resend_due(now_ms()):
+        if online and self._broker_up and conn._live.resend_due(_core.now_ms()):
             self._resend_all(conn)
         conn._changed.fire()
 
     def _resend_all(self, conn: Connection) -> None:
-        frames = conn._sender.resend_all(now_ms())
+        frames = conn._sender.resend_all(_core.now_ms())
         for frame in frames:
             self._publish(conn.down_topic, frame)
         if frames:
@@ -1107,7 +1102,7 @@ class LinkServer:
         period = max(10, min(100, self.timeout_ms // 8)) / 1000
         while True:
             await asyncio.sleep(period)
-            now = now_ms()
+            now = _core.now_ms()
             for conn_id, conn in self._conns.items():
                 if conn._live.silent(now):
                     log.info("%s: silent for %d ms", conn_id, 2 * self.timeout_ms)
