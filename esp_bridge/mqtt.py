@@ -280,11 +280,6 @@ class MQTTClient:
             await self._q_ev.wait()
         return self.get()
 
-    async def wait_change(self) -> None:
-        """Wait until a PUBACK, SUBACK or the end of the connection."""
-        self._ev.clear()
-        await self._ev.wait()
-
     # ----- connection -----
 
     def _resolve(self, host, port):
@@ -529,7 +524,8 @@ class MQTTClient:
         while self._f_n >= len(self._f_pid):
             if not self._up:
                 raise OSError(_ENOTCONN)
-            await self.wait_change()
+            self._ev.clear()  # set by a PUBACK, SUBACK or the end of the connection
+            await self._ev.wait()
         if not self._up:
             raise OSError(_ENOTCONN)
         slot = self._f_pid.index(0)
@@ -554,7 +550,8 @@ class MQTTClient:
         while self._f_n:
             if not self._up:
                 raise OSError(_ENOTCONN)
-            await self.wait_change()
+            self._ev.clear()  # set by a PUBACK, SUBACK or the end of the connection
+            await self._ev.wait()
 
     async def subscribe(self, topic, qos: int = 1) -> int:
         """Subscribe to one filter; return the granted QoS. MQTTError if refused.

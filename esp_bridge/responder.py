@@ -11,11 +11,9 @@
 from micropython import const
 import asyncio
 
-from link_core.i2c_link import FRAME_MAX, HEADER, CHUNK_MAX, LinkEndpoint, RESPONDER
+from link_core.i2c_link import (FRAME_MAX, HEADER, CHUNK_MAX, I2C_ADDR, MEM_INITIATOR,
+                                MEM_RESPONDER, LinkEndpoint, RESPONDER)
 
-ADDR = const(0x12)
-_MEM_IN = const(0x00)  # the Initiator's frame
-_MEM_OUT = const(0x80)  # our frame
 # wiring of the seed (GPIO numbers)
 SCL = const(0)
 SDA = const(2)
@@ -128,11 +126,11 @@ class Responder:
         rx = self._rx
         link = self.link
         try:
-            i2c.readfrom_mem_into(ADDR, _MEM_IN, self._rxh)
+            i2c.readfrom_mem_into(I2C_ADDR, MEM_INITIATOR, self._rxh)
             n = rx[3]
             if n <= CHUNK_MAX:
                 frame = self._rxv[: n + 6]
-                i2c.readfrom_mem_into(ADDR, _MEM_IN + 4, frame[4:])
+                i2c.readfrom_mem_into(I2C_ADDR, MEM_INITIATOR + 4, frame[4:])
             else:
                 frame = self._rxh  # too long: corrupt, counted, ignored
             try:
@@ -140,8 +138,8 @@ class Responder:
             except MemoryError:
                 self.mem_errors += 1  # its chunk stays unacknowledged: resent
             ln = link.build_frame(self._tx)
-            i2c.writeto_mem(ADDR, _MEM_OUT, self._hdr)
-            i2c.writeto_mem(ADDR, _MEM_OUT + 4, self._txv[4:ln])
+            i2c.writeto_mem(I2C_ADDR, MEM_RESPONDER, self._hdr)
+            i2c.writeto_mem(I2C_ADDR, MEM_RESPONDER + 4, self._txv[4:ln])
         except OSError:
             self.bus_errors += 1
             return False

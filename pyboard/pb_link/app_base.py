@@ -21,7 +21,19 @@ from micropython import const
 
 from link_core import control, frames
 from link_core.endpoint import Receiver, Sender
-from link_core.i2c_link import INITIATOR, LinkEndpoint, PollPolicy
+from link_core.i2c_link import (
+    ACTIVE_POLL_MS,
+    BOOT_WAIT_MS,
+    EXCHANGE_TIMEOUT_MS,
+    IDLE_AFTER_MS,
+    IDLE_POLL_MS,
+    INITIATOR,
+    KEEPALIVE_TIMEOUT_MS,
+    SYNC_RETRY_MS,
+    SYNC_TIMEOUT_MS,
+    LinkEndpoint,
+    PollPolicy,
+)
 from link_core.liveness import may_write
 from link_core.names import check_conn_id, line_bytes
 from pb_link.ports import make_port
@@ -33,18 +45,17 @@ RX_WINDOW = const(16)
 _LINK_TXQ = const(12)  # link messages queued for the ESP8266
 _LINK_RXQ = const(4)  # complete link messages received, not yet handled
 _ACK_ROOM = const(4)  # link queue slots that write() leaves for acks
-_SYNC_RETRY_MS = const(100)
 _FAILS = const(2)  # failed exchanges in a row that mean "ESP8266 dead"
 
 # Pyboard timings, ms, overridable in config[10] (the tuning dict).
 DEFAULTS = {
-    "boot_wait_ms": 1000,
-    "idle_poll_ms": 10,
-    "active_poll_ms": 1,
-    "idle_after_ms": 200,
-    "exchange_timeout_ms": 1000,
-    "keepalive_timeout_ms": 4000,
-    "sync_timeout_ms": 10000,
+    "boot_wait_ms": BOOT_WAIT_MS,
+    "idle_poll_ms": IDLE_POLL_MS,
+    "active_poll_ms": ACTIVE_POLL_MS,
+    "idle_after_ms": IDLE_AFTER_MS,
+    "exchange_timeout_ms": EXCHANGE_TIMEOUT_MS,
+    "keepalive_timeout_ms": KEEPALIVE_TIMEOUT_MS,
+    "sync_timeout_ms": SYNC_TIMEOUT_MS,
     "rx_queue": 8,
 }
 
@@ -269,7 +280,7 @@ class AppBase:
             if ticks_diff(ticks_ms(), t0) >= self._sync_timeout:
                 self._log("no sync")
                 return False
-            await _sleep_ms(_SYNC_RETRY_MS if r is None else self._idle_poll)
+            await _sleep_ms(SYNC_RETRY_MS if r is None else self._idle_poll)
         return False
 
     async def _poll(self):
