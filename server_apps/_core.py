@@ -117,9 +117,9 @@ def device_watch(timeout_ms: int) -> DeviceWatch:
     return cast(DeviceWatch, _device_watch.DeviceWatch(timeout_ms))
 
 
-def qos_of(frame: bytes) -> int:
+def mqtt_level(frame: bytes) -> int:
     """MQTT QoS of an end-to-end frame: 1 for ``q``, 0 otherwise (PROTOCOL.md 4.1)."""
-    return int(_liveness.qos_of(frame))
+    return int(_liveness.mqtt_level(frame))
 
 
 def may_write(reachable: bool, sender: Sender, qos: bool, wait: bool) -> bool:

@@ -47,7 +47,7 @@ frame arrives on its ``up`` topic, and offline on status ``offline``, after
 ``h`` from a claimed conn_id is answered with ``h`` on its ``down`` topic, at
 most one per ``timeout_ms / 4``: a backlog of stale heartbeats delivered at
 once after an outage gets one answer. The rules are ``link_core.liveness``
-(``DeviceWatch``, ``qos_of``, ``may_write``), shared with the devices.
+(``DeviceWatch``, ``mqtt_level``, ``may_write``), shared with the devices.
 
 Frames for a conn_id no one has asked for with ``connection()`` are neither
 acknowledged nor answered, heartbeats included: the bridge then reports the
@@ -1120,11 +1120,11 @@ class LinkServer:
     # -- output ----------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        """Publish an end-to-end frame at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
+        """Publish an end-to-end frame at its QoS (``_core.mqtt_level``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
-        info = client.publish(topic, payload, qos=_core.qos_of(payload))
+        info = client.publish(topic, payload, qos=_core.mqtt_level(payload))
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
 

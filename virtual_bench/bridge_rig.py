@@ -305,8 +305,9 @@ class Server:
                                          f"up={len(self.up)}{tail}")
                 self._cv.wait(left)
 
-    def send(self, frame: bytes, qos: int) -> paho.MQTTMessageInfo:
-        return self.c.publish(f"{self.base}/down", frame, qos=qos)
+    def send(self, frame: bytes, level: int) -> paho.MQTTMessageInfo:
+        """Publish ``frame`` on down at MQTT QoS ``level``."""
+        return self.c.publish(f"{self.base}/down", frame, qos=level)
 
     def close(self) -> None:
         self.c.loop_stop()

@@ -517,11 +517,11 @@ class DeviceDouble:
             self.stats["retransmitted"] += 1
 
     def _publish(self, payload: bytes) -> None:
-        """Publish an end-to-end frame on up at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
+        """Publish an end-to-end frame on up at its QoS (``_core.mqtt_level``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._mqtt_up:
             return
-        client.publish(self.up_topic, payload, qos=_core.qos_of(payload))
+        client.publish(self.up_topic, payload, qos=_core.mqtt_level(payload))
         self._watch.published(_core.now_ms())
         self.stats["published"] += 1
 

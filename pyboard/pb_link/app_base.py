@@ -111,7 +111,7 @@ class AppBase:
         self._revt = asyncio.Event()  # lines arrived (or closed)
         self._wevt = asyncio.Event()  # write conditions may have changed
         self._wlock = asyncio.Lock()  # writes go out in call order
-        self._up = False  # the server application is reachable ('U')
+        self._server_reachable = False  # the server application is reachable ('U')
         self._started = False
         self._resend = False  # resend every unacked frame (after 'U')
         self._reboot = False
@@ -153,7 +153,7 @@ class AppBase:
         async with self._wlock:
             while True:
                 self._check_open()
-                if ep.tx_pending < _LINK_TXQ - _ACK_ROOM and may_write(self._up, tx, qos, wait):
+                if ep.tx_pending < _LINK_TXQ - _ACK_ROOM and may_write(self._server_reachable, tx, qos, wait):
                     break
                 self._wevt.clear()
                 await self._wevt.wait()
@@ -177,7 +177,7 @@ class AppBase:
         if self._closed:
             return
         self._closed = True
-        self._up = False
+        self._server_reachable = False
         try:
             me = asyncio.current_task()
         except RuntimeError:  # called outside the event loop
@@ -190,7 +190,7 @@ class AppBase:
 
     def status(self) -> bool:
         """True while the server application is reachable."""
-        return self._up
+        return self._server_reachable
 
     def start(self) -> None:
         """Override: runs once, when the server application is first reachable."""
@@ -333,7 +333,7 @@ class AppBase:
         tx = self._tx
         if not tx.in_flight:
             self._resend = False
-        elif self._up and ep.tx_pending + tx.in_flight <= _LINK_TXQ:
+        elif self._server_reachable and ep.tx_pending + tx.in_flight <= _LINK_TXQ:
             if self._resend:
                 self._resend = False
                 out = tx.resend_all(now)
@@ -408,9 +408,9 @@ class AppBase:
             self._revt.set()
 
     def _set_up(self, up):
-        if up == self._up:
+        if up == self._server_reachable:
             return
-        self._up = up
+        self._server_reachable = up
         self._log("server", "up" if up else "down")
         self._down_told = not up
         if up:

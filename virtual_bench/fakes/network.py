@@ -11,7 +11,7 @@ STAT_GOT_IP = 5
 UP = [True]  # or tests cut "WiFi" by setting UP[0] = False
 
 
-def _up():
+def _wifi_ok():
     if not UP[0]:
         return False
     if _DOWN:
@@ -37,7 +37,7 @@ class WLAN:
         self._active = bool(v)
 
     def isconnected(self):
-        return self.interface == STA_IF and self._active and _up()
+        return self.interface == STA_IF and self._active and _wifi_ok()
 
     def connect(self, ssid=None, key=None):
         if ssid is not None:
