@@ -9,7 +9,7 @@ short MicroPython script that prints one ``RESULT {json}`` line.
 
 The fake ``machine.Pin`` calls ``machine.hooks[id]`` when the Pyboard drives syn or rst; the
 Responder answers from an asyncio task (as the virtual bench delivers IRQs):
-it reads ``mem[0:]``, writes its frame at ``mem[0x80:]`` and raises ack via the
+it reads ``mem[0:]``, writes its block at ``mem[0x80:]`` and raises ack via the
 Pin's IRQ handler. The fake ``pyb.I2C`` slave serves the four transactions of
 PROTOCOL.md 1.2 in-process. Timings are short (pb_settings), so each run takes
 a second or two.
@@ -110,8 +110,8 @@ class Esp:
         self.alive = True  # answers the handshake
         self.keepalive = True  # main loop sends K
         self.corrupt_out = 0  # corrupt the next N replies
-        self.corrupt_in = 0  # corrupt the next N Initiator frames
-        self.corrupt_every = 0  # corrupt every Nth frame each way (0: never)
+        self.corrupt_in = 0  # corrupt the next N Initiator blocks
+        self.corrupt_every = 0  # corrupt every Nth block each way (0: never)
         self.wrong_addr = 0  # pyb mode: the next N exchanges start out of step
         self.drop_up = 0  # lose the next N q frames on the way to the server
         self.drop_acks = 0  # lose the next N acks from the server
@@ -123,8 +123,8 @@ class Esp:
         self.boots = 1
         self.exchanges = 0
         self.errors = 0
-        self.max_frame_in = 0
-        self.max_frame_out = 0
+        self.max_block_in = 0
+        self.max_block_out = 0
         self.holds = 0  # exchanges in which the Pyboard set HOLD
         self.lost_down = 0  # frames that reached the bridge while the server was down
         self.srv_rx = Receiver(16)
@@ -198,17 +198,17 @@ class Esp:
             self.corrupt_in -= 1
             data = bytearray(fin)
             data[1] ^= 0x01  # a flipped bit: CRC mismatch
-        if self.ep.on_frame(data):
-            if data[3] > self.max_frame_in:
-                self.max_frame_in = data[3]
+        if self.ep.on_block(data):
+            if data[3] > self.max_block_in:
+                self.max_block_in = data[3]
             if data[0] & 0x02:
                 self.holds += 1
         self._drain()
         while self.outbox and self.ep.can_queue():
             self.ep.queue_message(self.outbox.pop(0))
-        n = self.ep.build_frame(fout)
-        if fout[3] > self.max_frame_out:
-            self.max_frame_out = fout[3]
+        n = self.ep.build_block(fout)
+        if fout[3] > self.max_block_out:
+            self.max_block_out = fout[3]
         if self.corrupt_out:
             self.corrupt_out -= 1
             fout[n - 1] ^= 0x10
@@ -443,7 +443,7 @@ async def main():
     pbt.result({"configs": esp.configs, "up": esp.up, "got": got, "calls": app.calls,
                 "pulses": esp.pulses, "rst_log": rst, "syn": machine.pins["X11"].value(),
                 "first_frame": esp.up_frames[0].decode(), "session": app._tx.session,
-                "max_in": esp.max_frame_in, "max_out": esp.max_frame_out,
+                "max_in": esp.max_block_in, "max_out": esp.max_block_out,
                 "long_down_ok": got[1] == long_down + "\n", "long_up_ok": esp.up[3] == long_up,
                 "srv_idle": esp.srv_tx.idle()})
     esp.stop()
@@ -696,8 +696,8 @@ async def main():
         await app.write("u%d %s" % (i, "\u00e9" * (i * 9)), wait=(i % 4 == 0))
     await pbt.until(lambda: len(got) == N and len(esp.up) == N, 12000, "traffic")
     esp.corrupt_every = 0
-    pbt.result({"got": got, "up": [l.split(" ")[0] for l in esp.up], "bad": app._ep.frames_bad,
-                "esp_bad": esp.ep.frames_bad, "pulses": esp.pulses, "errors": esp.errors})
+    pbt.result({"got": got, "up": [l.split(" ")[0] for l in esp.up], "bad": app._ep.blocks_bad,
+                "esp_bad": esp.ep.blocks_bad, "pulses": esp.pulses, "errors": esp.errors})
     app.close(); esp.stop()
 
 pbt.run(main())

@@ -269,10 +269,10 @@ class AppBase:
         t0 = ticks_ms()
         port = self._port
         while not self._closed and not self._reboot:
-            ep.build_frame(port.out)
+            ep.build_block(port.out)
             r = await port.exchange()
             if r is not None:
-                ep.on_frame(r)
+                ep.on_block(r)
             if ep.synced:
                 self._log("link synchronised")
                 gc.collect()
@@ -293,7 +293,7 @@ class AppBase:
             if self._reboot:
                 return True
             self._service(ticks_ms())
-            ep.build_frame(port.out)
+            ep.build_block(port.out)
             r = await port.exchange()
             now = ticks_ms()
             if r is None:  # the handshake or a bus transfer timed out
@@ -304,7 +304,7 @@ class AppBase:
                 await _sleep_ms(self._idle_poll)
                 continue
             fails = 0
-            ep.on_frame(r)  # False: corrupt, ignored; the next poll repeats it
+            ep.on_block(r)  # False: corrupt, ignored; the next poll repeats it
             if not ep.synced:
                 self._log("ESP8266 rebooted (FRESH)")
                 return False

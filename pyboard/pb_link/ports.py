@@ -1,9 +1,9 @@
 # I2C port adapters for the Initiator (docs/PROTOCOL.md 1.1, 1.2).
 #
-# A port moves one frame each way per exchange and knows nothing of the
-# frames' meaning. The caller writes its frame into `port.out` (at least
-# FRAME_MAX bytes), then `await port.exchange()` returns the Responder's
-# frame as a buffer (valid until the next exchange) or None when the
+# A port moves one block each way per exchange and knows nothing of the
+# blocks' meaning. The caller writes its block into `port.out` (at least
+# BLOCK_MAX bytes), then `await port.exchange()` returns the Responder's
+# block as a buffer (valid until the next exchange) or None when the
 # handshake or a bus transfer timed out.
 #
 #   TargetPort: machine.I2CTarget with a 256-byte memory (non-blocking).
@@ -11,7 +11,7 @@
 #   SlavePort:  pyb.I2C in SLAVE mode (blocking, as the original pb_link),
 #       following the Responder's fixed transaction sequence.
 #
-# Memory coherence: the frame is complete in `out` before syn rises, and
+# Memory coherence: the block is complete in `out` before syn rises, and
 # the reply is read only after ack has risen (and before syn falls).
 import asyncio
 from time import ticks_diff, ticks_ms
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # type annotations only: MicroPython ignores them
 
 from link_core.i2c_link import CHUNK_MAX, HEADER, MEM_RESPONDER
 
-# PROTOCOL.md 1.1: the Initiator's frame at 0x00, the Responder's at MEM_RESPONDER (= half)
+# PROTOCOL.md 1.1: the Initiator's block at 0x00, the Responder's at MEM_RESPONDER (= half)
 
 
 def make_port(i2c, syn: Pin, ack: Pin, timeout_ms: int) -> "TargetPort | SlavePort":
@@ -37,7 +37,7 @@ def make_port(i2c, syn: Pin, ack: Pin, timeout_ms: int) -> "TargetPort | SlavePo
 
 
 class _Port:
-    out: memoryview  # the Initiator's frame goes here before exchange()
+    out: memoryview  # the Initiator's block goes here before exchange()
 
     def __init__(self, syn: Pin, ack: Pin, timeout_ms: int) -> None:
         self._syn = syn

@@ -9,13 +9,13 @@ import sys
 import time
 
 import machine
-from link_core.i2c_link import FRAME_MAX, INITIATOR, LinkEndpoint, PollPolicy
+from link_core.i2c_link import BLOCK_MAX, INITIATOR, LinkEndpoint, PollPolicy
 
 
 class Initiator:
     def __init__(self, rx_queue=4, timeout_ms=300):
         self.link = LinkEndpoint(INITIATOR, 4, rx_queue)
-        self.buf = bytearray(FRAME_MAX)
+        self.buf = bytearray(BLOCK_MAX)
         self.bv = memoryview(self.buf)
         self.poll = PollPolicy()
         self.timeout_ms = timeout_ms
@@ -37,13 +37,13 @@ class Initiator:
         if not await self._wait(ack, 0):
             self.fails += 1
             return False
-        n = self.link.build_frame(self.buf)
+        n = self.link.build_block(self.buf)
         machine.MEM[0:n] = self.bv[:n]
         syn.drive(1)
         ok = await self._wait(ack, 1)
         if ok:
             try:
-                self.link.on_frame(machine.MV[0x80 : 0x80 + FRAME_MAX])
+                self.link.on_block(machine.MV[0x80 : 0x80 + BLOCK_MAX])
             except MemoryError:  # its chunk stays unacknowledged: resent
                 self.mem_errors += 1
         syn.drive(0)
