@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import ROOT
-from test_bridge_support import ESP_BRIDGE, make_hw_dir, run_mpy
+from test_bridge_support import run_mpy
+
+from virtual_bench.bridge_rig import ESP_BRIDGE, make_hw_dir
 
 SCRIPT = r'''
 import asyncio
