@@ -11,8 +11,8 @@
 from micropython import const
 import asyncio
 
-from link_core.i2c_link import (BLOCK_MAX, HEADER, CHUNK_MAX, I2C_ADDR, MEM_INITIATOR,
-                                MEM_RESPONDER, LinkEndpoint, RESPONDER)
+from link_core import i2c_link
+from link_core.i2c_link import BLOCK_MAX, HEADER, CHUNK_MAX, LinkEndpoint, RESPONDER
 
 # wiring of the seed (GPIO numbers)
 SCL = const(0)
@@ -126,11 +126,11 @@ class Responder:
         rx = self._rx
         link = self.link
         try:
-            i2c.readfrom_mem_into(I2C_ADDR, MEM_INITIATOR, self._rxh)
+            i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR, self._rxh)
             n = rx[3]
             if n <= CHUNK_MAX:
                 block = self._rxv[: n + 6]
-                i2c.readfrom_mem_into(I2C_ADDR, MEM_INITIATOR + 4, block[4:])
+                i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR + 4, block[4:])
             else:
                 block = self._rxh  # too long: corrupt, counted, ignored
             try:
@@ -138,8 +138,8 @@ class Responder:
             except MemoryError:
                 self.mem_errors += 1  # its chunk stays unacknowledged: resent
             ln = link.build_block(self._tx)
-            i2c.writeto_mem(I2C_ADDR, MEM_RESPONDER, self._hdr)
-            i2c.writeto_mem(I2C_ADDR, MEM_RESPONDER + 4, self._txv[4:ln])
+            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER, self._hdr)
+            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER + 4, self._txv[4:ln])
         except OSError:
             self.bus_errors += 1
             return False
