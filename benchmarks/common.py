@@ -241,19 +241,6 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
 
-def proc_rss_kib(pid: int) -> tuple[int, int] | None:
-    """(VmRSS, VmHWM) in KiB: current and peak resident set of a live process."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    vals: dict[str, str] = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M))
-    rss = vals.get("VmRSS")
-    if rss is None:
-        return None
-    return int(rss), int(vals.get("VmHWM", rss))
-
-
 def machine_info() -> dict[str, Any]:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -307,21 +294,6 @@ def fmt(value: float | None, unit: str) -> str:
     if abs(value) >= 1:
         return f"{value:.2f}".rstrip("0").rstrip(".") if unit not in ("ms",) else f"{value:.1f}"
     return f"{value:.3g}"
-
-
-def render_markdown(rows: Iterable[dict[str, Any]]) -> str:
-    """The rows (as in the JSON file) as a Markdown table, for docs/PERFORMANCE.md."""
-    out = ["| family | figure | params | median | min .. max | runs | unit | target |",
-           "|---|---|---|---:|---|---:|---|---|"]
-    for r in rows:
-        unit = r["unit"]
-        spread = f"{fmt(r['min'], unit)} .. {fmt(r['max'], unit)}" if r["runs"] else "-"
-        target = r["target"]
-        if r["met"] is not None:
-            target += " met" if r["met"] else " **MISSED**"
-        out.append(f"| {r['family']} | {r['name']} | {param_text(r['params'])} | "
-                   f"{fmt(r['median'], unit)} | {spread} | {r['runs']} | {unit} | {target} |")
-    return "\n".join(out)
 
 
 def param_text(params: dict[str, Any]) -> str:

@@ -61,7 +61,7 @@ class Bridge:
         self._net_gen = -1  # the config _net last applied
         self._syncs = -1  # link.syncs when the last 'C' came
         self._ready = False  # connected, online published, subscribed
-        self._up = b""
+        self._up_topic = b""
         self._down = b""
         self._status = b""
         self._report = b""
@@ -122,7 +122,7 @@ class Bridge:
         self.cfg = cfg
         self.tun = tun
         self.watch.timeout_ms = cfg[3]
-        self._up = topics.up.encode()
+        self._up_topic = topics.up.encode()
         self._down = topics.down.encode()
         self._status = topics.status.encode()
         self._report = topics.report.encode()
@@ -192,7 +192,7 @@ class Bridge:
                 return  # the Pyboard resynchronised: it resends what matters
             if self._ready and mq.isconnected():
                 try:
-                    await mq.publish(self._up, msg, liveness.qos_of(msg))
+                    await mq.publish(self._up_topic, msg, liveness.mqtt_level(msg))
                     self.watch.published(time.ticks_ms())
                     return
                 except OSError:
@@ -258,7 +258,7 @@ class Bridge:
                 self.watch.heartbeat_sent(now)
                 hb = liveness.HEARTBEAT
                 try:
-                    await self.mq.publish(self._up, hb, liveness.qos_of(hb))
+                    await self.mq.publish(self._up_topic, hb, liveness.mqtt_level(hb))
                 except OSError:
                     pass
             msg = self._report_msg

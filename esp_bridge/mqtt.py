@@ -187,7 +187,7 @@ class MQTTClient:
         # one asyncio Stream, typed as its two CPython halves
         self._r: asyncio.StreamReader | None = None
         self._w: asyncio.StreamWriter | None = None
-        self._up = False
+        self._connected = False
         self._tasks: list = []
         self._wlock = asyncio.Lock()
         self._ev = asyncio.Event()  # any state change: PUBACK, SUBACK, connection down
@@ -252,7 +252,7 @@ class MQTTClient:
     # ----- state -----
 
     def isconnected(self) -> bool:
-        return self._up
+        return self._connected
 
     def inflight(self) -> int:
         return self._f_n
@@ -279,11 +279,6 @@ class MQTTClient:
             self._q_ev.clear()
             await self._q_ev.wait()
         return self.get()
-
-    async def wait_change(self) -> None:
-        """Wait until a PUBACK, SUBACK or the end of the connection."""
-        self._ev.clear()
-        await self._ev.wait()
 
     # ----- connection -----
 
@@ -355,7 +350,7 @@ class MQTTClient:
         self._last_tx = now
         self._pinging = False
         self._paused = False
-        self._up = True
+        self._connected = True
         present = bool(self._rbuf[2] & 1)
         self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._keeper())]
         # MQTT-4.4.0-1: resend unacknowledged publishes with their packet ids
@@ -418,8 +413,8 @@ class MQTTClient:
 
     def close(self, why: str = "closed") -> None:
         """Drop the connection at once (the broker publishes the will)."""
-        was = self._up
-        self._up = False
+        was = self._connected
+        self._connected = False
         cur = asyncio.current_task()
         for t in self._tasks:
             if t is not cur:
@@ -432,7 +427,7 @@ class MQTTClient:
 
     async def disconnect(self) -> None:
         """Say DISCONNECT (no will) and close."""
-        if self._up:
+        if self._connected:
             try:
                 async with self._wlock:
                     self._tbuf[0] = _DISCONNECT
@@ -443,7 +438,7 @@ class MQTTClient:
         self.close("disconnect")
 
     def _fail(self, why: str) -> None:
-        if self._up:
+        if self._connected:
             self.close(why)
 
     # ----- sending -----
@@ -456,7 +451,7 @@ class MQTTClient:
         # Caller holds _wlock: packets never interleave, and _tbuf (filled
         # under the lock) is not overwritten before it is written.
         s = self._w
-        if s is None or not (self._up or connecting):
+        if s is None or not (self._connected or connecting):
             raise OSError(_ENOTCONN)
         try:
             s.write(a)  # copies what the socket does not take at once
@@ -522,15 +517,16 @@ class MQTTClient:
         if len(msg) > 268435455 - 4 - len(topic):
             raise ValueError("payload length")
         if not qos:
-            if not self._up:
+            if not self._connected:
                 raise OSError(_ENOTCONN)
             await self._pub(topic, msg, 0, retain, 0, False)
             return 0
         while self._f_n >= len(self._f_pid):
-            if not self._up:
+            if not self._connected:
                 raise OSError(_ENOTCONN)
-            await self.wait_change()
-        if not self._up:
+            self._ev.clear()  # set by a PUBACK, SUBACK or the end of the connection
+            await self._ev.wait()
+        if not self._connected:
             raise OSError(_ENOTCONN)
         slot = self._f_pid.index(0)
         pid = self._next_pid()
@@ -552,9 +548,10 @@ class MQTTClient:
     async def wait_acked(self) -> None:
         """Wait until every QoS 1 publish is acknowledged (or the link drops)."""
         while self._f_n:
-            if not self._up:
+            if not self._connected:
                 raise OSError(_ENOTCONN)
-            await self.wait_change()
+            self._ev.clear()  # set by a PUBACK, SUBACK or the end of the connection
+            await self._ev.wait()
 
     async def subscribe(self, topic, qos: int = 1) -> int:
         """Subscribe to one filter; return the granted QoS. MQTTError if refused.
@@ -580,7 +577,7 @@ class MQTTClient:
             await self._write(self._tmv[: i + 1])
         t0 = time.ticks_ms()
         while self._sub_rc < 0:
-            if not self._up:
+            if not self._connected:
                 raise OSError(_ENOTCONN)
             if self._overdue(t0, time.ticks_ms()):
                 self._fail("no SUBACK")
@@ -758,7 +755,7 @@ class MQTTClient:
         b = bytearray(2)
         b[0] = _PINGREQ
         try:
-            while self._up:
+            while self._connected:
                 await asyncio.sleep_ms(tick)
                 now = time.ticks_ms()
                 if self._wbusy and time.ticks_diff(now, self._wt0) > self.response_ms:

@@ -1,7 +1,7 @@
 # The I2C Responder (docs/PROTOCOL.md 1.2): the ESP8266 side of the link.
 #
 # The Pyboard (Initiator, I2C target at 0x12 with a 256-byte memory) raises
-# syn when its frame is at memory 0x00. An IRQ on both edges of syn sets a
+# syn when its block is at memory 0x00. An IRQ on both edges of syn sets a
 # ThreadSafeFlag; the task below then carries out exactly four bus
 # transactions, feeds link_core's LinkEndpoint, raises ack, and lowers it
 # again once syn is low. A bus error (OSError from SoftI2C) aborts the
@@ -11,11 +11,9 @@
 from micropython import const
 import asyncio
 
-from link_core.i2c_link import FRAME_MAX, HEADER, CHUNK_MAX, LinkEndpoint, RESPONDER
+from link_core import i2c_link
+from link_core.i2c_link import BLOCK_MAX, HEADER, CHUNK_MAX, LinkEndpoint, RESPONDER
 
-ADDR = const(0x12)
-_MEM_IN = const(0x00)  # the Initiator's frame
-_MEM_OUT = const(0x80)  # our frame
 # wiring of the seed (GPIO numbers)
 SCL = const(0)
 SDA = const(2)
@@ -25,11 +23,11 @@ I2C_HZ = const(400000)
 
 
 class Responder:
-    """Moves frames between the bus and a LinkEndpoint(RESPONDER).
+    """Moves blocks between the bus and a LinkEndpoint(RESPONDER).
 
     i2c, syn, ack: a SoftI2C and two Pins; None builds them from the seed's
     wiring. tx_queue, rx_queue: the LinkEndpoint's message bounds (when the
-    received queue is full its frames carry HOLD and the Pyboard stops
+    received queue is full its blocks carry HOLD and the Pyboard stops
     sending payload).
     """
 
@@ -48,10 +46,10 @@ class Responder:
         self.ack = ack
         ack.value(0)
         self.link = LinkEndpoint(RESPONDER, tx_queue, rx_queue)
-        self._rx = bytearray(FRAME_MAX)
+        self._rx = bytearray(BLOCK_MAX)
         self._rxv = memoryview(self._rx)
         self._rxh = self._rxv[:HEADER]
-        self._tx = bytearray(FRAME_MAX)
+        self._tx = bytearray(BLOCK_MAX)
         self._txv = memoryview(self._tx)
         self._hdr = self._txv[:HEADER]
         self._flag = asyncio.ThreadSafeFlag()
@@ -122,26 +120,26 @@ class Responder:
     def exchange(self) -> bool:
         """One exchange, steps 2.1 to 2.4 of PROTOCOL.md 1.2. False on a bus error.
 
-        Reads into the preallocated frame buffer: no per-exchange allocation
+        Reads into the preallocated block buffer: no per-exchange allocation
         beyond two memoryview slices."""
         i2c = self.i2c
         rx = self._rx
         link = self.link
         try:
-            i2c.readfrom_mem_into(ADDR, _MEM_IN, self._rxh)
+            i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR, self._rxh)
             n = rx[3]
             if n <= CHUNK_MAX:
-                frame = self._rxv[: n + 6]
-                i2c.readfrom_mem_into(ADDR, _MEM_IN + 4, frame[4:])
+                block = self._rxv[: n + 6]
+                i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR + 4, block[4:])
             else:
-                frame = self._rxh  # too long: corrupt, counted, ignored
+                block = self._rxh  # too long: corrupt, counted, ignored
             try:
-                link.on_frame(frame)
+                link.on_block(block)
             except MemoryError:
                 self.mem_errors += 1  # its chunk stays unacknowledged: resent
-            ln = link.build_frame(self._tx)
-            i2c.writeto_mem(ADDR, _MEM_OUT, self._hdr)
-            i2c.writeto_mem(ADDR, _MEM_OUT + 4, self._txv[4:ln])
+            ln = link.build_block(self._tx)
+            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER, self._hdr)
+            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER + 4, self._txv[4:ln])
         except OSError:
             self.bus_errors += 1
             return False

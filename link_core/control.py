@@ -29,7 +29,7 @@ QOS = const(0x71)  # 'q'
 UNRELIABLE = const(0x75)  # 'u'
 ACK = const(0x61)  # 'a'
 # ESP8266 -> Pyboard
-KEEPALIVE = const(0x4B)  # 'K' empty, every KEEPALIVE_MS
+KEEPALIVE = const(0x4B)  # 'K' empty, every keepalive_ms (esp_bridge/settings.py)
 SERVER_UP = const(0x55)  # 'U' empty, the server application is reachable
 SERVER_DOWN = const(0x44)  # 'D' server, broker or WiFi unreachable; optional UTF-8 reason
 REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free, mem_errors]
@@ -37,7 +37,6 @@ BAD_WIFI = const(0x57)  # 'W' empty, first WiFi connection after boot failed
 BAD_BROKER = const(0x42)  # 'B' UTF-8 reason, first broker connection failed
 ERROR = const(0x45)  # 'E' UTF-8 diagnostic text
 
-KEEPALIVE_MS = const(1000)
 
 MSG_KEEPALIVE = b"K"
 MSG_SERVER_UP = b"U"

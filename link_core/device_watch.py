@@ -1,7 +1,7 @@
 """The server's view of one device (docs/PROTOCOL.md 4.4): online, silent, answers.
 
 Sans-I/O: callers pass times (``now_ms``, tick values) in. The server library
-(``server_apps``) uses it; the device-end rules (``ServerWatch``, ``qos_of``,
+(``server_apps``) uses it; the device-end rules (``ServerWatch``, ``mqtt_level``,
 ``classify_down``, ``may_write``) are ``link_core.liveness``, kept apart so
 that the ESP8266 bridge does not load this class into its RAM::
 

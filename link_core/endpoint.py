@@ -461,35 +461,19 @@ class Receiver:
     def restore(self, snap):
         """Replace this Receiver's state by ``snapshot()`` output (``ValueError`` if malformed).
 
-        Also accepts the single-session format of earlier versions,
-        ``{"session", "expected", "recent", "buffer"}`` (``recent`` is
-        ignored). Only the ``MAX_SESSIONS`` most recently active sessions are
-        kept; the lines they buffer must fit in ``window`` in total.
+        Only the ``MAX_SESSIONS`` most recently active sessions are kept; the
+        lines they buffer must fit in ``window`` in total.
         """
         tab = []
         ok = True
         try:
-            if "sessions" in snap:
-                items = snap["sessions"]
-                if not isinstance(items, list):
+            items = snap["sessions"]
+            if not isinstance(items, list):
+                raise TypeError
+            for item in items[len(items) - MAX_SESSIONS if len(items) > MAX_SESSIONS else 0 :]:
+                if not isinstance(item, list) or len(item) != 3:
                     raise TypeError
-                for item in items[len(items) - MAX_SESSIONS if len(items) > MAX_SESSIONS else 0 :]:
-                    if not isinstance(item, list) or len(item) != 3:
-                        raise TypeError
-                    tab.append(self._entry(item[0], item[1], item[2]))
-            else:
-                session = snap["session"]
-                expected = snap["expected"]
-                recent = snap.get("recent", [])
-                buffer = snap.get("buffer", [])
-                if not isinstance(recent, list):
-                    raise TypeError
-                for s in recent:
-                    check_session(s)
-                if session is not None:
-                    tab.append(self._entry(session, expected, buffer))
-                elif not isinstance(expected, int) or not 0 <= expected <= _MASK or buffer:
-                    raise TypeError
+                tab.append(self._entry(item[0], item[1], item[2]))
         except (KeyError, TypeError, AttributeError):
             ok = False
         if not ok:

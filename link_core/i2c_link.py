@@ -1,6 +1,6 @@
 """The I2C link layer (docs/PROTOCOL.md section 1), sans-I/O.
 
-Frame format (1.3)::
+Block format (1.3)::
 
     byte 0  flags   MORE 0x01, HOLD 0x02, SYNC 0x04, FRESH 0x08, version 0x50
     byte 1  seq     sequence number of the chunk carried (0 when len = 0)
@@ -11,8 +11,8 @@ Frame format (1.3)::
 
 ``LinkEndpoint(role)`` runs one side of the link: message queues,
 chunking, stop-and-wait retransmission, HOLD flow control and the SYNC/FRESH
-handshake. The board code moves frames: it calls ``build_frame()`` for the
-frame it sends in an exchange and ``on_frame()`` with the frame it got.
+handshake. The board code moves blocks: it calls ``build_block()`` for the
+block it sends in an exchange and ``on_block()`` with the block it got.
 ``PollPolicy`` tells the Initiator when to start the next exchange.
 """
 
@@ -38,14 +38,14 @@ VERSION_MASK = const(0xF0)
 # Sizes (section 0)
 HEADER = const(4)
 CHUNK_MAX = const(120)
-FRAME_MAX = const(126)
+BLOCK_MAX = const(126)
 # MAX_MESSAGE (1152) comes from link_core.names
 
 # Bus layout (section 1.1)
 I2C_ADDR = const(0x12)
 MEM_SIZE = const(256)
-MEM_INITIATOR = const(0x00)  # Initiator's frame
-MEM_RESPONDER = const(0x80)  # Responder's frame
+MEM_INITIATOR = const(0x00)  # Initiator's block
+MEM_RESPONDER = const(0x80)  # Responder's block
 
 # Timing defaults, ms (sections 1.2, 1.5, 1.6)
 ACTIVE_POLL_MS = const(1)
@@ -122,11 +122,11 @@ def crc16(data, crc=0xFFFF):
     return _crc(data, 0, len(data), crc)
 
 
-def check_frame(buf):
-    """Payload length of the frame at the start of ``buf``, or -1 if corrupt.
+def check_block(buf):
+    """Payload length of the block at the start of ``buf``, or -1 if corrupt.
 
     ``buf`` is bytes-like (bytes, bytearray, memoryview) and may be longer
-    than the frame. Corrupt: shorter than 6 bytes, version nibble not 0x5,
+    than the block. Corrupt: shorter than 6 bytes, version nibble not 0x5,
     length over ``CHUNK_MAX``, truncated, or CRC mismatch.
     """
     n = len(buf)
@@ -141,12 +141,12 @@ def check_frame(buf):
     return ln
 
 
-def encode_frame(flags, seq, ack, payload=b"", buf=None):
-    """Build one frame.
+def encode_block(flags, seq, ack, payload=b"", buf=None):
+    """Build one block.
 
     ``flags``: any of MORE, HOLD, SYNC, FRESH (the version nibble is added).
     Returns bytes, or with ``buf`` (writable, at least 6 + len(payload)
-    bytes) writes the frame at ``buf[0]`` and returns its length.
+    bytes) writes the block at ``buf[0]`` and returns its length.
     """
     n = len(payload)
     if n > CHUNK_MAX:
@@ -168,8 +168,8 @@ def encode_frame(flags, seq, ack, payload=b"", buf=None):
     return HEADER + n + 2
 
 
-class Frame:
-    """A decoded frame: ``flags`` (the whole byte), ``seq``, ``ack``, ``payload`` (bytes).
+class Block:
+    """A decoded block: ``flags`` (the whole byte), ``seq``, ``ack``, ``payload`` (bytes).
 
     Properties ``more``, ``hold``, ``sync``, ``fresh`` test the flag bits.
     """
@@ -198,7 +198,7 @@ class Frame:
 
     def __repr__(self):
         return (
-            "Frame(flags="
+            "Block(flags="
             + hex(self.flags)
             + ", seq="
             + str(self.seq)
@@ -210,15 +210,15 @@ class Frame:
         )
 
 
-def decode_frame(buf):
-    """``Frame`` for the frame at the start of ``buf``, or None if it is corrupt.
+def decode_block(buf):
+    """``Block`` for the block at the start of ``buf``, or None if it is corrupt.
 
-    ``buf``: bytes, bytearray or memoryview; bytes after the frame are ignored.
+    ``buf``: bytes, bytearray or memoryview; bytes after the block are ignored.
     """
-    ln = check_frame(buf)
+    ln = check_block(buf)
     if ln < 0:
         return None
-    return Frame(buf[0], buf[1], buf[2], bytes(buf[HEADER : HEADER + ln]))
+    return Block(buf[0], buf[1], buf[2], bytes(buf[HEADER : HEADER + ln]))
 
 
 class LinkEndpoint:
@@ -231,16 +231,16 @@ class LinkEndpoint:
     Messages (bytes of 1 to ``MAX_MESSAGE``): ``queue_message(msg)`` adds one
     to the bounded outgoing queue (False when full), ``pop_message()`` takes
     the oldest complete received one (None when none). Each exchange:
-    ``build_frame()`` gives the frame to send (calling it again gives the
-    same bytes until ``on_frame`` or the queues change; it only records that
-    the chunk went out) and ``on_frame(data)`` takes the frame received
+    ``build_block()`` gives the block to send (calling it again gives the
+    same bytes until ``on_block`` or the queues change; it only records that
+    the chunk went out) and ``on_block(data)`` takes the block received
     (False if corrupt).
 
-    Synchronisation: a new or ``reset()`` Initiator sends SYNC frames (no
-    payload) until a good frame with SYNC comes back; then ``synced`` is
+    Synchronisation: a new or ``reset()`` Initiator sends SYNC blocks (no
+    payload) until a good block with SYNC comes back; then ``synced`` is
     True, ``syncs`` counts up, and ``sync_message`` (if set, e.g. the ``C``
     config message) is put ahead of everything queued. A Responder answers
-    FRESH (no payload) until it gets a SYNC frame; then it resets its link
+    FRESH (no payload) until it gets a SYNC block; then it resets its link
     state and answers SYNC. An Initiator that sees FRESH while synced resets
     its link state and resyncs (``peer_reboots`` counts up).
 
@@ -251,10 +251,10 @@ class LinkEndpoint:
     only in the exchange a FRESH Responder answered cannot have arrived: that
     message restarts.)
 
-    State: ``synced``, ``peer_fresh`` (Initiator: the last good frame had
-    FRESH), ``peer_hold`` (the peer's last good frame had HOLD), ``busy``
+    State: ``synced``, ``peer_fresh`` (Initiator: the last good block had
+    FRESH), ``peer_hold`` (the peer's last good block had HOLD), ``busy``
     (poll fast), ``tx_pending``, ``rx_pending``, ``can_queue()``.
-    Counters: ``frames_out``, ``frames_ok``, ``frames_bad``, ``bytes_out``
+    Counters: ``blocks_out``, ``blocks_ok``, ``blocks_bad``, ``bytes_out``
     (payload bytes acknowledged by the peer), ``bytes_in`` (payload bytes
     accepted), ``messages_out``, ``messages_in``, ``too_long``, ``dropped``,
     ``syncs``, ``peer_reboots``, ``resets``; ``counters()`` returns them as a
@@ -273,14 +273,14 @@ class LinkEndpoint:
         self._txq = []
         self._rxq = []
         self._asm = bytearray(MAX_MESSAGE)
-        self._out = bytearray(FRAME_MAX)
+        self._out = bytearray(BLOCK_MAX)
         self.sync_message = None
         self.synced = False
         self.peer_fresh = False
         self._sync_reply = False
-        self.frames_out = 0
-        self.frames_ok = 0
-        self.frames_bad = 0
+        self.blocks_out = 0
+        self.blocks_ok = 0
+        self.blocks_bad = 0
         self.bytes_out = 0
         self.bytes_in = 0
         self.messages_out = 0
@@ -316,7 +316,7 @@ class LinkEndpoint:
         """Forget the link state and go back to unsynchronised.
 
         Initiator: call after a reset pulse (or any failure of 1.2); it then
-        sends SYNC frames. Responder: back to answering FRESH. Whole queued
+        sends SYNC blocks. Responder: back to answering FRESH. Whole queued
         and received messages are kept (see the class doc for the message
         being sent).
         """
@@ -349,7 +349,7 @@ class LinkEndpoint:
 
         The last exchange carried payload either way, a message waits to be
         sent (and the peer is synced and not holding), or the peer's last
-        frame had MORE.
+        block had MORE.
         """
         return (
             self._moved
@@ -360,9 +360,9 @@ class LinkEndpoint:
     def counters(self):
         """The counters as a dict (for logs and ``status()``)."""
         return {
-            "frames_out": self.frames_out,
-            "frames_ok": self.frames_ok,
-            "frames_bad": self.frames_bad,
+            "blocks_out": self.blocks_out,
+            "blocks_ok": self.blocks_ok,
+            "blocks_bad": self.blocks_bad,
             "bytes_out": self.bytes_out,
             "bytes_in": self.bytes_in,
             "messages_out": self.messages_out,
@@ -417,25 +417,25 @@ class LinkEndpoint:
                 i += 1
         q.insert(0, m)
 
-    # -- frames ------------------------------------------------------------
+    # -- blocks ------------------------------------------------------------
 
-    def build_frame(self, buf=None):
-        """The frame to send in the next exchange.
+    def build_block(self, buf=None):
+        """The block to send in the next exchange.
 
         Without ``buf`` returns it as bytes. With ``buf`` (a writable
-        bytearray or memoryview of at least ``FRAME_MAX`` bytes, e.g. a view
+        bytearray or memoryview of at least ``BLOCK_MAX`` bytes, e.g. a view
         of the I2C memory) writes it at ``buf[0]`` and returns its length.
         It carries the current chunk (unless there is none, the peer holds,
         or the link is not synchronised), ``ack`` = last chunk accepted, HOLD
         when the received-message queue is full, SYNC (Initiator while
-        unsynchronised; Responder answering a SYNC frame) or FRESH
+        unsynchronised; Responder answering a SYNC block) or FRESH
         (Responder not synchronised since boot or ``reset()``).
         """
         if buf is None:
             out = self._out
         else:
-            if len(buf) < FRAME_MAX:
-                raise ValueError("build_frame buffer is shorter than FRAME_MAX = 126")
+            if len(buf) < BLOCK_MAX:
+                raise ValueError("build_block buffer is shorter than BLOCK_MAX = 126")
             out = buf
         flags = VERSION
         if len(self._rxq) >= self._rx_max:
@@ -467,27 +467,27 @@ class LinkEndpoint:
         out[e] = crc >> 8
         out[e + 1] = crc & 0xFF
         self._sent_payload = n > 0
-        self.frames_out += 1
+        self.blocks_out += 1
         if buf is None:
             return bytes(memoryview(out)[: e + 2])
         return e + 2
 
-    def on_frame(self, data):
-        """Take the frame received in an exchange. False if it was corrupt (ignored).
+    def on_block(self, data):
+        """Take the block received in an exchange. False if it was corrupt (ignored).
 
         ``data``: bytes, bytearray or memoryview, possibly longer than the
-        frame. A good frame's ack may complete the chunk being sent; its
+        block. A good block's ack may complete the chunk being sent; its
         chunk is accepted if it is the next in sequence and the received
         queue has room; a completed message goes to ``pop_message``.
         MemoryError (no room for a completed message) leaves that chunk
-        unaccepted: the next ``build_frame`` does not acknowledge it, the peer
-        sends it again; the rest of the frame (its ack) has been taken.
+        unaccepted: the next ``build_block`` does not acknowledge it, the peer
+        sends it again; the rest of the block (its ack) has been taken.
         """
-        ln = check_frame(data)
+        ln = check_block(data)
         if ln < 0:
-            self.frames_bad += 1
+            self.blocks_bad += 1
             return False
-        self.frames_ok += 1
+        self.blocks_ok += 1
         flags = data[0]
         if self._initiator:
             if not self.synced:
@@ -510,7 +510,7 @@ class LinkEndpoint:
                 self._reset_link()
                 return True
             if flags & SYNC:
-                # A repeated answer to our last SYNC (our next frame was
+                # A repeated answer to our last SYNC (our next block was
                 # corrupt at the Responder): no information in it.
                 return True
         else:

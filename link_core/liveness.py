@@ -5,7 +5,7 @@ on the decisions returned. One module for the rules that the bridge
 (``esp_bridge``), the Pyboard (``AppBase``), the server library
 (``server_apps``) and the device double (``virtual_bench``) all follow::
 
-    qos_of(frame) -> 0 | 1                 # MQTT QoS of an end-to-end frame (4.1)
+    mqtt_level(frame) -> 0 | 1             # MQTT QoS of an end-to-end frame (4.1)
     classify_down(payload) -> IS_HEARTBEAT | IS_DATA | IS_BAD   # strict, allocation free
     may_write(reachable, sender, qos, wait) -> bool    # write admission (3.1)
 
@@ -44,8 +44,8 @@ IS_HEARTBEAT = const(1)
 IS_DATA = const(2)
 
 # MQTT QoS (PROTOCOL.md 4.1)
-QOS_DATA = const(1)  # 'q' frames
-QOS_OTHER = const(0)  # 'u', 'a', 'h'
+_LEVEL_Q = const(1)  # MQTT QoS level of 'q' frames
+_LEVEL_OTHER = const(0)  # of 'u', 'a', 'h'
 QOS_STATUS = const(1)  # the retained status and the will
 
 _Q = const(0x71)  # 'q'
@@ -57,14 +57,17 @@ _NL = const(0x0A)
 _SESSION_END = const(10)  # index of the '|' after kind, '|' and 8 hex digits
 
 
-def qos_of(frame):
-    """MQTT QoS (0 or 1) to publish the end-to-end ``frame`` (bytes-like) at.
+def mqtt_level(frame):
+    """MQTT QoS level (0 or 1) to publish the end-to-end ``frame`` (bytes-like) at.
+
+    "level" is the MQTT word; ``qos`` elsewhere (``write(line, qos)``) means a
+    ``q`` line, acknowledged end to end.
 
     ``q`` frames go at QoS 1, everything else (``u``, ``a``, ``h``) at QoS 0
     (PROTOCOL.md 4.1): a lost ``u`` is allowed, a lost ``a`` or ``h`` is
     replaced by the next one.
     """
-    return QOS_DATA if len(frame) and frame[0] == _Q else QOS_OTHER
+    return _LEVEL_Q if len(frame) and frame[0] == _Q else _LEVEL_OTHER
 
 
 def _hex(c):

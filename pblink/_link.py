@@ -8,13 +8,11 @@ small typed surface below instead of the untyped core.
 from __future__ import annotations
 
 import importlib
-import time
 from typing import Any, Protocol, cast
 
 _names: Any = importlib.import_module("link_core.names")
 _frames: Any = importlib.import_module("link_core.frames")
 _endpoint: Any = importlib.import_module("link_core.endpoint")
-_clock: Any = importlib.import_module("link_core.clock")
 _control: Any = importlib.import_module("link_core.control")
 
 # (kind, session, msg_id, base, line), as returned by link_core.frames.decode
@@ -23,8 +21,6 @@ Frame = tuple[str, str | None, int | None, int | None, str | None]
 QOS: str = str(_frames.QOS)
 UNRELIABLE: str = str(_frames.UNRELIABLE)
 ACK: str = str(_frames.ACK)
-HEARTBEAT: str = str(_frames.HB)
-TICKS_MAX: int = int(_clock.TICKS_MAX)
 
 
 class Sender(Protocol):
@@ -81,12 +77,3 @@ def decode(payload: bytes) -> Frame:
 def new_sender(random4: bytes, window: int, timeout_ms: int) -> Sender:
     session = _frames.new_session(random4)
     return cast(Sender, _endpoint.Sender(session, window, timeout_ms))
-
-
-def ticks_diff(a: int, b: int) -> int:
-    return int(_clock.ticks_diff(a, b))
-
-
-def now_ms() -> int:
-    """Milliseconds in link_core's tick domain (compare with ticks_diff only)."""
-    return int(time.monotonic() * 1000) & TICKS_MAX

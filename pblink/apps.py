@@ -247,19 +247,6 @@ class BoardApp:
                              f"subclass (class {self.cls}(AppBase): ...)")
         return self
 
-    def check_syntax(self) -> None:
-        """A syntax error found now, with file and line, rather than on the bench.
-        (CPython's grammar; MicroPython accepts a subset of it.)"""
-        base = self.path / Path(*self.module.split("."))
-        files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
-        for file in files:
-            try:
-                compile(file.read_bytes(), str(file), "exec")
-            except SyntaxError as exc:
-                raise AppLoadError(f"board app {self.module}: syntax error in {file} line "
-                                   f"{exc.lineno}: {exc.msg}",
-                                   "".join(traceback.format_exception_only(exc))) from None
-
     def source(self) -> Path:
         """The file of the app's module (a package's __init__.py)."""
         base = self.path / Path(*self.module.split("."))

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         random_client_id,
         stop_paho,
     )
+    from server_apps import _core
 
     conn_id = check_conn_id(args.conn_id)
     try:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         deadline = started + args.timeout
         _wait_suback(events, deadline, opts.address, conn_id)
-        client.publish(down, sender.send(line, _link.now_ms()), qos=1)
+        client.publish(down, sender.send(line, _core.now_ms()), qos=1)
         device = "unknown"
         while time.monotonic() < deadline:
             try:
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                 if topic == status:
                     new = payload.decode("utf-8", "replace")
                     if new == "online" and device == "offline":  # back: resend at once
-                        for frame in sender.resend_all(_link.now_ms()):
+                        for frame in sender.resend_all(_core.now_ms()):
                             client.publish(down, frame, qos=1)
                     device = new
                     log.info("device %s is %s", conn_id, device)
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                     return 0
                 if kind != _link.ACK:
                     device = "online"  # it is talking
-            for frame in sender.due(_link.now_ms(), device != "offline"):
+            for frame in sender.due(_core.now_ms(), device != "offline"):
                 log.debug("retransmitting to %s", conn_id)
                 client.publish(down, frame, qos=1)
         raise TimedOutError(

@@ -313,17 +313,6 @@ class BrokerOptions:
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"cannot load CA file {self.cafile}: {exc}") from None
 
-    def command_line(self) -> str:
-        """These options as `pblink` arguments (no password: that stays in the environment)."""
-        parts = [f"--broker {self.address}", f"--root {self.root}"]
-        if self.user is not None:
-            parts.append(f"--user {self.user}")
-        if self.cafile:
-            parts.append(f"--cafile {self.cafile}")
-        elif self.tls:
-            parts.append("--tls")
-        return " ".join(parts)
-
 
 def external_broker(args: argparse.Namespace) -> BrokerOptions | None:
     """For `add_broker_options(embedded=True)`: the broker the user named, or

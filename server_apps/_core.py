@@ -10,6 +10,7 @@ typed against this module only.
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Any, Final, Protocol, cast
 
 _clock: Any = importlib.import_module("link_core.clock")
@@ -35,6 +36,15 @@ RX_WINDOW: Final[int] = int(_endpoint.RX_WINDOW)
 MAX_SESSIONS: Final[int] = int(_endpoint.MAX_SESSIONS)  # peer sessions a Receiver keeps
 TX_WINDOW_PYBOARD: Final[int] = int(_endpoint.TX_WINDOW_PYBOARD)
 TX_WINDOW_SERVER: Final[int] = int(_endpoint.TX_WINDOW_SERVER)
+
+
+def now_ms() -> int:
+    """Milliseconds in link_core's tick domain, [0, TICKS_MAX] (compare with ``ticks_diff`` only).
+
+    The one clock of the server side (link_core reads none: callers pass it in);
+    ``time.monotonic()`` folded into the wrapping domain of link_core/clock.py.
+    """
+    return int(time.monotonic() * 1000) & TICKS_MAX
 
 
 class Sender(Protocol):
@@ -107,9 +117,9 @@ def device_watch(timeout_ms: int) -> DeviceWatch:
     return cast(DeviceWatch, _device_watch.DeviceWatch(timeout_ms))
 
 
-def qos_of(frame: bytes) -> int:
+def mqtt_level(frame: bytes) -> int:
     """MQTT QoS of an end-to-end frame: 1 for ``q``, 0 otherwise (PROTOCOL.md 4.1)."""
-    return int(_liveness.qos_of(frame))
+    return int(_liveness.mqtt_level(frame))
 
 
 def may_write(reachable: bool, sender: Sender, qos: bool, wait: bool) -> bool:

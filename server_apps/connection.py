@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
@@ -39,11 +38,6 @@ log = logging.getLogger("pblink.server")
 RX_WINDOW: Final = _core.RX_WINDOW
 # Acks for a foreign session over this many timeouts: another process serves the conn_id.
 FOREIGN_ACK_SPAN = 10
-
-
-def now_ms() -> int:
-    """Milliseconds in link_core's tick domain (compare with ``ticks_diff`` only)."""
-    return int(time.monotonic() * 1000) & _core.TICKS_MAX
 
 
 class Host(Protocol):
@@ -209,7 +203,7 @@ class Connection(LineQueue):
                 lambda: _core.may_write(self._reachable(), self._sender, qos, wait)
             )
             if qos:
-                self._host.publish(self.down_topic, self._sender.send(text, now_ms()))
+                self._host.publish(self.down_topic, self._sender.send(text, _core.now_ms()))
                 self.stats["tx_qos"] += 1
             else:
                 self._host.publish(self.down_topic, self._sender.unreliable(text))
@@ -339,13 +333,13 @@ class Connection(LineQueue):
             return
         online = self._live.online
         log.info("device %s is %s", self.conn_id, "online" if online else "offline")
-        if online and self._host.broker_up() and self._live.resend_due(now_ms()):
+        if online and self._host.broker_up() and self._live.resend_due(_core.now_ms()):
             self._resend_all()
         self._changed.fire()
 
     def _resend_all(self) -> None:
         """Publish every unacknowledged frame at once (the device is back)."""
-        frames = self._sender.resend_all(now_ms())
+        frames = self._sender.resend_all(_core.now_ms())
         for frame in frames:
             self._host.publish(self.down_topic, frame)
         if frames:

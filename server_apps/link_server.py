@@ -52,7 +52,7 @@ frame arrives on its ``up`` topic, and offline on status ``offline``, after
 ``h`` from a claimed conn_id is answered with ``h`` on its ``down`` topic, at
 most one per ``timeout_ms / 4``: a backlog of stale heartbeats delivered at
 once after an outage gets one answer. The rules are ``link_core.liveness``
-(``DeviceWatch``, ``qos_of``, ``may_write``), shared with the devices.
+(``DeviceWatch``, ``mqtt_level``, ``may_write``), shared with the devices.
 
 Frames for a conn_id no one has asked for with ``connection()`` are neither
 acknowledged nor answered, heartbeats included: the bridge then reports the
@@ -123,12 +123,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from server_apps import _core
+from server_apps._core import now_ms as now_ms
 
 # Connection, the errors, FOREIGN_ACK_SPAN and now_ms have their own modules; importable here too.
 from server_apps.connection import FOREIGN_ACK_SPAN as FOREIGN_ACK_SPAN
 from server_apps.connection import RX_WINDOW
 from server_apps.connection import Connection as Connection
-from server_apps.connection import now_ms as now_ms
 from server_apps.errors import BrokerUnreachableError as BrokerUnreachableError
 from server_apps.errors import LinkAuthError as LinkAuthError
 from server_apps.errors import LinkClosedError as LinkClosedError
@@ -745,7 +745,7 @@ class LinkServer:
         if parsed is None:
             return
         conn_id, leaf = parsed
-        now = now_ms()
+        now = _core.now_ms()
         conn = self._conns.get(conn_id)
         if leaf == "status":
             self._on_status(conn_id, conn, payload, now)
@@ -813,11 +813,11 @@ class LinkServer:
     # -- output ----------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        """Publish an end-to-end frame at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
+        """Publish an end-to-end frame at its QoS (``_core.mqtt_level``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
-        info = client.publish(topic, payload, qos=_core.qos_of(payload))
+        info = client.publish(topic, payload, qos=_core.mqtt_level(payload))
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
 

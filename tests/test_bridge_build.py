@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import IN_CI, ROOT
-from test_bridge_support import ESP_BRIDGE
+
+from virtual_bench.bridge_rig import ESP_BRIDGE
 
 STUBS = ROOT / ".venv" / "stubs" / "esp8266"
 DEVICE_FILES = sorted(ESP_BRIDGE.glob("*.py")) + sorted((ROOT / "link_core").glob("*.py"))

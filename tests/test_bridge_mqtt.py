@@ -23,7 +23,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from conftest import ROOT, TEST_TIMEOUT, BrokerProcess, free_port, mosquitto_process
-from test_bridge_support import ESP_BRIDGE, MpyProcess, mpy_env, run_mpy
+from test_bridge_support import run_mpy
+
+from virtual_bench.bridge_rig import ESP_BRIDGE, MpyProcess, mpy_env
 
 SCRIPT = r'''
 import asyncio

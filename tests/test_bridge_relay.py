@@ -24,14 +24,15 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_TIMEOUT, BrokerProcess, free_port
-from test_bridge_support import compile_tree, make_hw_dir
 from test_broker_mosquitto import shipped_mosquitto  # noqa: F401  (fixture)
 
 from virtual_bench.bridge_rig import (
     IMPORTS,
     Server,
+    compile_tree,
     config,
     import_cost,
+    make_hw_dir,
     mpy_env,
     run_traffic,
     start_bridge,

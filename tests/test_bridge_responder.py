@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import ROOT
-from test_bridge_support import ESP_BRIDGE, make_hw_dir, run_mpy
+from test_bridge_support import run_mpy
+
+from virtual_bench.bridge_rig import ESP_BRIDGE, make_hw_dir
 
 SCRIPT = r'''
 import asyncio
@@ -20,7 +22,7 @@ import sys
 
 import machine
 import sim_pyboard
-from link_core.i2c_link import FRESH, SYNC, decode_frame, encode_frame
+from link_core.i2c_link import FRESH, SYNC, decode_block, encode_block
 from responder import Responder
 
 scen = sys.argv[1]
@@ -47,10 +49,10 @@ async def sequence():
     await asyncio.sleep_ms(0)
     # an unsynchronised Responder answers FRESH and carries no payload
     resp.put_nowait(b"Kx")
-    n = encode_frame(0, 0, 0, b"", machine.MEM)
+    n = encode_block(0, 0, 0, b"", machine.MEM)
     machine.Pin.pins[5].drive(1)
     await asyncio.sleep_ms(50)
-    f = decode_frame(machine.MV[0x80:0x80 + 126])
+    f = decode_block(machine.MV[0x80:0x80 + 126])
     print("FRESH", bool(f.flags & FRESH), len(f.payload), machine.Pin.pins[4].value())
     machine.Pin.pins[5].drive(0)
     await asyncio.sleep_ms(50)
@@ -111,7 +113,7 @@ async def transfer():
     il = ini.link
     rl = resp.link
     print("COUNTS bad_at_esp=%d bad_at_pb=%d bus_errors=%d fails=%d too_long=%d"
-          % (rl.frames_bad, il.frames_bad, resp.bus_errors, ini.fails, rl.too_long + il.too_long))
+          % (rl.blocks_bad, il.blocks_bad, resp.bus_errors, ini.fails, rl.too_long + il.too_long))
 
 
 async def hold():
@@ -171,7 +173,7 @@ def test_multi_chunk_messages_both_ways(micropython_bin: str, tmp_path: Path) ->
     assert "bad_at_esp=0 bad_at_pb=0 bus_errors=0 fails=0 too_long=0" in out, out
 
 
-def test_corrupt_frames_and_bus_errors_lose_nothing(micropython_bin: str, tmp_path: Path) -> None:
+def test_corrupt_blocks_and_bus_errors_lose_nothing(micropython_bin: str, tmp_path: Path) -> None:
     out = _run(micropython_bin, tmp_path, "transfer", "faults")
     assert "UP b'C' True 10" in out, out
     assert "DOWN True 7" in out, out

@@ -1,8 +1,9 @@
-"""Support for the esp_bridge tests: the rig of virtual_bench.bridge_rig, run_mpy.
+"""Support for the esp_bridge tests: run_mpy, and tests of the in-process fakes.
 
-The fake ESP8266 hardware and the scripted Pyboard live in
-virtual_bench/bridge_rig.py (``pblink bench`` drives the same traffic test);
-the tests at the bottom check the fakes themselves.
+The fake ESP8266 hardware and the scripted Pyboard are the files of
+virtual_bench/fakes/; virtual_bench/bridge_rig.py copies them (``make_hw_dir``),
+starts the bridge and drives the traffic test (``pblink bench`` too). The tests
+import the rig from there.
 """
 
 from __future__ import annotations
@@ -12,13 +13,7 @@ from pathlib import Path
 
 from conftest import ROOT, TEST_TIMEOUT
 
-from virtual_bench.bridge_rig import (  # noqa: F401  (re-exported for the test_bridge_* modules)
-    ESP_BRIDGE,
-    MpyProcess,
-    compile_tree,
-    make_hw_dir,
-    mpy_env,
-)
+from virtual_bench.bridge_rig import make_hw_dir, mpy_env
 
 
 def run_mpy(micropython_bin: str, script: str, tmp_path: Path, *path: Path | str,

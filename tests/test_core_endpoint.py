@@ -439,19 +439,12 @@ def test_receiver_snapshot_restore_json_roundtrip():
     assert r2.snapshot()["sessions"] == [[SB, 13, []], [SA, 4, []]]
 
 
-def test_receiver_restores_old_single_session_snapshot():
-    """A state file written by the single-session Receiver still loads."""
+def test_receiver_refuses_the_unreleased_single_session_snapshot():
+    """The single-session format of a Receiver that was never released is malformed."""
     old = {"window": 16, "session": "0123abcd", "expected": 7, "recent": [SA], "buffer": [[9, "x"]]}
     r = Receiver()
-    r.restore(json.loads(json.dumps(old)))
-    assert r.snapshot() == {"window": 16, "sessions": [["0123abcd", 7, [[9, "x"]]]]}
-    assert r.session == "0123abcd" and r.expected == 7 and r.buffered == 1
-    assert r.on_frame(q("0123abcd", 7, 7, "g")) == (b"a|0123abcd|7", ["g"])
-    assert r.on_frame(q("0123abcd", 8, 7, "h")) == (b"a|0123abcd|8", ["h", "x"])
-    # formerly "replaced" sessions are simply not tracked: adopted when they come
-    assert r.on_frame(q(SA, 3, 3, "late")) == (b"a|3fa2c901|3", ["late"])
-    r = Receiver()
-    r.restore({"session": None, "expected": 0, "recent": []})
+    with pytest.raises(ValueError, match="malformed Receiver snapshot"):
+        r.restore(json.loads(json.dumps(old)))
     assert r.sessions() == [] and r.session is None
 
 

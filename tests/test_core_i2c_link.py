@@ -1,4 +1,4 @@
-"""link_core.i2c_link: frames, LinkEndpoint and PollPolicy (PROTOCOL.md section 1)."""
+"""link_core.i2c_link: blocks, LinkEndpoint and PollPolicy (PROTOCOL.md section 1)."""
 
 import binascii
 import random
@@ -27,11 +27,11 @@ def pair(tx_queue=4, rx_queue=4, sync_message=None):
 
 
 def exchange(ini, res):
-    fi = ini.build_frame()
-    res.on_frame(fi)
-    fr = res.build_frame()
-    ini.on_frame(fr)
-    return L.decode_frame(fi), L.decode_frame(fr)
+    fi = ini.build_block()
+    res.on_block(fi)
+    fr = res.build_block()
+    ini.on_block(fr)
+    return L.decode_block(fi), L.decode_block(fr)
 
 
 def synced_pair(**kw):
@@ -50,7 +50,7 @@ def drain(ep):
         out.append(m)
 
 
-# -- CRC and frames ------------------------------------------------------------
+# -- CRC and blocks ------------------------------------------------------------
 
 
 def test_crc16_check_value():
@@ -73,59 +73,59 @@ def test_crc16_matches_binascii_crc_hqx(data):
     payload=st.binary(max_size=L.CHUNK_MAX),
 )
 @settings(max_examples=100, deadline=None)
-def test_frame_roundtrip(flags, seq, ack, payload):
-    f = L.encode_frame(flags, seq, ack, payload)
-    assert len(f) == 6 + len(payload) <= L.FRAME_MAX
+def test_block_roundtrip(flags, seq, ack, payload):
+    f = L.encode_block(flags, seq, ack, payload)
+    assert len(f) == 6 + len(payload) <= L.BLOCK_MAX
     assert f[0] == 0x50 | flags
-    d = L.decode_frame(memoryview(f))
+    d = L.decode_block(memoryview(f))
     assert (d.flags, d.seq, d.ack, d.payload) == (0x50 | flags, seq, ack, payload)
     assert d.more == bool(flags & L.MORE) and d.hold == bool(flags & L.HOLD)
     assert d.sync == bool(flags & L.SYNC) and d.fresh == bool(flags & L.FRESH)
     # trailing bytes (the rest of the I2C memory) are ignored
-    assert L.decode_frame(bytearray(f) + b"\xff" * 30).payload == payload
+    assert L.decode_block(bytearray(f) + b"\xff" * 30).payload == payload
     buf = bytearray(L.MEM_SIZE)
-    n = L.encode_frame(flags, seq, ack, payload, memoryview(buf)[L.MEM_RESPONDER :])
+    n = L.encode_block(flags, seq, ack, payload, memoryview(buf)[L.MEM_RESPONDER :])
     assert bytes(buf[L.MEM_RESPONDER : L.MEM_RESPONDER + n]) == f
 
 
 @given(payload=st.binary(max_size=L.CHUNK_MAX), data=st.data())
 @settings(max_examples=100, deadline=None)
-def test_frame_corruption_is_detected(payload, data):
-    f = bytearray(L.encode_frame(0, 1, 2, payload))
+def test_block_corruption_is_detected(payload, data):
+    f = bytearray(L.encode_block(0, 1, 2, payload))
     # any burst of up to 16 bits outside the length byte
     i = data.draw(st.integers(0, len(f) - 2).filter(lambda j: j not in (2, 3)))
     f[i] ^= data.draw(st.integers(1, 255))
     f[i + 1] ^= data.draw(st.integers(0, 255))
-    assert L.decode_frame(f) is None
-    assert L.check_frame(f) == -1
+    assert L.decode_block(f) is None
+    assert L.check_block(f) == -1
 
 
-def test_corrupt_frames():
-    good = L.encode_frame(0, 1, 0, b"hello")
-    assert L.check_frame(good) == 5
-    assert L.decode_frame(good[:-1]) is None  # truncated
-    assert L.decode_frame(b"\x50\x00\x00") is None  # too short
+def test_corrupt_blocks():
+    good = L.encode_block(0, 1, 0, b"hello")
+    assert L.check_block(good) == 5
+    assert L.decode_block(good[:-1]) is None  # truncated
+    assert L.decode_block(b"\x50\x00\x00") is None  # too short
     bad = bytearray(good)
     bad[0] = 0x60 | (bad[0] & 0x0F)  # version 6
-    assert L.decode_frame(bad) is None
-    bad = bytearray(L.encode_frame(0, 0, 0, b""))
+    assert L.decode_block(bad) is None
+    bad = bytearray(L.encode_block(0, 0, 0, b""))
     bad[3] = 121  # longer than CHUNK_MAX
-    assert L.decode_frame(bad + bytes(130)) is None
+    assert L.decode_block(bad + bytes(130)) is None
 
 
-def test_encode_frame_errors():
+def test_encode_block_errors():
     with pytest.raises(ValueError, match="CHUNK_MAX"):
-        L.encode_frame(0, 0, 0, bytes(121))
+        L.encode_block(0, 0, 0, bytes(121))
     with pytest.raises(ValueError):
-        L.encode_frame(0, 256, 0)
+        L.encode_block(0, 256, 0)
     with pytest.raises(ValueError):
-        L.encode_frame(0, 0, -1)
+        L.encode_block(0, 0, -1)
 
 
 def test_sync_poll_bytes():
-    assert L.encode_frame(L.SYNC, 0, 0) == bytes.fromhex("540000003b0a")
-    assert L.LinkEndpoint(L.INITIATOR).build_frame() == bytes.fromhex("540000003b0a")
-    assert L.LinkEndpoint(L.RESPONDER).build_frame() == bytes.fromhex("580000007438")
+    assert L.encode_block(L.SYNC, 0, 0) == bytes.fromhex("540000003b0a")
+    assert L.LinkEndpoint(L.INITIATOR).build_block() == bytes.fromhex("540000003b0a")
+    assert L.LinkEndpoint(L.RESPONDER).build_block() == bytes.fromhex("580000007438")
 
 
 # -- LinkEndpoint: API ---------------------------------------------------------
@@ -146,25 +146,25 @@ def test_role_and_queue_validation():
     assert ep.tx_pending == 2
 
 
-def test_build_frame_into_buffer_and_purity():
+def test_build_block_into_buffer_and_purity():
     ini, _res = synced_pair()
     ini.queue_message(b"q|abc")
-    a = ini.build_frame()
-    assert ini.build_frame() == a  # unchanged until on_frame
+    a = ini.build_block()
+    assert ini.build_block() == a  # unchanged until on_block
     mem = bytearray(L.MEM_SIZE)
-    n = ini.build_frame(memoryview(mem))
+    n = ini.build_block(memoryview(mem))
     assert bytes(mem[:n]) == a
-    with pytest.raises(ValueError, match="FRAME_MAX"):
-        ini.build_frame(bytearray(100))
+    with pytest.raises(ValueError, match="BLOCK_MAX"):
+        ini.build_block(bytearray(100))
 
 
-def test_on_frame_counts_bad_frames():
+def test_on_block_counts_bad_blocks():
     _ini, res = synced_pair()
-    assert res.on_frame(b"\x00" * 10) is False
-    assert res.on_frame(memoryview(b"")) is False
-    assert res.frames_bad == 2
+    assert res.on_block(b"\x00" * 10) is False
+    assert res.on_block(memoryview(b"")) is False
+    assert res.blocks_bad == 2
     c = res.counters()
-    assert c["frames_bad"] == 2 and c["syncs"] == 1
+    assert c["blocks_bad"] == 2 and c["syncs"] == 1
 
 
 # -- synchronisation -----------------------------------------------------------
@@ -175,13 +175,13 @@ def test_sync_handshake():
     ini.queue_message(b"K1")
     assert not ini.synced and not res.synced
     # the Responder answers FRESH until it sees SYNC
-    f = L.decode_frame(res.build_frame())
+    f = L.decode_block(res.build_block())
     assert f.fresh and not f.sync and f.payload == b""
     # a corrupt SYNC: still FRESH, Initiator keeps syncing
-    res.on_frame(b"\x54\x00\x00\x00\x00\x00")
-    fr = res.build_frame()
-    assert L.decode_frame(fr).fresh
-    ini.on_frame(fr)
+    res.on_block(b"\x54\x00\x00\x00\x00\x00")
+    fr = res.build_block()
+    assert L.decode_block(fr).fresh
+    ini.on_block(fr)
     assert not ini.synced and ini.peer_fresh
     fi, fr = exchange(ini, res)
     assert fi.sync and fi.payload == b"" and fi.seq == 0 and fi.ack == 0
@@ -227,20 +227,20 @@ def test_repeated_syncs_do_not_pile_up_sync_messages():
 def test_initiator_ignores_repeated_sync_answer_when_synced():
     ini, res = synced_pair()
     ini.queue_message(b"x")
-    fi = ini.build_frame()
-    res.on_frame(b"garbage")  # our frame corrupt at the Responder
-    fr = res.build_frame()
-    assert L.decode_frame(fr).sync  # it repeats its SYNC answer
-    assert ini.on_frame(fr)
+    fi = ini.build_block()
+    res.on_block(b"garbage")  # our block corrupt at the Responder
+    fr = res.build_block()
+    assert L.decode_block(fr).sync  # it repeats its SYNC answer
+    assert ini.on_block(fr)
     assert ini.synced and ini.tx_pending == 1
-    assert ini.build_frame() == fi
+    assert ini.build_block() == fi
 
 
 def test_responder_reset_goes_back_to_fresh():
     _ini, res = synced_pair()
     res.reset()
     assert not res.synced and res.resets == 1
-    assert L.decode_frame(res.build_frame()).fresh
+    assert L.decode_block(res.build_block()).fresh
 
 
 # -- reliability ---------------------------------------------------------------
@@ -276,14 +276,14 @@ def test_message_sizes(size):
 def test_lost_ack_repeat_is_dropped_and_acked():
     ini, res = synced_pair()
     ini.queue_message(b"once")
-    fi = ini.build_frame()
-    res.on_frame(fi)
-    res.build_frame()  # the answer is lost: the Initiator sends the same frame again
-    assert ini.build_frame() == fi
-    res.on_frame(fi)
-    fr = res.build_frame()
-    assert L.decode_frame(fr).ack == 1
-    ini.on_frame(fr)
+    fi = ini.build_block()
+    res.on_block(fi)
+    res.build_block()  # the answer is lost: the Initiator sends the same block again
+    assert ini.build_block() == fi
+    res.on_block(fi)
+    fr = res.build_block()
+    assert L.decode_block(fr).ack == 1
+    ini.on_block(fr)
     assert drain(res) == [b"once"] and ini.tx_pending == 0
 
 
@@ -306,11 +306,11 @@ def test_oversize_message_discarded_link_goes_on():
     # a peer that ignores MAX_MESSAGE: 10 full chunks = 1200 bytes
     for seq in range(1, 11):
         flags = L.MORE if seq < 10 else 0
-        assert res.on_frame(L.encode_frame(flags, seq, 0, bytes(120)))
-        ack = L.decode_frame(res.build_frame()).ack
+        assert res.on_block(L.encode_block(flags, seq, 0, bytes(120)))
+        ack = L.decode_block(res.build_block()).ack
         assert ack == seq
     assert res.too_long == 1 and res.rx_pending == 0
-    res.on_frame(L.encode_frame(0, 11, 0, b"next"))
+    res.on_block(L.encode_block(0, 11, 0, b"next"))
     assert drain(res) == [b"next"]
 
 
@@ -323,7 +323,7 @@ def test_hold_flow_control():
     assert fi.payload == b"first"
     assert fr.hold and fr.ack == 1  # its queue is now full
     assert ini.peer_hold
-    # while held: empty frames that still ack
+    # while held: empty blocks that still ack
     for _ in range(3):
         fi, fr = exchange(ini, res)
         assert fi.payload == b"" and fr.hold
@@ -340,13 +340,13 @@ def test_hold_flow_control():
 
 def test_full_receiver_refuses_chunks_even_if_peer_ignores_hold():
     _, res = synced_pair(rx_queue=1)
-    res.on_frame(L.encode_frame(0, 1, 0, b"a"))
+    res.on_block(L.encode_block(0, 1, 0, b"a"))
     assert res.rx_pending == 1
-    res.on_frame(L.encode_frame(0, 2, 0, b"b"))
-    fr = L.decode_frame(res.build_frame())
+    res.on_block(L.encode_block(0, 2, 0, b"b"))
+    fr = L.decode_block(res.build_block())
     assert fr.hold and fr.ack == 1 and res.rx_pending == 1
     res.pop_message()
-    res.on_frame(L.encode_frame(0, 2, 0, b"b"))
+    res.on_block(L.encode_block(0, 2, 0, b"b"))
     assert res.pop_message() == b"b"
 
 
@@ -379,7 +379,7 @@ def test_reset_drops_message_whose_last_chunk_went_out():
     ini, res = synced_pair()
     ini.queue_message(b"u|3fa2c901|maybe delivered")
     ini.queue_message(b"next")
-    res.on_frame(ini.build_frame())  # accepted, but the answer never comes
+    res.on_block(ini.build_block())  # accepted, but the answer never comes
     ini.reset()
     assert ini.dropped == 1 and ini.tx_pending == 1
     for _ in range(4):
@@ -437,9 +437,9 @@ def test_poll_policy():
 # -- property tests: lossy I2C ---------------------------------------------------------
 
 
-def mangle(rng, frame):
-    """Corrupt a frame so that the CRC must catch it (burst <= 16 bits, not the length)."""
-    b = bytearray(frame)
+def mangle(rng, block):
+    """Corrupt a block so that the CRC must catch it (burst <= 16 bits, not the length)."""
+    b = bytearray(block)
     if rng.random() < 0.3:
         return bytes(b[: rng.randrange(len(b))])
     i = rng.choice([j for j in range(len(b) - 1) if j not in (2, 3)])
@@ -479,20 +479,20 @@ class LinkSim:
     def exchange(self):
         rng = self.rng
         self.exchanges += 1
-        fi = self.ini.build_frame()
+        fi = self.ini.build_block()
         r = rng.random()
         if r < self.p_bad / 2:
             return  # the exchange timed out before the Responder read anything
         if r < self.p_bad:
             fi = mangle(rng, fi)
-        self.res.on_frame(fi)
-        fr = self.res.build_frame()
+        self.res.on_block(fi)
+        fr = self.res.build_block()
         r = rng.random()
         if r < self.p_bad / 2:
             return  # ack never rose: the answer is lost
         if r < self.p_bad:
             fr = mangle(rng, fr)
-        self.ini.on_frame(fr)
+        self.ini.on_block(fr)
 
     def step(self):
         while self.todo_a and self.ini.can_queue():

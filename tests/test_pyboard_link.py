@@ -1,14 +1,15 @@
 """pb_link (pyboard/pb_link) under the MicroPython unix port, against a scripted ESP8266.
 
-Each test writes test-local fake ``machine`` and ``pyb`` modules, a harness
+Each test copies the in-process fake ``machine`` and ``pyb`` modules
+(virtual_bench/fakes, via ``bridge_rig.make_hw_dir``) and writes a harness
 (``pbt``: an I2C Responder built on link_core's LinkEndpoint, with a scripted
 server application behind it made of link_core's Sender and Receiver) and a
 ``pb_settings.py`` into a temporary folder first on MICROPYPATH, then runs a
 short MicroPython script that prints one ``RESULT {json}`` line.
 
-The fake ``machine.Pin`` calls a hook when the Pyboard drives syn or rst; the
+The fake ``machine.Pin`` calls ``machine.hooks[id]`` when the Pyboard drives syn or rst; the
 Responder answers from an asyncio task (as the virtual bench delivers IRQs):
-it reads ``mem[0:]``, writes its frame at ``mem[0x80:]`` and raises ack via the
+it reads ``mem[0:]``, writes its block at ``mem[0x80:]`` and raises ack via the
 Pin's IRQ handler. The fake ``pyb.I2C`` slave serves the four transactions of
 PROTOCOL.md 1.2 in-process. Timings are short (pb_settings), so each run takes
 a second or two.
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from virtual_bench.bridge_rig import make_hw_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TIMEOUT = float(os.environ.get("PBLINK_TEST_TIMEOUT", "15"))
@@ -46,106 +49,6 @@ PYBOARD_SETTINGS: dict[str, Any] = {
 }
 
 MODES = ["target", "pyb"]
-
-FAKE_MACHINE = r'''# Test-local fake `machine` for pb_link tests (MicroPython unix port).
-# Output pins call hooks[pin_id](pin, value) on a change; inputs are driven
-# by the scripted ESP8266 with Pin.drive(), which runs the IRQ handler.
-hooks = {}
-pins = {}
-targets = []
-
-
-class Pin:
-    IN = 0
-    OUT = 1
-    OPEN_DRAIN = 2
-    PULL_UP = 1
-    PULL_DOWN = 2
-    IRQ_RISING = 1
-    IRQ_FALLING = 2
-
-    def __init__(self, id, mode=-1, pull=-1, *, value=None):
-        self.id = id
-        self.mode = mode
-        self._v = 1 if value else 0
-        self._h = None
-        self._trig = 0
-        self.log = []
-        pins[id] = self
-
-    def value(self, v=None):
-        if v is None:
-            return self._v
-        v = 1 if v else 0
-        old = self._v
-        self._v = v
-        self.log.append(v)
-        h = hooks.get(self.id)
-        if h is not None and old != v:
-            h(self, v)
-        return None
-
-    def __call__(self, v=None):
-        return self.value(v)
-
-    def irq(self, handler=None, trigger=3, hard=False):
-        self._h = handler
-        self._trig = trigger
-
-    def drive(self, v):
-        old = self._v
-        self._v = v
-        edge = self.IRQ_RISING if v else self.IRQ_FALLING
-        if self._h is not None and old != v and self._trig & edge:
-            self._h(self)
-
-
-class I2CTarget:
-    def __init__(self, id, addr, *, addrsize=7, mem=None, mem_addrsize=8, scl=None, sda=None):
-        self.id = id
-        self.addr = addr
-        self.mem = mem
-        self.mem_addrsize = mem_addrsize
-        self.deinited = False
-        targets.append(self)
-
-    def deinit(self):
-        self.deinited = True
-'''
-
-FAKE_PYB = r'''# Test-local fake `pyb`: I2C in SLAVE mode whose blocking recv/send are served
-# in-process by `I2C.controller` (the scripted ESP8266).
-instances = []
-
-
-class I2C:
-    CONTROLLER = 0
-    MASTER = 0
-    PERIPHERAL = 1
-    SLAVE = 1
-
-    controller = None
-
-    def __init__(self, bus, mode=0, *, addr=0x12, **kw):
-        self.bus = bus
-        self.mode = mode
-        self.addr = addr
-        self.deinited = False
-        instances.append(self)
-
-    def recv(self, buf, addr=0, *, timeout=5000):
-        if I2C.controller is None:
-            raise OSError(110)
-        return I2C.controller.slave_recv(buf, timeout)
-
-    def send(self, buf, addr=0, *, timeout=5000):
-        if I2C.controller is None:
-            raise OSError(110)
-        I2C.controller.slave_send(buf, timeout)
-
-    def deinit(self):
-        self.deinited = True
-'''
 
 HARNESS = r'''# Test harness for pb_link under the MicroPython unix port: a scripted
 # ESP8266 (I2C Responder built on link_core's LinkEndpoint) with a scripted
@@ -207,8 +110,8 @@ class Esp:
         self.alive = True  # answers the handshake
         self.keepalive = True  # main loop sends K
         self.corrupt_out = 0  # corrupt the next N replies
-        self.corrupt_in = 0  # corrupt the next N Initiator frames
-        self.corrupt_every = 0  # corrupt every Nth frame each way (0: never)
+        self.corrupt_in = 0  # corrupt the next N Initiator blocks
+        self.corrupt_every = 0  # corrupt every Nth block each way (0: never)
         self.wrong_addr = 0  # pyb mode: the next N exchanges start out of step
         self.drop_up = 0  # lose the next N q frames on the way to the server
         self.drop_acks = 0  # lose the next N acks from the server
@@ -220,8 +123,8 @@ class Esp:
         self.boots = 1
         self.exchanges = 0
         self.errors = 0
-        self.max_frame_in = 0
-        self.max_frame_out = 0
+        self.max_block_in = 0
+        self.max_block_out = 0
         self.holds = 0  # exchanges in which the Pyboard set HOLD
         self.lost_down = 0  # frames that reached the bridge while the server was down
         self.srv_rx = Receiver(16)
@@ -295,17 +198,17 @@ class Esp:
             self.corrupt_in -= 1
             data = bytearray(fin)
             data[1] ^= 0x01  # a flipped bit: CRC mismatch
-        if self.ep.on_frame(data):
-            if data[3] > self.max_frame_in:
-                self.max_frame_in = data[3]
+        if self.ep.on_block(data):
+            if data[3] > self.max_block_in:
+                self.max_block_in = data[3]
             if data[0] & 0x02:
                 self.holds += 1
         self._drain()
         while self.outbox and self.ep.can_queue():
             self.ep.queue_message(self.outbox.pop(0))
-        n = self.ep.build_frame(fout)
-        if fout[3] > self.max_frame_out:
-            self.max_frame_out = fout[3]
+        n = self.ep.build_block(fout)
+        if fout[3] > self.max_block_out:
+            self.max_block_out = fout[3]
         if self.corrupt_out:
             self.corrupt_out -= 1
             fout[n - 1] ^= 0x10
@@ -454,9 +357,6 @@ def run(coro):
 '''
 
 
-FILES = {"machine.py": FAKE_MACHINE, "pyb.py": FAKE_PYB, "pbt.py": HARNESS}
-
-
 def _settings_source(settings: dict[str, Any] | None) -> str:
     if settings is None:
         return ""
@@ -478,12 +378,10 @@ def run_board(
     write an empty pb_settings); ``extra`` is merged over them; ``mode`` "pyb"
     selects the pyb.I2C slave port.
     """
-    hw = tmp_path / "hw"
+    hw = make_hw_dir(tmp_path)
     board = tmp_path / "board"
-    hw.mkdir(exist_ok=True)
     board.mkdir(exist_ok=True)
-    for name, text in FILES.items():
-        (hw / name).write_text(text)
+    (hw / "pbt.py").write_text(HARNESS)
     values = dict(PYBOARD_SETTINGS if settings is None else settings)
     values.update(extra or {})
     if mode == "pyb":
@@ -494,6 +392,7 @@ def run_board(
     path = [".frozen", str(hw), str(board), str(ROOT / "pyboard"), str(ROOT)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
     env["MICROPYPATH"] = os.pathsep.join(path)
+    env["PBLINK_FAKE_PIN_LOG"] = "1"  # rst and syn logs (Pin.log)
     proc = subprocess.run(
         [micropython, "main_test.py"], cwd=board, env=env, capture_output=True,
         text=True, timeout=TEST_TIMEOUT * 2,
@@ -544,7 +443,7 @@ async def main():
     pbt.result({"configs": esp.configs, "up": esp.up, "got": got, "calls": app.calls,
                 "pulses": esp.pulses, "rst_log": rst, "syn": machine.pins["X11"].value(),
                 "first_frame": esp.up_frames[0].decode(), "session": app._tx.session,
-                "max_in": esp.max_frame_in, "max_out": esp.max_frame_out,
+                "max_in": esp.max_block_in, "max_out": esp.max_block_out,
                 "long_down_ok": got[1] == long_down + "\n", "long_up_ok": esp.up[3] == long_up,
                 "srv_idle": esp.srv_tx.idle()})
     esp.stop()
@@ -797,8 +696,8 @@ async def main():
         await app.write("u%d %s" % (i, "\u00e9" * (i * 9)), wait=(i % 4 == 0))
     await pbt.until(lambda: len(got) == N and len(esp.up) == N, 12000, "traffic")
     esp.corrupt_every = 0
-    pbt.result({"got": got, "up": [l.split(" ")[0] for l in esp.up], "bad": app._ep.frames_bad,
-                "esp_bad": esp.ep.frames_bad, "pulses": esp.pulses, "errors": esp.errors})
+    pbt.result({"got": got, "up": [l.split(" ")[0] for l in esp.up], "bad": app._ep.blocks_bad,
+                "esp_bad": esp.ep.blocks_bad, "pulses": esp.pulses, "errors": esp.errors})
     app.close(); esp.stop()
 
 pbt.run(main())

@@ -20,6 +20,7 @@ DEVICE_TARGETS = {
     "esp_bridge": "-march=xtensa",
     "link_core": "-march=xtensa",
     "virtual_bench/hw": None,  # runs only under the unix port: plain compile
+    "virtual_bench/fakes": None,
 }
 
 

@@ -27,7 +27,7 @@ def test_missing_file_is_an_empty_unclean_state(tmp_path: Path) -> None:
 def test_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "state.json"  # the folder is created
     store = StateStore(path)
-    rx = {"window": 16, "session": "0123abcd", "expected": 7, "recent": [], "buffer": [[9, "x"]]}
+    rx = {"window": 16, "sessions": [["0123abcd", 7, [[9, "x"]]]]}
     tx = {"session": "89abcdef", "next_id": 3, "window": 16, "timeout_ms": 300,
           "unacked": [[2, "y"]]}
     state = ServerState(clean=True, conns={

@@ -50,7 +50,6 @@ import logging
 import os
 import random
 import socket
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -65,10 +64,6 @@ from server_apps.lines import LineQueue
 from virtual_bench import faults
 
 log = logging.getLogger("pblink.double")
-
-
-def now_ms() -> int:
-    return int(time.monotonic() * 1000) & _core.TICKS_MAX
 
 
 class DeviceRestarted(ConnectionResetError):
@@ -258,7 +253,7 @@ class DeviceDouble(LineQueue):
             while not _core.may_write(self._server_ok, self._sender, qos, wait):
                 await self._changed_wait(gen)
             if qos:
-                self._publish(self._sender.send(text, now_ms()))
+                self._publish(self._sender.send(text, _core.now_ms()))
             else:
                 self._publish(self._sender.unreliable(text))
 
@@ -437,7 +432,7 @@ class DeviceDouble(LineQueue):
             # broker sends right behind the CONNACK (queued down frames).
             self.last_refusal = None
             self._mqtt_up = True
-            self._watch.connected(now_ms())  # server not yet heard: 'h' at once
+            self._watch.connected(_core.now_ms())  # server not yet heard: 'h' at once
             self.stats["connects"] += 1
             client.publish(self.status_topic, _core.ONLINE, qos=_core.QOS_STATUS, retain=True)
             client.subscribe(self.down_topic, qos=1)
@@ -474,7 +469,7 @@ class DeviceDouble(LineQueue):
             self.stats["malformed"] += 1
             log.warning("%s: dropped malformed frame %r: %s", self.conn_id, msg.payload[:60], exc)
             return
-        self._watch.heard(now_ms())
+        self._watch.heard(_core.now_ms())
         self.stats["received"] += 1
         self._set_server_ok(True)
         kind = frame[0]
@@ -501,7 +496,7 @@ class DeviceDouble(LineQueue):
         self._server_ok = ok
         log.debug("%s: server %s", self.conn_id, "up (U)" if ok else "down (D)")
         if ok:
-            for frame in self._sender.resend_all(now_ms()):
+            for frame in self._sender.resend_all(_core.now_ms()):
                 self._publish(frame)
         self._fire()
 
@@ -512,7 +507,7 @@ class DeviceDouble(LineQueue):
         client.loop_misc()  # keepalive pings, dead-broker detection
         if not self._mqtt_up:
             return
-        now = now_ms()
+        now = _core.now_ms()
         watch = self._watch
         if self._server_ok and not watch.reachable(now):
             self._set_server_ok(False)
@@ -530,12 +525,12 @@ class DeviceDouble(LineQueue):
             self.stats["retransmitted"] += 1
 
     def _publish(self, payload: bytes) -> None:
-        """Publish an end-to-end frame on up at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
+        """Publish an end-to-end frame on up at its QoS (``_core.mqtt_level``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._mqtt_up:
             return
-        client.publish(self.up_topic, payload, qos=_core.qos_of(payload))
-        self._watch.published(now_ms())
+        client.publish(self.up_topic, payload, qos=_core.mqtt_level(payload))
+        self._watch.published(_core.now_ms())
         self.stats["published"] += 1
 
 

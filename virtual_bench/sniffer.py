@@ -35,7 +35,7 @@ class BusSniffer:
 
     def exchange_done(self) -> None:
         """ack rose: both frames of the exchange are complete."""
-        from link_core.i2c_link import decode_frame
+        from link_core.i2c_link import decode_block
 
         for direction in ("up", "down"):
             raw = bytes(self._buf[direction])
@@ -43,7 +43,7 @@ class BusSniffer:
             if not raw:
                 continue
             self.frames += 1
-            frame = decode_frame(raw)
+            frame = decode_block(raw)
             if frame is None:
                 self.corrupt += 1
                 continue

@@ -21,7 +21,19 @@ from micropython import const
 
 from link_core import control, frames
 from link_core.endpoint import Receiver, Sender
-from link_core.i2c_link import INITIATOR, LinkEndpoint, PollPolicy
+from link_core.i2c_link import (
+    ACTIVE_POLL_MS,
+    BOOT_WAIT_MS,
+    EXCHANGE_TIMEOUT_MS,
+    IDLE_AFTER_MS,
+    IDLE_POLL_MS,
+    INITIATOR,
+    KEEPALIVE_TIMEOUT_MS,
+    SYNC_RETRY_MS,
+    SYNC_TIMEOUT_MS,
+    LinkEndpoint,
+    PollPolicy,
+)
 from link_core.liveness import may_write
 from link_core.names import check_conn_id, line_bytes
 from pb_link.ports import make_port
@@ -33,18 +45,17 @@ RX_WINDOW = const(16)
 _LINK_TXQ = const(12)  # link messages queued for the ESP8266
 _LINK_RXQ = const(4)  # complete link messages received, not yet handled
 _ACK_ROOM = const(4)  # link queue slots that write() leaves for acks
-_SYNC_RETRY_MS = const(100)
 _FAILS = const(2)  # failed exchanges in a row that mean "ESP8266 dead"
 
 # Pyboard timings, ms, overridable in config[10] (the tuning dict).
 DEFAULTS = {
-    "boot_wait_ms": 1000,
-    "idle_poll_ms": 10,
-    "active_poll_ms": 1,
-    "idle_after_ms": 200,
-    "exchange_timeout_ms": 1000,
-    "keepalive_timeout_ms": 4000,
-    "sync_timeout_ms": 10000,
+    "boot_wait_ms": BOOT_WAIT_MS,
+    "idle_poll_ms": IDLE_POLL_MS,
+    "active_poll_ms": ACTIVE_POLL_MS,
+    "idle_after_ms": IDLE_AFTER_MS,
+    "exchange_timeout_ms": EXCHANGE_TIMEOUT_MS,
+    "keepalive_timeout_ms": KEEPALIVE_TIMEOUT_MS,
+    "sync_timeout_ms": SYNC_TIMEOUT_MS,
     "rx_queue": 8,
 }
 
@@ -100,7 +111,7 @@ class AppBase:
         self._revt = asyncio.Event()  # lines arrived (or closed)
         self._wevt = asyncio.Event()  # write conditions may have changed
         self._wlock = asyncio.Lock()  # writes go out in call order
-        self._up = False  # the server application is reachable ('U')
+        self._server_reachable = False  # the server application is reachable ('U')
         self._started = False
         self._resend = False  # resend every unacked frame (after 'U')
         self._reboot = False
@@ -142,7 +153,7 @@ class AppBase:
         async with self._wlock:
             while True:
                 self._check_open()
-                if ep.tx_pending < _LINK_TXQ - _ACK_ROOM and may_write(self._up, tx, qos, wait):
+                if ep.tx_pending < _LINK_TXQ - _ACK_ROOM and may_write(self._server_reachable, tx, qos, wait):
                     break
                 self._wevt.clear()
                 await self._wevt.wait()
@@ -166,7 +177,7 @@ class AppBase:
         if self._closed:
             return
         self._closed = True
-        self._up = False
+        self._server_reachable = False
         try:
             me = asyncio.current_task()
         except RuntimeError:  # called outside the event loop
@@ -179,7 +190,7 @@ class AppBase:
 
     def status(self) -> bool:
         """True while the server application is reachable."""
-        return self._up
+        return self._server_reachable
 
     def start(self) -> None:
         """Override: runs once, when the server application is first reachable."""
@@ -258,10 +269,10 @@ class AppBase:
         t0 = ticks_ms()
         port = self._port
         while not self._closed and not self._reboot:
-            ep.build_frame(port.out)
+            ep.build_block(port.out)
             r = await port.exchange()
             if r is not None:
-                ep.on_frame(r)
+                ep.on_block(r)
             if ep.synced:
                 self._log("link synchronised")
                 gc.collect()
@@ -269,7 +280,7 @@ class AppBase:
             if ticks_diff(ticks_ms(), t0) >= self._sync_timeout:
                 self._log("no sync")
                 return False
-            await _sleep_ms(_SYNC_RETRY_MS if r is None else self._idle_poll)
+            await _sleep_ms(SYNC_RETRY_MS if r is None else self._idle_poll)
         return False
 
     async def _poll(self):
@@ -282,7 +293,7 @@ class AppBase:
             if self._reboot:
                 return True
             self._service(ticks_ms())
-            ep.build_frame(port.out)
+            ep.build_block(port.out)
             r = await port.exchange()
             now = ticks_ms()
             if r is None:  # the handshake or a bus transfer timed out
@@ -293,7 +304,7 @@ class AppBase:
                 await _sleep_ms(self._idle_poll)
                 continue
             fails = 0
-            ep.on_frame(r)  # False: corrupt, ignored; the next poll repeats it
+            ep.on_block(r)  # False: corrupt, ignored; the next poll repeats it
             if not ep.synced:
                 self._log("ESP8266 rebooted (FRESH)")
                 return False
@@ -322,7 +333,7 @@ class AppBase:
         tx = self._tx
         if not tx.in_flight:
             self._resend = False
-        elif self._up and ep.tx_pending + tx.in_flight <= _LINK_TXQ:
+        elif self._server_reachable and ep.tx_pending + tx.in_flight <= _LINK_TXQ:
             if self._resend:
                 self._resend = False
                 out = tx.resend_all(now)
@@ -397,9 +408,9 @@ class AppBase:
             self._revt.set()
 
     def _set_up(self, up):
-        if up == self._up:
+        if up == self._server_reachable:
             return
-        self._up = up
+        self._server_reachable = up
         self._log("server", "up" if up else "down")
         self._down_told = not up
         if up:

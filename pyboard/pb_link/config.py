@@ -13,6 +13,8 @@
 #   X12      RST      reset     (Pyboard output, active low)
 from machine import Pin
 
+from link_core.i2c_link import I2C_ADDR, MEM_SIZE, RESET_PULSE_MS
+
 try:
     import pb_settings as _s  # type: ignore[import-not-found]
 except ImportError:
@@ -55,8 +57,6 @@ config = [
     tuning,
 ]
 
-_ADDR = 0x12
-
 
 def _i2c():
     # Default: machine.I2CTarget with a 256-byte memory (non-blocking).
@@ -70,16 +70,16 @@ def _i2c():
         except ImportError:
             pass
         else:
-            mem = bytearray(256)
-            return (I2CTarget(1, _ADDR, mem=mem, mem_addrsize=8), mem)
+            mem = bytearray(MEM_SIZE)
+            return (I2CTarget(1, I2C_ADDR, mem=mem, mem_addrsize=8), mem)
     import pyb
 
-    return pyb.I2C(1, pyb.I2C.SLAVE, addr=_ADDR)
+    return pyb.I2C(1, pyb.I2C.SLAVE, addr=I2C_ADDR)
 
 
 hardware = [
     _i2c(),  # i2c: (I2CTarget, mem) or pyb.I2C in SLAVE mode; bus 1 = X9 scl, X10 sda
     Pin("X11", Pin.OUT, value=0),  # syn
     Pin("Y8", Pin.IN),  # ack
-    (Pin("X12", Pin.OUT, value=1), 0, 200),  # rst: (pin, active level, pulse ms)
+    (Pin("X12", Pin.OUT, value=1), 0, RESET_PULSE_MS),  # rst: (pin, active level, pulse ms)
 ]

@@ -1,9 +1,9 @@
 # I2C port adapters for the Initiator (docs/PROTOCOL.md 1.1, 1.2).
 #
-# A port moves one frame each way per exchange and knows nothing of the
-# frames' meaning. The caller writes its frame into `port.out` (at least
-# FRAME_MAX bytes), then `await port.exchange()` returns the Responder's
-# frame as a buffer (valid until the next exchange) or None when the
+# A port moves one block each way per exchange and knows nothing of the
+# blocks' meaning. The caller writes its block into `port.out` (at least
+# BLOCK_MAX bytes), then `await port.exchange()` returns the Responder's
+# block as a buffer (valid until the next exchange) or None when the
 # handshake or a bus transfer timed out.
 #
 #   TargetPort: machine.I2CTarget with a 256-byte memory (non-blocking).
@@ -11,7 +11,7 @@
 #   SlavePort:  pyb.I2C in SLAVE mode (blocking, as the original pb_link),
 #       following the Responder's fixed transaction sequence.
 #
-# Memory coherence: the frame is complete in `out` before syn rises, and
+# Memory coherence: the block is complete in `out` before syn rises, and
 # the reply is read only after ack has risen (and before syn falls).
 import asyncio
 from time import ticks_diff, ticks_ms
@@ -24,10 +24,9 @@ if TYPE_CHECKING:  # type annotations only: MicroPython ignores them
     import pyb
     from machine import I2CTarget
 
-_MEM_RESP = const(0x80)  # Responder's frame in the I2CTarget memory
-_HALF = const(128)
-_HDR = const(4)
-_CHUNK_MAX = const(120)
+from link_core.i2c_link import CHUNK_MAX, HEADER, MEM_RESPONDER
+
+# PROTOCOL.md 1.1: the Initiator's block at 0x00, the Responder's at MEM_RESPONDER (= half)
 
 
 def make_port(i2c, syn: Pin, ack: Pin, timeout_ms: int) -> "TargetPort | SlavePort":
@@ -38,7 +37,7 @@ def make_port(i2c, syn: Pin, ack: Pin, timeout_ms: int) -> "TargetPort | SlavePo
 
 
 class _Port:
-    out: memoryview  # the Initiator's frame goes here before exchange()
+    out: memoryview  # the Initiator's block goes here before exchange()
 
     def __init__(self, syn: Pin, ack: Pin, timeout_ms: int) -> None:
         self._syn = syn
@@ -46,7 +45,7 @@ class _Port:
         self.timeout_ms = timeout_ms
         self.failures = 0  # exchanges that timed out
         self._flag = asyncio.ThreadSafeFlag()  # type: ignore[attr-defined]
-        self._rx = bytearray(_HALF)
+        self._rx = bytearray(MEM_RESPONDER)
         syn.value(0)
         ack.irq(handler=self._irq, trigger=Pin.IRQ_RISING | Pin.IRQ_FALLING)
         # One ticker wakes the ack waiter now and then so that timeouts need
@@ -93,14 +92,14 @@ class TargetPort(_Port):
     def __init__(
         self, target: "I2CTarget", mem: bytearray, syn: Pin, ack: Pin, timeout_ms: int
     ) -> None:
-        if len(mem) < 2 * _HALF:
+        if len(mem) < 2 * MEM_RESPONDER:
             raise ValueError("I2CTarget memory must be 256 bytes")
         super().__init__(syn, ack, timeout_ms)
         self._target = target
         mv = memoryview(mem)
         self._mem = mem
-        self.out = mv[0:_HALF]
-        self._in = mv[_MEM_RESP : _MEM_RESP + _HALF]
+        self.out = mv[0:MEM_RESPONDER]
+        self._in = mv[MEM_RESPONDER : MEM_RESPONDER + MEM_RESPONDER]
 
     async def exchange(self) -> "bytearray | None":
         ack = self._ack
@@ -110,7 +109,7 @@ class TargetPort(_Port):
             return None
         # A Responder that raises ack without writing leaves this corrupt
         # (version nibble 0) instead of the previous reply.
-        self._mem[_MEM_RESP] = 0
+        self._mem[MEM_RESPONDER] = 0
         syn.value(1)
         ok = ack.value() == 1 or await self._wait_ack(1)
         if ok:
@@ -132,7 +131,7 @@ class SlavePort(_Port):
     def __init__(self, i2c: "pyb.I2C", syn: Pin, ack: Pin, timeout_ms: int) -> None:
         super().__init__(syn, ack, timeout_ms)
         self._i2c = i2c
-        self._tx = bytearray(_HALF)
+        self._tx = bytearray(MEM_RESPONDER)
         self.out = memoryview(self._tx)
         self._one = bytearray(1)
         self._hdr = bytearray(5)
@@ -159,17 +158,17 @@ class SlavePort(_Port):
             # uses; a wrong one means the two sides are out of step.
             i2c.recv(one, timeout=t)
             if one[0] == 0x00:
-                i2c.send(tx[0:_HDR], timeout=t)
+                i2c.send(tx[0:HEADER], timeout=t)
                 i2c.recv(one, timeout=t)
-                if one[0] == _HDR:
-                    i2c.send(tx[_HDR : _HDR + n + 2], timeout=t)
+                if one[0] == HEADER:
+                    i2c.send(tx[HEADER : HEADER + n + 2], timeout=t)
                     i2c.recv(hdr, timeout=t)
                     m = hdr[4]
-                    if hdr[0] == _MEM_RESP and m <= _CHUNK_MAX:
-                        rx[0:_HDR] = self._hdr_in
+                    if hdr[0] == MEM_RESPONDER and m <= CHUNK_MAX:
+                        rx[0:HEADER] = self._hdr_in
                         # rx[3] takes the address byte, then is put back.
-                        i2c.recv(rx[_HDR - 1 : _HDR + m + 2], timeout=t)
-                        if rx[3] == _MEM_RESP + _HDR:
+                        i2c.recv(rx[HEADER - 1 : HEADER + m + 2], timeout=t)
+                        if rx[3] == MEM_RESPONDER + HEADER:
                             rx[3] = m
                             ok = ack.value() == 1 or await self._wait_ack(1)
         except OSError:

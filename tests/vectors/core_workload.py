@@ -30,10 +30,10 @@ while got < 200:
     for f in sender.due(t):
         if ini.can_queue():
             ini.queue_message(f)
-    n = ini.build_frame(view)
-    res.on_frame(view[:n])
-    res.build_frame(resp)
-    ini.on_frame(resp)
+    n = ini.build_block(view)
+    res.on_block(view[:n])
+    res.build_block(resp)
+    ini.on_block(resp)
     m = res.pop_message()
     if m is not None and control.is_frame(m):
         ack, lines = receiver.on_frame(frames.decode(m))

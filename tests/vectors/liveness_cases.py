@@ -16,14 +16,14 @@ S = "3fa2c901"
 
 def case_qos_of_every_kind():
     sender = endpoint.Sender(S)
-    assert liveness.qos_of(sender.send("x", 0)) == 1
-    assert liveness.qos_of(sender.unreliable("x")) == 0
-    assert liveness.qos_of(frames.encode_ack(S, 1)) == 0
+    assert liveness.mqtt_level(sender.send("x", 0)) == 1
+    assert liveness.mqtt_level(sender.unreliable("x")) == 0
+    assert liveness.mqtt_level(frames.encode_ack(S, 1)) == 0
     assert liveness.HEARTBEAT == b"h" and frames.HEARTBEAT == b"h"
-    assert liveness.qos_of(frames.HEARTBEAT) == 0
-    assert liveness.qos_of(b"") == 0
-    assert liveness.qos_of(bytearray(b"q|" + S.encode() + b"|1|1|x")) == 1
-    assert liveness.qos_of(memoryview(b"q|x")) == 1
+    assert liveness.mqtt_level(frames.HEARTBEAT) == 0
+    assert liveness.mqtt_level(b"") == 0
+    assert liveness.mqtt_level(bytearray(b"q|" + S.encode() + b"|1|1|x")) == 1
+    assert liveness.mqtt_level(memoryview(b"q|x")) == 1
 
 
 def case_classify_strict():

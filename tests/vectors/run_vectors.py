@@ -47,24 +47,24 @@ def run(v):
     for t in v["i2c_frames"]:
         name = "i2c frame " + t["name"]
         payload = unhex(t["payload_hex"])
-        got = i2c_link.encode_frame(t["flags"], t["seq"], t["ack"], payload)
+        got = i2c_link.encode_block(t["flags"], t["seq"], t["ack"], payload)
         check(name + " encode", tohex(got) == t["frame_hex"], tohex(got))
-        buf = bytearray(i2c_link.FRAME_MAX)
-        n = i2c_link.encode_frame(t["flags"], t["seq"], t["ack"], payload, buf)
+        buf = bytearray(i2c_link.BLOCK_MAX)
+        n = i2c_link.encode_block(t["flags"], t["seq"], t["ack"], payload, buf)
         check(name + " encode into", tohex(buf[:n]) == t["frame_hex"], n)
-        f = i2c_link.decode_frame(memoryview(unhex(t["frame_hex"])))
+        f = i2c_link.decode_block(memoryview(unhex(t["frame_hex"])))
         ok = f is not None and f.seq == t["seq"] and f.ack == t["ack"] and f.payload == payload
         ok = ok and f.flags == i2c_link.VERSION | t["flags"]
         check(name + " decode", ok, f)
 
     for t in v["i2c_corrupt"]:
         data = unhex(t["frame_hex"])
-        check("corrupt " + t["name"], i2c_link.decode_frame(data) is None)
+        check("corrupt " + t["name"], i2c_link.decode_block(data) is None)
         ep = i2c_link.LinkEndpoint(i2c_link.RESPONDER)
-        check("corrupt endpoint " + t["name"], ep.on_frame(data) is False and ep.frames_bad == 1)
+        check("corrupt endpoint " + t["name"], ep.on_block(data) is False and ep.blocks_bad == 1)
 
     for t in v["i2c_trailing"]:
-        f = i2c_link.decode_frame(bytearray(unhex(t["buf_hex"])))
+        f = i2c_link.decode_block(bytearray(unhex(t["buf_hex"])))
         check("trailing bytes", f is not None and tohex(f.payload) == t["payload_hex"], f)
 
     for t in v["transcripts"]:
@@ -81,13 +81,13 @@ def run(v):
         view = memoryview(mem)
         i = 0
         for fi_hex, fr_hex in t["exchanges"]:
-            fi = ini.build_frame()
-            check(name + " initiator frame " + str(i), tohex(fi) == fi_hex, tohex(fi))
-            res.on_frame(fi)
-            n = res.build_frame(view[i2c_link.MEM_RESPONDER :])
+            fi = ini.build_block()
+            check(name + " initiator block " + str(i), tohex(fi) == fi_hex, tohex(fi))
+            res.on_block(fi)
+            n = res.build_block(view[i2c_link.MEM_RESPONDER :])
             fr = view[i2c_link.MEM_RESPONDER : i2c_link.MEM_RESPONDER + n]
-            check(name + " responder frame " + str(i), tohex(fr) == fr_hex, tohex(fr))
-            ini.on_frame(view[i2c_link.MEM_RESPONDER :])
+            check(name + " responder block " + str(i), tohex(fr) == fr_hex, tohex(fr))
+            ini.on_block(view[i2c_link.MEM_RESPONDER :])
             i += 1
         got = []
         while res.rx_pending:
@@ -197,11 +197,6 @@ def run(v):
         r2 = endpoint.Receiver(sc["window"])
         r2.restore(json.loads(json.dumps(sc["snapshot"])))
         check(key + " restore", r2.snapshot() == sc["snapshot"], r2.snapshot())
-    sc = v["receiver_script"]
-    r3 = endpoint.Receiver()
-    r3.restore(sc["restore_old"]["old"])
-    got = r3.snapshot()
-    check("receiver restore old format", got == sc["restore_old"]["snapshot"], got)
 
     for t in v["topics"]:
         tp = names.Topics(t["root"], t["conn_id"])
