@@ -19,11 +19,15 @@ import importlib.util
 import inspect
 import sys
 import traceback
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pblink.common import CliError, UsageError
+
+if TYPE_CHECKING:  # server_apps loads paho; the CLI imports it only when it runs an app
+    from server_apps.link_server import Connection
 
 
 class AppLoadError(CliError):
@@ -290,7 +294,7 @@ class CountingConnection:
     """A Connection that tells `on_line(conn_id, "read"|"written", line)` what
     the app read (readline, ``async for``) and wrote; else the same."""
 
-    def __init__(self, conn: Any, on_line: Any) -> None:
+    def __init__(self, conn: Connection, on_line: Callable[[str, str, str], None]) -> None:
         self._conn = conn
         self._on_line = on_line
 
@@ -302,10 +306,10 @@ class CountingConnection:
         self._on_line(self._conn.conn_id, "read", line.rstrip("\n"))
         return line
 
-    def __aiter__(self) -> Any:
+    def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
 
-    async def _iterate(self) -> Any:
+    async def _iterate(self) -> AsyncIterator[str]:
         from server_apps.link_server import LinkClosedError
 
         while True:

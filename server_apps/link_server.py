@@ -116,7 +116,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from server_apps import _core
+from link_core import clock, endpoint, frames, liveness, names
+from link_core.device_watch import DeviceWatch
 from server_apps.state import ConnState, ServerState, StateFileError, StateStore
 
 log = logging.getLogger("pblink.server")
@@ -124,8 +125,8 @@ log = logging.getLogger("pblink.server")
 MQTTv311: Final = MQTTProtocolVersion.MQTTv311
 MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 
-SERVER_WINDOW: Final = _core.TX_WINDOW_SERVER
-RX_WINDOW: Final = _core.RX_WINDOW
+SERVER_WINDOW: Final = endpoint.TX_WINDOW_SERVER
+RX_WINDOW: Final = endpoint.RX_WINDOW
 INBOX_LIMIT: Final = 10_000
 UNCLAIMED_LIMIT: Final = 4096
 # CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
@@ -170,7 +171,7 @@ FOREIGN_ACK_SPAN = 10
 
 def now_ms() -> int:
     """Milliseconds in link_core's tick domain (compare with ``ticks_diff`` only)."""
-    return int(time.monotonic() * 1000) & _core.TICKS_MAX
+    return int(time.monotonic() * 1000) & clock.TICKS_MAX
 
 
 class _Signal:
@@ -215,13 +216,13 @@ class Connection:
         self,
         server: LinkServer,
         conn_id: str,
-        sender: _core.Sender,
-        receiver: _core.Receiver,
+        sender: endpoint.Sender,
+        receiver: endpoint.Receiver,
         unread: Iterable[str],
     ) -> None:
         self._server = server
         self.conn_id: str = conn_id
-        topics = _core.topics(server.root, conn_id)
+        topics = names.Topics(server.root, conn_id)
         self.up_topic: str = topics.up
         self.down_topic: str = topics.down
         self.status_topic: str = topics.status
@@ -229,8 +230,8 @@ class Connection:
         self._receiver = receiver
         self._lines: collections.deque[str] = collections.deque(unread)  # readable
         self._held: list[str] = []  # delivered, waiting for their batch to be on disk
-        self._parked: collections.deque[_core.Frame] = collections.deque()
-        self._live = _core.device_watch(server.timeout_ms)  # PROTOCOL.md 4.4
+        self._parked: collections.deque[frames.Frame] = collections.deque()
+        self._live = DeviceWatch(server.timeout_ms)  # PROTOCOL.md 4.4
         # acks on up for a session this process is not sending: (first ms, count, logged)
         self._foreign: tuple[int, int, bool] | None = None
         self._changed = _Signal()
@@ -319,12 +320,12 @@ class Connection:
                 longer than ``MAX_LINE`` bytes, or is not UTF-8.
             LinkClosedError: the LinkServer is closed.
         """
-        text = _core.check_line(line)
+        text = names.check_line(line)
         server = self._server
         server._check_open()
         async with self._write_lock:
             await self._wait_until(
-                lambda: _core.may_write(self._reachable(), self._sender, qos, wait)
+                lambda: liveness.may_write(self._reachable(), self._sender, qos, wait)
             )
             if qos:
                 server._publish(self.down_topic, self._sender.send(text, now_ms()))
@@ -435,7 +436,7 @@ class LinkServer:
         identity_probe_s: float = 0.5,
         serve_hint: str = "ask for it with LinkServer.connection()",
     ) -> None:
-        _core.check_root(root)
+        names.check_root(root)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ValueError(f"port={port!r} is not a TCP port (1 to 65535)")
         if timeout_ms < 20:
@@ -472,7 +473,7 @@ class LinkServer:
         self._store = StateStore(state_path, fsync=fsync) if state_path is not None else None
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
-        self._unclaimed: collections.OrderedDict[str, _core.DeviceWatch] = collections.OrderedDict()
+        self._unclaimed: collections.OrderedDict[str, DeviceWatch] = collections.OrderedDict()
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -640,19 +641,19 @@ class LinkServer:
             StateFileError: the stored state of this conn_id is damaged.
             LinkClosedError: the LinkServer is closed.
         """
-        conn_id = _core.check_conn_id(conn_id)
+        conn_id = names.check_conn_id(conn_id)
         self._check_open()
         conn = self._conns.get(conn_id)
         if conn is not None:
             return conn
         stored = self._state.conns.get(conn_id, ConnState())
-        receiver = _core.make_receiver(RX_WINDOW)
-        sender: _core.Sender | None = None
+        receiver = endpoint.Receiver(RX_WINDOW)
+        sender: endpoint.Sender | None = None
         try:
             if stored.rx is not None:
                 receiver.restore(stored.rx)
             if stored.tx is not None:
-                sender = _core.restore_sender(stored.tx)
+                sender = endpoint.Sender.restore(stored.tx)
         except ValueError as exc:
             path = self._store.path if self._store else "?"
             raise StateFileError(f"state file {path}, conn_id {conn_id!r}: {exc}") from exc
@@ -662,8 +663,8 @@ class LinkServer:
                 conn_id, sender.session, sender.in_flight,
             )
         else:
-            sender = _core.make_sender(
-                _core.new_session(os.urandom(4)), self.window, self.timeout_ms
+            sender = endpoint.Sender(
+                frames.new_session(os.urandom(4)), self.window, self.timeout_ms
             )
             log.info("%s: new sender session %s", conn_id, sender.session)
         conn = Connection(self, conn_id, sender, receiver, stored.unread)
@@ -827,8 +828,8 @@ class LinkServer:
     ) -> None:
         if not reason_code.is_failure:
             client.subscribe([
-                (_core.wildcard(self.root, "up"), 1),
-                (_core.wildcard(self.root, "status"), 1),
+                (names.wildcard(self.root, "up"), 1),
+                (names.wildcard(self.root, "status"), 1),
                 (self._probe_topic, 0),  # QoS 0: a probe is never queued for us
             ])
         self._to_loop(("connect", reason_code))
@@ -939,7 +940,7 @@ class LinkServer:
     # -- incoming frames -------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        parsed = _core.parse_topic(self.root, topic)
+        parsed = names.parse_topic(self.root, topic)
         if parsed is None:
             return
         conn_id, leaf = parsed
@@ -972,26 +973,26 @@ class LinkServer:
 
     def _on_up(self, conn: Connection, payload: bytes, now: int) -> None:
         try:
-            frame = _core.decode(payload)
+            frame = frames.decode(payload)
         except ValueError as exc:
             self.stats["malformed"] += 1
             conn.stats["malformed"] += 1
             log.warning("%s: dropped malformed frame %r: %s", conn.up_topic, payload[:80], exc)
             return
         self._online_changed(conn, conn._live.heard(now))
-        kind = frame[0]
-        if kind == _core.KIND_HEARTBEAT:
+        kind = frame.kind
+        if kind == frames.HB:
             if conn._live.answer_due(now):  # a backlog of stale ones gets one answer
-                self._publish(conn.down_topic, _core.HEARTBEAT)
+                self._publish(conn.down_topic, frames.HEARTBEAT)
                 conn.stats["heartbeats"] += 1
             else:
                 conn.stats["heartbeats_coalesced"] += 1
-        elif kind == _core.KIND_ACK:
+        elif kind == frames.ACK:
             if self._sender_ack(conn, frame):
                 conn._changed.fire()
-            elif frame[1] is not None and frame[1] != conn._sender.session:
-                self._foreign_ack(conn, frame[1], now)
-        elif kind == _core.KIND_QOS:
+            elif frame.session is not None and frame.session != conn._sender.session:
+                self._foreign_ack(conn, frame.session, now)
+        elif kind == frames.QOS:
             if conn._full() or conn._parked:
                 if frame in conn._parked:
                     pass  # a retransmission of a frame already parked
@@ -1001,7 +1002,7 @@ class LinkServer:
                     conn.stats["dropped_full"] += 1
                 return
             self._accept(conn, frame)
-        elif kind == _core.KIND_UNRELIABLE:
+        elif kind == frames.UNRELIABLE:
             if conn._full():
                 conn.stats["dropped_unreliable"] += 1
                 log.warning("%s: queue full, dropped a non-qos line", conn.conn_id)
@@ -1019,7 +1020,7 @@ class LinkServer:
         """
         first, count, logged = conn._foreign or (now, 0, False)
         count += 1
-        span = _core.ticks_diff(now, first)
+        span = clock.ticks_diff(now, first)
         if not logged and count >= 3 and span >= FOREIGN_ACK_SPAN * self.timeout_ms:
             logged = True
             log.error(
@@ -1032,10 +1033,10 @@ class LinkServer:
         conn._foreign = (first, count, logged)
 
     @staticmethod
-    def _sender_ack(conn: Connection, frame: _core.Frame) -> bool:
-        return bool(conn._sender.on_ack(frame[1], frame[2]))
+    def _sender_ack(conn: Connection, frame: frames.Frame) -> bool:
+        return conn._sender.on_ack(frame.session, frame.msg_id)
 
-    def _accept(self, conn: Connection, frame: _core.Frame) -> None:
+    def _accept(self, conn: Connection, frame: frames.Frame) -> None:
         ack, lines = conn._receiver.on_frame(frame)
         conn.stats["rx_lines"] += len(lines)
         if self._store is None:
@@ -1060,10 +1061,10 @@ class LinkServer:
 
     # -- liveness --------------------------------------------------------------
 
-    def _unclaimed_liveness(self, conn_id: str) -> _core.DeviceWatch:
+    def _unclaimed_liveness(self, conn_id: str) -> DeviceWatch:
         live = self._unclaimed.get(conn_id)
         if live is None:
-            live = self._unclaimed[conn_id] = _core.device_watch(self.timeout_ms)
+            live = self._unclaimed[conn_id] = DeviceWatch(self.timeout_ms)
             if len(self._unclaimed) > UNCLAIMED_LIMIT:
                 self._unclaimed.popitem(last=False)
         else:
@@ -1125,11 +1126,11 @@ class LinkServer:
     # -- output ----------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        """Publish an end-to-end frame at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
+        """Publish an end-to-end frame at its QoS (``liveness.qos_of``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
-        info = client.publish(topic, payload, qos=_core.qos_of(payload))
+        info = client.publish(topic, payload, qos=liveness.qos_of(payload))
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
 
