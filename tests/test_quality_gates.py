@@ -7,6 +7,7 @@ part's test lists (a new module, a stray script).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,16 @@ def test_mypy_strict(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "Success" in done.stdout
+
+
+def test_link_core_stubs_match_the_code(tmp_path: Path) -> None:
+    """mypy's stubtest imports each link_core module (CPython) and compares it with its
+    .pyi: a name, parameter or default in one and not the other is an error."""
+    done = subprocess.run([sys.executable, "-m", "mypy.stubtest", "--mypy-config-file",
+                           str(ROOT / "pyproject.toml"), "link_core"],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "MYPY_CACHE_DIR": str(tmp_path / "mypy-cache")})
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
 
 
 def test_mypy_sees_link_core_types(tmp_path: Path) -> None:
