@@ -22,7 +22,6 @@ many devices reconnect at once.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import shutil
@@ -30,6 +29,8 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from link_core.names import check_conn_id
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,8 @@ def check_user(name: str, *, server: bool) -> str:
                 f"server user name {name!r} must be non-empty, without ':', '/', '+', '#' "
                 "or control characters")
         return name
-    names = importlib.import_module("link_core.names")  # untyped MicroPython code
     try:
-        return str(names.check_conn_id(name))
+        return check_conn_id(name)
     except ValueError as exc:
         raise CredentialsError(str(exc)) from None
 

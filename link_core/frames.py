@@ -7,12 +7,13 @@ Frames are UTF-8 text, fields separated by ``|``, the line last::
     a|<session>|<id>                   ack
     h                                  heartbeat
 
-``decode`` returns a 5-tuple ``(kind, session, msg_id, base, line)`` with
-``None`` in the fields a kind does not have, and raises ``ValueError`` on
-anything malformed.
+``decode`` returns a ``Frame``, the named tuple ``(kind, session, msg_id,
+base, line)`` with ``None`` in the fields a kind does not have, and raises
+``ValueError`` on anything malformed. The types are in ``frames.pyi``.
 """
 
 import struct
+from collections import namedtuple
 
 try:
     from micropython import const
@@ -35,6 +36,9 @@ ID_MASK = const(0xFFFF)
 SESSION_LEN = const(8)
 
 _HEX = b"0123456789abcdef"
+
+# A decoded frame; a tuple, so ``kind, session, msg_id, base, line = frame`` works too.
+Frame = namedtuple("Frame", ("kind", "session", "msg_id", "base", "line"))
 
 
 def new_session(random4):
@@ -125,7 +129,7 @@ def decode(payload):
     """Parse one end-to-end frame.
 
     ``payload``: bytes-like (or str). One trailing ``\\n`` is tolerated and
-    removed. Returns ``(kind, session, msg_id, base, line)``:
+    removed. Returns a ``Frame`` ``(kind, session, msg_id, base, line)``:
 
     - ``('q', session, id, base, line)``
     - ``('u', session, None, None, line)``
@@ -150,7 +154,7 @@ def decode(payload):
     if k == 104:  # 'h'
         if n != 1:
             raise ValueError("frame " + _show(data) + ": a heartbeat is just 'h'")
-        return (HB, None, None, None, None)
+        return Frame(HB, None, None, None, None)
     if n < 2 or data[1] != 124:  # '|'
         raise ValueError("frame " + _show(data) + ": unknown kind or no '|' after it")
     if k == 113:  # 'q'
@@ -163,19 +167,19 @@ def decode(payload):
         if (msg_id - base) & ID_MASK >= 0x8000:
             raise ValueError("frame " + _show(data) + ": base is after id")
         line = _line_text(parts[4], data)
-        return (QOS, session, msg_id, base, line)
+        return Frame(QOS, session, msg_id, base, line)
     if k == 117:  # 'u'
         parts = data.split(b"|", 2)
         if len(parts) != 3:
             raise ValueError("frame " + _show(data) + ": a u frame has 3 fields")
         session = _parse_session(parts[1], data)
-        return (UNRELIABLE, session, None, None, _line_text(parts[2], data))
+        return Frame(UNRELIABLE, session, None, None, _line_text(parts[2], data))
     if k == 97:  # 'a'
         parts = data.split(b"|")
         if len(parts) != 3:
             raise ValueError("frame " + _show(data) + ": an a frame has 3 fields")
         session = _parse_session(parts[1], data)
-        return (ACK, session, _parse_id("id", parts[2], data), None, None)
+        return Frame(ACK, session, _parse_id("id", parts[2], data), None, None)
     raise ValueError("frame " + _show(data) + ": unknown kind")
 
 

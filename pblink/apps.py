@@ -19,13 +19,17 @@ import importlib.util
 import inspect
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pblink.common import CliError, UsageError
 from server_apps.errors import LinkClosedError
 from server_apps.lines import LineSource
+
+if TYPE_CHECKING:  # server_apps loads paho; the CLI imports it only when it runs an app
+    from server_apps.link_server import Connection
 
 
 class AppLoadError(CliError):
@@ -281,7 +285,7 @@ class CountingConnection(LineSource):
 
     _end_of_lines = (LinkClosedError,)
 
-    def __init__(self, conn: Any, on_line: Any) -> None:
+    def __init__(self, conn: Connection, on_line: Callable[[str, str, str], None]) -> None:
         self._conn = conn
         self._on_line = on_line
 

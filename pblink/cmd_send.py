@@ -52,7 +52,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pblink import _link
+    from link_core import frames, names
+    from link_core.endpoint import Sender
     from pblink.common import (
         BrokerOptions,
         TimedOutError,
@@ -62,16 +63,18 @@ def run(args: argparse.Namespace) -> int:
         random_client_id,
         stop_paho,
     )
-    from server_apps import _core
+    from server_apps.clock import now_ms
 
     conn_id = check_conn_id(args.conn_id)
     try:
-        line = _link.check_line(args.line)
+        line = names.check_line(args.line)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     opts = BrokerOptions.from_args(args)
-    up, down, status = _link.topics(opts.root, conn_id)
-    sender = _link.new_sender(os.urandom(4), 1, args.retry_ms)
+
+    topics = names.Topics(opts.root, conn_id)
+    up, down, status = topics.up, topics.down, topics.status
+    sender = Sender(frames.new_session(os.urandom(4)), 1, args.retry_ms)
     events: queue.Queue[tuple[Any, ...]] = queue.Queue()
 
     def setup(client: Any) -> None:
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         deadline = started + args.timeout
         _wait_suback(events, deadline, opts.address, conn_id)
-        client.publish(down, sender.send(line, _core.now_ms()), qos=1)
+        client.publish(down, sender.send(line, now_ms()), qos=1)
         device = "unknown"
         while time.monotonic() < deadline:
             try:
@@ -105,22 +108,22 @@ def run(args: argparse.Namespace) -> int:
                 if topic == status:
                     new = payload.decode("utf-8", "replace")
                     if new == "online" and device == "offline":  # back: resend at once
-                        for frame in sender.resend_all(_core.now_ms()):
+                        for frame in sender.resend_all(now_ms()):
                             client.publish(down, frame, qos=1)
                     device = new
                     log.info("device %s is %s", conn_id, device)
                     continue
                 try:
-                    kind, session, msg_id, _, _ = _link.decode(payload)
+                    got = frames.decode(payload)
                 except ValueError:
                     continue
-                if kind == _link.ACK and sender.on_ack(session, msg_id):
+                if got.kind == frames.ACK and sender.on_ack(got.session, got.msg_id):
                     log.info("%s acknowledged %r after %.0f ms", conn_id, line,
                              (time.monotonic() - started) * 1000)
                     return 0
-                if kind != _link.ACK:
+                if got.kind != frames.ACK:
                     device = "online"  # it is talking
-            for frame in sender.due(_core.now_ms(), device != "offline"):
+            for frame in sender.due(now_ms(), device != "offline"):
                 log.debug("retransmitting to %s", conn_id)
                 client.publish(down, frame, qos=1)
         raise TimedOutError(

@@ -97,7 +97,7 @@ class TailPrinter:
         self, topic: str, payload: bytes, retained: bool = False
     ) -> tuple[str | None, bool]:
         """(output line or None, whether it is a data line)."""
-        from pblink import _link
+        from link_core.frames import ACK, QOS, UNRELIABLE, decode
 
         leaf = self.leaves.get(topic)
         if leaf is None:
@@ -109,14 +109,14 @@ class TailPrinter:
             self._status = text
             return self._stamp(f"status: {text}{' (retained)' if retained else ''}"), False
         try:
-            kind, session, msg_id, base, line = _link.decode(payload)
+            kind, session, msg_id, base, line = decode(payload)
         except ValueError as exc:
             log.warning("%s: malformed frame: %s", topic, exc)
             if not self.frames:
                 return None, False
             text = payload[:200].decode("utf-8", "replace")
             return self._stamp(f"{leaf}: [malformed] {text}"), False
-        if kind == _link.QOS:
+        if kind == QOS:
             assert session is not None and msg_id is not None
             repeat = self._repeat(leaf, session, msg_id)
             if self.frames:
@@ -124,13 +124,13 @@ class TailPrinter:
                 text = f"{leaf} q {session} #{msg_id} base {base}{mark}: {line}"
                 return self._stamp(text), not repeat
             return (None, False) if repeat else (self._stamp(f"{leaf}: {line}"), True)
-        if kind == _link.UNRELIABLE:
+        if kind == UNRELIABLE:
             if self.frames:
                 return self._stamp(f"{leaf} u {session}: {line}"), True
             return self._stamp(f"{leaf}: {line}"), True
         if not self.frames:
             return None, False
-        if kind == _link.ACK:
+        if kind == ACK:
             return self._stamp(f"{leaf} a {session} #{msg_id}"), False
         return self._stamp(f"{leaf} h"), False
 
@@ -154,7 +154,7 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pblink import _link
+    from link_core.names import Topics
     from pblink.common import (
         BrokerOptions,
         RefusedError,
@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
     conn_id = check_conn_id(args.conn_id)
     opts = BrokerOptions.from_args(args)
-    up, down, status = _link.topics(opts.root, conn_id)
+    topics = Topics(opts.root, conn_id)
+    up, down, status = topics.up, topics.down, topics.status
     printer = TailPrinter(up, down, status, frames=args.frames, timestamps=args.timestamps)
     events: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=10_000)
 

@@ -207,19 +207,19 @@ def setup_logging(verbosity: int) -> None:
 
 def check_conn_id(conn_id: str) -> str:
     """The conn_id, or UsageError with link_core's explanation."""
-    from pblink import _link
+    from link_core.names import check_conn_id as check
 
     try:
-        return _link.check_conn_id(conn_id)
+        return check(conn_id)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
 def check_root(root: str) -> str:
-    from pblink import _link
+    from link_core.names import check_root as check
 
     try:
-        return _link.check_root(root)
+        return check(root)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

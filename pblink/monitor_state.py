@@ -34,7 +34,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from pblink import _link
+from link_core import control, frames, names
 
 RATE_WINDOW_S = 10.0
 MEMORY = 256  # (session, id) pairs remembered per direction to spot retransmissions
@@ -112,7 +112,7 @@ class Fleet:
     (PROTOCOL.md 2, config entry 4; default 1,500 as in pb_settings)."""
 
     def __init__(self, root: str = "pblink", timeout_ms: int = 1500) -> None:
-        self.root = _link.check_root(root)
+        self.root = names.check_root(root)
         self.timeout_s = timeout_ms / 1000
         self.devices: dict[str, DeviceRow] = {}
 
@@ -133,7 +133,7 @@ class Fleet:
 
     def on_message(self, topic: str, payload: bytes, now: float) -> str | None:
         """One MQTT message; the conn_id whose row it changed, or None."""
-        parsed = _link.parse_topic(self.root, topic)
+        parsed = names.parse_topic(self.root, topic)
         if parsed is None:
             return None
         conn_id, leaf = parsed
@@ -146,13 +146,13 @@ class Fleet:
             return conn_id
         if leaf == "report":
             try:
-                row.report = _link.decode_report(payload)
+                row.report = control.decode_report(payload)
                 row.report_t = now
             except ValueError:
                 row.malformed += 1
             return conn_id
         try:
-            kind, session, msg_id, _base, line = _link.decode(payload)
+            kind, session, msg_id, _base, line = frames.decode(payload)
         except ValueError:
             row.malformed += 1
             return conn_id
@@ -162,12 +162,12 @@ class Fleet:
             self._judge(row, True, now, "traffic on up")
         else:
             row.last_down = now
-        if kind == _link.QOS:
+        if kind == frames.QOS:
             assert session is not None and msg_id is not None
             d.line(line or "", now, (session, msg_id))
-        elif kind == _link.UNRELIABLE:
+        elif kind == frames.UNRELIABLE:
             d.line(line or "", now, None)
-        elif kind == _link.ACK:  # acknowledges a line that went the other way
+        elif kind == frames.ACK:  # acknowledges a line that went the other way
             (row.down if leaf == "up" else row.up).acked += 1
         return conn_id
 

@@ -327,7 +327,8 @@ class AppBench(Started):
         except ValueError:
             return
         if kind == "q":
-            key = (bench.conn_id, direction, str(session), int(msg_id))
+            assert msg_id is not None  # a q frame has an id (frames.decode)
+            key = (bench.conn_id, direction, str(session), msg_id)
             if key in self._seen:
                 return  # a retransmission
             self._seen.add(key)

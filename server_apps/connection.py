@@ -6,7 +6,7 @@ of qos frames while it is full, its DeviceWatch (section 4.4: online, silent,
 one heartbeat answer per ``timeout_ms / 4``), retransmission and resend-all,
 and what it contributes to the durable state (section 4.5). The rules are the
 module docstring of :mod:`server_apps.link_server`; the sans-I/O pieces come
-from ``link_core`` through :mod:`server_apps._core`.
+from ``link_core`` directly (typed by its .pyi stubs).
 
 The :class:`~server_apps.link_server.LinkServer` routes each MQTT message to
 its Connection and drives it through a few methods (underscore: not for
@@ -28,14 +28,16 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
-from server_apps import _core
+from link_core import clock, endpoint, frames, liveness, names
+from link_core.device_watch import DeviceWatch
+from server_apps.clock import now_ms
 from server_apps.errors import LinkClosedError
 from server_apps.lines import LineQueue
 from server_apps.state import ConnState
 
 log = logging.getLogger("pblink.server")
 
-RX_WINDOW: Final = _core.RX_WINDOW
+RX_WINDOW: Final = endpoint.RX_WINDOW
 # Acks for a foreign session over this many timeouts: another process serves the conn_id.
 FOREIGN_ACK_SPAN = 10
 
@@ -88,18 +90,18 @@ class Connection(LineQueue):
         host: Host,
         conn_id: str,
         root: str,
-        sender: _core.Sender,
-        receiver: _core.Receiver,
+        sender: endpoint.Sender,
+        receiver: endpoint.Receiver,
         unread: Iterable[str],
         *,
         timeout_ms: int,
         queue_size: int,
-        watch: _core.DeviceWatch | None = None,
+        watch: DeviceWatch | None = None,
     ) -> None:
         super().__init__(unread)  # _lines: readable
         self._host = host
         self.conn_id: str = conn_id
-        topics = _core.topics(root, conn_id)
+        topics = names.Topics(root, conn_id)
         self.up_topic: str = topics.up
         self.down_topic: str = topics.down
         self.status_topic: str = topics.status
@@ -108,9 +110,9 @@ class Connection(LineQueue):
         self._sender = sender
         self._receiver = receiver
         self._held: list[str] = []  # delivered, waiting for their batch to be on disk
-        self._parked: collections.deque[_core.Frame] = collections.deque()
+        self._parked: collections.deque[frames.Frame] = collections.deque()
         # PROTOCOL.md 4.4; a watch kept while the conn_id was unclaimed carries over
-        self._live = watch if watch is not None else _core.device_watch(timeout_ms)
+        self._live = watch if watch is not None else DeviceWatch(timeout_ms)
         # acks on up for a session this process is not sending: (first ms, count, logged)
         self._foreign: tuple[int, int, bool] | None = None
         self._write_lock = asyncio.Lock()
@@ -196,14 +198,14 @@ class Connection(LineQueue):
                 longer than ``MAX_LINE`` bytes, or is not UTF-8.
             LinkClosedError: the LinkServer is closed.
         """
-        text = _core.check_line(line)
+        text = names.check_line(line)
         self._check_open()
         async with self._write_lock:
             await self._wait_until(
-                lambda: _core.may_write(self._reachable(), self._sender, qos, wait)
+                lambda: liveness.may_write(self._reachable(), self._sender, qos, wait)
             )
             if qos:
-                self._host.publish(self.down_topic, self._sender.send(text, _core.now_ms()))
+                self._host.publish(self.down_topic, self._sender.send(text, now_ms()))
                 self.stats["tx_qos"] += 1
             else:
                 self._host.publish(self.down_topic, self._sender.unreliable(text))
@@ -241,25 +243,25 @@ class Connection(LineQueue):
     def _receive(self, payload: bytes, now: int) -> bool:
         """A message on ``up``. False when it is not a frame (dropped, counted, logged)."""
         try:
-            frame = _core.decode(payload)
+            frame = frames.decode(payload)
         except ValueError as exc:
             self.stats["malformed"] += 1
             log.warning("%s: dropped malformed frame %r: %s", self.up_topic, payload[:80], exc)
             return False
         self._online_changed(self._live.heard(now))
-        kind = frame[0]
-        if kind == _core.KIND_HEARTBEAT:
+        kind = frame.kind
+        if kind == frames.HB:
             if self._live.answer_due(now):  # a backlog of stale ones gets one answer
-                self._host.publish(self.down_topic, _core.HEARTBEAT)
+                self._host.publish(self.down_topic, frames.HEARTBEAT)
                 self.stats["heartbeats"] += 1
             else:
                 self.stats["heartbeats_coalesced"] += 1
-        elif kind == _core.KIND_ACK:
-            if self._sender.on_ack(frame[1], frame[2]):
+        elif kind == frames.ACK:
+            if self._sender.on_ack(frame.session, frame.msg_id):
                 self._changed.fire()
-            elif frame[1] is not None and frame[1] != self._sender.session:
-                self._foreign_ack(frame[1], now)
-        elif kind == _core.KIND_QOS:
+            elif frame.session is not None and frame.session != self._sender.session:
+                self._foreign_ack(frame.session, now)
+        elif kind == frames.QOS:
             if self._full() or self._parked:
                 if frame in self._parked:
                     pass  # a retransmission of a frame already parked
@@ -269,7 +271,7 @@ class Connection(LineQueue):
                     self.stats["dropped_full"] += 1
                 return True
             self._accept(frame)
-        elif kind == _core.KIND_UNRELIABLE:
+        elif kind == frames.UNRELIABLE:
             if self._full():
                 self.stats["dropped_unreliable"] += 1
                 log.warning("%s: queue full, dropped a non-qos line", self.conn_id)
@@ -277,7 +279,7 @@ class Connection(LineQueue):
             self._accept(frame)
         return True
 
-    def _accept(self, frame: _core.Frame) -> None:
+    def _accept(self, frame: frames.Frame) -> None:
         ack, lines = self._receiver.on_frame(frame)
         self.stats["rx_lines"] += len(lines)
         if not self._host.durable:
@@ -305,7 +307,7 @@ class Connection(LineQueue):
         """
         first, count, logged = self._foreign or (now, 0, False)
         count += 1
-        span = _core.ticks_diff(now, first)
+        span = clock.ticks_diff(now, first)
         if not logged and count >= 3 and span >= FOREIGN_ACK_SPAN * self._timeout_ms:
             logged = True
             log.error(
@@ -333,13 +335,13 @@ class Connection(LineQueue):
             return
         online = self._live.online
         log.info("device %s is %s", self.conn_id, "online" if online else "offline")
-        if online and self._host.broker_up() and self._live.resend_due(_core.now_ms()):
+        if online and self._host.broker_up() and self._live.resend_due(now_ms()):
             self._resend_all()
         self._changed.fire()
 
     def _resend_all(self) -> None:
         """Publish every unacknowledged frame at once (the device is back)."""
-        frames = self._sender.resend_all(_core.now_ms())
+        frames = self._sender.resend_all(now_ms())
         for frame in frames:
             self._host.publish(self.down_topic, frame)
         if frames:

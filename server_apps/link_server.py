@@ -122,8 +122,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from server_apps import _core
-from server_apps._core import now_ms as now_ms
+from link_core import endpoint, frames, liveness, names
+from link_core.device_watch import DeviceWatch
+from server_apps.clock import now_ms as now_ms
 
 # Connection, the errors, FOREIGN_ACK_SPAN and now_ms have their own modules; importable here too.
 from server_apps.connection import FOREIGN_ACK_SPAN as FOREIGN_ACK_SPAN
@@ -142,7 +143,7 @@ log = logging.getLogger("pblink.server")
 MQTTv311: Final = MQTTProtocolVersion.MQTTv311
 MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 
-SERVER_WINDOW: Final = _core.TX_WINDOW_SERVER
+SERVER_WINDOW: Final = endpoint.TX_WINDOW_SERVER
 INBOX_LIMIT: Final = 10_000
 UNCLAIMED_LIMIT: Final = 4096
 # CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
@@ -230,7 +231,7 @@ class LinkServer:
         identity_probe_s: float = 0.5,
         serve_hint: str = "ask for it with LinkServer.connection()",
     ) -> None:
-        _core.check_root(root)
+        names.check_root(root)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ValueError(f"port={port!r} is not a TCP port (1 to 65535)")
         if timeout_ms < 20:
@@ -269,7 +270,7 @@ class LinkServer:
         )
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
-        self._unclaimed: collections.OrderedDict[str, _core.DeviceWatch] = collections.OrderedDict()
+        self._unclaimed: collections.OrderedDict[str, DeviceWatch] = collections.OrderedDict()
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -439,19 +440,19 @@ class LinkServer:
             StateFileError: the stored state of this conn_id is damaged.
             LinkClosedError: the LinkServer is closed.
         """
-        conn_id = _core.check_conn_id(conn_id)
+        conn_id = names.check_conn_id(conn_id)
         self._check_open()
         conn = self._conns.get(conn_id)
         if conn is not None:
             return conn
         stored = self._state.conns.get(conn_id, ConnState())
-        receiver = _core.make_receiver(RX_WINDOW)
-        sender: _core.Sender | None = None
+        receiver = endpoint.Receiver(RX_WINDOW)
+        sender: endpoint.Sender | None = None
         try:
             if stored.rx is not None:
                 receiver.restore(stored.rx)
             if stored.tx is not None:
-                sender = _core.restore_sender(stored.tx)
+                sender = endpoint.Sender.restore(stored.tx)
         except ValueError as exc:
             path = self._store.where if self._store else "?"
             raise StateFileError(f"state file {path}, conn_id {conn_id!r}: {exc}") from exc
@@ -461,8 +462,8 @@ class LinkServer:
                 conn_id, sender.session, sender.in_flight,
             )
         else:
-            sender = _core.make_sender(
-                _core.new_session(os.urandom(4)), self.window, self.timeout_ms
+            sender = endpoint.Sender(
+                frames.new_session(os.urandom(4)), self.window, self.timeout_ms
             )
             log.info("%s: new sender session %s", conn_id, sender.session)
         live = self._unclaimed.pop(conn_id, None)
@@ -629,8 +630,8 @@ class LinkServer:
     ) -> None:
         if not reason_code.is_failure:
             client.subscribe([
-                (_core.wildcard(self.root, "up"), 1),
-                (_core.wildcard(self.root, "status"), 1),
+                (names.wildcard(self.root, "up"), 1),
+                (names.wildcard(self.root, "status"), 1),
                 (self._probe_topic, 0),  # QoS 0: a probe is never queued for us
             ])
         self._to_loop(("connect", reason_code))
@@ -741,11 +742,11 @@ class LinkServer:
     # -- incoming frames -------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        parsed = _core.parse_topic(self.root, topic)
+        parsed = names.parse_topic(self.root, topic)
         if parsed is None:
             return
         conn_id, leaf = parsed
-        now = _core.now_ms()
+        now = now_ms()
         conn = self._conns.get(conn_id)
         if leaf == "status":
             self._on_status(conn_id, conn, payload, now)
@@ -775,10 +776,10 @@ class LinkServer:
 
     # -- liveness --------------------------------------------------------------
 
-    def _unclaimed_liveness(self, conn_id: str) -> _core.DeviceWatch:
+    def _unclaimed_liveness(self, conn_id: str) -> DeviceWatch:
         live = self._unclaimed.get(conn_id)
         if live is None:
-            live = self._unclaimed[conn_id] = _core.device_watch(self.timeout_ms)
+            live = self._unclaimed[conn_id] = DeviceWatch(self.timeout_ms)
             if len(self._unclaimed) > UNCLAIMED_LIMIT:
                 self._unclaimed.popitem(last=False)
         else:
@@ -813,11 +814,11 @@ class LinkServer:
     # -- output ----------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        """Publish an end-to-end frame at its QoS (``_core.mqtt_level``, PROTOCOL.md 4.1)."""
+        """Publish an end-to-end frame at its QoS (``liveness.mqtt_level``, PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
-        info = client.publish(topic, payload, qos=_core.mqtt_level(payload))
+        info = client.publish(topic, payload, qos=liveness.mqtt_level(payload))
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
 

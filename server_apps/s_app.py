@@ -35,7 +35,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from server_apps import _core
+from link_core import names
 from server_apps.link_server import (
     Connection,
     LinkClosedError,
@@ -141,7 +141,7 @@ async def serve(
     from LinkServer when the broker refuses or cannot be reached at start.
     """
     for conn_id in ids:
-        _core.check_conn_id(conn_id)
+        names.check_conn_id(conn_id)
     stop = stop or asyncio.Event()
     state_path = Path(state_dir) / f"{client_id}.json" if state_dir is not None else None
     async with LinkServer(

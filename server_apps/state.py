@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from server_apps import _core
+from link_core import endpoint, names
 
 log = logging.getLogger("pblink.server.state")
 
@@ -101,19 +101,19 @@ class ConnState:
             if not isinstance(rx, dict):
                 raise ValueError("rx is not an object")
             sessions = rx.get("sessions", [])
-            if isinstance(sessions, list) and len(sessions) > _core.MAX_SESSIONS:
+            if isinstance(sessions, list) and len(sessions) > endpoint.MAX_SESSIONS:
                 # the Receiver keeps (and so this library writes) at most MAX_SESSIONS
                 raise ValueError(f"rx has {len(sessions)} sessions, at most "
-                                 f"{_core.MAX_SESSIONS} are ever written")
-            _core.make_receiver().restore(rx)
+                                 f"{endpoint.MAX_SESSIONS} are ever written")
+            endpoint.Receiver().restore(rx)
         if tx is not None:
             if not isinstance(tx, dict):
                 raise ValueError("tx is not an object")
-            _core.restore_sender(tx)
+            endpoint.Sender.restore(tx)
         if not isinstance(unread, list):
             raise ValueError("unread is not a list of strings")
         for line in unread:
-            if not isinstance(line, str) or _core.check_line(line) != line:
+            if not isinstance(line, str) or names.check_line(line) != line:
                 raise ValueError(f"unread line {str(line)[:40]!r} is not a line readline() returns")
         return cls(rx=rx, unread=unread, tx=tx)
 
@@ -246,7 +246,7 @@ class StateStore:
             conns = {}
             for cid, entry in conns_doc.items():
                 try:
-                    conns[_core.check_conn_id(cid)] = ConnState.from_json(entry)
+                    conns[names.check_conn_id(cid)] = ConnState.from_json(entry)
                 except ValueError as exc:
                     raise ValueError(f"conn_id {cid!r}: {exc}") from None
             return ServerState(clean=doc.get("clean", False), conns=conns)

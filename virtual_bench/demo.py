@@ -287,13 +287,15 @@ class Tracker:
         except ValueError:
             return
         if kind == "a":
-            key = (str(session), int(msg_id))
+            assert msg_id is not None  # an a frame has an id (frames.decode)
+            key = (str(session), msg_id)
             if direction == "down" and key in dev.seen_up and key not in dev.seen_acks:
                 dev.seen_acks.add(key)
                 dev.bus_acked += 1
             return
         if kind == "q":
-            key = (str(session), int(msg_id))
+            assert msg_id is not None
+            key = (str(session), msg_id)
             seen = dev.seen_up if direction == "up" else dev.seen_down
             if key in seen:
                 return  # a retransmission
@@ -458,7 +460,7 @@ class DemoTracker(Tracker):
         try:
             from link_core import frames
 
-            line = frames.decode(msg)[4]
+            line = frames.decode(msg).line or ""  # a q frame always has its line
             tx = int(json.loads(line)[1])
         except (ValueError, TypeError, IndexError):
             return
@@ -671,7 +673,9 @@ class BenchRun:
         if self.server_app is not None:
             server_args += ["--app", self.server_app]
         tracker = self.tracker
-        on_line, on_server, on_bus = tracker.on_pyboard, tracker.on_server, tracker.on_bus
+        on_line = tracker.on_pyboard
+        on_server: Callable[[str, str], None] = tracker.on_server
+        on_bus: Callable[[Bench, str, bytes], None] = tracker.on_bus
         if self.recorder is not None:
             on_line, on_server, on_bus = self.recorder.chain(on_line, on_server, on_bus)
         broker = (self.broker.host, self.broker.port) if self.broker else None

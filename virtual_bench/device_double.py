@@ -59,7 +59,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from server_apps import _core
+from link_core import endpoint, frames, liveness, names
+from server_apps.clock import now_ms
 from server_apps.lines import LineQueue
 from virtual_bench import faults
 
@@ -97,7 +98,7 @@ class DeviceDouble(LineQueue):
         username: str | None = None,
         password: str | None = None,
         timeout_ms: int = 1500,
-        window: int = _core.TX_WINDOW_PYBOARD,
+        window: int = endpoint.TX_WINDOW_PYBOARD,
         queue_size: int = 64,
         keepalive: int = 60,
         tick_ms: int | None = None,
@@ -106,10 +107,10 @@ class DeviceDouble(LineQueue):
         connect_timeout: float = 5.0,
     ) -> None:
         super().__init__()  # _lines, _changed
-        self.conn_id = _core.check_conn_id(conn_id)
+        self.conn_id = names.check_conn_id(conn_id)
         self.host = host
         self.port = port
-        self.root = _core.check_root(root)
+        self.root = names.check_root(root)
         self.username = username
         self.password = password
         self.timeout_ms = timeout_ms
@@ -120,13 +121,13 @@ class DeviceDouble(LineQueue):
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
-        topics = _core.topics(root, conn_id)
+        topics = names.Topics(root, conn_id)
         self.up_topic = topics.up
         self.down_topic = topics.down
         self.status_topic = topics.status
-        self.client_id = _core.client_id(conn_id)
+        self.client_id = names.client_id(conn_id)
         self._sender = self._new_sender()
-        self._receiver = _core.make_receiver()
+        self._receiver = endpoint.Receiver()
         self._wake = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,15 +140,15 @@ class DeviceDouble(LineQueue):
         self._server_ok = False
         self._closed = False
         self._generation = 0  # bumped by restart(): waiting calls raise DeviceRestarted
-        self._watch = _core.server_watch(timeout_ms)  # the bridge's rules, PROTOCOL.md 4.4
+        self._watch = liveness.ServerWatch(timeout_ms)  # the bridge's rules, PROTOCOL.md 4.4
         self.last_refusal: str | None = None
         self.stats: dict[str, int] = collections.defaultdict(int)
 
     def __repr__(self) -> str:
         return f"<DeviceDouble {self.conn_id!r} mqtt={self._mqtt_up} server_ok={self._server_ok}>"
 
-    def _new_sender(self) -> _core.Sender:
-        return _core.make_sender(_core.new_session(os.urandom(4)), self.window, self.timeout_ms)
+    def _new_sender(self) -> endpoint.Sender:
+        return endpoint.Sender(frames.new_session(os.urandom(4)), self.window, self.timeout_ms)
 
     # -- public state ----------------------------------------------------------
 
@@ -224,7 +225,7 @@ class DeviceDouble(LineQueue):
         self._generation += 1
         self._drop_connection()
         self._sender = self._new_sender()
-        self._receiver = _core.make_receiver()
+        self._receiver = endpoint.Receiver()
         self._lines.clear()
         self._want_online = True
         self._fire(kick=True)
@@ -247,13 +248,13 @@ class DeviceDouble(LineQueue):
 
     async def write(self, line: str | bytes, qos: bool = True, wait: bool = True) -> None:
         """As AppBase.write: pauses while the server application is unreachable."""
-        text = _core.check_line(line)
+        text = names.check_line(line)
         gen = self._generation
         async with self._write_lock:
-            while not _core.may_write(self._server_ok, self._sender, qos, wait):
+            while not liveness.may_write(self._server_ok, self._sender, qos, wait):
                 await self._changed_wait(gen)
             if qos:
-                self._publish(self._sender.send(text, _core.now_ms()))
+                self._publish(self._sender.send(text, now_ms()))
             else:
                 self._publish(self._sender.unreliable(text))
 
@@ -325,7 +326,7 @@ class DeviceDouble(LineQueue):
         )
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
-        client.will_set(self.status_topic, _core.OFFLINE, qos=_core.QOS_STATUS, retain=True)
+        client.will_set(self.status_topic, names.OFFLINE, qos=liveness.QOS_STATUS, retain=True)
         client.connect_timeout = self.connect_timeout
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -432,9 +433,9 @@ class DeviceDouble(LineQueue):
             # broker sends right behind the CONNACK (queued down frames).
             self.last_refusal = None
             self._mqtt_up = True
-            self._watch.connected(_core.now_ms())  # server not yet heard: 'h' at once
+            self._watch.connected(now_ms())  # server not yet heard: 'h' at once
             self.stats["connects"] += 1
-            client.publish(self.status_topic, _core.ONLINE, qos=_core.QOS_STATUS, retain=True)
+            client.publish(self.status_topic, names.ONLINE, qos=liveness.QOS_STATUS, retain=True)
             client.subscribe(self.down_topic, qos=1)
             self._tick()  # the first heartbeat at once: the server's answer means U
             self._fire(kick=True)
@@ -464,19 +465,19 @@ class DeviceDouble(LineQueue):
         if client is not self._client or msg.topic != self.down_topic:
             return  # retained status of others etc. (amqtt sets retain on queued ones: ignored)
         try:
-            frame = _core.decode(msg.payload)
+            frame = frames.decode(msg.payload)
         except ValueError as exc:
             self.stats["malformed"] += 1
             log.warning("%s: dropped malformed frame %r: %s", self.conn_id, msg.payload[:60], exc)
             return
-        self._watch.heard(_core.now_ms())
+        self._watch.heard(now_ms())
         self.stats["received"] += 1
         self._set_server_ok(True)
-        kind = frame[0]
-        if kind == _core.KIND_ACK:
-            if self._sender.on_ack(frame[1], frame[2]):
+        kind = frame.kind
+        if kind == frames.ACK:
+            if self._sender.on_ack(frame.session, frame.msg_id):
                 self._fire()
-        elif kind == _core.KIND_QOS or kind == _core.KIND_UNRELIABLE:
+        elif kind == frames.QOS or kind == frames.UNRELIABLE:
             if len(self._lines) >= self.queue_size:
                 self.stats["dropped_full"] += 1
                 return
@@ -496,7 +497,7 @@ class DeviceDouble(LineQueue):
         self._server_ok = ok
         log.debug("%s: server %s", self.conn_id, "up (U)" if ok else "down (D)")
         if ok:
-            for frame in self._sender.resend_all(_core.now_ms()):
+            for frame in self._sender.resend_all(now_ms()):
                 self._publish(frame)
         self._fire()
 
@@ -507,7 +508,7 @@ class DeviceDouble(LineQueue):
         client.loop_misc()  # keepalive pings, dead-broker detection
         if not self._mqtt_up:
             return
-        now = _core.now_ms()
+        now = now_ms()
         watch = self._watch
         if self._server_ok and not watch.reachable(now):
             self._set_server_ok(False)
@@ -519,18 +520,18 @@ class DeviceDouble(LineQueue):
             )
         if watch.heartbeat_due(now):
             watch.heartbeat_sent(now)
-            self._publish(_core.HEARTBEAT)
+            self._publish(frames.HEARTBEAT)
         for frame in self._sender.due(now, self._server_ok):
             self._publish(frame)
             self.stats["retransmitted"] += 1
 
     def _publish(self, payload: bytes) -> None:
-        """Publish an end-to-end frame on up at its QoS (``_core.mqtt_level``, PROTOCOL.md 4.1)."""
+        """Publish an end-to-end frame on up at its MQTT QoS level (PROTOCOL.md 4.1)."""
         client = self._client
         if client is None or not self._mqtt_up:
             return
-        client.publish(self.up_topic, payload, qos=_core.mqtt_level(payload))
-        self._watch.published(_core.now_ms())
+        client.publish(self.up_topic, payload, qos=liveness.mqtt_level(payload))
+        self._watch.published(now_ms())
         self.stats["published"] += 1
 
 

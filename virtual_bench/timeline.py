@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from link_core import frames
 
@@ -92,6 +92,9 @@ class FaultSpan:
     # "": over at `end`; an instant fault (crash, hang: end == start) lasts until the
     # device's link resynchronised ("resync") or, failing that, to the run's end ("run end")
     ended_by: str = ""
+
+
+_OnLine = TypeVar("_OnLine")  # Lab's on_line callback, passed through unchanged
 
 
 class TimelineRecorder:
@@ -174,10 +177,9 @@ class TimelineRecorder:
         elif _CLOSED.search(text):
             self.server_stopped()
 
-    def chain(self, on_line: Callable[..., None] | None, on_server_line: Callable[..., None],
-              on_bus: Callable[..., None] | None) -> tuple[Callable[..., None] | None,
-                                                          Callable[..., None],
-                                                          Callable[..., None]]:
+    def chain(self, on_line: _OnLine, on_server_line: Callable[[str, str], None],
+              on_bus: Callable[[Any, str, bytes], None] | None
+              ) -> tuple[_OnLine, Callable[[str, str], None], Callable[[Any, str, bytes], None]]:
         """The harness callbacks (Lab's on_line, on_server_line, on_bus) with this
         recorder listening too: the given ones run first, unchanged."""
 

@@ -396,9 +396,8 @@ class AppBase:
         except ValueError as e:
             self._log("bad frame", e)
             return
-        kind = fr[0]
-        if kind == frames.ACK:
-            self._tx.on_ack(fr[1], fr[2])
+        if fr.kind == frames.ACK:
+            self._tx.on_ack(fr.session, fr.msg_id)
             return
         ack, lines = self._rx.on_frame(fr)
         if ack is not None and not self._ep.queue_message(ack):

@@ -1,0 +1,38 @@
+# Types of link_core/control.py for mypy; the .py stays MicroPython code without annotations.
+from typing import Final
+
+_Buf = bytes | bytearray | memoryview
+# One config entry or a report entry as JSON gives them: str, int, bool, or the tuning dict.
+_Value = str | int | bool | dict[str, str | int | bool]
+
+CONFIG: Final[int]
+QOS: Final[int]
+UNRELIABLE: Final[int]
+ACK: Final[int]
+KEEPALIVE: Final[int]
+SERVER_UP: Final[int]
+SERVER_DOWN: Final[int]
+REPORT: Final[int]
+BAD_WIFI: Final[int]
+BAD_BROKER: Final[int]
+ERROR: Final[int]
+MSG_KEEPALIVE: Final[bytes]
+MSG_SERVER_UP: Final[bytes]
+MSG_SERVER_DOWN: Final[bytes]
+MSG_BAD_WIFI: Final[bytes]
+FRAME_KINDS: Final[bytes]
+CONFIG_FIELDS: Final[tuple[str, ...]]
+CONFIG_REQUIRED: Final[int]
+CONFIG_DEFAULTS: Final[tuple[_Value, ...]]
+TIMEOUT_MS_MAX: Final[int]
+REPORT_S_MAX: Final[int]
+
+def is_frame(msg: _Buf) -> bool: ...
+def dump_list(items: list[_Value] | tuple[_Value, ...]) -> bytes: ...
+def check_config(cfg: object) -> list[_Value]: ...
+def encode_config(cfg: object) -> bytes: ...
+def decode_config(msg: _Buf) -> list[_Value]: ...
+def encode_report(rep: list[int] | tuple[int, ...]) -> bytes: ...
+def decode_report(msg: _Buf) -> list[int]: ...
+def encode_text(kind: int, text: str) -> bytes: ...
+def decode_text(msg: _Buf) -> str: ...

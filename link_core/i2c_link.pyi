@@ -1,0 +1,102 @@
+# Types of link_core/i2c_link.py for mypy; the .py stays MicroPython code without annotations.
+from typing import Final, overload
+
+_Buf = bytes | bytearray | memoryview
+
+MORE: Final[int]
+HOLD: Final[int]
+SYNC: Final[int]
+FRESH: Final[int]
+VERSION: Final[int]
+VERSION_MASK: Final[int]
+HEADER: Final[int]
+CHUNK_MAX: Final[int]
+BLOCK_MAX: Final[int]
+I2C_ADDR: Final[int]
+MEM_SIZE: Final[int]
+MEM_INITIATOR: Final[int]
+MEM_RESPONDER: Final[int]
+ACTIVE_POLL_MS: Final[int]
+IDLE_POLL_MS: Final[int]
+IDLE_AFTER_MS: Final[int]
+EXCHANGE_TIMEOUT_MS: Final[int]
+KEEPALIVE_TIMEOUT_MS: Final[int]
+RESET_PULSE_MS: Final[int]
+BOOT_WAIT_MS: Final[int]
+SYNC_RETRY_MS: Final[int]
+SYNC_TIMEOUT_MS: Final[int]
+TX_QUEUE: Final[int]
+RX_QUEUE: Final[int]
+INITIATOR: Final[str]
+RESPONDER: Final[str]
+
+def crc16(data: _Buf, crc: int = 0xFFFF) -> int: ...
+def check_block(buf: _Buf) -> int: ...
+@overload
+def encode_block(flags: int, seq: int, ack: int, payload: _Buf = b"",
+                 buf: None = None) -> bytes: ...
+@overload
+def encode_block(flags: int, seq: int, ack: int, payload: _Buf,
+                 buf: bytearray | memoryview) -> int: ...
+
+class Block:
+    flags: int
+    seq: int
+    ack: int
+    payload: bytes
+    def __init__(self, flags: int, seq: int, ack: int, payload: bytes) -> None: ...
+    @property
+    def more(self) -> bool: ...
+    @property
+    def hold(self) -> bool: ...
+    @property
+    def sync(self) -> bool: ...
+    @property
+    def fresh(self) -> bool: ...
+
+def decode_block(buf: _Buf) -> Block | None: ...
+
+class LinkEndpoint:
+    role: str
+    sync_message: bytes | None
+    synced: bool
+    peer_fresh: bool
+    peer_hold: bool
+    frames_out: int
+    frames_ok: int
+    frames_bad: int
+    bytes_out: int
+    bytes_in: int
+    messages_out: int
+    messages_in: int
+    too_long: int
+    dropped: int
+    syncs: int
+    peer_reboots: int
+    resets: int
+    def __init__(self, role: str, tx_queue: int = ..., rx_queue: int = ...) -> None: ...
+    def reset(self) -> None: ...
+    def can_queue(self) -> bool: ...
+    @property
+    def tx_pending(self) -> int: ...
+    @property
+    def rx_pending(self) -> int: ...
+    @property
+    def busy(self) -> bool: ...
+    def counters(self) -> dict[str, int]: ...
+    def queue_message(self, msg: _Buf, first: bool = False) -> bool: ...
+    def pop_message(self) -> bytes | None: ...
+    @overload
+    def build_block(self, buf: None = None) -> bytes: ...
+    @overload
+    def build_block(self, buf: bytearray | memoryview) -> int: ...
+    def on_block(self, data: _Buf) -> bool: ...
+
+class PollPolicy:
+    active_poll_ms: int
+    idle_poll_ms: int
+    idle_after_ms: int
+    def __init__(self, active_poll_ms: int = ..., idle_poll_ms: int = ...,
+                 idle_after_ms: int = ...) -> None: ...
+    def kick(self, now_ms: int) -> None: ...
+    def delay_ms(self, now_ms: int, moved: bool) -> int: ...

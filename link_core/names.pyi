@@ -1,0 +1,37 @@
+# Types of link_core/names.py for mypy; the .py stays MicroPython code without annotations.
+from typing import Final
+
+MAX_LINE: Final[int]
+MAX_MESSAGE: Final[int]
+CONN_ID_MAX: Final[int]
+ROOT_MAX: Final[int]
+DEFAULT_ROOT: Final[str]
+UP: Final[str]
+DOWN: Final[str]
+STATUS: Final[str]
+REPORT: Final[str]
+LEAVES: Final[tuple[str, str, str, str]]
+ONLINE: Final[str]
+OFFLINE: Final[str]
+
+_Line = str | bytes | bytearray | memoryview
+
+def check_conn_id(conn_id: object) -> str: ...
+def check_root(root: object) -> str: ...
+def utf8_valid(data: bytes | bytearray | memoryview) -> bool: ...
+def check_line(line: _Line) -> str: ...
+def line_bytes(line: _Line) -> bytes: ...
+def client_id(conn_id: str) -> str: ...
+def wildcard(root: str, leaf: str) -> str: ...
+
+class Topics:
+    root: str
+    conn_id: str
+    base: str
+    up: str
+    down: str
+    status: str
+    report: str
+    def __init__(self, root: str, conn_id: str) -> None: ...
+
+def parse_topic(root: str, topic: str | bytes | bytearray) -> tuple[str, str] | None: ...
