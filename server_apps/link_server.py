@@ -69,7 +69,9 @@ acknowledged line nor deliver one the app had not been given; only lines read
 in the last few milliseconds before a crash are delivered again. A clean exit
 writes the sender state too and marks the file clean; claiming a conn_id
 writes its entry without sender state first, so after a crash it starts a new
-sender session. Without ``state_path`` acks go out at once.
+sender session. Without ``state_path`` acks go out at once. With ``state_db``
+(PostgreSQL, :mod:`server_apps.store_pg`) the same batches go to a table shared
+by several processes, each conn_id leased to one of them at a time.
 
 One identity, one process (PROTOCOL.md 4.3)
 -------------------------------------------
@@ -118,6 +120,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from server_apps import _core
 from server_apps.state import ConnState, ServerState, StateFileError, StateStore
+from server_apps.store_pg import PgStore
 
 log = logging.getLogger("pblink.server")
 
@@ -284,6 +287,12 @@ class Connection:
             await self._changed.wait()
         line = self._lines.popleft()
         self._server._after_read(self)
+        if isinstance(self._server._store, PgStore):  # committed as read before returned
+            try:
+                await self._server._read_committed()
+            except BaseException:
+                self._lines.appendleft(line)  # not returned: it is still unread
+                raise
         return line + "\n"
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -388,6 +397,15 @@ class LinkServer:
             silence. Default 1500.
         state_path: file of the durable link state (JSON, written atomically);
             ``None`` (default): no state file, a restart starts new sessions.
+        state_db: a PostgreSQL connection string or ``postgresql://`` URL:
+            the state goes to a table that several server processes share
+            (:mod:`server_apps.store_pg`), instead of a file. ``connection()``
+            then waits for the conn_id's lease, which one process holds at a
+            time, and ``readline()`` returns a line only once it is committed
+            as read. Not with ``state_path``. Default ``None``.
+        lease_poll_ms: with ``state_db``, how often conn_ids waiting for their
+            lease are tried (takeover of a dead process's conn_ids). At least
+            10, default 250.
         queue_size: unread lines held per conn_id; while it is full the server
             stops acknowledging that device's lines (back-pressure). At least 1,
             default 64.
@@ -410,7 +428,7 @@ class LinkServer:
     Raises:
         ValueError: an invalid ``root``, a ``port`` outside 1 to 65535 (or not
             an int), ``timeout_ms`` under 20, ``queue_size`` or ``window`` under
-            1, an unknown ``protocol``.
+            1, an unknown ``protocol``, both ``state_path`` and ``state_db``.
     """
 
     def __init__(
@@ -426,6 +444,8 @@ class LinkServer:
         protocol: MQTTProtocolVersion = MQTTv311,
         timeout_ms: int = 1500,
         state_path: str | os.PathLike[str] | None = None,
+        state_db: str | None = None,
+        lease_poll_ms: int = 250,
         queue_size: int = 64,
         window: int = SERVER_WINDOW,
         keepalive: int = 60,
@@ -469,7 +489,16 @@ class LinkServer:
         self._password = password
         self._tls = tls
         self._commit_delay = commit_delay_ms / 1000
-        self._store = StateStore(state_path, fsync=fsync) if state_path is not None else None
+        if state_path is not None and state_db is not None:
+            raise ValueError("give state_path (a file) or state_db (PostgreSQL), not both")
+        self._store: StateStore | PgStore | None = (
+            StateStore(state_path, fsync=fsync) if state_path is not None
+            else PgStore(state_db, root=root, owner=client_id, poll_ms=lease_poll_ms)
+            if state_db is not None else None
+        )
+        self._commit_seq = 0  # commits started; with PgStore readline() waits for its read's
+        self._committed_seq = 0
+        self._committed_signal = _Signal()
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
         self._unclaimed: collections.OrderedDict[str, _core.DeviceWatch] = collections.OrderedDict()
@@ -536,10 +565,9 @@ class LinkServer:
         try:
             await self._claim_identity()
         except BaseException:
-            if self._store is not None:
-                self._store.unlock()
+            await self._unlock_store()
             raise
-        if self._store is not None:
+        if isinstance(self._store, StateStore):
             existed = self._store.path.exists()
             self._state = await asyncio.to_thread(self._store.load)
             log.info(
@@ -559,8 +587,7 @@ class LinkServer:
         except BaseException:
             self._closed = True
             await self._stop_client(wait=False)
-            if self._store is not None:
-                self._store.unlock()
+            await self._unlock_store()
             raise
         self._tasks = [asyncio.create_task(self._ticker(), name="pblink-server-ticker")]
         if self._store is not None:
@@ -585,8 +612,7 @@ class LinkServer:
         self._broker_up = False
         self._wake_all()
         await self._stop_client()
-        if self._store is not None:
-            self._store.unlock()
+        await self._unlock_store()
         log.info("link server %s closed", self.client_id)
 
     async def abort(self) -> None:
@@ -616,9 +642,15 @@ class LinkServer:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
             await asyncio.to_thread(client.loop_stop)
-        if self._store is not None:
-            self._store.unlock()
+        await self._unlock_store()
         log.warning("link server %s aborted", self.client_id)
+
+    async def _unlock_store(self) -> None:
+        """Release the state file's lock, or close the database session (its leases go)."""
+        if isinstance(self._store, PgStore):
+            await self._store.close()
+        elif self._store is not None:
+            self._store.unlock()
 
     def _check_open(self) -> None:
         if self._closed or self._closing:
@@ -645,7 +677,14 @@ class LinkServer:
         conn = self._conns.get(conn_id)
         if conn is not None:
             return conn
-        stored = self._state.conns.get(conn_id, ConnState())
+        if isinstance(self._store, PgStore):  # wait for the lease (another process may hold it)
+            stored = await self._store.claim(conn_id)
+            if conn_id in self._conns or self._closed or self._closing:
+                await self._store._release(conn_id)
+                self._check_open()
+                return self._conns[conn_id]
+        else:
+            stored = self._state.conns.get(conn_id, ConnState())
         receiver = _core.make_receiver(RX_WINDOW)
         sender: _core.Sender | None = None
         try:
@@ -716,7 +755,9 @@ class LinkServer:
 
     async def _claim_identity(self) -> None:
         """Lock the state file, then make sure no other process is connected as our client id."""
-        if self._store is not None:
+        if isinstance(self._store, PgStore):
+            await self._store.open()
+        elif self._store is not None:
             await asyncio.to_thread(self._store.lock, IDENTITY_HINT)
         if self.identity_probe_s > 0 and await asyncio.to_thread(self._identity_taken):
             raise ServerIdentityError(
@@ -933,6 +974,7 @@ class LinkServer:
 
     def _wake_all(self) -> None:
         self._broker_signal.fire()
+        self._committed_signal.fire()
         for conn in self._conns.values():
             conn._changed.fire()
 
@@ -1051,6 +1093,15 @@ class LinkServer:
         if lines or ack is not None:
             self._commit_wanted.set()
 
+    async def _read_committed(self) -> None:
+        """Wait for a commit that started after now (a read's durability, PgStore)."""
+        target = self._commit_seq + 1
+        self._commit_wanted.set()
+        while self._committed_seq < target:
+            if self._closed:
+                raise LinkClosedError("link server closed before the read was committed")
+            await self._committed_signal.wait()
+
     def _after_read(self, conn: Connection) -> None:
         """A line was read: take parked frames while there is room; persist the read."""
         while conn._parked and not conn._full():
@@ -1159,8 +1210,12 @@ class LinkServer:
 
     async def _write_state(self, clean: bool) -> None:
         assert self._store is not None
-        data = self._snapshot(clean).to_bytes()
-        await asyncio.to_thread(self._store.write, data)
+        snap = self._snapshot(clean)
+        self._commit_seq += 1
+        if isinstance(self._store, PgStore):  # only the leased conn_ids, changed ones only
+            await self._store.write({cid: snap.conns[cid] for cid in self._conns})
+            return
+        await asyncio.to_thread(self._store.write, snap.to_bytes())
 
     async def _commit(self, clean: bool) -> None:
         """Write one batch, then release its lines and publish its acks (caller holds the lock)."""
@@ -1178,6 +1233,8 @@ class LinkServer:
                 self._commit_wanted.set()
             return
         self.stats["commits"] += 1
+        self._committed_seq = self._commit_seq  # commits are serialised by _commit_lock
+        self._committed_signal.fire()
         for conn_id, count in held.items():
             conn = self._conns[conn_id]
             conn._lines.extend(conn._held[:count])
