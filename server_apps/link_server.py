@@ -287,12 +287,6 @@ class Connection:
             await self._changed.wait()
         line = self._lines.popleft()
         self._server._after_read(self)
-        if isinstance(self._server._store, PgStore):  # committed as read before returned
-            try:
-                await self._server._read_committed()
-            except BaseException:
-                self._lines.appendleft(line)  # not returned: it is still unread
-                raise
         return line + "\n"
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -401,8 +395,7 @@ class LinkServer:
             the state goes to a table that several server processes share
             (:mod:`server_apps.store_pg`), instead of a file. ``connection()``
             then waits for the conn_id's lease, which one process holds at a
-            time, and ``readline()`` returns a line only once it is committed
-            as read. Not with ``state_path``. Default ``None``.
+            time. Not with ``state_path``. Default ``None``.
         lease_poll_ms: with ``state_db``, how often conn_ids waiting for their
             lease are tried (takeover of a dead process's conn_ids). At least
             10, default 250.
@@ -496,9 +489,6 @@ class LinkServer:
             else PgStore(state_db, root=root, owner=client_id, poll_ms=lease_poll_ms)
             if state_db is not None else None
         )
-        self._commit_seq = 0  # commits started; with PgStore readline() waits for its read's
-        self._committed_seq = 0
-        self._committed_signal = _Signal()
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
         self._unclaimed: collections.OrderedDict[str, _core.DeviceWatch] = collections.OrderedDict()
@@ -974,7 +964,6 @@ class LinkServer:
 
     def _wake_all(self) -> None:
         self._broker_signal.fire()
-        self._committed_signal.fire()
         for conn in self._conns.values():
             conn._changed.fire()
 
@@ -1093,15 +1082,6 @@ class LinkServer:
         if lines or ack is not None:
             self._commit_wanted.set()
 
-    async def _read_committed(self) -> None:
-        """Wait for a commit that started after now (a read's durability, PgStore)."""
-        target = self._commit_seq + 1
-        self._commit_wanted.set()
-        while self._committed_seq < target:
-            if self._closed:
-                raise LinkClosedError("link server closed before the read was committed")
-            await self._committed_signal.wait()
-
     def _after_read(self, conn: Connection) -> None:
         """A line was read: take parked frames while there is room; persist the read."""
         while conn._parked and not conn._full():
@@ -1211,7 +1191,6 @@ class LinkServer:
     async def _write_state(self, clean: bool) -> None:
         assert self._store is not None
         snap = self._snapshot(clean)
-        self._commit_seq += 1
         if isinstance(self._store, PgStore):  # only the leased conn_ids, changed ones only
             await self._store.write({cid: snap.conns[cid] for cid in self._conns})
             return
@@ -1233,8 +1212,6 @@ class LinkServer:
                 self._commit_wanted.set()
             return
         self.stats["commits"] += 1
-        self._committed_seq = self._commit_seq  # commits are serialised by _commit_lock
-        self._committed_signal.fire()
         for conn_id, count in held.items():
             conn = self._conns[conn_id]
             conn._lines.extend(conn._held[:count])

@@ -36,10 +36,12 @@ Commits (PROTOCOL.md 4.5, group commit)
 :meth:`PgStore.write` upserts, in one transaction, the entries that changed
 since the last commit. ``LinkServer`` calls it before it publishes the acks
 of a batch, exactly as it writes the state file, so an acknowledged line is
-in the database before the device hears of it. With this store a line
-returned by ``readline()`` is also committed as read before it is returned
-(``durable_reads``): the process that takes a conn_id over never hands the
-application a line another process already returned.
+in the database before the device hears of it, and the process that takes
+a conn_id over continues its receive state: no acknowledged line is lost and
+the link accepts none twice. As with the state file, reads are committed with
+the next batch: the lines a killed process's application read after its last
+commit (with ``wait=True`` writers, the last line or two of a device) are
+read again by the application of the process that takes over.
 
 psycopg 3 (``pip install 'pblink-mqtt[postgres]'``) is imported when a store
 is opened, so the file store needs no database driver.
@@ -101,8 +103,6 @@ class PgStore:
     (``path`` names the store in messages, ``writes`` counts commits), with
     async methods: :meth:`open`, :meth:`claim`, :meth:`write`, :meth:`close`.
     """
-
-    durable_reads: Final = True
 
     def __init__(self, dsn: str, *, root: str, owner: str, poll_ms: int = 250) -> None:
         if poll_ms < 10:

@@ -10,8 +10,10 @@ PostgreSQL or psycopg fails instead of skipping.
 - an unreachable database is one line naming it, password hidden;
 - two ``pblink server`` processes share six device doubles' conn_ids; the one
   serving them is killed with SIGKILL mid-stream; the other takes every
-  conn_id over and every qos line of every device is read exactly once, in
-  order, across the two processes.
+  conn_id over; every qos line of every device is read, in order, none lost,
+  and the only lines read twice are the last ones the killed process's
+  application read after its last commit (PROTOCOL.md 4.5: at most 2 per
+  device here, with wait=True writers).
 """
 
 from __future__ import annotations
@@ -200,16 +202,19 @@ def test_kill_9_of_one_server_process_the_other_takes_over_exactly_once(
         deadline = time.monotonic() + TEST_TIMEOUT
         while time.monotonic() < deadline:
             got_b = b.received()
-            if all(len(got_b.get(c, [])) + len(a.received().get(c, [])) >= lines for c in ids):
+            if all(got_b.get(c, [0])[-1] == lines for c in ids):
                 break
             time.sleep(0.05)
         b.finish(signal.SIGTERM)
         assert b.proc.returncode == 0, "\n".join(x for _, x in b.lines[-30:])
         got_a, got_b = a.received(), b.received()
         for cid in ids:
-            assert got_a.get(cid, []) + got_b.get(cid, []) == list(range(1, lines + 1)), (
-                cid, got_a.get(cid), got_b.get(cid),
-                [x for _, x in b.lines if cid in x][-12:])
+            seq_a, seq_b = got_a.get(cid, []), got_b.get(cid, [])
+            # b starts where a's last commit left off: a's read tail may come again
+            overlap = len(seq_a) - seq_b[0] + 1 if seq_a and seq_b else 0
+            assert 0 <= overlap <= 2, (cid, seq_a, seq_b)
+            assert seq_b[:overlap] == seq_a[len(seq_a) - overlap:], (cid, seq_a, seq_b)
+            assert seq_a + seq_b[overlap:] == list(range(1, lines + 1)), (cid, seq_a, seq_b)
         assert any(got_b.get(c) for c in ids)  # b served after the kill
     finally:
         for p in (a, b):

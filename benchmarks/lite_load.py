@@ -1,0 +1,410 @@
+"""A cheap load generator: thousands of devices on raw MQTT sockets in one asyncio loop.
+
+``python -m benchmarks.lite_load --port P --first F --count C``
+
+The same commands and output as :mod:`benchmarks.scale_load` (``READY``,
+``idle S``, ``go T0 SECONDS``, ``RESULT {json}``), at a fraction of its cost
+per device: no paho client and no thread per device. Each device is an
+:class:`asyncio.Protocol` on its own TCP connection speaking MQTT 3.1.1 with
+packets encoded once (CONNECT with the bridge's will, SUBSCRIBE, the status
+PUBLISH), and the device side of the link protocol from ``link_core`` (via
+``server_apps._core``): a ``Sender`` per device for its qos lines (PROTOCOL.md
+3.1: ids, base, retransmission after ``timeout_ms`` while the server is
+reachable, resend-all when it becomes reachable again, ``wait=True``: a line
+starts only when the previous one is acknowledged), a ``ServerWatch`` for
+liveness (4.4: ``h`` when nothing was published or heard for
+``timeout_ms / 2``; the server is reachable when something arrived on
+``down`` within ``timeout_ms``), and a ``Receiver``, made on the first ``q``
+frame from the server, that acknowledges it (3.2). As the bridge does (4.2):
+client id ``pblink-<conn_id>``, clean session false, will ``offline``
+retained at QoS 1, status ``online`` after CONNACK, ``down`` at QoS 1.
+
+What it does not do: reconnect (a lost connection is counted in
+``connections_lost``; the benchmark then reports it), TLS, credentials.
+
+A line is ``<seq> <time.monotonic_ns()>`` taken just before the frame is
+handed to the socket, so the server measures write() to readline().
+
+``idle S`` (stdin): for S seconds nothing is written; prints ``IDLE {json}``
+with the ``h`` frames the devices sent and received (the heartbeat traffic of
+idle devices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import resource
+import sys
+import time
+from typing import Any
+
+from server_apps import _core
+
+log = logging.getLogger("pblink.bench.lite")
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def now_ms() -> int:
+    return int(time.monotonic() * 1000) & _core.TICKS_MAX
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n % 128, n // 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _s(b: bytes) -> bytes:
+    return len(b).to_bytes(2, "big") + b
+
+
+def packet(first: int, body: bytes) -> bytes:
+    """One MQTT packet: fixed header byte, remaining length, body."""
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def connect_packet(client_id: str, will_topic: str, keepalive: int) -> bytes:
+    # flags: clean session 0, will 1, will QoS 1 (bits 3-4 = 01), will retain 1
+    flags = 0x04 | 0x08 | 0x20
+    body = (_s(b"MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
+            + _s(client_id.encode()) + _s(will_topic.encode()) + _s(b"offline"))
+    return packet(0x10, body)
+
+
+def publish_packet(topic: bytes, payload: bytes, qos: int, pid: int, retain: bool = False) -> bytes:
+    head = 0x30 | (qos << 1) | (1 if retain else 0)
+    body = _s(topic) + (pid.to_bytes(2, "big") if qos else b"") + payload
+    return packet(head, body)
+
+
+class Device(asyncio.Protocol):
+    """One device: an MQTT connection and the device end of the link."""
+
+    __slots__ = (
+        "acked",
+        "buf",
+        "cid",
+        "down",
+        "gen",
+        "pid",
+        "rx",
+        "sender",
+        "status",
+        "t_sent",
+        "transport",
+        "up",
+        "was_up",
+        "watch",
+    )
+
+    def __init__(self, gen: Generator, conn_id: str) -> None:
+        self.gen = gen
+        self.cid = conn_id
+        t = _core.topics(gen.root, conn_id)
+        self.up = t.up.encode()
+        self.down = t.down
+        self.status = t.status
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.pid = 0
+        self.sender = _core.make_sender(_core.new_session(os.urandom(4)),
+                                        _core.TX_WINDOW_PYBOARD, gen.timeout_ms)
+        self.watch = _core.server_watch(gen.timeout_ms)
+        self.rx: _core.Receiver | None = None
+        self.acked: asyncio.Event | None = None
+        self.was_up = False
+        self.t_sent = 0
+
+    # -- MQTT ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(connect_packet(_core.client_id(self.cid), self.status,
+                                       self.gen.keepalive))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.watch.disconnected()
+        if not self.gen.closing:
+            self.gen.stats["connections_lost"] += 1
+
+    def _next_pid(self) -> int:
+        self.pid = self.pid % 65535 + 1
+        return self.pid
+
+    def publish(self, payload: bytes) -> None:
+        if self.transport is None:
+            return
+        qos = _core.qos_of(payload)
+        self.transport.write(publish_packet(self.up, payload, qos,
+                                            self._next_pid() if qos else 0))
+        self.watch.published(now_ms())
+        if payload == _core.HEARTBEAT:
+            self.gen.stats["h_sent"] += 1
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= 2:
+            n, mult, i = 0, 1, 1
+            while True:
+                if i >= len(buf):
+                    return
+                b = buf[i]
+                n += (b & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not b & 0x80:
+                    break
+            if len(buf) < i + n:
+                return
+            kind = buf[0] >> 4
+            body = bytes(buf[i:i + n])
+            qos = (buf[0] >> 1) & 3
+            del buf[:i + n]
+            if kind == 3:
+                self._on_publish(body, qos)
+            elif kind == 2:
+                self._on_connack(body)
+
+    def _on_connack(self, body: bytes) -> None:
+        assert self.transport is not None
+        if len(body) < 2 or body[1] != 0:
+            self.gen.stats["refused"] += 1
+            self.transport.close()
+            return
+        self.transport.write(publish_packet(self.status.encode(), b"online", 1,
+                                            self._next_pid(), retain=True))
+        self.transport.write(packet(0x82, self._next_pid().to_bytes(2, "big")
+                                    + _s(self.down.encode()) + b"\x01"))
+        self.watch.connected(now_ms())
+        self.gen.connected += 1
+
+    def _on_publish(self, body: bytes, qos: int) -> None:
+        tlen = int.from_bytes(body[:2], "big")
+        at = 2 + tlen
+        if qos:
+            pid = body[at:at + 2]
+            at += 2
+            assert self.transport is not None
+            self.transport.write(b"\x40\x02" + pid)  # PUBACK
+        if body[2:2 + tlen].decode() != self.down:
+            return
+        try:
+            frame = _core.decode(body[at:])
+        except ValueError:
+            self.gen.stats["malformed"] += 1
+            return
+        now = now_ms()
+        self.watch.heard(now)
+        kind = frame[0]
+        if kind == _core.KIND_HEARTBEAT:
+            self.gen.stats["h_received"] += 1
+        elif kind == _core.KIND_ACK:
+            if self.sender.on_ack(frame[1], frame[2]) and self.acked is not None:
+                self.acked.set()
+        elif kind == _core.KIND_QOS:
+            if self.rx is None:
+                self.rx = _core.make_receiver()
+            ack, lines = self.rx.on_frame(frame)
+            self.gen.stats["lines_from_server"] += len(lines)
+            if ack is not None:
+                self.publish(ack)
+        self._check_up(now)
+
+    # -- link ------------------------------------------------------------------
+
+    def _check_up(self, now: int) -> None:
+        up = self.watch.reachable(now)
+        if up and not self.was_up:  # PROTOCOL.md 3.1: resend every unacknowledged frame
+            for frame in self.sender.resend_all(now):
+                self.publish(frame)
+            self.gen.server_ok += 1 if not self.gen.seen_ok.get(self.cid) else 0
+            self.gen.seen_ok[self.cid] = True
+            self.gen.wake.set()
+        self.was_up = up
+
+    def tick(self, now: int) -> None:
+        if self.transport is None:
+            return
+        self._check_up(now)
+        if self.watch.heartbeat_due(now):
+            self.publish(_core.HEARTBEAT)
+            self.watch.heartbeat_sent(now)
+        frames = self.sender.due(now, self.was_up)
+        for frame in frames:
+            self.publish(frame)
+        self.gen.stats["retransmitted"] += len(frames)
+
+    async def write(self, line: str) -> None:
+        """Write one qos line with wait=True: returns when the server acknowledged it."""
+        while not (self.was_up and _core.may_write(True, self.sender, True, True)):
+            self.gen.wake.clear()
+            await self.gen.wake.wait()
+        self.acked = ev = asyncio.Event()
+        self.publish(self.sender.send(f"{line} {time.monotonic_ns()}", now_ms()))
+        while not self.sender.idle():
+            await ev.wait()
+            ev.clear()
+        self.acked = None
+
+
+class Generator:
+    """``count`` devices ``d<first>`` .. in this process's loop, ticked together."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.root = args.root
+        self.timeout_ms = args.timeout_ms
+        self.keepalive = 60
+        self.tick_s = args.tick_ms / 1000
+        self.devs = [Device(self, f"d{i}") for i in range(args.first, args.first + args.count)]
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("h_sent", "h_received", "retransmitted", "connections_lost", "refused",
+             "malformed", "lines_from_server"), 0)
+        self.connected = 0
+        self.server_ok = 0
+        self.seen_ok: dict[str, bool] = {}
+        self.closing = False
+        self.wake = asyncio.Event()
+
+    async def ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = now_ms()
+            for d in self.devs:
+                d.tick(now)
+
+
+async def main(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    gen = Generator(args)
+    t_start = time.monotonic()
+    for i, d in enumerate(gen.devs):
+        await loop.create_connection(lambda d=d: d, "127.0.0.1", args.port)
+        if i % 50 == 49:
+            await asyncio.sleep(0.01)  # let CONNACKs in: a connect storm is not the test
+    ticker = asyncio.create_task(gen.ticker())
+    deadline = time.monotonic() + args.ready_s
+    while gen.server_ok < len(gen.devs) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    print(f"READY {gen.server_ok} {time.monotonic() - t_start:.2f}", flush=True)
+    out: dict[str, Any] = {}
+    while True:
+        cmd = (await loop.run_in_executor(None, sys.stdin.readline)).split()
+        if cmd and cmd[0] == "idle":
+            before, cpu0, t0 = dict(gen.stats), cpu_s(), time.monotonic()
+            await asyncio.sleep(float(cmd[1]))
+            wall = time.monotonic() - t0
+            idle = {k: gen.stats[k] - before[k] for k in ("h_sent", "h_received")}
+            idle.update(count=len(gen.devs), wall_s=wall, cpu_s=cpu_s() - cpu0)
+            print("IDLE " + json.dumps(idle), flush=True)
+            continue
+        break
+    if not cmd or cmd[0] != "go":
+        gen.closing = True
+        ticker.cancel()
+        for d in gen.devs:
+            if d.transport is not None:
+                d.transport.close()
+        return
+    t0, seconds = float(cmd[1]), float(cmd[2])
+    res: dict[str, Any] = {"scheduled": 0, "written": 0, "lag": []}
+    loop_lag: list[float] = []
+
+    async def writer(dev: Device) -> None:
+        phase = random.random()
+        k = 0
+        while True:
+            due = t0 + phase + k
+            if due >= t0 + seconds:
+                return
+            k += 1
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            res["scheduled"] += 1
+            res["lag"].append(time.monotonic() - due)
+            await dev.write(str(k))
+            res["written"] += 1
+
+    async def probe() -> None:  # how late this event loop runs a 50 ms timer
+        while time.monotonic() < t0 + seconds:
+            t = time.monotonic()
+            await asyncio.sleep(0.05)
+            loop_lag.append(time.monotonic() - t - 0.05)
+
+    wait0 = t0 - time.monotonic()
+    if wait0 > 0:
+        await asyncio.sleep(wait0)
+    cpu0 = cpu_s()
+    probe_task = asyncio.create_task(probe())
+    tasks = [asyncio.create_task(writer(d)) for d in gen.devs]
+    _done, pending = await asyncio.wait(tasks, timeout=seconds + args.drain)
+    for t in pending:
+        t.cancel()
+    cpu_window = cpu_s() - cpu0
+    t_end = time.monotonic()
+    probe_task.cancel()
+    loop_lag.sort()
+    lag = sorted(res["lag"])
+
+    def q(p: float) -> float:
+        return lag[min(len(lag) - 1, int(p * len(lag)))] if lag else 0.0
+
+    out = {
+        "count": len(gen.devs),
+        "server_ok_at_go": gen.server_ok,
+        "scheduled": res["scheduled"],
+        "written": res["written"],
+        "unacked_after_drain": sum(d.sender.in_flight for d in gen.devs),
+        "blocked_writes": len(pending),
+        "lag_p50_ms": q(0.5) * 1000,
+        "lag_p99_ms": q(0.99) * 1000,
+        "lag_max_ms": (lag[-1] if lag else 0.0) * 1000,
+        "loop_lag_p99_ms": (loop_lag[int(0.99 * (len(loop_lag) - 1))] if loop_lag else 0) * 1000,
+        "cpu_s_window": cpu_window,
+        "wall_s_window": t_end - t0,
+        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        **gen.stats,
+    }
+    print("RESULT " + json.dumps(out), flush=True)
+    gen.closing = True
+    ticker.cancel()
+    for d in gen.devs:
+        if d.transport is not None:
+            d.transport.close()
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--root", default="pblink")
+    p.add_argument("--timeout-ms", type=int, default=1500)
+    p.add_argument("--tick-ms", type=int, default=100)
+    p.add_argument("--ready-s", type=float, default=120.0)
+    p.add_argument("--drain", type=float, default=10.0)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from benchmarks.common import raise_nofile
+
+    raise_nofile()
+    asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    cli()
