@@ -236,17 +236,15 @@ async def run(ctx: Context) -> list[Row]:
     plan: list[tuple[str, list[int], bool, int]] = []
     ns = ctx.options.get("scale_n") or ([10] if ctx.tiny else [100] if ctx.quick
                                         else [100, 1000, 5000, 10000])
-    chosen = ctx.options.get("scale_generator") or "lite"
+    generator = ctx.options.get("scale_generator") or "lite"
     if ctx.mosquitto:
         plan.append(("mosquitto", ns, False, 1500))
         if max(ns) >= 5000:  # the same with rare heartbeats: the line path alone
             plan.append(("mosquitto", [5000], False, 10000))
-    # amqtt with the paho doubles: the lite generator loses most connections on it (open)
     plan.append(("amqtt", [10] if ctx.tiny else [100] if ctx.quick else [100, 200, 300, 500],
                  True, 1500))
     rows: list[Row] = []
     for kind, counts, step_up, timeout_ms in plan:
-        generator = "doubles" if kind == "amqtt" else chosen
         for n in counts:
             repeats = ctx.repeats if n <= 1000 else 1
             if step_up and not ctx.quick:
