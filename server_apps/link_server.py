@@ -703,7 +703,7 @@ class LinkServer:
         self._conns[conn_id] = conn
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
-        if self._store is not None:
+        if isinstance(self._store, StateStore):  # PgStore.claim() dropped it already
             async with self._commit_lock:
                 await self._commit(clean=False)
         if conn.online and self._broker_up:

@@ -170,6 +170,10 @@ class PgStore:
     async def claim(self, conn_id: str) -> ConnState:
         """Wait for the lease on ``conn_id``, then its stored entry (empty when there is none).
 
+        The entry's sender state (``tx``, written by a clean stop) is returned
+        and, in the same step, removed from the row: the caller continues that
+        session, and a crash of the caller makes the next owner start anew.
+
         Waits as long as another process holds it. Cancelling the wait gives
         up the claim.
 
@@ -218,6 +222,14 @@ class PgStore:
             (self.root, got),
         )
         rows = {cid: entry for cid, entry in await cur.fetchall()}
+        # The sender state of a clean stop is continued by this process: drop it from
+        # the rows now, in one statement, so that after a crash of this process the
+        # next owner starts a new sender session (PROTOCOL.md 4.5, as the file does).
+        with_tx = [cid for cid, entry in rows.items() if isinstance(entry, dict) and "tx" in entry]
+        if with_tx:
+            await conn.execute(
+                f"UPDATE {TABLE} SET entry = entry - 'tx', owner = %s, updated_at = now() "
+                "WHERE root = %s AND conn_id = ANY(%s)", (self.owner, self.root, with_tx))
         for cid in got:
             fut = self._wanted.pop(cid, None)
             entry = rows.get(cid)
@@ -235,7 +247,9 @@ class PgStore:
                 await self._release(cid)
                 continue
             if entry is not None:
-                self._written[cid] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+                stored = {k: v for k, v in entry.items() if k != "tx"}
+                self._written[cid] = json.dumps(stored, sort_keys=True, separators=(",", ":"),
+                                                ensure_ascii=False)
             log.info("%s: lease taken (state database %s)", cid, self.path)
             fut.set_result(state)
 

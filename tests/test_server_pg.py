@@ -82,6 +82,34 @@ async def test_a_conn_id_is_leased_to_one_store_at_a_time(pg: TempPostgres) -> N
         await b.close()
 
 
+async def test_a_claim_continues_a_clean_stops_sender_session_and_drops_it_from_the_row(
+    pg: TempPostgres,
+) -> None:
+    import psycopg
+
+    from server_apps import _core
+    from server_apps.store_pg import TABLE, PgStore
+
+    tx = _core.make_sender("0badcafe", 16, 1500)
+    tx.send("unacknowledged", 0)
+    a = PgStore(pg.dsn, root="tx", owner="a", poll_ms=20)
+    b = PgStore(pg.dsn, root="tx", owner="b", poll_ms=20)
+    await a.open()
+    await b.open()
+    try:
+        await a.claim("s")
+        await a.write({"s": ConnState(tx=tx.snapshot(), unread=["u"])})  # a clean stop
+        await a.close()
+        got = await asyncio.wait_for(b.claim("s"), TEST_TIMEOUT)
+        assert got.tx == tx.snapshot() and got.unread == ["u"]  # b continues the session
+        async with await psycopg.AsyncConnection.connect(pg.dsn) as c:
+            cur = await c.execute(f"SELECT entry, owner FROM {TABLE} WHERE root = 'tx'")
+            assert await cur.fetchall() == [({"unread": ["u"]}, "b")]  # a crash of b: new one
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_a_damaged_entry_is_refused_naming_the_conn_id(pg: TempPostgres) -> None:
     import psycopg
 
