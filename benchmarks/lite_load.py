@@ -365,7 +365,8 @@ async def main(args: argparse.Namespace) -> None:
             before, cpu0, t0 = dict(gen.stats), cpu_s(), time.monotonic()
             await asyncio.sleep(float(cmd[1]))
             wall = time.monotonic() - t0
-            idle = {k: gen.stats[k] - before[k] for k in ("h_sent", "h_received")}
+            idle: dict[str, float] = {k: gen.stats[k] - before[k]
+                                      for k in ("h_sent", "h_received")}
             idle.update(count=len(gen.devs), wall_s=wall, cpu_s=cpu_s() - cpu0)
             print("IDLE " + json.dumps(idle), flush=True)
             continue
