@@ -139,6 +139,29 @@ async def test_an_unreachable_database_is_one_line_without_the_password() -> Non
     assert "secret" not in text and "u:***@127.0.0.1" in text and "\n" not in text
 
 
+def test_pblink_server_with_an_unreachable_database_is_one_line(
+    amqtt_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    pytest.importorskip("psycopg")
+    url = f"postgresql://u:secret@127.0.0.1:{free_port()}/x?connect_timeout=2"
+    done = subprocess.run(
+        [sys.executable, "-m", "server_apps.s_app", "--host", amqtt_broker.host, "--port",
+         str(amqtt_broker.port), "--state-db", url], cwd=tmp_path, capture_output=True,
+        text=True, timeout=TEST_TIMEOUT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    out = (done.stdout + done.stderr).strip()
+    assert done.returncode == 1, out
+    errors = [x for x in out.splitlines() if x.startswith("pblink server: error: state database")]
+    assert len(errors) == 1 and "Traceback" not in out and "secret" not in out, out
+    assert not (tmp_path / ".pblink-state").exists()  # no state folder with a database
+
+
+def test_a_file_and_a_database_at_once_are_refused() -> None:
+    from server_apps import LinkServer
+
+    with pytest.raises(ValueError, match="not both"):
+        LinkServer(state_path="x.json", state_db="postgresql://localhost/x")
+
+
 # -- failover of two `pblink server` processes ----------------------------------------------
 
 class Proc:
