@@ -45,14 +45,10 @@ import sys
 import time
 from typing import Any, cast
 
+from benchmarks.scale_load import cpu_s, generator_arguments, lag_figures, loop_probe
 from server_apps import _core
 
 log = logging.getLogger("pblink.bench.lite")
-
-
-def cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def now_ms() -> int:
@@ -382,17 +378,11 @@ async def main(args: argparse.Namespace) -> None:
     gen.t0, gen.t_end = t0, t0 + seconds
     loop_lag: list[float] = []
 
-    async def probe() -> None:  # how late this event loop runs a 50 ms timer
-        while time.monotonic() < t0 + seconds:
-            t = time.monotonic()
-            await asyncio.sleep(0.05)
-            loop_lag.append(time.monotonic() - t - 0.05)
-
     wait0 = t0 - time.monotonic()
     if wait0 > 0:
         await asyncio.sleep(wait0)
     cpu0 = cpu_s()
-    probe_task = asyncio.create_task(probe())
+    probe_task = asyncio.create_task(loop_probe(t0 + seconds, loop_lag))
     gen.left = len(gen.devs)
     for d in gen.devs:
         d.schedule()
@@ -402,12 +392,6 @@ async def main(args: argparse.Namespace) -> None:
     cpu_window = cpu_s() - cpu0
     t_end = time.monotonic()
     probe_task.cancel()
-    loop_lag.sort()
-    lag = sorted(gen.res_lag)
-
-    def q(p: float) -> float:
-        return lag[min(len(lag) - 1, int(p * len(lag)))] if lag else 0.0
-
     out = {
         "count": len(gen.devs),
         "server_ok_at_go": gen.server_ok,
@@ -415,10 +399,7 @@ async def main(args: argparse.Namespace) -> None:
         "written": gen.res_written,
         "unacked_after_drain": sum(d.sender.in_flight for d in gen.devs),
         "blocked_writes": len(pending),
-        "lag_p50_ms": q(0.5) * 1000,
-        "lag_p99_ms": q(0.99) * 1000,
-        "lag_max_ms": (lag[-1] if lag else 0.0) * 1000,
-        "loop_lag_p99_ms": (loop_lag[int(0.99 * (len(loop_lag) - 1))] if loop_lag else 0) * 1000,
+        **lag_figures(gen.res_lag, loop_lag),
         "cpu_s_window": cpu_window,
         "wall_s_window": t_end - t0,
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -433,16 +414,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def cli() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--first", type=int, default=0)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--root", default="pblink")
-    p.add_argument("--timeout-ms", type=int, default=1500)
-    p.add_argument("--tick-ms", type=int, default=100)
-    p.add_argument("--ready-s", type=float, default=120.0)
-    p.add_argument("--drain", type=float, default=10.0)
-    args = p.parse_args()
+    args = generator_arguments(__doc__, 100).parse_args()
     logging.basicConfig(level=logging.WARNING)
     from benchmarks.common import raise_nofile
 
