@@ -669,9 +669,8 @@ class LinkServer:
             return conn
         if isinstance(self._store, PgStore):  # wait for the lease (another process may hold it)
             stored = await self._store.claim(conn_id)
-            if conn_id in self._conns or self._closed or self._closing:
-                await self._store._release(conn_id)
-                self._check_open()
+            self._check_open()
+            if conn_id in self._conns:  # a concurrent call for it won
                 return self._conns[conn_id]
         else:
             stored = self._state.conns.get(conn_id, ConnState())

@@ -116,6 +116,10 @@ class PgStore:
         self._conn: Any = None  # psycopg.AsyncConnection
         self._written: dict[str, str] = {}  # conn_id -> entry JSON last committed
         self._wanted: dict[str, asyncio.Future[ConnState]] = {}
+        self._waiters: dict[str, int] = {}
+        # One statement or transaction at a time on the session: a claim's UPDATE must
+        # not land inside a commit's transaction (psycopg does not hold its lock across one).
+        self._lock = asyncio.Lock()
         self._claimer: asyncio.Task[None] | None = None
         self._lost: str | None = None
 
@@ -186,22 +190,30 @@ class PgStore:
         fut = self._wanted.get(conn_id)
         if fut is None:
             fut = self._wanted[conn_id] = asyncio.get_running_loop().create_future()
+        self._waiters[conn_id] = self._waiters.get(conn_id, 0) + 1  # callers of this claim
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
-            if self._wanted.get(conn_id) is fut and not fut.done():
-                del self._wanted[conn_id]
-                fut.cancel()
-            elif fut.done() and not fut.cancelled() and fut.exception() is None:
-                await self._release(conn_id)  # got it just now: give it back
+            if self._waiters[conn_id] == 1:  # the last caller gives the claim up
+                if not fut.done():
+                    if self._wanted.get(conn_id) is fut:
+                        del self._wanted[conn_id]
+                    fut.cancel()
+                elif not fut.cancelled() and fut.exception() is None:
+                    await self._release(conn_id)  # got it just now: give it back
             raise
+        finally:
+            self._waiters[conn_id] -= 1
+            if not self._waiters[conn_id]:
+                del self._waiters[conn_id]
 
     async def _claim_loop(self) -> None:
         while True:
             wanted = [cid for cid, fut in self._wanted.items() if not fut.done()]
             if wanted:
                 try:
-                    await self._try_claim(wanted)
+                    async with self._lock:
+                        await self._try_claim(wanted)
                 except Exception as exc:
                     self._session_lost(exc)
                     return
@@ -239,12 +251,12 @@ class PgStore:
                 err = StateFileError(
                     f"state database {self.path}, conn_id {cid!r}: {exc}; delete its row "
                     "to start afresh (acknowledged but unread lines in it would be lost)")
-                await self._release(cid)
+                await self._unlock(cid)
                 if fut is not None and not fut.done():
                     fut.set_exception(err)
                 continue
             if fut is None or fut.done():  # nobody waits any more
-                await self._release(cid)
+                await self._unlock(cid)
                 continue
             if entry is not None:
                 stored = {k: v for k, v in entry.items() if k != "tx"}
@@ -254,6 +266,10 @@ class PgStore:
             fut.set_result(state)
 
     async def _release(self, conn_id: str) -> None:
+        async with self._lock:
+            await self._unlock(conn_id)
+
+    async def _unlock(self, conn_id: str) -> None:  # caller holds self._lock
         with contextlib.suppress(Exception):
             await self._conn.execute(
                 f"SELECT pg_advisory_unlock({_LOCK_KEY.format(col='%s::text')})",
@@ -293,7 +309,7 @@ class PgStore:
                 rows.append((cid, text))
         if rows:
             try:
-                async with self._conn.transaction(), self._conn.cursor() as cur:
+                async with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
                     await cur.executemany(
                         f"INSERT INTO {TABLE} (root, conn_id, entry, owner) "
                         "VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (root, conn_id) DO UPDATE "

@@ -110,6 +110,36 @@ async def test_a_claim_continues_a_clean_stops_sender_session_and_drops_it_from_
         await b.close()
 
 
+async def test_two_callers_of_one_claim_and_one_giving_up(pg: TempPostgres) -> None:
+    from server_apps.store_pg import PgStore
+
+    a = PgStore(pg.dsn, root="two", owner="a", poll_ms=20)
+    b = PgStore(pg.dsn, root="two", owner="b", poll_ms=20)
+    await a.open()
+    await b.open()
+    try:
+        await a.claim("k")
+        first = asyncio.create_task(b.claim("k"))
+        second = asyncio.create_task(b.claim("k"))
+        await asyncio.sleep(0.1)
+        first.cancel()  # one caller gives up: the other still waits for the lease
+        await a.close()
+        assert await asyncio.wait_for(second, TEST_TIMEOUT) == ConnState()
+        assert first.cancelled()
+        c = PgStore(pg.dsn, root="two", owner="c", poll_ms=20)
+        await c.open()
+        try:  # b kept the lease: c waits
+            waiting = asyncio.create_task(c.claim("k"))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            waiting.cancel()
+        finally:
+            await c.close()
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_a_damaged_entry_is_refused_naming_the_conn_id(pg: TempPostgres) -> None:
     import psycopg
 
