@@ -192,6 +192,43 @@ def test_a_file_and_a_database_at_once_are_refused() -> None:
         LinkServer(state_path="x.json", state_db="postgresql://localhost/x")
 
 
+async def test_a_clean_handover_between_two_servers_continues_both_directions(
+    any_broker: BrokerProcess, pg: TempPostgres
+) -> None:
+    """Server a stops cleanly mid-stream; server b (another client id, same database)
+    continues a's sender session and receive state: every line exactly once, in order."""
+    from test_server_link import collect, device_for, lines, nl, produce, server_for, until
+
+    n = 40
+    async with asyncio.timeout(3 * TEST_TIMEOUT), device_for(any_broker, "h1") as dev:
+        up: list[str] = []
+        down: list[str] = []
+        dev_tasks = [
+            asyncio.create_task(produce(dev.write, lines("up", n))),
+            asyncio.create_task(collect(dev.readline, n, down)),
+        ]
+        async with server_for(any_broker, client_id="srv-a", state_db=pg.dsn,
+                              lease_poll_ms=20) as a:
+            conn = await a.connection("h1")
+            reading = asyncio.create_task(collect(conn.readline, 15, up))
+            await produce(conn.write, lines("down", 20))  # some of these stay unacked
+            await reading
+            first_session = conn.session
+        await until(lambda: not dev.server_ok, "the device to see the server gone")
+        async with server_for(any_broker, client_id="srv-b", state_db=pg.dsn,
+                              lease_poll_ms=20) as b:
+            conn = await b.connection("h1")
+            assert conn.session == first_session  # the sender session continues
+            await asyncio.gather(
+                produce(conn.write, lines("down", n - 20, start=20)),
+                collect(conn.readline, n, up),
+                *dev_tasks,
+            )
+            assert up == nl(lines("up", n))
+            assert down == nl(lines("down", n))
+            await conn.drain()
+
+
 # -- failover of two `pblink server` processes ----------------------------------------------
 
 class Proc:
