@@ -1,12 +1,16 @@
-"""Server scale: N device doubles against one server process, through a broker.
+"""Server scale: N devices against one server process, through a broker.
 
 Processes (all on loopback): a broker (Mosquitto with this project's queue
 limits, benchmarks/common.py; or the embedded amqtt), one server process
 (benchmarks/scale_server.py: a LinkServer claiming d0..d<N-1> and reading
-every line), and K load-generator processes (benchmarks/scale_load.py, N/K
-device doubles each in one asyncio loop; K = 1 per 500 doubles, at least
-1). Each double writes one qos line per second (qos=True, wait=True) for the
-measurement window, with a random phase. Per run:
+every line), and K load-generator processes, N/K devices each in one
+asyncio loop: benchmarks/lite_load.py (default: raw MQTT sockets, K = 1 per
+5,000 devices) or benchmarks/scale_load.py (``--scale-generator doubles``: a
+paho DeviceDouble per device, K = 1 per 500). Before the window the devices
+stay idle for 10 s (2 s with --tiny) and the lite generator counts the
+heartbeats each way. Each device then writes one qos line per second
+(qos=True, wait=True) for the measurement window, with a random phase. Per
+run:
 
 - delivered fraction: lines the server read (unique) / lines written, after a
   drain; duplicates and reorderings counted too;
@@ -19,10 +23,15 @@ measurement window, with a random phase. Per run:
 - the broker's CPU (per 1,000 lines and in cores);
 - the generators' event-loop lag (how late a 50 ms timer fires in each
   generator process: large means the generator itself could not keep up) and
-  their CPU use.
+  their CPU use (the busiest process, the total, and per 1,000 lines);
+- idle heartbeat traffic: ``h`` per device per minute, up and down (lite).
 
-Mosquitto runs N = 100, 1,000, 5,000 (--quick: 100). The embedded amqtt
-(slower than Mosquitto: docs/PERFORMANCE.md) steps up
+Issue 13's goals are printed beside the N = 5,000 Mosquitto figures
+(``GOALS_5000``), and "== 0" beside the duplicated, reordered and undelivered
+lines of every N.
+
+Mosquitto runs N = 100, 1,000, 5,000, 10,000 (--quick: 100; --scale-n to
+choose). The embedded amqtt (slower than Mosquitto: docs/PERFORMANCE.md) steps up
 through 100, 200, 300, 500 and stops at the first N it does not sustain
 (delivered < 99 %, p99 > 1 s, or under 90 % of the offered lines written
 because writes were blocked waiting for acks).
