@@ -54,7 +54,7 @@ def ensure_venv() -> None:
     pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check"]
     _step("installing pblink-mqtt and its test tools into .venv (first run takes a minute)")
     subprocess.run([*pip, "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "install", "-q", "-e", f"{ROOT}[test]"], check=True)
+    subprocess.run([*pip, "install", "-q", "-e", f"{ROOT}[test,postgres]"], check=True)
     for port, requirements in STUBS.items():
         _step(f"installing {' '.join(requirements)} into .venv/stubs/{port}")
         subprocess.run(

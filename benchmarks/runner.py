@@ -58,8 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=None,
                    help="keep every process's log here (default: a temporary folder)")
     p.add_argument("--scale-n", type=COUNT, action="append", default=None, metavar="N",
-                   help="scale: device-double counts (repeatable; default 100 1000 5000, "
+                   help="scale: device counts (repeatable; default 100 1000 5000 10000, "
                    "--quick 100)")
+    p.add_argument("--scale-generator", choices=("lite", "doubles"), default="lite",
+                   help="scale: load generator: raw MQTT sockets (lite, default: "
+                   "benchmarks/lite_load.py) or a paho DeviceDouble per device (doubles)")
     p.add_argument("--duration", type=SECONDS, default=None, metavar="S",
                    help="soak: seconds (default 600, --quick 60)")
     p.add_argument("--devices", type=COUNT, default=None, metavar="N",
@@ -145,7 +148,8 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="pblink-bench-")
         workdir = Path(tmp.name)
     out = Path(args.out) if args.out else ROOT / "bench-results" / f"bench-{stamp}.json"
-    options = {"scale_n": args.scale_n, "duration": args.duration, "devices": args.devices,
+    options = {"scale_n": args.scale_n, "scale_generator": args.scale_generator,
+               "duration": args.duration, "devices": args.devices,
                "seed": args.seed, "tiny": args.tiny,
                "soak_timeline": out.with_name(f"{out.stem}-soak-timeline.html")}
     logging.getLogger("pblink.server").setLevel(logging.ERROR)  # reconnect chatter

@@ -37,6 +37,43 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+async def loop_probe(until: float, out: list[float]) -> None:
+    """Append how late this event loop runs a 50 ms timer (s) until ``until`` (monotonic)."""
+    while time.monotonic() < until:
+        t = time.monotonic()
+        await asyncio.sleep(0.05)
+        out.append(time.monotonic() - t - 0.05)
+
+
+def lag_figures(lag: list[float], loop_lag: list[float]) -> dict[str, float]:
+    """The generator's own lateness, in ms: write start against schedule, and loop lag."""
+    lag, loop_lag = sorted(lag), sorted(loop_lag)
+
+    def q(p: float) -> float:
+        return lag[min(len(lag) - 1, int(p * len(lag)))] if lag else 0.0
+
+    return {
+        "lag_p50_ms": q(0.5) * 1000,
+        "lag_p99_ms": q(0.99) * 1000,
+        "lag_max_ms": (lag[-1] if lag else 0.0) * 1000,
+        "loop_lag_p99_ms": (loop_lag[int(0.99 * (len(loop_lag) - 1))] if loop_lag else 0) * 1000,
+    }
+
+
+def generator_arguments(description: str | None, tick_ms: int) -> argparse.ArgumentParser:
+    """The command line both generators take (benchmarks/scale.py starts them)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--root", default="pblink")
+    p.add_argument("--timeout-ms", type=int, default=1500)
+    p.add_argument("--tick-ms", type=int, default=tick_ms)
+    p.add_argument("--ready-s", type=float, default=120.0)
+    p.add_argument("--drain", type=float, default=10.0)
+    return p
+
+
 async def writer(dev: DeviceDouble, t0: float, seconds: float, res: dict[str, Any]) -> None:
     phase = random.random()
     k = 0
@@ -82,29 +119,17 @@ async def main(args: argparse.Namespace) -> None:
     cpu0 = cpu_s()
     loop_lag: list[float] = []
 
-    async def probe() -> None:  # how late this event loop runs a 50 ms timer
-        while time.monotonic() < t0 + seconds:
-            t = time.monotonic()
-            await asyncio.sleep(0.05)
-            loop_lag.append(time.monotonic() - t - 0.05)
-
-    probe_task = asyncio.create_task(probe())
+    probe_task = asyncio.create_task(loop_probe(t0 + seconds, loop_lag))
     tasks = [asyncio.create_task(writer(d, t0, seconds, res)) for d in devs]
     _done, pending = await asyncio.wait(tasks, timeout=seconds + args.drain)
     for t in pending:
         t.cancel()
     cpu_window = cpu_s() - cpu0
     probe_task.cancel()
-    loop_lag.sort()
     t_end = time.monotonic()
     drain_deadline = t_end + args.drain
     while time.monotonic() < drain_deadline and any(d.in_flight for d in devs):  # noqa: ASYNC110
         await asyncio.sleep(0.1)
-    lag = sorted(res["lag"])
-
-    def q(p: float) -> float:
-        return lag[min(len(lag) - 1, int(p * len(lag)))] if lag else 0.0
-
     out = {
         "count": len(devs),
         "server_ok_at_go": ok,
@@ -112,10 +137,7 @@ async def main(args: argparse.Namespace) -> None:
         "written": res["written"],
         "unacked_after_drain": sum(d.in_flight for d in devs),
         "blocked_writes": len(pending),
-        "lag_p50_ms": q(0.5) * 1000,
-        "lag_p99_ms": q(0.99) * 1000,
-        "lag_max_ms": (lag[-1] if lag else 0.0) * 1000,
-        "loop_lag_p99_ms": (loop_lag[int(0.99 * (len(loop_lag) - 1))] if loop_lag else 0) * 1000,
+        **lag_figures(res["lag"], loop_lag),
         "cpu_s_window": cpu_window,
         "wall_s_window": t_end - t0,
         "retransmitted": sum(d.stats.get("retransmitted", 0) for d in devs),
@@ -129,16 +151,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def cli() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--first", type=int, default=0)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--root", default="pblink")
-    p.add_argument("--timeout-ms", type=int, default=1500)
-    p.add_argument("--tick-ms", type=int, default=250)
-    p.add_argument("--ready-s", type=float, default=120.0)
-    p.add_argument("--drain", type=float, default=10.0)
-    args = p.parse_args()
+    args = generator_arguments(__doc__, 250).parse_args()
     logging.basicConfig(level=logging.WARNING)
     from benchmarks.common import raise_nofile
 

@@ -91,18 +91,34 @@ async def main(args: argparse.Namespace) -> None:
     stats = Stats()
     t0 = time.monotonic()
     server = LinkServer("127.0.0.1", args.port, timeout_ms=args.timeout_ms,
-                        client_id=f"pblink-scale-{args.port}", root=args.root,
-                        state_path=args.state, fsync=bool(args.state), connect_timeout=30)
+                        client_id=args.client_id or f"pblink-scale-{args.port}", root=args.root,
+                        state_path=args.state, fsync=bool(args.state), connect_timeout=30,
+                        state_db=args.state_db, lease_poll_ms=args.lease_poll_ms)
     await server.start()
     if args.paho_read_batch:
         _batch_reads(server, args.paho_read_batch)
-    conns = [await server.connection(f"d{i}") for i in range(args.n)]
+    conns: list[Any] = []
+    claimed = asyncio.Event()
 
-    async def reader(conn: Any) -> None:
+    async def reader(conn_id: str) -> None:
+        conn = await server.connection(conn_id)  # with --state-db: waits for the lease
+        conns.append(conn)
+        if len(conns) == args.n:
+            claimed.set()
         async for line in conn:
             stats.line(conn.conn_id, line, time.monotonic_ns())
 
-    tasks = [asyncio.create_task(reader(c)) for c in conns]
+    tasks = [asyncio.create_task(reader(f"d{i}")) for i in range(args.n)]
+    if args.standby:  # another process holds the leases: say so, then report the takeover
+        print("STANDBY", flush=True)
+
+        async def takeover() -> None:
+            await claimed.wait()
+            print(f"CLAIMED {len(conns)} {time.monotonic():.3f}", flush=True)
+
+        tasks.append(asyncio.create_task(takeover()))
+    else:
+        await claimed.wait()
 
     async def monitor() -> None:  # progress on stderr (the log), every 2 s
         while True:
@@ -163,6 +179,11 @@ def cli() -> None:
     p.add_argument("--root", default="pblink")
     p.add_argument("--timeout-ms", type=int, default=1500)
     p.add_argument("--state", default=None, help="state file (fsync): the demo server's way")
+    p.add_argument("--state-db", default=None, help="PostgreSQL state store (server_apps/store_pg)")
+    p.add_argument("--lease-poll-ms", type=int, default=250)
+    p.add_argument("--client-id", default=None)
+    p.add_argument("--standby", action="store_true",
+                   help="with --state-db: print STANDBY, then CLAIMED N T once every lease is held")
     p.add_argument("--profile", default=None, help="cProfile the run into this file")
     p.add_argument("--paho-read-batch", type=int, default=0,
                    help="experiment: paho reads up to this many packets per wake-up")

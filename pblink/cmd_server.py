@@ -48,6 +48,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--ids", nargs="+", default=list(DEFAULT_IDS), metavar="CONN_ID",
                         help=f"conn_ids to serve (default {' '.join(DEFAULT_IDS)})")
     add_server_arguments(parser)
+    parser.add_argument("--state-db", metavar="URL",
+                        help="keep the link state in PostgreSQL instead of a file "
+                        "(postgresql://user:password@host/db): several server processes "
+                        "share it, each conn_id leased to one at a time (docs/SERVER.md); "
+                        "needs pip install 'pblink-mqtt[postgres]'")
     add_broker_options(parser)
     parser.set_defaults(func=run, log_boost=1)
 
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         probe_broker(opts, random_client_id("probe"))
     finally:
         quiet.setLevel(level)
-    if args.state_dir:
+    if args.state_dir and not args.state_db:
         try:
             Path(args.state_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -102,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, stop.set)
         await serve(opts.host, opts.port, ids=ids, root=opts.root, username=opts.user,
                     password=opts.password, tls=opts.ssl_context(), client_id=args.client_id,
-                    state_dir=args.state_dir or None, timeout_ms=args.timeout_ms,
+                    state_dir=args.state_dir or None, state_db=args.state_db,
+                    timeout_ms=args.timeout_ms,
                     connect_timeout=opts.connect_timeout, stop=stop, application=application)
         return stop.is_set()
 

@@ -76,7 +76,9 @@ writes the sender state too and marks the file clean; claiming a conn_id
 writes its entry without sender state first, so after a crash it starts a new
 sender session. Without ``state_path`` acks go out at once. A batch takes anew
 only the entries of conn_ids that changed since the last one and tells the
-store which they are (``Store.save(state, changed)``).
+store which they are (``Store.save(state, changed)``). With ``state_db``
+(PostgreSQL, :mod:`server_apps.store_pg`) the same batches go to a table shared
+by several processes, each conn_id leased to one of them at a time.
 
 One identity, one process (PROTOCOL.md 4.3)
 -------------------------------------------
@@ -137,6 +139,7 @@ from server_apps.errors import LinkRefusedError as LinkRefusedError
 from server_apps.errors import ServerIdentityError as ServerIdentityError
 from server_apps.lines import Signal
 from server_apps.state import ConnState, ServerState, StateFileError, StateStore, Store
+from server_apps.store_pg import PgStore
 
 log = logging.getLogger("pblink.server")
 
@@ -184,6 +187,14 @@ class LinkServer:
             silence. Default 1500.
         state_path: file of the durable link state (JSON, written atomically);
             ``None`` (default): no state file, a restart starts new sessions.
+        state_db: a PostgreSQL connection string or ``postgresql://`` URL:
+            the state goes to a table that several server processes share
+            (:mod:`server_apps.store_pg`), instead of a file. ``connection()``
+            then waits for the conn_id's lease, which one process holds at a
+            time. Not with ``state_path``. Default ``None``.
+        lease_poll_ms: with ``state_db``, how often conn_ids waiting for their
+            lease are tried (takeover of a dead process's conn_ids). At least
+            10, default 250.
         queue_size: unread lines held per conn_id; while it is full the server
             stops acknowledging that device's lines (back-pressure). At least 1,
             default 64.
@@ -206,7 +217,7 @@ class LinkServer:
     Raises:
         ValueError: an invalid ``root``, a ``port`` outside 1 to 65535 (or not
             an int), ``timeout_ms`` under 20, ``queue_size`` or ``window`` under
-            1, an unknown ``protocol``.
+            1, an unknown ``protocol``, both ``state_path`` and ``state_db``.
     """
 
     def __init__(
@@ -222,6 +233,8 @@ class LinkServer:
         protocol: MQTTProtocolVersion = MQTTv311,
         timeout_ms: int = 1500,
         state_path: str | os.PathLike[str] | None = None,
+        state_db: str | None = None,
+        lease_poll_ms: int = 250,
         queue_size: int = 64,
         window: int = SERVER_WINDOW,
         keepalive: int = 60,
@@ -265,8 +278,12 @@ class LinkServer:
         self._password = password
         self._tls = tls
         self._commit_delay = commit_delay_ms / 1000
-        self._store: Store | None = (
-            StateStore(state_path, fsync=fsync) if state_path is not None else None
+        if state_path is not None and state_db is not None:
+            raise ValueError("give state_path (a file) or state_db (PostgreSQL), not both")
+        self._store: Store | PgStore | None = (
+            StateStore(state_path, fsync=fsync) if state_path is not None
+            else PgStore(state_db, root=root, owner=client_id, poll_ms=lease_poll_ms)
+            if state_db is not None else None
         )
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
@@ -336,10 +353,9 @@ class LinkServer:
         try:
             await self._claim_identity()
         except BaseException:
-            if self._store is not None:
-                self._store.unlock()
+            await self._unlock_store()
             raise
-        if self._store is not None:
+        if self._store is not None and not isinstance(self._store, PgStore):
             existed = self._store.exists()
             self._state = await asyncio.to_thread(self._store.load)
             log.info(
@@ -359,8 +375,7 @@ class LinkServer:
         except BaseException:
             self._closed = True
             await self._stop_client(wait=False)
-            if self._store is not None:
-                self._store.unlock()
+            await self._unlock_store()
             raise
         self._tasks = [asyncio.create_task(self._ticker(), name="pblink-server-ticker")]
         if self._store is not None:
@@ -385,8 +400,7 @@ class LinkServer:
         self._broker_up = False
         self._wake_all()
         await self._stop_client()
-        if self._store is not None:
-            self._store.unlock()
+        await self._unlock_store()
         log.info("link server %s closed", self.client_id)
 
     async def abort(self) -> None:
@@ -416,9 +430,15 @@ class LinkServer:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
             await asyncio.to_thread(client.loop_stop)
-        if self._store is not None:
-            self._store.unlock()
+        await self._unlock_store()
         log.warning("link server %s aborted", self.client_id)
+
+    async def _unlock_store(self) -> None:
+        """Release the state file's lock, or close the database session (its leases go)."""
+        if isinstance(self._store, PgStore):
+            await self._store.close()
+        elif self._store is not None:
+            self._store.unlock()
 
     def _check_open(self) -> None:
         if self._closed or self._closing:
@@ -445,7 +465,13 @@ class LinkServer:
         conn = self._conns.get(conn_id)
         if conn is not None:
             return conn
-        stored = self._state.conns.get(conn_id, ConnState())
+        if isinstance(self._store, PgStore):  # wait for the lease (another process may hold it)
+            stored = await self._store.claim(conn_id)
+            self._check_open()
+            if conn_id in self._conns:  # a concurrent call for it won
+                return self._conns[conn_id]
+        else:
+            stored = self._state.conns.get(conn_id, ConnState())
         receiver = endpoint.Receiver(RX_WINDOW)
         sender: endpoint.Sender | None = None
         try:
@@ -478,6 +504,8 @@ class LinkServer:
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
         if self._store is not None:
             self._dirty.add(conn_id)
+        if self._store is not None and not isinstance(self._store, PgStore):
+            # PgStore.claim() dropped the sender state from its row already
             async with self._commit_lock:
                 await self._commit(clean=False)
         if conn.online and self._broker_up:
@@ -519,7 +547,9 @@ class LinkServer:
 
     async def _claim_identity(self) -> None:
         """Lock the state file, then make sure no other process is connected as our client id."""
-        if self._store is not None:
+        if isinstance(self._store, PgStore):
+            await self._store.open()
+        elif self._store is not None:
             await asyncio.to_thread(self._store.lock, IDENTITY_HINT)
         if self.identity_probe_s > 0 and await asyncio.to_thread(self._identity_taken):
             raise ServerIdentityError(
@@ -849,6 +879,9 @@ class LinkServer:
             changed = set(self._conns)
         for conn_id in changed:
             self._state.conns[conn_id] = self._conns[conn_id]._snapshot(clean)
+        if isinstance(self._store, PgStore):  # one row per leased conn_id: the changed ones
+            await self._store.write({cid: self._state.conns[cid] for cid in changed})
+            return
         state = ServerState(clean=clean, conns=dict(self._state.conns))
         await asyncio.to_thread(self._store.save, state, changed)
 

@@ -47,6 +47,7 @@ log = logging.getLogger("pblink.s_app")
 DEFAULT_IDS = ("1", "2", "3", "4")
 DEFAULT_STATE_DIR = ".pblink-state"
 STOP_GRACE_S = 5.0
+CLAIM_WAIT_S = 1.0  # app() logs that it serves after this long at most
 
 
 def reply_for(line: str, server_count: int) -> str | None:
@@ -60,7 +61,12 @@ def reply_for(line: str, server_count: int) -> str | None:
     return json.dumps([*data, server_count])
 
 
-async def _serve_one(conn: Connection, writes: set[asyncio.Task[None]]) -> None:
+async def _serve_one(claim: asyncio.Task[Connection], writes: set[asyncio.Task[None]]) -> None:
+    try:
+        conn = await claim
+    finally:
+        claim.cancel()  # when this task is cancelled first
+    log.info("%s: serving", conn.conn_id)
     count = 0
     async for line in conn:
         log.info("%s <- %s", conn.conn_id, line.rstrip("\n"))
@@ -90,12 +96,18 @@ async def app(server: LinkServer, conn_ids: Sequence[str]) -> None:
     to serve. On cancellation, replies being written get ``STOP_GRACE_S``
     (5.0) seconds to finish.
     """
-    conns = [await server.connection(conn_id) for conn_id in conn_ids]
-    log.info("demo server on %s, root %r, serving conn_id(s) %s",
-             server.broker, server.root, " ".join(conn_ids))
+    # One claim per conn_id, each on its own: with a shared state database
+    # (LinkServer(state_db=...)) a conn_id another process holds is served once
+    # its lease comes free; with a state file every claim is done at once.
+    claims = [asyncio.create_task(server.connection(c), name=f"s_app-claim-{c}")
+              for c in conn_ids]
+    await asyncio.wait(claims, timeout=CLAIM_WAIT_S)
+    log.info("demo server on %s, root %r, serving conn_id(s) %s%s",
+             server.broker, server.root, " ".join(conn_ids),
+             "" if all(c.done() for c in claims) else " (some wait for their lease)")
     writes: set[asyncio.Task[None]] = set()
-    tasks = [asyncio.create_task(_serve_one(c, writes), name=f"s_app-{c.conn_id}")
-             for c in conns]
+    tasks = [asyncio.create_task(_serve_one(claim, writes), name=f"s_app-{c}")
+             for claim, c in zip(claims, conn_ids, strict=True)]
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -120,6 +132,7 @@ async def serve(
     tls: ssl.SSLContext | bool | None = None,
     client_id: str = "pblink.server",
     state_dir: str | Path | None = DEFAULT_STATE_DIR,
+    state_db: str | None = None,
     timeout_ms: int = 1500,
     connect_timeout: float = 10.0,
     stop: asyncio.Event | None = None,
@@ -135,7 +148,9 @@ async def serve(
     from its exception (it returning ends the run too).
 
     ``state_dir=None`` runs without a state file (else
-    ``<state_dir>/<client_id>.json``). ``ready`` is set once every conn_id is
+    ``<state_dir>/<client_id>.json``); ``state_db`` (a PostgreSQL URL) keeps
+    it in a database that several processes share instead (``state_dir`` is
+    then not used). ``ready`` is set once every conn_id is
     being served. Raises ValueError for an invalid conn_id or root (before
     connecting), and LinkAuthError / LinkRefusedError / BrokerUnreachableError
     from LinkServer when the broker refuses or cannot be reached at start.
@@ -143,10 +158,12 @@ async def serve(
     for conn_id in ids:
         names.check_conn_id(conn_id)
     stop = stop or asyncio.Event()
-    state_path = Path(state_dir) / f"{client_id}.json" if state_dir is not None else None
+    state_path = (Path(state_dir) / f"{client_id}.json"
+                  if state_dir is not None and state_db is None else None)
     async with LinkServer(
         host, port, root=root, client_id=client_id, username=username, password=password,
-        tls=tls, timeout_ms=timeout_ms, state_path=state_path, connect_timeout=connect_timeout,
+        tls=tls, timeout_ms=timeout_ms, state_path=state_path, state_db=state_db,
+        connect_timeout=connect_timeout,
         serve_hint="serve it with `pblink server --ids ... {conn_id}`",
     ) as server:
         task = asyncio.create_task((application or app)(server, ids), name="server-app")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -91,6 +92,15 @@ def test_scale_tiny(tmp_path: Path) -> None:
     _check_rows(doc, "scale")
     names = {(r["name"], r["params"].get("broker")) for r in doc["rows"]}
     assert ("delivered fraction", "amqtt") in names
+    for r in doc["rows"]:  # every line delivered, none twice, in order, at every N
+        if r["name"] == "delivered fraction":
+            assert r["median"] == 1, r
+        if r["name"] in ("lines duplicated", "lines reordered", "lines not delivered after drain"):
+            assert r["median"] == 0, r
+    lite = [r for r in doc["rows"] if r["params"].get("generator") == "lite"]
+    if shutil.which("mosquitto"):  # the lite generator runs against Mosquitto
+        assert {"generator CPU s per 1000 lines", "idle heartbeats up per device per minute",
+                "idle heartbeats down per device per minute"} <= {r["name"] for r in lite}
 
 
 @pytest.mark.slow

@@ -1,0 +1,330 @@
+"""The server library's durable state on PostgreSQL, shared by several processes.
+
+The file store (:mod:`server_apps.state`) is one file per server process. This
+store keeps the same per-conn_id entries (:class:`~server_apps.state.ConnState`:
+receive state, acknowledged-but-unread lines, sender state after a clean stop)
+in one table that any number of server processes, on any hosts, share::
+
+    pblink_link_state(root text, conn_id text, entry jsonb, owner text,
+                      updated_at timestamptz, PRIMARY KEY (root, conn_id))
+
+``entry`` is exactly the JSON object the state file holds for a conn_id
+(``ConnState.to_json()``), checked on the way in with ``ConnState.from_json``
+like a state file entry (:class:`~server_apps.state.StateFileError` when it
+could not have been written by this library).
+
+Ownership (the lease)
+---------------------
+A conn_id is served by exactly one process at a time: the one whose database
+session holds the PostgreSQL advisory lock
+``hashtextextended('pblink/<root>/<conn_id>', 0)`` (session-level). The
+database enforces it: ``pg_try_advisory_lock`` succeeds for one session only,
+and PostgreSQL drops every lock of a session when the session ends, which it
+notices at once when the process dies (kill -9 included: the kernel closes the
+socket) and, for a host that vanishes, within the TCP keepalive set on the
+session (``tcp_keepalives_idle`` 5 s, ``_interval`` 2 s, ``_count`` 3: about
+11 s). The writes of a process go over the session that holds its locks, so a
+process whose session ended can no longer commit anything: its acks, which go
+out only after a commit, stop with it.
+
+:meth:`PgStore.claim` waits for the lease: every conn_id waiting for one is
+tried in one query every ``poll_ms`` (default 250 ms), so a conn_id whose
+owner died is taken over within ``poll_ms`` of the database noticing.
+
+Commits (PROTOCOL.md 4.5, group commit)
+---------------------------------------
+:meth:`PgStore.write` upserts, in one transaction, the entries that changed
+since the last commit. ``LinkServer`` calls it before it publishes the acks
+of a batch, exactly as it writes the state file, so an acknowledged line is
+in the database before the device hears of it, and the process that takes
+a conn_id over continues its receive state: no acknowledged line is lost and
+the link accepts none twice. As with the state file, reads are committed with
+the next batch: the lines a killed process's application read after its last
+commit (with ``wait=True`` writers, the last line or two of a device) are
+read again by the application of the process that takes over.
+
+psycopg 3 (``pip install 'pblink-mqtt[postgres]'``) is imported when a store
+is opened, so the file store needs no database driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from typing import Any, Final
+
+from server_apps.state import ConnState, StateFileError
+
+log = logging.getLogger("pblink.server.store_pg")
+
+TABLE: Final = "pblink_link_state"
+SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    root text NOT NULL,
+    conn_id text NOT NULL,
+    entry jsonb NOT NULL,
+    owner text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (root, conn_id)
+)"""
+# Serialises concurrent CREATE TABLE IF NOT EXISTS of processes starting together.
+_SCHEMA_LOCK: Final = 0x70626C696E6B  # "pblink"
+_LOCK_KEY: Final = "hashtextextended('pblink/' || %s::text || '/' || {col}, 0)"
+_KEEPALIVE: Final = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
+                     "-c tcp_keepalives_count=3")
+
+
+class StateDbError(StateFileError):
+    """The state database cannot be used (unreachable, refused, or the session was lost)."""
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` for messages: a password in a URL or ``password=`` pair is replaced by ``***``."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn)
+
+
+class PgStore:
+    """Per-conn_id link state in PostgreSQL, leased by one process at a time.
+
+    Args:
+        dsn: a libpq connection string or ``postgresql://`` URL.
+        root: the topic root: conn_ids of different roots are different rows
+            and different leases.
+        owner: written beside each entry (the server's client id), for people
+            reading the table; ownership itself is the advisory lock.
+        poll_ms: how often conn_ids waiting for a lease are tried, at least
+            10. Default 250.
+
+    The interface mirrors :class:`server_apps.state.StateStore` where it can
+    (``path`` names the store in messages, ``writes`` counts commits), with
+    async methods: :meth:`open`, :meth:`claim`, :meth:`write`, :meth:`close`.
+    """
+
+    def __init__(self, dsn: str, *, root: str, owner: str, poll_ms: int = 250) -> None:
+        if poll_ms < 10:
+            raise ValueError(f"poll_ms={poll_ms} is too small (at least 10)")
+        self.dsn = dsn
+        self.path = redact(dsn)
+        self.where = self.path  # as Store.where: what messages name
+        self.root = root
+        self.owner = owner
+        self.poll_s = poll_ms / 1000
+        self.writes = 0
+        self._conn: Any = None  # psycopg.AsyncConnection
+        self._written: dict[str, str] = {}  # conn_id -> entry JSON last committed
+        self._wanted: dict[str, asyncio.Future[ConnState]] = {}
+        self._waiters: dict[str, int] = {}
+        # One statement or transaction at a time on the session: a claim's UPDATE must
+        # not land inside a commit's transaction (psycopg does not hold its lock across one).
+        self._lock = asyncio.Lock()
+        self._claimer: asyncio.Task[None] | None = None
+        self._lost: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (one session for leases and commits) and create the table if missing.
+
+        Raises:
+            StateDbError: psycopg is not installed, or the database cannot be
+                reached or refuses; the message names the database (password
+                hidden).
+        """
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise StateDbError(
+                "the PostgreSQL state store needs psycopg 3: pip install 'pblink-mqtt[postgres]'"
+            ) from exc
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, options=_KEEPALIVE,
+                application_name=f"pblink {self.owner}"[:63],
+            )
+            async with self._conn.transaction():
+                await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                await self._conn.execute(SCHEMA)
+        except psycopg.Error as exc:
+            await self.close()
+            raise StateDbError(f"state database {self.path}: {_one_line(exc)}") from exc
+        self._claimer = asyncio.create_task(self._claim_loop(), name="pblink-pg-claim")
+        log.info("state database %s: connected as owner %s", self.path, self.owner)
+
+    async def close(self) -> None:
+        """Close the session: PostgreSQL releases every lease this process held. Idempotent."""
+        claimer, self._claimer = self._claimer, None
+        if claimer is not None:
+            claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claimer
+        for fut in self._wanted.values():
+            if not fut.done():
+                fut.cancel()
+        self._wanted.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    # -- leases ----------------------------------------------------------------
+
+    async def claim(self, conn_id: str) -> ConnState:
+        """Wait for the lease on ``conn_id``, then its stored entry (empty when there is none).
+
+        The entry's sender state (``tx``, written by a clean stop) is returned
+        and, in the same step, removed from the row: the caller continues that
+        session, and a crash of the caller makes the next owner start anew.
+
+        Waits as long as another process holds it. Cancelling the wait gives
+        up the claim.
+
+        Raises:
+            StateFileError: the stored entry is not one this library writes.
+            StateDbError: the database session was lost.
+        """
+        if self._lost is not None:
+            raise StateDbError(self._lost)
+        fut = self._wanted.get(conn_id)
+        if fut is None:
+            fut = self._wanted[conn_id] = asyncio.get_running_loop().create_future()
+        self._waiters[conn_id] = self._waiters.get(conn_id, 0) + 1  # callers of this claim
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if self._waiters[conn_id] == 1:  # the last caller gives the claim up
+                if not fut.done():
+                    if self._wanted.get(conn_id) is fut:
+                        del self._wanted[conn_id]
+                    fut.cancel()
+                elif not fut.cancelled() and fut.exception() is None:
+                    await self._release(conn_id)  # got it just now: give it back
+            raise
+        finally:
+            self._waiters[conn_id] -= 1
+            if not self._waiters[conn_id]:
+                del self._waiters[conn_id]
+
+    async def _claim_loop(self) -> None:
+        while True:
+            wanted = [cid for cid, fut in self._wanted.items() if not fut.done()]
+            if wanted:
+                try:
+                    async with self._lock:
+                        await self._try_claim(wanted)
+                except Exception as exc:
+                    self._session_lost(exc)
+                    return
+            await asyncio.sleep(self.poll_s)
+
+    async def _try_claim(self, wanted: list[str]) -> None:
+        conn = self._conn
+        key = _LOCK_KEY.format(col="c")
+        cur = await conn.execute(
+            f"SELECT c FROM unnest(%s::text[]) AS c WHERE pg_try_advisory_lock({key})",
+            (wanted, self.root),
+        )
+        got = [row[0] for row in await cur.fetchall()]
+        if not got:
+            return
+        cur = await conn.execute(
+            f"SELECT conn_id, entry FROM {TABLE} WHERE root = %s AND conn_id = ANY(%s)",
+            (self.root, got),
+        )
+        rows = {cid: entry for cid, entry in await cur.fetchall()}
+        # The sender state of a clean stop is continued by this process: drop it from
+        # the rows now, in one statement, so that after a crash of this process the
+        # next owner starts a new sender session (PROTOCOL.md 4.5, as the file does).
+        with_tx = [cid for cid, entry in rows.items() if isinstance(entry, dict) and "tx" in entry]
+        if with_tx:
+            await conn.execute(
+                f"UPDATE {TABLE} SET entry = entry - 'tx', owner = %s, updated_at = now() "
+                "WHERE root = %s AND conn_id = ANY(%s)", (self.owner, self.root, with_tx))
+        for cid in got:
+            fut = self._wanted.pop(cid, None)
+            entry = rows.get(cid)
+            try:
+                state = ConnState() if entry is None else ConnState.from_json(entry)
+            except ValueError as exc:
+                err = StateFileError(
+                    f"state database {self.path}, conn_id {cid!r}: {exc}; delete its row "
+                    "to start afresh (acknowledged but unread lines in it would be lost)")
+                await self._unlock(cid)
+                if fut is not None and not fut.done():
+                    fut.set_exception(err)
+                continue
+            if fut is None or fut.done():  # nobody waits any more
+                await self._unlock(cid)
+                continue
+            if entry is not None:
+                stored = {k: v for k, v in entry.items() if k != "tx"}
+                self._written[cid] = json.dumps(stored, sort_keys=True, separators=(",", ":"),
+                                                ensure_ascii=False)
+            log.info("%s: lease taken (state database %s)", cid, self.path)
+            fut.set_result(state)
+
+    async def _release(self, conn_id: str) -> None:
+        async with self._lock:
+            await self._unlock(conn_id)
+
+    async def _unlock(self, conn_id: str) -> None:  # caller holds self._lock
+        with contextlib.suppress(Exception):
+            await self._conn.execute(
+                f"SELECT pg_advisory_unlock({_LOCK_KEY.format(col='%s::text')})",
+                (self.root, conn_id),
+            )
+        self._written.pop(conn_id, None)
+
+    def _session_lost(self, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = (
+                f"lost the session with state database {self.path} ({_one_line(exc)}): its "
+                "leases are gone, so this process acknowledges nothing more; restart it"
+            )
+            log.error("%s", self._lost)
+        for fut in self._wanted.values():
+            if not fut.done():
+                fut.set_exception(StateDbError(self._lost))
+        self._wanted.clear()
+
+    # -- commits ---------------------------------------------------------------
+
+    async def write(self, conns: dict[str, ConnState]) -> None:
+        """Commit the entries of leased conn_ids that changed, in one transaction.
+
+        Raises:
+            StateDbError: the write failed; the session is then deemed lost
+                (its leases may be another process's by now), and every later
+                write fails too.
+        """
+        if self._lost is not None:
+            raise StateDbError(self._lost)
+        rows = []
+        for cid, st in conns.items():
+            text = json.dumps(st.to_json(), sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False)
+            if self._written.get(cid) != text:
+                rows.append((cid, text))
+        if rows:
+            try:
+                async with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+                    await cur.executemany(
+                        f"INSERT INTO {TABLE} (root, conn_id, entry, owner) "
+                        "VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (root, conn_id) DO UPDATE "
+                        "SET entry = EXCLUDED.entry, owner = EXCLUDED.owner, updated_at = now()",
+                        [(self.root, cid, text, self.owner) for cid, text in rows],
+                    )
+            except Exception as exc:
+                self._session_lost(exc)
+                raise StateDbError(self._lost or str(exc)) from exc
+            for cid, text in rows:
+                self._written[cid] = text
+        self.writes += 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
