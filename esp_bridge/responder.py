@@ -48,12 +48,11 @@ class Responder:
         self.ack = ack
         ack.value(0)
         self.link = LinkEndpoint(RESPONDER, tx_queue, rx_queue)
-        self._rx = bytearray(FRAME_MAX)
-        self._rxv = memoryview(self._rx)
-        self._rxh = self._rxv[:HEADER]
-        self._tx = bytearray(FRAME_MAX)
-        self._txv = memoryview(self._tx)
-        self._hdr = self._txv[:HEADER]
+        # one frame buffer both ways: the frame read is taken by on_frame before
+        # build_frame writes the answer over it
+        self._buf = bytearray(FRAME_MAX)
+        self._bv = memoryview(self._buf)
+        self._hdr = self._bv[:HEADER]
         self._flag = asyncio.ThreadSafeFlag()
         self._rx_ev = asyncio.Event()  # a complete message arrived
         self._tx_ev = asyncio.Event()  # room in the outgoing queue
@@ -122,26 +121,28 @@ class Responder:
     def exchange(self) -> bool:
         """One exchange, steps 2.1 to 2.4 of PROTOCOL.md 1.2. False on a bus error.
 
-        Reads into the preallocated frame buffer: no per-exchange allocation
-        beyond two memoryview slices."""
+        Reads into the preallocated frame buffer and builds the answer in it:
+        no per-exchange allocation beyond two memoryview slices."""
         i2c = self.i2c
-        rx = self._rx
+        buf = self._buf
+        bv = self._bv
+        hdr = self._hdr
         link = self.link
         try:
-            i2c.readfrom_mem_into(ADDR, _MEM_IN, self._rxh)
-            n = rx[3]
+            i2c.readfrom_mem_into(ADDR, _MEM_IN, hdr)
+            n = buf[3]
             if n <= CHUNK_MAX:
-                frame = self._rxv[: n + 6]
+                frame = bv[: n + 6]
                 i2c.readfrom_mem_into(ADDR, _MEM_IN + 4, frame[4:])
             else:
-                frame = self._rxh  # too long: corrupt, counted, ignored
+                frame = hdr  # too long: corrupt, counted, ignored
             try:
                 link.on_frame(frame)
             except MemoryError:
                 self.mem_errors += 1  # its chunk stays unacknowledged: resent
-            ln = link.build_frame(self._tx)
-            i2c.writeto_mem(ADDR, _MEM_OUT, self._hdr)
-            i2c.writeto_mem(ADDR, _MEM_OUT + 4, self._txv[4:ln])
+            ln = link.build_frame(buf)
+            i2c.writeto_mem(ADDR, _MEM_OUT, hdr)
+            i2c.writeto_mem(ADDR, _MEM_OUT + 4, bv[4:ln])
         except OSError:
             self.bus_errors += 1
             return False

