@@ -71,7 +71,7 @@ BRIDGE_MODULES = ("link_core", "link_core.clock", "link_core.names", "link_core.
                   "wifi", "bridge")
 # The objects the bridge creates at boot (main.py: Bridge().run()), one by one
 # with the fake hardware of bridge_rig (whose Pin and SoftI2C objects are Python
-# objects here, C objects on the ESP8266), and its tasks before they first run.
+# objects here, C objects on the ESP8266), and its tasks after a first run.
 _PARTS = """
 import gc, sys
 sys.path.insert(0, '.frozen')
@@ -94,9 +94,13 @@ r = responder.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (emp
 at('object Responder (LinkEndpoint, frame and reassembly buffers, fake pins)')
 b = bridge.Bridge(r)
 at('object Bridge (MQTTClient with its receive buffer, WiFi, settings)')
-jobs = [asyncio.create_task(b._guard(t)) for t in
-        (r.run, b._main_loop, b._uplink, b._downlink, b._heartbeat, b._net)]
-at('bridge tasks (six, not yet started)')
+b._tasks = [asyncio.create_task(job()) for job in b._jobs()]
+sup = asyncio.create_task(b._supervise())
+async def pause():
+    await asyncio.sleep_ms(50)
+asyncio.run(pause())
+del pause
+at('bridge tasks (as Bridge.run makes them, 50 ms run, no config yet)')
 """
 
 
