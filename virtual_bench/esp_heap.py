@@ -40,11 +40,10 @@ ESP_BOOT = 1_600
 # of 1,000 bytes (every 50th). The test checks the sampled figure stays below it.
 SIM_ALLOW = 4_096
 TARGET_FREE = 26 * 1024  # the original pb_link's ESP8266 free heap (issue 11)
-# asyncio loads its submodules (event, lock, funcs, stream) on first use of
+# asyncio loads its submodules (event, lock, stream) on first use of
 # these names: counted as asyncio, not as the bridge's run-time data
 ASYNCIO = ("import asyncio\n"
-           "asyncio.Event, asyncio.Lock, asyncio.ThreadSafeFlag, asyncio.open_connection, "
-           "asyncio.wait_for_ms")
+           "asyncio.Event, asyncio.Lock, asyncio.ThreadSafeFlag, asyncio.open_connection")
 
 
 def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
