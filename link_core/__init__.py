@@ -8,8 +8,7 @@ in. The wire contract is docs/PROTOCOL.md.
 
 Modules: ``clock`` (wrapping tick arithmetic), ``names`` (conn_id, line and
 topic rules), ``frames`` (end-to-end frame codec), ``endpoint`` (end-to-end
-Sender and Receiver), ``i2c_link`` (I2C link layer), ``i2c_tools`` (its frame codec and
-the Initiator's poll policy, apart so the ESP8266 does not load them), ``control`` (link message
+Sender and Receiver), ``i2c_link`` (I2C link layer), ``control`` (link message
 kinds, config and report messages), ``liveness`` (PROTOCOL.md 4.4: heartbeats,
 reachability, write admission, QoS), ``device_watch`` (the server's view of a
 device, 4.4).

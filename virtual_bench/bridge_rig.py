@@ -236,8 +236,7 @@ import sys
 import time
 
 import machine
-from link_core.i2c_link import FRAME_MAX, INITIATOR, LinkEndpoint
-from link_core.i2c_tools import PollPolicy
+from link_core.i2c_link import FRAME_MAX, INITIATOR, LinkEndpoint, PollPolicy
 
 
 class Initiator:

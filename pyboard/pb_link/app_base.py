@@ -21,8 +21,7 @@ from micropython import const
 
 from link_core import control, frames
 from link_core.endpoint import Receiver, Sender
-from link_core.i2c_link import INITIATOR, LinkEndpoint
-from link_core.i2c_tools import PollPolicy
+from link_core.i2c_link import INITIATOR, LinkEndpoint, PollPolicy
 from link_core.liveness import may_write
 from link_core.names import check_conn_id, line_bytes
 from pb_link.ports import make_port
