@@ -80,7 +80,6 @@ class Bridge:
         self._stop = asyncio.Event()
         self._tasks: list = []  # the running task of each job (run())
         self._dead = 0  # bit i: job i ended with a MemoryError, not restarted yet
-        self._revive = asyncio.Event()  # set with a bit of _dead
 
     def mem_errors_total(self) -> int:
         """MemoryErrors caught since boot, in the bridge, the responder and MQTT."""
@@ -386,19 +385,18 @@ class Bridge:
         if isinstance(e, MemoryError):
             self._oom()
             self._dead |= 1 << self._tasks.index(t)
-            self._revive.set()
             return
         sys.print_exception(e)
         self._crash = e
         self._stop.set()
 
     async def _supervise(self) -> None:
-        """Restart the jobs _on_error marked dead, a tick after their failure;
+        """Restart the jobs _on_error marked dead, within a tick of their failure;
         a restart that cannot be allocated is tried again a tick later."""
         while True:
-            await self._revive.wait()
-            self._revive.clear()
             await asyncio.sleep_ms(_TICK_MS)
+            if not self._dead:
+                continue
             try:
                 jobs = self._jobs()
                 for i in range(len(jobs)):
@@ -407,7 +405,6 @@ class Bridge:
                         self._dead &= ~(1 << i)
             except MemoryError:
                 self._oom()
-                self._revive.set()
 
     async def run(self) -> None:
         gc.collect()

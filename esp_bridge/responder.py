@@ -50,9 +50,9 @@ class Responder:
         self.link = LinkEndpoint(RESPONDER, tx_queue, rx_queue)
         # one frame buffer both ways: the frame read is taken by on_frame before
         # build_frame writes the answer over it
-        self._buf = bytearray(FRAME_MAX)
-        self._bv = memoryview(self._buf)
-        self._hdr = self._bv[:HEADER]
+        self._rx = bytearray(FRAME_MAX)
+        self._rxv = memoryview(self._rx)
+        self._hdr = self._rxv[:HEADER]
         self._flag = asyncio.ThreadSafeFlag()
         self._rx_ev = asyncio.Event()  # a complete message arrived
         self._tx_ev = asyncio.Event()  # room in the outgoing queue
@@ -124,8 +124,8 @@ class Responder:
         Reads into the preallocated frame buffer and builds the answer in it:
         no per-exchange allocation beyond two memoryview slices."""
         i2c = self.i2c
-        buf = self._buf
-        bv = self._bv
+        buf = self._rx
+        bv = self._rxv
         hdr = self._hdr
         link = self.link
         try:
