@@ -146,6 +146,12 @@ async def esp32_figures(ctx: Context, work: Path, broker: Broker, n: int) -> lis
                       ("used", "used of the ESP8266 heap")):
         rows.append(Row(FAMILY, f"ESP8266 heap: {name}", "B", [x[key] for x in runs], params,
                         series=series if key == "run_time" else {}))
+    # where the fixed part goes: each frozen module, the objects made at boot, the tasks
+    parts = await asyncio.to_thread(esp_heap.breakdown_parts, mp32, fakes)
+    for part, n in parts:
+        if not part.startswith("fakes"):
+            rows.append(Row(FAMILY, f"ESP8266 heap part: {part}", "B", [n], params,
+                            note="python -m virtual_bench.esp_heap"))
     rows.append(Row(FAMILY, "ESP8266 free heap (32-bit frozen)", "B", [x["free"] for x in runs],
                     params, target=f">= {TARGET_FREE}",
                     note=f"of the GC heap {esp_heap.ESP_GC_TOTAL} B; runs failed: {errors}"

@@ -7,6 +7,7 @@
 #   _downlink   frames on <root>/<id>/down -> link messages to the Pyboard
 #   _heartbeat  'h' on up when quiet (PROTOCOL.md 4.4); the last 'R' on <root>/<id>/report
 #   _net        WiFi, then broker, with backoff; status online + will offline
+#   _supervise  restarts a task that ended with a MemoryError (_on_error)
 #
 # Bounded both ways: the link's received-message queue (full -> HOLD stops
 # the Pyboard) is emptied only as fast as MQTT takes it; MQTT is read only
@@ -77,6 +78,8 @@ class Bridge:
         self._oversize = 0
         self._crash: Exception | None = None
         self._stop = asyncio.Event()
+        self._tasks: list = []  # the running task of each job (run())
+        self._dead = 0  # bit i: job i ended with a MemoryError, not restarted yet
 
     def mem_errors_total(self) -> int:
         """MemoryErrors caught since boot, in the bridge, the responder and MQTT."""
@@ -280,7 +283,7 @@ class Bridge:
         wifi = self.wifi
         while self.cfg is None:
             await asyncio.sleep_ms(_TICK_MS)
-        # restarted by _guard after a MemoryError: reconnect, but keep the
+        # restarted after a MemoryError (_on_error): reconnect, but keep the
         # MQTT session (configure() would forget the QoS 1 messages in flight)
         self._ready = False
         if mq.isconnected():
@@ -361,27 +364,53 @@ class Bridge:
     def _status_of(self, cfg) -> bytes:
         return Topics(cfg[9], cfg[0]).status.encode()
 
-    async def _guard(self, task) -> None:
-        """Run task() for ever: restarted after a MemoryError (counted), which
-        its own loop did not absorb; any other exception is a bug: stop,
-        main.py resets the ESP8266."""
+    # A task per job, no wrapper coroutine for each (a generator frame each):
+    # asyncio calls _on_error when one ends with an exception nobody awaits.
+
+    def _jobs(self) -> tuple:
+        return (self.resp.run, self._main_loop, self._uplink, self._downlink,
+                self._heartbeat, self._net)
+
+    def _on_error(self, loop, ctx) -> None:
+        """asyncio's exception handler. A job that ended with a MemoryError (one
+        its own loop did not absorb) is counted and restarted by _supervise; any
+        other exception is a bug: stop, main.py resets the ESP8266. Tasks not
+        the bridge's jobs (the MQTT client's) get asyncio's default handler.
+        Allocates nothing: it runs on a heap that was just exhausted."""
+        t = ctx["future"]
+        e = ctx["exception"]
+        if t not in self._tasks:
+            loop.default_exception_handler(loop, ctx)
+            return
+        if isinstance(e, MemoryError):
+            self._oom()
+            self._dead |= 1 << self._tasks.index(t)
+            return
+        sys.print_exception(e)
+        self._crash = e
+        self._stop.set()
+
+    async def _supervise(self) -> None:
+        """Restart the jobs _on_error marked dead, within a tick of their failure;
+        a restart that cannot be allocated is tried again a tick later."""
         while True:
+            await asyncio.sleep_ms(_TICK_MS)
+            if not self._dead:
+                continue
             try:
-                await task()
+                jobs = self._jobs()
+                for i in range(len(jobs)):
+                    if self._dead & (1 << i):
+                        self._tasks[i] = asyncio.create_task(jobs[i]())
+                        self._dead &= ~(1 << i)
             except MemoryError:
                 self._oom()
-                await asyncio.sleep_ms(_TICK_MS)
-            except Exception as e:
-                sys.print_exception(e)
-                self._crash = e
-                self._stop.set()
-                return
 
     async def run(self) -> None:
         gc.collect()
-        for task in (self.resp.run, self._main_loop, self._uplink, self._downlink,
-                     self._heartbeat, self._net):
-            asyncio.create_task(self._guard(task))
+        asyncio.get_event_loop().set_exception_handler(self._on_error)
+        self._tasks = [asyncio.create_task(job()) for job in self._jobs()]
+        asyncio.create_task(self._supervise())
         await self._stop.wait()
         raise RuntimeError("bridge task failed: %r" % (self._crash,))
 

@@ -30,6 +30,7 @@ _ETIMEDOUT = const(110)
 _ECONNRESET = const(104)
 _ENOMEM = const(12)
 _OOM_RETRY_MS = const(50)  # wait before retrying an allocation that failed
+_POLL_MS = const(10)  # how often a connect or subscribe in progress is checked
 
 TOPIC_MAX = const(128)  # longest topic sent or accepted
 MSG_MAX = const(1152)  # longest payload accepted (PROTOCOL.md MAX_MESSAGE)
@@ -124,6 +125,15 @@ def _tls_context():
         import tls
 
         return tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+
+
+async def _settled(coro):
+    # coro's result or the Exception it raised: a task that ends with an exception
+    # before it is awaited would go to asyncio's exception handler (_within)
+    try:
+        return await coro
+    except Exception as e:
+        return e
 
 
 def _b(s) -> bytes:
@@ -311,27 +321,19 @@ class MQTTClient:
             ctx = None
             if tls:
                 ctx = _tls_context()
-            s: tuple = await asyncio.wait_for_ms(
+            s: tuple = await self._within(
                 asyncio.open_connection(
                     ip, port, ssl=ctx, server_hostname=host if tls else None
-                ),
-                self.response_ms,
+                )
             )
             self._r = s[0]
             self._w = s[1]
             _no_delay(s[1])
-        except asyncio.TimeoutError:
+        except OSError:  # ETIMEDOUT included
             self._fails += 1  # after 4 in a row: resolve again (DHCP may have moved it)
-            raise OSError(_ETIMEDOUT)
-        except OSError:
-            self._fails += 1
             raise
         try:
-            await asyncio.wait_for_ms(self._handshake(), self.response_ms)
-        except asyncio.TimeoutError:
-            self._close_sock()
-            self._fails += 1
-            raise OSError(_ETIMEDOUT)
+            await self._within(self._handshake())
         except Exception:
             self._close_sock()
             self._fails += 1
@@ -359,6 +361,22 @@ class MQTTClient:
                 self._f_try[i] = 0
                 await self._send_pub(i, True)
         return present
+
+    async def _within(self, coro):
+        """The result of coro, run as a task; OSError(ETIMEDOUT) once response_ms
+        have passed (it is then cancelled). asyncio.wait_for_ms does the same but
+        loads asyncio.funcs, 384 B of the ESP8266's heap (docs/FIRMWARE.md)."""
+        t = asyncio.create_task(_settled(coro))
+        t0 = time.ticks_ms()
+        while not t.done():
+            if time.ticks_diff(time.ticks_ms(), t0) > self.response_ms:
+                t.cancel()
+                raise OSError(_ETIMEDOUT)
+            await asyncio.sleep_ms(_POLL_MS)
+        r = await t
+        if isinstance(r, Exception):
+            raise r
+        return r
 
     async def _handshake(self) -> None:
         will = self._will
@@ -582,11 +600,7 @@ class MQTTClient:
             if self._overdue(t0, time.ticks_ms()):
                 self._fail("no SUBACK")
                 raise OSError(_ETIMEDOUT)
-            self._ev.clear()
-            try:
-                await asyncio.wait_for_ms(self._ev.wait(), self._tick_ms())
-            except asyncio.TimeoutError:
-                pass
+            await asyncio.sleep_ms(_POLL_MS)
         self._sub_pid = -1
         if self._sub_rc == 0x80:
             raise MQTTError("subscription refused")

@@ -46,12 +46,11 @@ class Responder:
         self.ack = ack
         ack.value(0)
         self.link = LinkEndpoint(RESPONDER, tx_queue, rx_queue)
+        # one block buffer both ways: the block read is taken by on_block before
+        # build_block writes the answer over it
         self._rx = bytearray(BLOCK_MAX)
         self._rxv = memoryview(self._rx)
-        self._rxh = self._rxv[:HEADER]
-        self._tx = bytearray(BLOCK_MAX)
-        self._txv = memoryview(self._tx)
-        self._hdr = self._txv[:HEADER]
+        self._hdr = self._rxv[:HEADER]
         self._flag = asyncio.ThreadSafeFlag()
         self._rx_ev = asyncio.Event()  # a complete message arrived
         self._tx_ev = asyncio.Event()  # room in the outgoing queue
@@ -120,26 +119,28 @@ class Responder:
     def exchange(self) -> bool:
         """One exchange, steps 2.1 to 2.4 of PROTOCOL.md 1.2. False on a bus error.
 
-        Reads into the preallocated block buffer: no per-exchange allocation
-        beyond two memoryview slices."""
+        Reads into the preallocated block buffer and builds the answer in it:
+        no per-exchange allocation beyond two memoryview slices."""
         i2c = self.i2c
-        rx = self._rx
+        buf = self._rx
+        bv = self._rxv
+        hdr = self._hdr
         link = self.link
         try:
-            i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR, self._rxh)
-            n = rx[3]
+            i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR, hdr)
+            n = buf[3]
             if n <= CHUNK_MAX:
-                block = self._rxv[: n + 6]
+                block = bv[: n + 6]
                 i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR + 4, block[4:])
             else:
-                block = self._rxh  # too long: corrupt, counted, ignored
+                block = hdr  # too long: corrupt, counted, ignored
             try:
                 link.on_block(block)
             except MemoryError:
                 self.mem_errors += 1  # its chunk stays unacknowledged: resent
-            ln = link.build_block(self._tx)
-            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER, self._hdr)
-            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER + 4, self._txv[4:ln])
+            ln = link.build_block(buf)
+            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER, hdr)
+            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER + 4, bv[4:ln])
         except OSError:
             self.bus_errors += 1
             return False

