@@ -21,7 +21,7 @@ except ImportError:  # CPython
 
 
 from link_core.names import MAX_MESSAGE, _show, check_conn_id, check_root, utf8_valid
-from link_core.schema import CONFIG_ENTRIES, SETTINGS
+from link_core.schema import COLUMNS, CONFIG_ENTRIES, SETTINGS
 
 # Pyboard -> ESP8266
 CONFIG = const(0x43)  # 'C' JSON config list, first message after every sync
@@ -52,6 +52,10 @@ _REPORT_S = const(4)
 _MQTT_USER = const(7)
 _MQTT_PASSWORD = const(8)
 _REQUIRED = const(4)  # conn_id, port, host, timeout_ms: a C message has at least these
+_COL_TYPE = const(1)  # columns of a row of link_core/schema.py (the name is column 0)
+_COL_DEFAULT = const(2)
+_COL_LOW = const(3)
+_COL_HIGH = const(4)
 
 
 def is_frame(msg):
@@ -143,9 +147,12 @@ def _load_body(msg, kind, name):
 # -- config -------------------------------------------------------------------
 
 
-def _check(row, v):
-    """``v`` if it obeys ``row`` of ``schema.SETTINGS``, else the setting's ValueError."""
-    name, kind, _default, lo, hi, _use, _help = row
+def _check(k, v):
+    """``v`` if it obeys the row at ``SETTINGS[k]`` (link_core.schema), else its ValueError."""
+    name = SETTINGS[k]
+    kind = SETTINGS[k + _COL_TYPE]
+    lo = SETTINGS[k + _COL_LOW]
+    hi = SETTINGS[k + _COL_HIGH]
     if kind == "int":
         if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
             return v
@@ -202,9 +209,9 @@ def check_setting(name, value):
     not an int from 200 to 3600000``; also for a ``name`` the table lacks.
     Rules per type: see ``link_core.schema``.
     """
-    for row in SETTINGS:
-        if row[0] == name:
-            return _check(row, value)
+    for k in range(0, len(SETTINGS), COLUMNS):
+        if SETTINGS[k] == name:
+            return _check(k, value)
     raise ValueError("no setting " + _show(name) + " (link_core/schema.py)")
 
 
@@ -232,12 +239,13 @@ def check_config(cfg):
     """
     if not isinstance(cfg, (list, tuple)) or not _REQUIRED <= len(cfg) <= CONFIG_ENTRIES:
         raise ValueError("config " + _show(cfg) + " is not a list of 4 to 12 entries: "
-                         + ", ".join([r[0] for r in SETTINGS[:CONFIG_ENTRIES]]))
+                         + ", ".join([SETTINGS[k] for k in range(0, CONFIG_ENTRIES * COLUMNS,
+                                                                COLUMNS)]))
     c = list(cfg)
     while len(c) < CONFIG_ENTRIES - 1:
-        c.append(0 if len(c) == _REPORT_S else SETTINGS[len(c)][2])
+        c.append(0 if len(c) == _REPORT_S else SETTINGS[len(c) * COLUMNS + _COL_DEFAULT])
     for i in range(len(c)):
-        _check(SETTINGS[i], c[i])
+        _check(i * COLUMNS, c[i])
     check_login(c[_MQTT_USER], c[_MQTT_PASSWORD])
     return c
 

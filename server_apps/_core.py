@@ -18,6 +18,7 @@ _frames: Any = importlib.import_module("link_core.frames")
 _endpoint: Any = importlib.import_module("link_core.endpoint")
 _liveness: Any = importlib.import_module("link_core.liveness")
 _device_watch: Any = importlib.import_module("link_core.device_watch")
+_control: Any = importlib.import_module("link_core.control")
 
 # (kind, session, msg_id, base, line) as returned by frames.decode
 Frame = tuple[str, str | None, int | None, int | None, str | None]
@@ -156,6 +157,12 @@ def check_conn_id(conn_id: str) -> str:
 
 def check_root(root: str) -> str:
     return str(_names.check_root(root))
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` if it is valid for the device setting ``name`` (link_core/schema.py);
+    ``ValueError`` with the one-line error the boards give otherwise."""
+    return _control.check_setting(name, value)
 
 
 def check_line(line: str | bytes) -> str:

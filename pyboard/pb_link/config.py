@@ -14,7 +14,7 @@
 from machine import Pin
 from micropython import const
 
-from link_core.schema import SETTINGS
+from link_core.schema import COLUMNS, SETTINGS
 
 try:
     import pb_settings as _s  # type: ignore[import-not-found]
@@ -22,6 +22,8 @@ except ImportError:
     _s = None
 
 _BRIDGE_TUNING = const(11)  # C message index; config[10] carries it (link_core/schema.py)
+_COL_DEFAULT = const(2)  # columns of a row of link_core/schema.py
+_COL_USE = const(5)
 
 
 def _get(name, default):
@@ -30,9 +32,9 @@ def _get(name, default):
 
 def _setting(name):
     # pb_settings' value, else the default of its row in link_core/schema.py
-    for row in SETTINGS:
-        if row[0] == name:
-            return _get(name, row[2])
+    for k in range(0, len(SETTINGS), COLUMNS):
+        if SETTINGS[k] == name:
+            return _get(name, SETTINGS[k + _COL_DEFAULT])
     raise KeyError(name)
 
 
@@ -45,15 +47,15 @@ def _lists():
     # checks every value.
     config = []
     tuning = {}
-    i = 0
-    for name, _type, default, _low, _high, use, _help in SETTINGS:
+    for i in range(len(SETTINGS) // COLUMNS):
+        k = i * COLUMNS
+        name = SETTINGS[k]
         if 0 < i < _BRIDGE_TUNING:
-            config.append(_get(name, default))
-        elif i == _BRIDGE_TUNING or use == "tuning":
+            config.append(_get(name, SETTINGS[k + _COL_DEFAULT]))
+        elif i == _BRIDGE_TUNING or SETTINGS[k + _COL_USE] == "tuning":
             v = _get(name, None)
             if v is not None:
                 tuning[name] = v
-        i += 1
     config.append(tuning)
     return config, tuning
 
