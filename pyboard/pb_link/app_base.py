@@ -67,8 +67,9 @@ def _full_config(conn_id: str, config: list) -> tuple:
     if not isinstance(tuning, dict):
         raise ValueError("config[10] (tuning) is not a dict")
     full = control.check_config([conn_id] + cfg[: _BRIDGE_TUNING - 1])  # fills in the defaults
-    bridge = tuning.get("bridge_tuning")
-    return full[:_BRIDGE_TUNING] + [control.check_setting("bridge_tuning", bridge or {})], tuning
+    bridge = tuning.get("bridge_tuning")  # None: the default, {}
+    bridge = control.check_setting("bridge_tuning", {} if bridge is None else bridge)
+    return full[:_BRIDGE_TUNING] + [bridge], tuning
 
 
 def config_message(conn_id: str, config: list) -> bytes:
