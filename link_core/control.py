@@ -173,9 +173,9 @@ def _check(k, v):
     if kind == "dict":
         if not isinstance(v, dict):
             raise ValueError(name + " " + _show(v) + " is not a dict (a JSON object)")
-        for k in v:
-            if not isinstance(k, str):
-                raise ValueError(name + " key " + _show(k) + " is not a str")
+        for key in v:
+            if not isinstance(key, str):
+                raise ValueError(name + " key " + _show(key) + " is not a str")
         return v
     if not isinstance(v, str):  # "str" and "host"
         raise ValueError(name + " " + _show(v) + " is not a str")

@@ -16,7 +16,7 @@ from pblink.common import (
     add_command,
     number,
 )
-from pblink.settings import int_range
+from pblink.settings import BY_NAME, int_range
 
 DESCRIPTION = """\
 Copy pyboard/pb_link and link_core onto a Pyboard with mpremote, write the
@@ -39,7 +39,7 @@ examples:
 
 
 def _limits(name: str) -> str:
-    from pblink.settings import BY_NAME, shown_default
+    from pblink.settings import shown_default
 
     low, high = int_range(name)
     return f"{low} to {high}, default {shown_default(BY_NAME[name]).strip('`')}"
@@ -102,7 +102,7 @@ def register(subparsers: Any) -> None:
                         f"({_limits('timeout_ms')})")
     s.add_argument("--report-s", type=number(int, *int_range("report_s")), metavar="S",
                    help=f"ESP8266 reports every S seconds, 0: never ({_limits('report_s')})")
-    s.add_argument("--i2c-mode", choices=("target", "pyb"),
+    s.add_argument("--i2c-mode", choices=BY_NAME["i2c_mode"].low,
                    help="target: machine.I2CTarget (default); pyb: blocking pyb.I2C slave, for "
                         "firmware without I2CTarget")
     s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",

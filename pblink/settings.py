@@ -55,8 +55,11 @@ def _rows() -> tuple[Setting, ...]:
     flat = _schema.SETTINGS
     columns = int(_schema.COLUMNS)
     helps = _help_comments(columns)
-    return tuple(Setting(*flat[k:k + columns], helps[k // columns])
-                 for k in range(0, len(flat), columns))
+    rows = []
+    for k in range(0, len(flat), columns):
+        name, kind, default, low, high, use = flat[k:k + columns]
+        rows.append(Setting(name, kind, default, low, high, use, helps[k // columns]))
+    return tuple(rows)
 
 
 SETTINGS: tuple[Setting, ...] = _rows()
