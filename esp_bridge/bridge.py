@@ -36,7 +36,21 @@ _DATA_TX = const(2)  # of which down frames may use this many: K/U/D always fit
 _RX_QUEUE = const(2)  # messages from the Pyboard not yet published (then HOLD)
 _MQ_INFLIGHT = const(3)  # QoS 1 publishes awaiting PUBACK
 _MQ_SLOTS = const(2)  # frames from down not yet queued for the Pyboard
-_TICK_MS = const(100)
+_TICK_MS = const(100)  # link_core/schema.py: the lowest timeout_ms is 2 x this
+
+# Entries of the config (the C message), named as the rows of link_core/schema.py
+_CONN_ID = const(0)
+_PORT = const(1)
+_HOST = const(2)
+_TIMEOUT_MS = const(3)
+_REPORT_S = const(4)
+_SSID = const(5)
+_WIFI_PASSWORD = const(6)
+_MQTT_USER = const(7)
+_MQTT_PASSWORD = const(8)
+_TOPIC_ROOT = const(9)
+_TLS = const(10)
+_BRIDGE_TUNING = const(11)
 
 
 def _reason(e) -> str:
@@ -110,9 +124,10 @@ class Bridge:
     def _on_config(self, msg) -> None:
         try:
             full = control.decode_config(msg)  # 11 entries, 12 with tuning
-            tun, unknown = settings.parse(full[11] if len(full) > 11 else None)
-            cfg = full[:11]
-            topics = Topics(cfg[9], cfg[0])
+            cfg = full[:_BRIDGE_TUNING]
+            tun, unknown = settings.parse(full[_BRIDGE_TUNING] if len(full) > _BRIDGE_TUNING
+                                          else None)
+            topics = Topics(cfg[_TOPIC_ROOT], cfg[_CONN_ID])
         except (ValueError, TypeError) as e:
             self.diag("bad config: %s" % e)
             return
@@ -124,7 +139,7 @@ class Bridge:
             return
         self.cfg = cfg
         self.tun = tun
-        self.watch.timeout_ms = cfg[3]
+        self.watch.timeout_ms = cfg[_TIMEOUT_MS]
         self._up_topic = topics.up.encode()
         self._down = topics.down.encode()
         self._status = topics.status.encode()
@@ -162,20 +177,21 @@ class Bridge:
                     "no server application answers conn_id %s under %s/ on %s:%d within %d ms: "
                     "none serves this conn_id (pblink server --ids), another topic root or broker, "
                     "or the broker's ACL drops this device's frames (user %r)"
-                    % (cfg[0], cfg[9], cfg[2], cfg[1], 2 * cfg[3], cfg[7])
+                    % (cfg[_CONN_ID], cfg[_TOPIC_ROOT], cfg[_HOST], cfg[_PORT],
+                       2 * cfg[_TIMEOUT_MS], cfg[_MQTT_USER])
                 )
                 print("bridge:", why)
                 self._ctl(control.encode_text(control.SERVER_DOWN, why))
             if (1 if ok else 0) != self._told and self._syncs == link.syncs:
                 if self._ctl(control.MSG_SERVER_UP if ok else control.MSG_SERVER_DOWN):
                     self._told = 1 if ok else 0
-            if cfg[4] <= 0:
+            if cfg[_REPORT_S] <= 0:
                 r_armed = False
             elif not r_armed:
                 r_armed = True
-                next_r = time.ticks_add(now, cfg[4] * 1000)
+                next_r = time.ticks_add(now, cfg[_REPORT_S] * 1000)
             elif time.ticks_diff(now, next_r) >= 0:
-                next_r = time.ticks_add(now, cfg[4] * 1000)
+                next_r = time.ticks_add(now, cfg[_REPORT_S] * 1000)
                 self.report_no += 1
                 msg = control.encode_report(
                     [self.connects, self.report_no, gc.mem_free(), self.mem_errors_total()])
@@ -300,13 +316,14 @@ class Bridge:
                 tun = self.tun
                 delay = tun["reconnect_min_ms"]
                 mq.configure(
-                    client_id(cfg[0]), cfg[7], cfg[8], tun["mqtt_keepalive_s"],
+                    client_id(cfg[_CONN_ID]), cfg[_MQTT_USER], cfg[_MQTT_PASSWORD],
+                    tun["mqtt_keepalive_s"],
                     (self._status, OFFLINE, liveness.QOS_STATUS, True),
                     tun["mqtt_response_ms"], tun["mqtt_retries"],
                 )
                 wifi.connect_ms = tun["wifi_connect_ms"]
                 wifi.stable_ms = tun["wifi_stable_ms"]
-            if not await wifi.connect(cfg[5], cfg[6]):
+            if not await wifi.connect(cfg[_SSID], cfg[_WIFI_PASSWORD]):
                 if gen != self._gen:
                     continue
                 if self._first_wifi:
@@ -320,7 +337,7 @@ class Bridge:
             if gen != self._gen:
                 continue
             try:
-                await mq.connect(cfg[2], cfg[1], cfg[10])
+                await mq.connect(cfg[_HOST], cfg[_PORT], cfg[_TLS])
                 await mq.publish(self._status, ONLINE, liveness.QOS_STATUS, True)
                 # Up from here: with a persistent session the broker may send a
                 # backlog on down before the SUBACK, which then waits behind it
@@ -337,7 +354,7 @@ class Bridge:
                 if self._first_broker:
                     self._ctl(control.encode_text(control.BAD_BROKER, why))
                 self._first_broker = False
-                self.diag("broker %s:%d: %s" % (cfg[2], cfg[1], why))
+                self.diag("broker %s:%d: %s" % (cfg[_HOST], cfg[_PORT], why))
                 await self._pause(delay, gen)
                 delay = min(delay * 2, tun["reconnect_max_ms"])
                 continue
@@ -362,7 +379,7 @@ class Bridge:
             await self._pause(delay, gen)
 
     def _status_of(self, cfg) -> bytes:
-        return Topics(cfg[9], cfg[0]).status.encode()
+        return Topics(cfg[_TOPIC_ROOT], cfg[_CONN_ID]).status.encode()
 
     # A task per job, no wrapper coroutine for each (a generator frame each):
     # asyncio calls _on_error when one ends with an exception nobody awaits.

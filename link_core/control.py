@@ -21,6 +21,7 @@ except ImportError:  # CPython
 
 
 from link_core.names import MAX_MESSAGE, _show, check_conn_id, check_root, utf8_valid
+from link_core.schema import COLUMNS, CONFIG_ENTRIES, SETTINGS
 
 # Pyboard -> ESP8266
 CONFIG = const(0x43)  # 'C' JSON config list, first message after every sync
@@ -45,24 +46,15 @@ MSG_BAD_WIFI = b"W"
 
 FRAME_KINDS = b"qua"
 
-CONFIG_FIELDS = (
-    "conn_id",
-    "port",
-    "host",
-    "timeout_ms",
-    "report_s",
-    "ssid",
-    "wifi_password",
-    "mqtt_user",
-    "mqtt_password",
-    "topic_root",
-    "tls",
-    "tuning",
-)
-CONFIG_REQUIRED = const(4)  # conn_id, port, host, timeout_ms
-CONFIG_DEFAULTS = (0, "", "", "", "", "pblink", False)  # report_s .. tls
-TIMEOUT_MS_MAX = const(3600000)
-REPORT_S_MAX = const(86400)
+# C message indices control.py needs (link_core/schema.py: the rows in the message's order)
+_REPORT_S = const(4)
+_MQTT_USER = const(7)
+_MQTT_PASSWORD = const(8)
+_REQUIRED = const(4)  # conn_id, port, host, timeout_ms: a C message has at least these
+_COL_TYPE = const(1)  # columns of a row of link_core/schema.py (the name is column 0)
+_COL_DEFAULT = const(2)
+_COL_LOW = const(3)
+_COL_HIGH = const(4)
 
 
 def is_frame(msg):
@@ -154,77 +146,106 @@ def _load_body(msg, kind, name):
 # -- config -------------------------------------------------------------------
 
 
-def _int_in(name, v, lo, hi):
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
-        raise ValueError(
-            "config " + name + " " + _show(v) + " is not an int in " + str(lo) + ".." + str(hi)
-        )
-
-
-def _str_max(name, v, hi, empty_ok=True):
-    if not isinstance(v, str):
-        raise ValueError("config " + name + " " + _show(v) + " is not a str")
+def _check(k, v):
+    """``v`` if it obeys the row at ``SETTINGS[k]`` (link_core.schema), else its ValueError."""
+    name = SETTINGS[k]
+    kind = SETTINGS[k + _COL_TYPE]
+    lo = SETTINGS[k + _COL_LOW]
+    hi = SETTINGS[k + _COL_HIGH]
+    if kind == "int":
+        if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
+            return v
+        raise ValueError(name + " " + _show(v) + " is not an int from " + str(lo) + " to "
+                         + str(hi))
+    if kind == "id":
+        return check_conn_id(v)
+    if kind == "root":
+        return check_root(v)
+    if kind == "bool":
+        if isinstance(v, bool):
+            return v
+        raise ValueError(name + " " + _show(v) + " is not a bool (True or False)")
+    if kind == "choice":
+        if isinstance(v, str) and v in lo:
+            return v
+        raise ValueError(name + " " + _show(v) + " is not one of " + ", ".join(lo))
+    if kind == "dict":
+        if not isinstance(v, dict):
+            raise ValueError(name + " " + _show(v) + " is not a dict (a JSON object)")
+        for key in v:
+            if not isinstance(key, str):
+                raise ValueError(name + " key " + _show(key) + " is not a str")
+        return v
+    if not isinstance(v, str):  # "str" and "host"
+        raise ValueError(name + " " + _show(v) + " is not a str")
     n = len(v.encode("utf-8"))
-    if n > hi or (n == 0 and not empty_ok):
-        raise ValueError(
-            "config "
-            + name
-            + " "
-            + _show(v)
-            + " must be "
-            + ("0" if empty_ok else "1")
-            + " to "
-            + str(hi)
-            + " bytes"
-        )
+    if n < lo or n > hi:
+        raise ValueError(name + " " + _show(v) + " must be " + str(lo) + " to " + str(hi)
+                         + " bytes")
+    if kind == "host":
+        # no space, '/' or ':' (a scheme, path or port), but in an IPv6 address (hex, 2+ ':')
+        ok = True
+        colons = 0
+        hex_only = True
+        for c in v:
+            if c == ":":
+                colons += 1
+            elif c == "/" or c.isspace():
+                ok = False
+            elif c not in "0123456789abcdefABCDEF":
+                hex_only = False
+        if not ok or (colons and not (hex_only and colons >= 2)):
+            raise ValueError(name + " " + _show(v) + " is not a host name or IP address (no "
+                             "scheme, port or path: the port is a setting of its own)")
+    return v
+
+
+def check_setting(name, value):
+    """``value`` if it is a valid value of setting ``name`` (a row of link_core/schema.py).
+
+    ``ValueError`` otherwise, with the one-line text every part shows for it
+    (the boards, ``pblink install``, ``LinkServer``), e.g. ``timeout_ms 10 is
+    not an int from 200 to 3600000``; also for a ``name`` the table lacks.
+    Rules per type: see ``link_core.schema``.
+    """
+    for k in range(0, len(SETTINGS), COLUMNS):
+        if SETTINGS[k] == name:
+            return _check(k, value)
+    raise ValueError("no setting " + _show(name) + " (link_core/schema.py)")
+
+
+def check_login(user, password):
+    """MQTT-3.1.2-22: ``ValueError`` for a ``password`` without a ``user`` (brokers close such a
+    connection)."""
+    if password and not user:
+        raise ValueError("mqtt_password is set but mqtt_user is empty: MQTT 3.1.1 sends a "
+                         "password only with a user name")
 
 
 def check_config(cfg):
     """Validate and complete a config list; return it with every entry.
 
-    ``cfg``: list or tuple of the first 4 to all 12 entries of
-    ``CONFIG_FIELDS``: ``[conn_id, port, host, timeout_ms, report_s, ssid,
-    wifi_password, mqtt_user, mqtt_password, topic_root, tls, tuning]``.
-    Missing entries up to ``tls`` get ``CONFIG_DEFAULTS`` (report_s 0, ssid,
-    wifi_password, mqtt_user, mqtt_password ``""``, topic_root ``"pblink"``,
-    tls ``False``): the result has 11 entries, or 12 when ``tuning`` was
-    given. Rules: conn_id per ``names.check_conn_id``; port 1..65535; host
-    1..253 bytes; timeout_ms 1..3600000; report_s 0..86400; ssid 0..32
-    bytes; wifi_password 0..64 bytes; mqtt_user and mqtt_password 0..256
-    bytes, mqtt_password only with mqtt_user (MQTT-3.1.2-22); topic_root
-    per ``names.check_root``; tls a bool; tuning a dict with str keys (its
-    keys and values are the bridge's business).
-    ``ValueError`` naming the field otherwise.
+    ``cfg``: list or tuple of the first 4 to all 12 entries of the ``C``
+    message, the first ``CONFIG_ENTRIES`` rows of ``link_core.schema.SETTINGS``
+    in order: ``[conn_id, port, host, timeout_ms, report_s, ssid,
+    wifi_password, mqtt_user, mqtt_password, topic_root, tls, bridge_tuning]``.
+    Missing entries up to ``tls`` get the table's defaults, but ``report_s``
+    0 (PROTOCOL.md 2: an Initiator that omits it asks for no reports): the
+    result has 11 entries, or 12 when ``bridge_tuning`` was given (a dict
+    with str keys; its keys and values are the bridge's business). Each entry
+    obeys its row (``check_setting``) and ``check_login(mqtt_user,
+    mqtt_password)``. ``ValueError`` naming the field otherwise.
     """
-    if not isinstance(cfg, (list, tuple)) or not CONFIG_REQUIRED <= len(cfg) <= 12:
-        raise ValueError(
-            "config " + _show(cfg) + " is not a list of 4 to 12 entries " + str(CONFIG_FIELDS)
-        )
+    if not isinstance(cfg, (list, tuple)) or not _REQUIRED <= len(cfg) <= CONFIG_ENTRIES:
+        raise ValueError("config " + _show(cfg) + " is not a list of 4 to 12 entries: "
+                         + ", ".join([SETTINGS[k] for k in range(0, CONFIG_ENTRIES * COLUMNS,
+                                                                COLUMNS)]))
     c = list(cfg)
-    if len(c) < 11:
-        c = c + list(CONFIG_DEFAULTS[len(c) - CONFIG_REQUIRED :])
-    check_conn_id(c[0])
-    _int_in("port", c[1], 1, 65535)
-    _str_max("host", c[2], 253, False)
-    _int_in("timeout_ms", c[3], 1, TIMEOUT_MS_MAX)
-    _int_in("report_s", c[4], 0, REPORT_S_MAX)
-    _str_max("ssid", c[5], 32)
-    _str_max("wifi_password", c[6], 64)
-    _str_max("mqtt_user", c[7], 256)
-    _str_max("mqtt_password", c[8], 256)
-    if c[8] and not c[7]:  # MQTT-3.1.2-22: brokers close the connection
-        raise ValueError("config mqtt_password is set but mqtt_user is empty: MQTT 3.1.1 sends a "
-                         "password only with a user name")
-    check_root(c[9])
-    if not isinstance(c[10], bool):
-        raise ValueError("config tls " + _show(c[10]) + " is not a bool")
-    if len(c) > 11:
-        t = c[11]
-        if not isinstance(t, dict):
-            raise ValueError("config tuning " + _show(t) + " is not a dict (a JSON object)")
-        for k in t:
-            if not isinstance(k, str):
-                raise ValueError("config tuning key " + _show(k) + " is not a str")
+    while len(c) < CONFIG_ENTRIES - 1:
+        c.append(0 if len(c) == _REPORT_S else SETTINGS[len(c) * COLUMNS + _COL_DEFAULT])
+    for i in range(len(c)):
+        _check(i * COLUMNS, c[i])
+    check_login(c[_MQTT_USER], c[_MQTT_PASSWORD])
     return c
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pblink import settings
 from pblink.common import EXIT_ERROR, CliError, UsageError
 
 # -- what gets installed ---------------------------------------------------------
@@ -155,56 +156,10 @@ def stage(root: Path, stage_dir: Path, *, mpy: bool = False, march: str = DEFAUL
 # -- pb_settings ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    kind: type
-    help: str
-
-
-# The names pb_link/config.py reads, in the order the file is written.
-SETTINGS = (
-    Setting("conn_id", str, "connection ID: 1-64 of A-Z a-z 0-9 _ -; names the MQTT topics"),
-    Setting("host", str, "MQTT broker host name or IP address, as the ESP8266 reaches it"),
-    Setting("port", int, "MQTT broker port (1883; 8883 with TLS)"),
-    Setting("tls", bool, "connect to the broker with TLS"),
-    Setting("topic_root", str, "topic root (default pblink)"),
-    Setting("mqtt_user", str, "MQTT user name ('' for anonymous)"),
-    Setting("mqtt_password", str, "MQTT password"),
-    Setting("ssid", str, "WiFi network name ('' keeps the network the ESP8266 last joined)"),
-    Setting("wifi_password", str, "WiFi password"),
-    Setting("timeout_ms", int, "server timeout in ms, the same as the server application's"),
-    Setting("report_s", int, "ESP8266 report every N seconds (0: never)"),
-)
-SETTING_NAMES = tuple(s.name for s in SETTINGS)
-REQUIRED = ("conn_id", "host")
+# Every name config.py reads, in the order of link_core/schema.py (pblink.settings).
+SETTING_NAMES = settings.NAMES
+REQUIRED = ("conn_id", "host")  # install asks for these: the defaults are nobody's broker
 SECRETS = ("mqtt_password", "wifi_password")
-
-
-def extra_setting_names(root: Path) -> tuple[str, ...]:
-    """Further names config.py reads (`_get("name", ...)` and its tuning keys).
-
-    Read from the source with `ast`, so `--set` knows exactly what this checkout's
-    config.py understands.
-    """
-    path = root / PACKAGES["pb_link"] / "config.py"
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
-        return ()
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id == "_get" and node.args
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            names.append(node.args[0].value)
-        elif isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "_TUNING_KEYS" for t in node.targets):
-            try:
-                names.extend(str(v) for v in ast.literal_eval(node.value))
-            except ValueError:
-                pass
-    return tuple(sorted(set(names) - set(SETTING_NAMES)))
 
 
 def parse_settings_text(text: str) -> dict[str, Any]:
@@ -242,56 +197,26 @@ def parse_set_option(item: str, known: Iterable[str]) -> tuple[str, Any]:
 
 
 def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[str]:
-    """Raise CliError(EXIT_USAGE) for a value the link cannot work with; return warnings.
+    """Raise UsageError for a value the link cannot work with; return warnings.
 
-    With `complete=False` (options checked before the board is reached) the
-    required names may be missing.
+    Each value of a known name gets the board's own check
+    (link_core.control.check_setting: the same one-line error as on the
+    board); names the table does not know are left alone (an application's
+    own settings). With `complete=False` (options checked before the board is
+    reached) the required names may be missing.
     """
-    from link_core.names import check_conn_id, check_root
-
-    warnings: list[str] = []
-
-    def bad(message: str) -> CliError:
-        return UsageError(message)
-
-    for setting in SETTINGS:
-        if setting.name not in values:
-            continue
-        value = values[setting.name]
-        if setting.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise bad(f"{setting.name} must be a whole number, not {value!r}")
-        if setting.kind is bool and not isinstance(value, bool):
-            raise bad(f"{setting.name} must be True or False, not {value!r}")
-        if setting.kind is str and not isinstance(value, str):
-            raise bad(f"{setting.name} must be a string, not {value!r}")
     for name in REQUIRED:
         if complete and not values.get(name):
-            raise bad(f"{name} is required (--{name.replace('_', '-')})")
-    if "conn_id" in values:
-        try:
-            check_conn_id(values["conn_id"])
-        except ValueError as exc:
-            raise bad(str(exc)) from None
-    host = values.get("host", "")
-    if "host" in values and (
-            not host or len(host) > 253 or any(c.isspace() for c in host) or "/" in host
-            or (":" in host and not _looks_like_ipv6(host))):
-        raise bad(f"host {host!r} is not a host name or IP address (no scheme, port or "
-                  "path: give the port with --broker-port)")
-    if "port" in values and not 1 <= values["port"] <= 65535:
-        raise bad(f"port {values['port']} is not between 1 and 65535")
-    if "timeout_ms" in values and values["timeout_ms"] < 100:
-        raise bad(f"timeout_ms {values['timeout_ms']} is too short (at least 100 ms)")
-    if "report_s" in values and values["report_s"] < 0:
-        raise bad(f"report_s {values['report_s']} is negative (0 means no reports)")
-    if "topic_root" in values:
-        try:
-            check_root(values["topic_root"])
-        except ValueError as exc:
-            raise bad(str(exc)) from None
+            raise UsageError(f"{name} is required (--{name.replace('_', '-')})")
+    try:
+        for name, value in values.items():
+            if name in settings.BY_NAME:
+                settings.check_setting(name, value)
+        settings.check_login(values.get("mqtt_user"), values.get("mqtt_password"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    warnings: list[str] = []
     ssid = values.get("ssid", "")
-    if len(ssid.encode("utf-8")) > 32:
-        raise bad(f"ssid {ssid!r} is longer than 32 bytes, the WiFi limit")
     password = values.get("wifi_password", "")
     if password and not 8 <= len(password) <= 64:
         warnings.append(f"the WiFi password is {len(password)} characters; WPA2 needs 8 to 63 "
@@ -299,21 +224,14 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[
     if password and not ssid:
         warnings.append("a WiFi password without an ssid is not used: the ESP8266 keeps the "
                         "network it last joined")
-    if values.get("mqtt_password") and not values.get("mqtt_user"):
-        raise bad("mqtt_password is set but mqtt_user is empty: MQTT 3.1.1 sends a password "
-                  "only with a user name (--mqtt-user)")
     if values.get("tls") and values.get("port") == 1883:
         warnings.append("tls is on but the broker port is 1883, usually the plain-text port "
                         "(8883 is the usual TLS port)")
     return warnings
 
 
-def _looks_like_ipv6(host: str) -> bool:
-    return bool(re.fullmatch(r"[0-9A-Fa-f:]+", host)) and host.count(":") >= 2
-
-
 def render_settings(values: dict[str, Any]) -> str:
-    """The text of pb_settings.py: known names in a fixed order, then the rest sorted."""
+    """The text of pb_settings.py: known names in the table's order, then the rest sorted."""
     lines = [
         "# pb_settings.py: this board's pblink settings, read by pb_link/config.py.",
         "# Written by `pblink install`; run it again to change them (or edit by hand).",

@@ -16,6 +16,7 @@ from pblink.common import (
     add_command,
     number,
 )
+from pblink.settings import BY_NAME, int_range
 
 DESCRIPTION = """\
 Copy pyboard/pb_link and link_core onto a Pyboard with mpremote, write the
@@ -35,6 +36,13 @@ examples:
   pblink install a0 --settings-only --broker-port 8883 --tls
   pblink install a0 --check                        (compare the board with this checkout)
 """
+
+
+def _limits(name: str) -> str:
+    from pblink.settings import shown_default
+
+    low, high = int_range(name)
+    return f"{low} to {high}, default {shown_default(BY_NAME[name]).strip('`')}"
 
 
 def register(subparsers: Any) -> None:
@@ -89,14 +97,18 @@ def register(subparsers: Any) -> None:
     s.add_argument("--wifi-password", default=os.environ.get("PBLINK_WIFI_PASSWORD"),
                    help="WiFi password (default $PBLINK_WIFI_PASSWORD; asked for if --ssid is "
                         "given without it)")
-    s.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, help="server timeout in ms (default 1500)")
-    s.add_argument("--report-s", type=number(int, 0), help="ESP8266 reports every N s (0: never)")
-    s.add_argument("--i2c-mode", choices=("target", "pyb"),
+    s.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, metavar="MS",
+                   help=f"the link's timeout in ms, the same as the server application's "
+                        f"({_limits('timeout_ms')})")
+    s.add_argument("--report-s", type=number(int, *int_range("report_s")), metavar="S",
+                   help=f"ESP8266 reports every S seconds, 0: never ({_limits('report_s')})")
+    s.add_argument("--i2c-mode", choices=BY_NAME["i2c_mode"].low,
                    help="target: machine.I2CTarget (default); pyb: blocking pyb.I2C slave, for "
                         "firmware without I2CTarget")
     s.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="any other setting config.py reads, e.g. --set boot_wait_ms=1500 "
-                        "(VALUE is a Python literal or a string); repeatable")
+                   help="any setting of docs/PYBOARD.md \"Settings\" (link_core/schema.py), e.g. "
+                        "--set boot_wait_ms=1500 (VALUE is a Python literal or a string); "
+                        "repeatable")
     p.set_defaults(func=run)
 
 
@@ -175,8 +187,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = _Progress(args.quiet)
     root = bi.find_source(args.source)
-    known = (*bi.SETTING_NAMES, *bi.extra_setting_names(root))
-    given = {} if args.check else _given_settings(args, known)
+    given = {} if args.check else _given_settings(args, bi.SETTING_NAMES)
     if (args.keep_settings or args.check) and any(
             getattr(args, n) is not None for n in ("conn_id", "host", "broker_port", "tls")):
         raise UsageError("settings options and --keep-settings/--check do not go together")
@@ -218,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
         values: dict[str, Any] | None = None
         if not args.keep_settings:
-            values = {k: v for k, v in existing.items() if k in known}
+            values = dict(existing)  # an application's own names stay too
             values.update(given)
             _complete(values, given, interactive=not args.no_input and sys.stdin.isatty())
             for warning in bi.validate_settings(values):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pblink import settings
+
 # Exit codes (documented in `pblink --help`, built from ERROR_KINDS below).
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything else that went wrong
@@ -114,6 +116,10 @@ class Parser(argparse.ArgumentParser):
 # -- argument types: every number and address is parsed here -------------------
 
 
+def _num(value: float | None) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def number(kind: type[int] | type[float], low: float | None = None, high: float | None = None,
            *, above: float | None = None) -> Callable[[str], Any]:
     """An argparse type: `kind` (int or float) within [low, high] (or > above)."""
@@ -129,8 +135,8 @@ def number(kind: type[int] | type[float], low: float | None = None, high: float 
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"{text} is out of range: must be above {above:g}")
         if (low is not None and value < low) or (high is not None and value > high):
-            span = (f"{low:g} to {high:g}" if low is not None and high is not None
-                    else f"at least {low:g}" if low is not None else f"at most {high:g}")
+            span = (f"{_num(low)} to {_num(high)}" if low is not None and high is not None
+                    else f"at least {_num(low)}" if low is not None else f"at most {_num(high)}")
             raise argparse.ArgumentTypeError(f"{text} is out of range: must be {span}")
         return value
 
@@ -142,7 +148,8 @@ PORT = number(int, 1, 65535)
 SECONDS = number(float, above=0)  # a duration or timeout: > 0
 COUNT = number(int, 1)  # how many of something: >= 1
 MILLISECONDS = number(int, 1)
-LINK_TIMEOUT_MS = number(int, 20)  # a link's timeout_ms (LinkServer's lower bound)
+# a link's timeout_ms: the range of link_core/schema.py, as LinkServer and the boards check it
+LINK_TIMEOUT_MS = number(int, *settings.int_range("timeout_ms"))
 
 
 def _address(text: str, port_type: Callable[[str], int]) -> tuple[str, int]:

@@ -124,7 +124,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from link_core import endpoint, frames, liveness, names
+from link_core import control, endpoint, frames, liveness, names
 from link_core.device_watch import DeviceWatch
 from server_apps.clock import now_ms as now_ms
 
@@ -181,7 +181,8 @@ class LinkServer:
             that context (your CA file, client certificates).
         protocol: ``MQTTv311`` (default) or ``MQTTv5`` (then with a session
             that outlives the connection).
-        timeout_ms: the link's timeout in milliseconds, at least 20; must be
+        timeout_ms: the link's timeout in milliseconds, an int from 200 to
+            3,600,000 (the devices' rule, link_core/schema.py); must be
             the devices' ``timeout_ms`` (pb_settings). Retransmissions start
             after it, and a device is offline after ``2 * timeout_ms`` of
             silence. Default 1500.
@@ -216,8 +217,9 @@ class LinkServer:
 
     Raises:
         ValueError: an invalid ``root``, a ``port`` outside 1 to 65535 (or not
-            an int), ``timeout_ms`` under 20, ``queue_size`` or ``window`` under
-            1, an unknown ``protocol``, both ``state_path`` and ``state_db``.
+            an int), a ``timeout_ms`` the devices refuse (the same message),
+            ``queue_size`` or ``window`` under 1, an unknown ``protocol``, both
+            ``state_path`` and ``state_db``.
     """
 
     def __init__(
@@ -247,8 +249,7 @@ class LinkServer:
         names.check_root(root)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ValueError(f"port={port!r} is not a TCP port (1 to 65535)")
-        if timeout_ms < 20:
-            raise ValueError(f"timeout_ms={timeout_ms} is too small (at least 20)")
+        control.check_setting("timeout_ms", timeout_ms)  # the devices' rule, link_core/schema.py
         if queue_size < 1 or window < 1:
             raise ValueError("queue_size and window must be at least 1")
         if protocol not in (MQTTv311, MQTTv5):

@@ -42,17 +42,17 @@ from virtual_bench.bridge_rig import (
 # bridge may use ESP_BUDGET of the ESP8266's 38 KiB heap at run time. The unix
 # port is 64-bit, its objects up to twice as large, and it holds in its heap
 # what the ESP8266 keeps in flash: the bytecode of the frozen modules (and,
-# here, the fake hardware and the scripted Pyboard). So the test heap is
-#     N = C_unix + 2 x ESP_BUDGET + QSTR_SLACK
-# with C_unix measured: the heap in use after importing everything. The unix port
-# also keeps its interned names (qstrs) in pools on this heap, and a name interned
-# at run time can start a new pool, about 7 KB at the bridge's ~620 names
-# (micropython.qstr_info(), measured): QSTR_SLACK covers one, so that adding a
-# few names to the bridge does not fail this test. The ESP8266 keeps the frozen
-# modules' names in flash; the figure that counts for the device is the 32-bit
-# frozen one: tests/test_bridge_heap32.py.
+# here, the fake hardware and the scripted Pyboard). So the live peak above
+#     C_unix (the heap in use after importing everything, measured)
+# may be at most 2 x ESP_BUDGET. The run's heap is larger (HEAP_ROOM) so that
+# the verdict is that measured peak, not where the allocator finds a hole: the
+# bridge and the scripted Pyboard share this one heap (the real boards have one
+# each), and a cap that tight made the Pyboard's own allocations fail or not
+# depending on the heap's layout (a few hundred bytes of heap size moved it).
+# The figure that counts for the device is the 32-bit frozen one:
+# tests/test_bridge_heap32.py.
 ESP_BUDGET = 24 * 1024
-QSTR_SLACK = 8 * 1024
+HEAP_ROOM = 4 * ESP_BUDGET
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_relay_1000_each_way_and_broker_restart_within_heap(
     n = 1000
     mpy_dir = compile_tree(mpy_cross_bin, make_hw_dir(tmp_path), tmp_path / "mpy")
     cost = import_cost(micropython_bin, mpy_dir)
-    heap = os.environ.get("PBLINK_BRIDGE_HEAPSIZE") or str(cost + 2 * ESP_BUDGET + QSTR_SLACK)
+    heap = os.environ.get("PBLINK_BRIDGE_HEAPSIZE") or str(cost + HEAP_ROOM)
     res = run_traffic(micropython_bin, tmp_path, mosquitto_broker.port, mosquitto_broker.restart,
                       n=n, heapsize=heap, mpy_dir=mpy_dir)
     lines = res["lines"]
@@ -93,6 +93,8 @@ def test_relay_1000_each_way_and_broker_restart_within_heap(
     assert res["up"] == n and res["down"] >= n
     assert res["reports"][-1][0] >= 2  # the reconnect after the restart
     assert live > cost  # the figures are the scripted Pyboard's real samples
+    assert live - cost <= 2 * ESP_BUDGET, (
+        f"the bridge's run-time live peak {live - cost} B (64-bit) is past 2 x {ESP_BUDGET} B")
 
 
 def test_bridge_loads_only_the_device_end_rules(micropython_bin: str, mpy_cross_bin: str,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from link_core import control as C
-from link_core import i2c_link, names
+from link_core import i2c_link, names, schema
 
 CFG = ["pyb1", 1883, "192.168.1.10", 1500, 60, "myssid", "mypass"]
 
@@ -30,7 +30,8 @@ def test_config_roundtrip_and_defaults():
     assert full == [*CFG, "", "", "pblink", False]
     assert C.decode_config(m[1:]) == full  # kind byte optional
     assert C.decode_config(C.encode_config(tuple(full))) == full
-    assert dict(zip(C.CONFIG_FIELDS[:11], full, strict=True))["topic_root"] == "pblink"
+    names = schema.SETTINGS[0 : (schema.CONFIG_ENTRIES - 1) * schema.COLUMNS : schema.COLUMNS]
+    assert dict(zip(names, full, strict=True))["topic_root"] == "pblink"
     # only conn_id, port, host and timeout_ms are required
     short = C.decode_config(b'C["pyb1",1883,"h",1500]')
     assert short == ["pyb1", 1883, "h", 1500, 0, "", "", "", "", "pblink", False]

@@ -70,8 +70,15 @@ def test_vectors_micropython(micropython_bin):
     assert int(out.split("ALL ")[1].split()[0]) > n
 
 
+# The workload's heap: it needs 66k (bisected by hand with -X heapsize on this
+# 64-bit unix port; 60k before link_core held the settings table, link_core/schema.py,
+# about 2.7 KB as a .mpy here, in flash where it is frozen on the ESP8266, whose RAM
+# tests/test_bridge_heap32.py gates). 64k until then; the 4k of room is kept.
+SMALL_HEAP = "70k"
+
+
 def test_core_fits_a_small_heap(tmp_path, micropython_bin):
-    """link_core, precompiled as on the boards, runs a link + e2e workload in a 64 KB heap.
+    """link_core, precompiled as on the boards, runs a link + e2e workload in a SMALL_HEAP heap.
 
     (The unix port is 64-bit: its objects are up to twice an ESP8266's.)
     """
@@ -85,7 +92,7 @@ def test_core_fits_a_small_heap(tmp_path, micropython_bin):
         )
     env = dict(os.environ, MICROPYPATH=str(tmp_path))
     proc = subprocess.run(
-        [micropython_bin, "-X", "heapsize=64k", str(VECTORS / "core_workload.py")],
+        [micropython_bin, "-X", f"heapsize={SMALL_HEAP}", str(VECTORS / "core_workload.py")],
         capture_output=True,
         text=True,
         env=env,

@@ -180,11 +180,15 @@ def test_install_copies_verifies_and_runs(board: VirtualBoard) -> None:
 
 def test_reinstall_keeps_settings_and_updates_some(board: VirtualBoard) -> None:
     assert install(board, "--conn-id", "dev1", "--host", "broker.lan", "-q").returncode == 0
-    # settings-only: what is not given is kept from the board's pb_settings.py
+    # settings-only: what is not given is kept from the board's pb_settings.py, an
+    # application's own names too
+    with open(board.fs / "pb_settings.py", "a") as f:
+        f.write("my_app_knob = [1, 'two']\n")
     done = install(board, "--settings-only", "--tls", "--i2c-mode", "pyb", "-q")
     assert done.returncode == 0, done.stderr
     assert board_settings(board) == {"conn_id": "dev1", "host": "broker.lan", "port": 8883,
-                                     "tls": True, "i2c_mode": "pyb"}
+                                     "tls": True, "i2c_mode": "pyb",
+                                     "my_app_knob": [1, "two"]}
     result = board.run("import pb_link.config as c\nprint('RESULT', repr([c.config[0], "
                        "c.config[9], repr(c.hardware[0])]))\n")  # pyb.I2C: not a tuple
     assert result == [8883, True, "pyb.I2C(1, 1, 18)"]

@@ -21,21 +21,10 @@ from micropython import const
 
 from link_core import control, frames
 from link_core.endpoint import Receiver, Sender
-from link_core.i2c_link import (
-    ACTIVE_POLL_MS,
-    BOOT_WAIT_MS,
-    EXCHANGE_TIMEOUT_MS,
-    IDLE_AFTER_MS,
-    IDLE_POLL_MS,
-    INITIATOR,
-    KEEPALIVE_TIMEOUT_MS,
-    SYNC_RETRY_MS,
-    SYNC_TIMEOUT_MS,
-    LinkEndpoint,
-    PollPolicy,
-)
+from link_core.i2c_link import INITIATOR, SYNC_RETRY_MS, LinkEndpoint, PollPolicy
 from link_core.liveness import may_write
 from link_core.names import check_conn_id, line_bytes
+from link_core.schema import COLUMNS, SETTINGS
 from pb_link.ports import make_port
 
 _sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
@@ -47,35 +36,50 @@ _LINK_RXQ = const(4)  # complete link messages received, not yet handled
 _ACK_ROOM = const(4)  # link queue slots that write() leaves for acks
 _FAILS = const(2)  # failed exchanges in a row that mean "ESP8266 dead"
 
-# Pyboard timings, ms, overridable in config[10] (the tuning dict).
-DEFAULTS = {
-    "boot_wait_ms": BOOT_WAIT_MS,
-    "idle_poll_ms": IDLE_POLL_MS,
-    "active_poll_ms": ACTIVE_POLL_MS,
-    "idle_after_ms": IDLE_AFTER_MS,
-    "exchange_timeout_ms": EXCHANGE_TIMEOUT_MS,
-    "keepalive_timeout_ms": KEEPALIVE_TIMEOUT_MS,
-    "sync_timeout_ms": SYNC_TIMEOUT_MS,
-    "rx_queue": 8,
-}
+# C message indices (link_core/schema.py); the config list is the message
+# without conn_id, so config[i - 1] holds entry i and config[10] the tuning dict.
+_TIMEOUT_MS = const(3)
+_BRIDGE_TUNING = const(11)
+_COL_DEFAULT = const(2)  # columns of a row of link_core/schema.py
+_COL_USE = const(5)
+
+
+def _tuning(given: dict) -> dict:
+    """The Pyboard timings: every "tuning" row of link_core/schema.py, from
+    `given` (config[10]) or the row's default. ValueError (check_setting) for a bad one."""
+    t = {}
+    for k in range(0, len(SETTINGS), COLUMNS):
+        if SETTINGS[k + _COL_USE] == "tuning":
+            name = SETTINGS[k]
+            t[name] = control.check_setting(name, given.get(name, SETTINGS[k + _COL_DEFAULT]))
+    return t
+
+
+def _full_config(conn_id: str, config: list) -> tuple:
+    """(the C message's entries, the tuning dict config[10]) for AppBase's arguments.
+
+    ValueError from link_core.control.check_config for a bad entry."""
+    cfg = list(config)
+    if not 3 <= len(cfg) <= _BRIDGE_TUNING:
+        raise ValueError("config has " + str(len(cfg)) + " entries: expected 3 to 11")
+    tuning = cfg[_BRIDGE_TUNING - 1] if len(cfg) >= _BRIDGE_TUNING else {}
+    if not isinstance(tuning, dict):
+        raise ValueError("config[10] (tuning) is not a dict")
+    full = control.check_config([conn_id] + cfg[: _BRIDGE_TUNING - 1])  # fills in the defaults
+    bridge = tuning.get("bridge_tuning")  # None: the default, {}
+    bridge = control.check_setting("bridge_tuning", {} if bridge is None else bridge)
+    return full[:_BRIDGE_TUNING] + [bridge], tuning
 
 
 def config_message(conn_id: str, config: list) -> bytes:
     """The 'C' link message for `config` (3 to 11 entries, see AppBase).
 
     Body (PROTOCOL.md 2): [conn_id, port, host, timeout_ms, report_s, ssid,
-    wifi_password, mqtt_user, mqtt_password, topic_root, tls, tuning] where
-    tuning is config[10]["bridge_tuning"] (a JSON object, {} for defaults).
-    ValueError (from link_core.control.check_config) names a bad entry.
+    wifi_password, mqtt_user, mqtt_password, topic_root, tls, bridge_tuning]
+    where bridge_tuning is config[10]["bridge_tuning"] (a JSON object, {} for
+    defaults). ValueError (link_core.control.check_config) names a bad entry.
     """
-    cfg = list(config)
-    if not 3 <= len(cfg) <= 11:
-        raise ValueError("config has " + str(len(cfg)) + " entries: expected 3 to 11")
-    tuning = cfg[10] if len(cfg) > 10 else {}
-    if not isinstance(tuning, dict):
-        raise ValueError("config[10] (tuning) is not a dict")
-    full = control.check_config([conn_id] + cfg[:10])  # fills in the defaults
-    return control.encode_config(full[:11] + [tuning.get("bridge_tuning", {})])
+    return control.encode_config(_full_config(conn_id, config)[0])
 
 
 class AppBase:
@@ -84,14 +88,9 @@ class AppBase:
             conn_id = conn_id[:-1]  # the original allowed one trailing newline
         self.conn_id = check_conn_id(conn_id)
         self.verbose = verbose
-        self._cfg_msg = config_message(conn_id, config)
-        tuning = config[10] if len(config) > 10 else {}
-        t = {}
-        for k in DEFAULTS:
-            v = tuning.get(k, DEFAULTS[k])
-            if not isinstance(v, int) or v < 0:
-                raise ValueError("tuning " + k + " = " + repr(v) + " is not an int >= 0")
-            t[k] = v
+        full, given = _full_config(conn_id, config)
+        self._cfg_msg = control.encode_config(full)
+        self.tuning = t = _tuning(given)  # every Pyboard timing, given or default
         self._boot_wait = t["boot_wait_ms"]
         self._idle_poll = max(1, t["idle_poll_ms"])
         self._ka_timeout = t["keepalive_timeout_ms"]
@@ -105,7 +104,7 @@ class AppBase:
         ep.sync_message = self._cfg_msg
         self._ep = ep
         self._policy = PollPolicy(t["active_poll_ms"], self._idle_poll, t["idle_after_ms"])
-        self._tx = Sender(frames.new_session(os.urandom(4)), TX_WINDOW, config[2])
+        self._tx = Sender(frames.new_session(os.urandom(4)), TX_WINDOW, full[_TIMEOUT_MS])
         self._rx = Receiver(RX_WINDOW)
         self._lines: list[str] = []  # received lines (str, no newline), bounded by rx_queue
         self._revt = asyncio.Event()  # lines arrived (or closed)

@@ -1,8 +1,8 @@
 # Configuration of one Pyboard: the `config` and `hardware` lists that
 # AppBase takes, and `conn_id`. Per-board values come from an optional
 # module `pb_settings` at the root of the board's filesystem (written by
-# `pblink install` and by the virtual bench); anything it lacks takes the
-# default below. See docs/PYBOARD.md for every name.
+# `pblink install` and by the virtual bench); anything it lacks takes its
+# default from link_core/schema.py. docs/PYBOARD.md "Settings" lists them.
 #
 # Wiring (as the original pb_link):
 #   Pyboard  ESP8266  signal
@@ -12,6 +12,9 @@
 #   Y8       GPIO4    ack       (Pyboard input)
 #   X12      RST      reset     (Pyboard output, active low)
 from machine import Pin
+from micropython import const
+
+from link_core.schema import COLUMNS, SETTINGS
 
 from link_core.i2c_link import I2C_ADDR, MEM_SIZE, RESET_PULSE_MS
 
@@ -20,42 +23,48 @@ try:
 except ImportError:
     _s = None
 
+_BRIDGE_TUNING = const(11)  # C message index; config[10] carries it (link_core/schema.py)
+_COL_DEFAULT = const(2)  # columns of a row of link_core/schema.py
+_COL_USE = const(5)
+
 
 def _get(name, default):
     return getattr(_s, name, default) if _s is not None else default
 
 
-conn_id = _get("conn_id", "1")
-verbose = _get("verbose", False)  # the demo's debug output
+def _setting(name):
+    # pb_settings' value, else the default of its row in link_core/schema.py
+    for k in range(0, len(SETTINGS), COLUMNS):
+        if SETTINGS[k] == name:
+            return _get(name, SETTINGS[k + _COL_DEFAULT])
+    raise KeyError(name)
 
-# Settings for the Pyboard's own timings (and the bridge's, passed on in the
-# config message). Only keys that are present override AppBase's defaults.
-_TUNING_KEYS = (
-    "boot_wait_ms", "idle_poll_ms", "active_poll_ms", "idle_after_ms",
-    "exchange_timeout_ms", "keepalive_timeout_ms", "sync_timeout_ms",
-    "rx_queue", "demo_period_ms", "bridge_tuning",
-)
-tuning = {}
-for _k in _TUNING_KEYS:
-    _v = _get(_k, None)
-    if _v is not None:
-        tuning[_k] = _v
 
-# The seed's six entries first (port, host, timeout_ms, report_s, ssid,
-# password), then the MQTT extras, then the tuning dict.
-config = [
-    _get("port", 1883),
-    _get("host", "192.168.0.10"),
-    _get("timeout_ms", 1500),
-    _get("report_s", 10),
-    _get("ssid", ""),
-    _get("wifi_password", ""),
-    _get("mqtt_user", ""),
-    _get("mqtt_password", ""),
-    _get("topic_root", "pblink"),
-    _get("tls", False),
-    tuning,
-]
+def _lists():
+    # config: the C message's entries after conn_id, in its order (port, host,
+    # timeout_ms, report_s, ssid, wifi_password: the seed's six entries; then
+    # mqtt_user, mqtt_password, topic_root, tls), then the tuning dict: the
+    # bridge's tuning and the Pyboard's timings, only the keys pb_settings has
+    # (AppBase and the bridge take the defaults for the others). AppBase
+    # checks every value.
+    config = []
+    tuning = {}
+    for i in range(len(SETTINGS) // COLUMNS):
+        k = i * COLUMNS
+        name = SETTINGS[k]
+        if 0 < i < _BRIDGE_TUNING:
+            config.append(_get(name, SETTINGS[k + _COL_DEFAULT]))
+        elif i == _BRIDGE_TUNING or SETTINGS[k + _COL_USE] == "tuning":
+            v = _get(name, None)
+            if v is not None:
+                tuning[name] = v
+    config.append(tuning)
+    return config, tuning
+
+
+conn_id = _setting("conn_id")
+verbose = _setting("verbose")  # the demo's debug output
+config, tuning = _lists()
 
 
 def _i2c():
@@ -64,7 +73,7 @@ def _i2c():
     # blocking pyb.I2C slave mode, as the original did:
     #     from pyb import I2C
     #     i2c = I2C(1, I2C.SLAVE, addr=0x12)
-    if _get("i2c_mode", "target") != "pyb":
+    if _setting("i2c_mode") != "pyb":
         try:
             from machine import I2CTarget
         except ImportError:

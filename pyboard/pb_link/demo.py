@@ -15,8 +15,7 @@ from pb_link.app_base import AppBase
 class App(AppBase):
     def __init__(self, conn_id, config, hardware, verbose=False):
         super().__init__(conn_id, config, hardware, verbose)
-        tuning = config[10] if len(config) > 10 else {}
-        self.period_ms = tuning.get("demo_period_ms", 5000)
+        self.period_ms = self.tuning["demo_period_ms"]
         self.tx_count = 0
         self.rx_count = 0
         self.finished = asyncio.Event()

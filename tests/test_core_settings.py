@@ -1,0 +1,257 @@
+"""The settings table, link_core/schema.py: one home for every device setting.
+
+Each reader derives from it: link_core.control (the boards' checks, the
+bridge's config), pyboard/pb_link (config.py, AppBase), pblink install, the
+server's timeout check, the CLI's --timeout-ms and the docs table. A bad value
+gets the same one-line error in each; a row added to the table reaches each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT
+from test_install_virtual_board import HW_MACHINE, HW_PYB
+
+from link_core import control, names
+from link_core import schema as raw
+from pblink import board_install, settings
+from pblink.common import LINK_TIMEOUT_MS, CliError
+from pblink.testing import TEST_SETTINGS
+from server_apps import LinkServer
+from virtual_bench.demo import RUN_SETTINGS
+from virtual_bench.harness import BENCH_SETTINGS
+
+TYPES = {"int", "str", "bool", "dict", "host", "id", "root", "choice"}
+DEVICE_DIRS = ("esp_bridge", "link_core", "pyboard/pb_link")
+CONST = re.compile(r"^_([A-Z0-9_]+) = const\((\d+)\)", re.M)
+
+# (name, a value its row refuses): one of each kind of rule
+BAD = [("timeout_ms", 10), ("timeout_ms", 3_600_001), ("port", 0), ("port", "1883"),
+       ("host", "mqtt://h"), ("host", ""), ("report_s", -1), ("ssid", "s" * 33),
+       ("tls", 1), ("topic_root", "a/+"), ("conn_id", "a.b"), ("bridge_tuning", [])]
+
+
+def error(name: str, value: Any) -> str:
+    with pytest.raises(ValueError) as info:
+        settings.check_setting(name, value)
+    return str(info.value)
+
+
+def test_table_is_well_formed() -> None:
+    assert len(raw.SETTINGS) % raw.COLUMNS == 0
+    assert raw.COLUMNS == len(settings.Setting._fields) - 1  # the help is in comments
+    assert len(set(settings.NAMES)) == len(settings.NAMES)
+    for index, s in enumerate(settings.SETTINGS):
+        assert s.type in TYPES, s
+        assert s.use == "link" if index < raw.CONFIG_ENTRIES else s.use in ("tuning", "board"), s
+        assert len(s.help) > 10, f"{s.name}: no #: help comment above its row"
+        default = {} if s.type == "dict" and s.default is None else s.default
+        assert settings.check_setting(s.name, default) == default  # defaults obey their rows
+        if s.type == "int":
+            assert s.low <= s.default <= s.high
+    assert settings.BY_NAME["conn_id"].high == names.CONN_ID_MAX
+    assert settings.BY_NAME["topic_root"].high == names.ROOT_MAX
+
+
+def test_lowest_timeout_is_twice_the_bridge_tick() -> None:
+    tick = re.search(r"^_TICK_MS = const\((\d+)\)", (ROOT / "esp_bridge/bridge.py").read_text(),
+                     re.M)
+    assert tick
+    assert settings.int_range("timeout_ms")[0] == 2 * int(tick.group(1))
+
+
+def test_link_timing_defaults_are_the_tables() -> None:
+    """i2c_link's timing constants (PollPolicy's and the scripted boards' defaults)
+    are the schema's defaults of the same settings, not a second opinion."""
+    from link_core import i2c_link
+
+    for name in ("boot_wait_ms", "idle_poll_ms", "active_poll_ms", "idle_after_ms",
+                 "exchange_timeout_ms", "keepalive_timeout_ms", "sync_timeout_ms"):
+        assert getattr(i2c_link, name.upper()) == settings.BY_NAME[name].default, name
+
+
+def test_device_indices_are_the_tables() -> None:
+    """`_TIMEOUT_MS = const(3)` in device code is the C message index of timeout_ms,
+    its row; `_COL_USE = const(5)` the column `use`. The bridge names every entry."""
+    entries = settings.NAMES[:raw.CONFIG_ENTRIES]
+    found: dict[str, set[str]] = {}
+    for folder in DEVICE_DIRS:
+        for path in sorted((ROOT / folder).glob("*.py")):
+            for const_name, number in CONST.findall(path.read_text()):
+                name = const_name.lower()
+                where = f"{path.relative_to(ROOT)}: _{const_name} = const({number})"
+                if name.startswith("col_"):
+                    assert settings.Setting._fields.index(name[4:]) == int(number), where
+                elif name in entries:
+                    assert entries.index(name) == int(number), where
+                    found.setdefault(folder, set()).add(name)
+    assert found["esp_bridge"] == set(entries)
+    assert "timeout_ms" in found["pyboard/pb_link"] and "report_s" in found["link_core"]
+
+
+def config_with(name: str, value: Any) -> list[Any]:
+    cfg: list[Any] = ["pyb1", 1883, "h", 1500, 10, "", "", "", "", "pblink", False, {}]
+    cfg[settings.NAMES.index(name)] = value
+    return cfg
+
+
+@pytest.mark.parametrize(("name", "value"), BAD)
+def test_a_bad_value_gets_one_error_on_the_host(name: str, value: Any) -> None:
+    message = error(name, value)
+    assert "\n" not in message and (name in message or "topic root" in message)
+    with pytest.raises(ValueError) as info:  # the config message (boards, bridge)
+        control.check_config(config_with(name, value))
+    assert str(info.value) == message
+    with pytest.raises(CliError) as cli:  # pblink install (an empty host: "is required")
+        board_install.validate_settings({"conn_id": "a", "host": "h", name: value},
+                                        complete=False)
+    assert str(cli.value) == message
+    if name == "timeout_ms":  # the server application
+        with pytest.raises(ValueError) as server:
+            LinkServer(timeout_ms=value)
+        assert str(server.value) == message
+
+
+def test_timeout_option_has_the_tables_range() -> None:
+    import argparse
+
+    low, high = settings.int_range("timeout_ms")
+    assert LINK_TIMEOUT_MS(str(low)) == low and LINK_TIMEOUT_MS(str(high)) == high
+    for text in (str(low - 1), str(high + 1)):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"must be {low} to {high}$"):
+            LINK_TIMEOUT_MS(text)
+
+
+BOARD_CHECKS = r"""
+import json
+from link_core import control
+from pb_link import app_base
+cases = json.loads(%r)
+out = []
+for name, value, cfg in cases:
+    got = []
+    try:
+        app_base.config_message(cfg[0], cfg[1:11] + [{"bridge_tuning": cfg[11]}])
+    except ValueError as e:
+        got.append(str(e))
+    try:
+        control.decode_config(b"C" + json.dumps(cfg).encode())
+    except ValueError as e:
+        got.append(str(e))
+    out.append(got)
+try:
+    app_base._tuning({"boot_wait_ms": -5})
+except ValueError as e:
+    out.append([str(e)])
+print("RESULT", json.dumps(out))
+"""
+
+
+def board_tree(tmp_path: Path) -> Path:
+    """link_core and pb_link with `machine`/`pyb` stand-ins, for MICROPYPATH."""
+    for rel in ("link_core", "pyboard/pb_link"):
+        shutil.copytree(ROOT / rel, tmp_path / Path(rel).name)
+    (tmp_path / "machine.py").write_text(HW_MACHINE)
+    (tmp_path / "pyb.py").write_text(HW_PYB)
+    return tmp_path
+
+
+def run_board(micropython_bin: str, tree: Path, code: str, cwd: Path) -> Any:
+    done = subprocess.run([micropython_bin, "-c", code], capture_output=True, text=True,
+                          cwd=cwd, env=dict(os.environ, MICROPYPATH=f"{tree}:.frozen"), timeout=60)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout + done.stderr
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def test_a_bad_value_gets_the_same_error_on_the_boards(micropython_bin: str,
+                                                       tmp_path: Path) -> None:
+    """Under MicroPython: AppBase's config message (the Pyboard) and the bridge's decode."""
+    json_safe = [(n, v) for n, v in BAD if n != "bridge_tuning"]
+    cases = [(n, v, config_with(n, v)) for n, v in json_safe]
+    cases.append(("bridge_tuning", [], config_with("bridge_tuning", [])))
+    tree = board_tree(tmp_path / "tree")
+    got = run_board(micropython_bin, tree, BOARD_CHECKS % json.dumps(cases), tmp_path)
+    for (name, value, _cfg), messages in zip(cases, got, strict=False):
+        assert messages == [error(name, value)] * 2, (name, value, messages)
+    assert got[-1] == [error("boot_wait_ms", -5)]
+
+
+def test_bench_settings_obey_the_table() -> None:
+    """The bench's and the test kit's pb_settings: known names, valid values."""
+    bridge_settings = {}
+    exec(compile((ROOT / "esp_bridge/settings.py").read_text(), "settings.py", "exec"),
+         bridge_settings)
+    for table in (BENCH_SETTINGS, TEST_SETTINGS, RUN_SETTINGS):
+        for name, value in table.items():
+            assert settings.check_setting(name, value) == value
+        bridge_settings["parse"](table.get("bridge_tuning"))  # the bridge takes its keys
+
+
+def test_docs_table_is_the_tables() -> None:
+    text = (ROOT / "docs/PYBOARD.md").read_text()
+    start = "<!-- settings table: python -m pblink.settings -->\n"
+    table = text[text.index(start) + len(start):text.index("<!-- end of settings table -->")]
+    assert table == settings.markdown_table(), "regenerate: python -m pblink.settings"
+    printed = subprocess.run([sys.executable, "-m", "pblink.settings"], capture_output=True,
+                             text=True, check=True, cwd=ROOT).stdout
+    assert printed == table
+    low, high = settings.int_range("timeout_ms")
+    assert f"timeout_ms {low}–{high:,}" in (ROOT / "docs/PROTOCOL.md").read_text()
+
+
+NEW_ROW = '''    #: a setting that only this test adds
+    "test_new_ms", "int", 7, 1, 99, "tuning",
+)
+'''
+
+HOST_CHECKS = r"""
+import json
+from pblink import board_install, settings
+from pblink.common import CliError
+out = {"names": "test_new_ms" in settings.NAMES,
+       "install": "test_new_ms" in board_install.SETTING_NAMES,
+       "set": board_install.parse_set_option("test_new_ms=5", board_install.SETTING_NAMES),
+       "docs": [ln for ln in settings.markdown_table().splitlines() if "test_new_ms" in ln]}
+try:
+    board_install.validate_settings({"conn_id": "a", "host": "h", "test_new_ms": 100})
+except CliError as e:
+    out["refused"] = str(e)
+print("RESULT", json.dumps(out))
+"""
+
+PYBOARD_CHECKS = r"""
+import json
+from pb_link import app_base, config
+print("RESULT", json.dumps([config.config[10], app_base._tuning({})["test_new_ms"]]))
+"""
+
+
+def test_a_new_row_reaches_every_reader(micropython_bin: str, tmp_path: Path) -> None:
+    """One row added to a copy of link_core/schema.py, nothing else changed."""
+    tree = board_tree(tmp_path / "tree")
+    schema = tree / "link_core" / "schema.py"
+    text = schema.read_text()
+    assert text.endswith(")\n")
+    schema.write_text(text[:-2] + NEW_ROW)
+    done = subprocess.run([sys.executable, "-c", HOST_CHECKS], capture_output=True, text=True,
+                          cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)), timeout=60)
+    assert done.returncode == 0, done.stderr
+    host = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert host["names"] and host["install"] and host["set"] == ["test_new_ms", 5]
+    assert host["docs"] == ["| `test_new_ms` | int | `7` | 1 to 99 | `config[10]` | "
+                            "a setting that only this test adds |"]
+    assert host["refused"] == "test_new_ms 100 is not an int from 1 to 99"
+    board = tmp_path / "board"  # the board's filesystem: pb_settings.py sets the new name
+    board.mkdir()
+    (board / "pb_settings.py").write_text("test_new_ms = 5\n")
+    assert run_board(micropython_bin, tree, PYBOARD_CHECKS, board) == [{"test_new_ms": 5}, 7]
