@@ -105,6 +105,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import logging
 import os
 import re
@@ -275,6 +276,9 @@ class LinkServer:
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
+        self._outbox: list[tuple[str, bytes]] = []  # frames to publish at the end of this turn
+        self._due: list[tuple[int, int, Connection]] = []  # heap: (check at ms, seq, conn)
+        self._due_seq = 0
         self._started = False
         self._closed = True
         self._closing = False
@@ -380,6 +384,7 @@ class LinkServer:
             self._tasks = []
             if self._store is not None:
                 await self._commit(clean=True)
+        self._flush_outbox()  # the last acks go out before DISCONNECT
         self._closed = True
         self._broker_up = False
         self._wake_all()
@@ -404,6 +409,7 @@ class LinkServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._outbox.clear()  # a crash publishes nothing more
         self._closed = True
         self._broker_up = False
         self._wake_all()
@@ -473,6 +479,7 @@ class LinkServer:
             timeout_ms=self.timeout_ms, queue_size=self.queue_size, watch=live,
         )
         self._conns[conn_id] = conn
+        self._schedule(conn, 0)
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
         if self._store is not None:
@@ -701,6 +708,8 @@ class LinkServer:
             log.info("reconnected to MQTT broker %s", self.broker)
         self._broker_up = True
         self._up_since = time.monotonic()
+        for conn in self._conns.values():  # rare: once per (re)connect
+            self._schedule(conn, 0)
         self._wake_all()
 
     def _on_disconnect(self, reason_code: ReasonCode) -> None:
@@ -800,26 +809,79 @@ class LinkServer:
         self._unclaimed_liveness(conn_id).heard(now)
 
     async def _ticker(self) -> None:
-        """Silence timeouts and retransmissions, every ``timeout_ms / 8`` (10 to 100 ms)."""
+        """Silence timeouts and retransmissions, every ``timeout_ms / 8`` (10 to 100 ms).
+
+        Only the Connections whose check is due are touched: each one is in a
+        heap under the time it asked to be looked at again (``_schedule``), so
+        a tick costs nothing for the devices with nothing due, however many
+        there are. A watch of an unclaimed conn_id needs no tick: its silence
+        is judged when the conn_id is claimed (``connection()``).
+        """
         period = max(10, min(100, self.timeout_ms // 8)) / 1000
+        due = self._due
         while True:
             await asyncio.sleep(period)
+            now_mono = _mono_ms()
             now = now_ms()
-            for conn in self._conns.values():
-                conn._tick(now)
-            for live in self._unclaimed.values():
-                live.silent(now)
+            while due and due[0][0] <= now_mono:
+                at, _seq, conn = heapq.heappop(due)
+                if conn._check_at != at:
+                    continue  # superseded by an earlier entry for this conn
+                conn._check_at = None
+                delay = conn._tick(now)
+                if delay is not None:
+                    self._schedule(conn, delay)
+
+    def _schedule(self, conn: Connection, delay_ms: int) -> None:
+        """Have the ticker look at ``conn`` in ``delay_ms`` (at least 1), unless it will sooner."""
+        at = _mono_ms() + max(1, delay_ms)
+        if conn._check_at is None or at < conn._check_at:
+            conn._check_at = at
+            self._due_seq += 1
+            heapq.heappush(self._due, (at, self._due_seq, conn))
 
     # -- output ----------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        """Publish an end-to-end frame at its QoS (``_core.qos_of``, PROTOCOL.md 4.1)."""
-        client = self._client
-        if client is None or not self._broker_up:
+        """Publish an end-to-end frame at its QoS (``_core.qos_of``, PROTOCOL.md 4.1).
+
+        The frame joins this event-loop turn's outbox, published in order at
+        the end of the turn by ``_flush_outbox`` (one wake-up of paho's thread
+        per burst, not per frame).
+        """
+        if self._client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
-        info = client.publish(topic, payload, qos=_core.qos_of(payload))
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
+        self._outbox.append((topic, payload))
+        if len(self._outbox) == 1 and self._loop is not None:
+            self._loop.call_soon(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        """Hand the outbox to paho with one wake-up of its network thread.
+
+        paho's ``publish()`` writes a byte into the network thread's wake-up
+        socketpair per call, which costs a thread switch (and a GIL hand-off)
+        per frame; here its write end is set aside for the batch and one byte
+        is written after it. paho's thread only reads that socket, and picks
+        up every queued packet once woken (its ``want_write()``).
+        """
+        out, self._outbox = self._outbox, []
+        client = self._client
+        if not out or client is None or not self._broker_up:
+            return
+        qos_of = _core.qos_of
+        wake = getattr(client, "_sockpairW", None)
+        if wake is not None:
+            client._sockpairW = None
+        try:
+            for topic, payload in out:
+                info = client.publish(topic, payload, qos=qos_of(payload))
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
+        finally:
+            if wake is not None:
+                client._sockpairW = wake
+                with contextlib.suppress(OSError):
+                    wake.send(b"0")
 
     def _flush_acks(self, acks: list[tuple[str, bytes]]) -> None:
         for topic, ack in acks:
@@ -892,6 +954,9 @@ class _Host:
     def broker_up(self) -> bool:
         return self._server._broker_up
 
+    def schedule(self, conn: Connection, delay_ms: int) -> None:
+        self._server._schedule(conn, delay_ms)
+
     def closing(self) -> bool:
         return self._server._closed or self._server._closing
 
@@ -902,6 +967,11 @@ class _Host:
             server._pending_acks.append(ack)
         if start:
             server._commit_wanted.set()
+
+
+def _mono_ms() -> int:
+    """Milliseconds of ``time.monotonic()``, not wrapped: the ticker's heap order."""
+    return int(time.monotonic() * 1000)
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
