@@ -215,6 +215,7 @@ async def main(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "--n", str(args.n), "--out", str(out), "--timeout-ms", str(args.timeout_ms)]
         if args.profile:
             argv += ["--profile", args.profile]
+        argv += args.server_arg
         server = Child("server", argv, work / "server.log")
         await server.start()
         await server.expect("READY", 300)
@@ -262,6 +263,8 @@ def cli() -> None:
     p.add_argument("--sockets", type=int, default=4, help="publishing sockets (default 4)")
     p.add_argument("--root", default="pblink")
     p.add_argument("--profile", default=None, help="cProfile the server into this file")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="one more argument for benchmarks/scale_server.py (repeatable)")
     p.add_argument("--workdir", default=None, help="logs and stats (default /tmp/scale-mux-PID)")
     args = p.parse_args()
     raise_nofile()

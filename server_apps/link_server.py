@@ -145,6 +145,7 @@ MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 
 SERVER_WINDOW: Final = _core.TX_WINDOW_SERVER
 INBOX_LIMIT: Final = 10_000
+READ_BATCH: Final = 256  # MQTT packets paho's thread reads per wake-up (_Client.loop_read)
 UNCLAIMED_LIMIT: Final = 4096
 # CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
 _AUTH_CODES: Final = frozenset({0x86, 0x87, 0x8A, 0x8C})
@@ -494,11 +495,11 @@ class LinkServer:
 
     def _make_client(self) -> mqtt.Client:
         if self.protocol == MQTTv5:
-            client = mqtt.Client(
+            client = _Client(
                 CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTv5
             )
         else:
-            client = mqtt.Client(
+            client = _Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=self.client_id,
                 clean_session=False,
@@ -856,32 +857,61 @@ class LinkServer:
             self._loop.call_soon(self._flush_outbox)
 
     def _flush_outbox(self) -> None:
-        """Hand the outbox to paho with one wake-up of its network thread.
+        """Hand this turn's frames to paho in order, with one wake-up of its network thread.
 
-        paho's ``publish()`` writes a byte into the network thread's wake-up
-        socketpair per call, which costs a thread switch (and a GIL hand-off)
-        per frame; here its write end is set aside for the batch and one byte
-        is written after it. paho's thread only reads that socket, and picks
-        up every queued packet once woken (its ``want_write()``).
+        Measured at 1,000 to 5,000 devices (docs/PERFORMANCE.md "Server
+        scale"), paho's ``publish()`` costs per call a write into its network
+        thread's wake-up socketpair (a thread switch and GIL hand-off per
+        frame), a ``threading.Condition`` for the ``MQTTMessageInfo`` and one
+        ``send()`` system call on the broker socket. So here, on paho 2.x
+        (whose internals this relies on; any other version takes the plain
+        ``publish()`` path): the wake-up write is set aside for the batch and
+        done once after it, and each run of QoS 0 frames (acks, heartbeat
+        answers, non-qos lines) goes to paho's output queue as one block of
+        ready-made PUBLISH packets, written with one ``send()``. QoS 1 frames
+        go through ``publish()`` as before (paho keeps them for its session).
         """
         out, self._outbox = self._outbox, []
         client = self._client
         if not out or client is None or not self._broker_up:
             return
-        qos_of = _core.qos_of
+        queue = getattr(client, "_packet_queue", None)
         wake = getattr(client, "_sockpairW", None)
-        if wake is not None:
-            client._sockpairW = None
-        try:
+        if queue is None or wake is None or not hasattr(client, "_sock"):
             for topic, payload in out:
-                info = client.publish(topic, payload, qos=qos_of(payload))
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
+                self._publish_one(client, topic, payload, _core.qos_of(payload))
+            return
+        v5 = self.protocol == MQTTv5
+        client._sockpairW = None
+        try:
+            block = bytearray()
+            for topic, payload in out:
+                qos = _core.qos_of(payload)
+                if qos == 0:
+                    _append_publish0(block, topic.encode(), payload, v5)
+                    continue
+                if block:
+                    self._queue_block(client, queue, block)
+                    block = bytearray()
+                self._publish_one(client, topic, payload, qos)
+            if block:
+                self._queue_block(client, queue, block)
         finally:
-            if wake is not None:
-                client._sockpairW = wake
-                with contextlib.suppress(OSError):
-                    wake.send(b"0")
+            client._sockpairW = wake
+            with contextlib.suppress(OSError):
+                wake.send(b"0")
+
+    @staticmethod
+    def _queue_block(client: mqtt.Client, queue: Any, block: bytearray) -> None:
+        if client._sock is None:
+            return  # not connected: QoS 0 frames are lost, as publish() would lose them
+        queue(mqtt.PUBLISH, block, 0, 0, mqtt.MQTTMessageInfo(0))
+
+    @staticmethod
+    def _publish_one(client: mqtt.Client, topic: str, payload: bytes, qos: int) -> None:
+        info = client.publish(topic, payload, qos=qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
 
     def _flush_acks(self, acks: list[tuple[str, bytes]]) -> None:
         for topic, ack in acks:
@@ -936,6 +966,35 @@ class LinkServer:
         self._flush_acks(acks)
 
 
+class _Client(mqtt.Client):
+    """paho's client, reading up to ``READ_BATCH`` packets per wake-up of its network thread.
+
+    paho 2.x's ``loop_read()`` reads as many packets as the client has QoS > 0
+    messages in flight, at least one: a server that mostly receives reads ONE
+    packet per ``select()`` round, so at thousands of messages a second the
+    socket backlog grows (docs/PERFORMANCE.md "Server scale": at 5,000 devices
+    p50 3.3 s, against 56 ms with this). Reading stops at the first packet not
+    yet complete in the socket buffer (``MQTT_ERR_AGAIN``), as paho's own loop
+    does. Relies on paho 2.x's ``_packet_read``/``_loop_rc_handle``; without
+    them it is paho's own ``loop_read``.
+    """
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        read = getattr(self, "_packet_read", None)
+        handle = getattr(self, "_loop_rc_handle", None)
+        if read is None or handle is None:
+            return super().loop_read(max_packets)
+        for _ in range(READ_BATCH):
+            if self._sock is None:
+                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = read()
+            if rc > 0:
+                return handle(rc)  # type: ignore[no-any-return]
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
 class _Host:
     """The :class:`~server_apps.connection.Host` a LinkServer gives its Connections."""
 
@@ -967,6 +1026,23 @@ class _Host:
             server._pending_acks.append(ack)
         if start:
             server._commit_wanted.set()
+
+
+def _append_publish0(block: bytearray, topic: bytes, payload: bytes, v5: bool) -> None:
+    """Append an MQTT PUBLISH packet at QoS 0, not retained (MQTT 3.1.1 3.3; 5.0: no properties)."""
+    n = 2 + len(topic) + len(payload) + v5
+    block.append(0x30)
+    while True:  # remaining length, 7 bits a byte, least significant first
+        if n < 0x80:
+            block.append(n)
+            break
+        block.append((n & 0x7F) | 0x80)
+        n >>= 7
+    block += len(topic).to_bytes(2, "big")
+    block += topic
+    if v5:
+        block.append(0)  # property length 0
+    block += payload
 
 
 def _mono_ms() -> int:
