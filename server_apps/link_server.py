@@ -20,9 +20,13 @@ Threading model
 paho-mqtt runs its own network thread (``loop_start()``). Its callbacks do no
 protocol work: they append the event (connect, disconnect, message) to an
 inbox deque and, if no drain is pending, schedule one on the asyncio loop with
-``loop.call_soon_threadsafe`` (one wake-up per burst, not per message). All
-protocol state lives in the asyncio thread; publishes go from there through
-paho's thread-safe ``publish()``. Chosen over driving paho from the event loop
+``loop.call_soon_threadsafe`` (one wake-up per burst, not per message); paho's
+thread reads up to ``READ_BATCH`` packets per wake-up (``_Client``). All
+protocol state lives in the asyncio thread. Frames to publish join an outbox
+that is handed to paho once per event-loop turn (``_flush_outbox``): one
+wake-up of paho's thread per batch, and the batch's QoS 0 frames (acks,
+heartbeat answers) as one block of PUBLISH packets, one ``send()``; QoS 1
+frames through paho's ``publish()``. Chosen over driving paho from the event loop
 because the server has exactly one connection, and the thread gives for free:
 reconnects with paho's backoff (``reconnect_delay_set(1, 30)``: 1 s doubling to
 30 s), blocking DNS/TCP/TLS handshakes kept off the loop, and MQTT keepalive
@@ -37,7 +41,10 @@ Per conn_id a ``link_core`` Sender (window ``window``, default 16) and Receiver
 no unacknowledged frame when ``wait=True``, and for the device to be online and
 the broker connected (writes pause during outages). Retransmission runs from
 one ticker task only while the device is online; when it comes back online
-every unacknowledged frame is resent at once. Lines received go to a bounded
+every unacknowledged frame is resent at once. The ticker (every
+``timeout_ms / 8``, 10 to 100 ms) looks only at the conn_ids whose silence
+timeout or retransmission is due: each Connection sits in a heap under the
+time it is next due, so idle devices cost a tick nothing. Lines received go to a bounded
 per-connection queue (``queue_size``); while it is full, further qos frames of
 that conn_id are parked unacknowledged (at most ``RX_WINDOW`` of them; beyond
 that they are dropped unacknowledged), so the device's window fills and it
