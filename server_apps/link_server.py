@@ -121,6 +121,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Final
 
@@ -153,6 +154,7 @@ MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 SERVER_WINDOW: Final = _core.TX_WINDOW_SERVER
 INBOX_LIMIT: Final = 10_000
 READ_BATCH: Final = 256  # MQTT packets paho's thread reads per wake-up (_Client.loop_read)
+RECV_SIZE: Final = 65536  # bytes paho's thread asks the socket for at once (_Client._sock_recv)
 UNCLAIMED_LIMIT: Final = 4096
 # CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
 _AUTH_CODES: Final = frozenset({0x86, 0x87, 0x8A, 0x8C})
@@ -866,31 +868,22 @@ class LinkServer:
     def _flush_outbox(self) -> None:
         """Hand this turn's frames to paho in order, with one wake-up of its network thread.
 
-        Measured at 1,000 to 5,000 devices (docs/PERFORMANCE.md "Server
-        scale"), paho's ``publish()`` costs per call a write into its network
-        thread's wake-up socketpair (a thread switch and GIL hand-off per
-        frame), a ``threading.Condition`` for the ``MQTTMessageInfo`` and one
-        ``send()`` system call on the broker socket. So here, on paho 2.x
-        (whose internals this relies on; any other version takes the plain
-        ``publish()`` path): the wake-up write is set aside for the batch and
-        done once after it, and each run of QoS 0 frames (acks, heartbeat
-        answers, non-qos lines) goes to paho's output queue as one block of
-        ready-made PUBLISH packets, written with one ``send()``. QoS 1 frames
-        go through ``publish()`` as before (paho keeps them for its session).
+        Each run of QoS 0 frames (acks, heartbeat answers, non-qos lines) goes
+        to paho's output queue as one block of ready-made PUBLISH packets
+        (one ``send()``, no ``MQTTMessageInfo`` per frame); QoS 1 frames go
+        through ``publish()`` (paho keeps them for its session). See
+        :class:`_Client` for why (docs/PERFORMANCE.md "Server scale").
         """
         out, self._outbox = self._outbox, []
         client = self._client
         if not out or client is None or not self._broker_up:
             return
-        queue = getattr(client, "_packet_queue", None)
-        wake = getattr(client, "_sockpairW", None)
-        if queue is None or wake is None or not hasattr(client, "_sock"):
+        if not isinstance(client, _Client):
             for topic, payload in out:
                 self._publish_one(client, topic, payload, _core.qos_of(payload))
             return
         v5 = self.protocol == MQTTv5
-        client._sockpairW = None
-        try:
+        with client.batch():
             block = bytearray()
             for topic, payload in out:
                 qos = _core.qos_of(payload)
@@ -898,21 +891,11 @@ class LinkServer:
                     _append_publish0(block, topic.encode(), payload, v5)
                     continue
                 if block:
-                    self._queue_block(client, queue, block)
+                    client.queue_block(block)
                     block = bytearray()
                 self._publish_one(client, topic, payload, qos)
             if block:
-                self._queue_block(client, queue, block)
-        finally:
-            client._sockpairW = wake
-            with contextlib.suppress(OSError):
-                wake.send(b"0")
-
-    @staticmethod
-    def _queue_block(client: mqtt.Client, queue: Any, block: bytearray) -> None:
-        if client._sock is None:
-            return  # not connected: QoS 0 frames are lost, as publish() would lose them
-        queue(mqtt.PUBLISH, block, 0, 0, mqtt.MQTTMessageInfo(0))
+                client.queue_block(block)
 
     @staticmethod
     def _publish_one(client: mqtt.Client, topic: str, payload: bytes, qos: int) -> None:
@@ -974,32 +957,115 @@ class LinkServer:
 
 
 class _Client(mqtt.Client):
-    """paho's client, reading up to ``READ_BATCH`` packets per wake-up of its network thread.
+    """paho's client with the per-packet costs of its network thread taken out.
 
-    paho 2.x's ``loop_read()`` reads as many packets as the client has QoS > 0
-    messages in flight, at least one: a server that mostly receives reads ONE
-    packet per ``select()`` round, so at thousands of messages a second the
-    socket backlog grows (docs/PERFORMANCE.md "Server scale": at 5,000 devices
-    p50 3.3 s, against 56 ms with this). Reading stops at the first packet not
-    yet complete in the socket buffer (``MQTT_ERR_AGAIN``), as paho's own loop
-    does. Relies on paho 2.x's ``_packet_read``/``_loop_rc_handle``; without
-    them it is paho's own ``loop_read``.
+    Measured at 1,000 to 5,000 devices (docs/PERFORMANCE.md "Server scale"),
+    where paho 2.x spends its thread's time, and what this subclass does instead:
+
+    - ``loop_read()`` reads as many packets as the client has QoS > 0 messages
+      in flight, at least one: a server that mostly receives reads ONE packet
+      per ``select()`` round. Here: up to ``READ_BATCH`` packets, and on to the
+      end of what is already buffered, until the socket has no more
+      (``MQTT_ERR_AGAIN``), as paho's own loop stops.
+    - Every packet is read with two or three ``recv()`` calls (1 byte, the
+      length bytes, the rest), each of which lets go of the GIL and waits to get
+      it back from the event loop. Here: ``recv(RECV_SIZE)`` into a buffer and
+      the packet bytes taken from it.
+    - Every queued packet (a PUBACK for each QoS 1 message received, too)
+      writes a byte into the thread's wake-up socketpair. Here: not when the
+      network thread queues it itself (it writes what is queued in its next
+      round anyway), nor inside ``batch()`` (one wake-up at its end).
+    - Every message is matched against the (unused) per-topic callbacks.
+      Here: straight to ``on_message``.
+
+    It relies on paho 2.x internals (``_packet_read``, ``_loop_rc_handle``,
+    ``_sock_recv``, ``_packet_queue``, ``_out_packet``, ``_sockpairW``,
+    ``_handle_on_message``); pyproject.toml pins paho-mqtt below 3, and
+    tests/test_server_outbox.py checks the packets against paho's own.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+        self._batching = False
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        self._rbuf, self._rpos = b"", 0  # nothing of the old connection's stream is kept
+        return super().reconnect()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data: bytes = super()._sock_recv(max(bufsize, RECV_SIZE))
+            if len(data) <= bufsize:
+                return data  # b"": the connection is closed
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = start + bufsize
+        return self._rbuf[start:start + bufsize]
+
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        read = getattr(self, "_packet_read", None)
-        handle = getattr(self, "_loop_rc_handle", None)
-        if read is None or handle is None:
-            return super().loop_read(max_packets)
-        for _ in range(READ_BATCH):
+        count = 0
+        while True:
             if self._sock is None:
                 return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = read()
+            rc = self._packet_read()
             if rc > 0:
-                return handle(rc)  # type: ignore[no-any-return]
+                return self._loop_rc_handle(rc)  # type: ignore[no-any-return]
             if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
+                if self._rpos < len(self._rbuf):
+                    continue  # a long packet paused half-way: the rest is buffered here
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            count += 1
+            if count >= READ_BATCH and self._rpos >= len(self._rbuf):
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # select() sees what the socket has
+
+    def _packet_queue(
+        self,
+        command: int,
+        packet: bytes | bytearray,
+        mid: int,
+        qos: int,
+        info: mqtt.MQTTMessageInfo | None = None,
+    ) -> mqtt.MQTTErrorCode:
+        thread = self._thread
+        if thread is None or not (self._batching or thread.ident == threading.get_ident()):
+            return super()._packet_queue(command, packet, mid, qos, info)  # type: ignore[no-any-return]
+        self._out_packet.append({
+            "command": command, "mid": mid, "qos": qos, "pos": 0,
+            "to_process": len(packet), "packet": packet, "info": info,
+        })
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Publish several frames with one wake-up of the network thread (event loop only)."""
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            wake = self._sockpairW
+            if wake is not None:
+                with contextlib.suppress(OSError):
+                    wake.send(b"0")
+
+    def queue_block(self, block: bytearray) -> None:
+        """Queue ready-made QoS 0 PUBLISH packets, written with one ``send()``."""
+        if self._sock is not None:  # not connected: QoS 0 frames are lost, as with publish()
+            self._packet_queue(mqtt.PUBLISH, block, 0, 0, mqtt.MQTTMessageInfo(0))
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        on_message = self.on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception:
+                log.exception("error in on_message")
+                if not self.suppress_exceptions:
+                    raise
 
 
 class _Host:
