@@ -18,6 +18,8 @@ client), so that the machine's cores go to the server and the broker:
 - and, as the bridge does (PROTOCOL.md 4.4: an ``h`` when it has published
   nothing for ``timeout_ms / 2``), one ``h`` (QoS 0) ``timeout_ms / 2`` after
   each line while that is before the next line;
+- with ``--idle`` no lines: each device sends only an ``h`` every
+  ``timeout_ms / 2``, as an idle bridge does;
 - one more socket subscribes to ``<root>/+/down`` at QoS 0 and counts the
   server's acks and heartbeat answers.
 
@@ -128,7 +130,7 @@ async def _drain(reader: asyncio.StreamReader, sink: Down | None) -> None:
 
 
 async def drive(port: int, n: int, sockets: int, timeout_ms: int, t0: float, seconds: float,
-                root: str) -> dict[str, Any]:
+                root: str, idle: bool = False) -> dict[str, Any]:
     """Play ``n`` devices from ``t0`` for ``seconds``; returns the driver's own figures."""
     down = Down()
     conns = []
@@ -152,7 +154,10 @@ async def drive(port: int, n: int, sockets: int, timeout_ms: int, t0: float, sec
     events: list[tuple[float, int, int]] = []
     for i in range(n):
         k = 0
-        while phase[i] + k < seconds:
+        while idle and phase[i] * half + k * half < seconds:  # only an h every timeout/2
+            events.append((phase[i] * half + k * half, i, 1))
+            k += 1
+        while not idle and phase[i] + k < seconds:
             events.append((phase[i] + k, i, 0))
             if half < 1.0:
                 events.append((phase[i] + k + half, i, 1))
@@ -224,7 +229,7 @@ async def main(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         broker_cpu0 = broker.cpu_seconds() or 0.0
         t0 = time.monotonic() + 1.5
         res = await drive(broker.port, args.n, args.sockets, args.timeout_ms, t0, args.seconds,
-                          args.root)
+                          args.root, args.idle)
         broker_cpu = (broker.cpu_seconds() or 0.0) - broker_cpu0
         server.send("stop")
         await server.expect("STOPPED", 120)
@@ -250,6 +255,7 @@ async def main(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "driver_lag_p99_ms": res["driver_lag_p99_ms"],
         "h_up_per_device_min": res["heartbeats_sent"] / args.n / minutes,
         "down_per_device_min": {k: v / args.n / minutes for k, v in res["down_kinds"].items()},
+        "server_cpu_s_window": stats["cpu_s_window"],
         "server_stats": stats["server_stats"],
     }
 
@@ -261,6 +267,8 @@ def cli() -> None:
     p.add_argument("--timeout-ms", type=int, default=1500)
     p.add_argument("--seconds", type=float, default=10.0, help="measurement window")
     p.add_argument("--sockets", type=int, default=4, help="publishing sockets (default 4)")
+    p.add_argument("--idle", action="store_true",
+                   help="no lines: each device only sends h every timeout/2 (an idle bridge)")
     p.add_argument("--root", default="pblink")
     p.add_argument("--profile", default=None, help="cProfile the server into this file")
     p.add_argument("--server-arg", action="append", default=[],
