@@ -126,7 +126,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -990,7 +990,7 @@ class _Client(mqtt.Client):
         self._rpos = 0
         self._batching = False
 
-    def reconnect(self) -> mqtt.MQTTErrorCode:
+    def reconnect(self) -> MQTTErrorCode:
         self._rbuf, self._rpos = b"", 0  # nothing of the old connection's stream is kept
         return super().reconnect()
 
@@ -1004,21 +1004,21 @@ class _Client(mqtt.Client):
         self._rpos = start + bufsize
         return self._rbuf[start:start + bufsize]
 
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         count = 0
         while True:
             if self._sock is None:
-                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
             rc = self._packet_read()
             if rc > 0:
-                return self._loop_rc_handle(rc)  # type: ignore[no-any-return]
-            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                 if self._rpos < len(self._rbuf):
                     continue  # a long packet paused half-way: the rest is buffered here
-                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
             count += 1
             if count >= READ_BATCH and self._rpos >= len(self._rbuf):
-                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # select() sees what the socket has
+                return MQTTErrorCode.MQTT_ERR_SUCCESS  # select() sees what the socket has
 
     def _packet_queue(
         self,
@@ -1027,15 +1027,15 @@ class _Client(mqtt.Client):
         mid: int,
         qos: int,
         info: mqtt.MQTTMessageInfo | None = None,
-    ) -> mqtt.MQTTErrorCode:
+    ) -> MQTTErrorCode:
         thread = self._thread
         if thread is None or not (self._batching or thread.ident == threading.get_ident()):
-            return super()._packet_queue(command, packet, mid, qos, info)  # type: ignore[no-any-return]
+            return super()._packet_queue(command, packet, mid, qos, info)
         self._out_packet.append({
             "command": command, "mid": mid, "qos": qos, "pos": 0,
             "to_process": len(packet), "packet": packet, "info": info,
         })
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
