@@ -12,7 +12,8 @@ The :class:`~server_apps.link_server.LinkServer` routes each MQTT message to
 its Connection and drives it through a few methods (underscore: not for
 applications): ``_receive(payload, now)`` for a frame on ``up``,
 ``_status(online, now)``, ``_broker_lost()``, ``_tick(now)``, ``_wake()``,
-``_resend_all()``, and for the group commit ``_snapshot(clean)``,
+``_resend_all()`` (``_tick`` says when it wants to run next, and the
+server runs it only then: :meth:`Host.schedule`), and for the group commit ``_snapshot(clean)``,
 ``_batch()`` and ``_release(count)``. What a Connection needs back from its
 server is the narrow :class:`Host` interface: publish a frame, is the broker
 up, is the server closing, and (with durable state) hold an ack until the
@@ -52,13 +53,16 @@ class Host(Protocol):
     group commit. ``commit_later(conn_id, ack, start)``: (durable only) the
     conn_id's stored entry changed and goes into the next batch; ``ack``
     (``(topic, frame)``, or ``None``) is published once that batch is on disk;
-    ``start=False``: no batch is started on its account.
+    ``start=False``: no batch is started on its account. ``schedule(conn,
+    delay_ms)``: run ``conn._tick`` in ``delay_ms`` milliseconds (or sooner,
+    if it is due sooner anyway).
     """
 
     @property
     def durable(self) -> bool: ...
     def publish(self, topic: str, payload: bytes) -> None: ...
     def broker_up(self) -> bool: ...
+    def schedule(self, conn: Connection, delay_ms: int) -> None: ...
     def closing(self) -> bool: ...
     def commit_later(
         self, conn_id: str, ack: tuple[str, bytes] | None, start: bool = True
@@ -116,6 +120,7 @@ class Connection(LineQueue):
         # acks on up for a session this process is not sending: (first ms, count, logged)
         self._foreign: tuple[int, int, bool] | None = None
         self._write_lock = asyncio.Lock()
+        self._check_at: int | None = None  # when the server's ticker looks at it next (its heap)
         self.stats: dict[str, int] = collections.defaultdict(int)
 
     def __repr__(self) -> str:
@@ -207,6 +212,7 @@ class Connection(LineQueue):
             if qos:
                 self._host.publish(self.down_topic, self._sender.send(text, now_ms()))
                 self.stats["tx_qos"] += 1
+                self._host.schedule(self, self._timeout_ms)  # its retransmission
             else:
                 self._host.publish(self.down_topic, self._sender.unreliable(text))
                 self.stats["tx_unreliable"] += 1
@@ -335,8 +341,10 @@ class Connection(LineQueue):
             return
         online = self._live.online
         log.info("device %s is %s", self.conn_id, "online" if online else "offline")
-        if online and self._host.broker_up() and self._live.resend_due(now_ms()):
-            self._resend_all()
+        if online:
+            if self._host.broker_up() and self._live.resend_due(now_ms()):
+                self._resend_all()
+            self._host.schedule(self, 0)  # its silence timeout and retransmissions from now
         self._changed.fire()
 
     def _resend_all(self) -> None:
@@ -348,8 +356,14 @@ class Connection(LineQueue):
             self.stats["resent"] += len(frames)
             log.debug("%s: resent %d frame(s)", self.conn_id, len(frames))
 
-    def _tick(self, now: int) -> None:
-        """The periodic work: the silence timeout, then retransmissions due at ``now``."""
+    def _tick(self, now: int) -> int | None:
+        """The periodic work: the silence timeout, then retransmissions due at ``now``.
+
+        Returns in how many milliseconds it needs to run again (the next
+        silence timeout or retransmission), or ``None`` while the device is
+        offline: then nothing is due until it comes back (``_online_changed``
+        and ``write()`` ask the server to run it again).
+        """
         if self._live.silent(now):
             log.info("%s: silent for %d ms", self.conn_id, 2 * self._timeout_ms)
             self._online_changed(True)
@@ -360,6 +374,14 @@ class Connection(LineQueue):
                 self._host.publish(self.down_topic, frame)
             if frames:
                 self.stats["retransmitted"] += len(frames)
+        if not self._live.online:
+            return None
+        # DeviceWatch.silent: offline once more than 2 x timeout_ms passed since last heard
+        wait = 2 * self._timeout_ms + 1 - clock.ticks_diff(now, self._live.last_heard)
+        if peer_up and self._sender.in_flight:
+            deadline = self._sender.next_deadline()
+            wait = min(wait, 0 if deadline is None else clock.ticks_diff(deadline, now))
+        return wait
 
     def _wake(self) -> None:
         """Let every waiting reader and writer look again (the server's state changed)."""

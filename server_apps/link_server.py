@@ -20,9 +20,13 @@ Threading model
 paho-mqtt runs its own network thread (``loop_start()``). Its callbacks do no
 protocol work: they append the event (connect, disconnect, message) to an
 inbox deque and, if no drain is pending, schedule one on the asyncio loop with
-``loop.call_soon_threadsafe`` (one wake-up per burst, not per message). All
-protocol state lives in the asyncio thread; publishes go from there through
-paho's thread-safe ``publish()``. Chosen over driving paho from the event loop
+``loop.call_soon_threadsafe`` (one wake-up per burst, not per message); paho's
+thread reads up to ``READ_BATCH`` packets per wake-up (``_Client``). All
+protocol state lives in the asyncio thread. Frames to publish join an outbox
+that is handed to paho once per event-loop turn (``_flush_outbox``): one
+wake-up of paho's thread per batch, and the batch's QoS 0 frames (acks,
+heartbeat answers) as one block of PUBLISH packets, one ``send()``; QoS 1
+frames through paho's ``publish()``. Chosen over driving paho from the event loop
 because the server has exactly one connection, and the thread gives for free:
 reconnects with paho's backoff (``reconnect_delay_set(1, 30)``: 1 s doubling to
 30 s), blocking DNS/TCP/TLS handshakes kept off the loop, and MQTT keepalive
@@ -37,7 +41,10 @@ Per conn_id a ``link_core`` Sender (window ``window``, default 16) and Receiver
 no unacknowledged frame when ``wait=True``, and for the device to be online and
 the broker connected (writes pause during outages). Retransmission runs from
 one ticker task only while the device is online; when it comes back online
-every unacknowledged frame is resent at once. Lines received go to a bounded
+every unacknowledged frame is resent at once. The ticker (every
+``timeout_ms / 8``, 10 to 100 ms) looks only at the conn_ids whose silence
+timeout or retransmission is due: each Connection sits in a heap under the
+time it is next due, so idle devices cost a tick nothing. Lines received go to a bounded
 per-connection queue (``queue_size``); while it is full, further qos frames of
 that conn_id are parked unacknowledged (at most ``RX_WINDOW`` of them; beyond
 that they are dropped unacknowledged), so the device's window fills and it
@@ -107,6 +114,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import logging
 import os
 import re
@@ -115,11 +123,12 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -148,6 +157,8 @@ MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 
 SERVER_WINDOW: Final = endpoint.TX_WINDOW_SERVER
 INBOX_LIMIT: Final = 10_000
+READ_BATCH: Final = 256  # MQTT packets paho's thread reads per wake-up (_Client.loop_read)
+RECV_SIZE: Final = 65536  # bytes paho's thread asks the socket for at once (_Client._sock_recv)
 UNCLAIMED_LIMIT: Final = 4096
 # CONNACK reason codes (v5 numbering; paho maps 3.1.1 return codes 4/5 to 134/135).
 _AUTH_CODES: Final = frozenset({0x86, 0x87, 0x8A, 0x8C})
@@ -294,6 +305,9 @@ class LinkServer:
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
+        self._outbox: list[tuple[str, bytes]] = []  # frames to publish at the end of this turn
+        self._due: list[tuple[int, int, Connection]] = []  # heap: (check at ms, seq, conn)
+        self._due_seq = 0
         self._started = False
         self._closed = True
         self._closing = False
@@ -397,6 +411,7 @@ class LinkServer:
             self._tasks = []
             if self._store is not None:
                 await self._commit(clean=True)
+        self._flush_outbox()  # the last acks go out before DISCONNECT
         self._closed = True
         self._broker_up = False
         self._wake_all()
@@ -420,6 +435,7 @@ class LinkServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._outbox.clear()  # a crash publishes nothing more
         self._closed = True
         self._broker_up = False
         self._wake_all()
@@ -501,6 +517,7 @@ class LinkServer:
             timeout_ms=self.timeout_ms, queue_size=self.queue_size, watch=live,
         )
         self._conns[conn_id] = conn
+        self._schedule(conn, 0)
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
         if self._store is not None:
@@ -517,11 +534,11 @@ class LinkServer:
 
     def _make_client(self) -> mqtt.Client:
         if self.protocol == MQTTv5:
-            client = mqtt.Client(
+            client = _Client(
                 CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTv5
             )
         else:
-            client = mqtt.Client(
+            client = _Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=self.client_id,
                 clean_session=False,
@@ -733,6 +750,8 @@ class LinkServer:
             log.info("reconnected to MQTT broker %s", self.broker)
         self._broker_up = True
         self._up_since = time.monotonic()
+        for conn in self._conns.values():  # rare: once per (re)connect
+            self._schedule(conn, 0)
         self._wake_all()
 
     def _on_disconnect(self, reason_code: ReasonCode) -> None:
@@ -832,24 +851,87 @@ class LinkServer:
         self._unclaimed_liveness(conn_id).heard(now)
 
     async def _ticker(self) -> None:
-        """Silence timeouts and retransmissions, every ``timeout_ms / 8`` (10 to 100 ms)."""
+        """Silence timeouts and retransmissions, every ``timeout_ms / 8`` (10 to 100 ms).
+
+        Only the Connections whose check is due are touched: each one is in a
+        heap under the time it asked to be looked at again (``_schedule``), so
+        a tick costs nothing for the devices with nothing due, however many
+        there are. A watch of an unclaimed conn_id needs no tick: its silence
+        is judged when the conn_id is claimed (``connection()``).
+        """
         period = max(10, min(100, self.timeout_ms // 8)) / 1000
+        due = self._due
         while True:
             await asyncio.sleep(period)
+            now_mono = _mono_ms()
             now = now_ms()
-            for conn in self._conns.values():
-                conn._tick(now)
-            for live in self._unclaimed.values():
-                live.silent(now)
+            while due and due[0][0] <= now_mono:
+                at, _seq, conn = heapq.heappop(due)
+                if conn._check_at != at:
+                    continue  # superseded by an earlier entry for this conn
+                conn._check_at = None
+                delay = conn._tick(now)
+                if delay is not None:
+                    self._schedule(conn, delay)
+
+    def _schedule(self, conn: Connection, delay_ms: int) -> None:
+        """Have the ticker look at ``conn`` in ``delay_ms`` (at least 1), unless it will sooner."""
+        at = _mono_ms() + max(1, delay_ms)
+        if conn._check_at is None or at < conn._check_at:
+            conn._check_at = at
+            self._due_seq += 1
+            heapq.heappush(self._due, (at, self._due_seq, conn))
 
     # -- output ----------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        """Publish an end-to-end frame at its QoS (``liveness.mqtt_level``, PROTOCOL.md 4.1)."""
-        client = self._client
-        if client is None or not self._broker_up:
+        """Publish an end-to-end frame at its QoS (``liveness.mqtt_level``, PROTOCOL.md 4.1).
+
+        The frame joins this event-loop turn's outbox, published in order at
+        the end of the turn by ``_flush_outbox`` (one wake-up of paho's thread
+        per burst, not per frame).
+        """
+        if self._client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
-        info = client.publish(topic, payload, qos=liveness.mqtt_level(payload))
+        self._outbox.append((topic, payload))
+        if len(self._outbox) == 1 and self._loop is not None:
+            self._loop.call_soon(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        """Hand this turn's frames to paho in order, with one wake-up of its network thread.
+
+        Each run of QoS 0 frames (acks, heartbeat answers, non-qos lines) goes
+        to paho's output queue as one block of ready-made PUBLISH packets
+        (one ``send()``, no ``MQTTMessageInfo`` per frame); QoS 1 frames go
+        through ``publish()`` (paho keeps them for its session). See
+        :class:`_Client` for why (docs/PERFORMANCE.md "Server scale").
+        """
+        out, self._outbox = self._outbox, []
+        client = self._client
+        if not out or client is None or not self._broker_up:
+            return
+        if not isinstance(client, _Client):
+            for topic, payload in out:
+                self._publish_one(client, topic, payload, liveness.mqtt_level(payload))
+            return
+        v5 = self.protocol == MQTTv5
+        with client.batch():
+            block = bytearray()
+            for topic, payload in out:
+                qos = liveness.mqtt_level(payload)
+                if qos == 0:
+                    _append_publish0(block, topic.encode(), payload, v5)
+                    continue
+                if block:
+                    client.queue_block(block)
+                    block = bytearray()
+                self._publish_one(client, topic, payload, qos)
+            if block:
+                client.queue_block(block)
+
+    @staticmethod
+    def _publish_one(client: mqtt.Client, topic: str, payload: bytes, qos: int) -> None:
+        info = client.publish(topic, payload, qos=qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.debug("publish on %s not sent: %s", topic, mqtt.error_string(info.rc))
 
@@ -909,6 +991,118 @@ class LinkServer:
         self._flush_acks(acks)
 
 
+class _Client(mqtt.Client):
+    """paho's client with the per-packet costs of its network thread taken out.
+
+    Measured at 1,000 to 5,000 devices (docs/PERFORMANCE.md "Server scale"),
+    where paho 2.x spends its thread's time, and what this subclass does instead:
+
+    - ``loop_read()`` reads as many packets as the client has QoS > 0 messages
+      in flight, at least one: a server that mostly receives reads ONE packet
+      per ``select()`` round. Here: up to ``READ_BATCH`` packets, and on to the
+      end of what is already buffered, until the socket has no more
+      (``MQTT_ERR_AGAIN``), as paho's own loop stops.
+    - Every packet is read with two or three ``recv()`` calls (1 byte, the
+      length bytes, the rest), each of which lets go of the GIL and waits to get
+      it back from the event loop. Here: ``recv(RECV_SIZE)`` into a buffer and
+      the packet bytes taken from it.
+    - Every queued packet (a PUBACK for each QoS 1 message received, too)
+      writes a byte into the thread's wake-up socketpair. Here: not when the
+      network thread queues it itself (it writes what is queued in its next
+      round anyway), nor inside ``batch()`` (one wake-up at its end).
+    - Every message is matched against the (unused) per-topic callbacks.
+      Here: straight to ``on_message``.
+
+    It relies on paho 2.x internals (``_packet_read``, ``_loop_rc_handle``,
+    ``_sock_recv``, ``_packet_queue``, ``_out_packet``, ``_sockpairW``,
+    ``_handle_on_message``); pyproject.toml pins paho-mqtt below 3, and
+    tests/test_server_outbox.py checks the packets against paho's own.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+        self._batching = False
+
+    def reconnect(self) -> MQTTErrorCode:
+        self._rbuf, self._rpos = b"", 0  # nothing of the old connection's stream is kept
+        return super().reconnect()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data: bytes = super()._sock_recv(max(bufsize, RECV_SIZE))
+            if len(data) <= bufsize:
+                return data  # b"": the connection is closed
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = start + bufsize
+        return self._rbuf[start:start + bufsize]
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        count = 0
+        while True:
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                if self._rpos < len(self._rbuf):
+                    continue  # a long packet paused half-way: the rest is buffered here
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            count += 1
+            if count >= READ_BATCH and self._rpos >= len(self._rbuf):
+                return MQTTErrorCode.MQTT_ERR_SUCCESS  # select() sees what the socket has
+
+    def _packet_queue(
+        self,
+        command: int,
+        packet: bytes | bytearray,
+        mid: int,
+        qos: int,
+        info: mqtt.MQTTMessageInfo | None = None,
+    ) -> MQTTErrorCode:
+        thread = self._thread
+        if thread is None or not (self._batching or thread.ident == threading.get_ident()):
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append({
+            "command": command, "mid": mid, "qos": qos, "pos": 0,
+            "to_process": len(packet), "packet": packet, "info": info,
+        })
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Publish several frames with one wake-up of the network thread (event loop only)."""
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            wake = self._sockpairW
+            if wake is not None:
+                with contextlib.suppress(OSError):
+                    wake.send(b"0")
+
+    def queue_block(self, block: bytearray) -> None:
+        """Queue ready-made QoS 0 PUBLISH packets, written with one ``send()``."""
+        if self._sock is not None:  # not connected: QoS 0 frames are lost, as with publish()
+            self._packet_queue(mqtt.PUBLISH, block, 0, 0, mqtt.MQTTMessageInfo(0))
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        on_message = self.on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception:
+                log.exception("error in on_message")
+                if not self.suppress_exceptions:
+                    raise
+
+
 class _Host:
     """The :class:`~server_apps.connection.Host` a LinkServer gives its Connections."""
 
@@ -927,6 +1121,9 @@ class _Host:
     def broker_up(self) -> bool:
         return self._server._broker_up
 
+    def schedule(self, conn: Connection, delay_ms: int) -> None:
+        self._server._schedule(conn, delay_ms)
+
     def closing(self) -> bool:
         return self._server._closed or self._server._closing
 
@@ -937,6 +1134,28 @@ class _Host:
             server._pending_acks.append(ack)
         if start:
             server._commit_wanted.set()
+
+
+def _append_publish0(block: bytearray, topic: bytes, payload: bytes, v5: bool) -> None:
+    """Append an MQTT PUBLISH packet at QoS 0, not retained (MQTT 3.1.1 3.3; 5.0: no properties)."""
+    n = 2 + len(topic) + len(payload) + v5
+    block.append(0x30)
+    while True:  # remaining length, 7 bits a byte, least significant first
+        if n < 0x80:
+            block.append(n)
+            break
+        block.append((n & 0x7F) | 0x80)
+        n >>= 7
+    block += len(topic).to_bytes(2, "big")
+    block += topic
+    if v5:
+        block.append(0)  # property length 0
+    block += payload
+
+
+def _mono_ms() -> int:
+    """Milliseconds of ``time.monotonic()``, not wrapped: the ticker's heap order."""
+    return int(time.monotonic() * 1000)
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

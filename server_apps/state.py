@@ -132,7 +132,12 @@ class ServerState:
             "clean": self.clean,
             "conns": {cid: st.to_json() for cid, st in sorted(self.conns.items())},
         }
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        return _dumps(doc).encode()
+
+
+def _dumps(doc: Any) -> str:
+    """The state file's JSON: compact, UTF-8 as is."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
 class Store(Protocol):
@@ -168,6 +173,8 @@ class StateStore:
         self.fsync = fsync
         self.writes = 0
         self._lock_fd: int | None = None
+        self._encoded: dict[str, bytes] = {}  # conn_id -> its '"<conn_id>":{...}' as last written
+        self._order: list[str] = []  # the conn_ids of the last document, sorted
 
     @property
     def where(self) -> str:
@@ -257,8 +264,36 @@ class StateStore:
             ) from exc
 
     def save(self, state: ServerState, changed: Collection[str]) -> None:
-        """Write the whole document (``changed`` does not matter to a file); blocking."""
-        self.write(state.to_bytes())
+        """Write the whole document; blocking.
+
+        The bytes are those of ``state.to_bytes()``, but only the entries of
+        the ``changed`` conn_ids (and of conn_ids this store has not written
+        before) are encoded anew: the others are the bytes this store wrote
+        for them last time. So a batch costs JSON encoding for the devices
+        that had something new, not for all of them (docs/PERFORMANCE.md
+        "Server scale"); the file is still rewritten whole.
+        """
+        self.write(self._document(state, changed))
+
+    def _document(self, state: ServerState, changed: Collection[str]) -> bytes:
+        encoded = self._encoded
+        conns = state.conns
+        if len(conns) != len(self._order) or not all(c in conns for c in self._order):
+            self._order = sorted(conns)
+            for gone in encoded.keys() - conns.keys():
+                del encoded[gone]
+        for conn_id in changed:
+            encoded.pop(conn_id, None)
+        parts = []
+        for conn_id in self._order:
+            part = encoded.get(conn_id)
+            if part is None:
+                part = encoded[conn_id] = (
+                    json.dumps(conn_id) + ":" + _dumps(conns[conn_id].to_json())
+                ).encode()
+            parts.append(part)
+        head = _dumps({"format": FORMAT, "version": VERSION, "clean": state.clean, "conns": {}})
+        return head[:-2].encode() + b",".join(parts) + b"}}"
 
     def write(self, data: bytes) -> None:
         """Atomically replace the file with ``data`` (blocking: run it in a thread)."""

@@ -152,3 +152,30 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
     store = StateStore(path)
     store.lock()
     store.unlock()
+
+
+def test_save_encodes_only_changed_entries_and_writes_the_same_bytes(tmp_path: Path) -> None:
+    """save(state, changed) re-encodes only the changed conn_ids' entries (issue 13), yet
+    the file is byte for byte what ServerState.to_bytes() gives, through added and removed
+    conn_ids; an entry not named as changed keeps the bytes written for it before."""
+    path = tmp_path / "state.json"
+    store = StateStore(path, fsync=False)
+    conns = {f"d{i}": ConnState(unread=[f"line {i} \u00e9"]) for i in range(5)}
+    store.save(ServerState(conns=dict(conns)), set())
+    assert path.read_bytes() == ServerState(conns=conns).to_bytes()
+    steps: list[tuple[str, ConnState | None]] = [
+        ("d1", ConnState(unread=["x", "y"])), ("d9", ConnState()), ("d0", None),
+        ("d3", ConnState(unread=[])),
+    ]
+    for conn_id, entry in steps:
+        if entry is None:
+            del conns[conn_id]
+        else:
+            conns[conn_id] = entry
+        state = ServerState(clean=conn_id == "d3", conns=dict(conns))
+        store.save(state, {conn_id})
+        assert path.read_bytes() == state.to_bytes(), conn_id
+    conns["d2"] = ConnState(unread=["changed but not named"])
+    store.save(ServerState(conns=dict(conns)), set())
+    assert json.loads(path.read_text())["conns"]["d2"]["unread"] == ["line 2 \u00e9"]
+    assert StateStore(path).load().conns["d1"].unread == ["x", "y"]
