@@ -266,6 +266,20 @@ def raise_nofile(limit: int = 65536) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB: ``VmHWM`` of /proc/self/status.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries that over fork and
+    execve, so a child started by the bench runner (itself ~75 MiB with its
+    imports) reports the runner's peak, not its own. ru_maxrss only where
+    /proc is missing."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

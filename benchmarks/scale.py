@@ -17,7 +17,8 @@ run:
 - end-to-end latency p50/p99: the double's write() call to the server's
   readline() (CLOCK_MONOTONIC in both processes);
 - server CPU seconds per 1,000 lines (the server process's own rusage from
-  the start of the window to the end of the drain) and its peak RSS (ru_maxrss);
+  the start of the window to the end of the drain) and its peak RSS (VmHWM,
+  its own: ru_maxrss would carry the bench runner's over fork and exec);
 - the share of doubles the server answered before the window (a double writes
   only while it deems the server reachable, so the rest wait);
 - the broker's CPU (per 1,000 lines and in cores);

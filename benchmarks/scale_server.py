@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import peak_rss_kib
 from server_apps import LinkServer
 
 
@@ -160,7 +161,7 @@ async def main(args: argparse.Namespace) -> None:
         "cpu_s_window": end_cpu - mark_cpu,
         "wall_s_window": end_t - mark_t,
         "cpu_s_total": end_cpu,
-        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kib": peak_rss_kib(),  # VmHWM: ru_maxrss would be the runner's
         "server_stats": dict(server.stats),
         "per_conn_seen": {c: len(s) for c, s in stats.seen.items()},
     }
