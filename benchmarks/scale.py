@@ -254,7 +254,9 @@ def unsustained(res: dict[str, Any], n: int) -> list[str]:
     if not delivered >= MIN_DELIVERED:
         why.append(f"delivered fraction {delivered:.3f} < {MIN_DELIVERED}")
     p99 = res["latency p99"]
-    if not p99 <= MAX_P99_MS:
+    if p99 != p99:  # NaN: no latency sample
+        why.append("latency p99: no line read")
+    elif not p99 <= MAX_P99_MS:
         why.append(f"latency p99 {p99:,.0f} ms > {MAX_P99_MS:,.0f} ms")
     written = res["lines/s written (N offered)"]
     if not written >= MIN_WRITTEN * n:

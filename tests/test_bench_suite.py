@@ -128,7 +128,8 @@ def test_scale_counts_and_sustained_reasons() -> None:
     run = {"delivered fraction": 1.0, "latency p99": 1067.0, "lines/s written (N offered)": 200}
     assert unsustained(run, 200) == ["latency p99 1,067 ms > 1,000 ms"]
     assert unsustained(dict(run, **{"latency p99": 20.0}), 200) == []
-    assert unsustained(dict(run, **{"latency p99": math.nan}), 200)  # no line read
+    assert unsustained(dict(run, **{"latency p99": math.nan}), 200) == [
+        "latency p99: no line read"]
     note = not_sustained_note(200, {k: [v] for k, v in run.items()}, "")
     assert note == "N=200 was not sustained: run 1: latency p99 1,067 ms > 1,000 ms"
     assert "its run failed (TimeoutError" in not_sustained_note(200, {}, "TimeoutError")
