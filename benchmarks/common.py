@@ -47,8 +47,10 @@ class Row:
     unit: str
     values: list[float]
     params: dict[str, Any] = field(default_factory=dict)
-    target: str = ""  # e.g. "< 50 ms": compared in the report, never asserted
-    met: bool | None = None  # the median against the target, when the target is numeric
+    target: str = ""  # e.g. "< 50 ms": compared with every run in the report
+    # Every run against the target (judge_runs: the worst run decides), when the
+    # target is numeric; None when there is no numeric target or no run.
+    met: bool | None = None
     note: str = ""
     median: float | None = None
     min: float | None = None
@@ -73,8 +75,24 @@ class Row:
             if len(vals) >= 4:
                 q = statistics.quantiles(vals, n=4)
                 self.q1, self.q3 = round(q[0], 6), round(q[2], 6)
-        if self.met is None and self.target and self.median is not None:
-            self.met = check_target(self.median, self.target)
+        if self.met is None and self.target:
+            self.met = judge_runs(self.values, self.target)
+
+    def runs_missed(self) -> int:
+        """How many runs miss the target (0 without a numeric target)."""
+        return sum(check_target(v, self.target) is False for v in self.values)
+
+    def verdict(self) -> str:
+        """The target column: ``"< 250 (met)"``; ``"== 0 (MISSED in 1 of 3 runs)"``
+        when the worst run misses it; the target alone when it is not judged."""
+        if self.met is None:
+            return self.target
+        if self.met:
+            return f"{self.target} (met{' in every run' if self.runs > 1 else ''})"
+        missed = self.runs_missed()
+        if self.runs > 1 and missed:
+            return f"{self.target} (MISSED in {missed} of {self.runs} runs)"
+        return f"{self.target} (MISSED)"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +117,22 @@ def check_target(value: float, target: str) -> bool | None:
     op, bound = parsed
     return {"<": value < bound, "<=": value <= bound, ">": value > bound,
             ">=": value >= bound, "==": value == bound}[op]
+
+
+def judge_runs(values: Sequence[float], target: str) -> bool | None:
+    """Every run's value against ``target``: True only when each one meets it
+    (the worst run decides: the largest value for ``<``/``<=``, the smallest for
+    ``>``/``>=``, any other value for ``== 0``); None when the target is not
+    numeric or there are no values."""
+    verdicts = [check_target(v, target) for v in values]
+    if not verdicts or verdicts[0] is None:
+        return None
+    return all(verdicts)
+
+
+def missed_rows(rows: Iterable[Row]) -> list[Row]:
+    """The rows whose goal was missed (``met`` is False), in order."""
+    return [r for r in rows if r.met is False]
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -232,6 +266,20 @@ def raise_nofile(limit: int = 65536) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB: ``VmHWM`` of /proc/self/status.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries that over fork and
+    execve, so a child started by the bench runner (itself ~75 MiB with its
+    imports) reports the runner's peak, not its own. ru_maxrss only where
+    /proc is missing."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -301,22 +349,31 @@ def param_text(params: dict[str, Any]) -> str:
 
 
 def render_table(rows: Iterable[Row]) -> str:
-    """One plain-text table: family, figure, params, median [min..max] (IQR), runs, target."""
+    """One plain-text table: family, figure, params, median, min..max (IQR), runs, unit,
+    target with its verdict (Row.verdict). Columns are as wide as their widest cell:
+    no text is cut; a row's note goes on its own line below it."""
     rows = list(rows)
-    out = []
-    head = (f"{'family':<10} {'figure':<44} {'params':<50} {'median':>10} "
-            f"{'spread (min..max)':>22} {'n':>3}  {'unit':<10} target")
-    out.append(head)
-    out.append("-" * len(head))
+    cells = []
     for r in rows:
         spread = f"{fmt(r.min, r.unit)}..{fmt(r.max, r.unit)}" if r.runs else "-"
         if r.q1 is not None:
             spread += f" iqr {fmt(r.q1, r.unit)}-{fmt(r.q3, r.unit)}"
-        target = r.target
-        if r.met is not None:
-            target += " (met)" if r.met else " (MISSED)"
-        out.append(f"{r.family:<10} {r.name:<44.44} {param_text(r.params):<50.50} "
-                   f"{fmt(r.median, r.unit):>10} {spread:>22} {r.runs:>3}  {r.unit:<10} {target}")
+        cells.append((r.family, r.name, param_text(r.params), fmt(r.median, r.unit), spread,
+                      str(r.runs), r.unit, r.verdict()))
+    titles = ("family", "figure", "params", "median", "spread (min..max)", "n", "unit",
+              "target")
+    widths = [max([len(t), *(len(c[i]) for c in cells)]) for i, t in enumerate(titles)]
+    right = {3, 4, 5}  # numbers are right-aligned
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if i in right else v.ljust(w)
+                 for i, (v, w) in enumerate(zip(values, widths, strict=True))]
+        return " ".join(parts[:-1]) + " " + values[-1]  # the last column unpadded
+
+    head = line(titles)
+    out = [head, "-" * len(head)]
+    for r, c in zip(rows, cells, strict=True):
+        out.append(line(c).rstrip())
         if r.note:
-            out.append(f"{'':<10}   note: {r.note}")
+            out.append(f"{'':<{widths[0]}}   note: {r.note}")
     return "\n".join(out)

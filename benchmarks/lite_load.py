@@ -40,11 +40,11 @@ import json
 import logging
 import os
 import random
-import resource
 import sys
 import time
 from typing import Any, cast
 
+from benchmarks.common import peak_rss_kib
 from benchmarks.scale_load import cpu_s, generator_arguments, lag_figures, loop_probe
 from link_core import endpoint, frames, liveness, names
 from server_apps.clock import now_ms
@@ -399,7 +399,7 @@ async def main(args: argparse.Namespace) -> None:
         **lag_figures(gen.res_lag, loop_lag),
         "cpu_s_window": cpu_window,
         "wall_s_window": t_end - t0,
-        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kib": peak_rss_kib(),  # VmHWM: ru_maxrss would be the runner's
         **gen.stats,
     }
     print("RESULT " + json.dumps(out), flush=True)

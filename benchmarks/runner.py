@@ -4,6 +4,11 @@
 The JSON file (default ``bench-results/bench-<timestamp>.json``) holds the
 machine description, the command, each family's wall time (and error, if it
 failed), and every row with all its run values, median and spread.
+
+Exit status (docs/PERFORMANCE.md "Verdicts and exit status"): 0 when every
+family ran and every goal was met in every run; 3 (``EXIT_GOAL_MISSED``) when
+every family ran but a goal was missed (the last line names them); 1 when a
+family failed or the results could not be written; 2 for bad options.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ from benchmarks.common import (
     Row,
     find_mosquitto,
     machine_info,
+    missed_rows,
+    param_text,
     raise_nofile,
     render_table,
     run_loadavg,
 )
 from pblink.common import COUNT, SECONDS, output_file
+
+EXIT_GOAL_MISSED = 3  # measured fine, but a goal was missed (1: a family failed, 2: usage)
 
 MODULES = {
     "latency": "benchmarks.latency",
@@ -58,8 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=None,
                    help="keep every process's log here (default: a temporary folder)")
     p.add_argument("--scale-n", type=COUNT, action="append", default=None, metavar="N",
-                   help="scale: device counts (repeatable; default 100 1000 5000 10000, "
-                   "--quick 100)")
+                   help="scale: device counts for both brokers (repeatable; default "
+                   "Mosquitto 100 1000 5000 10000 and amqtt 100 200 300 500, --quick 100; "
+                   "amqtt steps up through them and stops at the first not sustained)")
     p.add_argument("--scale-generator", choices=("lite", "doubles"), default="lite",
                    help="scale: load generator: raw MQTT sockets (lite, default: "
                    "benchmarks/lite_load.py) or a paho DeviceDouble per device (doubles)")
@@ -165,12 +175,13 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - t0
     table = render_table(rows)
     command = "pblink bench " + " ".join(argv if argv is not None else sys.argv[2:])
-    print(f"pblink bench: {len(rows)} figures in {elapsed:.0f} s "
-          f"({'quick' if args.quick else 'full'}, {repeats} runs per figure)")
+    print(run_header(len(rows), elapsed, names, args.quick, args.tiny, repeats))
     print(table)
     failed = {k: v["error"] for k, v in info.items() if "error" in v}
     for name, err in failed.items():
         print(f"family {name} FAILED: {err}")
+    missed = missed_rows(rows)
+    print(summary_line(rows, failed))
     doc = {
         "command": command.strip(),
         "started": stamp,
@@ -197,7 +208,40 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             print(f"no plots: none of {', '.join(names)} has one")  # e.g. --only soak
         except PlotError as exc:
             return _error(f"plots not written: {exc}", 1)
-    return 1 if failed else 0
+    return 1 if failed else EXIT_GOAL_MISSED if missed else 0
+
+
+def run_header(figures: int, elapsed: float, names: list[str], quick: bool, tiny: bool,
+               repeats: int) -> str:
+    """The line above the table: which families ran, at which size, how many runs.
+
+    A family may run a figure fewer times than ``repeats`` (scale: N > 1,000 and
+    the amqtt step-up once): the table's ``n`` column gives each figure's runs."""
+    which = ("all families" if names == list(FAMILIES)
+             else "only " + ", ".join(names))
+    size = "tiny (smoke test)" if tiny else "quick" if quick else "full size"
+    runs = "1 run per figure" if repeats == 1 else f"up to {repeats} runs per figure (column n)"
+    return f"pblink bench: {figures} figures in {elapsed:.0f} s: {which}, {size}, {runs}"
+
+
+def summary_line(rows: list[Row], failed: dict[str, str]) -> str:
+    """The last line of the table: whether every goal was met in every run.
+
+    ``"verdict: MISSED 2 of 9 goals: scale latency p99 (broker=... N=5000), ..."``;
+    ``"verdict: all 9 goals met in every run"``; families that failed come first."""
+    judged = [r for r in rows if r.met is not None]
+    missed = missed_rows(rows)
+    parts = []
+    if failed:
+        parts.append(f"FAILED families: {', '.join(failed)}")
+    if missed:
+        names = "; ".join(f"{r.family} {r.name} ({param_text(r.params)})" for r in missed)
+        parts.append(f"MISSED {len(missed)} of {len(judged)} goals: {names}")
+    elif judged:
+        parts.append(f"all {len(judged)} goals met in every run")
+    else:
+        parts.append("no goals judged")
+    return "verdict: " + "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

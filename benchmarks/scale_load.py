@@ -29,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+from benchmarks.common import peak_rss_kib
 from virtual_bench.device_double import DeviceDouble
 
 
@@ -144,7 +145,7 @@ async def main(args: argparse.Namespace) -> None:
         "published": sum(d.stats.get("published", 0) for d in devs),
         "received": sum(d.stats.get("received", 0) for d in devs),
         "connects": sum(d.stats.get("connects", 0) for d in devs),
-        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kib": peak_rss_kib(),  # VmHWM: ru_maxrss would be the runner's
     }
     print("RESULT " + json.dumps(out), flush=True)
     await asyncio.gather(*(d.close() for d in devs), return_exceptions=True)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import peak_rss_kib
 from server_apps import LinkServer
 
 
@@ -63,21 +64,21 @@ def _batch_reads(server: LinkServer, batch: int) -> None:
     packets, at least 1: a client that publishes nothing at QoS > 0 reads ONE
     packet per select() round. This instance-level patch (the benchmark's own
     server object; server_apps is unchanged) reads until the socket is empty."""
-    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import MQTTErrorCode
 
     client = server._client
     assert client is not None
 
-    def loop_read(max_packets: int = 1) -> mqtt.MQTTErrorCode:
+    def loop_read(max_packets: int = 1) -> MQTTErrorCode:
         for _ in range(batch):
             if client._sock is None:
-                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
             rc = client._packet_read()
             if rc > 0:
                 return client._loop_rc_handle(rc)
-            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                 break
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     client.loop_read = loop_read  # type: ignore[method-assign]
 
@@ -160,7 +161,7 @@ async def main(args: argparse.Namespace) -> None:
         "cpu_s_window": end_cpu - mark_cpu,
         "wall_s_window": end_t - mark_t,
         "cpu_s_total": end_cpu,
-        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kib": peak_rss_kib(),  # VmHWM: ru_maxrss would be the runner's
         "server_stats": dict(server.stats),
         "per_conn_seen": {c: len(s) for c, s in stats.seen.items()},
     }

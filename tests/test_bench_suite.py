@@ -18,8 +18,10 @@ if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import EXTRA_FAMILIES, FAMILIES
-from benchmarks.common import Row, check_target, pct, render_table
+from benchmarks.common import Context, Row, check_target, judge_runs, pct, render_table
+from benchmarks.runner import EXIT_GOAL_MISSED, run_header, summary_line
 from benchmarks.runner import main as bench_main
+from benchmarks.scale import not_sustained_note, scale_counts, unsustained
 
 PLOT_OF = {"latency": "latency", "throughput": "throughput", "scale": "scale",
            "esp": "esp_heap", "recovery": "recovery"}
@@ -33,7 +35,9 @@ def _run(family: str, tmp_path: Path, *extra: str) -> dict:
                        "--workdir", str(tmp_path / "work"), *extra])
     doc = json.loads(out.read_text())
     assert doc["families"][family].get("error") is None, doc["families"][family]
-    assert code == 0
+    # every family ran: 0 when every goal was met in every run, else EXIT_GOAL_MISSED
+    missed = [r for r in doc["rows"] if r["met"] is False]
+    assert code == (EXIT_GOAL_MISSED if missed else 0), (code, missed)
     plot = PLOT_OF.get(family)
     if plot is not None:  # the runner draws the family's plot beside the JSON
         png = out.parent / f"{out.stem}-{plot}.png"
@@ -60,7 +64,7 @@ def _check_rows(doc: dict, family: str) -> None:
 
 
 def test_row_statistics() -> None:
-    r = Row("x", "latency", "ms", [4.0, 1.0, 3.0, 2.0], target="< 3")
+    r = Row("x", "latency", "ms", [4.0, 1.0, 3.0, 2.0], target="< 5")
     assert (r.median, r.min, r.max, r.runs) == (2.5, 1.0, 4.0, 4)
     assert r.q1 is not None and r.q3 is not None and r.q1 <= r.median <= r.q3
     assert r.met is True
@@ -69,6 +73,66 @@ def test_row_statistics() -> None:
     assert check_target(5, "no number") is None
     assert pct([1, 2, 3, 4], 0.5) == 2 and math.isnan(pct([], 0.5))
     assert "latency" in render_table([r])
+
+
+def test_verdict_judges_the_worst_run() -> None:
+    """A goal is met only when every run meets it: the median never hides a run."""
+    dup = Row("scale", "lines duplicated", "lines", [0, 0, 7], target="== 0")
+    assert dup.median == 0 and dup.met is False
+    assert dup.verdict() == "== 0 (MISSED in 1 of 3 runs)"
+    p99 = Row("scale", "latency p99", "ms", [100, 200, 900], target="< 250")
+    assert p99.median == 200 and p99.met is False
+    assert "MISSED in 1 of 3 runs" in render_table([p99]) and "(met" not in render_table([p99])
+    low = Row("t", "lines/s", "lines/s", [150, 120, 90], target=">= 100")
+    assert low.met is False and low.runs_missed() == 1
+    ok = Row("t", "lines/s", "lines/s", [150, 120, 100], target=">= 100")
+    assert ok.met is True and ok.verdict() == ">= 100 (met in every run)"
+    assert Row("t", "one", "ms", [3], target="< 5").verdict() == "< 5 (met)"
+    assert Row("t", "one", "ms", [9], target="< 5").verdict() == "< 5 (MISSED)"
+    assert Row("t", "none", "ms", [], target="< 5").met is None
+    assert Row("t", "text", "ms", [1], target="as before").verdict() == "as before"
+    assert judge_runs([0, 0, 0], "== 0") is True and judge_runs([0, 1], "== 0") is False
+    assert judge_runs([], "== 0") is None and judge_runs([1], "fast") is None
+
+
+def test_summary_line_and_header() -> None:
+    met = Row("scale", "lines reordered", "lines", [0, 0], {"N": 10}, target="== 0")
+    missed = Row("scale", "latency p99", "ms", [10, 300], {"N": 5000}, target="< 250")
+    assert summary_line([met], {}) == "verdict: all 1 goals met in every run"
+    line = summary_line([met, missed], {})
+    assert line.startswith("verdict: MISSED 1 of 2 goals: scale latency p99 (N=5000)"), line
+    assert "FAILED families: esp" in summary_line([met], {"esp": "RuntimeError: x"})
+    head = run_header(40, 200.0, ["scale"], quick=False, tiny=False, repeats=1)
+    assert "only scale" in head and "1 run per figure" in head and "full" in head
+    head = run_header(260, 800.0, list(FAMILIES), quick=True, tiny=False, repeats=2)
+    assert "all families" in head and "quick" in head and "up to 2 runs" in head
+
+
+def test_table_cuts_no_text() -> None:
+    name = "doubles that saw the server before the window"
+    params = {"broker": "mosquitto", "N": 10000, "timeout_ms": 1500, "gens": 2,
+              "generator": "lite"}
+    r = Row("scale", name, "fraction", [1.0], params, note="a note")
+    table = render_table([r, Row("scale", "x", "ms", [1.0])])
+    assert name in table and "gens=2 generator=lite" in table and "note: a note" in table
+    lines = table.splitlines()
+    assert lines[3].strip() == "note: a note"
+    assert lines[2].index("fraction") == lines[4].rindex("ms")  # columns line up
+
+
+def test_scale_counts_and_sustained_reasons() -> None:
+    assert scale_counts(Context(options={"scale_n": [100]})) == ([100], [100])
+    assert scale_counts(Context(options={"scale_n": [500, 100]})) == ([500, 100], [100, 500])
+    assert scale_counts(Context(quick=True)) == ([100], [100])
+    assert scale_counts(Context()) == ([100, 1000, 5000, 10000], [100, 200, 300, 500])
+    run = {"delivered fraction": 1.0, "latency p99": 1067.0, "lines/s written (N offered)": 200}
+    assert unsustained(run, 200) == ["latency p99 1,067 ms > 1,000 ms"]
+    assert unsustained(dict(run, **{"latency p99": 20.0}), 200) == []
+    assert unsustained(dict(run, **{"latency p99": math.nan}), 200) == [
+        "latency p99: no line read"]
+    note = not_sustained_note(200, {k: [v] for k, v in run.items()}, "")
+    assert note == "N=200 was not sustained: run 1: latency p99 1,067 ms > 1,000 ms"
+    assert "its run failed (TimeoutError" in not_sustained_note(200, {}, "TimeoutError")
 
 
 def test_family_list() -> None:
