@@ -27,6 +27,8 @@ from conftest import TEST_TIMEOUT, BrokerProcess, free_port
 from test_broker_mosquitto import shipped_mosquitto  # noqa: F401  (fixture)
 
 from virtual_bench.bridge_rig import (
+    ESP_BUDGET,
+    HEAP_ROOM,
     IMPORTS,
     Server,
     compile_tree,
@@ -39,20 +41,10 @@ from virtual_bench.bridge_rig import (
 )
 
 # Memory gate (docs/FIRMWARE.md "Memory budget"), on the 64-bit unix port: the
-# bridge may use ESP_BUDGET of the ESP8266's 38 KiB heap at run time. The unix
-# port is 64-bit, its objects up to twice as large, and it holds in its heap
-# what the ESP8266 keeps in flash: the bytecode of the frozen modules (and,
-# here, the fake hardware and the scripted Pyboard). So the live peak above
-#     C_unix (the heap in use after importing everything, measured)
-# may be at most 2 x ESP_BUDGET. The run's heap is larger (HEAP_ROOM) so that
-# the verdict is that measured peak, not where the allocator finds a hole: the
-# bridge and the scripted Pyboard share this one heap (the real boards have one
-# each), and a cap that tight made the Pyboard's own allocations fail or not
-# depending on the heap's layout (a few hundred bytes of heap size moved it).
-# The figure that counts for the device is the 32-bit frozen one:
-# tests/test_bridge_heap32.py.
-ESP_BUDGET = 24 * 1024
-HEAP_ROOM = 4 * ESP_BUDGET
+# bridge's run-time live peak above the import cost C_unix may be at most
+# 2 x ESP_BUDGET, measured at a heap of C_unix + HEAP_ROOM (the rule and why:
+# virtual_bench/bridge_rig.py). The figure that counts for the device is the
+# 32-bit frozen one: tests/test_bridge_heap32.py.
 
 
 @pytest.fixture
