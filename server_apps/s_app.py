@@ -7,7 +7,8 @@ server's own per-connection counter (1 for the first reply after start), written
 with ``qos=True, wait=True``. Every line in and out is logged at INFO.
 
 The link state is kept in ``<state-dir>/<client-id>.json`` (default
-``.pblink-state/pblink.server.json``), so stopping the server with Ctrl-C or
+``.pblink-state/pblink.server.json``; with ``--state-db`` in a PostgreSQL
+table shared by several processes instead, docs/SERVER.md), so stopping the server with Ctrl-C or
 SIGTERM and starting it again loses and duplicates no line. One process per
 client id: a second process with the same one refuses to start with one line
 naming ``--client-id``; to split conn_ids over processes give each its own
