@@ -47,7 +47,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the server's MQTT client id (default %(default)s)")
     parser.add_argument("--state-dir", metavar="DIR",
                         help=f"folder of the state file (default {DEFAULT_STATE_DIR}; "
-                        "'' for none)")
+                        "'' for none; not with --state-db)")
 
 
 def register(subparsers: Any) -> None:

@@ -434,20 +434,11 @@ class LinkServer:
         self._closing = True
         self._wake_all()  # readers and writers raise LinkClosedError from now on
         async with self._commit_lock:  # a batch being written finishes first
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            self._tasks = []
+            await self._stop_tasks()
             if self._store is not None:
                 await self._commit(clean=True)
         self._flush_outbox()  # the last acks go out before DISCONNECT
-        self._closed = True
-        self._broker_up = False
-        self._wake_all()
-        await self._stop_client()
-        await self._unlock_store()
+        await self._disconnect()
         log.info("link server %s closed", self.client_id)
 
     async def abort(self) -> None:
@@ -460,12 +451,7 @@ class LinkServer:
         if self._closed:
             return
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self._stop_tasks()
         self._outbox.clear()  # a crash publishes nothing more
         self._closed = True
         self._broker_up = False
@@ -480,6 +466,23 @@ class LinkServer:
             await asyncio.to_thread(client.loop_stop)
         await self._unlock_store()
         log.warning("link server %s aborted", self.client_id)
+
+    async def _disconnect(self) -> None:
+        """Closed from now on: DISCONNECT from the broker, release the store."""
+        self._closed = True
+        self._broker_up = False
+        self._wake_all()
+        await self._stop_client()
+        await self._unlock_store()
+
+    async def _stop_tasks(self) -> None:
+        """Cancel the ticker and the committer and wait for them to end."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
 
     async def _unlock_store(self) -> None:
         """Release the state file's lock, or close the database session (its leases go)."""
@@ -512,20 +515,8 @@ class LinkServer:
         self._outbox.clear()
         self._wake_all()  # readers and writers raise StateLostError from now on
         if not closing:  # close() is not running: stop its work here
-            current = asyncio.current_task()
-            for task in self._tasks:
-                if task is not current:
-                    task.cancel()
-            for task in self._tasks:
-                if task is not current:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            self._tasks = []
-            self._closed = True
-            self._broker_up = False
-            self._wake_all()
-            await self._stop_client()
-            await self._unlock_store()
+            await self._stop_tasks()
+            await self._disconnect()
         log.info("link server %s closed itself: lost its state database session", self.client_id)
         self._failed.set()
 
