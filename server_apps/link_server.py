@@ -533,8 +533,10 @@ class LinkServer:
         Raises:
             ValueError: ``conn_id`` is not 1 to 64 characters from
                 ``A-Z a-z 0-9 _ -`` (PROTOCOL.md 4.1); the message names it.
-            StateFileError: the stored state of this conn_id is damaged.
-            LinkClosedError: the LinkServer is closed.
+            StateFileError: the stored state of this conn_id is damaged (the
+                message names the file or database and the conn_id).
+            LinkClosedError: the LinkServer is closed; :class:`StateLostError`
+                when it closed itself (its state database session was lost).
         """
         conn_id = names.check_conn_id(conn_id)
         self._check_open()

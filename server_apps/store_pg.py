@@ -8,10 +8,14 @@ in one table that any number of server processes, on any hosts, share::
     pblink_link_state(root text, conn_id text, entry jsonb, owner text,
                       updated_at timestamptz, PRIMARY KEY (root, conn_id))
 
+:meth:`PgStore.open` creates the table if missing and refuses one of another
+shape (:data:`COLUMNS`) with :class:`StateDbError` saying so.
 ``entry`` is exactly the JSON object the state file holds for a conn_id
 (``ConnState.to_json()``), checked on the way in with ``ConnState.from_json``
 like a state file entry (:class:`~server_apps.state.StateFileError` when it
-could not have been written by this library).
+could not have been written by this library, JSON ``null`` included; the
+message names the database, root and conn_id and the ``DELETE`` that starts
+the conn_id afresh).
 
 Ownership (the lease)
 ---------------------
