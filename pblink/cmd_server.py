@@ -20,13 +20,23 @@ rx_count, server_count]) or yours with --app. A server application is an async
 callable app(server, conn_ids) taking a started server_apps.LinkServer and the
 conn_ids to serve (docs/RUN.md).
 
-The link state is kept in <state-dir>/<client-id>.json, so stopping the server
-and starting it again loses and duplicates no line. Every line in and out of
-the demo is logged (INFO).
+The link state is kept in <state-dir>/<client-id>.json, or with --state-db
+in a PostgreSQL table that several server processes share (each conn_id
+leased to one at a time; not with --state-dir), so stopping the server and
+starting it again loses and duplicates no line. A fresh state with a
+leftover broker session of the same client id replays that session's queued
+lines as new ones (docs/SERVER.md). Every line in and out of the demo is
+logged (INFO).
 
 {BROKER_ENV_HELP}"""
 
 DEFAULT_IDS = ("1", "2", "3", "4")
+DEFAULT_STATE_DIR = ".pblink-state"  # server_apps.s_app.DEFAULT_STATE_DIR (no import at start)
+
+
+def state_dir_of(args: argparse.Namespace) -> str:
+    """--state-dir as given, or its default (``None`` in args tells "not given")."""
+    return DEFAULT_STATE_DIR if args.state_dir is None else str(args.state_dir)
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +45,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the link's timeout_ms (default %(default)s)")
     parser.add_argument("--client-id", default="pblink.server",
                         help="the server's MQTT client id (default %(default)s)")
-    parser.add_argument("--state-dir", default=".pblink-state", metavar="DIR",
-                        help="folder of the state file (default %(default)s; '' for none)")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help=f"folder of the state file (default {DEFAULT_STATE_DIR}; "
+                        "'' for none; not with --state-db)")
 
 
 def register(subparsers: Any) -> None:
@@ -50,7 +61,8 @@ def register(subparsers: Any) -> None:
     add_server_arguments(parser)
     parser.add_argument("--state-db", metavar="URL",
                         help="keep the link state in PostgreSQL instead of a file "
-                        "(postgresql://user:password@host/db): several server processes "
+                        "(postgresql://user:password@host/db, postgres://..., or a libpq "
+                        "key=value string; not with --state-dir): several server processes "
                         "share it, each conn_id leased to one at a time (docs/SERVER.md); "
                         "needs pip install 'pblink-mqtt[postgres]'")
     add_broker_options(parser)
@@ -76,6 +88,17 @@ def run(args: argparse.Namespace) -> int:
     from server_apps.s_app import AppError, serve
 
     ids = [check_conn_id(conn_id) for conn_id in args.ids]  # before connecting
+    state_dir = state_dir_of(args)
+    if args.state_db is not None:
+        from server_apps.store_pg import check_dsn
+
+        if args.state_dir is not None:
+            raise UsageError("give --state-dir (a state file) or --state-db (PostgreSQL), "
+                             "not both")
+        try:
+            check_dsn(args.state_db)
+        except ValueError as exc:
+            raise UsageError(f"--state-db: {exc}") from None
     opts = BrokerOptions.from_args(args)
     try:
         application = counted(load_server_app(args.app)) if args.app else None
@@ -92,11 +115,11 @@ def run(args: argparse.Namespace) -> int:
         probe_broker(opts, random_client_id("probe"))
     finally:
         quiet.setLevel(level)
-    if args.state_dir and not args.state_db:
+    if state_dir and args.state_db is None:
         try:
-            Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"--state-dir {args.state_dir}: cannot create it: "
+            raise UsageError(f"--state-dir {state_dir}: cannot create it: "
                              f"{exc.strerror or exc}") from None
 
     async def main() -> bool:
@@ -107,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, stop.set)
         await serve(opts.host, opts.port, ids=ids, root=opts.root, username=opts.user,
                     password=opts.password, tls=opts.ssl_context(), client_id=args.client_id,
-                    state_dir=args.state_dir or None, state_db=args.state_db,
+                    state_dir=state_dir or None, state_db=args.state_db,
                     timeout_ms=args.timeout_ms,
                     connect_timeout=opts.connect_timeout, stop=stop, application=application)
         return stop.is_set()

@@ -89,13 +89,15 @@ def error_from(exc: BaseException) -> CliError | None:
         LinkRefusedError,
         ServerIdentityError,
         StateFileError,
+        StateLostError,
     )
 
     if isinstance(exc, LinkRefusedError):
         return RefusedError(str(exc))
     if isinstance(exc, BrokerUnreachableError):
         return UnreachableError(str(exc))
-    if isinstance(exc, (StateFileError, ServerIdentityError)):  # another process's identity
+    # a damaged store, another process's identity, a lost state database session
+    if isinstance(exc, (StateFileError, ServerIdentityError, StateLostError)):
         return CliError(str(exc))
     if isinstance(exc, TimeoutError):
         return TimedOutError(str(exc) or "timed out")

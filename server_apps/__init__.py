@@ -15,6 +15,7 @@ from server_apps.errors import (
     LinkClosedError,
     LinkRefusedError,
     ServerIdentityError,
+    StateLostError,
 )
 from server_apps.link_server import LinkServer, MQTTv5, MQTTv311
 from server_apps.state import StateFileError, StateLockedError
@@ -31,4 +32,5 @@ __all__ = [
     "ServerIdentityError",
     "StateFileError",
     "StateLockedError",
+    "StateLostError",
 ]

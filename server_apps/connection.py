@@ -49,10 +49,12 @@ class Host(Protocol):
     ``publish(topic, payload)``: publish an end-to-end frame at its QoS now
     (nothing while the broker is down). ``broker_up()``: the MQTT connection is
     up. ``closing()``: the server is closed or closing (reads and writes raise
-    :class:`LinkClosedError`). ``durable``: lines and acks go through the
-    group commit. ``commit_later(conn_id, ack, start)``: (durable only) the
-    conn_id's stored entry changed and goes into the next batch; ``ack``
-    (``(topic, frame)``, or ``None``) is published once that batch is on disk;
+    ``closed_error(message)``: a :class:`LinkClosedError`, or the
+    :class:`StateLostError` of a server that closed itself). ``durable``:
+    lines and acks go through the group commit. ``commit_later(conn_id, ack,
+    start)``: (durable only) the conn_id's stored entry changed and goes into
+    the next batch; ``ack`` (``(topic, frame)``, or ``None``) is published once
+    that batch is on disk;
     ``start=False``: no batch is started on its account. ``schedule(conn,
     delay_ms)``: run ``conn._tick`` in ``delay_ms`` milliseconds (or sooner,
     if it is due sooner anyway).
@@ -64,6 +66,7 @@ class Host(Protocol):
     def broker_up(self) -> bool: ...
     def schedule(self, conn: Connection, delay_ms: int) -> None: ...
     def closing(self) -> bool: ...
+    def closed_error(self, message: str) -> LinkClosedError: ...
     def commit_later(
         self, conn_id: str, ack: tuple[str, bytes] | None, start: bool = True
     ) -> None: ...
@@ -159,14 +162,16 @@ class Connection(LineQueue):
         conn`` does the same and ends when the server is closed.
 
         Raises:
-            LinkClosedError: the LinkServer is closed (or closing).
+            LinkClosedError: the LinkServer is closed (or closing);
+                :class:`StateLostError` when it closed itself (state database
+                session lost).
         """
         return await super().readline()
 
     def _read_start(self) -> int:
         # Once closing, unread lines belong to the final state file, not to the app.
         if self._host.closing():
-            raise LinkClosedError(f"link server closed (conn_id {self.conn_id!r})")
+            raise self._host.closed_error(f"link server closed (conn_id {self.conn_id!r})")
         return 0
 
     async def _changed_wait(self, token: int) -> None:
@@ -235,7 +240,7 @@ class Connection(LineQueue):
 
     def _check_open(self) -> None:
         if self._host.closing():
-            raise LinkClosedError("link server is closed")
+            raise self._host.closed_error("link server is closed")
 
     async def _wait_until(self, pred: Callable[[], bool]) -> None:
         while True:

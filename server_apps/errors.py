@@ -11,6 +11,17 @@ class LinkClosedError(ConnectionError):
     """The LinkServer was closed (or not yet entered)."""
 
 
+class StateLostError(LinkClosedError):
+    """The LinkServer closed itself: it lost its state database's session.
+
+    Raised instead of :class:`LinkClosedError` by every method of a server
+    (and its Connections) that did so; ``LinkServer.error`` holds it too. The
+    process no longer holds its leases, so it acknowledges nothing more; the
+    other processes sharing the database take its conn_ids over
+    (docs/SERVER.md). The message names the database (password hidden).
+    """
+
+
 class BrokerUnreachableError(ConnectionError):
     """No MQTT connection could be opened to the broker at start."""
 

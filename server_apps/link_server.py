@@ -107,6 +107,17 @@ credentials, :class:`LinkRefusedError` for another refusal and
 :class:`BrokerUnreachableError` (all ``ConnectionError``) when the broker
 cannot be reached within ``connect_timeout``. Later losses of the broker are
 retried forever. Methods of a closed server raise :class:`LinkClosedError`.
+
+With ``state_db``, a lost database session (the database restarted or
+unreachable, the session terminated) closes the server by itself: its leases
+are gone, so it must acknowledge nothing more. It stops at once (no final
+state write, a DISCONNECT to the broker, whose session keeps queuing), and
+from then on ``connection()``, ``readline()``, ``write()`` and the other
+methods raise :class:`StateLostError` (a ``LinkClosedError``, so ``async for``
+loops end), ``error`` holds it, and ``wait_error()`` returns it. Restart the
+process: the other processes take its conn_ids over meanwhile. ``pblink
+server`` exits with status 1 and one line (docs/SERVER.md). A state file that
+cannot be written is retried every second instead (the disk may come back).
 """
 
 from __future__ import annotations
@@ -146,9 +157,10 @@ from server_apps.errors import LinkAuthError as LinkAuthError
 from server_apps.errors import LinkClosedError as LinkClosedError
 from server_apps.errors import LinkRefusedError as LinkRefusedError
 from server_apps.errors import ServerIdentityError as ServerIdentityError
+from server_apps.errors import StateLostError
 from server_apps.lines import Signal
 from server_apps.state import ConnState, ServerState, StateFileError, StateStore, Store
-from server_apps.store_pg import PgStore
+from server_apps.store_pg import PgStore, StateDbError
 
 log = logging.getLogger("pblink.server")
 
@@ -199,9 +211,10 @@ class LinkServer:
             silence. Default 1500.
         state_path: file of the durable link state (JSON, written atomically);
             ``None`` (default): no state file, a restart starts new sessions.
-        state_db: a PostgreSQL connection string or ``postgresql://`` URL:
-            the state goes to a table that several server processes share
-            (:mod:`server_apps.store_pg`), instead of a file. ``connection()``
+        state_db: a ``postgresql://`` (or ``postgres://``) URL or a libpq
+            ``key=value`` connection string: the state goes to a table that
+            several server processes share (:mod:`server_apps.store_pg`),
+            instead of a file. ``connection()``
             then waits for the conn_id's lease, which one process holds at a
             time. Not with ``state_path``. Default ``None``.
         lease_poll_ms: with ``state_db``, how often conn_ids waiting for their
@@ -230,7 +243,9 @@ class LinkServer:
         ValueError: an invalid ``root``, a ``port`` outside 1 to 65535 (or not
             an int), a ``timeout_ms`` the devices refuse (the same message),
             ``queue_size`` or ``window`` under 1, an unknown ``protocol``, both
-            ``state_path`` and ``state_db``.
+            ``state_path`` and ``state_db``, a ``state_db`` that is not a
+            PostgreSQL URL or connection string (the empty string included:
+            ``server_apps.store_pg.check_dsn``).
     """
 
     def __init__(
@@ -278,6 +293,10 @@ class LinkServer:
         self.identity_probe_s = identity_probe_s
         self.serve_hint = serve_hint  # how to serve a conn_id, for the "not served" log
         self._told_unserved: set[str] = set()
+        self._told_waiting = False
+        self._error: StateLostError | None = None  # why the server closed itself
+        self._failed = asyncio.Event()
+        self._fail_task: asyncio.Task[None] | None = None
         self._token = secrets.token_hex(4)  # this process's answer to identity probes
         level = client_id if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", client_id) else (
             client_id.encode().hex()[:128] or "-"
@@ -294,7 +313,8 @@ class LinkServer:
             raise ValueError("give state_path (a file) or state_db (PostgreSQL), not both")
         self._store: Store | PgStore | None = (
             StateStore(state_path, fsync=fsync) if state_path is not None
-            else PgStore(state_db, root=root, owner=client_id, poll_ms=lease_poll_ms)
+            else PgStore(state_db, root=root, owner=client_id, poll_ms=lease_poll_ms,
+                         on_lost=self._store_lost)
             if state_db is not None else None
         )
         self._state = ServerState()
@@ -331,6 +351,17 @@ class LinkServer:
     def connected(self) -> bool:
         """The MQTT connection to the broker is up."""
         return self._broker_up
+
+    @property
+    def error(self) -> StateLostError | None:
+        """Why the server closed itself (its state database session was lost), else ``None``."""
+        return self._error
+
+    async def wait_error(self) -> StateLostError:
+        """Wait until the server closes itself (see "Errors" above); the error it raises since."""
+        await self._failed.wait()
+        assert self._error is not None
+        return self._error
 
     @property
     def connections(self) -> dict[str, Connection]:
@@ -403,20 +434,11 @@ class LinkServer:
         self._closing = True
         self._wake_all()  # readers and writers raise LinkClosedError from now on
         async with self._commit_lock:  # a batch being written finishes first
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            self._tasks = []
+            await self._stop_tasks()
             if self._store is not None:
                 await self._commit(clean=True)
         self._flush_outbox()  # the last acks go out before DISCONNECT
-        self._closed = True
-        self._broker_up = False
-        self._wake_all()
-        await self._stop_client()
-        await self._unlock_store()
+        await self._disconnect()
         log.info("link server %s closed", self.client_id)
 
     async def abort(self) -> None:
@@ -429,12 +451,7 @@ class LinkServer:
         if self._closed:
             return
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        await self._stop_tasks()
         self._outbox.clear()  # a crash publishes nothing more
         self._closed = True
         self._broker_up = False
@@ -450,6 +467,23 @@ class LinkServer:
         await self._unlock_store()
         log.warning("link server %s aborted", self.client_id)
 
+    async def _disconnect(self) -> None:
+        """Closed from now on: DISCONNECT from the broker, release the store."""
+        self._closed = True
+        self._broker_up = False
+        self._wake_all()
+        await self._stop_client()
+        await self._unlock_store()
+
+    async def _stop_tasks(self) -> None:
+        """Cancel the ticker and the committer and wait for them to end."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
     async def _unlock_store(self) -> None:
         """Release the state file's lock, or close the database session (its leases go)."""
         if isinstance(self._store, PgStore):
@@ -459,7 +493,32 @@ class LinkServer:
 
     def _check_open(self) -> None:
         if self._closed or self._closing:
-            raise LinkClosedError("link server is closed")
+            raise self._closed_error("link server is closed")
+
+    def _closed_error(self, message: str) -> LinkClosedError:
+        """What a method of the closed server raises: why it closed, if it closed itself."""
+        if self._error is not None:
+            return StateLostError(str(self._error))
+        return LinkClosedError(message)
+
+    def _store_lost(self, exc: StateDbError) -> None:
+        """PgStore lost its session (its ``on_lost``): close this server at once."""
+        if self._error is not None or self._closed or self._loop is None:
+            return
+        self._error = StateLostError(f"link server {self.client_id} closed: {exc}")
+        self._fail_task = self._loop.create_task(self._fail(), name="pblink-server-fail")
+
+    async def _fail(self) -> None:
+        """Stop as after a lost lease: nothing more is acknowledged or committed."""
+        closing, self._closing = self._closing, True
+        self._pending_acks.clear()  # their batch was not committed: never acknowledged
+        self._outbox.clear()
+        self._wake_all()  # readers and writers raise StateLostError from now on
+        if not closing:  # close() is not running: stop its work here
+            await self._stop_tasks()
+            await self._disconnect()
+        log.info("link server %s closed itself: lost its state database session", self.client_id)
+        self._failed.set()
 
     # -- connections -----------------------------------------------------------
 
@@ -474,8 +533,10 @@ class LinkServer:
         Raises:
             ValueError: ``conn_id`` is not 1 to 64 characters from
                 ``A-Z a-z 0-9 _ -`` (PROTOCOL.md 4.1); the message names it.
-            StateFileError: the stored state of this conn_id is damaged.
-            LinkClosedError: the LinkServer is closed.
+            StateFileError: the stored state of this conn_id is damaged (the
+                message names the file or database and the conn_id).
+            LinkClosedError: the LinkServer is closed; :class:`StateLostError`
+                when it closed itself (its state database session was lost).
         """
         conn_id = names.check_conn_id(conn_id)
         self._check_open()
@@ -483,7 +544,12 @@ class LinkServer:
         if conn is not None:
             return conn
         if isinstance(self._store, PgStore):  # wait for the lease (another process may hold it)
-            stored = await self._store.claim(conn_id)
+            try:
+                stored = await self._store.claim(conn_id)
+            except StateDbError:
+                if self._error is not None:  # the session was lost: this server closes
+                    raise self._closed_error("") from None
+                raise
             self._check_open()
             if conn_id in self._conns:  # a concurrent call for it won
                 return self._conns[conn_id]
@@ -497,8 +563,7 @@ class LinkServer:
             if stored.tx is not None:
                 sender = endpoint.Sender.restore(stored.tx)
         except ValueError as exc:
-            path = self._store.where if self._store else "?"
-            raise StateFileError(f"state file {path}, conn_id {conn_id!r}: {exc}") from exc
+            raise StateFileError(f"{self._store_name()}, conn_id {conn_id!r}: {exc}") from exc
         if sender is not None:
             log.info(
                 "%s: continuing sender session %s (%d unacknowledged)",
@@ -837,7 +902,19 @@ class LinkServer:
         return live
 
     def _unserved(self, conn_id: str) -> None:
-        """Log, once per conn_id, a device this server hears but does not serve."""
+        """Log, once per conn_id, a device this server hears but does not serve.
+
+        A conn_id whose ``connection()`` waits for its lease (``state_db``) is
+        served once the lease comes free: no warning; the first such device
+        heard logs one INFO line for them all.
+        """
+        if isinstance(self._store, PgStore) and self._store.is_waiting(conn_id):
+            if not self._told_waiting:
+                self._told_waiting = True
+                log.info("waiting for the lease of %d conn_id(s) held by another process "
+                         "(device %s is online, among others maybe)",
+                         self._store.waiting_count(), conn_id)
+            return
         if conn_id in self._told_unserved or len(self._told_unserved) >= UNCLAIMED_LIMIT:
             return
         self._told_unserved.add(conn_id)
@@ -968,6 +1045,12 @@ class LinkServer:
         state = ServerState(clean=clean, conns=dict(self._state.conns))
         await asyncio.to_thread(self._store.save, state, changed)
 
+    def _store_name(self) -> str:
+        """The store, for messages: ``state file PATH`` or ``state database URL`` (no password)."""
+        if isinstance(self._store, PgStore):
+            return f"state database {self._store.where}"
+        return f"state file {self._store.where if self._store else '?'}"
+
     async def _commit(self, clean: bool) -> None:
         """Write one batch, then release its lines and publish its acks (caller holds the lock)."""
         self._commit_wanted.clear()
@@ -976,9 +1059,11 @@ class LinkServer:
         batch = {conn_id: self._conns[conn_id]._batch() for conn_id in changed}
         try:
             await self._write_state(clean, changed)
+        except StateDbError as exc:  # the session is lost: this server closes itself
+            self._store_lost(exc)
+            return
         except Exception as exc:
-            where = self._store.where if self._store else None
-            log.error("cannot write state file %s: %s (retrying)", where, exc)
+            log.error("cannot write %s: %s (retrying)", self._store_name(), exc)
             self._pending_acks[:0] = acks
             self._dirty |= changed
             if not clean:
@@ -1126,6 +1211,9 @@ class _Host:
 
     def closing(self) -> bool:
         return self._server._closed or self._server._closing
+
+    def closed_error(self, message: str) -> LinkClosedError:
+        return self._server._closed_error(message)
 
     def commit_later(self, conn_id: str, ack: tuple[str, bytes] | None, start: bool = True) -> None:
         server = self._server

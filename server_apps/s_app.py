@@ -7,7 +7,8 @@ server's own per-connection counter (1 for the first reply after start), written
 with ``qos=True, wait=True``. Every line in and out is logged at INFO.
 
 The link state is kept in ``<state-dir>/<client-id>.json`` (default
-``.pblink-state/pblink.server.json``), so stopping the server with Ctrl-C or
+``.pblink-state/pblink.server.json``; with ``--state-db`` in a PostgreSQL
+table shared by several processes instead, docs/SERVER.md), so stopping the server with Ctrl-C or
 SIGTERM and starting it again loses and duplicates no line. One process per
 client id: a second process with the same one refuses to start with one line
 naming ``--client-id``; to split conn_ids over processes give each its own
@@ -41,6 +42,7 @@ from server_apps.link_server import (
     LinkClosedError,
     LinkServer,
 )
+from server_apps.state import StateFileError
 
 log = logging.getLogger("pblink.s_app")
 
@@ -150,10 +152,16 @@ async def serve(
     ``state_dir=None`` runs without a state file (else
     ``<state_dir>/<client_id>.json``); ``state_db`` (a PostgreSQL URL) keeps
     it in a database that several processes share instead (``state_dir`` is
-    then not used). ``ready`` is set once every conn_id is
-    being served. Raises ValueError for an invalid conn_id or root (before
+    then not used; giving both a ``state_dir`` other than the default and
+    ``state_db`` is up to the caller: ``pblink server`` refuses it). ``ready``
+    is set once the server is started. Raises ValueError for an invalid conn_id or root (before
     connecting), and LinkAuthError / LinkRefusedError / BrokerUnreachableError
     from LinkServer when the broker refuses or cannot be reached at start.
+    Errors of the server library itself are raised as they are, not as
+    ``AppError``: ``StateFileError`` (a damaged stored entry, naming the store
+    and the conn_id) and ``StateLostError`` (the server closed itself: its
+    state database session was lost; raised even when the application goes
+    on running).
     """
     for conn_id in ids:
         names.check_conn_id(conn_id)
@@ -168,19 +176,28 @@ async def serve(
     ) as server:
         task = asyncio.create_task((application or app)(server, ids), name="server-app")
         stopping = asyncio.create_task(stop.wait())
+        failing = asyncio.create_task(server.wait_error())
         if ready is not None:
             ready.set()
         try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            failing.cancel()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, LinkClosedError):
                 try:
                     await task
                 except Exception as exc:
-                    raise AppError(f"the server application raised {type(exc).__name__}: "
-                                   f"{exc}") from exc
+                    if server.error is not None:
+                        pass  # raised below: the server closed itself
+                    elif isinstance(exc, StateFileError):  # the store's, naming it: not the app's
+                        raise
+                    else:
+                        raise AppError(f"the server application raised "
+                                       f"{type(exc).__name__}: {exc}") from exc
+        if server.error is not None:
+            raise server.error
 
 
 class AppError(Exception):

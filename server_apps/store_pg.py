@@ -8,10 +8,14 @@ in one table that any number of server processes, on any hosts, share::
     pblink_link_state(root text, conn_id text, entry jsonb, owner text,
                       updated_at timestamptz, PRIMARY KEY (root, conn_id))
 
+:meth:`PgStore.open` creates the table if missing and refuses one of another
+shape (:data:`COLUMNS`) with :class:`StateDbError` saying so.
 ``entry`` is exactly the JSON object the state file holds for a conn_id
 (``ConnState.to_json()``), checked on the way in with ``ConnState.from_json``
 like a state file entry (:class:`~server_apps.state.StateFileError` when it
-could not have been written by this library).
+could not have been written by this library, JSON ``null`` included; the
+message names the database, root and conn_id and the ``DELETE`` that starts
+the conn_id afresh).
 
 Ownership (the lease)
 ---------------------
@@ -43,6 +47,19 @@ the next batch: the lines a killed process's application read after its last
 commit (with ``wait=True`` writers, the last line or two of a device) are
 read again by the application of the process that takes over.
 
+Where: ``dsn`` is a ``postgresql://`` or ``postgres://`` URL, or a libpq
+``key=value`` connection string (``host=db dbname=pblink user=pblink``):
+:func:`check_dsn` refuses anything else (an empty string, which libpq would
+take as "the local defaults", another scheme, a bare word) with ``ValueError``
+before anything connects.
+
+A session that is lost (the database restarted or unreachable, the backend
+terminated) is noticed at the next statement: a commit, a lease poll, or the
+liveness query sent every ``LIVENESS_S`` (1 s) while nothing else runs. The
+store then fails for good (:class:`StateDbError` from every call) and calls
+``on_lost``: its leases are gone, so its owner must stop acknowledging
+(``LinkServer`` closes itself, docs/SERVER.md).
+
 psycopg 3 (``pip install 'pblink-mqtt[postgres]'``) is imported when a store
 is opened, so the file store needs no database driver.
 """
@@ -54,6 +71,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 from server_apps.state import ConnState, StateFileError
@@ -73,12 +91,41 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 # Serialises concurrent CREATE TABLE IF NOT EXISTS of processes starting together.
 _SCHEMA_LOCK: Final = 0x70626C696E6B  # "pblink"
 _LOCK_KEY: Final = "hashtextextended('pblink/' || %s::text || '/' || {col}, 0)"
+LIVENESS_S: Final = 1.0  # a claimed-only store checks its session this often
+# The table's columns as SCHEMA makes them (pg_catalog.format_type names).
+COLUMNS: Final = {"root": "text", "conn_id": "text", "entry": "jsonb", "owner": "text",
+                  "updated_at": "timestamp with time zone"}
+# A libpq key=value connection string: one or more key = value pairs, a value bare
+# (no space, quote or backslash) or single-quoted with \' and \\ escapes.
+_CONNINFO: Final = re.compile(
+    r"\s*(?:[A-Za-z_][A-Za-z0-9_]*\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s'\\]+)\s*)+")
 _KEEPALIVE: Final = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
                      "-c tcp_keepalives_count=3")
 
 
 class StateDbError(StateFileError):
-    """The state database cannot be used (unreachable, refused, or the session was lost)."""
+    """The state database cannot be used (unreachable, refused, not pblink's table,
+    or the session was lost)."""
+
+
+def check_dsn(dsn: str) -> str:
+    """``dsn`` if it names a PostgreSQL database, else ``ValueError`` (one line, password hidden).
+
+    Accepted: a ``postgresql://`` or ``postgres://`` URL (libpq's two
+    schemes), or a libpq ``key=value`` connection string (at least one pair).
+    Refused: anything else, the empty string included (libpq would connect
+    to whatever its defaults name: a surprise, not a choice).
+    """
+    if not isinstance(dsn, str):
+        raise ValueError(f"not a postgresql:// URL: {dsn!r}")
+    text = dsn.strip()
+    if re.match(r"postgres(?:ql)?://", text):  # libpq: lower case only
+        return dsn
+    if "://" not in text and _CONNINFO.fullmatch(text):
+        return dsn
+    raise ValueError(
+        f"not a postgresql:// URL: {redact(dsn)!r} (give postgresql://USER:PASSWORD@HOST/DB, "
+        "postgres://..., or a libpq key=value string such as 'host=db dbname=pblink')")
 
 
 def redact(dsn: str) -> str:
@@ -91,20 +138,29 @@ class PgStore:
     """Per-conn_id link state in PostgreSQL, leased by one process at a time.
 
     Args:
-        dsn: a libpq connection string or ``postgresql://`` URL.
+        dsn: a ``postgresql://`` (or ``postgres://``) URL or a libpq
+            ``key=value`` connection string (:func:`check_dsn`).
         root: the topic root: conn_ids of different roots are different rows
             and different leases.
         owner: written beside each entry (the server's client id), for people
             reading the table; ownership itself is the advisory lock.
         poll_ms: how often conn_ids waiting for a lease are tried, at least
             10. Default 250.
+        on_lost: called once, with the :class:`StateDbError`, when the
+            session is lost (see the module docstring). Default ``None``.
+
+    Raises:
+        ValueError: ``dsn`` is not a PostgreSQL URL or connection string
+            (:func:`check_dsn`), ``poll_ms`` is under 10.
 
     The interface mirrors :class:`server_apps.state.StateStore` where it can
     (``path`` names the store in messages, ``writes`` counts commits), with
     async methods: :meth:`open`, :meth:`claim`, :meth:`write`, :meth:`close`.
     """
 
-    def __init__(self, dsn: str, *, root: str, owner: str, poll_ms: int = 250) -> None:
+    def __init__(self, dsn: str, *, root: str, owner: str, poll_ms: int = 250,
+                 on_lost: Callable[[StateDbError], None] | None = None) -> None:
+        check_dsn(dsn)
         if poll_ms < 10:
             raise ValueError(f"poll_ms={poll_ms} is too small (at least 10)")
         self.dsn = dsn
@@ -123,6 +179,7 @@ class PgStore:
         self._lock = asyncio.Lock()
         self._claimer: asyncio.Task[None] | None = None
         self._lost: str | None = None
+        self.on_lost = on_lost
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -148,9 +205,22 @@ class PgStore:
             async with self._conn.transaction():
                 await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 await self._conn.execute(SCHEMA)
+                cur = await self._conn.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                    (TABLE,))
+                columns = dict(await cur.fetchall())
         except psycopg.Error as exc:
             await self.close()
             raise StateDbError(f"state database {self.path}: {_one_line(exc)}") from exc
+        wrong = sorted(f"{name} {columns.get(name, 'missing')} (not {kind})"
+                       for name, kind in COLUMNS.items() if columns.get(name) != kind)
+        if wrong:
+            await self.close()
+            raise StateDbError(
+                f"state database {self.path}: table {TABLE} is not pblink's shape: "
+                f"{', '.join(wrong)}; rename or drop it (pblink creates it as in "
+                "server_apps/store_pg.py SCHEMA), or use another database")
         self._claimer = asyncio.create_task(self._claim_loop(), name="pblink-pg-claim")
         log.info("state database %s: connected as owner %s", self.path, self.owner)
 
@@ -208,17 +278,33 @@ class PgStore:
             if not self._waiters[conn_id]:
                 del self._waiters[conn_id]
 
+    def is_waiting(self, conn_id: str) -> bool:
+        """A :meth:`claim` of ``conn_id`` waits for its lease (another process holds it)."""
+        fut = self._wanted.get(conn_id)
+        return fut is not None and not fut.done()
+
+    def waiting_count(self) -> int:
+        """How many conn_ids :meth:`claim` waits for."""
+        return sum(1 for fut in self._wanted.values() if not fut.done())
+
     async def _claim_loop(self) -> None:
+        idle = 0.0  # seconds since the session was last used by this loop
         while True:
             wanted = [cid for cid, fut in self._wanted.items() if not fut.done()]
-            if wanted:
-                try:
+            try:
+                if wanted:
                     async with self._lock:
                         await self._try_claim(wanted)
-                except Exception as exc:
-                    self._session_lost(exc)
-                    return
+                    idle = 0.0
+                elif idle >= LIVENESS_S:  # notice a lost session with nothing else to do
+                    async with self._lock:
+                        await self._conn.execute("SELECT 1")
+                    idle = 0.0
+            except Exception as exc:
+                self._session_lost(exc)
+                return
             await asyncio.sleep(self.poll_s)
+            idle += self.poll_s
 
     async def _try_claim(self, wanted: list[str]) -> None:
         conn = self._conn
@@ -245,13 +331,16 @@ class PgStore:
                 "WHERE root = %s AND conn_id = ANY(%s)", (self.owner, self.root, with_tx))
         for cid in got:
             fut = self._wanted.pop(cid, None)
-            entry = rows.get(cid)
+            entry = rows.get(cid)  # JSON null is a damaged entry, not a missing row
             try:
-                state = ConnState() if entry is None else ConnState.from_json(entry)
+                state = ConnState.from_json(entry) if cid in rows else ConnState()
             except ValueError as exc:
                 err = StateFileError(
-                    f"state database {self.path}, conn_id {cid!r}: {exc}; delete its row "
-                    "to start afresh (acknowledged but unread lines in it would be lost)")
+                    f"state database {self.path}, root {self.root!r}, conn_id {cid!r}: "
+                    f"stored entry {_excerpt(entry)}: {exc}; this library did not write it: "
+                    f"delete its row (DELETE FROM {TABLE} WHERE root = '{self.root}' AND "
+                    f"conn_id = '{cid}') to start afresh (acknowledged but unread lines in it "
+                    "are then lost)")
                 await self._unlock(cid)
                 if fut is not None and not fut.done():
                     fut.set_exception(err)
@@ -259,7 +348,7 @@ class PgStore:
             if fut is None or fut.done():  # nobody waits any more
                 await self._unlock(cid)
                 continue
-            if entry is not None:
+            if isinstance(entry, dict):
                 stored = {k: v for k, v in entry.items() if k != "tx"}
                 self._written[cid] = json.dumps(stored, sort_keys=True, separators=(",", ":"),
                                                 ensure_ascii=False)
@@ -279,16 +368,19 @@ class PgStore:
         self._written.pop(conn_id, None)
 
     def _session_lost(self, exc: BaseException) -> None:
+        first = self._lost is None
         if self._lost is None:
             self._lost = (
                 f"lost the session with state database {self.path} ({_one_line(exc)}): its "
-                "leases are gone, so this process acknowledges nothing more; restart it"
+                "leases are gone, so this process acknowledges nothing more; restart it "
+                "(the other processes take its conn_ids over)"
             )
-            log.error("%s", self._lost)
         for fut in self._wanted.values():
             if not fut.done():
                 fut.set_exception(StateDbError(self._lost))
         self._wanted.clear()
+        if first and self.on_lost is not None:
+            self.on_lost(StateDbError(self._lost))
 
     # -- commits ---------------------------------------------------------------
 
@@ -323,6 +415,11 @@ class PgStore:
             for cid, text in rows:
                 self._written[cid] = text
         self.writes += 1
+
+
+def _excerpt(entry: Any) -> str:
+    text = json.dumps(entry, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _one_line(exc: BaseException) -> str:

@@ -70,6 +70,15 @@ BAD_ARGUMENTS = [
      "--timeout-ms: 5 is out of range: must be 200 to 3600000"),  # link_core/schema.py
     (["server", "--connect-timeout", "0"], "--connect-timeout: 0 is out of range"),
     (["server", "--app", "no_such_file.py:app"], "no such file no_such_file.py"),
+    # where the state goes: before anything connects (no broker runs on these ports)
+    (["server", "--port", "1", "--state-db", ""], "--state-db: not a postgresql:// URL: ''"),
+    (["server", "--port", "1", "--state-db", "mysql://x@y/z"],
+     "--state-db: not a postgresql:// URL: 'mysql://x@y/z'"),
+    (["server", "--port", "1", "--state-db", "notaurl"], "--state-db: not a postgresql:// URL"),
+    (["server", "--port", "1", "--state-db", "mysql://u:secret@y/z"], "mysql://u:***@y/z"),
+    (["server", "--port", "1", "--state-db", "postgresql://h/db", "--state-dir", "s"],
+     "give --state-dir (a state file) or --state-db (PostgreSQL), not both"),
+    (["server", "--port", "1", "--state-db", "host=h", "--state-dir", ""], "not both"),
     (["demo", "--seed", "x"], "--seed: 'x' is not an integer"),
     (["run", *RUN_APPS, "--seed", "1.5"], "--seed: '1.5' is not an integer"),
     (["demo", "--devices", "0"], "--devices: 0 is out of range: must be 1 to 9"),
@@ -114,6 +123,19 @@ BAD_ARGUMENTS = [
                          ids=[" ".join(a)[:60] for a, _ in BAD_ARGUMENTS])
 def test_bad_arguments(argv: list[str], message: str) -> None:
     assert_error(pblink(*argv), EXIT_USAGE, message)
+
+
+def test_state_db_refusals_hide_the_password() -> None:
+    proc = pblink("server", "--port", "1", "--state-db", "mysql://u:secret@y/z")
+    assert "secret" not in proc.stderr, proc.stderr
+
+
+def test_server_help_says_where_the_state_is_kept() -> None:
+    proc = pblink("server", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "<state-dir>/<client-id>.json, or with --state-db in a PostgreSQL table" in text
+    assert "not with --state-dir" in text
 
 
 def test_every_command_is_covered() -> None:

@@ -140,7 +140,12 @@ async def test_two_callers_of_one_claim_and_one_giving_up(pg: TempPostgres) -> N
         await b.close()
 
 
-async def test_a_damaged_entry_is_refused_naming_the_conn_id(pg: TempPostgres) -> None:
+@pytest.mark.parametrize("entry", [{"unread": ["a\nb"]}, {"rx": 5}, None, [], "x"],
+                         ids=["newline", "rx-5", "null", "list", "string"])
+async def test_a_damaged_entry_is_refused_naming_the_conn_id(
+    pg: TempPostgres, entry: object
+) -> None:
+    """JSON null too: a row whose entry is not an object is damage, not "no entry"."""
     import psycopg
 
     from server_apps.store_pg import TABLE, PgStore
@@ -150,11 +155,75 @@ async def test_a_damaged_entry_is_refused_naming_the_conn_id(pg: TempPostgres) -
     try:
         async with await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True) as c:
             await c.execute(f"INSERT INTO {TABLE} (root, conn_id, entry, owner) VALUES "
-                            "('bad', 'z', %s::jsonb, 'x')", (json.dumps({"unread": ["a\nb"]}),))
-        with pytest.raises(StateFileError, match="conn_id 'z'"):
+                            "('bad', 'z', %s::jsonb, 'x') ON CONFLICT (root, conn_id) DO "
+                            "UPDATE SET entry = EXCLUDED.entry", (json.dumps(entry),))
+        with pytest.raises(StateFileError) as info:
             await asyncio.wait_for(s.claim("z"), TEST_TIMEOUT)
+        text = str(info.value)
+        assert "state database postgresql://pblink@" in text and "conn_id 'z'" in text, text
+        assert f"DELETE FROM {TABLE} WHERE root = 'bad' AND conn_id = 'z'" in text, text
+        assert "\n" not in text
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://u:p@h:5432/db", "postgres://h/db", "postgresql:///db?host=/run/pg",
+    "host=h dbname=db", "host = h  port=5432 password='a b\\'c'", " dbname=x ",
+])
+def test_postgresql_urls_and_key_value_strings_are_accepted(dsn: str) -> None:
+    from server_apps.store_pg import check_dsn
+
+    assert check_dsn(dsn) == dsn
+
+
+@pytest.mark.parametrize("dsn", ["", "   ", "mysql://x@y/z", "notaurl", "host", "=x",
+                                 "host=h dbname", "http://h/db", "host='unterminated"])
+def test_other_state_db_values_are_refused_before_connecting(dsn: str) -> None:
+    from server_apps import LinkServer
+
+    with pytest.raises(ValueError, match="not a postgresql:// URL") as info:
+        LinkServer(state_db=dsn)
+    assert "\n" not in str(info.value)
+
+
+def test_a_refused_state_db_hides_its_password() -> None:
+    from server_apps.store_pg import check_dsn
+
+    with pytest.raises(ValueError) as info:
+        check_dsn("mysql://u:secret@h/db")
+    assert "secret" not in str(info.value) and "u:***@h" in str(info.value)
+
+
+async def test_a_key_value_connection_string_connects(pg: TempPostgres) -> None:
+    from server_apps.store_pg import PgStore
+
+    s = PgStore(f"host=127.0.0.1 port={pg.port} user=pblink dbname=postgres", root="kv",
+                owner="a", poll_ms=20)
+    await s.open()
+    try:
+        assert await asyncio.wait_for(s.claim("k"), TEST_TIMEOUT) == ConnState()
+    finally:
+        await s.close()
+
+
+async def test_a_table_of_another_shape_is_named_as_such(pg: TempPostgres) -> None:
+    import psycopg
+
+    from server_apps.store_pg import TABLE, PgStore, StateDbError
+
+    async with await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True) as c:
+        await c.execute("CREATE DATABASE othershape")
+    dsn = pg.dsn.rsplit("/", 1)[0] + "/othershape"
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+        await c.execute(f"CREATE TABLE {TABLE} (root text, conn_id text, entry json)")
+    s = PgStore(dsn, root="r", owner="a")
+    with pytest.raises(StateDbError) as info:
+        await s.open()
+    text = str(info.value)
+    assert f"table {TABLE} is not pblink's shape" in text, text
+    assert "entry json (not jsonb)" in text and "owner missing (not text)" in text, text
+    assert "lost the session" not in text and "restart" not in text
 
 
 async def test_an_unreachable_database_is_one_line_without_the_password() -> None:
@@ -227,6 +296,144 @@ async def test_a_clean_handover_between_two_servers_continues_both_directions(
             assert up == nl(lines("up", n))
             assert down == nl(lines("down", n))
             await conn.drain()
+
+
+async def terminate_sessions(pg: TempPostgres, owner: str) -> int:
+    """End the database sessions of the server ``owner`` (as a database restart would)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True) as c:
+        cur = await c.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE application_name = %s", (f"pblink {owner}",))
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_a_server_that_lost_its_database_session_closes_itself(
+    amqtt_broker: BrokerProcess, pg: TempPostgres
+) -> None:
+    from test_server_link import server_for
+
+    from server_apps import LinkClosedError, StateLostError
+
+    async with asyncio.timeout(3 * TEST_TIMEOUT), server_for(
+        amqtt_broker, client_id="srv-lost", root="lost", state_db=pg.dsn, lease_poll_ms=20
+    ) as server:
+        conn = await server.connection("l1")
+        reading = asyncio.create_task(conn.readline())
+        assert server.error is None
+        assert await terminate_sessions(pg, "srv-lost") == 1
+        error = await server.wait_error()  # noticed with no traffic at all (liveness query)
+        assert server.error is error and isinstance(error, LinkClosedError)
+        text = str(error)
+        assert "lost the session with state database postgresql://pblink@" in text, text
+        assert "state file" not in text
+        with pytest.raises(StateLostError):
+            await reading
+        with pytest.raises(StateLostError):
+            await conn.write("x")
+        with pytest.raises(StateLostError):
+            await server.connection("l2")
+        lines = [x async for x in conn]  # ends, as after close()
+        assert lines == []
+
+
+async def test_a_standby_does_not_warn_about_the_conn_ids_it_waits_for(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    from test_server_link import device_for, server_for, until
+
+    caplog.set_level("INFO", logger="pblink.server")
+    ids = ["s1", "s2", "s3"]
+    async with asyncio.timeout(3 * TEST_TIMEOUT), server_for(
+        amqtt_broker, client_id="srv-owner", root="standby", state_db=pg.dsn, lease_poll_ms=20
+    ) as owner, server_for(
+        amqtt_broker, client_id="srv-standby", root="standby", state_db=pg.dsn,
+        lease_poll_ms=20, identity_probe_s=0,
+    ) as standby:
+        for cid in ids:
+            await owner.connection(cid)
+        waits = [asyncio.create_task(standby.connection(cid)) for cid in ids]
+        try:
+            async with device_for(amqtt_broker, "s1", root="standby"), \
+                    device_for(amqtt_broker, "s2", root="standby"), \
+                    device_for(amqtt_broker, "other", root="standby"):
+                await until(lambda: "device other is online under" in caplog.text,
+                            "the warning about a conn_id nobody asked for")
+                await until(lambda: "waiting for the lease of 3 conn_id(s)" in caplog.text,
+                            "the standby's one line about the leases it waits for")
+            assert "device s1 is online under" not in caplog.text, caplog.text
+            assert "device s2 is online under" not in caplog.text, caplog.text
+            assert caplog.text.count("waiting for the lease of") == 1
+            assert not any(w.done() for w in waits)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+
+def pblink_server(broker: BrokerProcess, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "server_apps.s_app", "--host", broker.host, "--port",
+         str(broker.port), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+def error_lines(out: str) -> list[str]:
+    return [x for x in out.splitlines() if x.startswith("pblink server: error:")
+            or " ERROR " in x or " WARNING " in x or "Traceback" in x]
+
+
+@pytest.mark.parametrize("entry", [{"rx": 5}, None])
+def test_pblink_server_with_a_damaged_row_is_one_line_not_blaming_the_app(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, tmp_path: Path, entry: object
+) -> None:
+    import psycopg
+
+    from server_apps.store_pg import TABLE
+
+    with psycopg.connect(pg.dsn, autocommit=True) as c:
+        c.execute(f"INSERT INTO {TABLE} (root, conn_id, entry, owner) VALUES "
+                  "('dmg', 'd1', %s::jsonb, 'x') ON CONFLICT (root, conn_id) DO UPDATE "
+                  "SET entry = EXCLUDED.entry", (json.dumps(entry),))
+    proc = pblink_server(amqtt_broker, tmp_path, "--root", "dmg", "--ids", "d1", "--client-id",
+                         "srv-dmg", "--state-db", pg.dsn)
+    out, _ = proc.communicate(timeout=TEST_TIMEOUT)
+    assert proc.returncode == 1, out
+    errors = error_lines(out)
+    assert len(errors) == 1, out
+    assert errors[0].startswith("pblink server: error: state database postgresql://pblink@")
+    assert "conn_id 'd1'" in errors[0] and "DELETE FROM" in errors[0], out
+    assert "server application" not in out
+
+
+def test_pblink_server_that_lost_its_database_session_exits_with_one_line(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, tmp_path: Path
+) -> None:
+    proc = pblink_server(amqtt_broker, tmp_path, "--root", "gone", "--ids", "g1", "--client-id",
+                         "srv-gone", "--state-db", pg.dsn)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # until it serves
+            seen.append(line)
+            if "g1: serving" in line:
+                break
+        assert any("g1: serving" in x for x in seen), "".join(seen)
+        assert asyncio.run(terminate_sessions(pg, "srv-gone")) == 1
+        out, _ = proc.communicate(timeout=TEST_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(seen) + out
+    assert proc.returncode == 1, out
+    errors = error_lines(out)
+    assert len(errors) == 1, out
+    assert errors[0].startswith("pblink server: error: link server srv-gone closed: lost the "
+                                "session with state database postgresql://pblink@"), out
+    assert "state file" not in out and "server application" not in out, out
 
 
 # -- failover of two `pblink server` processes ----------------------------------------------
