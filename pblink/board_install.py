@@ -210,7 +210,7 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[
             raise UsageError(f"{name} is required (--{name.replace('_', '-')})")
     try:
         for name, value in values.items():
-            if name in settings.BY_NAME:
+            if name in SETTING_NAMES:
                 settings.check_setting(name, value)
         settings.check_login(values.get("mqtt_user"), values.get("mqtt_password"))
     except ValueError as exc:

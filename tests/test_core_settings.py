@@ -47,19 +47,78 @@ def error(name: str, value: Any) -> str:
 
 
 def test_table_is_well_formed() -> None:
-    assert len(raw.SETTINGS) % raw.COLUMNS == 0
-    assert raw.COLUMNS == len(settings.Setting._fields) - 1  # the help is in comments
-    assert len(set(settings.NAMES)) == len(settings.NAMES)
+    assert len(raw.SETTINGS) % raw.COLUMNS == 0, (
+        f"link_core/schema.py: {len(raw.SETTINGS)} cells is not a whole number of rows of "
+        f"{raw.COLUMNS} (a row lacks or has an extra cell)")
+    assert raw.COLUMNS == len(settings.Setting._fields) - 1, (
+        "schema.COLUMNS and pblink.settings.Setting disagree on the columns")
+    every = [s.name for s in settings.SETTINGS]
+    assert len(set(every)) == len(every), f"a name has two rows: {sorted(every)}"
     for index, s in enumerate(settings.SETTINGS):
-        assert s.type in TYPES, s
-        assert s.use == "link" if index < raw.CONFIG_ENTRIES else s.use in ("tuning", "board"), s
+        assert s.type in TYPES, f"{s.name}: type {s.type!r} is not one of {sorted(TYPES)}"
+        if index < raw.CONFIG_ENTRIES:
+            assert s.use == "link", (f"{s.name}: row {index} is a C message entry (rows 0 to "
+                                     f"{raw.CONFIG_ENTRIES - 1}) but its use is {s.use!r}")
+        else:
+            assert s.use in ("tuning", "bridge", "board"), (
+                f"{s.name}: row {index} after the C message entries has use {s.use!r}, not "
+                "'tuning', 'bridge' or 'board' (a C message entry goes before row "
+                f"{raw.CONFIG_ENTRIES}: see docs/ARCHITECTURE.md 'A new setting')")
         assert len(s.help) > 10, f"{s.name}: no #: help comment above its row"
         default = {} if s.type == "dict" and s.default is None else s.default
-        assert settings.check_setting(s.name, default) == default  # defaults obey their rows
+        try:
+            assert settings.check_setting(s.name, default) == default
+        except ValueError as e:
+            raise AssertionError(f"{s.name}: default {default!r} breaks its own row: {e}") from e
         if s.type == "int":
-            assert s.low <= s.default <= s.high
-    assert settings.BY_NAME["conn_id"].high == names.CONN_ID_MAX
-    assert settings.BY_NAME["topic_root"].high == names.ROOT_MAX
+            assert s.low <= s.default <= s.high, (
+                f"{s.name}: default {s.default} is outside low {s.low} .. high {s.high}")
+        if s.type == "dict" and s.low is not None:
+            assert s.low in {r.use for r in settings.SETTINGS}, (
+                f"{s.name}: its keys are the rows of use {s.low!r}, but no row has that use")
+    for k in range(0, len(raw.ORDERED), 2):
+        low, high = raw.ORDERED[k:k + 2]
+        assert low in settings.BY_NAME and high in settings.BY_NAME, (
+            f"schema.ORDERED pair ({low}, {high}) names a setting the table lacks")
+        assert settings.BY_NAME[low].default <= settings.BY_NAME[high].default, (
+            f"schema.ORDERED: the default of {high} is below the default of {low}")
+    assert settings.BY_NAME["conn_id"].high == names.CONN_ID_MAX, "conn_id: not names.CONN_ID_MAX"
+    assert settings.BY_NAME["topic_root"].high == names.ROOT_MAX, "topic_root: not names.ROOT_MAX"
+
+
+# (bridge_tuning, its one-line error): each key is checked by its "bridge" row
+BAD_BRIDGE = [
+    ({"keepalive_ms": "x"}, "keepalive_ms 'x' is not an int from 100 to 60000"),
+    ({"keepalive_ms": 99}, "keepalive_ms 99 is not an int from 100 to 60000"),
+    ({"mqtt_retries": True}, "mqtt_retries True is not an int from 0 to 10"),
+    ({"reconnect_min_ms": 5000, "reconnect_max_ms": 4000},
+     "reconnect_max_ms 4000 is below reconnect_min_ms 5000"),
+    ({"reconnect_min_ms": 40000}, "reconnect_max_ms 30000 is below reconnect_min_ms 40000"),
+]
+
+
+@pytest.mark.parametrize(("tuning", "message"), BAD_BRIDGE)
+def test_bridge_tuning_keys_are_rows_of_the_table(tuning: dict[str, Any], message: str) -> None:
+    """The same one-line text from check_setting, the C message and pblink install."""
+    assert error("bridge_tuning", tuning) == message
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        control.check_config(config_with("bridge_tuning", tuning))
+    with pytest.raises(CliError, match=f"^{re.escape(message)}$"):
+        board_install.validate_settings({"bridge_tuning": tuning}, complete=False)
+
+
+def test_bridge_tuning_refuses_an_unknown_key_and_fills_the_defaults() -> None:
+    message = error("bridge_tuning", {"shiny_new_key": 1})
+    assert message.startswith("bridge_tuning key 'shiny_new_key' is not one of keepalive_ms, ")
+    assert "\n" not in message
+    full = control.group("bridge", {"keepalive_ms": 500})
+    assert list(full) == list(settings.BRIDGE_KEYS)
+    assert full["keepalive_ms"] == 500 and full["mqtt_retries"] == settings.BY_NAME[
+        "mqtt_retries"].default
+    # the bridge keys are not names of pb_settings.py
+    assert "keepalive_ms" not in settings.NAMES and "keepalive_ms" in settings.BRIDGE_KEYS
+    with pytest.raises(Exception, match=r"keepalive_ms: pb_link/config\.py reads no such setting"):
+        board_install.parse_set_option("keepalive_ms=500", board_install.SETTING_NAMES)
 
 
 def test_lowest_timeout_is_twice_the_bridge_tick() -> None:
@@ -188,13 +247,10 @@ def test_a_bad_value_gets_the_same_error_on_the_boards(micropython_bin: str,
 
 def test_bench_settings_obey_the_table() -> None:
     """The bench's and the test kit's pb_settings: known names, valid values."""
-    bridge_settings = {}
-    exec(compile((ROOT / "esp_bridge/settings.py").read_text(), "settings.py", "exec"),
-         bridge_settings)
     for table in (BENCH_SETTINGS, TEST_SETTINGS, RUN_SETTINGS):
-        for name, value in table.items():
+        for name, value in table.items():  # bridge_tuning: each key by its row
+            assert name in settings.NAMES, f"{name}: not a name of pb_settings.py"
             assert settings.check_setting(name, value) == value
-        bridge_settings["parse"](table.get("bridge_tuning"))  # the bridge takes its keys
 
 
 def test_docs_table_is_the_tables() -> None:
