@@ -174,10 +174,18 @@ def test_a_bad_value_gets_one_error_on_the_host(name: str, value: Any) -> None:
         board_install.validate_settings({"conn_id": "a", "host": "h", name: value},
                                         complete=False)
     assert str(cli.value) == message
-    if name == "timeout_ms":  # the server application
+    if name in ("timeout_ms", "host", "port"):  # the server application
         with pytest.raises(ValueError) as server:
-            LinkServer(timeout_ms=value)
+            LinkServer(**{name: value})
         assert str(server.value) == message
+
+
+def test_server_applies_the_login_rule() -> None:
+    with pytest.raises(ValueError) as info:
+        control.check_login("", "pw")
+    with pytest.raises(ValueError) as server:
+        LinkServer(password="pw")
+    assert str(server.value) == str(info.value) and "mqtt_user is empty" in str(info.value)
 
 
 def test_timeout_option_has_the_tables_range() -> None:
@@ -185,8 +193,10 @@ def test_timeout_option_has_the_tables_range() -> None:
 
     low, high = settings.int_range("timeout_ms")
     assert LINK_TIMEOUT_MS(str(low)) == low and LINK_TIMEOUT_MS(str(high)) == high
-    for text in (str(low - 1), str(high + 1)):
-        with pytest.raises(argparse.ArgumentTypeError, match=f"must be {low} to {high}$"):
+    for text in (str(low - 1), str(high + 1), "fast"):
+        shown = text if text != "fast" else "'fast'"
+        with pytest.raises(argparse.ArgumentTypeError,
+                           match=f"^timeout_ms {shown} is not an int from {low} to {high}$"):
             LINK_TIMEOUT_MS(text)
 
 
