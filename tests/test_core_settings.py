@@ -321,3 +321,21 @@ def test_a_new_row_reaches_every_reader(micropython_bin: str, tmp_path: Path) ->
     board.mkdir()
     (board / "pb_settings.py").write_text("test_new_ms = 5\n")
     assert run_board(micropython_bin, tree, PYBOARD_CHECKS, board) == [{"test_new_ms": 5}, 7]
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("i2c_mode = 'foo'", "pb_settings.py: i2c_mode 'foo' is not one of target, pyb"),
+    ("verbose = 1", "pb_settings.py: verbose 1 is not a bool (True or False)"),
+    ("timeout_ms = 199", "pb_settings.py: timeout_ms 199 is not an int from 200 to 3600000"),
+    ("rx_queue = -1", "pb_settings.py: rx_queue -1 is not an int from 0 to 1024"),
+])
+def test_config_py_checks_a_hand_edited_pb_settings(micropython_bin: str, tmp_path: Path,
+                                                     line: str, message: str) -> None:
+    """Every value config.py reads, board-only ones too, is checked when it is read."""
+    tree = board_tree(tmp_path / "tree")
+    board = tmp_path / "board"
+    board.mkdir()
+    (board / "pb_settings.py").write_text(f"conn_id = 'b1'\n{line}\n")
+    code = ("import json\ntry:\n    from pb_link import config\n    out = 'accepted'\n"
+            "except ValueError as e:\n    out = str(e)\nprint('RESULT', json.dumps(out))\n")
+    assert run_board(micropython_bin, tree, code, board) == message
