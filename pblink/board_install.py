@@ -230,6 +230,28 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[
     return warnings
 
 
+def check_board_settings(existing: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The board's pb_settings.py (`existing`) before install rewrites it with `given` on top.
+
+    A value from the file that `given` does not replace must obey its row: UsageError
+    naming the file, e.g. ``pb_settings.py on the board: timeout_ms 199 is not an int from
+    200 to 3600000; fix it with --set timeout_ms=...``. Names the table does not know are
+    kept (an application's own settings); returns one warning naming them, or none.
+    """
+    for name, value in existing.items():
+        if name in SETTING_NAMES and name not in given:
+            try:
+                settings.check_setting(name, value)
+            except ValueError as exc:
+                raise UsageError(f"{SETTINGS_FILE} on the board: {exc}; fix it with --set "
+                                 f"{name}=...") from None
+    unknown = sorted(n for n in existing if n not in SETTING_NAMES)
+    if not unknown:
+        return []
+    return [f"{SETTINGS_FILE} on the board has names pb_link does not read, kept as they are "
+            f"(an application's own settings?): {', '.join(unknown)}"]
+
+
 def render_settings(values: dict[str, Any]) -> str:
     """The text of pb_settings.py: known names in the table's order, then the rest sorted."""
     lines = [

@@ -230,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
 
         values: dict[str, Any] | None = None
         if not args.keep_settings:
+            for warning in bi.check_board_settings(existing, given):
+                progress.warn(warning)
             values = dict(existing)  # an application's own names stay too
             values.update(given)
             _complete(values, given, interactive=not args.no_input and sys.stdin.isatty())
