@@ -282,7 +282,7 @@ def add_broker_options(parser: argparse.ArgumentParser, *, embedded: bool = Fals
     group.add_argument("--broker", type=host_port, metavar="HOST:PORT",
                        help="use this MQTT broker instead of starting the embedded one"
                        if embedded else "MQTT broker address, instead of --host and --port")
-    group.add_argument("--host", help="MQTT broker host" + (
+    group.add_argument("--host", type=setting("host"), help="MQTT broker host" + (
         "" if embedded else f" (default $PBLINK_HOST or {DEFAULT_HOST})"))
     group.add_argument("--port", type=BROKER_PORT,
                        help=f"MQTT broker port (default $PBLINK_PORT or {DEFAULT_PORT})")
@@ -328,6 +328,11 @@ class BrokerOptions:
                     port = PORT(env.get("PBLINK_PORT", str(DEFAULT_PORT)))
                 except argparse.ArgumentTypeError as exc:
                     raise UsageError(f"PBLINK_PORT: {exc}") from None
+        try:  # the devices' rules (link_core/schema.py), as LinkServer applies them
+            settings.check_setting("host", host)
+            settings.check_login(args.user, args.password)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if args.cafile is not None and not os.path.isfile(args.cafile):
             raise UsageError(f"CA file {args.cafile}: no such file")
         return cls(host, port, args.user, args.password, check_root(args.root),

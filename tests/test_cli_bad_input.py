@@ -87,6 +87,10 @@ BAD_ARGUMENTS = [
     (["broker", "--max-queued", "0"], "--max-queued: 0 is out of range"),
     (["install", "/dev/null", "--host", "mqtt://h"],  # the devices' rule, link_core/schema.py
      "--host: host 'mqtt://h' is not a host name or IP address"),
+    (["server", "--host", "mqtt://h"], "--host: host 'mqtt://h' is not a host name or IP"),
+    (["send", "1", "hi", "--broker", "h/x:1883"], "host 'h/x' is not a host name or IP"),
+    (["send", "1", "hi", "--host", "h", "--password", "pw"],
+     "mqtt_password is set but mqtt_user is empty"),
     (["server", "--timeout-ms", "fast"],
      "--timeout-ms: timeout_ms 'fast' is not an int from 200 to 3600000"),
     (["install", "/dev/null", "--broker-port", "0"],
