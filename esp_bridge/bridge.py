@@ -28,7 +28,6 @@ from link_core import control, liveness
 from link_core.names import MAX_MESSAGE, OFFLINE, ONLINE, Topics, client_id
 from mqtt import MQTTClient, MQTTError
 from responder import Responder
-import settings
 
 # Queue depths, in messages of up to 1,152 bytes (docs/FIRMWARE.md "Memory budget")
 _TX_QUEUE = const(4)  # link messages queued for the Pyboard
@@ -71,7 +70,7 @@ class Bridge:
         self.mq = MQTTClient("pblink", rx_slots=_MQ_SLOTS, max_inflight=_MQ_INFLIGHT)
         self.mq.on_block = self.resp.blocking  # the link goes on during a DNS lookup
         self.cfg = None
-        self.tun = settings.defaults()
+        self.tun = control.group("bridge", {})  # bridge_tuning: link_core/schema.py "bridge" rows
         self._gen = 0  # counts config changes
         self._net_gen = -1  # the config _net last applied
         self._syncs = -1  # link.syncs when the last 'C' came
@@ -125,16 +124,14 @@ class Bridge:
         try:
             full = control.decode_config(msg)  # 11 entries, 12 with tuning
             cfg = full[:_BRIDGE_TUNING]
-            tun, unknown = settings.parse(full[_BRIDGE_TUNING] if len(full) > _BRIDGE_TUNING
-                                          else None)
+            tun = control.group("bridge", full[_BRIDGE_TUNING] if len(full) > _BRIDGE_TUNING
+                                else {})
             topics = Topics(cfg[_TOPIC_ROOT], cfg[_CONN_ID])
         except (ValueError, TypeError) as e:
             self.diag("bad config: %s" % e)
             return
         self._syncs = self.resp.link.syncs
         self._told = -1  # tell U/D again
-        if unknown:
-            self.diag("unknown tuning keys ignored: %s" % ",".join(unknown))
         if cfg == self.cfg and tun == self.tun:
             return
         self.cfg = cfg

@@ -12,7 +12,6 @@ module("main.py")
 module("bridge.py")
 module("mqtt.py")
 module("responder.py")
-module("settings.py")
 module("wifi.py")
 
 # the shared sans-I/O core, as the package link_core

@@ -21,7 +21,7 @@ except ImportError:  # CPython
 
 
 from link_core.names import MAX_MESSAGE, _show, check_conn_id, check_root, utf8_valid
-from link_core.schema import COLUMNS, CONFIG_ENTRIES, SETTINGS
+from link_core.schema import COLUMNS, CONFIG_ENTRIES, ORDERED, SETTINGS
 
 # Pyboard -> ESP8266
 CONFIG = const(0x43)  # 'C' JSON config list, first message after every sync
@@ -30,7 +30,7 @@ QOS = const(0x71)  # 'q'
 UNRELIABLE = const(0x75)  # 'u'
 ACK = const(0x61)  # 'a'
 # ESP8266 -> Pyboard
-KEEPALIVE = const(0x4B)  # 'K' empty, every keepalive_ms (esp_bridge/settings.py)
+KEEPALIVE = const(0x4B)  # 'K' empty, every keepalive_ms (link_core/schema.py)
 SERVER_UP = const(0x55)  # 'U' empty, the server application is reachable
 SERVER_DOWN = const(0x44)  # 'D' server, broker or WiFi unreachable; optional UTF-8 reason
 REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free, mem_errors]
@@ -55,6 +55,7 @@ _COL_TYPE = const(1)  # columns of a row of link_core/schema.py (the name is col
 _COL_DEFAULT = const(2)
 _COL_LOW = const(3)
 _COL_HIGH = const(4)
+_COL_USE = const(5)
 
 
 def is_frame(msg):
@@ -175,6 +176,14 @@ def _check(k, v):
         for key in v:
             if not isinstance(key, str):
                 raise ValueError(name + " key " + _show(key) + " is not a str")
+            if lo is not None:  # the keys are the rows whose use is lo
+                r = _row(key)
+                if r < 0 or SETTINGS[r + _COL_USE] != lo:
+                    raise ValueError(name + " key " + _show(key) + " is not one of "
+                                     + ", ".join(_names(lo)))
+                _check(r, v[key])
+        if lo is not None:
+            _ordered(v)
         return v
     if not isinstance(v, str):  # "str" and "host"
         raise ValueError(name + " " + _show(v) + " is not a str")
@@ -200,17 +209,59 @@ def _check(k, v):
     return v
 
 
+def _row(name):
+    """The index of setting ``name``'s row in ``SETTINGS`` (its first cell), -1 if none."""
+    for k in range(0, len(SETTINGS), COLUMNS):
+        if SETTINGS[k] == name:
+            return k
+    return -1
+
+
+def _names(use):
+    return [SETTINGS[k] for k in range(0, len(SETTINGS), COLUMNS) if SETTINGS[k + _COL_USE] == use]
+
+
+def _ordered(values):
+    """The rules across rows (link_core.schema.ORDERED) over the dict ``values``; a row
+    it lacks counts with its default."""
+    for j in range(0, len(ORDERED), 2):
+        a = ORDERED[j]
+        b = ORDERED[j + 1]
+        if a in values or b in values:
+            va = values.get(a, SETTINGS[_row(a) + _COL_DEFAULT])
+            vb = values.get(b, SETTINGS[_row(b) + _COL_DEFAULT])
+            if vb < va:
+                raise ValueError(b + " " + _show(vb) + " is below " + a + " " + _show(va))
+
+
+def group(use, given):
+    """Every setting whose row's ``use`` is ``use`` (``"tuning"``, ``"bridge"``): a dict of
+    ``given[name]`` (checked, ``check_setting``) or the row's default.
+
+    Other keys of ``given`` are not looked at. ``ValueError`` with the row's one-line
+    text for a bad value, or for a rule across rows (``link_core.schema.ORDERED``)."""
+    t = {}
+    for k in range(0, len(SETTINGS), COLUMNS):
+        if SETTINGS[k + _COL_USE] == use:
+            name = SETTINGS[k]
+            t[name] = _check(k, given.get(name, SETTINGS[k + _COL_DEFAULT]))
+    _ordered(t)
+    return t
+
+
 def check_setting(name, value):
     """``value`` if it is a valid value of setting ``name`` (a row of link_core/schema.py).
 
     ``ValueError`` otherwise, with the one-line text every part shows for it
     (the boards, ``pblink install``, ``LinkServer``), e.g. ``timeout_ms 10 is
     not an int from 200 to 3600000``; also for a ``name`` the table lacks.
-    Rules per type: see ``link_core.schema``.
+    Rules per type: see ``link_core.schema``; a ``"dict"`` setting's keys
+    are checked by their own rows (``bridge_tuning``: ``keepalive_ms 5 is not an
+    int from 100 to 60000``, an unknown key, ``ORDERED``).
     """
-    for k in range(0, len(SETTINGS), COLUMNS):
-        if SETTINGS[k] == name:
-            return _check(k, value)
+    k = _row(name)
+    if k >= 0:
+        return _check(k, value)
     raise ValueError("no setting " + _show(name) + " (link_core/schema.py)")
 
 
@@ -232,7 +283,7 @@ def check_config(cfg):
     Missing entries up to ``tls`` get the table's defaults, but ``report_s``
     0 (PROTOCOL.md 2: an Initiator that omits it asks for no reports): the
     result has 11 entries, or 12 when ``bridge_tuning`` was given (a dict
-    with str keys; its keys and values are the bridge's business). Each entry
+    whose keys are the schema's "bridge" rows, each optional). Each entry
     obeys its row (``check_setting``) and ``check_login(mqtt_user,
     mqtt_password)``. ``ValueError`` naming the field otherwise.
     """

@@ -16,18 +16,22 @@ them; ``pblink.settings`` reads them from this file).
   row's ``None`` stands for ``{}`` (a dict is not a constant, see below).
 - ``low``, ``high``: ``"int"``: the lowest and highest value; ``"str"``,
   ``"host"``, ``"id"``, ``"root"``: the length in UTF-8 bytes; ``"choice"``:
-  ``low`` is the tuple of allowed values; otherwise ``None``.
+  ``low`` is the tuple of allowed values; ``"dict"``: ``low`` is the ``use``
+  of the rows that are its keys (``"bridge"``), each key optional, checked by
+  its row; otherwise ``None``.
 - ``use``: ``"link"``: an entry of the ``C`` config message (PROTOCOL.md 2), at
   the index that is the row's number (rows 0 to 11, ``CONFIG_ENTRIES``);
   ``"tuning"``: a Pyboard timing, a key of ``config[10]`` (``AppBase``, the
-  demo); ``"board"``: read by ``config.py`` itself.
+  demo); ``"bridge"``: a key of ``bridge_tuning``, the bridge's timings (not a
+  name of ``pb_settings.py`` itself); ``"board"``: read by ``config.py`` itself.
 
 Row ``i`` starts at ``SETTINGS[i * COLUMNS]``. The rules are checked by
 ``link_core.control.check_setting(name, value)`` and ``check_config(list)``:
 one error text for a bad value, on the boards, in ``pblink install`` and in
 ``LinkServer``. The device code names the ``C`` message indices with its own
 ``const`` (``_TIMEOUT_MS = const(3)``): a test holds every such name to this
-table's order.
+table's order. ``ORDERED`` holds the rules across rows (a range that depends
+on another row's value).
 
 Pure data for MicroPython and CPython, and as small as it can be: one
 constant tuple (frozen into the ESP8266's flash it takes no RAM; loaded from
@@ -48,6 +52,9 @@ except ImportError:  # CPython
 COLUMNS = const(6)  # name, type, default, low, high, use
 CONFIG_ENTRIES = const(12)  # rows 0..11: the C message's entries, in its order
 _MS = const(3600000)  # an hour: the longest timing any row allows
+# Rules across rows, in pairs (lower, higher): within one dict setting (or one
+# group, control.group), the value of the higher row must not be below the lower's.
+ORDERED = ("reconnect_min_ms", "reconnect_max_ms")
 
 SETTINGS = (
     # -- the C config message (PROTOCOL.md 2), in its order ----------------------
@@ -78,9 +85,9 @@ SETTINGS = (
     "topic_root", "root", "pblink", 1, 128, "link",
     #: connect to the broker with TLS
     "tls", "bool", False, None, None, "link",
-    #: the bridge's timings, the C message's 12th entry (keys in esp_bridge/settings.py, e.g.
-    #: keepalive_ms); carried in config[10]
-    "bridge_tuning", "dict", None, None, None, "link",
+    #: the bridge's timings, the C message's 12th entry: the "bridge" rows below are its keys,
+    #: each optional; carried in config[10]
+    "bridge_tuning", "dict", None, "bridge", None, "link",
     # -- Pyboard timings: keys of config[10] ------------------------------------
     #: wait after the reset pulse before the first SYNC poll
     "boot_wait_ms", "int", 1000, 0, _MS, "tuning",
@@ -100,6 +107,23 @@ SETTINGS = (
     "rx_queue", "int", 8, 0, 1024, "tuning",
     #: the demo's write period (pb_link.demo)
     "demo_period_ms", "int", 5000, 10, _MS, "tuning",
+    # -- the bridge's timings: keys of bridge_tuning (esp_bridge/bridge.py) ----
+    #: 'K' keepalive to the Pyboard every this often (keep it well under keepalive_timeout_ms)
+    "keepalive_ms", "int", 1000, 100, 60000, "bridge",
+    #: how long one WiFi attempt (stored network, then the config's) may take
+    "wifi_connect_ms", "int", 10000, 500, 120000, "bridge",
+    #: WiFi up this long before the broker is tried
+    "wifi_stable_ms", "int", 3000, 0, 60000, "bridge",
+    #: first retry delay (WiFi, broker); at most reconnect_max_ms
+    "reconnect_min_ms", "int", 1000, 50, 600000, "bridge",
+    #: the retry delay doubles up to this; at least reconnect_min_ms
+    "reconnect_max_ms", "int", 30000, 50, _MS, "bridge",
+    #: MQTT keepalive in seconds; 0: no PINGREQ
+    "mqtt_keepalive_s", "int", 60, 0, 65535, "bridge",
+    #: wait for CONNACK, SUBACK, PUBACK, PINGRESP, or a stuck write
+    "mqtt_response_ms", "int", 10000, 100, 120000, "bridge",
+    #: DUP resends of a QoS 1 publish on one connection before it is dropped
+    "mqtt_retries", "int", 2, 0, 10, "bridge",
     # -- read by config.py itself -------------------------------------------------
     #: the demo's verbose argument (pb_link's debug output)
     "verbose", "bool", False, None, None, "board",

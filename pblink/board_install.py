@@ -210,7 +210,7 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[
             raise UsageError(f"{name} is required (--{name.replace('_', '-')})")
     try:
         for name, value in values.items():
-            if name in settings.BY_NAME:
+            if name in SETTING_NAMES:
                 settings.check_setting(name, value)
         settings.check_login(values.get("mqtt_user"), values.get("mqtt_password"))
     except ValueError as exc:
@@ -228,6 +228,28 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[
         warnings.append("tls is on but the broker port is 1883, usually the plain-text port "
                         "(8883 is the usual TLS port)")
     return warnings
+
+
+def check_board_settings(existing: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The board's pb_settings.py (`existing`) before install rewrites it with `given` on top.
+
+    A value from the file that `given` does not replace must obey its row: UsageError
+    naming the file, e.g. ``pb_settings.py on the board: timeout_ms 199 is not an int from
+    200 to 3600000; fix it with --set timeout_ms=...``. Names the table does not know are
+    kept (an application's own settings); returns one warning naming them, or none.
+    """
+    for name, value in existing.items():
+        if name in SETTING_NAMES and name not in given:
+            try:
+                settings.check_setting(name, value)
+            except ValueError as exc:
+                raise UsageError(f"{SETTINGS_FILE} on the board: {exc}; fix it with --set "
+                                 f"{name}=...") from None
+    unknown = sorted(n for n in existing if n not in SETTING_NAMES)
+    if not unknown:
+        return []
+    return [f"{SETTINGS_FILE} on the board has names pb_link does not read, kept as they are "
+            f"(an application's own settings?): {', '.join(unknown)}"]
 
 
 def render_settings(values: dict[str, Any]) -> str:

@@ -8,13 +8,13 @@ import sys
 from typing import Any
 
 from pblink.common import (
+    BROKER_PORT,
     LINK_TIMEOUT_MS,
-    PORT,
     SECONDS,
     CliError,
     UsageError,
     add_command,
-    number,
+    setting,
 )
 from pblink.settings import BY_NAME, int_range
 
@@ -79,8 +79,9 @@ def register(subparsers: Any) -> None:
 
     s = p.add_argument_group("settings written to pb_settings.py")
     s.add_argument("--conn-id", help="connection ID of this board (1-64 of A-Z a-z 0-9 _ -)")
-    s.add_argument("--host", help="MQTT broker host, as the ESP8266 reaches it")
-    s.add_argument("--broker-port", type=PORT, dest="broker_port", metavar="N",
+    s.add_argument("--host", type=setting("host"),
+                   help="MQTT broker host, as the ESP8266 reaches it")
+    s.add_argument("--broker-port", type=BROKER_PORT, dest="broker_port", metavar="N",
                    help="MQTT broker port (default in config.py: 1883; 8883 is set with --tls)")
     tls = s.add_mutually_exclusive_group()
     tls.add_argument("--tls", dest="tls", action="store_const", const=True,
@@ -100,7 +101,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, metavar="MS",
                    help=f"the link's timeout in ms, the same as the server application's "
                         f"({_limits('timeout_ms')})")
-    s.add_argument("--report-s", type=number(int, *int_range("report_s")), metavar="S",
+    s.add_argument("--report-s", type=setting("report_s"), metavar="S",
                    help=f"ESP8266 reports every S seconds, 0: never ({_limits('report_s')})")
     s.add_argument("--i2c-mode", choices=BY_NAME["i2c_mode"].low,
                    help="target: machine.I2CTarget (default); pyb: blocking pyb.I2C slave, for "
@@ -229,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
 
         values: dict[str, Any] | None = None
         if not args.keep_settings:
+            for warning in bi.check_board_settings(existing, given):
+                progress.warn(warning)
             values = dict(existing)  # an application's own names stay too
             values.update(given)
             _complete(values, given, interactive=not args.no_input and sys.stdin.isatty())

@@ -146,12 +146,37 @@ def number(kind: type[int] | type[float], low: float | None = None, high: float 
     return parse
 
 
+def setting(name: str) -> Callable[[str], Any]:
+    """An argparse type for an option that carries device setting `name` (a row of
+    link_core/schema.py): an int row takes an integer; the value must obey the row, and a
+    bad one gets the row's one-line text (`link_core.control.check_setting`, as on the
+    boards, in `pblink install` and `LinkServer`), e.g. ``argument --timeout-ms:
+    timeout_ms 5 is not an int from 200 to 3600000`` (exit 2)."""
+    row = settings.BY_NAME[name]
+
+    def parse(text: str) -> Any:
+        value: Any = text
+        if row.type == "int":
+            try:
+                value = int(text)
+            except ValueError:
+                pass  # the row's text names the setting and its range
+        try:
+            return settings.check_setting(name, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
 PORT = number(int, 1, 65535)
+BROKER_PORT = setting("port")  # an MQTT broker's port, the devices' setting "port"
 SECONDS = number(float, above=0)  # a duration or timeout: > 0
 COUNT = number(int, 1)  # how many of something: >= 1
 MILLISECONDS = number(int, 1)
 # a link's timeout_ms: the range of link_core/schema.py, as LinkServer and the boards check it
-LINK_TIMEOUT_MS = number(int, *settings.int_range("timeout_ms"))
+LINK_TIMEOUT_MS = setting("timeout_ms")
 
 
 def _address(text: str, port_type: Callable[[str], int]) -> tuple[str, int]:
@@ -259,10 +284,10 @@ def add_broker_options(parser: argparse.ArgumentParser, *, embedded: bool = Fals
     group.add_argument("--broker", type=host_port, metavar="HOST:PORT",
                        help="use this MQTT broker instead of starting the embedded one"
                        if embedded else "MQTT broker address, instead of --host and --port")
-    group.add_argument("--host", help="MQTT broker host" + (
+    group.add_argument("--host", type=setting("host"), help="MQTT broker host" + (
         "" if embedded else f" (default $PBLINK_HOST or {DEFAULT_HOST})"))
-    group.add_argument("--port", type=PORT, help=f"MQTT broker port (default $PBLINK_PORT or "
-                       f"{DEFAULT_PORT})")
+    group.add_argument("--port", type=BROKER_PORT,
+                       help=f"MQTT broker port (default $PBLINK_PORT or {DEFAULT_PORT})")
     group.add_argument("--user", default=os.environ.get("PBLINK_USER"),
                        help=user_help or "MQTT user name (default $PBLINK_USER; none: anonymous)")
     group.add_argument("--password", default=os.environ.get("PBLINK_PASSWORD"),
@@ -305,6 +330,11 @@ class BrokerOptions:
                     port = PORT(env.get("PBLINK_PORT", str(DEFAULT_PORT)))
                 except argparse.ArgumentTypeError as exc:
                     raise UsageError(f"PBLINK_PORT: {exc}") from None
+        try:  # the devices' rules (link_core/schema.py), as LinkServer applies them
+            settings.check_setting("host", host)
+            settings.check_login(args.user, args.password)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if args.cafile is not None and not os.path.isfile(args.cafile):
             raise UsageError(f"CA file {args.cafile}: no such file")
         return cls(host, port, args.user, args.password, check_root(args.root),

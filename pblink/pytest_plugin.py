@@ -2,7 +2,9 @@
 
 Registered through the ``pytest11`` entry point of the pblink-mqtt package,
 so installing the package is enough. Needs pytest-asyncio (the fixtures are
-async). Fixtures:
+async): without it every pytest run in that environment stops with one line,
+``ERROR: pblink's pytest plugin needs pytest-asyncio: pip install
+'pblink-mqtt[pytest]'`` (exit 4, pytest's usage error). Fixtures:
 
 ``pblink_bench``
     An `pblink.testing.AppBench`, started, with the apps named by the test's
@@ -27,7 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import pytest_asyncio
+
+try:
+    import pytest_asyncio
+except ImportError:  # one clear line (pytest prints "ERROR: ..." and exits 4), not a traceback
+    raise pytest.UsageError(
+        "pblink's pytest plugin needs pytest-asyncio: pip install 'pblink-mqtt[pytest]'"
+    ) from None
 
 if TYPE_CHECKING:  # imported by the fixtures: a test run that uses none stays light
     from pblink.testing import AppBench

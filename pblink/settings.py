@@ -25,9 +25,10 @@ class Setting(NamedTuple):
     name: str
     type: str  # int, str, bool, dict, host, id, root, choice
     default: Any  # a dict row's None stands for {}
-    low: Any  # int: lowest value; str, host, id, root: fewest UTF-8 bytes; choice: the values
+    low: Any  # int: lowest value; str, host, id, root: fewest UTF-8 bytes; choice: the values;
+    # dict: the use of the rows that are its keys ("bridge"), None for free keys
     high: Any  # int: highest value; str, host, id, root: most UTF-8 bytes
-    use: str  # link (an entry of the C message), tuning (config[10]) or board (config.py)
+    use: str  # link (a C message entry), tuning (config[10]), bridge (a bridge_tuning key), board
     help: str  # the row's "#:" comment lines in link_core/schema.py, joined
 
 
@@ -63,8 +64,11 @@ def _rows() -> tuple[Setting, ...]:
 
 
 SETTINGS: tuple[Setting, ...] = _rows()
-NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
-BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# The names of pb_settings.py (config.py reads them), in the table's order: not the "bridge"
+# rows, which are keys of bridge_tuning
+NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.use != "bridge")
+BRIDGE_KEYS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.use == "bridge")
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}  # every row, bridge keys too
 CONFIG_ENTRIES: int = int(_schema.CONFIG_ENTRIES)  # SETTINGS[:CONFIG_ENTRIES]: the C message
 
 
@@ -98,15 +102,17 @@ def shown_range(s: Setting) -> str:
     if s.type == "bool":
         return "`True`, `False`"
     if s.type == "dict":
-        return "str keys"
+        return f"the `{s.low}` rows as keys" if s.low else "str keys"
     return f"{s.low} to {s.high} bytes"
 
 
-_READ_BY = {"link": "`C` entry {index}", "tuning": "`config[10]`", "board": "`config.py`"}
+_READ_BY = {"link": "`C` entry {index}", "tuning": "`config[10]`",
+            "bridge": "`bridge_tuning` key", "board": "`config.py`"}
 
 
 def markdown_table() -> str:
-    """The settings table of docs/PYBOARD.md, one line a row of link_core/schema.py."""
+    """The settings table of docs/PYBOARD.md, one line a row of link_core/schema.py
+    (use "bridge": a key of bridge_tuning, `bridge` in the "carried in" column)."""
     lines = ["| name | type | default | range | carried in | meaning |",
              "|---|---|---|---|---|---|"]
     for index, s in enumerate(SETTINGS):

@@ -190,7 +190,8 @@ class LinkServer:
     docstring for the guarantees (delivery, liveness, durable state).
 
     Args:
-        host: the MQTT broker's host name or address. Default ``"localhost"``.
+        host: the MQTT broker's host name or IP address (no scheme, port or path: the
+            devices' rule). Default ``"localhost"``.
         port: the broker's TCP port, 1 to 65535. Default 1883 (use 8883 with ``tls``).
         root: the topic root, 1 to 128 characters: levels of ``A-Z a-z 0-9 _ -``
             separated by single ``/`` (PROTOCOL.md 4.1). The devices' topics are
@@ -240,8 +241,10 @@ class LinkServer:
             is replaced by it). Default: a hint naming ``LinkServer.connection()``.
 
     Raises:
-        ValueError: an invalid ``root``, a ``port`` outside 1 to 65535 (or not
-            an int), a ``timeout_ms`` the devices refuse (the same message),
+        ValueError: an invalid ``root``; a ``host`` (no scheme, port or path), a
+            ``port`` outside 1 to 65535 (or not an int), a ``timeout_ms``, or a
+            ``password`` without ``username`` that the devices refuse, with their
+            one-line message (``link_core.control.check_setting``, ``check_login``);
             ``queue_size`` or ``window`` under 1, an unknown ``protocol``, both
             ``state_path`` and ``state_db``, a ``state_db`` that is not a
             PostgreSQL URL or connection string (the empty string included:
@@ -273,9 +276,9 @@ class LinkServer:
         serve_hint: str = "ask for it with LinkServer.connection()",
     ) -> None:
         names.check_root(root)
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise ValueError(f"port={port!r} is not a TCP port (1 to 65535)")
-        control.check_setting("timeout_ms", timeout_ms)  # the devices' rule, link_core/schema.py
+        for name, value in (("host", host), ("port", port), ("timeout_ms", timeout_ms)):
+            control.check_setting(name, value)  # the devices' rules, link_core/schema.py
+        control.check_login(username, password)
         if queue_size < 1 or window < 1:
             raise ValueError("queue_size and window must be at least 1")
         if protocol not in (MQTTv311, MQTTv5):

@@ -313,10 +313,11 @@ def test_frame_before_config_and_bad_config_answered_with_e(
         assert "no/slash" in line
     odd = config(amqtt_broker.port, tuning={"keepalive_ms": 500, "shiny_new_key": 1})
     with start_bridge(micropython_bin, tmp_path, odd) as p:
-        p.wait_for("PB E unknown tuning keys ignored: shiny_new_key")
+        assert "bridge_tuning key 'shiny_new_key' is not one of" in p.wait_for("PB E bad config")
     bad_t = config(amqtt_broker.port, tuning={"keepalive_ms": "fast"})
     with start_bridge(micropython_bin, tmp_path, bad_t) as p:
-        assert "keepalive_ms" in p.wait_for("PB E bad config")
+        assert p.wait_for("PB E bad config") == (
+            "PB E bad config: keepalive_ms 'fast' is not an int from 100 to 60000")
 
 
 def test_keepalive_and_reports_reach_the_pyboard(micropython_bin: str, tmp_path: Path,

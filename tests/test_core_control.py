@@ -45,8 +45,10 @@ def test_config_with_tuning():
     assert m.endswith(b'false,{"keepalive_ms":500,"mqtt_keepalive_s":30}]')  # sorted keys
     assert C.decode_config(m) == cfg
     assert C.decode_config(m)[11] == tuning
-    with pytest.raises(ValueError, match="flat dict"):
-        C.encode_config([*CFG, "", "", "pblink", False, {"a": [1]}])
+    with pytest.raises(ValueError, match=r"^keepalive_ms \[1\] is not an int from 100 to"):
+        C.encode_config([*CFG, "", "", "pblink", False, {"keepalive_ms": [1]}])
+    with pytest.raises(ValueError, match="flat dict"):  # the encoder's own rule
+        C.dump_list([{"a": [1]}])
 
 
 def test_config_json_is_cpython_compatible():

@@ -47,19 +47,78 @@ def error(name: str, value: Any) -> str:
 
 
 def test_table_is_well_formed() -> None:
-    assert len(raw.SETTINGS) % raw.COLUMNS == 0
-    assert raw.COLUMNS == len(settings.Setting._fields) - 1  # the help is in comments
-    assert len(set(settings.NAMES)) == len(settings.NAMES)
+    assert len(raw.SETTINGS) % raw.COLUMNS == 0, (
+        f"link_core/schema.py: {len(raw.SETTINGS)} cells is not a whole number of rows of "
+        f"{raw.COLUMNS} (a row lacks or has an extra cell)")
+    assert raw.COLUMNS == len(settings.Setting._fields) - 1, (
+        "schema.COLUMNS and pblink.settings.Setting disagree on the columns")
+    every = [s.name for s in settings.SETTINGS]
+    assert len(set(every)) == len(every), f"a name has two rows: {sorted(every)}"
     for index, s in enumerate(settings.SETTINGS):
-        assert s.type in TYPES, s
-        assert s.use == "link" if index < raw.CONFIG_ENTRIES else s.use in ("tuning", "board"), s
+        assert s.type in TYPES, f"{s.name}: type {s.type!r} is not one of {sorted(TYPES)}"
+        if index < raw.CONFIG_ENTRIES:
+            assert s.use == "link", (f"{s.name}: row {index} is a C message entry (rows 0 to "
+                                     f"{raw.CONFIG_ENTRIES - 1}) but its use is {s.use!r}")
+        else:
+            assert s.use in ("tuning", "bridge", "board"), (
+                f"{s.name}: row {index} after the C message entries has use {s.use!r}, not "
+                "'tuning', 'bridge' or 'board' (a C message entry goes before row "
+                f"{raw.CONFIG_ENTRIES}: see docs/ARCHITECTURE.md 'A new setting')")
         assert len(s.help) > 10, f"{s.name}: no #: help comment above its row"
         default = {} if s.type == "dict" and s.default is None else s.default
-        assert settings.check_setting(s.name, default) == default  # defaults obey their rows
+        try:
+            assert settings.check_setting(s.name, default) == default
+        except ValueError as e:
+            raise AssertionError(f"{s.name}: default {default!r} breaks its own row: {e}") from e
         if s.type == "int":
-            assert s.low <= s.default <= s.high
-    assert settings.BY_NAME["conn_id"].high == names.CONN_ID_MAX
-    assert settings.BY_NAME["topic_root"].high == names.ROOT_MAX
+            assert s.low <= s.default <= s.high, (
+                f"{s.name}: default {s.default} is outside low {s.low} .. high {s.high}")
+        if s.type == "dict" and s.low is not None:
+            assert s.low in {r.use for r in settings.SETTINGS}, (
+                f"{s.name}: its keys are the rows of use {s.low!r}, but no row has that use")
+    for k in range(0, len(raw.ORDERED), 2):
+        low, high = raw.ORDERED[k:k + 2]
+        assert low in settings.BY_NAME and high in settings.BY_NAME, (
+            f"schema.ORDERED pair ({low}, {high}) names a setting the table lacks")
+        assert settings.BY_NAME[low].default <= settings.BY_NAME[high].default, (
+            f"schema.ORDERED: the default of {high} is below the default of {low}")
+    assert settings.BY_NAME["conn_id"].high == names.CONN_ID_MAX, "conn_id: not names.CONN_ID_MAX"
+    assert settings.BY_NAME["topic_root"].high == names.ROOT_MAX, "topic_root: not names.ROOT_MAX"
+
+
+# (bridge_tuning, its one-line error): each key is checked by its "bridge" row
+BAD_BRIDGE = [
+    ({"keepalive_ms": "x"}, "keepalive_ms 'x' is not an int from 100 to 60000"),
+    ({"keepalive_ms": 99}, "keepalive_ms 99 is not an int from 100 to 60000"),
+    ({"mqtt_retries": True}, "mqtt_retries True is not an int from 0 to 10"),
+    ({"reconnect_min_ms": 5000, "reconnect_max_ms": 4000},
+     "reconnect_max_ms 4000 is below reconnect_min_ms 5000"),
+    ({"reconnect_min_ms": 40000}, "reconnect_max_ms 30000 is below reconnect_min_ms 40000"),
+]
+
+
+@pytest.mark.parametrize(("tuning", "message"), BAD_BRIDGE)
+def test_bridge_tuning_keys_are_rows_of_the_table(tuning: dict[str, Any], message: str) -> None:
+    """The same one-line text from check_setting, the C message and pblink install."""
+    assert error("bridge_tuning", tuning) == message
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        control.check_config(config_with("bridge_tuning", tuning))
+    with pytest.raises(CliError, match=f"^{re.escape(message)}$"):
+        board_install.validate_settings({"bridge_tuning": tuning}, complete=False)
+
+
+def test_bridge_tuning_refuses_an_unknown_key_and_fills_the_defaults() -> None:
+    message = error("bridge_tuning", {"shiny_new_key": 1})
+    assert message.startswith("bridge_tuning key 'shiny_new_key' is not one of keepalive_ms, ")
+    assert "\n" not in message
+    full = control.group("bridge", {"keepalive_ms": 500})
+    assert list(full) == list(settings.BRIDGE_KEYS)
+    assert full["keepalive_ms"] == 500 and full["mqtt_retries"] == settings.BY_NAME[
+        "mqtt_retries"].default
+    # the bridge keys are not names of pb_settings.py
+    assert "keepalive_ms" not in settings.NAMES and "keepalive_ms" in settings.BRIDGE_KEYS
+    with pytest.raises(Exception, match=r"keepalive_ms: pb_link/config\.py reads no such setting"):
+        board_install.parse_set_option("keepalive_ms=500", board_install.SETTING_NAMES)
 
 
 def test_lowest_timeout_is_twice_the_bridge_tick() -> None:
@@ -115,10 +174,18 @@ def test_a_bad_value_gets_one_error_on_the_host(name: str, value: Any) -> None:
         board_install.validate_settings({"conn_id": "a", "host": "h", name: value},
                                         complete=False)
     assert str(cli.value) == message
-    if name == "timeout_ms":  # the server application
+    if name in ("timeout_ms", "host", "port"):  # the server application
         with pytest.raises(ValueError) as server:
-            LinkServer(timeout_ms=value)
+            LinkServer(**{name: value})
         assert str(server.value) == message
+
+
+def test_server_applies_the_login_rule() -> None:
+    with pytest.raises(ValueError) as info:
+        control.check_login("", "pw")
+    with pytest.raises(ValueError) as server:
+        LinkServer(password="pw")
+    assert str(server.value) == str(info.value) and "mqtt_user is empty" in str(info.value)
 
 
 def test_timeout_option_has_the_tables_range() -> None:
@@ -126,8 +193,10 @@ def test_timeout_option_has_the_tables_range() -> None:
 
     low, high = settings.int_range("timeout_ms")
     assert LINK_TIMEOUT_MS(str(low)) == low and LINK_TIMEOUT_MS(str(high)) == high
-    for text in (str(low - 1), str(high + 1)):
-        with pytest.raises(argparse.ArgumentTypeError, match=f"must be {low} to {high}$"):
+    for text in (str(low - 1), str(high + 1), "fast"):
+        shown = text if text != "fast" else "'fast'"
+        with pytest.raises(argparse.ArgumentTypeError,
+                           match=f"^timeout_ms {shown} is not an int from {low} to {high}$"):
             LINK_TIMEOUT_MS(text)
 
 
@@ -188,13 +257,10 @@ def test_a_bad_value_gets_the_same_error_on_the_boards(micropython_bin: str,
 
 def test_bench_settings_obey_the_table() -> None:
     """The bench's and the test kit's pb_settings: known names, valid values."""
-    bridge_settings = {}
-    exec(compile((ROOT / "esp_bridge/settings.py").read_text(), "settings.py", "exec"),
-         bridge_settings)
     for table in (BENCH_SETTINGS, TEST_SETTINGS, RUN_SETTINGS):
-        for name, value in table.items():
+        for name, value in table.items():  # bridge_tuning: each key by its row
+            assert name in settings.NAMES, f"{name}: not a name of pb_settings.py"
             assert settings.check_setting(name, value) == value
-        bridge_settings["parse"](table.get("bridge_tuning"))  # the bridge takes its keys
 
 
 def test_docs_table_is_the_tables() -> None:
@@ -255,3 +321,21 @@ def test_a_new_row_reaches_every_reader(micropython_bin: str, tmp_path: Path) ->
     board.mkdir()
     (board / "pb_settings.py").write_text("test_new_ms = 5\n")
     assert run_board(micropython_bin, tree, PYBOARD_CHECKS, board) == [{"test_new_ms": 5}, 7]
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("i2c_mode = 'foo'", "pb_settings.py: i2c_mode 'foo' is not one of target, pyb"),
+    ("verbose = 1", "pb_settings.py: verbose 1 is not a bool (True or False)"),
+    ("timeout_ms = 199", "pb_settings.py: timeout_ms 199 is not an int from 200 to 3600000"),
+    ("rx_queue = -1", "pb_settings.py: rx_queue -1 is not an int from 0 to 1024"),
+])
+def test_config_py_checks_a_hand_edited_pb_settings(micropython_bin: str, tmp_path: Path,
+                                                     line: str, message: str) -> None:
+    """Every value config.py reads, board-only ones too, is checked when it is read."""
+    tree = board_tree(tmp_path / "tree")
+    board = tmp_path / "board"
+    board.mkdir()
+    (board / "pb_settings.py").write_text(f"conn_id = 'b1'\n{line}\n")
+    code = ("import json\ntry:\n    from pb_link import config\n    out = 'accepted'\n"
+            "except ValueError as e:\n    out = str(e)\nprint('RESULT', json.dumps(out))\n")
+    assert run_board(micropython_bin, tree, code, board) == message

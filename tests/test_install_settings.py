@@ -249,3 +249,16 @@ def test_a_silent_mpremote_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(CliError, match=r"stopped answering \(mpremote took more than 1 s\)"):
         board.run(["fs", "cp", "a", ":b"], on_line=seen.append)
     assert seen == ["cp a :b"]
+
+
+def test_the_boards_own_settings_file_is_checked_and_named() -> None:
+    """pblink install: a bad value read from the board's pb_settings.py says where it came
+    from and how to fix it; an application's own names are kept, named in one warning."""
+    with pytest.raises(bi.UsageError) as info:
+        bi.check_board_settings({"conn_id": "a", "timeout_ms": 199}, {})
+    assert str(info.value) == ("pb_settings.py on the board: timeout_ms 199 is not an int "
+                               "from 200 to 3600000; fix it with --set timeout_ms=...")
+    assert bi.check_board_settings({"timeout_ms": 199}, {"timeout_ms": 1500}) == []
+    warnings = bi.check_board_settings({"conn_id": "a", "my_led": 3, "app_mode": "x"}, {})
+    assert warnings == ["pb_settings.py on the board has names pb_link does not read, kept as "
+                        "they are (an application's own settings?): app_mode, my_led"]

@@ -93,3 +93,26 @@ def test_bad_board_app_and_a_raising_app_reported_once(tmp_path: Path) -> None:
     assert "TimeoutError" not in out, out[-3000:]
     assert "RuntimeError: board app bug" in out, out[-3000:]
     assert "2 failed" in out and "error" not in out.splitlines()[-1], out[-3000:]
+
+
+def test_without_pytest_asyncio_one_clear_line(tmp_path: Path) -> None:
+    """A pytest that lacks pytest-asyncio gets pytest's usage error naming the fix, not a
+    ModuleNotFoundError traceback from the plugin's import."""
+    (tmp_path / "test_x.py").write_text("def test_x():\n    assert True\n")
+    run = textwrap.dedent("""\
+        import sys
+        class NoAsyncio:  # as if pytest-asyncio were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "pytest_asyncio":
+                    raise ModuleNotFoundError("No module named 'pytest_asyncio'", name=name)
+        sys.meta_path.insert(0, NoAsyncio())
+        import pytest
+        sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:asyncio",
+                             "--assert=plain"]))  # no rewrite hook ahead of NoAsyncio
+        """)
+    proc = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=TEST_TIMEOUT)
+    assert proc.returncode == 4, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert ("ERROR: pblink's pytest plugin needs pytest-asyncio: pip install "
+            "'pblink-mqtt[pytest]'") in proc.stderr

@@ -66,7 +66,7 @@ def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
 # The frozen modules the bridge imports, dependencies first: breakdown_parts
 # imports them one by one (a module already loaded costs nothing the second time).
 BRIDGE_MODULES = ("link_core", "link_core.clock", "link_core.names", "link_core.i2c_link",
-                  "link_core.control", "link_core.liveness", "settings", "mqtt", "responder",
+                  "link_core.control", "link_core.liveness", "mqtt", "responder",
                   "wifi", "bridge")
 # The objects the bridge creates at boot (main.py: Bridge().run()), one by one
 # with the fake hardware of bridge_rig (whose Pin and SoftI2C objects are Python

@@ -24,7 +24,6 @@ from link_core.endpoint import Receiver, Sender
 from link_core.i2c_link import INITIATOR, SYNC_RETRY_MS, LinkEndpoint, PollPolicy
 from link_core.liveness import may_write
 from link_core.names import check_conn_id, line_bytes
-from link_core.schema import COLUMNS, SETTINGS
 from pb_link.ports import make_port
 
 _sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
@@ -40,19 +39,12 @@ _FAILS = const(2)  # failed exchanges in a row that mean "ESP8266 dead"
 # without conn_id, so config[i - 1] holds entry i and config[10] the tuning dict.
 _TIMEOUT_MS = const(3)
 _BRIDGE_TUNING = const(11)
-_COL_DEFAULT = const(2)  # columns of a row of link_core/schema.py
-_COL_USE = const(5)
 
 
 def _tuning(given: dict) -> dict:
     """The Pyboard timings: every "tuning" row of link_core/schema.py, from
     `given` (config[10]) or the row's default. ValueError (check_setting) for a bad one."""
-    t = {}
-    for k in range(0, len(SETTINGS), COLUMNS):
-        if SETTINGS[k + _COL_USE] == "tuning":
-            name = SETTINGS[k]
-            t[name] = control.check_setting(name, given.get(name, SETTINGS[k + _COL_DEFAULT]))
-    return t
+    return control.group("tuning", given)
 
 
 def _full_config(conn_id: str, config: list) -> tuple:

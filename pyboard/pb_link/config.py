@@ -14,9 +14,9 @@
 from machine import Pin
 from micropython import const
 
-from link_core.schema import COLUMNS, SETTINGS
-
+from link_core.control import check_setting
 from link_core.i2c_link import I2C_ADDR, MEM_SIZE, RESET_PULSE_MS
+from link_core.schema import COLUMNS, SETTINGS
 
 try:
     import pb_settings as _s  # type: ignore[import-not-found]
@@ -29,7 +29,15 @@ _COL_USE = const(5)
 
 
 def _get(name, default):
-    return getattr(_s, name, default) if _s is not None else default
+    # pb_settings' value (or default; None: absent), checked by its row: a hand-edited
+    # pb_settings.py with a bad value stops here, naming the file, the setting and its rule
+    v = getattr(_s, name, default) if _s is not None else default
+    if v is None:
+        return v
+    try:
+        return check_setting(name, v)
+    except ValueError as e:
+        raise ValueError("pb_settings.py: " + str(e))
 
 
 def _setting(name):
@@ -45,8 +53,8 @@ def _lists():
     # timeout_ms, report_s, ssid, wifi_password: the seed's six entries; then
     # mqtt_user, mqtt_password, topic_root, tls), then the tuning dict: the
     # bridge's tuning and the Pyboard's timings, only the keys pb_settings has
-    # (AppBase and the bridge take the defaults for the others). AppBase
-    # checks every value.
+    # (AppBase and the bridge take the defaults for the others). Every value
+    # is checked here (_get), and again by AppBase.
     config = []
     tuning = {}
     for i in range(len(SETTINGS) // COLUMNS):
