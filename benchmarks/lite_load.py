@@ -45,43 +45,12 @@ import time
 from typing import Any, cast
 
 from benchmarks.common import peak_rss_kib
+from benchmarks.mqtt_packets import connect_packet, next_packet, publish_packet, subscribe_packet
 from benchmarks.scale_load import cpu_s, generator_arguments, lag_figures, loop_probe
 from link_core import endpoint, frames, liveness, names
 from server_apps.clock import now_ms
 
 log = logging.getLogger("pblink.bench.lite")
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n % 128, n // 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _s(b: bytes) -> bytes:
-    return len(b).to_bytes(2, "big") + b
-
-
-def packet(first: int, body: bytes) -> bytes:
-    """One MQTT packet: fixed header byte, remaining length, body."""
-    return bytes([first]) + _varint(len(body)) + body
-
-
-def connect_packet(client_id: str, will_topic: str, keepalive: int) -> bytes:
-    # flags: clean session 0, will 1, will QoS 1 (bits 3-4 = 01), will retain 1
-    flags = 0x04 | 0x08 | 0x20
-    body = (_s(b"MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
-            + _s(client_id.encode()) + _s(will_topic.encode()) + _s(b"offline"))
-    return packet(0x10, body)
-
-
-def publish_packet(topic: bytes, payload: bytes, qos: int, pid: int, retain: bool = False) -> bytes:
-    head = 0x30 | (qos << 1) | (1 if retain else 0)
-    body = _s(topic) + (pid.to_bytes(2, "big") if qos else b"") + payload
-    return packet(head, body)
 
 
 class Device(asyncio.Protocol):
@@ -132,8 +101,8 @@ class Device(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.transport.write(connect_packet(names.client_id(self.cid), self.status,
-                                       self.gen.keepalive))
+        self.transport.write(connect_packet(names.client_id(self.cid), self.gen.keepalive,
+                                            will_topic=self.status))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -174,23 +143,12 @@ class Device(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        while len(buf) >= 2:
-            n, mult, i = 0, 1, 1
-            while True:
-                if i >= len(buf):
-                    return
-                b = buf[i]
-                n += (b & 0x7F) * mult
-                mult *= 128
-                i += 1
-                if not b & 0x80:
-                    break
-            if len(buf) < i + n:
-                return
+        while (span := next_packet(buf, 0)) is not None:
+            start, end = span
             kind = buf[0] >> 4
-            body = bytes(buf[i:i + n])
+            body = bytes(buf[start:end])
             qos = (buf[0] >> 1) & 3
-            del buf[:i + n]
+            del buf[:end]
             if kind == 3:
                 self._on_publish(body, qos)
             elif kind == 2:
@@ -204,8 +162,7 @@ class Device(asyncio.Protocol):
             return
         self.transport.write(publish_packet(self.status.encode(), b"online", 1,
                                             self._next_pid(), retain=True))
-        self.transport.write(packet(0x82, self._next_pid().to_bytes(2, "big")
-                                    + _s(self.down.encode()) + b"\x01"))
+        self.transport.write(subscribe_packet(self.down.encode(), 1, self._next_pid()))
         self.watch.connected(now_ms())
         self.gen.connected += 1
 

@@ -40,48 +40,14 @@ import json
 import os
 import random
 import resource
-import struct
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, Broker, find_mosquitto, pct, raise_nofile
+from benchmarks.mqtt_packets import connect_packet, next_packet, publish_packet, subscribe_packet
 from benchmarks.scale import Child
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n % 128
-        n //= 128
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
-def _str(s: bytes) -> bytes:
-    return struct.pack(">H", len(s)) + s
-
-
-def connect_packet(client_id: str) -> bytes:
-    """MQTT 3.1.1 CONNECT, clean session, keepalive 60 s."""
-    return _packet(0x10, _str(b"MQTT") + bytes([4, 0x02]) + struct.pack(">H", 60)
-                   + _str(client_id.encode()))
-
-
-def publish_packet(topic: bytes, payload: bytes, qos: int, pid: int = 1) -> bytes:
-    """PUBLISH at QoS 0 or 1 (packet id ``pid`` for QoS 1)."""
-    body = _str(topic) + (struct.pack(">H", pid) if qos else b"") + payload
-    return _packet(0x30 | (qos << 1), body)
-
-
-def subscribe_packet(topic: bytes, qos: int) -> bytes:
-    return _packet(0x82, struct.pack(">H", 1) + _str(topic) + bytes([qos]))
 
 
 class Down:
@@ -95,28 +61,14 @@ class Down:
         buf = self.buf
         buf += data
         i = 0
-        n = len(buf)
-        while True:
-            if n - i < 2:
-                break
-            mult, length, j = 1, 0, i + 1
-            while j < n:
-                b = buf[j]
-                length += (b & 0x7F) * mult
-                mult *= 128
-                j += 1
-                if not b & 0x80:
-                    break
-            else:
-                break
-            if j + length > n:
-                break
+        while (span := next_packet(buf, i)) is not None:
+            j, end = span
             if buf[i] >> 4 == 3:
                 tlen = (buf[j] << 8) | buf[j + 1]
                 start = j + 2 + tlen + (2 if (buf[i] >> 1) & 3 else 0)
-                kind = chr(buf[start]) if start < j + length else "?"
+                kind = chr(buf[start]) if start < end else "?"
                 self.kinds[kind] = self.kinds.get(kind, 0) + 1
-            i = j + length
+            i = end
         del buf[:i]
 
 
@@ -136,7 +88,7 @@ async def drive(port: int, n: int, sockets: int, timeout_ms: int, t0: float, sec
     conns = []
     for k in range(sockets + 1):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(connect_packet(f"mux-{os.getpid()}-{k}"))
+        writer.write(connect_packet(f"mux-{os.getpid()}-{k}", 60, clean=True))
         if k == sockets:
             writer.write(subscribe_packet(f"{root}/+/down".encode(), 0))
         await writer.drain()

@@ -57,32 +57,6 @@ class Stats:
         self.lat.append((now_ns - t_ns) / 1e6)
 
 
-def _batch_reads(server: LinkServer, batch: int) -> None:
-    """Experiment: let paho's network thread read up to `batch` packets per wake-up.
-
-    paho-mqtt 2.2's loop_read() reads len(_out_messages) + len(_in_messages)
-    packets, at least 1: a client that publishes nothing at QoS > 0 reads ONE
-    packet per select() round. This instance-level patch (the benchmark's own
-    server object; server_apps is unchanged) reads until the socket is empty."""
-    from paho.mqtt.enums import MQTTErrorCode
-
-    client = server._client
-    assert client is not None
-
-    def loop_read(max_packets: int = 1) -> MQTTErrorCode:
-        for _ in range(batch):
-            if client._sock is None:
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = client._packet_read()
-            if rc > 0:
-                return client._loop_rc_handle(rc)
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    client.loop_read = loop_read  # type: ignore[method-assign]
-
-
 def cpu_s() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -96,8 +70,6 @@ async def main(args: argparse.Namespace) -> None:
                         state_path=args.state, fsync=bool(args.state), connect_timeout=30,
                         state_db=args.state_db, lease_poll_ms=args.lease_poll_ms)
     await server.start()
-    if args.paho_read_batch:
-        _batch_reads(server, args.paho_read_batch)
     conns: list[Any] = []
     claimed = asyncio.Event()
 
@@ -186,8 +158,6 @@ def cli() -> None:
     p.add_argument("--standby", action="store_true",
                    help="with --state-db: print STANDBY, then CLAIMED N T once every lease is held")
     p.add_argument("--profile", default=None, help="cProfile the run into this file")
-    p.add_argument("--paho-read-batch", type=int, default=0,
-                   help="experiment: paho reads up to this many packets per wake-up")
     p.add_argument("--switch-interval", type=float, default=None,
                    help="sys.setswitchinterval (seconds) for the GIL: an experiment knob")
     args = p.parse_args()
