@@ -71,6 +71,7 @@ import contextlib
 import json
 import logging
 import re
+from urllib.parse import urlsplit
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -108,30 +109,42 @@ class StateDbError(StateFileError):
     or the session was lost)."""
 
 
+_PAIR: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s'\\]+)")
+# what names a database rather than leaving it to libpq's defaults
+_NAMING_KEYS: Final = frozenset({"host", "hostaddr", "dbname", "service"})
+
+
 def check_dsn(dsn: str) -> str:
     """``dsn`` if it names a PostgreSQL database, else ``ValueError`` (one line, password hidden).
 
     Accepted: a ``postgresql://`` or ``postgres://`` URL (libpq's two
-    schemes), or a libpq ``key=value`` connection string (at least one pair).
-    Refused: anything else, the empty string included (libpq would connect
-    to whatever its defaults name: a surprise, not a choice).
+    schemes) with a host or a database name, or a libpq ``key=value``
+    connection string with at least one of ``host``, ``hostaddr``, ``dbname``,
+    ``service``. Refused: anything else, the empty string and a bare
+    ``postgresql://`` or ``password=...`` included (libpq would connect to
+    whatever its defaults name: a surprise, not a choice).
     """
     if not isinstance(dsn, str):
         raise ValueError(f"not a postgresql:// URL: {dsn!r}")
     text = dsn.strip()
     if re.match(r"postgres(?:ql)?://", text):  # libpq: lower case only
-        return dsn
-    if "://" not in text and _CONNINFO.fullmatch(text):
-        return dsn
+        url = urlsplit(text)
+        if url.hostname or url.path.strip("/"):
+            return dsn
+    elif "://" not in text and _CONNINFO.fullmatch(text):
+        if _NAMING_KEYS & {m.group(1) for m in _PAIR.finditer(text)}:
+            return dsn
     raise ValueError(
         f"not a postgresql:// URL: {redact(dsn)!r} (give postgresql://USER:PASSWORD@HOST/DB, "
-        "postgres://..., or a libpq key=value string such as 'host=db dbname=pblink')")
+        "postgres://..., or a libpq key=value string naming host or dbname, such as "
+        "'host=db dbname=pblink')")
 
 
 def redact(dsn: str) -> str:
-    """``dsn`` for messages: a password in a URL or ``password=`` pair is replaced by ``***``."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn)
+    """``dsn`` for messages: the password of a URL (up to its last ``@``) or of a
+    ``password=`` pair (quoted or not) is replaced by ``***``."""
+    dsn = re.sub(r"(://[^:/@]*:).*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)", r"\1***", dsn)
 
 
 class PgStore:

@@ -178,7 +178,10 @@ def test_postgresql_urls_and_key_value_strings_are_accepted(dsn: str) -> None:
 
 
 @pytest.mark.parametrize("dsn", ["", "   ", "mysql://x@y/z", "notaurl", "host", "=x",
-                                 "host=h dbname", "http://h/db", "host='unterminated"])
+                                 "host=h dbname", "http://h/db", "host='unterminated",
+                                 # name no database: libpq would take its defaults
+                                 "postgresql://", "postgres://", "password=SECRET",
+                                 "sslmode=require"])
 def test_other_state_db_values_are_refused_before_connecting(dsn: str) -> None:
     from server_apps import LinkServer
 
@@ -193,6 +196,17 @@ def test_a_refused_state_db_hides_its_password() -> None:
     with pytest.raises(ValueError) as info:
         check_dsn("mysql://u:secret@h/db")
     assert "secret" not in str(info.value) and "u:***@h" in str(info.value)
+
+
+@pytest.mark.parametrize("dsn", ["mysql://u:se@cret@h/db", "password='se cret' dbname",
+                                 "password=secret"])
+def test_a_password_is_hidden_whole(dsn: str) -> None:
+    """A password with an '@' or a quoted space is hidden whole, not up to that character."""
+    from server_apps.store_pg import check_dsn
+
+    with pytest.raises(ValueError) as info:
+        check_dsn(dsn)
+    assert "cret" not in str(info.value) and "***" in str(info.value), str(info.value)
 
 
 async def test_a_key_value_connection_string_connects(pg: TempPostgres) -> None:
