@@ -71,9 +71,9 @@ import contextlib
 import json
 import logging
 import re
-from urllib.parse import urlsplit
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from server_apps.state import ConnState, StateFileError
 
