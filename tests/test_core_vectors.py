@@ -70,11 +70,12 @@ def test_vectors_micropython(micropython_bin):
     assert int(out.split("ALL ")[1].split()[0]) > n
 
 
-# The workload's heap: it needs 66k (bisected by hand with -X heapsize on this
-# 64-bit unix port; 60k before link_core held the settings table, link_core/schema.py,
-# about 2.7 KB as a .mpy here, in flash where it is frozen on the ESP8266, whose RAM
-# tests/test_bridge_heap32.py gates). 64k until then; the 4k of room is kept.
-SMALL_HEAP = "70k"
+# The workload's heap: it needs 70k (bisected with -X heapsize on this 64-bit unix
+# port: 64k, 66k, 68k fail, 70k passes; 60k before link_core held the settings table,
+# link_core/schema.py with the bridge's tuning rows: 4,096 B as a .mpy here, in
+# flash where it is frozen on the ESP8266, whose RAM tests/test_bridge_heap32.py
+# gates). 64k, then 70k, until then; 4k of room is kept.
+SMALL_HEAP = "74k"
 
 
 def test_core_fits_a_small_heap(tmp_path, micropython_bin):
