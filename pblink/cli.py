@@ -78,7 +78,9 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if unknown:  # named by the command's parser: "pblink server: error: ..."
+        _subparsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(args.verbose + int(getattr(args, "log_boost", 0)))
     try:
         return int(args.func(args) or 0)

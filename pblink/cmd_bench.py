@@ -17,8 +17,10 @@ embedded amqtt), the ESP8266 bridge's code size and heap, and recovery times
 after faults. Each figure is repeated and shown with its median and spread;
 the table is also written as JSON (bench-results/bench-<timestamp>.json).
 Targets are shown next to the figures, each judged on its worst run (a goal
-is met only if every run meets it), and the last line sums them up. Exit
-status: 0 every goal met, 3 measured but a goal MISSED, 1 a family failed.
+is met only if every run meets it), and the last line sums them up.
+
+exit status: 0 every goal met, 3 measured but a goal MISSED, 1 a family failed,
+2 bad arguments.
 
 A full run takes about 13 minutes on a 2-core machine, --quick about 6
 (measured: docs/PERFORMANCE.md, "The machine and the run").
@@ -27,7 +29,8 @@ Run it from a checkout: it uses the device code next to it."""
 
 
 def register(subparsers: Any) -> None:
-    parser = add_command(subparsers, "bench", help="run the performance benchmarks",
+    parser = add_command(subparsers, "bench", exits=None,
+                         help="run the performance benchmarks",
                          description=DESCRIPTION)
     _ensure_path()
     from benchmarks.runner import add_arguments

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pblink.common import add_command
+from pblink.common import LOCAL_KINDS, add_command
 
 DESCRIPTION = """\
 Run the embedded amqtt broker until Ctrl-C or SIGTERM.
@@ -20,7 +20,8 @@ broker/mosquitto/). amqtt speaks MQTT 3.1.1 only."""
 def register(subparsers: Any) -> None:
     from broker.embedded import add_arguments
 
-    parser = add_command(subparsers, "broker", help="run the embedded amqtt MQTT broker",
+    parser = add_command(subparsers, "broker", exits=LOCAL_KINDS,
+                         help="run the embedded amqtt MQTT broker",
                          description=DESCRIPTION)
     add_arguments(parser)
     parser.set_defaults(func=run, log_boost=1)

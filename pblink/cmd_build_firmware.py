@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pblink.common import COUNT, CliError, add_command
+from pblink.common import COUNT, LOCAL_KINDS, CliError, add_command
 
 DESCRIPTION = """\
 Build MicroPython for the ESP8266 with esp_bridge and link_core frozen in, from a
@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     from pblink.firmware import DEFAULT_BOARD, DEFAULT_IMAGE
 
     p = add_command(subparsers, "build-firmware",
-                    help="build ESP8266 firmware with the bridge frozen in",
+                    exits=LOCAL_KINDS, help="build ESP8266 firmware with the bridge frozen in",
                     description=DESCRIPTION)
     p.add_argument("--micropython-src", required=True, metavar="DIR",
                    help="a MicroPython source tree (git clone of micropython/micropython)")

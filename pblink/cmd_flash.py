@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Any
 
-from pblink.common import COUNT, CliError, UsageError, add_command
+from pblink.common import COUNT, LOCAL_KINDS, CliError, UsageError, add_command
 
 DESCRIPTION = """\
 Flash the ESP8266 with the firmware that has the pblink bridge frozen in.
@@ -32,7 +32,8 @@ examples:
 def register(subparsers: Any) -> None:
     from pblink.firmware import DEFAULT_BAUD
 
-    p = add_command(subparsers, "flash", help="erase the ESP8266 and write the bridge firmware",
+    p = add_command(subparsers, "flash", exits=LOCAL_KINDS,
+                         help="erase the ESP8266 and write the bridge firmware",
                     description=DESCRIPTION)
     p.add_argument("port", metavar="PORT", help="the ESP8266's serial port, e.g. /dev/ttyUSB0")
     p.add_argument("--firmware", metavar="IMAGE", help="firmware image (.bin) to write")

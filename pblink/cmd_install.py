@@ -10,6 +10,7 @@ from typing import Any
 from pblink.common import (
     BROKER_PORT,
     LINK_TIMEOUT_MS,
+    LOCAL_KINDS,
     SECONDS,
     CliError,
     UsageError,
@@ -48,7 +49,8 @@ def _limits(name: str) -> str:
 def register(subparsers: Any) -> None:
     from pblink.board_install import DEFAULT_MARCH
 
-    p = add_command(subparsers, "install", help="copy pb_link, link_core and settings to a Pyboard",
+    p = add_command(subparsers, "install", exits=LOCAL_KINDS,
+                         help="copy pb_link, link_core and settings to a Pyboard",
                     description=DESCRIPTION)
     p.add_argument("port", metavar="PORT", help="the Pyboard's serial port (as mpremote takes it)")
     p.add_argument("--target", metavar="DIR",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pblink.common import add_command
+from pblink.common import LOCAL_KINDS, add_command
 
 DESCRIPTION = """\
 Add or replace a user in the broker password file(s), or remove it (--delete).
@@ -34,7 +34,8 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    parser = add_command(subparsers, "passwd", help="add or remove broker credentials",
+    parser = add_command(subparsers, "passwd", exits=LOCAL_KINDS,
+                         help="add or remove broker credentials",
                          description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("user", metavar="USER", help="the device's conn_id, or a server user name")
     parser.add_argument("--mosquitto", type=Path, metavar="FILE",

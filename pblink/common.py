@@ -67,8 +67,16 @@ class TimedOutError(CliError):
 
 ERROR_KINDS: tuple[type[CliError], ...] = (
     CliError, UsageError, UnreachableError, RefusedError, TimedOutError)
-EXIT_CODES_HELP = "exit status: 0 ok, " + ", ".join(
-    f"{kind.code} {kind.what}" for kind in ERROR_KINDS)
+# The kinds a command that never connects to a broker can end with
+LOCAL_KINDS: tuple[type[CliError], ...] = (CliError, UsageError, TimedOutError)
+
+
+def exit_codes_help(kinds: tuple[type[CliError], ...] = ERROR_KINDS) -> str:
+    """The "exit status: ..." line of a command's --help, for the error kinds it can end with."""
+    return "exit status: 0 ok, " + ", ".join(f"{kind.code} {kind.what}" for kind in kinds)
+
+
+EXIT_CODES_HELP = exit_codes_help()
 
 
 def _one_line(message: str) -> str:
@@ -214,12 +222,21 @@ def verbosity_parent() -> argparse.ArgumentParser:
 
 
 def add_command(
-    subparsers: Any, name: str, *, help: str, description: str | None = None, **kwargs: Any
+    subparsers: Any, name: str, *, help: str, description: str | None = None,
+    exits: tuple[type[CliError], ...] | None = ERROR_KINDS, **kwargs: Any
 ) -> argparse.ArgumentParser:
-    """Create the parser of one `pblink` command (use from a module's `register()`)."""
+    """Create the parser of one `pblink` command (use from a module's `register()`).
+
+    `exits`: the error kinds the command can end with, listed with their exit
+    codes at the end of its --help (`LOCAL_KINDS` for a command that never
+    connects to a broker); None when the description states the exit codes itself.
+    """
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
     epilog = kwargs.pop("epilog", None)
-    kwargs["epilog"] = f"{epilog}\n\n{EXIT_CODES_HELP}" if epilog else EXIT_CODES_HELP
+    if exits is not None:
+        codes = exit_codes_help(exits)
+        epilog = f"{epilog}\n\n{codes}" if epilog else codes
+    kwargs["epilog"] = epilog
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name, help=help, description=description or help, parents=[verbosity_parent()], **kwargs
     )
@@ -286,7 +303,7 @@ def add_broker_options(parser: argparse.ArgumentParser, *, embedded: bool = Fals
                        if embedded else "MQTT broker address, instead of --host and --port")
     group.add_argument("--host", type=setting("host"), help="MQTT broker host" + (
         "" if embedded else f" (default $PBLINK_HOST or {DEFAULT_HOST})"))
-    group.add_argument("--port", type=BROKER_PORT,
+    group.add_argument("--port", "--broker-port", dest="port", type=BROKER_PORT,
                        help=f"MQTT broker port (default $PBLINK_PORT or {DEFAULT_PORT})")
     group.add_argument("--user", default=os.environ.get("PBLINK_USER"),
                        help=user_help or "MQTT user name (default $PBLINK_USER; none: anonymous)")

@@ -50,8 +50,8 @@ def assert_error(proc: subprocess.CompletedProcess[str], code: int, *needles: st
 # -- numbers and addresses: parsed with ranges, before anything else happens -----
 
 BAD_ARGUMENTS = [
-    (["send", "1", "hi", "--port", "99999"], "--port: port 99999 is not an int from 1 to 65535"),
-    (["send", "1", "hi", "--port", "x"], "--port: port 'x' is not an int from 1 to 65535"),
+    (["send", "1", "hi", "--port", "99999"], "--port/--broker-port: port 99999 is not an int from 1 to 65535"),
+    (["send", "1", "hi", "--port", "x"], "--port/--broker-port: port 'x' is not an int from 1 to 65535"),
     (["send", "1", "hi", "--timeout", "0"], "--timeout: 0 is out of range: must be above 0"),
     (["send", "1", "hi", "--timeout", "nan"], "--timeout: 'nan' is not a finite number"),
     (["send", "1", "hi", "--retry-ms", "0"], "--retry-ms: 0 is out of range"),
@@ -64,8 +64,8 @@ BAD_ARGUMENTS = [
     (["send", "1", "a\nb"], "line 'a\\nb' has a newline at byte 1"),
     (["tail", "1", "--count", "0"], "--count: 0 is out of range: must be at least 1"),
     (["tail", "1", "--timeout", "-2"], "--timeout: -2 is out of range"),
-    (["tail", "1", "--port", "65536"], "--port: port 65536 is not an int from 1 to"),
-    (["server", "--port", "0"], "--port: port 0 is not an int from 1 to 65535"),
+    (["tail", "1", "--port", "65536"], "--port/--broker-port: port 65536 is not an int from 1 to"),
+    (["server", "--port", "0"], "--port/--broker-port: port 0 is not an int from 1 to 65535"),
     (["server", "--timeout-ms", "5"],
      "--timeout-ms: timeout_ms 5 is not an int from 200 to 3600000"),  # link_core/schema.py
     (["server", "--connect-timeout", "0"], "--connect-timeout: 0 is out of range"),
@@ -121,7 +121,7 @@ BAD_ARGUMENTS = [
     (["demo", "--timeline", "/tmp"], "--timeline: '/tmp' is a folder"),
     (["demo", "--timeline", "/proc/x.html"], "--timeline: /proc/x.html: cannot write a file"),
     (["run", *RUN_APPS, "--timeline", "/proc/x.html"], "--timeline: /proc/x.html: cannot"),
-    (["monitor", "--port", "99999"], "--port: port 99999 is not an int from 1 to"),
+    (["monitor", "--port", "99999"], "--port/--broker-port: port 99999 is not an int from 1 to"),
     (["monitor", "--listen", "[::1]:70000"], "--listen: 70000 is out of range"),
     (["monitor", "--listen", "8080"], "--listen: '8080' is not HOST:PORT"),
     (["passwd", "--amqtt", "f", "--password", "x", "a/b"], "conn_id 'a/b'"),
