@@ -201,8 +201,9 @@ def address_text(host: str, port: int) -> str:
 
 
 def host_port(text: str) -> tuple[str, int]:
-    """An argparse type: HOST:PORT ([v6]:PORT too) -> (host, port), port 1 to 65535."""
-    return _address(text, PORT)
+    """An argparse type for a broker address: HOST:PORT ([v6]:PORT too) -> (host, port),
+    the port checked as --port checks it (the devices' setting "port", 1 to 65535)."""
+    return _address(text, BROKER_PORT)
 
 
 LISTEN_PORT = number(int, 0, 65535)  # 0: the OS picks a free port
