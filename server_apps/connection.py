@@ -201,7 +201,18 @@ class Connection(LineQueue):
                 :class:`StateLostError` when it closed itself (state database
                 session lost).
         """
-        return await super().readline()
+        # LineQueue.readline with its hooks written out: one coroutine level per
+        # wake-up instead of three (a server wakes a reader for every line).
+        host = self._host
+        if host.closing():
+            raise host.closed_error(f"link server closed (conn_id {self.conn_id!r})")
+        while not self._lines:
+            await self._changed.wait()
+            if host.closing():
+                raise host.closed_error(f"link server closed (conn_id {self.conn_id!r})")
+        line = self._lines.popleft()
+        self._line_taken()
+        return line + "\n"
 
     def _read_start(self) -> int:
         # Once closing, unread lines belong to the final state file, not to the app.
