@@ -17,16 +17,22 @@ to its conn_id, the ticker and the group commit. One device's protocol
 
 Threading model
 ---------------
-paho-mqtt runs its own network thread (``loop_start()``). Its callbacks do no
-protocol work: they append the event (connect, disconnect, message) to an
-inbox deque and, if no drain is pending, schedule one on the asyncio loop with
-``loop.call_soon_threadsafe`` (one wake-up per burst, not per message); paho's
-thread reads up to ``READ_BATCH`` packets per wake-up (``_Client``). All
-protocol state lives in the asyncio thread. Frames to publish join an outbox
-that is handed to paho once per event-loop turn (``_flush_outbox``): one
-wake-up of paho's thread per batch, and the batch's QoS 0 frames (acks,
-heartbeat answers) as one block of PUBLISH packets, one ``send()``; QoS 1
-frames through paho's ``publish()``. Chosen over driving paho from the event loop
+paho-mqtt runs its own network thread (``loop_start()``). It does no
+protocol work: it reads up to ``READ_BATCH`` packets per wake-up, parses the
+QoS 0 and 1 PUBLISH packets itself (``_Client``, MQTT 3.1.1) and appends them
+to an inbox deque as one batch, with their PUBACKs queued as one block after
+it (connect and disconnect events, and MQTT 5 messages, one by one through
+paho's callbacks); if no drain is pending it schedules one on the asyncio loop
+with ``loop.call_soon_threadsafe`` (one wake-up per burst, not per message).
+All protocol state lives in the asyncio thread, which routes a message by
+its topic's bytes. Frames to publish join an outbox handed over once per
+event-loop turn (``_flush_outbox``): the turn's QoS 0 frames (acks,
+heartbeat answers) as one block of PUBLISH packets, sent with one ``send()``
+straight from the event loop when paho has nothing queued (plain TCP; under
+the lock paho's thread writes under, so packets never interleave), otherwise
+queued for paho's thread with one wake-up; QoS 1 frames through paho's
+``publish()``. Packets queued for paho's thread go out joined, one
+``send()`` per round. Chosen over driving paho from the event loop
 because the server has exactly one connection, and the thread gives for free:
 reconnects with paho's backoff (``reconnect_delay_set(1, 30)``: 1 s doubling to
 30 s), blocking DNS/TCP/TLS handshakes kept off the loop, and MQTT keepalive
@@ -465,6 +471,8 @@ class LinkServer:
         client, self._client = self._client, None
         if client is not None:
             client.on_connect = client.on_disconnect = client.on_message = None
+            if isinstance(client, _Client):
+                client.on_publishes = None
             sock = client.socket()
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
@@ -733,6 +741,8 @@ class LinkServer:
         client.on_connect = None
         client.on_disconnect = None
         client.on_message = None
+        if isinstance(client, _Client):
+            client.on_publishes = None
         with contextlib.suppress(Exception):
             client.disconnect()
         if wait:
@@ -1147,11 +1157,28 @@ class _Client(mqtt.Client):
       round anyway), nor inside ``batch()`` (one wake-up at its end).
     - Every message is matched against the (unused) per-topic callbacks.
       Here: straight to ``on_message``.
+    - Every PUBLISH becomes an ``MQTTMessage`` (topic decoded, a debug log
+      line formatted) handed over alone, and every PUBACK is its own
+      ``send()``. Here (MQTT 3.1.1, ``on_publishes`` set): QoS 0 and 1
+      PUBLISH packets are parsed from the read buffer into ``(topic,
+      payload)`` bytes, handed over as one list per read, their PUBACKs
+      queued after it as one block; anything else (QoS 2, a packet cut across
+      reads, other packet types, MQTT 5) goes through paho's own code, after
+      the messages before it.
+    - Every queued packet is written with its own ``send()``. Here: the
+      packets at the head of the queue are joined first (``_packet_write``).
+    - Every batch of frames from the event loop wakes the network thread.
+      Here: a block of QoS 0 PUBLISH packets is sent by the event loop itself
+      when nothing is queued before it, on a plain TCP socket (not TLS: one
+      SSL object is not written and read from two threads), under the lock
+      paho's thread writes under (``queue_block``).
 
-    It relies on paho 2.x internals (``_packet_read``, ``_loop_rc_handle``,
-    ``_sock_recv``, ``_packet_queue``, ``_out_packet``, ``_sockpairW``,
-    ``_handle_on_message``); pyproject.toml pins paho-mqtt below 3, and
-    tests/test_server_outbox.py checks the packets against paho's own.
+    It relies on paho 2.x internals (``_packet_read``, ``_packet_write``,
+    ``_loop_rc_handle``, ``_sock_recv``, ``_packet_queue``, ``_out_packet``,
+    ``_in_packet``, ``_sockpairW``, ``_msgtime_mutex``, ``_last_bytes_received``,
+    ``_last_msg_out``, ``_handle_on_message``); pyproject.toml pins paho-mqtt
+    below 3, and tests/test_server_outbox.py checks the packets against
+    paho's own.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
