@@ -1399,7 +1399,8 @@ class _Client(mqtt.Client):
         if sock is None:  # not connected: QoS 0 frames are lost, as with publish()
             return
         with self._send_lock:
-            if not self._out_packet and type(sock) is socket.socket:
+            # connected: CONNECT went out (a reconnect's socket gets nothing before it)
+            if not self._out_packet and type(sock) is socket.socket and self.is_connected():
                 try:
                     sent = sock.send(block)
                 except BlockingIOError:

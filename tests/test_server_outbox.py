@@ -149,3 +149,32 @@ def test_joined_writes_keep_every_packet_and_its_order(
     assert not client._out_packet
     assert broker.recv(65536) == b"".join(packets)
     client._sock = None
+
+
+@pytest.mark.parametrize("payload", [
+    b"h", b"h\n", b"q|0badcafe|1|1|hello", b"q|0badcafe|17|15|[1, 2, 3]\n",
+    b"q|0badcafe|0|65535|wrapped", b"q|0badcafe|00007|7|a|b|c", b"q|0badcafe|5|5|",
+    b"q|0badcafe|1|1|caf\xc3\xa9", b"q|0badcafe|65535|65535|" + b"x" * 1024,
+    b"a|0badcafe|3", b"u|0badcafe|free text",
+    # malformed: frames.decode's ValueError, same text
+    b"q|0badcafe|65536|1|x", b"q|0badcafe|1|65536|x", b"q|0badcafe|1|2|base after id",
+    b"q|0badcafe|1|1|" + b"x" * 1025, b"q|0badcafe|1|1|\xed\xa0\x80", b"q|0badcafe|1|1|\xc0\xaf",
+    b"q|0badcafe|1|1|two\nlines", b"q|0badcafe|1|1|x\n\n", b"q|0BADCAFE|1|1|x",
+    b"q|0badcaf|1|1|x", b"q|0badcafe|123456|1|x", b"q|0badcafe|-1|1|x", b"q|0badcafe|1|1",
+    b"q|0badcafe| 1|1|x", b"hh", b"", b"\n",
+])
+def test_quick_decode_agrees_with_frames_decode(payload: bytes) -> None:
+    """The server's quick frame parser gives what link_core's decoder gives, errors included."""
+    from link_core import frames
+    from server_apps.connection import _decode
+
+    try:
+        expected: object = frames.decode(payload)
+    except ValueError as exc:
+        expected = ("ValueError", str(exc))
+    try:
+        got: object = _decode(payload)
+    except ValueError as exc:
+        got = ("ValueError", str(exc))
+    assert got == expected
+    assert type(got) is type(expected)
