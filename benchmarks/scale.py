@@ -316,7 +316,7 @@ async def run(ctx: Context) -> list[Row]:
                                         ready_s=min(60.0, 10 + n / 100), generator=generator,
                                         idle_s=2.0 if ctx.tiny else 10.0)
                 except (TimeoutError, RuntimeError) as exc:
-                    failed = str(exc)
+                    failed = str(exc) or type(exc).__name__  # TimeoutError() says nothing
                     ctx.progress(f"scale: {kind} N={n} failed: {exc}")
                     break
                 gens = res.pop("_generators")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import ClassVar
 
@@ -26,21 +27,36 @@ class Signal:
 
     ``while not pred(): await sig.wait()`` is race free in asyncio: ``fire()``
     wakes every current waiter and re-arms.
+
+    One future per waiter, dropped when it is woken or cancelled; a ``fire()``
+    with nobody waiting costs a truth test (a server fires once per line
+    received, docs/PERFORMANCE.md "Server scale").
     """
 
-    __slots__ = ("_event",)
+    __slots__ = ("_waiters",)
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
 
     def fire(self) -> None:
         """Wake every coroutine waiting now; later waiters wait for the next fire."""
-        self._event.set()
-        self._event = asyncio.Event()
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     async def wait(self) -> None:
         """Wait for the next ``fire()``."""
-        await self._event.wait()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):  # not woken: no fire() took it out
+                self._waiters.remove(fut)
+            raise
 
 
 class LineSource:

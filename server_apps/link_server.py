@@ -17,16 +17,22 @@ to its conn_id, the ticker and the group commit. One device's protocol
 
 Threading model
 ---------------
-paho-mqtt runs its own network thread (``loop_start()``). Its callbacks do no
-protocol work: they append the event (connect, disconnect, message) to an
-inbox deque and, if no drain is pending, schedule one on the asyncio loop with
-``loop.call_soon_threadsafe`` (one wake-up per burst, not per message); paho's
-thread reads up to ``READ_BATCH`` packets per wake-up (``_Client``). All
-protocol state lives in the asyncio thread. Frames to publish join an outbox
-that is handed to paho once per event-loop turn (``_flush_outbox``): one
-wake-up of paho's thread per batch, and the batch's QoS 0 frames (acks,
-heartbeat answers) as one block of PUBLISH packets, one ``send()``; QoS 1
-frames through paho's ``publish()``. Chosen over driving paho from the event loop
+paho-mqtt runs its own network thread (``loop_start()``). It does no
+protocol work: it reads up to ``READ_BATCH`` packets per wake-up, parses the
+QoS 0 and 1 PUBLISH packets itself (``_Client``, MQTT 3.1.1) and appends them
+to an inbox deque as one batch, with their PUBACKs queued as one block after
+it (connect and disconnect events, and MQTT 5 messages, one by one through
+paho's callbacks); if no drain is pending it schedules one on the asyncio loop
+with ``loop.call_soon_threadsafe`` (one wake-up per burst, not per message).
+All protocol state lives in the asyncio thread, which routes a message by
+its topic's bytes. Frames to publish join an outbox handed over once per
+event-loop turn (``_flush_outbox``): the turn's QoS 0 frames (acks,
+heartbeat answers) as one block of PUBLISH packets, sent with one ``send()``
+straight from the event loop when paho has nothing queued (plain TCP; under
+the lock paho's thread writes under, so packets never interleave), otherwise
+queued for paho's thread with one wake-up; QoS 1 frames through paho's
+``publish()``. Packets queued for paho's thread go out joined, one
+``send()`` per round. Chosen over driving paho from the event loop
 because the server has exactly one connection, and the thread gives for free:
 reconnects with paho's backoff (``reconnect_delay_set(1, 30)``: 1 s doubling to
 30 s), blocking DNS/TCP/TLS handshakes kept off the loop, and MQTT keepalive
@@ -134,7 +140,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final
 
@@ -305,6 +311,7 @@ class LinkServer:
             client_id.encode().hex()[:128] or "-"
         )
         self._probe_topic = f"{root}/.servers/{level}/probe"
+        self._probe_topic_b = self._probe_topic.encode()
         self._holder_topic = f"{root}/.servers/{level}/holder"
         self._quick_drops = 0  # broker connections lost soon after they came up
         self._up_since = 0.0
@@ -322,12 +329,14 @@ class LinkServer:
         )
         self._state = ServerState()
         self._conns: dict[str, Connection] = {}
+        self._routes: dict[bytes, Connection] = {}  # up topic (bytes) -> its claimed Connection
         self._unclaimed: collections.OrderedDict[str, DeviceWatch] = collections.OrderedDict()
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
+        self._inbox_msgs = 0  # messages in the inbox (a batch counts each of its messages)
         self._outbox: list[tuple[str, bytes]] = []  # frames to publish at the end of this turn
         self._due: list[tuple[int, int, Connection]] = []  # heap: (check at ms, seq, conn)
         self._due_seq = 0
@@ -462,6 +471,8 @@ class LinkServer:
         client, self._client = self._client, None
         if client is not None:
             client.on_connect = client.on_disconnect = client.on_message = None
+            if isinstance(client, _Client):
+                client.on_publishes = None
             sock = client.socket()
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
@@ -585,6 +596,7 @@ class LinkServer:
             timeout_ms=self.timeout_ms, queue_size=self.queue_size, watch=live,
         )
         self._conns[conn_id] = conn
+        self._routes[conn.up_topic.encode()] = conn
         self._schedule(conn, 0)
         # Its sender state is about to change: drop it from the file before any send.
         self._state.conns[conn_id] = ConnState(rx=stored.rx, unread=list(stored.unread))
@@ -620,6 +632,8 @@ class LinkServer:
         client.on_connect = self._paho_on_connect
         client.on_disconnect = self._paho_on_disconnect
         client.on_message = self._paho_on_message
+        if isinstance(client, _Client):
+            client.on_publishes = self._paho_on_publishes
         return client
 
     def _secure(self, client: mqtt.Client) -> None:
@@ -727,6 +741,8 @@ class LinkServer:
         client.on_connect = None
         client.on_disconnect = None
         client.on_message = None
+        if isinstance(client, _Client):
+            client.on_publishes = None
         with contextlib.suppress(Exception):
             client.disconnect()
         if wait:
@@ -772,13 +788,28 @@ class LinkServer:
             if msg.payload != self._token.encode():
                 client.publish(self._holder_topic, self._token, qos=0)
             return
-        while len(self._inbox) >= INBOX_LIMIT and not self._closing:
+        while self._inbox_msgs >= INBOX_LIMIT and not self._closing:
             time.sleep(0.002)  # the loop is behind: stop reading, TCP pushes back
         self._to_loop(("message", topic, bytes(msg.payload)))
 
-    def _to_loop(self, event: tuple[Any, ...]) -> None:
+    def _paho_on_publishes(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """The messages of one read of paho's thread (``_Client.on_publishes``), at once."""
+        probe = self._probe_topic_b
+        for topic, payload in batch:
+            if topic == probe:  # another process asks who holds our client id
+                if payload != self._token.encode() and self._client is not None:
+                    self._client.publish(self._holder_topic, self._token, qos=0)
+                batch = [m for m in batch if m[0] != probe]
+                break
+        while self._inbox_msgs >= INBOX_LIMIT and not self._closing:
+            time.sleep(0.002)  # the loop is behind: stop reading, TCP pushes back
+        if batch:
+            self._to_loop(("messages", batch), len(batch))
+
+    def _to_loop(self, event: tuple[Any, ...], count: int = 1) -> None:
         self._inbox.append(event)
         with self._inbox_lock:
+            self._inbox_msgs += count
             if self._inbox_scheduled:
                 return
             self._inbox_scheduled = True
@@ -796,7 +827,9 @@ class LinkServer:
         while inbox:
             event = inbox.popleft()
             try:
-                if event[0] == "message":
+                if event[0] == "messages":
+                    self._on_messages(event[1])
+                elif event[0] == "message":
                     self._on_message(event[1], event[2])
                 elif event[0] == "connect":
                     self._on_connect(event[1])
@@ -804,6 +837,9 @@ class LinkServer:
                     self._on_disconnect(event[1])
             except Exception:
                 log.exception("error handling %s event", event[0])
+            finally:
+                with self._inbox_lock:
+                    self._inbox_msgs -= len(event[1]) if event[0] == "messages" else 1
 
     def _on_connect(self, reason_code: ReasonCode) -> None:
         ok = not reason_code.is_failure
@@ -858,6 +894,27 @@ class LinkServer:
             conn._wake()
 
     # -- incoming frames -------------------------------------------------------
+
+    def _on_messages(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """The messages of one read of paho's thread: a claimed conn_id's ``up`` straight to its
+        Connection (its topic's bytes looked up), anything else through ``_on_message``."""
+        now = now_ms()
+        routes = self._routes
+        for topic, payload in batch:
+            try:
+                conn = routes.get(topic)
+                if conn is not None:
+                    if not conn._receive(payload, now):
+                        self.stats["malformed"] += 1
+                    continue
+                try:
+                    text = topic.decode()
+                except UnicodeDecodeError:
+                    log.warning("dropped a message on a topic that is not UTF-8")
+                    continue
+                self._on_message(text, payload)
+            except Exception:
+                log.exception("error handling a message on %r", topic[:100])
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         parsed = names.parse_topic(self.root, topic)
@@ -1100,11 +1157,28 @@ class _Client(mqtt.Client):
       round anyway), nor inside ``batch()`` (one wake-up at its end).
     - Every message is matched against the (unused) per-topic callbacks.
       Here: straight to ``on_message``.
+    - Every PUBLISH becomes an ``MQTTMessage`` (topic decoded, a debug log
+      line formatted) handed over alone, and every PUBACK is its own
+      ``send()``. Here (MQTT 3.1.1, ``on_publishes`` set): QoS 0 and 1
+      PUBLISH packets are parsed from the read buffer into ``(topic,
+      payload)`` bytes, handed over as one list per read, their PUBACKs
+      queued after it as one block; anything else (QoS 2, a packet cut across
+      reads, other packet types, MQTT 5) goes through paho's own code, after
+      the messages before it.
+    - Every queued packet is written with its own ``send()``. Here: the
+      packets at the head of the queue are joined first (``_packet_write``).
+    - Every batch of frames from the event loop wakes the network thread.
+      Here: a block of QoS 0 PUBLISH packets is sent by the event loop itself
+      when nothing is queued before it, on a plain TCP socket (not TLS: one
+      SSL object is not written and read from two threads), under the lock
+      paho's thread writes under (``queue_block``).
 
-    It relies on paho 2.x internals (``_packet_read``, ``_loop_rc_handle``,
-    ``_sock_recv``, ``_packet_queue``, ``_out_packet``, ``_sockpairW``,
-    ``_handle_on_message``); pyproject.toml pins paho-mqtt below 3, and
-    tests/test_server_outbox.py checks the packets against paho's own.
+    It relies on paho 2.x internals (``_packet_read``, ``_packet_write``,
+    ``_loop_rc_handle``, ``_sock_recv``, ``_packet_queue``, ``_out_packet``,
+    ``_in_packet``, ``_sockpairW``, ``_msgtime_mutex``, ``_last_bytes_received``,
+    ``_last_msg_out``, ``_handle_on_message``); pyproject.toml pins paho-mqtt
+    below 3, and tests/test_server_outbox.py checks the packets against
+    paho's own.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -1112,6 +1186,11 @@ class _Client(mqtt.Client):
         self._rbuf = b""
         self._rpos = 0
         self._batching = False
+        self._queued = False  # batch(): something joined paho's queue (wake its thread)
+        self._send_lock = threading.RLock()  # one writer of the socket at a time
+        # (topic, payload) of the PUBLISH packets of one loop_read(), MQTT 3.1.1 only; None:
+        # every message through paho's own parsing and on_message
+        self.on_publishes: Callable[[list[tuple[bytes, bytes]]], None] | None = None
 
     def reconnect(self) -> MQTTErrorCode:
         self._rbuf, self._rpos = b"", 0  # nothing of the old connection's stream is kept
@@ -1128,10 +1207,52 @@ class _Client(mqtt.Client):
         return self._rbuf[start:start + bufsize]
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        fast = self.on_publishes
+        if fast is None or self._protocol != MQTTv311:
+            return self._loop_read(None)
+        got: list[tuple[bytes, bytes]] = []
+        acks = bytearray()
+        try:
+            return self._loop_read((got, acks))
+        finally:
+            self._hand_over(got, acks)
+
+    def _hand_over(self, got: list[tuple[bytes, bytes]], acks: bytearray) -> None:
+        """Give the messages taken so far to ``on_publishes``, then queue their PUBACKs."""
+        if got and self.on_publishes is not None:
+            self.on_publishes(got[:])
+        got.clear()
+        if acks and self._sock is not None:  # after the messages were handed over, as paho
+            self._packet_queue(mqtt.PUBACK, bytes(acks), 0, 1)
+        acks.clear()
+
+    def _loop_read(self, fast: tuple[list[tuple[bytes, bytes]], bytearray] | None
+                   ) -> MQTTErrorCode:
         count = 0
         while True:
             if self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if fast is not None and self._in_packet["command"] == 0:
+                if self._rpos >= len(self._rbuf):
+                    try:
+                        data: bytes = mqtt.Client._sock_recv(self, RECV_SIZE)
+                    except BlockingIOError:
+                        return MQTTErrorCode.MQTT_ERR_SUCCESS
+                    except OSError:
+                        data = b""
+                    if not data:  # closed or failed: paho's own read reports it
+                        return self._loop_rc_handle(self._packet_read())
+                    self._rbuf, self._rpos = data, 0
+                n = self._take_publishes(fast[0], fast[1])
+                if n:
+                    count += n
+                    with self._msgtime_mutex:
+                        self._last_bytes_received = mqtt.time_func()
+                    if count >= READ_BATCH and self._rpos >= len(self._rbuf):
+                        return MQTTErrorCode.MQTT_ERR_SUCCESS  # select() sees what the socket has
+                    continue
+                if fast[0]:  # what paho's own read hands over comes after these, in order
+                    self._hand_over(fast[0], fast[1])
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
@@ -1142,6 +1263,54 @@ class _Client(mqtt.Client):
             count += 1
             if count >= READ_BATCH and self._rpos >= len(self._rbuf):
                 return MQTTErrorCode.MQTT_ERR_SUCCESS  # select() sees what the socket has
+
+    def _take_publishes(self, got: list[tuple[bytes, bytes]], acks: bytearray) -> int:
+        """Take the complete QoS 0/1 PUBLISH packets at the head of the read buffer (3.1.1).
+
+        Each one's ``(topic, payload)`` joins ``got`` and, at QoS 1, its PUBACK
+        joins ``acks``. Stops at anything else (another packet type, QoS 2, a
+        packet not wholly buffered yet, a malformed length): paho's own
+        ``_packet_read`` takes it from the same buffer. Returns the packets taken.
+        """
+        buf = self._rbuf
+        end = len(buf)
+        pos = self._rpos
+        taken = 0
+        while pos + 2 <= end:
+            head = buf[pos]
+            if head & 0xF0 != 0x30 or head & 0x06 == 0x06 or head & 0x06 == 0x04:
+                break  # not a PUBLISH at QoS 0 or 1
+            # remaining length: 1 to 4 bytes, 7 bits each, least significant first
+            length = 0
+            shift = 0
+            i = pos + 1
+            while i < end and i < pos + 5:
+                b = buf[i]
+                length |= (b & 0x7F) << shift
+                shift += 7
+                i += 1
+                if b < 0x80:
+                    break
+            else:
+                break  # length not complete (or over 4 bytes: paho reports it)
+            stop = i + length
+            if stop > end or length < 2:
+                break
+            tlen = (buf[i] << 8) | buf[i + 1]
+            at = i + 2 + tlen
+            if head & 0x06:  # QoS 1: a packet id follows the topic
+                if at + 2 > stop:
+                    break
+                acks += b"\x40\x02"
+                acks += buf[at:at + 2]
+                at += 2
+            elif at > stop:
+                break
+            got.append((buf[i + 2:i + 2 + tlen], buf[at:stop]))
+            pos = stop
+            taken += 1
+        self._rpos = pos
+        return taken
 
     def _packet_queue(
         self,
@@ -1154,28 +1323,97 @@ class _Client(mqtt.Client):
         thread = self._thread
         if thread is None or not (self._batching or thread.ident == threading.get_ident()):
             return super()._packet_queue(command, packet, mid, qos, info)
+        if self._batching:
+            self._queued = True  # batch() wakes the network thread at its end
         self._out_packet.append({
             "command": command, "mid": mid, "qos": qos, "pos": 0,
             "to_process": len(packet), "packet": packet, "info": info,
         })
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _packet_write(self) -> MQTTErrorCode:
+        """Write what is queued, consecutive packets joined into one ``send()``.
+
+        paho writes each queued packet with its own ``send()``: one system call
+        per PUBACK, per acknowledgement frame. Here the packets waiting at the
+        head of the queue are joined first, up to a DISCONNECT (paho acts on its
+        completion) and up to ``RECV_SIZE`` bytes; a QoS 0 PUBLISH among them
+        counts as published when the joined packet is queued (nothing here waits
+        for it). QoS 1 PUBLISHes stay paho's: it tracks them by their PUBACK.
+        """
+        with self._send_lock:
+            return self._packet_write_joined()
+
+    def _packet_write_joined(self) -> MQTTErrorCode:
+        out = self._out_packet
+        if len(out) > 1:
+            taken: list[mqtt._OutPacket] = []
+            size = 0
+            while out and size < RECV_SIZE:
+                head = out[0]
+                if head["command"] & 0xF0 == mqtt.DISCONNECT or head["pos"]:
+                    break
+                taken.append(out.popleft())
+                size += head["to_process"]
+            if len(taken) > 1:
+                joined = b"".join(p["packet"] for p in taken)
+                for p in taken:
+                    info = p["info"]
+                    if info is not None and p["command"] & 0xF0 == mqtt.PUBLISH and p["qos"] == 0:
+                        info._set_as_published()
+                out.appendleft({"command": 0, "mid": 0, "qos": 0, "pos": 0,
+                                "to_process": len(joined), "packet": joined, "info": None})
+            elif taken:
+                out.appendleft(taken[0])
+        return super()._packet_write()
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Publish several frames with one wake-up of the network thread (event loop only)."""
+        """Publish several frames with at most one wake-up of the network thread (event loop only).
+
+        No wake-up at all when everything went out directly (``queue_block``).
+        """
         self._batching = True
+        self._queued = False
         try:
             yield
         finally:
             self._batching = False
             wake = self._sockpairW
-            if wake is not None:
+            if wake is not None and self._queued:
                 with contextlib.suppress(OSError):
                     wake.send(b"0")
 
     def queue_block(self, block: bytearray) -> None:
-        """Queue ready-made QoS 0 PUBLISH packets, written with one ``send()``."""
-        if self._sock is not None:  # not connected: QoS 0 frames are lost, as with publish()
+        """Send ready-made QoS 0 PUBLISH packets with one ``send()`` (inside ``batch()``).
+
+        On a plain TCP socket with nothing queued before them they are sent
+        from the calling thread at once, under the lock paho's thread writes
+        under (``_packet_write``), so that packets never interleave and stay in
+        order: no wake-up of the network thread, no hand-off. Otherwise, or for
+        what the socket does not take now, they join paho's queue. TLS sockets
+        always go through the queue (one SSL object is not written and read
+        from two threads).
+        """
+        sock = self._sock
+        if sock is None:  # not connected: QoS 0 frames are lost, as with publish()
+            return
+        with self._send_lock:
+            # connected: CONNECT went out (a reconnect's socket gets nothing before it)
+            if not self._out_packet and type(sock) is socket.socket and self.is_connected():
+                try:
+                    sent = sock.send(block)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return  # the connection is failing: paho's thread finds out and reconnects
+                if sent:
+                    with self._msgtime_mutex:
+                        self._last_msg_out = mqtt.time_func()
+                if sent == len(block):
+                    return
+                block = block[sent:]  # the rest: a PUBLISH cut in two, paho writes it next
+            self._queued = True
             self._packet_queue(mqtt.PUBLISH, block, 0, 0, mqtt.MQTTMessageInfo(0))
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:

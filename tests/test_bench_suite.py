@@ -135,6 +135,26 @@ def test_scale_counts_and_sustained_reasons() -> None:
     assert "its run failed (TimeoutError" in not_sustained_note(200, {}, "TimeoutError")
 
 
+def test_scale_run_that_times_out_silently_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that raises a bare TimeoutError() (no message) is a failed run with a note,
+    and the amqtt step-up stops there: before, the empty message read as "no failure" and
+    the note looked up figures the run never had (KeyError 'latency p99')."""
+    import asyncio
+
+    from benchmarks import scale
+
+    async def times_out(*args: object, **kwargs: object) -> dict[str, float]:
+        raise TimeoutError()
+
+    monkeypatch.setattr(scale, "one_run", times_out)
+    ctx = Context(options={"scale_n": [200]})
+    rows = asyncio.run(scale.run(ctx))
+    failed = [r for r in rows if r.name == "run failed"]
+    assert failed and failed[0].note == "TimeoutError" and failed[0].met is False
+    top = [r for r in rows if r.name == "highest N sustained"]
+    assert len(top) == 1 and "its run failed (TimeoutError)" in top[0].note
+
+
 def test_family_list() -> None:
     assert set(FAMILIES) == {"latency", "throughput", "scale", "esp", "recovery"}
     assert EXTRA_FAMILIES == ("soak",)
