@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import resource
@@ -57,6 +58,21 @@ class Stats:
         self.lat.append((now_ns - t_ns) / 1e6)
 
 
+class GcPauses:
+    """The garbage collector's pauses, ms, from ``gc.callbacks`` (start/stop of each collection)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []  # (generation, ms)
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append((int(info["generation"]), (time.perf_counter() - self._t0) * 1e3))
+
+
 def cpu_s() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -64,6 +80,7 @@ def cpu_s() -> float:
 
 async def main(args: argparse.Namespace) -> None:
     stats = Stats()
+    pauses = GcPauses()
     t0 = time.monotonic()
     server = LinkServer("127.0.0.1", args.port, timeout_ms=args.timeout_ms,
                         client_id=args.client_id or f"pblink-scale-{args.port}", root=args.root,
@@ -106,6 +123,8 @@ async def main(args: argparse.Namespace) -> None:
                   f"paho_out_queue {out_q} {dict(server.stats)}", file=sys.stderr, flush=True)
 
     tasks.append(asyncio.create_task(monitor()))
+    if args.gc_freeze:
+        gc.freeze()
     print(f"READY {time.monotonic() - t0:.2f}", flush=True)
     loop = asyncio.get_running_loop()
     mark_cpu, mark_t, mark_count = cpu_s(), time.monotonic(), 0
@@ -116,6 +135,7 @@ async def main(args: argparse.Namespace) -> None:
             all_count += stats.count
             stats.lat.clear()
             stats.count = 0
+            pauses.pauses.clear()
             mark_cpu, mark_t, mark_count = cpu_s(), time.monotonic(), 0
             print("MARKED", flush=True)
         elif cmd in ("stop", ""):
@@ -136,6 +156,7 @@ async def main(args: argparse.Namespace) -> None:
         "maxrss_kib": peak_rss_kib(),  # VmHWM: ru_maxrss would be the runner's
         "server_stats": dict(server.stats),
         "per_conn_seen": {c: len(s) for c, s in stats.seen.items()},
+        "gc_pauses_ms": pauses.pauses,
     }
     await asyncio.to_thread(Path(args.out).write_text, json.dumps(doc))
     for t in tasks:
@@ -157,6 +178,8 @@ def cli() -> None:
     p.add_argument("--client-id", default=None)
     p.add_argument("--standby", action="store_true",
                    help="with --state-db: print STANDBY, then CLAIMED N T once every lease is held")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="gc.freeze() once every conn_id is claimed: an experiment knob")
     p.add_argument("--profile", default=None, help="cProfile the run into this file")
     p.add_argument("--switch-interval", type=float, default=None,
                    help="sys.setswitchinterval (seconds) for the GIL: an experiment knob")
