@@ -23,7 +23,8 @@ from link_core import control, frames
 from link_core.endpoint import Receiver, Sender
 from link_core.i2c_link import INITIATOR, SYNC_RETRY_MS, LinkEndpoint, PollPolicy
 from link_core.liveness import may_write
-from link_core.names import check_conn_id, line_bytes
+from link_core.lines import line_bytes
+from link_core.names import check_conn_id
 from pb_link.ports import make_port
 
 _sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]

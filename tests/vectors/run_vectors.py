@@ -9,7 +9,7 @@
 import json
 import sys
 
-from link_core import control, endpoint, frames, i2c_link, names
+from link_core import control, endpoint, frames, i2c_link, lines, names, topics
 
 _count = 0
 _failed = 0
@@ -130,11 +130,11 @@ def run(v):
         check("conn_id bad " + repr(c)[:20], raises(names.check_conn_id, c))
 
     for t in v["lines_ok"]:
-        check("line ok " + t["hex"][:20], names.check_line(unhex(t["hex"])) == t["text"])
+        check("line ok " + t["hex"][:20], lines.check_line(unhex(t["hex"])) == t["text"])
         text = unhex(t["hex"]).decode()
-        check("line ok str " + t["hex"][:20], names.check_line(text) == t["text"])
+        check("line ok str " + t["hex"][:20], lines.check_line(text) == t["text"])
     for h in v["lines_bad_hex"]:
-        check("line bad " + h[:20], raises(names.check_line, unhex(h)))
+        check("line bad " + h[:20], raises(lines.check_line, unhex(h)))
 
     for t in v["config"]:
         got = control.encode_config(t["list"])
@@ -184,11 +184,11 @@ def run(v):
         sc = v[key]
         r = endpoint.Receiver(sc["window"])
         i = 0
-        for text, ack, lines in sc["steps"]:
+        for text, ack, want in sc["steps"]:
             a, got = r.on_frame(frames.decode(text.encode()))
             if a is not None:
                 a = a.decode()
-            check(key + " step " + str(i) + " " + text, a == ack and got == lines, (a, got))
+            check(key + " step " + str(i) + " " + text, a == ack and got == want, (a, got))
             i += 1
         check(key + " snapshot", r.snapshot() == sc["snapshot"], r.snapshot())
         if "counters" in sc:
@@ -203,7 +203,7 @@ def run(v):
         ok = tp.up == t["up"] and tp.down == t["down"] and tp.status == t["status"]
         check("topics " + t["conn_id"], ok)
     for t in v["parse_topic"]:
-        got = names.parse_topic(t["root"], t["topic"])
+        got = topics.parse_topic(t["root"], t["topic"])
         if got is not None:
             got = list(got)
         check("parse_topic " + t["topic"], got == t["result"], got)
