@@ -8,6 +8,11 @@ others are control messages. Kinds are ints (byte values), so
 JSON bodies are written by a small encoder here (compact, non-ASCII as
 UTF-8) so that both interpreters produce identical bytes; they are read with
 ``json.loads``.
+
+The ESP8266 bridge imports this module, and every function here costs it RAM
+even frozen (docs/FIRMWARE.md "Memory budget"): what only the Pyboard and the
+tools call (``is_frame``, ``encode_config``, ``decode_report``,
+``decode_text``) is in ``link_core.messages``.
 """
 
 import json
@@ -56,11 +61,6 @@ _COL_DEFAULT = const(2)
 _COL_LOW = const(3)
 _COL_HIGH = const(4)
 _COL_USE = const(5)
-
-
-def is_frame(msg):
-    """True if link message ``msg`` carries an end-to-end frame (kind q, u or a)."""
-    return len(msg) > 0 and msg[0] in FRAME_KINDS
 
 
 # -- JSON ---------------------------------------------------------------------
@@ -300,14 +300,6 @@ def check_config(cfg):
     return c
 
 
-def encode_config(cfg):
-    """The ``C`` link message (bytes) for a config list (see ``check_config``)."""
-    msg = b"C" + dump_list(check_config(cfg))
-    if len(msg) > MAX_MESSAGE:
-        raise ValueError("config message is " + str(len(msg)) + " bytes, over MAX_MESSAGE")
-    return msg
-
-
 def decode_config(msg):
     """The completed config list (``check_config``) from a ``C`` message.
 
@@ -340,12 +332,6 @@ def encode_report(rep):
     return b"R" + dump_list(_check_report(rep))
 
 
-def decode_report(msg):
-    """``[connects, report_no, mem_free]`` or ``[..., mem_errors]`` from an ``R``
-    message (kind byte optional); ValueError when malformed."""
-    return _check_report(_load_body(msg, REPORT, "report"))
-
-
 # -- text ---------------------------------------------------------------------
 
 
@@ -366,11 +352,3 @@ def encode_text(kind, text):
             n -= 1
         data = data[:n]
     return bytes((kind,)) + data
-
-
-def decode_text(msg):
-    """The UTF-8 text of a ``B``, ``E`` or ``D`` message (``ValueError`` if not UTF-8)."""
-    data = bytes(msg)[1:]
-    if not utf8_valid(data):
-        raise ValueError("message " + _show(bytes(msg)) + " is not valid UTF-8")
-    return data.decode("utf-8")

@@ -44,7 +44,7 @@ from link_core.frames import (
     encode_unreliable,
     qos_raw,
 )
-from link_core.names import _line_bytes
+from link_core.lines import _line_bytes
 
 TX_WINDOW_PYBOARD = const(8)
 TX_WINDOW_SERVER = const(16)
@@ -131,7 +131,7 @@ class Sender:
 
         The frame is kept until acknowledged and retransmitted by ``due``.
         ``ValueError`` if the window is full (check ``can_send`` first) or
-        the line is invalid (``names.check_line``); neither uses up an id.
+        the line is invalid (``lines.check_line``); neither uses up an id.
         """
         if len(self._pending) >= self.window:
             raise ValueError("send window full: " + str(self.window) + " qos frames unacknowledged")

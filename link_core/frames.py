@@ -23,7 +23,8 @@ except ImportError:  # CPython
         return x
 
 
-from link_core.names import _line_bytes, _show
+from link_core.lines import _line_bytes
+from link_core.names import _show
 
 QOS = "q"
 UNRELIABLE = "u"
@@ -74,7 +75,7 @@ def _check_id(name, value):
 def encode_qos(session, msg_id, base, line):
     """``q|<session>|<id>|<base>|<line>`` as bytes.
 
-    ``line``: str or UTF-8 bytes, checked as by ``names.check_line``. ``base``
+    ``line``: str or UTF-8 bytes, checked as by ``lines.check_line``. ``base``
     must be ``msg_id`` or before it (serial arithmetic).
     """
     check_session(session)
@@ -138,7 +139,7 @@ def decode(payload):
 
     ``kind`` and ``session`` and ``line`` are str, ids are int.
     ``ValueError`` for an unknown kind, a bad session or id, a base after the
-    id, or a line that breaks ``names.check_line`` (not UTF-8, too long).
+    id, or a line that breaks ``lines.check_line`` (not UTF-8, too long).
     """
     if isinstance(payload, str):
         data = payload.encode()

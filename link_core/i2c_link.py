@@ -13,7 +13,11 @@ Block format (1.3)::
 chunking, stop-and-wait retransmission, HOLD flow control and the SYNC/FRESH
 handshake. The board code moves blocks: it calls ``build_block()`` for the
 block it sends in an exchange and ``on_block()`` with the block it got.
-``PollPolicy`` tells the Initiator when to start the next exchange.
+
+The ESP8266 bridge imports this module, and every function and class here
+costs it RAM even frozen (docs/FIRMWARE.md "Memory budget"): the block codec
+for tools and tests (``crc16``, ``encode_block``, ``decode_block``, ``Block``)
+and the Initiator's ``PollPolicy`` are in ``link_core.i2c_tools``.
 """
 
 try:
@@ -24,7 +28,6 @@ except ImportError:  # CPython
         return x
 
 
-from link_core.clock import ticks_diff
 from link_core.names import MAX_MESSAGE
 
 # Flags (byte 0)
@@ -113,15 +116,6 @@ def _crc(data, start, end, crc):
     return crc
 
 
-def crc16(data, crc=0xFFFF):
-    """CRC-16/CCITT-FALSE (poly 0x1021, no reflection, no final xor) of ``data``.
-
-    Pass a previous result as ``crc`` to continue over more data.
-    ``crc16(b"123456789") == 0x29B1``.
-    """
-    return _crc(data, 0, len(data), crc)
-
-
 def check_block(buf):
     """Payload length of the block at the start of ``buf``, or -1 if corrupt.
 
@@ -139,86 +133,6 @@ def check_block(buf):
     if _crc(buf, 0, e, 0xFFFF) != (buf[e] << 8) | buf[e + 1]:
         return -1
     return ln
-
-
-def encode_block(flags, seq, ack, payload=b"", buf=None):
-    """Build one block.
-
-    ``flags``: any of MORE, HOLD, SYNC, FRESH (the version nibble is added).
-    Returns bytes, or with ``buf`` (writable, at least 6 + len(payload)
-    bytes) writes the block at ``buf[0]`` and returns its length.
-    """
-    n = len(payload)
-    if n > CHUNK_MAX:
-        raise ValueError("payload of " + str(n) + " bytes exceeds CHUNK_MAX = 120")
-    if not 0 <= seq <= 255 or not 0 <= ack <= 255:
-        raise ValueError("seq " + repr(seq) + " / ack " + repr(ack) + " not in 0..255")
-    out = bytearray(HEADER + n + 2) if buf is None else buf
-    out[0] = VERSION | (flags & 0x0F)
-    out[1] = seq
-    out[2] = ack
-    out[3] = n
-    if n:
-        out[HEADER : HEADER + n] = payload
-    crc = _crc(out, 0, HEADER + n, 0xFFFF)
-    out[HEADER + n] = crc >> 8
-    out[HEADER + n + 1] = crc & 0xFF
-    if buf is None:
-        return bytes(out)
-    return HEADER + n + 2
-
-
-class Block:
-    """A decoded block: ``flags`` (the whole byte), ``seq``, ``ack``, ``payload`` (bytes).
-
-    Properties ``more``, ``hold``, ``sync``, ``fresh`` test the flag bits.
-    """
-
-    def __init__(self, flags, seq, ack, payload):
-        self.flags = flags
-        self.seq = seq
-        self.ack = ack
-        self.payload = payload
-
-    @property
-    def more(self):
-        return bool(self.flags & MORE)
-
-    @property
-    def hold(self):
-        return bool(self.flags & HOLD)
-
-    @property
-    def sync(self):
-        return bool(self.flags & SYNC)
-
-    @property
-    def fresh(self):
-        return bool(self.flags & FRESH)
-
-    def __repr__(self):
-        return (
-            "Block(flags="
-            + hex(self.flags)
-            + ", seq="
-            + str(self.seq)
-            + ", ack="
-            + str(self.ack)
-            + ", payload="
-            + repr(self.payload)
-            + ")"
-        )
-
-
-def decode_block(buf):
-    """``Block`` for the block at the start of ``buf``, or None if it is corrupt.
-
-    ``buf``: bytes, bytearray or memoryview; bytes after the block are ignored.
-    """
-    ln = check_block(buf)
-    if ln < 0:
-        return None
-    return Block(buf[0], buf[1], buf[2], bytes(buf[HEADER : HEADER + ln]))
 
 
 class LinkEndpoint:
@@ -576,41 +490,3 @@ class LinkEndpoint:
             self.too_long += 1
         self._discard = False
         self._asm_len = 0
-
-
-class PollPolicy:
-    """When the Initiator starts the next exchange (PROTOCOL.md 1.5).
-
-    ``PollPolicy(active_poll_ms=1, idle_poll_ms=10, idle_after_ms=200)``.
-    After each exchange call ``delay_ms(now_ms, moved)`` with
-    ``moved = endpoint.busy``; it returns how many ms to wait before the next
-    poll: ``active_poll_ms`` while traffic flows and for ``idle_after_ms``
-    after the last traffic, then ``idle_poll_ms``. ``kick(now_ms)`` records
-    traffic without an exchange (e.g. the application queued a message).
-    """
-
-    def __init__(
-        self,
-        active_poll_ms=ACTIVE_POLL_MS,
-        idle_poll_ms=IDLE_POLL_MS,
-        idle_after_ms=IDLE_AFTER_MS,
-    ):
-        self.active_poll_ms = active_poll_ms
-        self.idle_poll_ms = idle_poll_ms
-        self.idle_after_ms = idle_after_ms
-        self._last = None
-
-    def kick(self, now_ms):
-        """Record traffic at ``now_ms``: poll fast for the next ``idle_after_ms``."""
-        self._last = now_ms
-
-    def delay_ms(self, now_ms, moved):
-        """Milliseconds to wait before the next poll."""
-        if moved:
-            self._last = now_ms
-            return self.active_poll_ms
-        if self._last is not None:
-            if ticks_diff(now_ms, self._last) < self.idle_after_ms:
-                return self.active_poll_ms
-            self._last = None
-        return self.idle_poll_ms

@@ -1,7 +1,12 @@
-"""Names and lines: conn_id rules, line validation, MQTT topics.
+"""Names: conn_id and topic-root rules, UTF-8 check, a device's MQTT topics.
 
 See docs/PROTOCOL.md sections 0, 3 and 4.1. Everything here raises
 ``ValueError`` with a message that names the offending value and the rule.
+
+The ESP8266 bridge imports this module, and every function and class here
+costs it RAM even frozen (docs/FIRMWARE.md "Memory budget"): line validation
+lives in ``link_core.lines`` (the end applications), topic filters and
+parsing in ``link_core.topics`` (the server side).
 """
 
 try:
@@ -43,16 +48,6 @@ def _show(value, limit=40):
     if len(r) > limit + 5:
         r = r[:limit] + "...'"
     return r
-
-
-def _show_line(data, text):
-    """A line for an error message: its text, never a bytes repr."""
-    if text is None:
-        try:
-            text = bytes(data).decode("utf-8")
-        except UnicodeError:
-            return "of " + str(len(data)) + " bytes"
-    return _show(text)
 
 
 def check_conn_id(conn_id):
@@ -174,79 +169,9 @@ def utf8_valid(data):
     return True
 
 
-def _line_bytes(line, strip):
-    """Validate a line; return (bytes, str_or_None). Internal."""
-    text = None
-    if isinstance(line, str):
-        text = line
-        try:
-            data = line.encode("utf-8")
-        except UnicodeError:
-            data = None
-        if data is None:
-            raise ValueError("line " + _show(line) + " cannot be encoded as UTF-8")
-    elif isinstance(line, (bytes, bytearray, memoryview)):
-        data = bytes(line)
-    else:
-        raise ValueError("line " + _show(line) + " is not str or bytes")
-    n = len(data)
-    if strip and n and data[n - 1] == 10:
-        n -= 1
-        data = data[:n]
-        if text is not None:
-            text = text[:-1]
-    if n > MAX_LINE:
-        raise ValueError(
-            "line "
-            + _show_line(data, text)
-            + " is "
-            + str(n)
-            + " bytes UTF-8 encoded; the limit is MAX_LINE = "
-            + str(MAX_LINE)
-        )
-    i = data.find(b"\n")
-    if i >= 0:
-        raise ValueError(
-            "line "
-            + _show_line(data, text)
-            + " has a newline at byte "
-            + str(i)
-            + ": a line is one line (only one trailing newline is allowed, and removed)"
-        )
-    if n and max(data) >= 0x80 and not utf8_valid(data):
-        raise ValueError("line " + _show_line(data, None) + " is not valid UTF-8")
-    return data, text
-
-
-def check_line(line):
-    """Validate one line and return it as ``str`` without its newline.
-
-    ``line`` is ``str`` or UTF-8 bytes (``bytes``, ``bytearray``,
-    ``memoryview``). One trailing ``\\n`` is removed. ``ValueError`` if the
-    rest has a ``\\n``, is longer than ``MAX_LINE`` bytes UTF-8 encoded, or is
-    not valid UTF-8 (bytes input; str input with lone surrogates).
-    """
-    data, text = _line_bytes(line, True)
-    if text is None:
-        text = data.decode("utf-8")
-    return text
-
-
-def line_bytes(line):
-    """Like ``check_line`` but return the line's UTF-8 ``bytes``."""
-    return _line_bytes(line, True)[0]
-
-
 def client_id(conn_id):
     """MQTT client id of the bridge for ``conn_id``: ``pblink-<conn_id>``."""
     return "pblink-" + check_conn_id(conn_id)
-
-
-def wildcard(root, leaf):
-    """Subscription filter ``<root>/+/<leaf>`` (e.g. for the server library)."""
-    if leaf not in LEAVES:
-        raise ValueError("leaf " + _show(leaf) + " is not one of 'up', 'down', 'status', 'report'")
-    return check_root(root) + "/+/" + leaf
 
 
 class Topics:
@@ -267,33 +192,3 @@ class Topics:
 
     def __repr__(self):
         return "Topics(" + repr(self.root) + ", " + repr(self.conn_id) + ")"
-
-
-def parse_topic(root, topic):
-    """Split ``<root>/<conn_id>/<leaf>`` into ``(conn_id, leaf)``.
-
-    ``topic`` is ``str`` or UTF-8 bytes. Returns ``None`` if the topic is not
-    under ``root``, the conn_id is invalid or the leaf is not one of ``up``,
-    ``down``, ``status``, ``report``. Never raises for a bad topic.
-    """
-    if not isinstance(topic, str):
-        try:
-            topic = bytes(topic).decode("utf-8")
-        except (UnicodeError, TypeError, ValueError):
-            return None
-    prefix = root + "/"
-    if not topic.startswith(prefix):
-        return None
-    rest = topic[len(prefix) :]
-    i = rest.find("/")
-    if i <= 0:
-        return None
-    conn_id = rest[:i]
-    leaf = rest[i + 1 :]
-    if leaf not in LEAVES:
-        return None
-    try:
-        check_conn_id(conn_id)
-    except ValueError:
-        return None
-    return conn_id, leaf

@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from link_core import frames, names
+    from link_core import frames, lines, names
     from link_core.endpoint import Sender
     from pblink.common import (
         BrokerOptions,
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     conn_id = check_conn_id(args.conn_id)
     try:
-        line = names.check_line(args.line)
+        line = lines.check_line(args.line)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     opts = BrokerOptions.from_args(args)

@@ -34,7 +34,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from link_core import control, frames, names
+from link_core import frames, messages, names, topics
 
 RATE_WINDOW_S = 10.0
 MEMORY = 256  # (session, id) pairs remembered per direction to spot retransmissions
@@ -133,7 +133,7 @@ class Fleet:
 
     def on_message(self, topic: str, payload: bytes, now: float) -> str | None:
         """One MQTT message; the conn_id whose row it changed, or None."""
-        parsed = names.parse_topic(self.root, topic)
+        parsed = topics.parse_topic(self.root, topic)
         if parsed is None:
             return None
         conn_id, leaf = parsed
@@ -146,7 +146,7 @@ class Fleet:
             return conn_id
         if leaf == "report":
             try:
-                row.report = control.decode_report(payload)
+                row.report = messages.decode_report(payload)
                 row.report_t = now
             except ValueError:
                 row.malformed += 1

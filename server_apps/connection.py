@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
-from link_core import clock, endpoint, frames, liveness, names
+from link_core import clock, endpoint, frames, lines, liveness, names
 from link_core.device_watch import DeviceWatch
 from server_apps.clock import now_ms
 from server_apps.errors import LinkClosedError
@@ -254,7 +254,7 @@ class Connection(LineQueue):
                 longer than ``MAX_LINE`` bytes, or is not UTF-8.
             LinkClosedError: the LinkServer is closed.
         """
-        text = names.check_line(line)
+        text = lines.check_line(line)
         self._check_open()
         async with self._write_lock:
             await self._wait_until(

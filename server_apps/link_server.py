@@ -150,7 +150,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from link_core import control, endpoint, frames, liveness, names
+from link_core import control, endpoint, frames, liveness, names, topics
 from link_core.device_watch import DeviceWatch
 from server_apps.clock import now_ms as now_ms
 
@@ -762,8 +762,8 @@ class LinkServer:
     ) -> None:
         if not reason_code.is_failure:
             client.subscribe([
-                (names.wildcard(self.root, "up"), 1),
-                (names.wildcard(self.root, "status"), 1),
+                (topics.wildcard(self.root, "up"), 1),
+                (topics.wildcard(self.root, "status"), 1),
                 (self._probe_topic, 0),  # QoS 0: a probe is never queued for us
             ])
         self._to_loop(("connect", reason_code))
@@ -917,7 +917,7 @@ class LinkServer:
                 log.exception("error handling a message on %r", topic[:100])
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        parsed = names.parse_topic(self.root, topic)
+        parsed = topics.parse_topic(self.root, topic)
         if parsed is None:
             return
         conn_id, leaf = parsed

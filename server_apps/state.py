@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from link_core import endpoint, names
+from link_core import endpoint, lines, names
 
 log = logging.getLogger("pblink.server.state")
 
@@ -113,7 +113,7 @@ class ConnState:
         if not isinstance(unread, list):
             raise ValueError("unread is not a list of strings")
         for line in unread:
-            if not isinstance(line, str) or names.check_line(line) != line:
+            if not isinstance(line, str) or lines.check_line(line) != line:
                 raise ValueError(f"unread line {str(line)[:40]!r} is not a line readline() returns")
         return cls(rx=rx, unread=unread, tx=tx)
 

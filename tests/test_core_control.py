@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from link_core import control as C
 from link_core import i2c_link, names, schema
+from link_core import messages as M
 
 CFG = ["pyb1", 1883, "192.168.1.10", 1500, 60, "myssid", "mypass"]
 
@@ -18,18 +19,18 @@ def test_kinds():
     assert bytes([C.BAD_WIFI, C.BAD_BROKER, C.ERROR]) == b"WBE"
     assert C.MSG_KEEPALIVE[0] == C.KEEPALIVE and C.MSG_SERVER_UP[0] == C.SERVER_UP
     assert C.MSG_SERVER_DOWN[0] == C.SERVER_DOWN and C.MSG_BAD_WIFI[0] == C.BAD_WIFI
-    assert C.is_frame(b"q|x") and C.is_frame(b"a|x") and not C.is_frame(b"K")
-    assert not C.is_frame(b"")
+    assert M.is_frame(b"q|x") and M.is_frame(b"a|x") and not M.is_frame(b"K")
+    assert not M.is_frame(b"")
     assert names.MAX_MESSAGE == 1152 and i2c_link.MAX_MESSAGE == names.MAX_MESSAGE
 
 
 def test_config_roundtrip_and_defaults():
-    m = C.encode_config(CFG)
+    m = M.encode_config(CFG)
     assert m == b'C["pyb1",1883,"192.168.1.10",1500,60,"myssid","mypass","","","pblink",false]'
     full = C.decode_config(m)
     assert full == [*CFG, "", "", "pblink", False]
     assert C.decode_config(m[1:]) == full  # kind byte optional
-    assert C.decode_config(C.encode_config(tuple(full))) == full
+    assert C.decode_config(M.encode_config(tuple(full))) == full
     names = schema.SETTINGS[0 : (schema.CONFIG_ENTRIES - 1) * schema.COLUMNS : schema.COLUMNS]
     assert dict(zip(names, full, strict=True))["topic_root"] == "pblink"
     # only conn_id, port, host and timeout_ms are required
@@ -41,19 +42,19 @@ def test_config_roundtrip_and_defaults():
 def test_config_with_tuning():
     tuning = {"mqtt_keepalive_s": 30, "keepalive_ms": 500}
     cfg = [*CFG, "", "", "pblink", False, tuning]
-    m = C.encode_config(cfg)
+    m = M.encode_config(cfg)
     assert m.endswith(b'false,{"keepalive_ms":500,"mqtt_keepalive_s":30}]')  # sorted keys
     assert C.decode_config(m) == cfg
     assert C.decode_config(m)[11] == tuning
     with pytest.raises(ValueError, match=r"^keepalive_ms \[1\] is not an int from 100 to"):
-        C.encode_config([*CFG, "", "", "pblink", False, {"keepalive_ms": [1]}])
+        M.encode_config([*CFG, "", "", "pblink", False, {"keepalive_ms": [1]}])
     with pytest.raises(ValueError, match="flat dict"):  # the encoder's own rule
         C.dump_list([{"a": [1]}])
 
 
 def test_config_json_is_cpython_compatible():
     cfg = ["pyb-2", 8883, "h", 2000, 0, "café\u2028", 'p"w\\d\x01\n\t\x7f', "u", "pw", "a/b", True]
-    m = C.encode_config(cfg)
+    m = M.encode_config(cfg)
     assert m[1:] == json.dumps(cfg, separators=(",", ":"), ensure_ascii=False).encode()
     assert C.decode_config(m) == cfg
 
@@ -111,7 +112,7 @@ def test_dump_list_matches_json_dumps(items):
 )
 def test_config_errors(cfg, detail):
     with pytest.raises(ValueError, match=detail):
-        C.encode_config(cfg)
+        M.encode_config(cfg)
 
 
 @pytest.mark.parametrize(
@@ -133,26 +134,26 @@ def test_decode_config_errors(msg):
 
 def test_report():
     assert C.encode_report([3, 17, 21504]) == b"R[3,17,21504]"
-    assert C.decode_report(b"R[3,17,21504]") == [3, 17, 21504]
-    assert C.decode_report(b"[0,0,0]") == [0, 0, 0]
+    assert M.decode_report(b"R[3,17,21504]") == [3, 17, 21504]
+    assert M.decode_report(b"[0,0,0]") == [0, 0, 0]
     for bad in [[1, 2], [1, 2, -3], [1, 2, True], "abc", [1, 2, 3.0]]:
         with pytest.raises(ValueError, match="report"):
             C.encode_report(bad)
     for bad in [b"R[1,2]", b"R[1,2,-3]", b"R[1,2,true]", b"R[1,2,3.5]", b"R", b'R[1,2,"3"]']:
         with pytest.raises(ValueError):
-            C.decode_report(bad)
+            M.decode_report(bad)
 
 
 def test_text_messages():
     m = C.encode_text(C.BAD_BROKER, "refused: not authorised")
     assert m == b"Brefused: not authorised"
-    assert C.decode_text(m) == "refused: not authorised"
+    assert M.decode_text(m) == "refused: not authorised"
     long = C.encode_text(C.ERROR, "é" * 1000)  # 2000 bytes: cut at a character boundary
     assert len(long) <= names.MAX_MESSAGE and long[0] == C.ERROR
-    assert C.decode_text(long) == "é" * ((names.MAX_MESSAGE - 1) // 2)
+    assert M.decode_text(long) == "é" * ((names.MAX_MESSAGE - 1) // 2)
     with pytest.raises(ValueError, match="kind"):
         C.encode_text(C.REPORT, "x")
     with pytest.raises(ValueError, match="not a str"):
         C.encode_text(C.ERROR, b"x")
     with pytest.raises(ValueError, match="UTF-8"):
-        C.decode_text(b"E\xff")
+        M.decode_text(b"E\xff")

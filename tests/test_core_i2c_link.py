@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from link_core import i2c_link as L
+from link_core import i2c_tools as T
 from link_core.clock import TICKS_MAX, ticks_add
 from link_core.names import MAX_MESSAGE
 
@@ -31,7 +32,7 @@ def exchange(ini, res):
     res.on_block(fi)
     fr = res.build_block()
     ini.on_block(fr)
-    return L.decode_block(fi), L.decode_block(fr)
+    return T.decode_block(fi), T.decode_block(fr)
 
 
 def synced_pair(**kw):
@@ -54,16 +55,16 @@ def drain(ep):
 
 
 def test_crc16_check_value():
-    assert L.crc16(b"123456789") == 0x29B1
-    assert L.crc16(b"") == 0xFFFF
-    assert L.crc16(b"6789", L.crc16(b"12345")) == 0x29B1
+    assert T.crc16(b"123456789") == 0x29B1
+    assert T.crc16(b"") == 0xFFFF
+    assert T.crc16(b"6789", T.crc16(b"12345")) == 0x29B1
 
 
 @given(st.binary(max_size=300))
 @settings(max_examples=100, deadline=None)
 def test_crc16_matches_binascii_crc_hqx(data):
-    assert L.crc16(data) == binascii.crc_hqx(data, 0xFFFF)
-    assert L.crc16(bytearray(data)) == L.crc16(memoryview(data))
+    assert T.crc16(data) == binascii.crc_hqx(data, 0xFFFF)
+    assert T.crc16(bytearray(data)) == T.crc16(memoryview(data))
 
 
 @given(
@@ -74,56 +75,56 @@ def test_crc16_matches_binascii_crc_hqx(data):
 )
 @settings(max_examples=100, deadline=None)
 def test_block_roundtrip(flags, seq, ack, payload):
-    f = L.encode_block(flags, seq, ack, payload)
+    f = T.encode_block(flags, seq, ack, payload)
     assert len(f) == 6 + len(payload) <= L.BLOCK_MAX
     assert f[0] == 0x50 | flags
-    d = L.decode_block(memoryview(f))
+    d = T.decode_block(memoryview(f))
     assert (d.flags, d.seq, d.ack, d.payload) == (0x50 | flags, seq, ack, payload)
     assert d.more == bool(flags & L.MORE) and d.hold == bool(flags & L.HOLD)
     assert d.sync == bool(flags & L.SYNC) and d.fresh == bool(flags & L.FRESH)
     # trailing bytes (the rest of the I2C memory) are ignored
-    assert L.decode_block(bytearray(f) + b"\xff" * 30).payload == payload
+    assert T.decode_block(bytearray(f) + b"\xff" * 30).payload == payload
     buf = bytearray(L.MEM_SIZE)
-    n = L.encode_block(flags, seq, ack, payload, memoryview(buf)[L.MEM_RESPONDER :])
+    n = T.encode_block(flags, seq, ack, payload, memoryview(buf)[L.MEM_RESPONDER :])
     assert bytes(buf[L.MEM_RESPONDER : L.MEM_RESPONDER + n]) == f
 
 
 @given(payload=st.binary(max_size=L.CHUNK_MAX), data=st.data())
 @settings(max_examples=100, deadline=None)
 def test_block_corruption_is_detected(payload, data):
-    f = bytearray(L.encode_block(0, 1, 2, payload))
+    f = bytearray(T.encode_block(0, 1, 2, payload))
     # any burst of up to 16 bits outside the length byte
     i = data.draw(st.integers(0, len(f) - 2).filter(lambda j: j not in (2, 3)))
     f[i] ^= data.draw(st.integers(1, 255))
     f[i + 1] ^= data.draw(st.integers(0, 255))
-    assert L.decode_block(f) is None
+    assert T.decode_block(f) is None
     assert L.check_block(f) == -1
 
 
 def test_corrupt_blocks():
-    good = L.encode_block(0, 1, 0, b"hello")
+    good = T.encode_block(0, 1, 0, b"hello")
     assert L.check_block(good) == 5
-    assert L.decode_block(good[:-1]) is None  # truncated
-    assert L.decode_block(b"\x50\x00\x00") is None  # too short
+    assert T.decode_block(good[:-1]) is None  # truncated
+    assert T.decode_block(b"\x50\x00\x00") is None  # too short
     bad = bytearray(good)
     bad[0] = 0x60 | (bad[0] & 0x0F)  # version 6
-    assert L.decode_block(bad) is None
-    bad = bytearray(L.encode_block(0, 0, 0, b""))
+    assert T.decode_block(bad) is None
+    bad = bytearray(T.encode_block(0, 0, 0, b""))
     bad[3] = 121  # longer than CHUNK_MAX
-    assert L.decode_block(bad + bytes(130)) is None
+    assert T.decode_block(bad + bytes(130)) is None
 
 
 def test_encode_block_errors():
     with pytest.raises(ValueError, match="CHUNK_MAX"):
-        L.encode_block(0, 0, 0, bytes(121))
+        T.encode_block(0, 0, 0, bytes(121))
     with pytest.raises(ValueError):
-        L.encode_block(0, 256, 0)
+        T.encode_block(0, 256, 0)
     with pytest.raises(ValueError):
-        L.encode_block(0, 0, -1)
+        T.encode_block(0, 0, -1)
 
 
 def test_sync_poll_bytes():
-    assert L.encode_block(L.SYNC, 0, 0) == bytes.fromhex("540000003b0a")
+    assert T.encode_block(L.SYNC, 0, 0) == bytes.fromhex("540000003b0a")
     assert L.LinkEndpoint(L.INITIATOR).build_block() == bytes.fromhex("540000003b0a")
     assert L.LinkEndpoint(L.RESPONDER).build_block() == bytes.fromhex("580000007438")
 
@@ -175,12 +176,12 @@ def test_sync_handshake():
     ini.queue_message(b"K1")
     assert not ini.synced and not res.synced
     # the Responder answers FRESH until it sees SYNC
-    f = L.decode_block(res.build_block())
+    f = T.decode_block(res.build_block())
     assert f.fresh and not f.sync and f.payload == b""
     # a corrupt SYNC: still FRESH, Initiator keeps syncing
     res.on_block(b"\x54\x00\x00\x00\x00\x00")
     fr = res.build_block()
-    assert L.decode_block(fr).fresh
+    assert T.decode_block(fr).fresh
     ini.on_block(fr)
     assert not ini.synced and ini.peer_fresh
     fi, fr = exchange(ini, res)
@@ -230,7 +231,7 @@ def test_initiator_ignores_repeated_sync_answer_when_synced():
     fi = ini.build_block()
     res.on_block(b"garbage")  # our block corrupt at the Responder
     fr = res.build_block()
-    assert L.decode_block(fr).sync  # it repeats its SYNC answer
+    assert T.decode_block(fr).sync  # it repeats its SYNC answer
     assert ini.on_block(fr)
     assert ini.synced and ini.tx_pending == 1
     assert ini.build_block() == fi
@@ -240,7 +241,7 @@ def test_responder_reset_goes_back_to_fresh():
     _ini, res = synced_pair()
     res.reset()
     assert not res.synced and res.resets == 1
-    assert L.decode_block(res.build_block()).fresh
+    assert T.decode_block(res.build_block()).fresh
 
 
 # -- reliability ---------------------------------------------------------------
@@ -282,7 +283,7 @@ def test_lost_ack_repeat_is_dropped_and_acked():
     assert ini.build_block() == fi
     res.on_block(fi)
     fr = res.build_block()
-    assert L.decode_block(fr).ack == 1
+    assert T.decode_block(fr).ack == 1
     ini.on_block(fr)
     assert drain(res) == [b"once"] and ini.tx_pending == 0
 
@@ -306,11 +307,11 @@ def test_oversize_message_discarded_link_goes_on():
     # a peer that ignores MAX_MESSAGE: 10 full chunks = 1200 bytes
     for seq in range(1, 11):
         flags = L.MORE if seq < 10 else 0
-        assert res.on_block(L.encode_block(flags, seq, 0, bytes(120)))
-        ack = L.decode_block(res.build_block()).ack
+        assert res.on_block(T.encode_block(flags, seq, 0, bytes(120)))
+        ack = T.decode_block(res.build_block()).ack
         assert ack == seq
     assert res.too_long == 1 and res.rx_pending == 0
-    res.on_block(L.encode_block(0, 11, 0, b"next"))
+    res.on_block(T.encode_block(0, 11, 0, b"next"))
     assert drain(res) == [b"next"]
 
 
@@ -340,13 +341,13 @@ def test_hold_flow_control():
 
 def test_full_receiver_refuses_chunks_even_if_peer_ignores_hold():
     _, res = synced_pair(rx_queue=1)
-    res.on_block(L.encode_block(0, 1, 0, b"a"))
+    res.on_block(T.encode_block(0, 1, 0, b"a"))
     assert res.rx_pending == 1
-    res.on_block(L.encode_block(0, 2, 0, b"b"))
-    fr = L.decode_block(res.build_block())
+    res.on_block(T.encode_block(0, 2, 0, b"b"))
+    fr = T.decode_block(res.build_block())
     assert fr.hold and fr.ack == 1 and res.rx_pending == 1
     res.pop_message()
-    res.on_block(L.encode_block(0, 2, 0, b"b"))
+    res.on_block(T.encode_block(0, 2, 0, b"b"))
     assert res.pop_message() == b"b"
 
 
@@ -416,7 +417,7 @@ def test_busy():
 
 
 def test_poll_policy():
-    p = L.PollPolicy(active_poll_ms=1, idle_poll_ms=10, idle_after_ms=200)
+    p = T.PollPolicy(active_poll_ms=1, idle_poll_ms=10, idle_after_ms=200)
     assert p.delay_ms(0, False) == 10
     assert p.delay_ms(5, True) == 1
     assert p.delay_ms(100, False) == 1
@@ -430,7 +431,7 @@ def test_poll_policy():
     assert p.delay_ms(t, True) == 1
     assert p.delay_ms(ticks_add(t, 150), False) == 1
     assert p.delay_ms(ticks_add(t, 250), False) == 10
-    d = L.PollPolicy()
+    d = T.PollPolicy()
     assert (d.active_poll_ms, d.idle_poll_ms, d.idle_after_ms) == (1, 10, 200)
 
 

@@ -7,18 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from link_core import names
+from link_core.lines import check_line, line_bytes
 from link_core.names import (
     MAX_LINE,
     Topics,
     check_conn_id,
-    check_line,
     check_root,
     client_id,
-    line_bytes,
-    parse_topic,
     utf8_valid,
-    wildcard,
 )
+from link_core.topics import parse_topic, wildcard
 
 
 @pytest.mark.parametrize("conn_id", ["a", "pyb1", "Z-9_x", "-", "_", "x" * 64])

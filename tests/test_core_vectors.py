@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from link_core import control, i2c_link
+from link_core import i2c_tools, messages
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "vectors"
@@ -162,5 +162,5 @@ def test_protocol_doc_mirrors_vectors():
     for t in [v["e2e_encode"][i] for i in (0, 1, 3, 5, 6, 7)]:
         assert t["text"].lower() in flat
     assert v["config"][0]["text"].lower() in flat
-    assert i2c_link.crc16(bytes.fromhex("54000000")) == 0x3B0A
-    assert control.encode_config(v["config"][0]["list"]).decode() == v["config"][0]["text"]
+    assert i2c_tools.crc16(bytes.fromhex("54000000")) == 0x3B0A
+    assert messages.encode_config(v["config"][0]["list"]).decode() == v["config"][0]["text"]

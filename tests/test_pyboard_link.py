@@ -60,7 +60,7 @@ import time
 
 import machine
 import pyb
-from link_core import control, frames
+from link_core import control, frames, messages
 from link_core.endpoint import Receiver, Sender
 from link_core.i2c_link import RESPONDER, LinkEndpoint
 from pb_link.app_base import AppBase
@@ -224,7 +224,7 @@ class Esp:
                 self.outbox.extend(self.on_config)
                 if self.server_up:
                     self.outbox.append(b"U")
-            elif control.is_frame(m):
+            elif messages.is_frame(m):
                 self._relay_up(m)
             else:
                 self.errors += 1

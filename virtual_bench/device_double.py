@@ -59,7 +59,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from link_core import endpoint, frames, liveness, names
+from link_core import endpoint, frames, lines, liveness, names
 from server_apps.clock import now_ms
 from server_apps.lines import LineQueue
 from virtual_bench import faults
@@ -248,7 +248,7 @@ class DeviceDouble(LineQueue):
 
     async def write(self, line: str | bytes, qos: bool = True, wait: bool = True) -> None:
         """As AppBase.write: pauses while the server application is unreachable."""
-        text = names.check_line(line)
+        text = lines.check_line(line)
         gen = self._generation
         async with self._write_lock:
             while not liveness.may_write(self._server_ok, self._sender, qos, wait):

@@ -35,7 +35,7 @@ class BusSniffer:
 
     def exchange_done(self) -> None:
         """ack rose: both frames of the exchange are complete."""
-        from link_core.i2c_link import decode_block
+        from link_core.i2c_tools import decode_block
 
         for direction in ("up", "down"):
             raw = bytes(self._buf[direction])

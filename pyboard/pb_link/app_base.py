@@ -19,11 +19,13 @@ from time import ticks_diff, ticks_ms
 
 from micropython import const
 
-from link_core import control, frames
+from link_core import control, frames, messages
 from link_core.endpoint import Receiver, Sender
-from link_core.i2c_link import INITIATOR, SYNC_RETRY_MS, LinkEndpoint, PollPolicy
+from link_core.i2c_link import INITIATOR, SYNC_RETRY_MS, LinkEndpoint
+from link_core.i2c_tools import PollPolicy
 from link_core.liveness import may_write
-from link_core.names import check_conn_id, line_bytes
+from link_core.lines import line_bytes
+from link_core.names import check_conn_id
 from pb_link.ports import make_port
 
 _sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
@@ -71,7 +73,7 @@ def config_message(conn_id: str, config: list) -> bytes:
     where bridge_tuning is config[10]["bridge_tuning"] (a JSON object, {} for
     defaults). ValueError (link_core.control.check_config) names a bad entry.
     """
-    return control.encode_config(_full_config(conn_id, config)[0])
+    return messages.encode_config(_full_config(conn_id, config)[0])
 
 
 class AppBase:
@@ -81,7 +83,7 @@ class AppBase:
         self.conn_id = check_conn_id(conn_id)
         self.verbose = verbose
         full, given = _full_config(conn_id, config)
-        self._cfg_msg = control.encode_config(full)
+        self._cfg_msg = messages.encode_config(full)
         self.tuning = t = _tuning(given)  # every Pyboard timing, given or default
         self._boot_wait = t["boot_wait_ms"]
         self._idle_poll = max(1, t["idle_poll_ms"])
@@ -336,7 +338,7 @@ class AppBase:
 
     def _on_message(self, m, now):
         k = m[0]
-        if control.is_frame(m):
+        if messages.is_frame(m):
             self._on_frame(m)
         elif k == control.KEEPALIVE:
             self._last_k = now
@@ -346,7 +348,7 @@ class AppBase:
             self._set_up(False)
             if len(m) > 1:  # the bridge says why nobody answers (PROTOCOL.md 4.4)
                 try:
-                    self.server_reason = control.decode_text(m)
+                    self.server_reason = messages.decode_text(m)
                 except ValueError:
                     self.server_reason = "?"
                 print("pb_link: server unreachable:", self.server_reason)
@@ -355,7 +357,7 @@ class AppBase:
                     self._spawn(self.server_ok(False))
         elif k == control.REPORT:
             try:
-                rep = control.decode_report(m)
+                rep = messages.decode_report(m)
             except ValueError as e:
                 self._log("bad report", e)
             else:
@@ -368,14 +370,14 @@ class AppBase:
             if not self._started and not self._told & 2:
                 self._told |= 2
                 try:
-                    self.broker_reason = control.decode_text(m)
+                    self.broker_reason = messages.decode_text(m)
                 except ValueError:
                     pass
                 self._spawn(self.bad_server(), True)
         elif k == control.ERROR:
             if self.verbose:
                 try:
-                    print("ESP8266:", control.decode_text(m))
+                    print("ESP8266:", messages.decode_text(m))
                 except ValueError:
                     pass
         else:

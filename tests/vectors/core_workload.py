@@ -6,16 +6,16 @@
 
 import gc
 
-from link_core import clock, control, endpoint, frames, i2c_link
+from link_core import clock, endpoint, frames, i2c_link, i2c_tools, messages
 
 gc.collect()
 base = gc.mem_alloc()
 ini = i2c_link.LinkEndpoint(i2c_link.INITIATOR)
 res = i2c_link.LinkEndpoint(i2c_link.RESPONDER)
-ini.sync_message = control.encode_config(["pyb1", 1883, "h", 1500, 60, "s", "p"])
+ini.sync_message = messages.encode_config(["pyb1", 1883, "h", 1500, 60, "s", "p"])
 sender = endpoint.Sender(frames.new_session(b"\x01\x02\x03\x04"))
 receiver = endpoint.Receiver()
-policy = i2c_link.PollPolicy()
+policy = i2c_tools.PollPolicy()
 mem = bytearray(i2c_link.MEM_SIZE)
 view = memoryview(mem)
 resp = view[i2c_link.MEM_RESPONDER :]
@@ -35,7 +35,7 @@ while got < 200:
     res.build_block(resp)
     ini.on_block(resp)
     m = res.pop_message()
-    if m is not None and control.is_frame(m):
+    if m is not None and messages.is_frame(m):
         ack, lines = receiver.on_frame(frames.decode(m))
         got += len(lines)
         if ack is not None:

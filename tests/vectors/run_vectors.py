@@ -9,7 +9,7 @@
 import json
 import sys
 
-from link_core import control, endpoint, frames, i2c_link, names
+from link_core import control, endpoint, frames, i2c_link, i2c_tools, lines, messages, names, topics
 
 _count = 0
 _failed = 0
@@ -41,30 +41,30 @@ def raises(fn, *args):
 
 def run(v):
     for t in v["crc16"]:
-        got = i2c_link.crc16(unhex(t["data_hex"]))
+        got = i2c_tools.crc16(unhex(t["data_hex"]))
         check("crc16 " + t["data_hex"][:16], got == t["crc"], got)
 
     for t in v["i2c_frames"]:
         name = "i2c frame " + t["name"]
         payload = unhex(t["payload_hex"])
-        got = i2c_link.encode_block(t["flags"], t["seq"], t["ack"], payload)
+        got = i2c_tools.encode_block(t["flags"], t["seq"], t["ack"], payload)
         check(name + " encode", tohex(got) == t["frame_hex"], tohex(got))
         buf = bytearray(i2c_link.BLOCK_MAX)
-        n = i2c_link.encode_block(t["flags"], t["seq"], t["ack"], payload, buf)
+        n = i2c_tools.encode_block(t["flags"], t["seq"], t["ack"], payload, buf)
         check(name + " encode into", tohex(buf[:n]) == t["frame_hex"], n)
-        f = i2c_link.decode_block(memoryview(unhex(t["frame_hex"])))
+        f = i2c_tools.decode_block(memoryview(unhex(t["frame_hex"])))
         ok = f is not None and f.seq == t["seq"] and f.ack == t["ack"] and f.payload == payload
         ok = ok and f.flags == i2c_link.VERSION | t["flags"]
         check(name + " decode", ok, f)
 
     for t in v["i2c_corrupt"]:
         data = unhex(t["frame_hex"])
-        check("corrupt " + t["name"], i2c_link.decode_block(data) is None)
+        check("corrupt " + t["name"], i2c_tools.decode_block(data) is None)
         ep = i2c_link.LinkEndpoint(i2c_link.RESPONDER)
         check("corrupt endpoint " + t["name"], ep.on_block(data) is False and ep.blocks_bad == 1)
 
     for t in v["i2c_trailing"]:
-        f = i2c_link.decode_block(bytearray(unhex(t["buf_hex"])))
+        f = i2c_tools.decode_block(bytearray(unhex(t["buf_hex"])))
         check("trailing bytes", f is not None and tohex(f.payload) == t["payload_hex"], f)
 
     for t in v["transcripts"]:
@@ -130,28 +130,28 @@ def run(v):
         check("conn_id bad " + repr(c)[:20], raises(names.check_conn_id, c))
 
     for t in v["lines_ok"]:
-        check("line ok " + t["hex"][:20], names.check_line(unhex(t["hex"])) == t["text"])
+        check("line ok " + t["hex"][:20], lines.check_line(unhex(t["hex"])) == t["text"])
         text = unhex(t["hex"]).decode()
-        check("line ok str " + t["hex"][:20], names.check_line(text) == t["text"])
+        check("line ok str " + t["hex"][:20], lines.check_line(text) == t["text"])
     for h in v["lines_bad_hex"]:
-        check("line bad " + h[:20], raises(names.check_line, unhex(h)))
+        check("line bad " + h[:20], raises(lines.check_line, unhex(h)))
 
     for t in v["config"]:
-        got = control.encode_config(t["list"])
+        got = messages.encode_config(t["list"])
         check("config encode " + t["list"][0], tohex(got) == t["hex"], got)
         check("config decode " + t["list"][0], control.decode_config(got) == t["full"])
         check("config text " + t["list"][0], got.decode() == t["text"])
     for c in v["config_bad"]:
-        check("config bad " + repr(c)[:40], raises(control.encode_config, c))
+        check("config bad " + repr(c)[:40], raises(messages.encode_config, c))
     for h in v["config_bad_messages_hex"]:
         check("config bad message " + h[:20], raises(control.decode_config, unhex(h)))
 
     for t in v["report"]:
         got = control.encode_report(t["list"])
         check("report encode", tohex(got) == t["hex"], got)
-        check("report decode", control.decode_report(got) == t["list"])
+        check("report decode", messages.decode_report(got) == t["list"])
     for h in v["report_bad_messages_hex"]:
-        check("report bad " + h[:20], raises(control.decode_report, unhex(h)))
+        check("report bad " + h[:20], raises(messages.decode_report, unhex(h)))
 
     sc = v["sender_script"]
     s = endpoint.Sender(sc["session"], sc["window"], sc["timeout_ms"])
@@ -184,11 +184,11 @@ def run(v):
         sc = v[key]
         r = endpoint.Receiver(sc["window"])
         i = 0
-        for text, ack, lines in sc["steps"]:
+        for text, ack, want in sc["steps"]:
             a, got = r.on_frame(frames.decode(text.encode()))
             if a is not None:
                 a = a.decode()
-            check(key + " step " + str(i) + " " + text, a == ack and got == lines, (a, got))
+            check(key + " step " + str(i) + " " + text, a == ack and got == want, (a, got))
             i += 1
         check(key + " snapshot", r.snapshot() == sc["snapshot"], r.snapshot())
         if "counters" in sc:
@@ -203,7 +203,7 @@ def run(v):
         ok = tp.up == t["up"] and tp.down == t["down"] and tp.status == t["status"]
         check("topics " + t["conn_id"], ok)
     for t in v["parse_topic"]:
-        got = names.parse_topic(t["root"], t["topic"])
+        got = topics.parse_topic(t["root"], t["topic"])
         if got is not None:
             got = list(got)
         check("parse_topic " + t["topic"], got == t["result"], got)

@@ -9,7 +9,8 @@ import sys
 import time
 
 import machine
-from link_core.i2c_link import BLOCK_MAX, INITIATOR, LinkEndpoint, PollPolicy
+from link_core.i2c_link import BLOCK_MAX, INITIATOR, LinkEndpoint
+from link_core.i2c_tools import PollPolicy
 
 
 class Initiator:

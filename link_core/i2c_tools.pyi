@@ -1,0 +1,39 @@
+# Types of link_core/i2c_tools.py for mypy; the .py stays MicroPython code without annotations.
+from typing import overload
+
+_Buf = bytes | bytearray | memoryview
+
+def crc16(data: _Buf, crc: int = 0xFFFF) -> int: ...
+@overload
+def encode_block(flags: int, seq: int, ack: int, payload: _Buf = b"",
+                 buf: None = None) -> bytes: ...
+@overload
+def encode_block(flags: int, seq: int, ack: int, payload: _Buf,
+                 buf: bytearray | memoryview) -> int: ...
+
+class Block:
+    flags: int
+    seq: int
+    ack: int
+    payload: bytes
+    def __init__(self, flags: int, seq: int, ack: int, payload: bytes) -> None: ...
+    @property
+    def more(self) -> bool: ...
+    @property
+    def hold(self) -> bool: ...
+    @property
+    def sync(self) -> bool: ...
+    @property
+    def fresh(self) -> bool: ...
+
+def decode_block(buf: _Buf) -> Block | None: ...
+
+
+class PollPolicy:
+    active_poll_ms: int
+    idle_poll_ms: int
+    idle_after_ms: int
+    def __init__(self, active_poll_ms: int = ..., idle_poll_ms: int = ...,
+                 idle_after_ms: int = ...) -> None: ...
+    def kick(self, now_ms: int) -> None: ...
+    def delay_ms(self, now_ms: int, moved: bool) -> int: ...
