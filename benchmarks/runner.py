@@ -18,6 +18,7 @@ import asyncio
 import importlib
 import json
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -127,6 +128,12 @@ def write_plots(out: Path, fmt: str) -> list[Path]:
     return files
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    # the tasks cancelled on the way out are not errors worth a traceback
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _error(message: str, code: int) -> int:
     print(f"pblink bench: error: {message}", file=sys.stderr)
     return code
@@ -155,7 +162,7 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         workdir = Path(args.workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
     else:
-        tmp = tempfile.TemporaryDirectory(prefix="pblink-bench-")
+        tmp = tempfile.TemporaryDirectory(prefix="pblink-bench-", ignore_cleanup_errors=True)
         workdir = Path(tmp.name)
     out = Path(args.out) if args.out else ROOT / "bench-results" / f"bench-{stamp}.json"
     options = {"scale_n": args.scale_n, "scale_generator": args.scale_generator,
@@ -167,9 +174,16 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                   mosquitto=find_mosquitto(), options=options)
     machine = machine_info()
     t0 = time.monotonic()
+    # SIGTERM (timeout, CI, kill) ends the run as Ctrl-C does: the families'
+    # finally blocks stop their brokers and boards (started in sessions of their
+    # own, so no signal reaches them), then the scratch folder goes
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         rows, info = asyncio.run(run_families(ctx, names))
+    except KeyboardInterrupt:
+        return _error("interrupted: no figures written", 130)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if tmp is not None:
             tmp.cleanup()
     elapsed = time.monotonic() - t0

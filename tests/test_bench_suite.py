@@ -217,3 +217,42 @@ def test_cli_has_bench() -> None:
     from pblink.cli import command_names
 
     assert "bench" in command_names()
+
+
+def _children_in(workdir: Path) -> list[str]:
+    """Command lines of the processes whose command line names ``workdir``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(workdir) in cmd and "pblink bench" not in cmd and "benchmarks.runner" not in cmd:
+            found.append(cmd)
+    return found
+
+
+@pytest.mark.mosquitto
+def test_sigterm_stops_the_bench_and_everything_it_started(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    work = tmp_path / "work"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.runner", "--only", "latency", "--tiny",
+         "--no-plots", "--workdir", str(work), "--out", str(tmp_path / "out.json")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _children_in(work) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert _children_in(work), "the bench started no broker or board in time"
+    proc.send_signal(signal.SIGTERM)  # what timeout(1) and CI send
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert "pblink bench: error: interrupted" in err
+    time.sleep(0.5)
+    assert _children_in(work) == [], "processes outlived the bench"

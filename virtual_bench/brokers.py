@@ -76,12 +76,20 @@ class BrokerProcess:
 
     def start(self) -> None:
         self._spawn()
-        wait_for_port(self.port, self.start_timeout, exited=self._exited, name=self.name)
+        try:
+            wait_for_port(self.port, self.start_timeout, exited=self._exited, name=self.name)
+        except BaseException:  # not up, timed out or interrupted: no broker outlives its start
+            self.stop()
+            raise
 
     async def start_async(self) -> None:
         self._spawn()
-        await wait_port_async(self.port, self.start_timeout, exited=self._exited,
-                              name=self.name)
+        try:
+            await wait_port_async(self.port, self.start_timeout, exited=self._exited,
+                                  name=self.name)
+        except BaseException:  # also cancelled (SIGTERM, Ctrl-C): the caller never got it
+            self.stop()
+            raise
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -155,7 +155,12 @@ class ManagedProcess:
             env=self.env, start_new_session=True)
         self._reader = asyncio.create_task(self._read(self.proc))
         if self.port is not None:
-            await self._wait_port(wait_s)
+            try:
+                await self._wait_port(wait_s)
+            except BaseException:  # also cancelled: nothing outlives a start that did not end
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                raise
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
