@@ -46,7 +46,7 @@ from broker.defaults import (
     DEFAULT_ROOT,
     DEFAULT_SERVER_USER,
 )
-from pblink.common import COUNT, PORT
+from pblink.common import BROKER_PORT, COUNT
 
 log = logging.getLogger("broker.embedded")  # not __main__ under `python -m`
 
@@ -266,7 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The broker options, shared with `pblink broker`."""
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=PORT, default=1883, help="TCP port (default 1883)")
+    parser.add_argument("--port", type=BROKER_PORT, default=1883, help="TCP port (default 1883)")
     parser.add_argument("--password-file", type=Path, metavar="FILE",
                         help="amqtt password file (user:<argon2 hash> lines, see `pblink passwd`); "
                              "without it every client is accepted")

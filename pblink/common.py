@@ -178,7 +178,6 @@ def setting(name: str) -> Callable[[str], Any]:
     return parse
 
 
-PORT = number(int, 1, 65535)
 BROKER_PORT = setting("port")  # an MQTT broker's port, the devices' setting "port"
 SECONDS = number(float, above=0)  # a duration or timeout: > 0
 COUNT = number(int, 1)  # how many of something: >= 1
@@ -296,7 +295,8 @@ def add_broker_options(parser: argparse.ArgumentParser, *, embedded: bool = Fals
 
     `embedded=True` (commands that start their own broker unless told otherwise):
     `external_broker(args)` is None, and PBLINK_HOST/PBLINK_PORT are not read,
-    unless --broker or --host is given.
+    unless --broker, --host or --port is given (--port alone: the host is
+    $PBLINK_HOST).
     """
     group = parser.add_argument_group("broker")
     group.add_argument("--broker", type=host_port, metavar="HOST:PORT",
@@ -305,7 +305,9 @@ def add_broker_options(parser: argparse.ArgumentParser, *, embedded: bool = Fals
     group.add_argument("--host", type=setting("host"), help="MQTT broker host" + (
         "" if embedded else f" (default $PBLINK_HOST or {DEFAULT_HOST})"))
     group.add_argument("--port", "--broker-port", dest="port", type=BROKER_PORT,
-                       help=f"MQTT broker port (default $PBLINK_PORT or {DEFAULT_PORT})")
+                       help="MQTT broker port, with --host or $PBLINK_HOST (default "
+                       f"{DEFAULT_PORT})" if embedded else
+                       f"MQTT broker port (default $PBLINK_PORT or {DEFAULT_PORT})")
     group.add_argument("--user", default=os.environ.get("PBLINK_USER"),
                        help=user_help or "MQTT user name (default $PBLINK_USER; none: anonymous)")
     group.add_argument("--password", default=os.environ.get("PBLINK_PASSWORD"),
@@ -345,7 +347,7 @@ class BrokerOptions:
             port = args.port
             if port is None:
                 try:
-                    port = PORT(env.get("PBLINK_PORT", str(DEFAULT_PORT)))
+                    port = BROKER_PORT(env.get("PBLINK_PORT", str(DEFAULT_PORT)))
                 except argparse.ArgumentTypeError as exc:
                     raise UsageError(f"PBLINK_PORT: {exc}") from None
         try:  # the devices' rules (link_core/schema.py), as LinkServer applies them
@@ -375,9 +377,12 @@ def external_broker(args: argparse.Namespace) -> BrokerOptions | None:
     """For `add_broker_options(embedded=True)`: the broker the user named, or
     None to start the embedded one."""
     if args.broker is None and args.host is None:
-        if args.port is not None:
-            raise UsageError("--port needs --host (or give --broker HOST:PORT)")
-        return None
+        if args.port is None:
+            return None
+        if not os.environ.get("PBLINK_HOST"):
+            raise UsageError("--port/--broker-port needs --host or $PBLINK_HOST "
+                             "(or give --broker HOST:PORT)")
+        args.host = os.environ["PBLINK_HOST"]  # the broker the user named, at this port
     return BrokerOptions.from_args(args)
 
 

@@ -87,14 +87,14 @@ BAD_ARGUMENTS = [
     (["demo", "--devices", "10"], "--devices: 10 is out of range"),
     (["demo", "--duration", "0"], "--duration: 0 is out of range"),
     (["demo", "--period-ms", "5"], "--period-ms: 5 is out of range: must be at least 10"),
-    (["demo", "--port", "1883"], "--port needs --host"),
+    (["demo", "--port", "1883"], "--port/--broker-port needs --host or $PBLINK_HOST"),
     (["demo", "--broker", "127.0.0.1:1883", "--tls"], "without TLS"),
     (["run", *RUN_APPS, "--timeout-ms", "1"], "--timeout-ms: timeout_ms 1 is not an int from 200"),
     (["run", "--board-app", "nope.py:App", "--server-app", "m:app"], "no such file nope.py"),
     (["run", "--board-app", "examples/sensor/sensor_app.py:Sensor", "--server-app",
       "gone/server.py:app"], "no such file gone/server.py"),
     (["run", *RUN_APPS, "--root", "a/+"], "topic root 'a/+'"),
-    (["broker", "--port", "70000"], "--port: 70000 is out of range"),
+    (["broker", "--port", "70000"], "--port: port 70000 is not an int from 1 to 65535"),
     (["broker", "--max-queued", "0"], "--max-queued: 0 is out of range"),
     (["install", "/dev/null", "--host", "mqtt://h"],  # the devices' rule, link_core/schema.py
      "--host: host 'mqtt://h' is not a host name or IP address"),
@@ -158,7 +158,7 @@ def test_every_command_is_covered() -> None:
 def test_bad_port_from_the_environment() -> None:
     env = dict(os.environ, PBLINK_PORT="99999")
     assert_error(pblink("send", "1", "hi", env=env), EXIT_USAGE,
-                 "PBLINK_PORT: 99999 is out of range")
+                 "PBLINK_PORT: port 99999 is not an int from 1 to 65535")
 
 
 # -- invalid conn_id: 2, checked before connecting (the broker here does not exist) ---
@@ -336,3 +336,17 @@ def test_tls_to_a_plain_listener(tmp_path: Path) -> None:
     finally:
         broker.stop()
     assert_error(proc, EXIT_UNREACHABLE, "TLS handshake failed")
+
+
+@pytest.mark.parametrize("command", ["demo", "run"])
+def test_port_with_host_from_the_environment_names_the_broker(command: str) -> None:
+    # `--broker-port` on a command that starts its own broker unless told otherwise:
+    # the host comes from $PBLINK_HOST, and that broker is the one used
+    port = free_port()
+    env = dict(os.environ, PBLINK_HOST="127.0.0.1")
+    argv = [command, "--broker-port", str(port), "--connect-timeout", "1", "--duration", "5"]
+    if command == "run":
+        argv += ["--board-app", "examples/sensor/sensor_app.py:Sensor",
+                 "--server-app", "examples/sensor/sensor_server.py:app"]
+    assert_error(pblink(*argv, env=env), EXIT_UNREACHABLE,
+                 f"cannot reach MQTT broker 127.0.0.1:{port}")
