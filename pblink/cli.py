@@ -76,9 +76,25 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _option_before_command(parser: argparse.ArgumentParser, words: list[str]) -> str | None:
+    """The first word before the command that looks like an option pblink does not have."""
+    commands = set(_subparsers(parser))
+    known = set(parser._option_string_actions)
+    for word in words:
+        if word in commands:
+            return None
+        if word.startswith("-") and word not in known and word.strip("v") != "-":
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    stray = _option_before_command(parser, words)
+    if stray is not None:  # "pblink --bogus server": pblink's own option, not server's
+        parser.error(f"unrecognized arguments: {stray}")
+    args, unknown = parser.parse_known_args(words)
     if unknown:  # named by the command's parser: "pblink server: error: ..."
         _subparsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(args.verbose + int(getattr(args, "log_boost", 0)))

@@ -19,19 +19,21 @@ the table is also written as JSON (bench-results/bench-<timestamp>.json).
 Targets are shown next to the figures, each judged on its worst run (a goal
 is met only if every run meets it), and the last line sums them up.
 
-exit status: 0 every goal met, 3 measured but a goal MISSED, 1 a family failed,
-2 bad arguments.
-
 A full run takes about 13 minutes on a 2-core machine, --quick about 6
 (measured: docs/PERFORMANCE.md, "The machine and the run").
 `--only soak --duration 1800 --devices 4` runs the chaos soak instead.
 Run it from a checkout: it uses the device code next to it."""
 
 
+EXIT_STATUS = """\
+exit status: 0 every goal met, 1 a family failed, 2 bad arguments, 3 measured
+but a goal MISSED, 130 interrupted (Ctrl-C, SIGTERM)"""
+
+
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, "bench", exits=None,
                          help="run the performance benchmarks",
-                         description=DESCRIPTION)
+                         description=DESCRIPTION, epilog=EXIT_STATUS)
     _ensure_path()
     from benchmarks.runner import add_arguments
 

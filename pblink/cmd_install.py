@@ -10,8 +10,8 @@ from typing import Any
 from pblink.common import (
     BROKER_PORT,
     LINK_TIMEOUT_MS,
-    LOCAL_KINDS,
     SECONDS,
+    TOOL_KINDS,
     CliError,
     UsageError,
     add_command,
@@ -49,7 +49,7 @@ def _limits(name: str) -> str:
 def register(subparsers: Any) -> None:
     from pblink.board_install import DEFAULT_MARCH
 
-    p = add_command(subparsers, "install", exits=LOCAL_KINDS,
+    p = add_command(subparsers, "install", exits=TOOL_KINDS,
                          help="copy pb_link, link_core and settings to a Pyboard",
                     description=DESCRIPTION)
     p.add_argument("port", metavar="PORT", help="the Pyboard's serial port (as mpremote takes it)")

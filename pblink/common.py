@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -67,8 +68,10 @@ class TimedOutError(CliError):
 
 ERROR_KINDS: tuple[type[CliError], ...] = (
     CliError, UsageError, UnreachableError, RefusedError, TimedOutError)
-# The kinds a command that never connects to a broker can end with
-LOCAL_KINDS: tuple[type[CliError], ...] = (CliError, UsageError, TimedOutError)
+# The kinds a command that never connects to a broker can end with; one that
+# runs a tool with a time limit (pblink install: mpremote, mpy-cross) can also time out
+LOCAL_KINDS: tuple[type[CliError], ...] = (CliError, UsageError)
+TOOL_KINDS: tuple[type[CliError], ...] = (CliError, UsageError, TimedOutError)
 
 
 def exit_codes_help(kinds: tuple[type[CliError], ...] = ERROR_KINDS) -> str:
@@ -109,6 +112,9 @@ def error_from(exc: BaseException) -> CliError | None:
         return CliError(str(exc))
     if isinstance(exc, TimeoutError):
         return TimedOutError(str(exc) or "timed out")
+    if isinstance(exc, subprocess.TimeoutExpired):  # a tool run with a time limit
+        cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(map(str, exc.cmd[:2]))
+        return TimedOutError(f"{cmd} did not finish within {exc.timeout:g} s")
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         return CliError(f"{where}{exc.strerror}")

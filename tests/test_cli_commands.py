@@ -74,8 +74,12 @@ def test_help_of_every_command(command: str) -> None:
     # that connect to a broker list "broker unreachable" (3)
     local = command in ("install", "flash", "build-firmware", "passwd", "broker", "bench")
     assert ("broker unreachable" in proc.stdout) != local, proc.stdout
+    # only pblink install runs a tool with a time limit of its own
+    assert ("timed out" in proc.stdout) == (not local or command == "install"), proc.stdout
+    last = proc.stdout.strip().splitlines()[-2:]
+    assert any(line.startswith("exit status: 0 ") for line in last), last  # at the end
     if command == "bench":  # its 3 is a missed goal
-        assert "3 measured but a goal MISSED" in proc.stdout
+        assert "3 measured" in proc.stdout and "goal MISSED" in proc.stdout
 
 
 @pytest.mark.parametrize(("command", "positional"),
@@ -84,6 +88,17 @@ def test_unknown_option_is_named_by_its_command(command: str, positional: list[s
     proc = pblink(command, *positional, "--no-such-option")
     assert_one_line_error(proc, EXIT_USAGE, f"pblink {command}: error:",
                           "unrecognized arguments: --no-such-option", f"`pblink {command} --help`")
+
+
+@pytest.mark.parametrize("argv", [["--no-such-option"], ["--no-such-option", "server"]])
+def test_unknown_option_before_the_command_is_pblinks(argv: list[str]) -> None:
+    proc = pblink(*argv)
+    assert_one_line_error(proc, EXIT_USAGE, "pblink: error:",
+                          "unrecognized arguments: --no-such-option", "`pblink --help`")
+
+
+def test_verbosity_before_the_command_is_still_accepted() -> None:
+    assert pblink("-vv", "send", "--help").returncode == 0
 
 
 def test_broker_port_is_also_spelled_as_install_spells_it() -> None:
