@@ -193,6 +193,11 @@ def parse_set_option(item: str, known: Iterable[str]) -> tuple[str, Any]:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
+    if name in SETTING_NAMES:  # the board's own check, named by the option that gave it
+        try:
+            settings.check_setting(name, value)
+        except ValueError as exc:
+            raise UsageError(f"--set {name}: {exc}") from None
     return name, value
 
 

@@ -208,7 +208,8 @@ def address_text(host: str, port: int) -> str:
 def host_port(text: str) -> tuple[str, int]:
     """An argparse type for a broker address: HOST:PORT ([v6]:PORT too) -> (host, port),
     the port checked as --port checks it (the devices' setting "port", 1 to 65535)."""
-    return _address(text, BROKER_PORT)
+    host, port = _address(text, BROKER_PORT)
+    return setting("host")(host), port
 
 
 LISTEN_PORT = number(int, 0, 65535)  # 0: the OS picks a free port
