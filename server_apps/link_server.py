@@ -175,6 +175,7 @@ MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 
 SERVER_WINDOW: Final = endpoint.TX_WINDOW_SERVER
 INBOX_LIMIT: Final = 10_000
+TOPIC_FIELDS_LIMIT: Final = 100_000  # cached PUBLISH topic fields (one per down topic)
 READ_BATCH: Final = 256  # MQTT packets paho's thread reads per wake-up (_Client.loop_read)
 RECV_SIZE: Final = 65536  # bytes paho's thread asks the socket for at once (_Client._sock_recv)
 UNCLAIMED_LIMIT: Final = 4096
@@ -338,6 +339,8 @@ class LinkServer:
         self._inbox_scheduled = False
         self._inbox_msgs = 0  # messages in the inbox (a batch counts each of its messages)
         self._outbox: list[tuple[str, bytes]] = []  # frames to publish at the end of this turn
+        # topic -> its PUBLISH topic field (length + UTF-8): one per down topic, built once
+        self._topic_fields: dict[str, bytes] = {}
         self._due: list[tuple[int, int, Connection]] = []  # heap: (check at ms, seq, conn)
         self._due_seq = 0
         self._started = False
@@ -1052,13 +1055,26 @@ class LinkServer:
                 self._publish_one(client, topic, payload, liveness.mqtt_level(payload))
             return
         v5 = self.protocol == MQTTv5
+        fields = self._topic_fields
+        if len(fields) > TOPIC_FIELDS_LIMIT:
+            fields.clear()
         with client.batch():
             block = bytearray()
             for topic, payload in out:
-                qos = liveness.mqtt_level(payload)
-                if qos == 0:
-                    _append_publish0(block, topic.encode(), payload, v5)
+                if not (payload and payload[0] == 0x71):  # liveness.mqtt_level 0: not a "q"
+                    field = fields.get(topic)
+                    if field is None:
+                        encoded = topic.encode()
+                        field = fields[topic] = len(encoded).to_bytes(2, "big") + encoded
+                    n = len(field) + len(payload) + v5  # remaining length
+                    if n < 0x80 and not v5:  # the common case: a 2-byte fixed header
+                        block += bytes((0x30, n))
+                        block += field
+                        block += payload
+                    else:
+                        _append_publish0(block, topic.encode(), payload, v5)
                     continue
+                qos = liveness.mqtt_level(payload)
                 if block:
                     client.queue_block(block)
                     block = bytearray()
@@ -1432,17 +1448,16 @@ class _Client(mqtt.Client):
 class _Host:
     """The :class:`~server_apps.connection.Host` a LinkServer gives its Connections."""
 
-    __slots__ = ("_server",)
+    __slots__ = ("_server", "publish")
 
     def __init__(self, server: LinkServer) -> None:
         self._server = server
+        # Host.publish: the server's own method, no hop through this object (once per ack)
+        self.publish: Callable[[str, bytes], None] = server._publish
 
     @property
     def durable(self) -> bool:
         return self._server._store is not None
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self._server._publish(topic, payload)
 
     def broker_up(self) -> bool:
         return self._server._broker_up
