@@ -25,8 +25,9 @@ it (connect and disconnect events, and MQTT 5 messages, one by one through
 paho's callbacks); if no drain is pending it schedules one on the asyncio loop
 with ``loop.call_soon_threadsafe`` (one wake-up per burst, not per message).
 All protocol state lives in the asyncio thread, which routes a message by
-its topic's bytes. Frames to publish join an outbox handed over once per
-event-loop turn (``_flush_outbox``): the turn's QoS 0 frames (acks,
+its topic's bytes. Frames to publish join an outbox handed over
+``OUTBOX_DELAY_S`` (2 ms) after the first of a burst (``_flush_outbox``): the
+burst's QoS 0 frames (acks,
 heartbeat answers) as one block of PUBLISH packets, sent with one ``send()``
 straight from the event loop when paho has nothing queued (plain TCP; under
 the lock paho's thread writes under, so packets never interleave), otherwise
@@ -175,6 +176,10 @@ MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 
 SERVER_WINDOW: Final = endpoint.TX_WINDOW_SERVER
 INBOX_LIMIT: Final = 10_000
+# How long a frame waits in the outbox for others to go out with it in one send()
+# (docs/PERFORMANCE.md "The data path, third round"): a send() to the broker is the
+# largest single cost of the loop thread when each loop turn flushes a few frames.
+OUTBOX_DELAY_S: Final = 0.002
 TOPIC_FIELDS_LIMIT: Final = 100_000  # cached PUBLISH topic fields (one per down topic)
 READ_BATCH: Final = 256  # MQTT packets paho's thread reads per wake-up (_Client.loop_read)
 RECV_SIZE: Final = 65536  # bytes paho's thread asks the socket for at once (_Client._sock_recv)
@@ -338,7 +343,7 @@ class LinkServer:
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
         self._inbox_msgs = 0  # messages in the inbox (a batch counts each of its messages)
-        self._outbox: list[tuple[str, bytes]] = []  # frames to publish at the end of this turn
+        self._outbox: list[tuple[str, bytes]] = []  # frames to publish (_flush_outbox)
         # topic -> its PUBLISH topic field (length + UTF-8): one per down topic, built once
         self._topic_fields: dict[str, bytes] = {}
         self._due: list[tuple[int, int, Connection]] = []  # heap: (check at ms, seq, conn)
@@ -1027,18 +1032,19 @@ class LinkServer:
     def _publish(self, topic: str, payload: bytes) -> None:
         """Publish an end-to-end frame at its QoS (``liveness.mqtt_level``, PROTOCOL.md 4.1).
 
-        The frame joins this event-loop turn's outbox, published in order at
-        the end of the turn by ``_flush_outbox`` (one wake-up of paho's thread
-        per burst, not per frame).
+        The frame joins the outbox, published in order ``OUTBOX_DELAY_S``
+        (2 ms) after the first frame of the burst by ``_flush_outbox`` (one
+        ``send()`` or wake-up of paho's thread per burst, not per frame or per
+        event-loop turn).
         """
         if self._client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
         self._outbox.append((topic, payload))
         if len(self._outbox) == 1 and self._loop is not None:
-            self._loop.call_soon(self._flush_outbox)
+            self._loop.call_later(OUTBOX_DELAY_S, self._flush_outbox)
 
     def _flush_outbox(self) -> None:
-        """Hand this turn's frames to paho in order, with one wake-up of its network thread.
+        """Hand the outbox's frames to paho in order, with one wake-up of its network thread.
 
         Each run of QoS 0 frames (acks, heartbeat answers, non-qos lines) goes
         to paho's output queue as one block of ready-made PUBLISH packets
