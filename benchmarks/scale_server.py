@@ -46,14 +46,18 @@ class Stats:
             seq, t_ns = int(seq_s), int(t_s)
         except ValueError:
             return
-        seen = self.seen.setdefault(conn_id, set())
-        if seq in seen:
+        seen = self.seen.get(conn_id)
+        if seen is None:
+            seen = self.seen[conn_id] = set()
+        elif seq in seen:
             self.dups += 1
             return
         seen.add(seq)
-        if seq < self.last.get(conn_id, 0):
+        last = self.last.get(conn_id, 0)
+        if seq < last:
             self.reordered += 1
-        self.last[conn_id] = max(seq, self.last.get(conn_id, 0))
+        else:
+            self.last[conn_id] = seq
         self.count += 1
         self.lat.append((now_ns - t_ns) / 1e6)
 

@@ -27,7 +27,7 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final, Protocol
 
 from link_core import clock, endpoint, frames, lines, liveness, names
@@ -214,6 +214,26 @@ class Connection(LineQueue):
         self._line_taken()
         return line + "\n"
 
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        """``async for line in conn``: ``readline()`` until the server is closed (the loop ends).
+
+        ``readline`` written out once more: no async generator between the
+        reader and the wait (one coroutine level per wake-up, per line).
+        """
+        host = self._host
+        if host.closing():
+            raise StopAsyncIteration
+        while not self._lines:
+            await self._changed.wait()
+            if host.closing():
+                raise StopAsyncIteration
+        line = self._lines.popleft()
+        self._line_taken()
+        return line + "\n"
+
     def _read_start(self) -> int:
         # Once closing, unread lines belong to the final state file, not to the app.
         if self._host.closing():
@@ -305,7 +325,8 @@ class Connection(LineQueue):
             self.stats["malformed"] += 1
             log.warning("%s: dropped malformed frame %r: %s", self.up_topic, payload[:80], exc)
             return False
-        self._online_changed(self._live.heard(now))
+        if self._live.heard(now):
+            self._online_changed(True)
         kind = frame.kind
         if kind == frames.HB:
             if self._live.answer_due(now):  # a backlog of stale ones gets one answer

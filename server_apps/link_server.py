@@ -25,8 +25,9 @@ it (connect and disconnect events, and MQTT 5 messages, one by one through
 paho's callbacks); if no drain is pending it schedules one on the asyncio loop
 with ``loop.call_soon_threadsafe`` (one wake-up per burst, not per message).
 All protocol state lives in the asyncio thread, which routes a message by
-its topic's bytes. Frames to publish join an outbox handed over once per
-event-loop turn (``_flush_outbox``): the turn's QoS 0 frames (acks,
+its topic's bytes. Frames to publish join an outbox handed over
+``OUTBOX_DELAY_S`` (2 ms) after the first of a burst (``_flush_outbox``): the
+burst's QoS 0 frames (acks,
 heartbeat answers) as one block of PUBLISH packets, sent with one ``send()``
 straight from the event loop when paho has nothing queued (plain TCP; under
 the lock paho's thread writes under, so packets never interleave), otherwise
@@ -175,6 +176,11 @@ MQTTv5: Final = MQTTProtocolVersion.MQTTv5
 
 SERVER_WINDOW: Final = endpoint.TX_WINDOW_SERVER
 INBOX_LIMIT: Final = 10_000
+# How long a frame waits in the outbox for others to go out with it in one send()
+# (docs/PERFORMANCE.md "The data path, third round"): a send() to the broker is the
+# largest single cost of the loop thread when each loop turn flushes a few frames.
+OUTBOX_DELAY_S: Final = 0.002
+TOPIC_FIELDS_LIMIT: Final = 100_000  # cached PUBLISH topic fields (one per down topic)
 READ_BATCH: Final = 256  # MQTT packets paho's thread reads per wake-up (_Client.loop_read)
 RECV_SIZE: Final = 65536  # bytes paho's thread asks the socket for at once (_Client._sock_recv)
 UNCLAIMED_LIMIT: Final = 4096
@@ -337,7 +343,9 @@ class LinkServer:
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
         self._inbox_msgs = 0  # messages in the inbox (a batch counts each of its messages)
-        self._outbox: list[tuple[str, bytes]] = []  # frames to publish at the end of this turn
+        self._outbox: list[tuple[str, bytes]] = []  # frames to publish (_flush_outbox)
+        # topic -> its PUBLISH topic field (length + UTF-8): one per down topic, built once
+        self._topic_fields: dict[str, bytes] = {}
         self._due: list[tuple[int, int, Connection]] = []  # heap: (check at ms, seq, conn)
         self._due_seq = 0
         self._started = False
@@ -1024,18 +1032,19 @@ class LinkServer:
     def _publish(self, topic: str, payload: bytes) -> None:
         """Publish an end-to-end frame at its QoS (``liveness.mqtt_level``, PROTOCOL.md 4.1).
 
-        The frame joins this event-loop turn's outbox, published in order at
-        the end of the turn by ``_flush_outbox`` (one wake-up of paho's thread
-        per burst, not per frame).
+        The frame joins the outbox, published in order ``OUTBOX_DELAY_S``
+        (2 ms) after the first frame of the burst by ``_flush_outbox`` (one
+        ``send()`` or wake-up of paho's thread per burst, not per frame or per
+        event-loop turn).
         """
         if self._client is None or not self._broker_up:
             return  # the sender keeps qos frames; acks and heartbeats may be lost
         self._outbox.append((topic, payload))
         if len(self._outbox) == 1 and self._loop is not None:
-            self._loop.call_soon(self._flush_outbox)
+            self._loop.call_later(OUTBOX_DELAY_S, self._flush_outbox)
 
     def _flush_outbox(self) -> None:
-        """Hand this turn's frames to paho in order, with one wake-up of its network thread.
+        """Hand the outbox's frames to paho in order, with one wake-up of its network thread.
 
         Each run of QoS 0 frames (acks, heartbeat answers, non-qos lines) goes
         to paho's output queue as one block of ready-made PUBLISH packets
@@ -1052,13 +1061,26 @@ class LinkServer:
                 self._publish_one(client, topic, payload, liveness.mqtt_level(payload))
             return
         v5 = self.protocol == MQTTv5
+        fields = self._topic_fields
+        if len(fields) > TOPIC_FIELDS_LIMIT:
+            fields.clear()
         with client.batch():
             block = bytearray()
             for topic, payload in out:
-                qos = liveness.mqtt_level(payload)
-                if qos == 0:
-                    _append_publish0(block, topic.encode(), payload, v5)
+                if not (payload and payload[0] == 0x71):  # liveness.mqtt_level 0: not a "q"
+                    field = fields.get(topic)
+                    if field is None:
+                        encoded = topic.encode()
+                        field = fields[topic] = len(encoded).to_bytes(2, "big") + encoded
+                    n = len(field) + len(payload) + v5  # remaining length
+                    if n < 0x80 and not v5:  # the common case: a 2-byte fixed header
+                        block += bytes((0x30, n))
+                        block += field
+                        block += payload
+                    else:
+                        _append_publish0(block, topic.encode(), payload, v5)
                     continue
+                qos = liveness.mqtt_level(payload)
                 if block:
                     client.queue_block(block)
                     block = bytearray()
@@ -1432,17 +1454,16 @@ class _Client(mqtt.Client):
 class _Host:
     """The :class:`~server_apps.connection.Host` a LinkServer gives its Connections."""
 
-    __slots__ = ("_server",)
+    __slots__ = ("_server", "publish")
 
     def __init__(self, server: LinkServer) -> None:
         self._server = server
+        # Host.publish: the server's own method, no hop through this object (once per ack)
+        self.publish: Callable[[str, bytes], None] = server._publish
 
     @property
     def durable(self) -> bool:
         return self._server._store is not None
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self._server._publish(topic, payload)
 
     def broker_up(self) -> bool:
         return self._server._broker_up
