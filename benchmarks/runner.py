@@ -53,6 +53,12 @@ MODULES = {
 }
 
 
+# The options one family reads: (dest, flag, family); given without that family
+# in the run they would be ignored, so they are refused
+FAMILY_OPTIONS = (("scale_n", "--scale-n", "scale"), ("duration", "--duration", "soak"),
+                  ("devices", "--devices", "soak"), ("seed", "--seed", "soak"))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a short run: fewer repeats, smaller loads (about 6 minutes on 2 cores)")
@@ -155,6 +161,10 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return 0
     raise_nofile()
     names = args.only or list(FAMILIES)
+    for dest, flag, family in FAMILY_OPTIONS:  # an option no family of this run reads
+        if getattr(args, dest) is not None and family not in names:
+            return _error(f"{flag} is a {family} option, and this run has no {family} "
+                          f"(add --only {family})", 2)
     repeats = args.repeats or (1 if args.tiny else 2 if args.quick else 3)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tmp = None

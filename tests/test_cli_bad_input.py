@@ -120,6 +120,9 @@ BAD_ARGUMENTS = [
     (["bench", "--duration", "-5"], "--duration: -5 is out of range"),
     (["bench", "--repeats", "-2"], "--repeats: -2 is out of range: must be at least 1"),
     (["bench", "--only", "soak", "--duration", "-1"], "--duration: -1 is out of range"),
+    (["bench", "--only", "esp", "--scale-n", "100"],
+     "--scale-n is a scale option, and this run has no scale (add --only scale)"),
+    (["bench", "--only", "latency", "--devices", "2"], "--devices is a soak option"),
     # files written at the end of a long run: checked before it starts
     (["bench", "--out", "/proc/x.json"], "--out: /proc/x.json: cannot write a file in /proc"),
     (["bench", "--out", "/tmp"], "--out: '/tmp' is a folder"),
