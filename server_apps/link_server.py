@@ -1067,7 +1067,8 @@ class LinkServer:
         with client.batch():
             block = bytearray()
             for topic, payload in out:
-                if not (payload and payload[0] == 0x71):  # liveness.mqtt_level 0: not a "q"
+                qos = liveness.mqtt_level(payload)
+                if qos == 0:
                     field = fields.get(topic)
                     if field is None:
                         encoded = topic.encode()
@@ -1080,7 +1081,6 @@ class LinkServer:
                     else:
                         _append_publish0(block, topic.encode(), payload, v5)
                     continue
-                qos = liveness.mqtt_level(payload)
                 if block:
                     client.queue_block(block)
                     block = bytearray()
