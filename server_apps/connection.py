@@ -201,38 +201,35 @@ class Connection(LineQueue):
                 :class:`StateLostError` when it closed itself (state database
                 session lost).
         """
-        # LineQueue.readline with its hooks written out: one coroutine level per
-        # wake-up instead of three (a server wakes a reader for every line).
-        host = self._host
-        if host.closing():
-            raise host.closed_error(f"link server closed (conn_id {self.conn_id!r})")
-        while not self._lines:
-            await self._changed.wait()
-            if host.closing():
-                raise host.closed_error(f"link server closed (conn_id {self.conn_id!r})")
-        line = self._lines.popleft()
-        self._line_taken()
-        return line + "\n"
+        line = await self._next_line()
+        if line is None:
+            raise self._host.closed_error(f"link server closed (conn_id {self.conn_id!r})")
+        return line
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self
 
     async def __anext__(self) -> str:
-        """``async for line in conn``: ``readline()`` until the server is closed (the loop ends).
-
-        ``readline`` written out once more: no async generator between the
-        reader and the wait (one coroutine level per wake-up, per line).
-        """
-        host = self._host
-        if host.closing():
+        """``async for line in conn``: ``readline()`` until the server is closed (the loop ends)."""
+        line = await self._next_line()
+        if line is None:
             raise StopAsyncIteration
-        while not self._lines:
+        return line
+
+    async def _next_line(self) -> str | None:
+        """The next line with its ``\\n``, or None once the server is closing.
+
+        LineQueue.readline with its hooks written out, shared by ``readline``
+        and ``async for`` (no async generator between a reader and its wait:
+        a server wakes a reader for every line)."""
+        host = self._host
+        while not host.closing():
+            if self._lines:
+                line = self._lines.popleft()
+                self._line_taken()
+                return line + "\n"
             await self._changed.wait()
-            if host.closing():
-                raise StopAsyncIteration
-        line = self._lines.popleft()
-        self._line_taken()
-        return line + "\n"
+        return None
 
     def _read_start(self) -> int:
         # Once closing, unread lines belong to the final state file, not to the app.

@@ -1073,13 +1073,7 @@ class LinkServer:
                     if field is None:
                         encoded = topic.encode()
                         field = fields[topic] = len(encoded).to_bytes(2, "big") + encoded
-                    n = len(field) + len(payload) + v5  # remaining length
-                    if n < 0x80 and not v5:  # the common case: a 2-byte fixed header
-                        block += bytes((0x30, n))
-                        block += field
-                        block += payload
-                    else:
-                        _append_publish0(block, topic.encode(), payload, v5)
+                    _append_publish0(block, field, payload, v5)
                     continue
                 if block:
                     client.queue_block(block)
@@ -1486,9 +1480,11 @@ class _Host:
             server._commit_wanted.set()
 
 
-def _append_publish0(block: bytearray, topic: bytes, payload: bytes, v5: bool) -> None:
-    """Append an MQTT PUBLISH packet at QoS 0, not retained (MQTT 3.1.1 3.3; 5.0: no properties)."""
-    n = 2 + len(topic) + len(payload) + v5
+def _append_publish0(block: bytearray, field: bytes, payload: bytes, v5: bool) -> None:
+    """Append an MQTT PUBLISH packet at QoS 0, not retained (MQTT 3.1.1 3.3; 5.0: no properties).
+
+    ``field``: the topic as it goes on the wire, its 2-byte length and UTF-8 bytes."""
+    n = len(field) + len(payload) + v5
     block.append(0x30)
     while True:  # remaining length, 7 bits a byte, least significant first
         if n < 0x80:
@@ -1496,8 +1492,7 @@ def _append_publish0(block: bytearray, topic: bytes, payload: bytes, v5: bool) -
             break
         block.append((n & 0x7F) | 0x80)
         n >>= 7
-    block += len(topic).to_bytes(2, "big")
-    block += topic
+    block += field
     if v5:
         block.append(0)  # property length 0
     block += payload

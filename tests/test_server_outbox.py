@@ -17,6 +17,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from server_apps.link_server import _append_publish0, _Client
 
 
+def _field(topic: bytes) -> bytes:
+    """A topic as a PUBLISH carries it: 2-byte length, then the bytes."""
+    return len(topic).to_bytes(2, "big") + topic
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     a, b = socket.socketpair()
@@ -48,7 +53,7 @@ def test_ready_made_publish_is_the_packet_paho_sends(
     topic = "pblink/dev_\u00e9-1/down"
     payload = bytes(i % 251 for i in range(size))
     block = bytearray()
-    _append_publish0(block, topic.encode(), payload, protocol == mqtt.MQTTv5)
+    _append_publish0(block, _field(topic.encode()), payload, protocol == mqtt.MQTTv5)
     assert bytes(block) == _paho_publish_bytes(protocol, topic, payload, pair[0])
 
 
@@ -67,7 +72,7 @@ def test_buffered_reading_hands_every_waiting_packet_over_at_once(
               for i in range(30)]
     stream = bytearray()
     for topic, payload in frames:
-        _append_publish0(stream, topic.encode(), payload, False)
+        _append_publish0(stream, _field(topic.encode()), payload, False)
     cut = len(stream) - 5
     broker.sendall(stream[:cut])
     assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -115,7 +120,7 @@ def test_quick_path_hands_publishes_over_in_order_and_acks_each(
         if i % 2:
             stream += _publish1(topic, payload, 1000 + i)
         else:
-            _append_publish0(stream, topic, payload, False)
+            _append_publish0(stream, _field(topic), payload, False)
         if i == 20:
             stream += b"\xd0\x00"  # PINGRESP: paho's own code
     cut = len(stream) - 7
