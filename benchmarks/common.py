@@ -368,12 +368,13 @@ def render_table(rows: Iterable[Row]) -> str:
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if i in right else v.ljust(w)
                  for i, (v, w) in enumerate(zip(values, widths, strict=True))]
-        return " ".join(parts[:-1]) + " " + values[-1]  # the last column unpadded
+        # two spaces between columns: one-digit counts (n) never read as part of the unit
+        return "  ".join(parts[:-1]) + "  " + values[-1]  # the last column unpadded
 
     head = line(titles)
     out = [head, "-" * len(head)]
     for r, c in zip(rows, cells, strict=True):
         out.append(line(c).rstrip())
         if r.note:
-            out.append(f"{'':<{widths[0]}}   note: {r.note}")
+            out.append(f"{'':<{widths[0]}}    note: {r.note}")
     return "\n".join(out)

@@ -118,6 +118,7 @@ def test_table_cuts_no_text() -> None:
     lines = table.splitlines()
     assert lines[3].strip() == "note: a note"
     assert lines[2].index("fraction") == lines[4].rindex("ms")  # columns line up
+    assert " 1  fraction" in lines[2]  # the run count (n) stands apart from the unit
 
 
 def test_scale_counts_and_sustained_reasons() -> None:
