@@ -20,19 +20,24 @@ acknowledges it (3.2). As the bridge does (4.2): client id
 1, status ``online`` after CONNACK, ``down`` at QoS 1.
 
 What keeps it cheap (docs/PERFORMANCE.md, "The lite generator, second
-round"): one ``select.epoll`` loop over plain sockets, one heap of timers
-(each line's due time, the ticker, reconnections); the loop polls at most
-once per ``--slice-ms`` (default 5 ms), so a device's PUBACK from the broker
-and the server's ``a`` that follows it a few ms later are mostly read with
-one ``recv``; every packet a device produces while one batch of events is
-handled (a PUBACK owed to the broker and the ``a`` for the same ``q``, the
-status and SUBSCRIBE after CONNACK) goes out in one ``send`` (MQTT allows a
-PUBACK to wait; it waits at most until the end of the batch); the ticker
-visits only the devices whose next liveness event (heartbeat due,
-retransmission due, server no longer reachable) has come, computed from the
-``ServerWatch`` and ``Sender`` state, instead of asking every device every
-tick; the server's ``a`` for the line in flight is recognised by comparing
-bytes with the ack it must be (any other ``a`` is decoded and checked).
+round"): one ``select.epoll`` loop over plain non-blocking sockets, no
+asyncio; two timing wheels with one slot per ``--timer-res-ms`` (1 ms): the
+devices whose line is due, and the devices whose liveness rules (PROTOCOL.md
+4.4: heartbeat due, retransmission due, server no longer reachable) need a
+look, each device at the time computed from its ``ServerWatch`` and
+``Sender`` when it was last looked at, instead of a ticker asking every
+device every tick (so each device's ``h`` goes out when it is due, as a
+bridge's does on its own clock, not all devices' in one burst per tick;
+``--tick-ms`` is not used); the sockets are read at most once per
+``--slice-ms`` (5 ms), so the broker's PUBACK for a line and the server's
+``a`` a few ms later mostly come in one ``recv_into`` a preallocated buffer;
+the packets a device produces while one batch of events is handled (a
+PUBACK it owes the broker and the ``a`` for the same ``q``, the status and
+SUBSCRIBE after CONNACK) go out in one ``send`` (MQTT lets a PUBACK wait;
+it waits at most to the end of the batch); the server's ``a`` for the line in
+flight is recognised by comparing bytes with the ack it must be (any other
+``a`` is decoded and checked). Lines are sent at their own time (within 1 ms),
+not gathered per slice: the server sees the arrivals a fleet produces.
 
 A lost connection is reopened after 0.5 to 1 s (counted in
 ``connections_lost``: the embedded amqtt drops some connections of a connect
@@ -436,7 +441,6 @@ class Generator:
         self.port = args.port
         self.timeout_ms = args.timeout_ms
         self.keepalive = 60
-        self.tick_s = args.tick_ms / 1000
         self.slice_s = args.slice_ms / 1000
         self.ep = select.epoll()
         self.fds: dict[int, Device] = {}
