@@ -83,21 +83,6 @@ def put_len(buf: bytearray, i: int, n: int) -> int:
             return i
 
 
-def get_len(buf, i: int = 0) -> tuple:
-    """Decode a varint at buf[i]: (value, next index); ValueError if malformed."""
-    n = 0
-    sh = 0
-    while True:
-        if sh > 21 or i >= len(buf):
-            raise ValueError("remaining length")
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << sh
-        if not b & 0x80:
-            return n, i
-        sh += 7
-
-
 def _put_str(buf: bytearray, i: int, s: bytes) -> int:
     n = len(s)
     buf[i] = n >> 8
@@ -212,8 +197,10 @@ class MQTTClient:
         self._connected = False
         self._tasks: list = []
         self._wl = False  # a packet is being written (packets never interleave)
-        self._wev = asyncio.Event()  # _wl went False
-        self._ev = asyncio.Event()  # any state change: PUBACK, SUBACK, connection down
+        # Any state change: PUBACK, SUBACK, connection down, write lock
+        # released, message queued or taken. One Event for every waiter (each
+        # re-checks its own condition): an Event is 64 B of the ESP8266's heap.
+        self._ev = asyncio.Event()
         self._pid = 0
         # in-flight QoS 1 table (parallel lists, fixed size)
         n = max_inflight
@@ -228,8 +215,6 @@ class MQTTClient:
         self._q: list = [None] * rx_slots
         self._qh = 0
         self._qn = 0
-        self._q_ev = asyncio.Event()  # a message was queued
-        self._space_ev = asyncio.Event()  # the consumer took one
         self._paused = False
         self._sub_pid = -1
         self._sub_rc = -1
@@ -277,13 +262,6 @@ class MQTTClient:
     def isconnected(self) -> bool:
         return self._connected
 
-    def inflight(self) -> int:
-        return self._f_n
-
-    def pending(self) -> int:
-        """Incoming messages waiting in the queue."""
-        return self._qn
-
     def get(self):
         """Take the oldest incoming (topic, payload, retain), or None."""
         if not self._qn:
@@ -293,14 +271,14 @@ class MQTTClient:
         q[self._qh] = None
         self._qh = (self._qh + 1) % len(q)
         self._qn -= 1
-        self._space_ev.set()
+        self._ev.set()
         return m
 
     async def next(self):
         """Wait for and take the next incoming (topic, payload, retain)."""
         while not self._qn:
-            self._q_ev.clear()
-            await self._q_ev.wait()
+            self._ev.clear()
+            await self._ev.wait()
         return self.get()
 
     # ----- connection -----
@@ -488,13 +466,13 @@ class MQTTClient:
     async def _lock(self) -> None:
         # asyncio.Lock without asyncio.lock: the caller calls _unlock in a finally
         while self._wl:
-            self._wev.clear()
-            await self._wev.wait()
+            self._ev.clear()
+            await self._ev.wait()
         self._wl = True
 
     def _unlock(self) -> None:
         self._wl = False
-        self._wev.set()
+        self._ev.set()
 
     async def _send(self, a, b=None, connecting: bool = False) -> None:
         await self._lock()
@@ -593,7 +571,7 @@ class MQTTClient:
         while self._f_n >= len(self._f_pid):
             if not self._connected:
                 raise OSError(_ENOTCONN)
-            self._ev.clear()  # set by a PUBACK, SUBACK or the end of the connection
+            self._ev.clear()  # set by a PUBACK or the end of the connection (among others)
             await self._ev.wait()
         if not self._connected:
             raise OSError(_ENOTCONN)
@@ -613,14 +591,6 @@ class MQTTClient:
         except MemoryError:  # nothing was written: accepted, the retry timer resends it
             self.mem_errors += 1
         return pid
-
-    async def wait_acked(self) -> None:
-        """Wait until every QoS 1 publish is acknowledged (or the link drops)."""
-        while self._f_n:
-            if not self._connected:
-                raise OSError(_ENOTCONN)
-            self._ev.clear()  # set by a PUBACK, SUBACK or the end of the connection
-            await self._ev.wait()
 
     async def subscribe(self, topic, qos: int = 1) -> int:
         """Subscribe to one filter; return the granted QoS. MQTTError if refused.
@@ -700,8 +670,8 @@ class MQTTClient:
             if self._qn >= len(q):  # consumer full: stop reading the socket
                 self._paused = True
                 while self._qn >= len(q):
-                    self._space_ev.clear()
-                    await self._space_ev.wait()
+                    self._ev.clear()
+                    await self._ev.wait()
                 self._paused = False
                 self._resume_timers()
             await self._readn(mv[:2])
@@ -784,7 +754,7 @@ class MQTTClient:
                 self._resume_timers()
             q[(self._qh + self._qn) % len(q)] = item
             self._qn += 1
-            self._q_ev.set()
+            self._ev.set()
         if qos:
             a = self._abuf  # own buffer: _tbuf may be in use by a publisher
             a[2] = pid >> 8

@@ -67,8 +67,7 @@ def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
 # The frozen modules the bridge imports, dependencies first: breakdown_parts
 # imports them one by one (a module already loaded costs nothing the second time).
 BRIDGE_MODULES = ("link_core", "link_core.clock", "link_core.names", "link_core.i2c_link",
-                  "link_core.control", "link_core.liveness", "mqtt", "responder",
-                  "wifi", "bridge")
+                  "link_core.control", "link_core.liveness", "mqtt", "bridge")
 # The objects the bridge creates at boot (main.py: Bridge().run()), one by one
 # with the fake hardware of bridge_rig (whose Pin and SoftI2C objects are Python
 # objects here, C objects on the ESP8266), and its tasks after a first run.
@@ -89,18 +88,17 @@ at('fakes machine, network, esp (test only, not on the ESP8266)')
 for name in %r:
     __import__(name)
     at('module ' + name)
-import responder, bridge
-r = responder.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (empty lists)
+import bridge
+r = bridge.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (empty lists)
 at('object Responder (LinkEndpoint, frame and reassembly buffers, fake pins)')
 b = bridge.Bridge(r)
 at('object Bridge (MQTTClient with its receive buffer, WiFi, settings)')
-b._tasks = [asyncio.create_task(job()) for job in b._jobs()]
-sup = asyncio.create_task(b._supervise())
+sup = asyncio.create_task(b.run())  # as main.py runs it: the jobs and the supervisor
 async def pause():
     await asyncio.sleep_ms(50)
 asyncio.run(pause())
 del pause
-at('bridge tasks (as Bridge.run makes them, 50 ms run, no config yet)')
+at('bridge tasks (Bridge.run and the jobs it starts, 50 ms run, no config yet)')
 """
 
 
