@@ -41,7 +41,7 @@ ACTIVE_POLL_MS = Figure(1.0, "ms", "PROTOCOL.md 1.5: the Initiator polls every 1
 ESP_IRQ_US = Figure(140.0, "us", "micropython/micropython#3894: on the ESP8266 a pin edge to "
                     "the Python handler's output edge is about 140 us, very consistent "
                     "(43 to 739 us for hard IRQs at 160 MHz: micropython#2972)")
-SCL_NOMINAL_HZ = Figure(400_000, "Hz", "esp_bridge/responder.py I2C_HZ: SoftI2C(freq=400000)")
+SCL_NOMINAL_HZ = Figure(400_000, "Hz", "esp_bridge/bridge.py _I2C_HZ: SoftI2C(freq=400000)")
 SCL_SLOW_HZ = Figure(200_000, "Hz", "micropython/micropython-esp32#19 (D. George): software "
                      "I2C 'may not be able to go above 200kHz' (the bit-banged rate falls "
                      "short of the one asked for)")

@@ -1,13 +1,14 @@
 # The relay: I2C link messages <-> MQTT (docs/PROTOCOL.md 2 and 4).
 #
 # Tasks (one asyncio loop):
-#   responder   bus exchanges (responder.py)
+#   responder   bus exchanges (Responder, below)
 #   _main_loop  every 100 ms: 'K' keepalive, 'R' reports, 'U'/'D' changes
 #   _uplink     link messages from the Pyboard: 'C' config; q/u/a -> <root>/<id>/up
 #   _downlink   frames on <root>/<id>/down -> link messages to the Pyboard
 #   _heartbeat  'h' on up when quiet (PROTOCOL.md 4.4); the last 'R' on <root>/<id>/report
 #   _net        WiFi, then broker, with backoff; status online + will offline
-#   _supervise  restarts a task that ended with a MemoryError (_on_error)
+#   run         the supervisor: restarts a task that ended with a MemoryError
+#               (_on_error), stops on any other exception
 #
 # Bounded both ways: the link's received-message queue (full -> HOLD stops
 # the Pyboard) is emptied only as fast as MQTT takes it; MQTT is read only
@@ -15,7 +16,7 @@
 # no end-to-end state: at most the messages in flight.
 #
 # No allocation failure stops it: a MemoryError leaves the chunk
-# unacknowledged (responder.py), the frame unpublished or the down frame
+# unacknowledged (Responder), the frame unpublished or the down frame
 # unqueued (retried here) or the MQTT packet unacknowledged (mqtt.py); each is
 # counted and the count goes out in the next 'R' report (PROTOCOL.md 2).
 from micropython import const
@@ -24,10 +25,10 @@ import gc
 import sys
 import time
 
-from link_core import control, liveness
+from link_core import control, i2c_link, liveness
+from link_core.i2c_link import BLOCK_MAX, CHUNK_MAX, HEADER, RESPONDER, LinkEndpoint
 from link_core.names import MAX_MESSAGE, OFFLINE, ONLINE, Topics, client_id
 from mqtt import MQTTClient, MQTTError
-from responder import Responder
 
 # Queue depths, in messages of up to 1,152 bytes (docs/FIRMWARE.md "Memory budget")
 _TX_QUEUE = const(4)  # link messages queued for the Pyboard
@@ -52,6 +53,269 @@ _TLS = const(10)
 _BRIDGE_TUNING = const(11)
 
 
+# ----- the I2C Responder (docs/PROTOCOL.md 1.2) -----
+#
+# The Pyboard (Initiator, I2C target at 0x12 with a 256-byte memory) raises
+# syn when its block is at memory 0x00. An IRQ on both edges of syn sets a
+# ThreadSafeFlag; the task below then carries out exactly four bus
+# transactions, feeds link_core's LinkEndpoint, raises ack, and lowers it
+# again once syn is low. A bus error (OSError from SoftI2C) aborts the
+# exchange without raising ack: the Initiator times out and retries. A
+# MemoryError (no room for a completed message on a fragmented heap) leaves
+# that chunk unacknowledged: the exchange goes on, the Pyboard resends it.
+
+# wiring of the seed (GPIO numbers)
+_SCL = const(0)
+_SDA = const(2)
+_SYN = const(5)
+_ACK = const(4)
+_I2C_HZ = const(400000)
+
+
+class Responder:
+    """Moves blocks between the bus and a LinkEndpoint(RESPONDER).
+
+    i2c, syn, ack: a SoftI2C and two Pins; None builds them from the seed's
+    wiring. tx_queue, rx_queue: the LinkEndpoint's message bounds (when the
+    received queue is full its blocks carry HOLD and the Pyboard stops
+    sending payload).
+    """
+
+    def __init__(self, i2c=None, syn=None, ack=None, tx_queue: int = 6, rx_queue: int = 4) -> None:
+        if i2c is None or syn is None or ack is None:
+            from machine import Pin, SoftI2C
+
+            if ack is None:
+                ack = Pin(_ACK, Pin.OUT, value=0)
+            if syn is None:
+                syn = Pin(_SYN, Pin.IN)
+            if i2c is None:
+                i2c = SoftI2C(scl=Pin(_SCL), sda=Pin(_SDA), freq=_I2C_HZ)
+        self.i2c = i2c
+        self.syn = syn
+        self.ack = ack
+        ack.value(0)
+        self.link = LinkEndpoint(RESPONDER, tx_queue, rx_queue)
+        # one block buffer both ways: the block read is taken by on_block before
+        # build_block writes the answer over it
+        self._rx = bytearray(BLOCK_MAX)
+        self._rxv = memoryview(self._rx)
+        self._hdr = self._rxv[:HEADER]
+        self._flag = asyncio.ThreadSafeFlag()
+        # a complete message arrived or room was made in the outgoing queue
+        # (one Event: each waiter re-checks its own condition)
+        self._ev = asyncio.Event()
+        self._failed = False  # bus error in this exchange: wait for syn low
+        # True while the event loop is blocked in a call that still runs
+        # scheduled IRQ handlers (DNS lookup): exchanges then run in the handler
+        self.inline = False
+        self._gone = 0  # messages that left the outgoing queue (sent or dropped)
+        self.exchanges = 0
+        self.bus_errors = 0
+        self.mem_errors = 0  # MemoryErrors caught in exchanges (the chunk is resent)
+        syn.irq(handler=self._irq, trigger=syn.IRQ_RISING | syn.IRQ_FALLING)
+
+    def _irq(self, _pin) -> None:
+        if self.inline:
+            self._service()
+        else:
+            self._flag.set()
+
+    def blocking(self, on: bool) -> None:
+        """Bracket a blocking call (e.g. getaddrinfo) so exchanges go on meanwhile."""
+        self.inline = on
+        if not on:
+            self._flag.set()
+
+    def kick(self) -> None:
+        """Re-examine the handshake lines (a lost edge costs one tick, not a reset)."""
+        self._flag.set()
+
+    # ----- messages -----
+
+    async def get(self):
+        """Wait for the next message from the Pyboard."""
+        while True:
+            m = self.link.pop_message()
+            if m is not None:
+                return m
+            self._ev.clear()
+            await self._ev.wait()
+
+    async def put(self, msg, limit: int = 0) -> None:
+        """Queue a message, waiting while limit (default: the whole queue) is reached."""
+        link = self.link
+        while not link.can_queue() or (limit and link.tx_pending >= limit):
+            self._ev.clear()
+            await self._ev.wait()
+        link.queue_message(msg)
+
+    async def room(self, limit: int) -> None:
+        """Wait until fewer than limit messages are queued for the Pyboard."""
+        link = self.link
+        while not link.can_queue() or link.tx_pending >= limit:
+            self._ev.clear()
+            await self._ev.wait()
+
+    # ----- the bus -----
+
+    def exchange(self) -> bool:
+        """One exchange, steps 2.1 to 2.4 of PROTOCOL.md 1.2. False on a bus error.
+
+        Reads into the preallocated block buffer and builds the answer in it:
+        no per-exchange allocation beyond two memoryview slices."""
+        i2c = self.i2c
+        buf = self._rx
+        bv = self._rxv
+        hdr = self._hdr
+        link = self.link
+        try:
+            i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR, hdr)
+            n = buf[3]
+            if n <= CHUNK_MAX:
+                block = bv[: n + 6]
+                i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR + 4, block[4:])
+            else:
+                block = hdr  # too long: corrupt, counted, ignored
+            try:
+                link.on_block(block)
+            except MemoryError:
+                self.mem_errors += 1  # its chunk stays unacknowledged: resent
+            ln = link.build_block(buf)
+            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER, hdr)
+            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER + 4, bv[4:ln])
+        except OSError:
+            self.bus_errors += 1
+            return False
+        except MemoryError:  # a slice: no ack, the Initiator retries the exchange
+            self.mem_errors += 1
+            return False
+        self.exchanges += 1
+        if link.rx_pending:
+            self._ev.set()
+        gone = link.messages_out + link.dropped
+        if gone != self._gone:  # room was made: wake a waiting put()/room()
+            self._gone = gone
+            self._ev.set()
+        return True
+
+    def _service(self) -> None:
+        """Act on the handshake lines: exchange on syn high, ack low on syn low."""
+        syn = self.syn
+        ack = self.ack
+        if syn.value():
+            if not ack.value() and not self._failed:
+                if self.exchange():
+                    ack.value(1)
+                else:
+                    self._failed = True  # no ack: the Initiator times out, retries
+        else:
+            self._failed = False
+            if ack.value():
+                ack.value(0)
+
+    async def run(self) -> None:
+        flag = self._flag
+        flag.set()  # syn may already be high
+        while True:
+            await flag.wait()
+            self._service()
+
+
+# ----- WiFi -----
+#
+# connect(): the network stored in flash first (the ESP8266 SDK keeps the
+# last one), then the config's ssid/password; then WiFi must stay up for
+# stable_ms before the caller may try the broker. The access point interface
+# is switched off and WiFi sleep is disabled (modem sleep drops packets and
+# adds latency).
+
+
+class WiFi:
+    def __init__(self, connect_ms: int = 10000, stable_ms: int = 3000) -> None:
+        import network
+
+        self.connect_ms = connect_ms
+        self.stable_ms = stable_ms
+        try:
+            network.WLAN(network.AP_IF).active(False)
+        except (OSError, AttributeError):
+            pass
+        self.sta = network.WLAN(network.STA_IF)
+        self.sta.active(True)
+        no_sleep(self.sta)
+        self.status = 0  # last WLAN.status() after a failed attempt
+        self._stable = False  # up for stable_ms, and not seen down since
+
+    def isconnected(self) -> bool:
+        up = self.sta.isconnected()
+        if not up:
+            self._stable = False
+        return up
+
+    async def _wait_up(self) -> bool:
+        t0 = time.ticks_ms()
+        while time.ticks_diff(time.ticks_ms(), t0) < self.connect_ms:
+            if self.sta.isconnected():
+                return True
+            await asyncio.sleep_ms(100)
+        self.status = self.sta.status()
+        return False
+
+    async def _wait_stable(self) -> bool:
+        t0 = time.ticks_ms()
+        while time.ticks_diff(time.ticks_ms(), t0) < self.stable_ms:
+            if not self.sta.isconnected():
+                return False
+            await asyncio.sleep_ms(100)
+        return self.sta.isconnected()
+
+    async def connect(self, ssid: str = "", password: str = "") -> bool:
+        """Bring the station up; True once it has been up for stable_ms."""
+        sta = self.sta
+        if self.isconnected() and self._stable:
+            return True
+        if not sta.isconnected():
+            up = False
+            if self._stored():
+                try:
+                    sta.connect()  # the network stored in flash
+                except OSError:
+                    pass
+                up = await self._wait_up()
+            if not up and ssid:
+                try:
+                    sta.disconnect()
+                    sta.connect(ssid, password)  # the ESP8266 also stores these
+                except OSError:
+                    pass
+                up = await self._wait_up()
+            if not up:
+                return False
+        self._stable = await self._wait_stable()
+        return self._stable
+
+    def _stored(self) -> bool:
+        try:
+            return bool(self.sta.config("ssid"))
+        except (OSError, ValueError, TypeError):
+            return True  # cannot tell: try it
+
+def no_sleep(sta) -> None:
+    """Disable WiFi power saving through whichever API this firmware has."""
+    try:
+        import esp
+
+        esp.sleep_type(esp.SLEEP_NONE)
+        return
+    except (ImportError, AttributeError):
+        pass
+    try:
+        sta.config(pm=sta.PM_NONE)
+    except (AttributeError, OSError, ValueError, TypeError):
+        pass
+
+
 def _reason(e) -> str:
     if isinstance(e, MQTTError):
         return e.args[0] if e.args else "refused"
@@ -62,8 +326,6 @@ class Bridge:
     def __init__(self, resp=None, wifi=None) -> None:
         self.resp = resp if resp is not None else Responder(None, None, None, _TX_QUEUE, _RX_QUEUE)
         if wifi is None:
-            from wifi import WiFi
-
             wifi = WiFi()
         self.wifi = wifi
         # allocated at boot, while the heap is empty, and reused for every connection
@@ -89,8 +351,7 @@ class Bridge:
         self._told = -1  # last U/D told since the last 'C': 1, 0, -1 none
         self.watch = liveness.ServerWatch(1500)  # PROTOCOL.md 4.4; timeout_ms from the config
         self._oversize = 0
-        self._crash: Exception | None = None
-        self._stop = asyncio.Event()
+        self._crash: Exception | None = None  # set by _on_error: run() stops
         self._tasks: list = []  # the running task of each job (run())
         self._dead = 0  # bit i: job i ended with a MemoryError, not restarted yet
 
@@ -387,8 +648,8 @@ class Bridge:
 
     def _on_error(self, loop, ctx) -> None:
         """asyncio's exception handler. A job that ended with a MemoryError (one
-        its own loop did not absorb) is counted and restarted by _supervise; any
-        other exception is a bug: stop, main.py resets the ESP8266. Tasks not
+        its own loop did not absorb) is counted and restarted by run(); any
+        other exception is a bug: run() stops, main.py resets the ESP8266. Tasks not
         the bridge's jobs (the MQTT client's) get asyncio's default handler.
         Allocates nothing: it runs on a heap that was just exhausted."""
         t = ctx["future"]
@@ -402,12 +663,17 @@ class Bridge:
             return
         sys.print_exception(e)
         self._crash = e
-        self._stop.set()
 
-    async def _supervise(self) -> None:
-        """Restart the jobs _on_error marked dead, within a tick of their failure;
-        a restart that cannot be allocated is tried again a tick later."""
-        while True:
+    async def run(self) -> None:
+        """Start the jobs, then supervise them: restart the jobs _on_error marked
+        dead, within a tick of their failure (a restart that cannot be allocated
+        is tried again a tick later); RuntimeError within a tick of any other
+        exception in a job. The supervisor is this coroutine, not a task of its
+        own, and it polls instead of waiting on an Event (docs/FIRMWARE.md)."""
+        gc.collect()
+        asyncio.get_event_loop().set_exception_handler(self._on_error)
+        self._tasks = [asyncio.create_task(job()) for job in self._jobs()]
+        while self._crash is None:
             await asyncio.sleep_ms(_TICK_MS)
             if not self._dead:
                 continue
@@ -419,13 +685,6 @@ class Bridge:
                         self._dead &= ~(1 << i)
             except MemoryError:
                 self._oom()
-
-    async def run(self) -> None:
-        gc.collect()
-        asyncio.get_event_loop().set_exception_handler(self._on_error)
-        self._tasks = [asyncio.create_task(job()) for job in self._jobs()]
-        asyncio.create_task(self._supervise())
-        await self._stop.wait()
         raise RuntimeError("bridge task failed: %r" % (self._crash,))
 
 

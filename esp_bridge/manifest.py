@@ -11,8 +11,6 @@ include("$(MPY_DIR)/extmod/asyncio")
 module("main.py")
 module("bridge.py")
 module("mqtt.py")
-module("responder.py")
-module("wifi.py")
 
 # the shared sans-I/O core, as the package link_core
 package("link_core", base_path="..")

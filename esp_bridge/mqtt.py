@@ -10,9 +10,16 @@
 #
 # Hot paths reuse preallocated buffers: a received packet is read into one
 # bytearray; only the (topic, payload) bytes handed to the consumer are new.
+#
+# The socket is used directly, non-blocking, waiting on asyncio's I/O queue
+# (_io): asyncio.stream and asyncio.Lock are not loaded, 1,184 B of the
+# ESP8266's heap (docs/FIRMWARE.md "Memory budget"), and a write the socket
+# does not take at once is not copied into a stream buffer.
 from micropython import const
 import asyncio
+from asyncio import core  # type: ignore[attr-defined]  # MicroPython's asyncio.core
 import gc
+import socket
 import time
 
 _CONNECT = const(0x10)
@@ -25,6 +32,7 @@ _PINGREQ = const(0xC0)
 _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 
+_EINPROGRESS = const(115)
 _ENOTCONN = const(107)
 _ETIMEDOUT = const(110)
 _ECONNRESET = const(104)
@@ -75,21 +83,6 @@ def put_len(buf: bytearray, i: int, n: int) -> int:
             return i
 
 
-def get_len(buf, i: int = 0) -> tuple:
-    """Decode a varint at buf[i]: (value, next index); ValueError if malformed."""
-    n = 0
-    sh = 0
-    while True:
-        if sh > 21 or i >= len(buf):
-            raise ValueError("remaining length")
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << sh
-        if not b & 0x80:
-            return n, i
-        sh += 7
-
-
 def _put_str(buf: bytearray, i: int, s: bytes) -> int:
     n = len(s)
     buf[i] = n >> 8
@@ -102,13 +95,19 @@ def _nothing(on: bool) -> None:
     pass
 
 
-def _no_delay(stream) -> None:
+def _io(s, write):
+    # awaited: wait until s is writable (write) or readable, as asyncio.stream does
+    q = core._io_queue
+    yield q.queue_write(s) if write else q.queue_read(s)
+
+
+def _no_delay(s) -> None:
     # Small publishes (acks, heartbeats, QoS 0 lines) must not wait ~40 ms for
     # the broker's delayed ACK (Nagle's algorithm). Where the port's socket
     # does not offer TCP_NODELAY (the ESP8266's lwIP binding refuses it; so do
     # TLS sockets) the option is simply not set.
     try:
-        stream.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+        s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
     except (AttributeError, OSError, TypeError):
         pass
 
@@ -194,13 +193,14 @@ class MQTTClient:
         self._tbuf = bytearray(9 + TOPIC_MAX)  # outgoing fixed header + topic + pid
         self._tmv = memoryview(self._tbuf)
         self._abuf = bytearray(b"\x40\x02\x00\x00")  # PUBACK
-        # one asyncio Stream, typed as its two CPython halves
-        self._r: asyncio.StreamReader | None = None
-        self._w: asyncio.StreamWriter | None = None
+        self._s: socket.socket | None = None  # the socket (non-blocking), or an SSL socket over it
         self._connected = False
         self._tasks: list = []
-        self._wlock = asyncio.Lock()
-        self._ev = asyncio.Event()  # any state change: PUBACK, SUBACK, connection down
+        self._wl = False  # a packet is being written (packets never interleave)
+        # Any state change: PUBACK, SUBACK, connection down, write lock
+        # released, message queued or taken. One Event for every waiter (each
+        # re-checks its own condition): an Event is 64 B of the ESP8266's heap.
+        self._ev = asyncio.Event()
         self._pid = 0
         # in-flight QoS 1 table (parallel lists, fixed size)
         n = max_inflight
@@ -215,8 +215,6 @@ class MQTTClient:
         self._q: list = [None] * rx_slots
         self._qh = 0
         self._qn = 0
-        self._q_ev = asyncio.Event()  # a message was queued
-        self._space_ev = asyncio.Event()  # the consumer took one
         self._paused = False
         self._sub_pid = -1
         self._sub_rc = -1
@@ -264,13 +262,6 @@ class MQTTClient:
     def isconnected(self) -> bool:
         return self._connected
 
-    def inflight(self) -> int:
-        return self._f_n
-
-    def pending(self) -> int:
-        """Incoming messages waiting in the queue."""
-        return self._qn
-
     def get(self):
         """Take the oldest incoming (topic, payload, retain), or None."""
         if not self._qn:
@@ -280,14 +271,14 @@ class MQTTClient:
         q[self._qh] = None
         self._qh = (self._qh + 1) % len(q)
         self._qn -= 1
-        self._space_ev.set()
+        self._ev.set()
         return m
 
     async def next(self):
         """Wait for and take the next incoming (topic, payload, retain)."""
         while not self._qn:
-            self._q_ev.clear()
-            await self._q_ev.wait()
+            self._ev.clear()
+            await self._ev.wait()
         return self.get()
 
     # ----- connection -----
@@ -296,8 +287,6 @@ class MQTTClient:
         # DNS once: getaddrinfo blocks the event loop (on the ESP8266 it still
         # runs scheduled IRQ handlers: on_block lets the I2C link go on)
         if self._ip is None or self._host != host or self._fails >= 4:
-            import socket
-
             self._host = host
             self._fails = 0
             self.on_block(True)
@@ -321,14 +310,8 @@ class MQTTClient:
             ctx = None
             if tls:
                 ctx = _tls_context()
-            s: tuple = await self._within(
-                asyncio.open_connection(
-                    ip, port, ssl=ctx, server_hostname=host if tls else None
-                )
-            )
-            self._r = s[0]
-            self._w = s[1]
-            _no_delay(s[1])
+            await self._within(self._open(ip, port, ctx, host))
+            _no_delay(self._s)
         except OSError:  # ETIMEDOUT included
             self._fails += 1  # after 4 in a row: resolve again (DHCP may have moved it)
             raise
@@ -361,6 +344,23 @@ class MQTTClient:
                 self._f_try[i] = 0
                 await self._send_pub(i, True)
         return present
+
+    async def _open(self, ip, port, ctx, host) -> None:
+        # asyncio.open_connection without asyncio.stream
+        ai = socket.getaddrinfo(ip, port, 0, socket.SOCK_STREAM)[0]
+        s = socket.socket(ai[0], ai[1], ai[2])
+        self._s = s  # closed by _close_sock if what follows fails
+        s.setblocking(False)
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.errno != _EINPROGRESS:
+                raise
+        if ctx is not None:
+            s = ctx.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
+            s.setblocking(False)
+            self._s = s
+        await _io(s, True)
 
     async def _within(self, coro):
         """The result of coro, run as a task; OSError(ETIMEDOUT) once response_ms
@@ -420,12 +420,11 @@ class MQTTClient:
             raise MQTTError(refusal(b[3]), b[3])
 
     def _close_sock(self) -> None:
-        w = self._w
-        self._w = None
-        self._r = None
-        if w is not None:
+        s = self._s
+        self._s = None
+        if s is not None:
             try:
-                w.s.close()  # type: ignore[attr-defined]  # MicroPython Stream.s: the socket
+                s.close()
             except Exception:
                 pass
 
@@ -447,10 +446,13 @@ class MQTTClient:
         """Say DISCONNECT (no will) and close."""
         if self._connected:
             try:
-                async with self._wlock:
+                await self._lock()
+                try:
                     self._tbuf[0] = _DISCONNECT
                     self._tbuf[1] = 0
                     await self._write(self._tmv[:2])
+                finally:
+                    self._unlock()
             except OSError:
                 pass
         self.close("disconnect")
@@ -461,29 +463,53 @@ class MQTTClient:
 
     # ----- sending -----
 
+    async def _lock(self) -> None:
+        # asyncio.Lock without asyncio.lock: the caller calls _unlock in a finally
+        while self._wl:
+            self._ev.clear()
+            await self._ev.wait()
+        self._wl = True
+
+    def _unlock(self) -> None:
+        self._wl = False
+        self._ev.set()
+
     async def _send(self, a, b=None, connecting: bool = False) -> None:
-        async with self._wlock:
+        await self._lock()
+        try:
             await self._write(a, b, connecting)
+        finally:
+            self._unlock()
+
+    async def _put(self, s, buf) -> None:
+        # all of buf into the socket s, waiting while it is full
+        off = s.write(buf) or 0
+        n = len(buf)
+        if off < n:
+            mv = memoryview(buf)
+            while off < n:
+                await _io(s, True)  # a socket closed meanwhile: write raises OSError
+                off += s.write(mv[off:]) or 0
 
     async def _write(self, a, b=None, connecting: bool = False) -> None:
-        # Caller holds _wlock: packets never interleave, and _tbuf (filled
-        # under the lock) is not overwritten before it is written.
-        s = self._w
+        # Caller holds the write lock (_lock): packets never interleave, and
+        # _tbuf (filled under the lock) is not overwritten before it is written.
+        s = self._s
         if s is None or not (self._connected or connecting):
             raise OSError(_ENOTCONN)
         try:
-            s.write(a)  # copies what the socket does not take at once
-            if b:
-                s.write(b)
             self._wt0 = time.ticks_ms()
             self._wbusy = True
-            await s.drain()
+            await self._put(s, a)
+            if b:
+                await self._put(s, b)
+            await asyncio.sleep_ms(0)  # always yield, as a stream's drain does
         except OSError as e:
             self._wbusy = False
             self._fail("write: %s" % e)
             raise
         except MemoryError:
-            # the stream could not buffer the rest: the packet is incomplete, so
+            # a slice could not be made: the packet may be incomplete, so
             # the connection must go; callers see the usual OSError (a QoS 1
             # message is resent after the reconnect, a QoS 0 one was not sent)
             self._wbusy = False
@@ -506,7 +532,8 @@ class MQTTClient:
         self._f_ms[slot] = time.ticks_ms()
 
     async def _pub(self, topic, msg, qos, retain, pid, dup) -> None:
-        async with self._wlock:
+        await self._lock()
+        try:
             b = self._tbuf
             b[0] = _PUBLISH | (8 if dup else 0) | (qos << 1) | (1 if retain else 0)
             n = 2 + len(topic) + len(msg) + (2 if qos else 0)
@@ -517,6 +544,8 @@ class MQTTClient:
                 b[i + 1] = pid & 0xFF
                 i += 2
             await self._write(self._tmv[:i], msg)
+        finally:
+            self._unlock()
 
     async def publish(self, topic, msg, qos: int = 0, retain: bool = False) -> int:
         """Publish; QoS 1 returns the packet id once it is in the in-flight table.
@@ -542,7 +571,7 @@ class MQTTClient:
         while self._f_n >= len(self._f_pid):
             if not self._connected:
                 raise OSError(_ENOTCONN)
-            self._ev.clear()  # set by a PUBACK, SUBACK or the end of the connection
+            self._ev.clear()  # set by a PUBACK or the end of the connection (among others)
             await self._ev.wait()
         if not self._connected:
             raise OSError(_ENOTCONN)
@@ -563,14 +592,6 @@ class MQTTClient:
             self.mem_errors += 1
         return pid
 
-    async def wait_acked(self) -> None:
-        """Wait until every QoS 1 publish is acknowledged (or the link drops)."""
-        while self._f_n:
-            if not self._connected:
-                raise OSError(_ENOTCONN)
-            self._ev.clear()  # set by a PUBACK, SUBACK or the end of the connection
-            await self._ev.wait()
-
     async def subscribe(self, topic, qos: int = 1) -> int:
         """Subscribe to one filter; return the granted QoS. MQTTError if refused.
 
@@ -584,7 +605,8 @@ class MQTTClient:
         pid = self._next_pid()
         self._sub_pid = pid
         self._sub_rc = -1
-        async with self._wlock:
+        await self._lock()
+        try:
             b = self._tbuf
             b[0] = _SUBSCRIBE
             i = put_len(b, 1, 5 + len(topic))
@@ -593,6 +615,8 @@ class MQTTClient:
             i = _put_str(b, i + 2, topic)
             b[i] = qos
             await self._write(self._tmv[: i + 1])
+        finally:
+            self._unlock()
         t0 = time.ticks_ms()
         while self._sub_rc < 0:
             if not self._connected:
@@ -612,11 +636,12 @@ class MQTTClient:
         """Fill mv exactly from the socket."""
         n = len(mv)
         got = 0
-        s = self._r
+        s = self._s
         if s is None:
             raise OSError(_ENOTCONN)
         while got < n:
-            r = await s.readinto(mv[got:])
+            await _io(s, False)
+            r = s.readinto(mv[got:])
             if r is None:  # TLS: record not complete yet
                 continue
             if not r:
@@ -645,8 +670,8 @@ class MQTTClient:
             if self._qn >= len(q):  # consumer full: stop reading the socket
                 self._paused = True
                 while self._qn >= len(q):
-                    self._space_ev.clear()
-                    await self._space_ev.wait()
+                    self._ev.clear()
+                    await self._ev.wait()
                 self._paused = False
                 self._resume_timers()
             await self._readn(mv[:2])
@@ -729,7 +754,7 @@ class MQTTClient:
                 self._resume_timers()
             q[(self._qh + self._qn) % len(q)] = item
             self._qn += 1
-            self._q_ev.set()
+            self._ev.set()
         if qos:
             a = self._abuf  # own buffer: _tbuf may be in use by a publisher
             a[2] = pid >> 8

@@ -36,7 +36,7 @@ HOLD = const(0x02)
 SYNC = const(0x04)
 FRESH = const(0x08)
 VERSION = const(0x50)
-VERSION_MASK = const(0xF0)
+_VERSION_MASK = const(0xF0)
 
 # Sizes (section 0)
 HEADER = const(4)
@@ -44,26 +44,17 @@ CHUNK_MAX = const(120)
 BLOCK_MAX = const(126)
 # MAX_MESSAGE (1152) comes from link_core.names
 
-# Bus layout (section 1.1)
+# Bus layout (section 1.1); MEM_SIZE is in link_core.i2c_tools
 I2C_ADDR = const(0x12)
-MEM_SIZE = const(256)
 MEM_INITIATOR = const(0x00)  # Initiator's block
 MEM_RESPONDER = const(0x80)  # Responder's block
 
-# Timing defaults, ms (sections 1.2, 1.5, 1.6)
-ACTIVE_POLL_MS = const(1)
-IDLE_POLL_MS = const(10)
-IDLE_AFTER_MS = const(200)
-EXCHANGE_TIMEOUT_MS = const(1000)
-KEEPALIVE_TIMEOUT_MS = const(4000)
-RESET_PULSE_MS = const(200)
-BOOT_WAIT_MS = const(1000)
-SYNC_RETRY_MS = const(100)
-SYNC_TIMEOUT_MS = const(10000)
+# The Initiator's timing defaults (sections 1.2, 1.5, 1.6) are in
+# link_core.i2c_tools: underscored constants here stay out of the module's dict.
 
-# Queue bounds (messages)
-TX_QUEUE = const(4)
-RX_QUEUE = const(4)
+# Queue bounds (messages), LinkEndpoint's defaults
+_TX_QUEUE = const(4)
+_RX_QUEUE = const(4)
 
 INITIATOR = "initiator"
 RESPONDER = "responder"
@@ -124,7 +115,7 @@ def check_block(buf):
     length over ``CHUNK_MAX``, truncated, or CRC mismatch.
     """
     n = len(buf)
-    if n < 6 or buf[0] & VERSION_MASK != VERSION:
+    if n < 6 or buf[0] & _VERSION_MASK != VERSION:
         return -1
     ln = buf[3]
     if ln > CHUNK_MAX or n < ln + 6:
@@ -175,7 +166,7 @@ class LinkEndpoint:
     dict.
     """
 
-    def __init__(self, role, tx_queue=TX_QUEUE, rx_queue=RX_QUEUE):
+    def __init__(self, role, tx_queue=_TX_QUEUE, rx_queue=_RX_QUEUE):
         if role != INITIATOR and role != RESPONDER:
             raise ValueError("role " + repr(role) + " is not 'initiator' or 'responder'")
         if tx_queue < 1 or rx_queue < 1:

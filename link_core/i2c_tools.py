@@ -8,21 +8,41 @@ Initiator (the Pyboard) starts its next exchange. Apart from
 (docs/FIRMWARE.md "Memory budget").
 """
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
 from link_core.clock import ticks_diff
 from link_core.i2c_link import (
-    ACTIVE_POLL_MS,
     CHUNK_MAX,
     FRESH,
     HEADER,
     HOLD,
-    IDLE_AFTER_MS,
-    IDLE_POLL_MS,
     MORE,
     SYNC,
     VERSION,
     _crc,
     check_block,
 )
+
+# The Initiator's side of the bus layout (section 1.1): its target memory
+MEM_SIZE = const(256)
+
+# Timing defaults, ms (sections 1.2, 1.5, 1.6): the Initiator's; here, not in
+# link_core.i2c_link, so that the bridge does not hold them in RAM
+ACTIVE_POLL_MS = const(1)
+IDLE_POLL_MS = const(10)
+IDLE_AFTER_MS = const(200)
+EXCHANGE_TIMEOUT_MS = const(1000)
+KEEPALIVE_TIMEOUT_MS = const(4000)
+RESET_PULSE_MS = const(200)
+BOOT_WAIT_MS = const(1000)
+SYNC_RETRY_MS = const(100)
+SYNC_TIMEOUT_MS = const(10000)
 
 
 def crc16(data, crc=0xFFFF):

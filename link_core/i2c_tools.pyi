@@ -1,5 +1,16 @@
 # Types of link_core/i2c_tools.py for mypy; the .py stays MicroPython code without annotations.
-from typing import overload
+from typing import Final, overload
+
+MEM_SIZE: Final[int]
+ACTIVE_POLL_MS: Final[int]
+IDLE_POLL_MS: Final[int]
+IDLE_AFTER_MS: Final[int]
+EXCHANGE_TIMEOUT_MS: Final[int]
+KEEPALIVE_TIMEOUT_MS: Final[int]
+RESET_PULSE_MS: Final[int]
+BOOT_WAIT_MS: Final[int]
+SYNC_RETRY_MS: Final[int]
+SYNC_TIMEOUT_MS: Final[int]
 
 _Buf = bytes | bytearray | memoryview
 

@@ -3,7 +3,9 @@
 - every file under esp_bridge/ and link_core/ compiles with mpy-cross -march=xtensa;
 - esp_bridge/ type-checks with mypy against micropython-esp8266-stubs;
 - the freeze manifest names every bridge module and the link_core package, and
-  nothing that does not exist.
+  nothing that does not exist;
+- the bridge names no asyncio attribute that loads a submodule other than
+  asyncio.event (docs/FIRMWARE.md "Memory budget").
 """
 
 from __future__ import annotations
@@ -138,3 +140,33 @@ def test_manifest_freezes_every_bridge_module() -> None:
     includes = [a[0] for n, a, k in calls if n == "include"]
     assert "$(PORT_DIR)/boards/manifest.py" in includes  # _boot, inisetup, ssl...
     assert "$(MPY_DIR)/extmod/asyncio" in includes  # a FROZEN_MANIFEST replaces the board's
+
+
+# MicroPython's asyncio/__init__.py loads these submodules on first use of the
+# names (its _attrs table): each costs the ESP8266's heap (docs/FIRMWARE.md
+# "Memory budget": asyncio.funcs 368 B, asyncio.lock 304 B, asyncio.stream 880 B).
+_ASYNCIO_LAZY = {"wait_for": "funcs", "wait_for_ms": "funcs", "gather": "funcs",
+                 "Event": "event", "ThreadSafeFlag": "event", "Lock": "lock",
+                 "open_connection": "stream", "start_server": "stream",
+                 "StreamReader": "stream", "StreamWriter": "stream"}
+
+
+def _asyncio_submodules(src: str) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(src)):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id == "asyncio" and node.attr in _ASYNCIO_LAZY):
+            found.add(_ASYNCIO_LAZY[node.attr])
+        if isinstance(node, ast.ImportFrom) and node.module == "asyncio":
+            found |= {_ASYNCIO_LAZY[a.name] for a in node.names if a.name in _ASYNCIO_LAZY}
+    return found
+
+
+def test_bridge_loads_only_asyncio_event() -> None:
+    probe = "import asyncio\nasyncio.Lock()\nfrom asyncio import open_connection\n"
+    assert _asyncio_submodules(probe) == {"lock", "stream"}  # the check sees both forms
+    used = {f.name: _asyncio_submodules(f.read_text()) for f in sorted(ESP_BRIDGE.glob("*.py"))}
+    assert set().union(*used.values()) <= {"event"}, used
+

@@ -32,7 +32,26 @@ import asyncio
 import sys
 import time
 
-from mqtt import MQTTClient, MQTTError, get_len, put_len, refusal
+from mqtt import MQTTClient, MQTTError, put_len, refusal
+
+# inflight(), pending() and wait_acked() are not the client's: the bridge never
+# calls them, and every method costs the ESP8266 heap (docs/FIRMWARE.md)
+
+
+def inflight(c):
+    return c._f_n
+
+
+def pending(c):
+    return c._qn
+
+
+async def wait_acked(c):
+    while c._f_n:
+        if not c.isconnected():
+            raise OSError(107)
+        c._ev.clear()
+        await c._ev.wait()
 
 scen = sys.argv[1]
 port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
@@ -60,13 +79,6 @@ async def varint():
     for n, enc in cases:
         i = put_len(buf, 0, n)
         assert bytes(buf[:i]) == enc, (n, bytes(buf[:i]))
-        assert get_len(enc + b"zz") == (n, len(enc)), n
-    for bad in (b"\xff\xff\xff\xff\x01", b"\x80", b""):
-        try:
-            get_len(bad)
-            raise AssertionError(bad)
-        except ValueError:
-            pass
     for bad in (-1, 268435456):
         try:
             put_len(buf, 0, bad)
@@ -87,8 +99,8 @@ async def basic():
     await c.publish("mp/basic/q0", b"zero", 0)
     await c.publish(b"mp/basic/q1", b"one", 1)
     await c.publish("mp/basic/big", b"B" * 1100, 1, True)
-    await c.wait_acked()
-    out("ACKED", c.inflight())
+    await wait_acked(c)
+    out("ACKED", inflight(c))
     got = {}
     for _ in range(3):
         t, m, r = await asyncio.wait_for_ms(c.next(), 3000)
@@ -103,7 +115,7 @@ async def basic():
     await asyncio.sleep_ms(3500)  # longer than 1.5 x keepalive: pings keep it up
     out("ALIVE", c.isconnected(), c.why)
     await c.publish("mp/basic/big", b"", 1, True)  # clear the retained message
-    await c.wait_acked()
+    await wait_acked(c)
     await c.disconnect()
     out("CLOSED", c.isconnected())
 
@@ -112,7 +124,7 @@ async def will():
     c = MQTTClient("mp-will", keepalive_s=60, will=("mp/will/status", b"offline", 1, True))
     await c.connect(HOST, port)
     await c.publish("mp/will/status", b"online", 1, True)
-    await c.wait_acked()
+    await wait_acked(c)
     out("READY")
     while True:
         await asyncio.sleep(1)
@@ -149,8 +161,8 @@ async def retry():
     await c.connect(HOST, port)
     pid = await c.publish("mp/retry/x", b"r1", 1)
     out("PUBLISHED", pid)
-    await asyncio.wait_for_ms(c.wait_acked(), 5000)
-    out("ACKED", c.inflight(), c.isconnected())
+    await asyncio.wait_for_ms(wait_acked(c), 5000)
+    out("ACKED", inflight(c), c.isconnected())
     await c.disconnect()
 
 
@@ -175,14 +187,14 @@ async def backpressure():
     most = 0
     t0 = time.ticks_ms()
     while time.ticks_diff(time.ticks_ms(), t0) < 4000:  # a slow consumer: take nothing
-        most = max(most, c.pending())
+        most = max(most, pending(c))
         await asyncio.sleep_ms(50)
     out("PAUSED", most, c._paused, c.isconnected(), c.why)
     seq = []
     while len(seq) < n:
         t, m, r = await asyncio.wait_for_ms(c.next(), 5000)
         seq.append(int(m))
-        most = max(most, c.pending())
+        most = max(most, pending(c))
     out("BP", len(seq), seq == list(range(n)), most, c.isconnected())
     await c.disconnect()
 
@@ -198,7 +210,7 @@ async def concurrent():
     tasks = [asyncio.create_task(c.publish("mp/cc/big", big, 0))]
     tasks += [asyncio.create_task(small(n)) for n in ("bb", "c", "dddd")]
     await asyncio.gather(*tasks)
-    await c.wait_acked()
+    await wait_acked(c)
     got = []
     for _ in range(3):
         t, m, r = await asyncio.wait_for_ms(c.next(), 5000)
@@ -250,7 +262,7 @@ async def forbidden():
         out("QOS2 SUBSCRIBED")
     except ValueError as e:
         out("REFUSED", e)
-    out("STILL CONNECTED", c.isconnected(), c.inflight())
+    out("STILL CONNECTED", c.isconnected(), inflight(c))
     await c.disconnect()
     # an in-flight QoS 1 publish left from before is not resent into a new clean session
     c._f_pid[0] = 77
@@ -258,9 +270,9 @@ async def forbidden():
     c._f_msg[0] = b"stale"
     c._f_n = 1
     await c.connect(HOST, port)
-    out("CLEAN INFLIGHT", c.inflight())
+    out("CLEAN INFLIGHT", inflight(c))
     await c.publish("mp/f/fresh", b"fresh", 1)
-    await c.wait_acked()
+    await wait_acked(c)
     await c.disconnect()
     out("FORBIDDEN DONE")
 

@@ -1,4 +1,4 @@
-"""The I2C Responder (esp_bridge/responder.py) against a scripted Initiator.
+"""The I2C Responder (esp_bridge/bridge.py Responder) against a scripted Initiator.
 
 Runs under the MicroPython unix port with the fake machine module of
 test_bridge_support first on the path: a fake SoftI2C over the Pyboard's
@@ -24,7 +24,7 @@ import machine
 import sim_pyboard
 from link_core.i2c_link import FRESH, SYNC
 from link_core.i2c_tools import decode_block, encode_block
-from responder import Responder
+from bridge import Responder
 
 scen = sys.argv[1]
 
@@ -49,7 +49,7 @@ async def sequence():
     ini = sim_pyboard.Initiator(timeout_ms=100)
     await asyncio.sleep_ms(0)
     # an unsynchronised Responder answers FRESH and carries no payload
-    resp.put_nowait(b"Kx")
+    resp.link.queue_message(b"Kx")
     n = encode_block(0, 0, 0, b"", machine.MEM)
     machine.Pin.pins[5].drive(1)
     await asyncio.sleep_ms(50)
@@ -73,7 +73,7 @@ async def sequence():
         ok = ok and a == ("r", 0, 4) and b[0:2] == ("r", 4) and 2 <= b[2] <= 122
         ok = ok and c == ("w", 0x80, 4) and d[0:2] == ("w", 0x84) and 2 <= d[2] <= 122
     print("SEQUENCE", ok, len(log) // 4)
-    m = resp.get_nowait()
+    m = resp.link.pop_message()
     print("GOT", len(m), m == msg(0x75, 300, 1))
 
 
@@ -96,12 +96,12 @@ async def transfer():
             ini.link.queue_message(up[iu])
             iu += 1
         while idn < len(down) and resp.link.can_queue():
-            resp.put_nowait(down[idn])
+            resp.link.queue_message(down[idn])
             idn += 1
-        m = resp.get_nowait()
+        m = resp.link.pop_message()
         while m is not None:
             got_up.append(m)
-            m = resp.get_nowait()
+            m = resp.link.pop_message()
         m = ini.link.pop_message()
         while m is not None:
             got_down.append(m)
@@ -131,7 +131,7 @@ async def hold():
     for m in msgs[4:]:
         ini.link.queue_message(m)
     for _ in range(2000):
-        m = resp.get_nowait()
+        m = resp.link.pop_message()
         if m is not None:
             got.append(m)
         if len(got) == 6:

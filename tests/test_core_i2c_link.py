@@ -84,7 +84,7 @@ def test_block_roundtrip(flags, seq, ack, payload):
     assert d.sync == bool(flags & L.SYNC) and d.fresh == bool(flags & L.FRESH)
     # trailing bytes (the rest of the I2C memory) are ignored
     assert T.decode_block(bytearray(f) + b"\xff" * 30).payload == payload
-    buf = bytearray(L.MEM_SIZE)
+    buf = bytearray(T.MEM_SIZE)
     n = T.encode_block(flags, seq, ack, payload, memoryview(buf)[L.MEM_RESPONDER :])
     assert bytes(buf[L.MEM_RESPONDER : L.MEM_RESPONDER + n]) == f
 
@@ -152,7 +152,7 @@ def test_build_block_into_buffer_and_purity():
     ini.queue_message(b"q|abc")
     a = ini.build_block()
     assert ini.build_block() == a  # unchanged until on_block
-    mem = bytearray(L.MEM_SIZE)
+    mem = bytearray(T.MEM_SIZE)
     n = ini.build_block(memoryview(mem))
     assert bytes(mem[:n]) == a
     with pytest.raises(ValueError, match="BLOCK_MAX"):

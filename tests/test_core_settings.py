@@ -129,13 +129,14 @@ def test_lowest_timeout_is_twice_the_bridge_tick() -> None:
 
 
 def test_link_timing_defaults_are_the_tables() -> None:
-    """i2c_link's timing constants (PollPolicy's and the scripted boards' defaults)
-    are the schema's defaults of the same settings, not a second opinion."""
-    from link_core import i2c_link
+    """The link's timing constants (link_core/i2c_tools.py: PollPolicy's and the
+    scripted boards' defaults) are the schema's defaults of the same settings,
+    not a second opinion."""
+    from link_core import i2c_tools
 
     for name in ("boot_wait_ms", "idle_poll_ms", "active_poll_ms", "idle_after_ms",
                  "exchange_timeout_ms", "keepalive_timeout_ms", "sync_timeout_ms"):
-        assert getattr(i2c_link, name.upper()) == settings.BY_NAME[name].default, name
+        assert getattr(i2c_tools, name.upper()) == settings.BY_NAME[name].default, name
 
 
 def test_device_indices_are_the_tables() -> None:

@@ -186,7 +186,7 @@ def config(port: int, conn_id: str = "dev1", timeout_ms: int = 1500, report_s: i
 
 
 FAKES = "machine, network, esp, sim_pyboard"
-BRIDGE = "bridge, wifi"  # what main.py and Bridge() import; the rest follows from them
+BRIDGE = "bridge"  # what main.py imports; the rest follows from it
 IMPORTS = f"import asyncio, {FAKES}, {BRIDGE}"
 
 # The 64-bit side note's rule (docs/FIRMWARE.md "Memory budget"): the bridge's

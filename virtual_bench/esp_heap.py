@@ -40,10 +40,11 @@ ESP_BOOT = 1_600
 # of 1,000 bytes (every 50th). The test checks the sampled figure stays below it.
 SIM_ALLOW = 4_096
 TARGET_FREE = 26 * 1024  # the original pb_link's ESP8266 free heap (issue 11)
-# asyncio loads its submodules (event, lock, stream) on first use of
-# these names: counted as asyncio, not as the bridge's run-time data
-ASYNCIO = ("import asyncio\n"
-           "asyncio.Event, asyncio.Lock, asyncio.ThreadSafeFlag, asyncio.open_connection")
+# asyncio loads its submodules on first use of these names: counted as
+# asyncio, not as the bridge's run-time data. The bridge loads event.py (Event,
+# ThreadSafeFlag) only: mqtt.py uses the socket on asyncio's I/O queue, without
+# asyncio.stream and asyncio.Lock (1,184 B).
+ASYNCIO = "import asyncio\nasyncio.Event, asyncio.ThreadSafeFlag"
 
 
 def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
@@ -66,8 +67,7 @@ def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
 # The frozen modules the bridge imports, dependencies first: breakdown_parts
 # imports them one by one (a module already loaded costs nothing the second time).
 BRIDGE_MODULES = ("link_core", "link_core.clock", "link_core.names", "link_core.i2c_link",
-                  "link_core.control", "link_core.liveness", "mqtt", "responder",
-                  "wifi", "bridge")
+                  "link_core.control", "link_core.liveness", "mqtt", "bridge")
 # The objects the bridge creates at boot (main.py: Bridge().run()), one by one
 # with the fake hardware of bridge_rig (whose Pin and SoftI2C objects are Python
 # objects here, C objects on the ESP8266), and its tasks after a first run.
@@ -88,18 +88,17 @@ at('fakes machine, network, esp (test only, not on the ESP8266)')
 for name in %r:
     __import__(name)
     at('module ' + name)
-import responder, bridge
-r = responder.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (empty lists)
+import bridge
+r = bridge.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (empty lists)
 at('object Responder (LinkEndpoint, frame and reassembly buffers, fake pins)')
 b = bridge.Bridge(r)
 at('object Bridge (MQTTClient with its receive buffer, WiFi, settings)')
-b._tasks = [asyncio.create_task(job()) for job in b._jobs()]
-sup = asyncio.create_task(b._supervise())
+sup = asyncio.create_task(b.run())  # as main.py runs it: the jobs and the supervisor
 async def pause():
     await asyncio.sleep_ms(50)
 asyncio.run(pause())
 del pause
-at('bridge tasks (as Bridge.run makes them, 50 ms run, no config yet)')
+at('bridge tasks (Bridge.run and the jobs it starts, 50 ms run, no config yet)')
 """
 
 

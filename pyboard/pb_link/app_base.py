@@ -21,8 +21,8 @@ from micropython import const
 
 from link_core import control, frames, messages
 from link_core.endpoint import Receiver, Sender
-from link_core.i2c_link import INITIATOR, SYNC_RETRY_MS, LinkEndpoint
-from link_core.i2c_tools import PollPolicy
+from link_core.i2c_link import INITIATOR, LinkEndpoint
+from link_core.i2c_tools import SYNC_RETRY_MS, PollPolicy
 from link_core.liveness import may_write
 from link_core.lines import line_bytes
 from link_core.names import check_conn_id

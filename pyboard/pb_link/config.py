@@ -15,7 +15,8 @@ from machine import Pin
 from micropython import const
 
 from link_core.control import check_setting
-from link_core.i2c_link import I2C_ADDR, MEM_SIZE, RESET_PULSE_MS
+from link_core.i2c_link import I2C_ADDR
+from link_core.i2c_tools import MEM_SIZE, RESET_PULSE_MS
 from link_core.schema import COLUMNS, SETTINGS
 
 try:

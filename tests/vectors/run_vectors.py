@@ -77,7 +77,7 @@ def run(v):
             ini.queue_message(unhex(m))
         for m in t["responder_queue_hex"]:
             res.queue_message(unhex(m))
-        mem = bytearray(i2c_link.MEM_SIZE)
+        mem = bytearray(i2c_tools.MEM_SIZE)
         view = memoryview(mem)
         i = 0
         for fi_hex, fr_hex in t["exchanges"]:
