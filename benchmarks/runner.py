@@ -91,7 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, metavar="JSON",
                    help="run nothing: draw the plots of this existing result file beside it "
                    "(with --plot-format; no other option applies)")
-    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests only
+    p.add_argument("--tiny", action="store_true",
+                   help="the smallest run of each family (a few lines; scale at N = 10; one "
+                        "run per figure): a smoke test of the bench itself")
     # what a run reads and --plot (which runs nothing) would ignore: (dest, flag, default)
     p.set_defaults(run_options=[(a.dest, a.option_strings[-1], a.default) for a in p._actions
                                 if a.dest not in ("plot", "plot_format", "help", "verbose")
