@@ -27,7 +27,9 @@ list and hash (sha256) what is on the board and compare it with what was sent.
 PORT is what `mpremote connect` takes: /dev/ttyACM0, COM3, a0, id:<serial>...
 
 Settings not given as options are taken from the pb_settings.py already on the
-board; conn_id and host are asked for when missing and stdin is a terminal.
+board, whose other lines (comments, code) stay as they are; one that does not
+parse stops the install before anything is written. conn_id and host are asked
+for when missing and stdin is a terminal.
 Passwords may come from $PBLINK_WIFI_PASSWORD and $PBLINK_MQTT_PASSWORD (which
 `ps` does not show) or be asked for.
 

@@ -316,6 +316,10 @@ def test_a_settings_file_that_does_not_parse_is_not_overwritten(board: VirtualBo
             "invalid syntax: 'host2 ='; pb_link/config.py will fail on it: fix it") in done.stderr
     assert path.read_text() == BROKEN_SETTINGS
     assert (board.fs / "pb_link" / "config.py").is_file()
+    done = install(board, "--check")
+    assert done.returncode == 0, done.stderr
+    assert "does not parse: line 7" in done.stderr
+    assert f"settings: {board.fs}/pb_settings.py cannot be read (see the warning)" in done.stdout
 
 
 def test_reinstall_keeps_lines_that_are_code(board: VirtualBoard) -> None:
