@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pblink.common import (
     BROKER_PORT,
@@ -18,6 +18,9 @@ from pblink.common import (
     setting,
 )
 from pblink.settings import BY_NAME, int_range
+
+if TYPE_CHECKING:
+    from pblink.board_install import BoardSettings
 
 DESCRIPTION = """\
 Copy pyboard/pb_link and link_core onto a Pyboard with mpremote, write the
@@ -313,8 +316,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(board: Any, target: str, files: list[Any], existing: Any, unreadable: bool,
-           progress: _Progress) -> int:
+def _check(board: Any, target: str, files: list[Any], existing: BoardSettings | None,
+           unreadable: bool, progress: _Progress) -> int:
     from pblink import board_install as bi
 
     progress(f"comparing {target} with the checkout (sha256 on the board)")
