@@ -170,16 +170,10 @@ async def pblink_bench(request: pytest.FixtureRequest,
                     pytrace=False)
     if options.get("timeout") is None:
         options.pop("timeout", None)
-    from pblink.testing import check_devices, check_seconds, check_settings
+    from pblink.testing import check_arguments
 
     try:  # the marker's values, named as the marker's, before anything starts
-        if not isinstance(board_app, str):
-            raise TypeError(f"board_app={board_app!r}: FILE.py:CLASS, a str")
-        if "devices" in options:
-            check_devices(options["devices"])
-        if "timeout" in options:
-            check_seconds(options["timeout"])
-        check_settings(options.get("settings"), options.get("app_settings"))
+        check_arguments(board_app, server_app, **options)
     except (TypeError, ValueError) as exc:
         pytest.fail(f"@pytest.mark.pblink: {exc}", pytrace=False)
     return await pblink_start(board_app, server_app, **options)

@@ -86,13 +86,15 @@ ServerApp = Callable[[Any, Sequence[str]], Any]
 
 
 def _type_name(value: Any) -> str:
-    return type(value).__name__
+    """'an int', 'a str': the type of `value` for a message."""
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def check_seconds(value: Any, name: str = "timeout", *, zero: bool = False) -> float:
     """`value` as a float: a finite number of seconds > 0 (>= 0 with `zero`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}={value!r}: a number of seconds, not a {_type_name(value)}")
+        raise TypeError(f"{name}={value!r}: a number of seconds, not {_type_name(value)}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise ValueError(f"{name}={value!r}: must be a finite number of seconds "
                          f"{'>= 0' if zero else 'above 0'}")
@@ -102,7 +104,7 @@ def check_seconds(value: Any, name: str = "timeout", *, zero: bool = False) -> f
 def check_devices(value: Any) -> int:
     """`devices`: an int from 1 to MAX_DEVICES, the range of ``pblink run --devices``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"devices={value!r}: an int, not a {_type_name(value)}")
+        raise TypeError(f"devices={value!r}: an int, not {_type_name(value)}")
     if not 1 <= value <= MAX_DEVICES:
         raise ValueError(f"devices={value!r}: must be 1 to {MAX_DEVICES} (conn_ids 1..N, "
                          "as pblink run --devices)")
@@ -122,7 +124,7 @@ def check_settings(settings: Any, app_settings: Any = None) -> dict[str, Any]:
     if settings is None:
         settings = {}
     if not isinstance(settings, dict):
-        raise TypeError(f"settings={settings!r}: a dict of pb_settings names, not a "
+        raise TypeError(f"settings={settings!r}: a dict of pb_settings names, not "
                         f"{_type_name(settings)}")
     for name, value in settings.items():
         if name in BENCH_SET:
@@ -148,7 +150,7 @@ def check_settings(settings: Any, app_settings: Any = None) -> dict[str, Any]:
         app_settings = {}
     if not isinstance(app_settings, dict):
         raise TypeError(f"app_settings={app_settings!r}: a dict of your application's "
-                        f"names, not a {_type_name(app_settings)}")
+                        f"names, not {_type_name(app_settings)}")
     for name, value in app_settings.items():
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise ValueError(f"app_settings: {name!r} is not a Python name")
@@ -165,15 +167,24 @@ def check_settings(settings: Any, app_settings: Any = None) -> dict[str, Any]:
     return merged
 
 
-def _check_str(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name}={value!r}: a str, not a {_type_name(value)}")
-    return value
+def check_arguments(board_app: Any, server_app: Any, devices: Any = 1, settings: Any = None,
+                    app_settings: Any = None, timeout: Any = DEFAULT_TIMEOUT,
+                    ) -> tuple[list[str], dict[str, Any], float]:
+    """AppBench's arguments checked (TypeError/ValueError naming the argument):
+    its conn_ids, pb_settings values and timeout."""
+    if not isinstance(board_app, str):
+        raise TypeError(f"board_app={board_app!r}: FILE.py:CLASS, PKG_DIR:CLASS or "
+                        f"PKG_DIR/MOD.py:CLASS (a str), not {_type_name(board_app)}")
+    if not isinstance(server_app, str) and not callable(server_app):
+        raise TypeError(f"server_app={server_app!r}: MODULE:CALLABLE, FILE.py:CALLABLE or "
+                        f"an async callable, not {_type_name(server_app)}")
+    conn_ids = [str(i) for i in range(1, check_devices(devices) + 1)]
+    return conn_ids, check_settings(settings, app_settings), check_seconds(timeout)
 
 
 def _regex(pattern: Any) -> re.Pattern[str]:
     if not isinstance(pattern, (str, re.Pattern)):
-        raise TypeError(f"pattern={pattern!r}: a regular expression (str), not a "
+        raise TypeError(f"pattern={pattern!r}: a regular expression (str), not "
                         f"{_type_name(pattern)}")
     try:
         return re.compile(pattern)
@@ -200,13 +211,8 @@ class AppBench(Started):
                  workdir: str | Path | None = None, base: str | Path | None = None) -> None:
         from pblink.apps import BoardApp
 
-        _check_str(board_app, "board_app")
-        if not isinstance(server_app, str) and not callable(server_app):
-            raise TypeError(f"server_app={server_app!r}: MODULE:CALLABLE, FILE.py:CALLABLE or "
-                            f"an async callable, not a {_type_name(server_app)}")
-        self.conn_ids = [str(i) for i in range(1, check_devices(devices) + 1)]
-        self.settings = check_settings(settings, app_settings)
-        self.timeout = check_seconds(timeout)
+        self.conn_ids, self.settings, self.timeout = check_arguments(
+            board_app, server_app, devices, settings, app_settings, timeout)
         self.base = Path(base) if base is not None else Path.cwd()
         target, sep, name = board_app.rpartition(":")
         spec = f"{self._path(target)}{sep}{name}" if sep else str(self._path(board_app))
@@ -339,11 +345,11 @@ class AppBench(Started):
         """Flip bits on the I2C bus: the next `count` transactions, then each
         with `probability` for `seconds`."""
         if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"count={count!r}: an int, not a {_type_name(count)}")
+            raise TypeError(f"count={count!r}: an int, not {_type_name(count)}")
         if count < 0:
             raise ValueError(f"count={count!r}: must be 0 or more")
         if isinstance(probability, bool) or not isinstance(probability, (int, float)):
-            raise TypeError(f"probability={probability!r}: a number, not a "
+            raise TypeError(f"probability={probability!r}: a number, not "
                             f"{_type_name(probability)}")
         if not 0 <= probability <= 1:
             raise ValueError(f"probability={probability!r}: must be 0 to 1")
@@ -362,7 +368,7 @@ class AppBench(Started):
         state file is left as a crash leaves it)."""
         down_s = check_seconds(down_s, "down_s", zero=True)
         if not isinstance(crash, bool):
-            raise TypeError(f"crash={crash!r}: a bool, not a {_type_name(crash)}")
+            raise TypeError(f"crash={crash!r}: a bool, not {_type_name(crash)}")
         await self._stop_server(clean=not crash)
         await asyncio.sleep(down_s)
         await self._start_server()
@@ -411,7 +417,7 @@ class AppBench(Started):
         """Wait until `condition()` is truthy and return it; TimeoutError after
         `timeout` (default: the bench's); AssertionError at once if an app raised."""
         if not callable(condition):
-            raise TypeError(f"condition={condition!r}: a callable, not a "
+            raise TypeError(f"condition={condition!r}: a callable, not "
                             f"{_type_name(condition)}")
         limit = self.timeout if timeout is None else check_seconds(timeout)
         deadline = time.monotonic() + limit

@@ -271,16 +271,22 @@ def test_bad_marker_arguments_fail_the_test_before_a_bench_starts(tmp_path: Path
         @pytest.mark.pblink(devics=2, **APPS)
         async def test_unknown_argument(pblink_bench):
             pass
+
+        @pytest.mark.pblink(board_app="board.py:App", server_app=5)
+        async def test_server_app_type(pblink_bench):
+            pass
     """))
     proc = run_user_pytest(tmp_path)
     out = proc.stdout
     assert proc.returncode == 1, out[-3000:]
-    assert "5 errors" in out.splitlines()[-1], out[-3000:]
+    assert "6 errors" in out.splitlines()[-1], out[-3000:]
     for line in ("@pytest.mark.pblink: devices=0: must be 1 to 9",
                  "@pytest.mark.pblink: devices=-1: must be 1 to 9",
                  "@pytest.mark.pblink: timeout=-5: must be a finite number of seconds above 0",
                  "@pytest.mark.pblink: settings: pb_link reads no setting 'timout_ms'",
-                 "@pytest.mark.pblink: no argument devics (it takes board_app, server_app, "):
+                 "@pytest.mark.pblink: no argument devics (it takes board_app, server_app, ",
+                 "@pytest.mark.pblink: server_app=5: MODULE:CALLABLE, FILE.py:CALLABLE or an "
+                 "async callable, not an int"):
         assert line in out, (line, out[-3000:])
     assert "Traceback" not in out
 
