@@ -104,8 +104,9 @@ def _wants_asyncio(collector: pytest.Module | pytest.Class, obj: object) -> bool
     if not inspect.iscoroutinefunction(obj):
         return False
     marks = getattr(obj, "pytestmark", [])
-    if any(getattr(m, "name", None) == "asyncio" for m in marks):
-        return False
+    if any(getattr(m, "name", None) == "asyncio" for m in marks) or \
+            collector.get_closest_marker("asyncio") is not None:
+        return False  # the user's own asyncio mark (its loop_scope) stays the closest
     if any(getattr(m, "name", None) == "pblink" for m in marks):
         return True
     if collector.get_closest_marker("pblink") is not None:

@@ -354,10 +354,22 @@ def test_only_the_plugins_coroutine_tests_are_marked_asyncio(tmp_path: Path) -> 
 
         async def test_plain():
             pass
-    """))
+
+        @pytest.mark.asyncio(loop_scope="class")
+        @pytest.mark.pblink(board_app="b.py:App", server_app="s.py:app")
+        class TestOwnLoopScope:
+            loops = []
+
+            async def test_one(self):
+                self.loops.append(asyncio.get_running_loop())
+
+            async def test_two(self):
+                assert self.loops == [asyncio.get_running_loop()]  # the class's loop, kept
+    """).replace("import pytest", "import asyncio\nimport pytest"))
     proc = run_user_pytest(tmp_path, "-rA")
     out = proc.stdout
-    for name in ("test_fixture", "test_marker", "TestClass::test_in_class"):
+    for name in ("test_fixture", "test_marker", "TestClass::test_in_class",
+                 "TestOwnLoopScope::test_one", "TestOwnLoopScope::test_two"):
         assert f"PASSED test_mine.py::{name}" in out, out[-3000:]
     # an async test of the user's own is left to pytest-asyncio's rules (strict: unmarked)
     assert "PASSED test_mine.py::test_plain" not in out, out[-3000:]
