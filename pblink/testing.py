@@ -198,11 +198,11 @@ class AppBench(Started):
     `board_app`: FILE.py:CLASS, PKG_DIR:CLASS or PKG_DIR/MOD.py:CLASS (an
     AppBase subclass). `server_app`: MODULE:CALLABLE, FILE.py:CALLABLE or the
     async callable itself, `app(server, conn_ids)`. Relative paths are taken
-    from `base` (default: the current folder). `settings`: pb_settings values
-    over TEST_SETTINGS (your app can read its own there too: `import
-    pb_settings`); `app_settings`: your app's own names for pb_settings.py
-    (module docstring: names outside link_core/schema.py are an error in
-    `settings`). `timeout`: seconds each wait_* waits unless told otherwise.
+    from `base` (default: the current folder). `settings`: pb_link's
+    pb_settings values (names of link_core/schema.py, each checked) over
+    TEST_SETTINGS; `app_settings`: your app's own names, written to the same
+    pb_settings.py (`import pb_settings`). `timeout`: seconds each wait_* waits
+    unless told otherwise.
     """
 
     def __init__(self, board_app: str, server_app: str | ServerApp, *, devices: int = 1,
