@@ -8,6 +8,7 @@ from typing import Any
 
 from pblink.common import (
     LINK_TIMEOUT_MS,
+    MAX_DEVICES,
     SECONDS,
     add_broker_options,
     add_command,
@@ -51,8 +52,9 @@ credentials 4, before anything starts."""
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """What `pblink run` and `pblink demo` share."""
-    parser.add_argument("--devices", type=number(int, 1, 9), default=1, metavar="N",
-                        help="Pyboard + ESP8266 pairs, conn_ids 1..N, 1 to 9 "
+    parser.add_argument("--devices", type=number(int, 1, MAX_DEVICES), default=1,
+                        metavar="N", help="Pyboard + ESP8266 pairs, conn_ids 1..N, 1 to "
+                        f"{MAX_DEVICES} "
                         "(default %(default)s)")
     parser.add_argument("--duration", type=SECONDS, default=None, metavar="S",
                         help="run S seconds, print a summary, exit 0 only if the verdict "

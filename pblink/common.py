@@ -186,6 +186,9 @@ def setting(name: str) -> Callable[[str], Any]:
 
 BROKER_PORT = setting("port")  # an MQTT broker's port, the devices' setting "port"
 SECONDS = number(float, above=0)  # a duration or timeout: > 0
+# Devices on the virtual bench, conn_ids 1..N: `pblink run`/`demo --devices` and the pytest
+# plugin's `devices` (pblink.testing.AppBench); the live view's keys 1-9 choose the device
+MAX_DEVICES = 9
 COUNT = number(int, 1)  # how many of something: >= 1
 MILLISECONDS = number(int, 1)
 # a link's timeout_ms: the range of link_core/schema.py, as LinkServer and the boards check it

@@ -25,12 +25,23 @@ injected (docs/BENCH.md), and what each side received can be read:
 A traceback through your Pyboard app's files, or your server app raising,
 is recorded in `failures`; `check()` raises AssertionError with them (the
 plugin calls it when the test ends).
+
+Every argument is checked at the call: a conn_id that is no str or names no
+device of this bench, a timeout or duration <= 0, `devices` outside 1 to
+`pblink.common.MAX_DEVICES` (as ``pblink run --devices``), a settings name
+link_core/schema.py does not know (a typo would silently change what the test
+tests: an application's own names go in `app_settings`) or a bad value raise
+TypeError or ValueError with one line naming the argument.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+import difflib
+import keyword
+import math
 import re
 import tempfile
 import time
@@ -38,7 +49,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pblink import settings as schema
 from pblink.apps import CountingServer
+from pblink.common import MAX_DEVICES
 from server_apps import LinkClosedError, LinkServer
 from virtual_bench.demo import Failure, Tracker
 from virtual_bench.harness import ESP, PYBOARD, Bench, Lab
@@ -64,8 +77,119 @@ TEST_SETTINGS: dict[str, Any] = {
     },
 }
 DEFAULT_TIMEOUT = 30.0  # as the plugin's pblink_timeout default
+BENCH_SET = ("conn_id", "host", "port")  # each device's own: the bench writes them
 
 ServerApp = Callable[[Any, Sequence[str]], Any]
+
+
+# -- argument checks (TypeError/ValueError, one line naming the argument) -------------
+
+
+def _type_name(value: Any) -> str:
+    """'an int', 'a str': the type of `value` for a message."""
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def check_seconds(value: Any, name: str = "timeout", *, zero: bool = False) -> float:
+    """`value` as a float: a finite number of seconds > 0 (>= 0 with `zero`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}={value!r}: a number of seconds, not {_type_name(value)}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ValueError(f"{name}={value!r}: must be a finite number of seconds "
+                         f"{'>= 0' if zero else 'above 0'}")
+    return float(value)
+
+
+def check_devices(value: Any) -> int:
+    """`devices`: an int from 1 to MAX_DEVICES, the range of ``pblink run --devices``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"devices={value!r}: an int, not {_type_name(value)}")
+    if not 1 <= value <= MAX_DEVICES:
+        raise ValueError(f"devices={value!r}: must be 1 to {MAX_DEVICES} (conn_ids 1..N, "
+                         "as pblink run --devices)")
+    return value
+
+
+def check_settings(settings: Any, app_settings: Any = None) -> dict[str, Any]:
+    """The pb_settings.py values over TEST_SETTINGS, each checked.
+
+    `settings`: names of link_core/schema.py (pblink.settings), each value checked
+    by its row as on the board (`bridge_tuning` keys merge over TEST_SETTINGS's);
+    an unknown name is a ValueError (a typo would leave the test running with the
+    default). `app_settings`: your application's own names (identifiers no row of
+    the schema has), Python literals.
+    """
+    merged = dict(TEST_SETTINGS)
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise TypeError(f"settings={settings!r}: a dict of pb_settings names, not "
+                        f"{_type_name(settings)}")
+    for name, value in settings.items():
+        if name in BENCH_SET:
+            raise ValueError(f"settings: {name} is set by the bench for each device")
+        if name not in schema.NAMES:
+            close = difflib.get_close_matches(str(name), schema.NAMES, 1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(f"settings: pb_link reads no setting {name!r} (link_core/"
+                             f"schema.py); {hint}an application's own names go in "
+                             "app_settings")
+        if name == "bridge_tuning" and isinstance(value, dict):
+            value = {**TEST_SETTINGS["bridge_tuning"], **value}
+        try:
+            schema.check_setting(name, value)
+        except ValueError as exc:
+            raise ValueError(f"settings: {exc}") from None
+        merged[name] = value
+    try:
+        schema.check_login(merged.get("mqtt_user"), merged.get("mqtt_password"))
+    except ValueError as exc:
+        raise ValueError(f"settings: {exc}") from None
+    if app_settings is None:
+        app_settings = {}
+    if not isinstance(app_settings, dict):
+        raise TypeError(f"app_settings={app_settings!r}: a dict of your application's "
+                        f"names, not {_type_name(app_settings)}")
+    for name, value in app_settings.items():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"app_settings: {name!r} is not a Python name")
+        if name in schema.NAMES or name in BENCH_SET:
+            raise ValueError(f"app_settings: {name} is a pb_link setting: pass it in settings")
+        try:
+            ok = ast.literal_eval(repr(value)) == value
+        except (ValueError, SyntaxError):
+            ok = False
+        if not ok:
+            raise ValueError(f"app_settings: {name}={value!r} is not a Python literal "
+                             "(pb_settings.py holds literals)")
+        merged[name] = value
+    return merged
+
+
+def check_arguments(board_app: Any, server_app: Any, devices: Any = 1, settings: Any = None,
+                    app_settings: Any = None, timeout: Any = DEFAULT_TIMEOUT,
+                    ) -> tuple[list[str], dict[str, Any], float]:
+    """AppBench's arguments checked (TypeError/ValueError naming the argument):
+    its conn_ids, pb_settings values and timeout."""
+    if not isinstance(board_app, str):
+        raise TypeError(f"board_app={board_app!r}: FILE.py:CLASS, PKG_DIR:CLASS or "
+                        f"PKG_DIR/MOD.py:CLASS (a str), not {_type_name(board_app)}")
+    if not isinstance(server_app, str) and not callable(server_app):
+        raise TypeError(f"server_app={server_app!r}: MODULE:CALLABLE, FILE.py:CALLABLE or "
+                        f"an async callable, not {_type_name(server_app)}")
+    conn_ids = [str(i) for i in range(1, check_devices(devices) + 1)]
+    return conn_ids, check_settings(settings, app_settings), check_seconds(timeout)
+
+
+def _regex(pattern: Any) -> re.Pattern[str]:
+    if not isinstance(pattern, (str, re.Pattern)):
+        raise TypeError(f"pattern={pattern!r}: a regular expression (str), not "
+                        f"{_type_name(pattern)}")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"pattern={pattern!r}: not a regular expression: {exc}") from None
 
 
 class AppBench(Started):
@@ -74,25 +198,26 @@ class AppBench(Started):
     `board_app`: FILE.py:CLASS, PKG_DIR:CLASS or PKG_DIR/MOD.py:CLASS (an
     AppBase subclass). `server_app`: MODULE:CALLABLE, FILE.py:CALLABLE or the
     async callable itself, `app(server, conn_ids)`. Relative paths are taken
-    from `base` (default: the current folder). `settings`: pb_settings values
-    over TEST_SETTINGS (your app can read its own there too: `import
-    pb_settings`). `timeout`: seconds each wait_* waits unless told otherwise.
+    from `base` (default: the current folder). `settings`: pb_link's
+    pb_settings values (names of link_core/schema.py, each checked) over
+    TEST_SETTINGS; `app_settings`: your app's own names, written to the same
+    pb_settings.py (`import pb_settings`). `timeout`: seconds each wait_* waits
+    unless told otherwise.
     """
 
     def __init__(self, board_app: str, server_app: str | ServerApp, *, devices: int = 1,
-                 settings: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 settings: dict[str, Any] | None = None,
+                 app_settings: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
                  workdir: str | Path | None = None, base: str | Path | None = None) -> None:
         from pblink.apps import BoardApp
 
+        self.conn_ids, self.settings, self.timeout = check_arguments(
+            board_app, server_app, devices, settings, app_settings, timeout)
         self.base = Path(base) if base is not None else Path.cwd()
         target, sep, name = board_app.rpartition(":")
         spec = f"{self._path(target)}{sep}{name}" if sep else str(self._path(board_app))
         self.board = BoardApp.locate(spec)
         self.server_app_spec = server_app
-        self.conn_ids = [str(i) for i in range(1, devices + 1)]
-        self.settings = dict(TEST_SETTINGS)
-        self.settings.update(settings or {})
-        self.timeout = timeout
         self._workdir = Path(workdir) if workdir is not None else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         base_dir = self.board.path / Path(*self.board.module.split("."))
@@ -110,6 +235,16 @@ class AppBench(Started):
         self._seen: set[tuple[str, str, str, int]] = set()
         self._changed = asyncio.Event()
         self._reported = 0  # failures check() raised already
+
+    def _conn(self, conn_id: Any) -> str:
+        """`conn_id` if it names a device of this bench; TypeError/ValueError otherwise."""
+        if not isinstance(conn_id, str):
+            raise TypeError(f"conn_id={conn_id!r}: conn_ids are str (conn_id={str(conn_id)!r}), "
+                            f"not {_type_name(conn_id)}")
+        if conn_id not in self.conn_ids:
+            raise ValueError(f"conn_id={conn_id!r}: no such device on this bench (its "
+                             f"devices: {', '.join(map(repr, self.conn_ids))})")
+        return conn_id
 
     def _path(self, target: str) -> Path:
         path = Path(target)
@@ -188,11 +323,13 @@ class AppBench(Started):
 
     def device(self, conn_id: str = "1") -> Bench:
         """The bench of one device (its whole fault API: cut_wifi, crash_esp, ...)."""
+        conn_id = self._conn(conn_id)
         assert self.lab is not None, "start() first"
         return next(b for b in self.lab.benches if b.conn_id == conn_id)
 
     async def cut_wifi(self, seconds: float = 3.0, conn_id: str = "1") -> None:
         """A WiFi outage of `seconds` on one device (restored in the background)."""
+        seconds = check_seconds(seconds, "seconds")
         await self.device(conn_id).cut_wifi(seconds)
 
     async def crash_esp(self, conn_id: str = "1") -> None:
@@ -207,10 +344,21 @@ class AppBench(Started):
                           seconds: float = 3.0, conn_id: str = "1") -> None:
         """Flip bits on the I2C bus: the next `count` transactions, then each
         with `probability` for `seconds`."""
-        await self.device(conn_id).corrupt_i2c(count, probability, seconds)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"count={count!r}: an int, not {_type_name(count)}")
+        if count < 0:
+            raise ValueError(f"count={count!r}: must be 0 or more")
+        if isinstance(probability, bool) or not isinstance(probability, (int, float)):
+            raise TypeError(f"probability={probability!r}: a number, not "
+                            f"{_type_name(probability)}")
+        if not 0 <= probability <= 1:
+            raise ValueError(f"probability={probability!r}: must be 0 to 1")
+        seconds = check_seconds(seconds, "seconds")
+        await self.device(conn_id).corrupt_i2c(count, float(probability), seconds)
 
     async def restart_broker(self, down_s: float = 2.0) -> None:
         """Stop the broker, start it again after `down_s` seconds (returns when it is up)."""
+        down_s = check_seconds(down_s, "down_s", zero=True)
         assert self.lab is not None
         await self.lab.drop_broker(down_s, wait=True)
 
@@ -218,6 +366,9 @@ class AppBench(Started):
         """Stop the server app and its LinkServer and start them again after
         `down_s` seconds. `crash=True`: no clean exit (LinkServer.abort, the
         state file is left as a crash leaves it)."""
+        down_s = check_seconds(down_s, "down_s", zero=True)
+        if not isinstance(crash, bool):
+            raise TypeError(f"crash={crash!r}: a bool, not {_type_name(crash)}")
         await self._stop_server(clean=not crash)
         await asyncio.sleep(down_s)
         await self._start_server()
@@ -225,23 +376,23 @@ class AppBench(Started):
     # -- what each side received ------------------------------------------------------
 
     def server_received(self, conn_id: str = "1") -> list[str]:
-        return list(self._server_in.get(conn_id, []))
+        return list(self._server_in.get(self._conn(conn_id), []))
 
     def server_sent(self, conn_id: str = "1") -> list[str]:
-        return list(self._server_out.get(conn_id, []))
+        return list(self._server_out.get(self._conn(conn_id), []))
 
     def board_received(self, conn_id: str = "1") -> list[str]:
-        return list(self._board_in[conn_id])
+        return list(self._board_in[self._conn(conn_id)])
 
     def board_sent(self, conn_id: str = "1") -> list[str]:
-        return list(self._board_out[conn_id])
+        return list(self._board_out[self._conn(conn_id)])
 
     def board_output(self, conn_id: str = "1") -> list[str]:
         return self.device(conn_id).output(PYBOARD)
 
     def link_downs(self, conn_id: str = "1") -> int:
         """How often the Pyboard saw the server app become unreachable."""
-        return self.tracker.devices[conn_id].downs
+        return self.tracker.devices[self._conn(conn_id)].downs
 
     def esp_boots(self, conn_id: str = "1") -> int:
         return self.device(conn_id).procs[ESP].boot
@@ -265,7 +416,10 @@ class AppBench(Started):
                        timeout: float | None = None) -> Any:  # noqa: ASYNC109
         """Wait until `condition()` is truthy and return it; TimeoutError after
         `timeout` (default: the bench's); AssertionError at once if an app raised."""
-        limit = self.timeout if timeout is None else timeout
+        if not callable(condition):
+            raise TypeError(f"condition={condition!r}: a callable, not "
+                            f"{_type_name(condition)}")
+        limit = self.timeout if timeout is None else check_seconds(timeout)
         deadline = time.monotonic() + limit
         while True:
             self.check()
@@ -282,27 +436,33 @@ class AppBench(Started):
     async def wait_server_received(self, pattern: str, conn_id: str = "1",
                                    timeout: float | None = None) -> str:  # noqa: ASYNC109
         """Wait until the server app has read a line matching `pattern` (re.search)."""
-        regex = re.compile(pattern)
+        regex = _regex(pattern)
+        conn_id = self._conn(conn_id)
+        limit = None if timeout is None else check_seconds(timeout)
         return str(await self.wait_for(
             lambda: next((ln for ln in self._server_in.get(conn_id, []) if regex.search(ln)),
                          None),
-            f"server app: no line from {conn_id} matching {pattern!r}", timeout))
+            f"server app: no line from {conn_id} matching {pattern!r}", limit))
 
     async def wait_board_received(self, pattern: str, conn_id: str = "1",
                                   timeout: float | None = None) -> str:  # noqa: ASYNC109
         """Wait until a line matching `pattern` crossed the bus to the Pyboard."""
-        regex = re.compile(pattern)
+        regex = _regex(pattern)
+        conn_id = self._conn(conn_id)
+        limit = None if timeout is None else check_seconds(timeout)
         return str(await self.wait_for(
             lambda: next((ln for ln in self._board_in[conn_id] if regex.search(ln)), None),
-            f"Pyboard {conn_id}: no line received matching {pattern!r}", timeout))
+            f"Pyboard {conn_id}: no line received matching {pattern!r}", limit))
 
     async def wait_board_output(self, pattern: str, conn_id: str = "1",
                                 timeout: float | None = None) -> str:  # noqa: ASYNC109
         """Wait until the Pyboard printed a line matching `pattern`."""
-        regex = re.compile(pattern)
+        regex = _regex(pattern)
+        conn_id = self._conn(conn_id)
+        limit = None if timeout is None else check_seconds(timeout)
         return str(await self.wait_for(
             lambda: next((ln for ln in self.board_output(conn_id) if regex.search(ln)), None),
-            f"Pyboard {conn_id}: no output matching {pattern!r}", timeout))
+            f"Pyboard {conn_id}: no output matching {pattern!r}", limit))
 
     # -- sources ------------------------------------------------------------------------
 

@@ -237,7 +237,8 @@ def e2e_board_app(tmp_path: Path) -> str:
 @pytest.fixture
 def start_e2e(pblink_start: Any, e2e_board_app: str) -> Any:
     async def start(devices: int = 1, **settings: Any) -> AppBench:
-        return await pblink_start(e2e_board_app, echo_app, devices=devices, settings=settings,
+        return await pblink_start(e2e_board_app, echo_app, devices=devices,
+                                  app_settings=settings,  # the e2e app's own names
                                   timeout=WAIT)  # type: ignore[no-any-return]
     return start
 

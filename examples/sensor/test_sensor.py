@@ -1,7 +1,8 @@
 """Tests of the sensor example under faults, with the pblink pytest plugin.
 
-Run them with ``pytest examples/sensor`` (pytest-asyncio in auto mode, as set
-in this project's pyproject.toml; elsewhere mark them ``@pytest.mark.asyncio``).
+Run them with ``.venv/bin/pytest examples/sensor`` from the checkout (the
+pytest that sees the plugin). The plugin runs these async tests with
+pytest-asyncio itself: they carry its marker, so no asyncio_mode is needed.
 """
 
 import re
