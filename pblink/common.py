@@ -282,6 +282,31 @@ def check_root(root: str) -> str:
         raise UsageError(str(exc)) from None
 
 
+def client_id(text: str) -> str:
+    """An argparse type for a server's MQTT client id (`pblink server --client-id`):
+    `server_apps.state.check_client_id`, the rule LinkServer applies (exit 2)."""
+    from server_apps.state import check_client_id
+
+    try:
+        return check_client_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+client_id.__name__ = "client id"  # argparse names the type in its messages
+
+
+def check_state_file(state_dir: str, client_id: str) -> Path:
+    """The state file `<state_dir>/<client_id>.json` (`server_apps.state.state_file_path`),
+    or UsageError naming --client-id when its name cannot be a file name."""
+    from server_apps.state import state_file_path
+
+    try:
+        return state_file_path(state_dir, client_id)
+    except ValueError as exc:
+        raise UsageError(f"--client-id: {exc}") from None
+
+
 # -- broker connection options --------------------------------------------------
 
 DEFAULT_HOST = "localhost"

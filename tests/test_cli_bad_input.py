@@ -81,6 +81,13 @@ BAD_ARGUMENTS = [
     (["server", "--port", "1", "--state-db", "postgresql://h/db", "--state-dir", "s"],
      "give --state-dir (a state file) or --state-db (PostgreSQL), not both"),
     (["server", "--port", "1", "--state-db", "host=h", "--state-dir", ""], "not both"),
+    # the client id names the state file: refused before anything is created
+    (["server", "--port", "1", "--client-id", ""], "--client-id: client id '' is empty"),
+    (["server", "--port", "1", "--client-id", "../../escaped"],
+     "--client-id: client id '../../escaped' has the character '/'"),
+    (["server", "--port", "1", "--client-id", "a\tb"], "--client-id: client id 'a\\tb' has"),
+    (["server", "--port", "1", "--client-id", "x" * 251],
+     "--client-id: client id 'xxx"),  # its state file name: 256 bytes
     (["demo", "--seed", "x"], "--seed: 'x' is not an integer"),
     (["run", *RUN_APPS, "--seed", "1.5"], "--seed: '1.5' is not an integer"),
     (["demo", "--devices", "0"], "--devices: 0 is out of range: must be 1 to 9"),
@@ -356,3 +363,14 @@ def test_port_with_host_from_the_environment_names_the_broker(command: str) -> N
                  "--server-app", "examples/sensor/sensor_server.py:app"]
     assert_error(pblink(*argv, env=env), EXIT_UNREACHABLE,
                  f"cannot reach MQTT broker 127.0.0.1:{port}")
+
+
+def test_server_client_id_refusals_create_nothing(tmp_path: Path) -> None:
+    """A client id that cannot name the state file: 2, and no state folder or file
+    (neither under --state-dir nor where '..' would have led)."""
+    state = tmp_path / "deep" / "state"
+    for client_id in ("", "a/b", "../../escaped", "x" * 300):
+        proc = pblink("server", "--state-dir", str(state), "--client-id", client_id,
+                      "--broker", f"127.0.0.1:{free_port()}")
+        assert_error(proc, EXIT_USAGE, "--client-id: client id")
+    assert list(tmp_path.iterdir()) == []
