@@ -310,16 +310,42 @@ def test_server_app_that_returns(tmp_path: Path, locked_broker: BrokerProcess) -
 def test_password_file_without_users_and_deleting_no_user(tmp_path: Path) -> None:
     """A broker password file with no valid line would refuse every client: 2
     before starting; removing a user who is not there is an error, not 'done'."""
-    junk = tmp_path / "hostname"
+    empty = tmp_path / "empty"
+    empty.write_text("# user:plain\n\n")
+    assert_error(pblink("broker", "--port", str(free_port()), "--password-file", str(empty)),
+                 EXIT_USAGE, f"--password-file {empty}: no user:<hash> line")
+    junk = tmp_path / "hostname"  # not a password file at all: its first line is named
     junk.write_text("myhost\n# user:plain\n")
     assert_error(pblink("broker", "--port", str(free_port()), "--password-file", str(junk)),
-                 EXIT_USAGE, f"--password-file {junk}: no user:<hash> line")
+                 EXIT_USAGE, f"--password-file {junk} line 1: it is not user:<hash> (no ':')")
     assert_error(pblink("broker", "--port", str(free_port()), "--password-file",
                         str(tmp_path / "none")), EXIT_USAGE, "does not exist")
     passwd = tmp_path / "amqtt.passwd"
     write_amqtt_users(passwd, {"pblink.server": "server-pw"})
     assert_error(pblink("passwd", "--amqtt", str(passwd), "--delete", "1"), 1,
                  f"1: not found in {passwd}, nothing removed")
+
+
+def test_broker_refuses_bad_password_lines_and_roots(tmp_path: Path) -> None:
+    """The review's file: one valid user, a line without ':' and one without a
+    hash: 2 at start, naming the file and the first bad line (amqtt would start,
+    and dev9 could never log in); --root refused as server, run and tail refuse it."""
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, {"dev1": "pw-1"})
+    with passwd.open("a") as out:
+        out.write("garbage line\ndev9:notahash\n")
+    assert_error(pblink("broker", "--port", str(free_port()), "--password-file", str(passwd)),
+                 EXIT_USAGE, f"--password-file {passwd} line 2: it is not user:<hash> (no ':') "
+                 "(and 1 more bad line(s): 3)")
+    refusals = [pblink(*argv, "--root", "a/#") for argv in (
+        ["broker", "--port", str(free_port())],
+        ["broker", "--port", str(free_port()), "--acl"],
+        ["server", "--port", "1"], ["tail", "1"], ["run", *RUN_APPS])]
+    for proc in refusals:
+        assert_error(proc, EXIT_USAGE, "topic root 'a/#' has the character '#' at position 2")
+    assert len({proc.stderr.split(": error: ", 1)[1] for proc in refusals}) == 1
+    assert_error(pblink("broker", "--port", str(free_port()), "--server-user", "a:b"),
+                 EXIT_USAGE, "--server-user: server user name 'a:b' must be")
 
 
 def test_device_credentials_refusal_says_why(tmp_path: Path) -> None:
