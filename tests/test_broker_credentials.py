@@ -128,7 +128,8 @@ def test_read_amqtt_file_names_the_bad_line(tmp_path: Path, line: str, message: 
 def test_read_amqtt_file_counts_every_bad_line_and_needs_a_user(tmp_path: Path) -> None:
     path = tmp_path / "amqtt.passwd"
     path.write_text("a\nb:x\n# c\nd\n")
-    with pytest.raises(cred.CredentialsError, match=r"line 1: .* \(and 2 more bad line\(s\): 2, 4\)"):
+    with pytest.raises(cred.CredentialsError,
+                       match=r"line 1: .* \(and 2 more bad line\(s\): 2, 4\)"):
         cred.read_amqtt_file(path)
     path.write_text("# only comments\n\n")
     with pytest.raises(cred.CredentialsError, match="no user:<hash> line"):
