@@ -40,6 +40,16 @@ def state_dir_of(args: argparse.Namespace) -> str:
     return DEFAULT_STATE_DIR if args.state_dir is None else str(args.state_dir)
 
 
+def state_folder(text: str) -> str:
+    """--state-dir: '' (no state file) or a folder `output_folder` accepts."""
+    from pblink.common import output_folder
+
+    return output_folder(text) if text else text
+
+
+state_folder.__name__ = "folder"  # argparse names the type in its messages
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """What a server application is run with, besides the broker and its conn_ids."""
     parser.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, default=1500, metavar="MS",
@@ -48,7 +58,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the server's MQTT client id, also the state file's name: 1 to "
                         "65535 UTF-8 bytes (250 with a state file), no control characters, "
                         "'/', '\\' or '..' (default %(default)s)")
-    parser.add_argument("--state-dir", metavar="DIR",
+    parser.add_argument("--state-dir", metavar="DIR", type=state_folder,
                         help=f"folder of the state file (default {DEFAULT_STATE_DIR}; "
                         "'' for none; not with --state-db)")
 

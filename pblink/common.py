@@ -576,3 +576,27 @@ def output_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"{text}: cannot write a file in {path.parent}: {exc.strerror or exc}") from None
     return path
+
+
+def output_folder(text: str) -> str:
+    """An argparse type for a folder a command writes into (created with its
+    parents when the run starts, as `pblink run --workdir` and `pblink server
+    --state-dir` do). Checked now and nothing created: not an existing file, not
+    under one, and writable (the folder, or its nearest existing parent).
+    Raises argparse.ArgumentTypeError (exit 2) with a one-line reason."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' is not a folder name")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: cannot create it: {existing} is a file, "
+                                         "not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "in it" if existing == path else f"in {existing}"
+        raise argparse.ArgumentTypeError(f"{text}: no permission to write {where}")
+    return text
+

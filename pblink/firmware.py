@@ -82,7 +82,8 @@ def find_image(explicit: str | None) -> Path:
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            raise UsageError(f"no firmware image at {path}")
+            raise UsageError(f"--firmware {path}: " + (
+                "a folder, not an image file" if path.is_dir() else "no such file"))
         return path
     looked = []
     env = os.environ.get(IMAGE_ENV)
@@ -105,7 +106,10 @@ def check_image(path: Path) -> str:
     from esptool.bin_image import ESP8266ROMFirmwareImage, LoadFirmwareImage
     from esptool.util import FatalError
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     if len(data) < 16:
         raise CliError(f"{path} is not an ESP8266 firmware image ({len(data)} bytes)")
     if len(data) > MAX_IMAGE:

@@ -348,6 +348,22 @@ def test_broker_refuses_bad_password_lines_and_roots(tmp_path: Path) -> None:
                  EXIT_USAGE, "--server-user: server user name 'a:b' must be")
 
 
+def test_folders_given_as_files_name_the_option(tmp_path: Path) -> None:
+    """A file where a folder is wanted: 2, naming the option, before anything runs
+    (the broker given does not exist: reaching it would exit 3)."""
+    afile = tmp_path / "ticker.py"
+    afile.write_text("")
+    broker = ["--broker", f"127.0.0.1:{free_port()}"]
+    for argv in (["run", *RUN_APPS, "--duration", "5"], ["demo", "--duration", "5"]):
+        assert_error(pblink(*argv, *broker, "--workdir", str(afile)), EXIT_USAGE,
+                     f"argument --workdir: {afile} is a file, not a folder")
+        assert_error(pblink(*argv, *broker, "--workdir", str(afile / "logs")), EXIT_USAGE,
+                     f"argument --workdir: {afile}/logs: cannot create it: {afile} is a file")
+    assert_error(pblink("server", *broker, "--state-dir", str(afile)), EXIT_USAGE,
+                 f"argument --state-dir: {afile} is a file, not a folder")
+    assert sorted(tmp_path.iterdir()) == [afile]
+
+
 def test_device_credentials_refusal_says_why(tmp_path: Path) -> None:
     """With the ACL a device's credentials need its client id: the refusal says so."""
     passwd = tmp_path / "amqtt.passwd"

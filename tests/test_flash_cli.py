@@ -288,7 +288,36 @@ def test_no_firmware_given_or_found(tmp_path: Path) -> None:
     assert line.endswith("build one with `pblink build-firmware --micropython-src DIR`")
     done = pblink("flash", "/dev/ttyUSB0", "--firmware", str(tmp_path / "missing.bin"))
     assert done.returncode == 2
-    assert last_line(done) == f"pblink flash: error: no firmware image at {tmp_path}/missing.bin"
+    assert last_line(done) == (f"pblink flash: error: --firmware {tmp_path}/missing.bin: "
+                               "no such file")
+
+
+def test_bad_firmware_is_a_usage_error_like_a_missing_one(image: Path, tmp_path: Path) -> None:
+    """Missing, a folder, empty, not an image, damaged: all exit 2 in one line naming
+    --firmware, before the port is touched (no device at /dev/pblink-no-such-tty: 1)."""
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(100)))
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    damaged = tmp_path / "damaged.bin"
+    data = bytearray(image.read_bytes())
+    data[20] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    cases = [(tmp_path / "nofile.bin", "nofile.bin: no such file"),
+             (tmp_path, ": a folder, not an image file"),
+             (empty, "empty.bin is not an ESP8266 firmware image (0 bytes)"),
+             (junk, "junk.bin is not an ESP8266 firmware image: "),
+             (damaged, "damaged.bin: the ESP8266 image checksum does not match")]
+    for path, message in cases:
+        done = pblink("flash", "/dev/pblink-no-such-tty", "--firmware", str(path))
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert last_line(done).startswith(f"pblink flash: error: --firmware {tmp_path}")
+        assert message in last_line(done)
+    env = dict(os.environ, PBLINK_FIRMWARE=str(junk))  # found, not given: the same exit code
+    done = pblink("flash", "/dev/pblink-no-such-tty", env=env)
+    assert done.returncode == 2
+    assert last_line(done).startswith(f"pblink flash: error: {junk} is not an ESP8266 firmware")
 
 
 def test_firmware_found_by_default_path_and_env(image: Path, tmp_path: Path) -> None:
