@@ -372,6 +372,62 @@ def test_build_firmware_errors(tmp_path: Path) -> None:
                                       "(xtensa-lx106-elf-gcc) is not on PATH")
 
 
+def test_build_firmware_board_and_variant_checked_against_the_tree(tmp_path: Path) -> None:
+    """--board and --variant: the tree's boards/<board>/ and its mpconfigvariant_NAME.mk,
+    exit 2 with the known names, before a build and before a dry run prints commands."""
+    src = fake_micropython_tree(tmp_path / "mp")
+    board = src / "ports/esp8266/boards/ESP8266_GENERIC"
+    for name in ("mpconfigvariant.mk", "mpconfigvariant_FLASH_1M.mk",
+                 "mpconfigvariant_FLASH_512K.mk"):
+        (board / name).write_text("")
+    for extra in ([], ["--dry-run"]):
+        done = pblink("build-firmware", "--micropython-src", str(src), "--variant", "FLASH_9M",
+                      *extra)
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == ""
+        assert last_line(done) == (
+            f"pblink build-firmware: error: --variant FLASH_9M: {src} has no variant "
+            "'FLASH_9M' of board ESP8266_GENERIC (its variants: FLASH_1M, FLASH_512K; "
+            "without --variant: the 2 MiB+ build)")
+        done = pblink("build-firmware", "--micropython-src", str(src), "--board", "NOPE", *extra)
+        assert done.returncode == 2 and done.stdout == ""
+        assert last_line(done).startswith("pblink build-firmware: error: --board NOPE: ")
+        assert last_line(done).endswith("its boards: ESP8266_GENERIC)")
+    done = pblink("build-firmware", "--micropython-src", str(src), "--variant", "FLASH_1M",
+                  "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "BOARD_VARIANT=FLASH_1M" in done.stdout
+
+
+def test_build_firmware_docker_daemon_not_reachable(tmp_path: Path) -> None:
+    """A stand-in `docker` that answers as the real one does without a daemon:
+    one line saying so (docker's own words in it), exit 1, no docker run."""
+    src = fake_micropython_tree(tmp_path / "mp")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(
+        "#!/bin/sh\n"
+        f"echo \"docker $*\" >> {tmp_path}/docker.log\n"
+        "echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+        "Is the docker daemon running?' >&2\n"
+        "[ \"$1\" = run ] && echo \"Run 'docker run --help' for more information\" >&2\n"
+        "exit 1\n")
+    (bindir / "make").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bindir.iterdir():
+        tool.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run([sys.executable, "-m", "pblink", "build-firmware", "--micropython-src",
+                           str(src), "--docker"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=TEST_TIMEOUT)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "pblink build-firmware: error: --docker: the Docker daemon is not reachable (Cannot "
+        "connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon "
+        "running?): start it (systemctl start docker) or build without --docker"]
+    assert (tmp_path / "docker.log").read_text().splitlines() == [
+        "docker version --format {{.Server.Version}}"]
+
+
 def test_build_firmware_commands(tmp_path: Path) -> None:
     src = fake_micropython_tree(tmp_path / "mp")
     done = pblink("build-firmware", "--micropython-src", str(src), "--dry-run", "-j", "3")
