@@ -596,7 +596,9 @@ def output_folder(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: cannot create it: {existing} is a file, "
                                          "not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "in it" if existing == path else f"in {existing}"
-        raise argparse.ArgumentTypeError(f"{text}: no permission to write {where}")
+        if existing == path:
+            raise argparse.ArgumentTypeError(f"{text}: no permission to write in it")
+        raise argparse.ArgumentTypeError(f"{text}: cannot create it: no permission to write "
+                                         f"in {existing}")
     return text
 
