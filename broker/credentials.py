@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -117,18 +118,75 @@ def _user_of(line: str) -> str | None:
     return line.split(":", 1)[0].strip()
 
 
-def hashed_users(path: str | Path) -> list[str]:
-    """The users of an amqtt password file with a usable line ``user:<hash>`` (a
-    ``$``-prefixed hash, as `pblink passwd` writes); CredentialsError when the
-    file is missing or cannot be read."""
+def _hash_problem(hashed: str) -> str | None:
+    """Why amqtt 0.12.1's FileAuthPlugin could never verify a password against
+    `hashed`, or None when it can (argon2, as `pblink passwd` writes; amqtt's
+    deprecated sha512-crypt ``$6$`` while Python has the crypt module)."""
+    import argon2
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    if Argon2Hasher.identify(hashed):
+        try:
+            argon2.extract_parameters(hashed)
+        except argon2.exceptions.InvalidHashError:
+            return "its argon2 hash is damaged"
+        return None
+    if hashed.startswith("$6$") and sys.version_info < (3, 13):
+        return None
+    if hashed.startswith("$7$"):
+        return ("it has a Mosquitto hash ($7$), which amqtt cannot verify "
+                "(write the user with `pblink passwd --amqtt FILE USER`)")
+    if hashed.startswith("$"):
+        return "its hash is not an argon2 hash (amqtt verifies only those)"
+    return "it has no hash (a plain password?)"
+
+
+def read_amqtt_file(path: str | Path) -> list[str]:
+    """The users of an amqtt password file, every line checked as amqtt 0.12.1
+    reads it (blank lines and ``#`` comments skipped, ``user:<hash>`` else).
+
+    CredentialsError (one line, starting with the file's name) when the file
+    is missing or unreadable, when a line is not ``user:<hash>`` with a hash
+    amqtt can verify (the first such line's number, the others counted: amqtt
+    would skip or keep it and that user could never log in), or when there is
+    no user at all (every client would be refused). Line contents are not
+    repeated (a stray line may be a password); the user name of a line is.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CredentialsError(f"password file {path} does not exist")
-    users = []
-    for line in _read_lines(path):
-        user = _user_of(line)
-        if user and line.split(":", 1)[1].strip().startswith("$"):
-            users.append(user)
+        raise CredentialsError(f"{path} does not exist" if not path.exists()
+                               else f"{path} is not a file")
+    users: list[str] = []
+    bad: list[tuple[int, str]] = []
+    try:
+        with path.open(encoding="utf-8") as lines:  # universal newlines, as amqtt reads it
+            for number, raw in enumerate(lines, 1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                user, sep, hashed = line.partition(":")
+                if not sep:
+                    bad.append((number, "it is not user:<hash> (no ':')"))
+                elif not user or user != user.strip():
+                    bad.append((number, f"the user name {user!r} is empty or has spaces "
+                                        "around it"))
+                elif (problem := _hash_problem(hashed)) is not None:
+                    bad.append((number, f"user {user!r}: {problem}"))
+                else:
+                    users.append(user)
+    except UnicodeDecodeError:
+        raise CredentialsError(f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise CredentialsError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if bad:
+        number, why = bad[0]
+        more = (f" (and {len(bad) - 1} more bad line(s): "
+                f"{', '.join(str(n) for n, _ in bad[1:6])}{', ...' if len(bad) > 6 else ''})"
+                if len(bad) > 1 else "")
+        raise CredentialsError(f"{path} line {number}: {why}{more}")
+    if not users:
+        raise CredentialsError(f"{path}: no user:<hash> line (add users with "
+                               "`pblink passwd --amqtt FILE USER`)")
     return users
 
 

@@ -46,6 +46,7 @@ from broker.defaults import (
     DEFAULT_ROOT,
     DEFAULT_SERVER_USER,
 )
+from link_core.names import check_root
 from pblink.common import BROKER_PORT, COUNT
 
 log = logging.getLogger("broker.embedded")  # not __main__ under `python -m`
@@ -108,6 +109,7 @@ class EmbeddedBroker:
     ) -> None:
         if users is not None and password_file is not None:
             raise ValueError("give users or password_file, not both")
+        check_root(root)  # the devices' and the server's rule (link_core/names.py)
         self.host = host
         self.port = port  # 0: any free port, fixed at the first start (restarts keep it)
         self._users = dict(users) if users is not None else None
@@ -146,8 +148,13 @@ class EmbeddedBroker:
         from amqtt.broker import Broker  # type: ignore[import-untyped]
 
         password_path = self._password_path()
-        if password_path is not None and not password_path.is_file():
-            raise BrokerStartError(f"password file {password_path} does not exist")
+        if self._password_file is not None:  # a file of the user's: every line usable
+            from broker.credentials import CredentialsError, read_amqtt_file
+
+            try:
+                read_amqtt_file(self._password_file)
+            except CredentialsError as exc:
+                raise BrokerStartError(f"password file {exc}") from None
         config = build_config(self.host, self.port,
                               password_file=password_path, **self._options)
         amqtt_log = logging.getLogger("amqtt.broker")
@@ -279,6 +286,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"messages kept for one offline client (default {DEFAULT_MAX_QUEUED})")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The options of `add_arguments` that argparse cannot check alone, checked
+    before anything starts: ValueError with a one-line message naming the option
+    (`pblink broker` and `python -m broker.embedded` exit 2 with it)."""
+    from broker.credentials import CredentialsError, check_user, read_amqtt_file
+
+    check_root(args.root)  # as every pblink command checks --root (pblink.common.check_root)
+    for user in args.server_user or ():
+        try:
+            check_user(user, server=True)
+        except CredentialsError as exc:
+            raise ValueError(f"--server-user: {exc}") from None
+    if args.password_file is not None:
+        try:
+            read_amqtt_file(args.password_file)
+        except CredentialsError as exc:
+            raise ValueError(f"--password-file {exc}") from None
+
+
 def broker_from_args(args: argparse.Namespace) -> EmbeddedBroker:
     return EmbeddedBroker(
         args.host,
@@ -301,7 +327,13 @@ def setup_logging(verbosity: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the broker from parsed arguments; 0 after a clean stop, 1 if it cannot start."""
+    """Run the broker from parsed arguments; 0 after a clean stop, 2 for a bad option
+    or password file (`check_args`), 1 if it cannot start (e.g. the port is in use)."""
+    try:
+        check_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     broker = broker_from_args(args)
     try:
         asyncio.run(serve(broker))

@@ -11,7 +11,8 @@ DESCRIPTION = """\
 Run the embedded amqtt broker until Ctrl-C or SIGTERM.
 
 Without --password-file every client is accepted (a development broker).
-With it, only the users in the file (`pblink passwd --amqtt FILE USER`); with
+With it, only the users in the file (`pblink passwd --amqtt FILE USER`; a
+line that is not user:<argon2 hash> is refused at start, naming its number); with
 --acl, each device user (user name = conn_id) is confined to ROOT/<user>/# and
 the server users get ROOT/#. For production use Mosquitto (docker-compose.yml,
 broker/mosquitto/). amqtt speaks MQTT 3.1.1 only."""
@@ -30,18 +31,13 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from broker.credentials import CredentialsError, hashed_users
-    from broker.embedded import BrokerStartError, broker_from_args, serve
+    from broker.embedded import BrokerStartError, broker_from_args, check_args, serve
     from pblink.common import CliError, UsageError
 
-    if args.password_file is not None:  # a file of no user would refuse every client
-        try:
-            users = hashed_users(args.password_file)
-        except CredentialsError as exc:
-            raise UsageError(f"--password-file: {exc}") from None
-        if not users:
-            raise UsageError(f"--password-file {args.password_file}: no user:<hash> line "
-                             "(add users with `pblink passwd --amqtt FILE USER`)")
+    try:  # --root, --server-user, every line of --password-file: before anything starts
+        check_args(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         asyncio.run(serve(broker_from_args(args)))
     except BrokerStartError as exc:

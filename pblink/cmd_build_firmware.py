@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--micropython-src", required=True, metavar="DIR",
                    help="a MicroPython source tree (git clone of micropython/micropython)")
     p.add_argument("--board", default=DEFAULT_BOARD, help="board (default %(default)s)")
-    p.add_argument("--variant", help="board variant, e.g. FLASH_1M for 1 MiB modules "
+    p.add_argument("--variant", help="board variant, e.g. FLASH_1M for 1 MiB modules: one of "
+                                     "the board's mpconfigvariant_NAME.mk in the source tree "
                                      "(default: the 2 MiB+ build)")
     p.add_argument("--manifest", metavar="FILE",
                    help="freeze manifest (default esp_bridge/manifest.py in this checkout)")
@@ -50,8 +51,11 @@ def register(subparsers: Any) -> None:
                    help="where to copy the image (default %(default)s)")
     p.add_argument("--jobs", "-j", type=COUNT, metavar="N", help="parallel make jobs")
     p.add_argument("--docker", nargs="?", const="larsks/esp-open-sdk", metavar="IMAGE",
-                   help="run the compiler in Docker (default image %(const)s)")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+                   help="run the compiler in Docker (default image %(const)s; the Docker "
+                   "daemon must be running)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the source tree, board and variant, print the commands, "
+                   "run nothing")
     p.set_defaults(func=run)
 
 
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs:
         plan.jobs = args.jobs
     commands = plan.commands()
+    firmware.check_source_tree(plan)  # board, variant, manifest: a dry run's commands too
     if args.dry_run:
         for command in commands:
             print(shlex.join(command))

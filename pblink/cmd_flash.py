@@ -20,7 +20,9 @@ checks every block it writes by hash. Flash before wiring the ESP8266 to the
 Pyboard.
 
 The image is --firmware IMAGE, else $PBLINK_FIRMWARE, else
-build/esp8266/firmware.bin (where `pblink build-firmware` puts it).
+build/esp8266/firmware.bin (where `pblink build-firmware` puts it). A missing
+image, or a file that is not an intact ESP8266 image, is refused with exit 2
+before the port is touched.
 
 examples:
   pblink flash /dev/ttyUSB0
@@ -57,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from pblink import firmware
 
     image = firmware.find_image(args.firmware)
-    description = firmware.check_image(image)
+    try:
+        description = firmware.check_image(image)
+    except CliError as exc:  # a bad image is a bad argument, as a missing one is (exit 2)
+        raise UsageError(f"--firmware {exc}" if args.firmware else str(exc)) from None
     if args.baud <= 0:
         raise UsageError(f"--baud {args.baud} is not a baud rate")
     print(f"pblink flash: image {description}", file=sys.stderr, flush=True)

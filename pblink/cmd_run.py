@@ -14,6 +14,7 @@ from pblink.common import (
     add_command,
     number,
     output_file,
+    output_folder,
 )
 
 DESCRIPTION = """\
@@ -69,8 +70,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view", choices=("auto", "block", "lines", "quiet"), default="auto",
                         help="status block, event lines or summary only "
                         "(default: block on a terminal, lines otherwise)")
-    parser.add_argument("--workdir", default=None,
-                        help="keep the logs of every process here (default: a temporary folder)")
+    parser.add_argument("--workdir", type=output_folder, default=None, metavar="DIR",
+                        help="keep the logs of every process here, a folder (created with its "
+                        "parents; default: a temporary folder)")
     parser.add_argument("--timeline", type=output_file, default=None, metavar="FILE.html",
                         help="record the run and draw it as one timeline per device: lines, "
                         "acks, retransmissions, U/D, online, faults, resets, reports "

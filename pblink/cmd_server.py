@@ -11,6 +11,7 @@ from pblink.common import (
     LINK_TIMEOUT_MS,
     add_broker_options,
     add_command,
+    client_id,
 )
 
 DESCRIPTION = f"""\
@@ -39,13 +40,25 @@ def state_dir_of(args: argparse.Namespace) -> str:
     return DEFAULT_STATE_DIR if args.state_dir is None else str(args.state_dir)
 
 
+def state_folder(text: str) -> str:
+    """--state-dir: '' (no state file) or a folder `output_folder` accepts."""
+    from pblink.common import output_folder
+
+    return output_folder(text) if text else text
+
+
+state_folder.__name__ = "folder"  # argparse names the type in its messages
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """What a server application is run with, besides the broker and its conn_ids."""
     parser.add_argument("--timeout-ms", type=LINK_TIMEOUT_MS, default=1500, metavar="MS",
                         help="the link's timeout_ms (default %(default)s)")
-    parser.add_argument("--client-id", default="pblink.server",
-                        help="the server's MQTT client id (default %(default)s)")
-    parser.add_argument("--state-dir", metavar="DIR",
+    parser.add_argument("--client-id", type=client_id, default="pblink.server",
+                        help="the server's MQTT client id, also the state file's name: 1 to "
+                        "65535 UTF-8 bytes (250 with a state file), no control characters, "
+                        "'/', '\\' or '..' (default %(default)s)")
+    parser.add_argument("--state-dir", metavar="DIR", type=state_folder,
                         help=f"folder of the state file (default {DEFAULT_STATE_DIR}; "
                         "'' for none; not with --state-db)")
 
@@ -82,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         CliError,
         UsageError,
         check_conn_id,
+        check_state_file,
         probe_broker,
         random_client_id,
     )
@@ -99,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
             check_dsn(args.state_db)
         except ValueError as exc:
             raise UsageError(f"--state-db: {exc}") from None
+    if state_dir and args.state_db is None:
+        check_state_file(state_dir, args.client_id)  # before anything is created
     opts = BrokerOptions.from_args(args)
     try:
         application = counted(load_server_app(args.app)) if args.app else None

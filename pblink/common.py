@@ -285,6 +285,31 @@ def check_root(root: str) -> str:
         raise UsageError(str(exc)) from None
 
 
+def client_id(text: str) -> str:
+    """An argparse type for a server's MQTT client id (`pblink server --client-id`):
+    `server_apps.state.check_client_id`, the rule LinkServer applies (exit 2)."""
+    from server_apps.state import check_client_id
+
+    try:
+        return check_client_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+client_id.__name__ = "client id"  # argparse names the type in its messages
+
+
+def check_state_file(state_dir: str, client_id: str) -> Path:
+    """The state file `<state_dir>/<client_id>.json` (`server_apps.state.state_file_path`),
+    or UsageError naming --client-id when its name cannot be a file name."""
+    from server_apps.state import state_file_path
+
+    try:
+        return state_file_path(state_dir, client_id)
+    except ValueError as exc:
+        raise UsageError(f"--client-id: {exc}") from None
+
+
 # -- broker connection options --------------------------------------------------
 
 DEFAULT_HOST = "localhost"
@@ -554,3 +579,29 @@ def output_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"{text}: cannot write a file in {path.parent}: {exc.strerror or exc}") from None
     return path
+
+
+def output_folder(text: str) -> str:
+    """An argparse type for a folder a command writes into (created with its
+    parents when the run starts, as `pblink run --workdir` and `pblink server
+    --state-dir` do). Checked now and nothing created: not an existing file, not
+    under one, and writable (the folder, or its nearest existing parent).
+    Raises argparse.ArgumentTypeError (exit 2) with a one-line reason."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' is not a folder name")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: cannot create it: {existing} is a file, "
+                                         "not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            raise argparse.ArgumentTypeError(f"{text}: no permission to write in it")
+        raise argparse.ArgumentTypeError(f"{text}: cannot create it: no permission to write "
+                                         f"in {existing}")
+    return text
+

@@ -82,7 +82,8 @@ def find_image(explicit: str | None) -> Path:
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            raise UsageError(f"no firmware image at {path}")
+            raise UsageError(f"--firmware {path}: " + (
+                "a folder, not an image file" if path.is_dir() else "no such file"))
         return path
     looked = []
     env = os.environ.get(IMAGE_ENV)
@@ -105,7 +106,10 @@ def check_image(path: Path) -> str:
     from esptool.bin_image import ESP8266ROMFirmwareImage, LoadFirmwareImage
     from esptool.util import FatalError
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     if len(data) < 16:
         raise CliError(f"{path} is not an ESP8266 firmware image ({len(data)} bytes)")
     if len(data) > MAX_IMAGE:
@@ -207,22 +211,67 @@ class BuildPlan:
         return [[*prefix, *makes[0]], makes[1], [*prefix, *makes[2]]]
 
 
-def check_build_inputs(plan: BuildPlan) -> None:
+def board_variants(plan: BuildPlan) -> list[str]:
+    """The variants of the plan's board in its MicroPython tree: the NAMEs of
+    ports/esp8266/boards/<board>/mpconfigvariant_NAME.mk (what the port's Makefile
+    includes for BOARD_VARIANT=NAME; ESP8266_GENERIC has e.g. FLASH_1M and
+    FLASH_512K)."""
+    prefix, suffix = "mpconfigvariant_", ".mk"
+    folder = plan.port_dir / "boards" / plan.board
+    return sorted(p.name[len(prefix):-len(suffix)] for p in folder.glob(f"{prefix}*{suffix}"))
+
+
+def check_source_tree(plan: BuildPlan) -> None:
+    """--micropython-src, --board, --variant and --manifest, against the tree
+    (UsageError, exit 2): also before a --dry-run prints commands that could not work."""
     if not plan.src.is_dir():
         raise UsageError(f"--micropython-src {plan.src} is not a directory")
     if not (plan.port_dir / "Makefile").is_file() or not (plan.src / "py" / "mpconfig.h").is_file():
         raise UsageError(f"{plan.src} is not a MicroPython source tree (no ports/esp8266/Makefile "
                          "or py/mpconfig.h): clone https://github.com/micropython/micropython")
     if not (plan.port_dir / "boards" / plan.board).is_dir():
-        raise UsageError(f"{plan.src} has no ESP8266 board {plan.board} "
-                         f"(ports/esp8266/boards/{plan.board})")
+        boards = sorted(p.name for p in (plan.port_dir / "boards").glob("*") if p.is_dir())
+        raise UsageError(f"--board {plan.board}: {plan.src} has no ESP8266 board {plan.board} "
+                         f"(ports/esp8266/boards/{plan.board}; its boards: "
+                         f"{', '.join(boards) or 'none'})")
+    if plan.variant is not None:
+        variants = board_variants(plan)
+        if plan.variant not in variants:
+            known = (f"its variants: {', '.join(variants)}" if variants
+                     else "it has no variants")
+            raise UsageError(f"--variant {plan.variant}: {plan.src} has no variant "
+                             f"{plan.variant!r} of board {plan.board} ({known}; without "
+                             "--variant: the 2 MiB+ build)")
     if not plan.manifest.is_file():
         raise UsageError(f"no freeze manifest at {plan.manifest}")
+
+
+def check_docker() -> None:
+    """CliError unless `docker` is installed and its daemon answers (`docker version`)."""
+    if shutil.which("docker") is None:
+        raise CliError("--docker given but docker is not installed")
+    try:
+        done = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                              capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CliError(f"--docker: the Docker daemon is not reachable ({exc})") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        said = [line.strip() for line in (done.stderr or done.stdout).splitlines()
+                if line.strip()]
+        raise CliError("--docker: the Docker daemon is not reachable"
+                       + (f" ({said[0]})" if said else f" (docker version: exit {done.returncode})")
+                       + ": start it (systemctl start docker) or build without --docker")
+
+
+def check_build_inputs(plan: BuildPlan) -> None:
+    """Everything a build needs, before the first command runs: the tree
+    (`check_source_tree`, exit 2), make, and the toolchain or Docker (exit 1)."""
+    check_source_tree(plan)
     if shutil.which("make") is None:
         raise CliError("make is not installed (apt-get install build-essential)")
     if plan.docker:
-        if shutil.which("docker") is None:
-            raise CliError("--docker given but docker is not installed")
+        check_docker()
         return
     if shutil.which(TOOLCHAIN) is None:
         raise CliError(f"the ESP8266 toolchain ({TOOLCHAIN}) is not on PATH: install the "

@@ -166,7 +166,14 @@ from server_apps.errors import LinkRefusedError as LinkRefusedError
 from server_apps.errors import ServerIdentityError as ServerIdentityError
 from server_apps.errors import StateLostError
 from server_apps.lines import Signal
-from server_apps.state import ConnState, ServerState, StateFileError, StateStore, Store
+from server_apps.state import (
+    ConnState,
+    ServerState,
+    StateFileError,
+    StateStore,
+    Store,
+    check_client_id,
+)
 from server_apps.store_pg import PgStore, StateDbError
 
 log = logging.getLogger("pblink.server")
@@ -209,7 +216,9 @@ class LinkServer:
             separated by single ``/`` (PROTOCOL.md 4.1). The devices' topics are
             ``<root>/<conn_id>/up|down|status``. Default ``"pblink"``.
         client_id: this server's MQTT client id. Two servers sharing one broker
-            need different ids. Default ``"pblink.server"``.
+            need different ids. 1 to 65535 UTF-8 bytes without control characters,
+            ``/``, ``\\`` or ``..`` (it also names the state file of ``pblink
+            server``: ``server_apps.state.check_client_id``). Default ``"pblink.server"``.
         username: MQTT user name; ``None`` (default) connects anonymously.
         password: MQTT password, with ``username``. Default ``None``.
         tls: ``None``/``False`` (default): plain TCP; ``True``: TLS with the
@@ -253,7 +262,7 @@ class LinkServer:
             is replaced by it). Default: a hint naming ``LinkServer.connection()``.
 
     Raises:
-        ValueError: an invalid ``root``; a ``host`` (no scheme, port or path), a
+        ValueError: an invalid ``root`` or ``client_id``; a ``host`` (no scheme, port or path), a
             ``port`` outside 1 to 65535 (or not an int), a ``timeout_ms``, or a
             ``password`` without ``username`` that the devices refuse, with their
             one-line message (``link_core.control.check_setting``, ``check_login``);
@@ -288,6 +297,7 @@ class LinkServer:
         serve_hint: str = "ask for it with LinkServer.connection()",
     ) -> None:
         names.check_root(root)
+        check_client_id(client_id)
         for name, value in (("host", host), ("port", port), ("timeout_ms", timeout_ms)):
             control.check_setting(name, value)  # the devices' rules, link_core/schema.py
         control.check_login(username, password)

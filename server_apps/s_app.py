@@ -42,7 +42,7 @@ from server_apps.link_server import (
     LinkClosedError,
     LinkServer,
 )
-from server_apps.state import StateFileError
+from server_apps.state import StateFileError, state_file_path
 
 log = logging.getLogger("pblink.s_app")
 
@@ -154,8 +154,9 @@ async def serve(
     it in a database that several processes share instead (``state_dir`` is
     then not used; giving both a ``state_dir`` other than the default and
     ``state_db`` is up to the caller: ``pblink server`` refuses it). ``ready``
-    is set once the server is started. Raises ValueError for an invalid conn_id or root (before
-    connecting), and LinkAuthError / LinkRefusedError / BrokerUnreachableError
+    is set once the server is started. Raises ValueError for an invalid conn_id,
+    root or client_id (``server_apps.state.check_client_id``) before
+    connecting, and LinkAuthError / LinkRefusedError / BrokerUnreachableError
     from LinkServer when the broker refuses or cannot be reached at start.
     Errors of the server library itself are raised as they are, not as
     ``AppError``: ``StateFileError`` (a damaged stored entry, naming the store
@@ -166,7 +167,7 @@ async def serve(
     for conn_id in ids:
         names.check_conn_id(conn_id)
     stop = stop or asyncio.Event()
-    state_path = (Path(state_dir) / f"{client_id}.json"
+    state_path = (state_file_path(state_dir, client_id)
                   if state_dir is not None and state_db is None else None)
     async with LinkServer(
         host, port, root=root, client_id=client_id, username=username, password=password,

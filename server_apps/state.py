@@ -59,6 +59,71 @@ FORMAT = "pblink-server-state"
 VERSION = 1
 
 
+CLIENT_ID_MAX_BYTES = 65535  # MQTT 3.1.1 section 1.5.3: a UTF-8 string of at most 65535 bytes
+STATE_SUFFIX = ".json"
+NAME_MAX_BYTES = 255  # a file name, on Linux, macOS and Windows alike
+_CLIENT_ID_RULE = (
+    "a client id is 1 to 65535 bytes of UTF-8 without control characters, '/', '\\' or '..' "
+    "(it names the state file <state-dir>/<client-id>.json)"
+)
+
+
+def _show(text: str, limit: int = 60) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit + 5 else shown[:limit] + "...'"
+
+
+def check_client_id(client_id: object) -> str:
+    """Return ``client_id`` if it can be a server's MQTT client id and its state file name.
+
+    The one rule for ``LinkServer(client_id=...)``, ``pblink server --client-id``
+    and the state file ``<state_dir>/<client_id>.json``: a str of 1 to 65535
+    UTF-8 bytes (MQTT 3.1.1 section 1.5.3 and 3.1.3.1; Mosquitto takes every
+    such id, not only the 23 characters a broker must accept), no control
+    character (U+0000 is forbidden in MQTT strings, the others would be in a
+    file name), no ``/`` or ``\\`` and no ``..`` (so the state file stays a
+    plain name in its folder). Otherwise ``ValueError`` naming the id and the rule.
+    """
+    if not isinstance(client_id, str):
+        raise ValueError(f"client id {client_id!r} is not a str: {_CLIENT_ID_RULE}")
+    shown = _show(client_id)
+    if not client_id:
+        raise ValueError(f"client id '' is empty: {_CLIENT_ID_RULE}")
+    try:
+        size = len(client_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"client id {shown} is not valid UTF-8 (a lone surrogate): "
+                         f"{_CLIENT_ID_RULE}") from None
+    if size > CLIENT_ID_MAX_BYTES:
+        raise ValueError(f"client id {shown} is {size} bytes long: {_CLIENT_ID_RULE}")
+    for i, ch in enumerate(client_id):
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "/\\":
+            raise ValueError(f"client id {shown} has the character {ch!r} at position {i}: "
+                             f"{_CLIENT_ID_RULE}")
+    if ".." in client_id:
+        raise ValueError(f"client id {shown} contains '..': {_CLIENT_ID_RULE}")
+    return client_id
+
+
+def state_file_path(state_dir: str | os.PathLike[str], client_id: str) -> Path:
+    """``<state_dir>/<client_id>.json``, the state file of the server ``client_id``.
+
+    ``ValueError`` for a client id that ``check_client_id`` refuses or whose file
+    name would be longer than a file system allows (255 bytes: an id of at most
+    250 bytes); the path is always a file directly in ``state_dir``.
+    """
+    check_client_id(client_id)
+    name = client_id + STATE_SUFFIX
+    if len(name.encode("utf-8")) > NAME_MAX_BYTES:
+        raise ValueError(f"client id {_show(client_id)} is too long for a state file "
+                         f"name ({len(name.encode('utf-8'))} bytes with {STATE_SUFFIX}, at most "
+                         f"{NAME_MAX_BYTES}): give a shorter client id, or no state file")
+    path = Path(state_dir) / name
+    if path.parent != Path(state_dir) or path.name != name:  # pragma: no cover - the rule above
+        raise ValueError(f"client id {_show(client_id)} would leave the state folder")
+    return path
+
+
 class StateFileError(ValueError):
     """The state file exists but cannot be used (unreadable, not JSON, wrong format, bad entry)."""
 

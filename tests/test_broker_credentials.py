@@ -88,3 +88,51 @@ def test_missing_mosquitto_passwd_is_a_clear_error(
     with pytest.raises(cred.CredentialsError, match="mosquitto_passwd is not installed"):
         cred.add_mosquitto_user(tmp_path / "passwd", "dev1", "pw")
     assert not (tmp_path / "passwd").exists()
+
+
+# -- reading an amqtt password file as the broker will -------------------------------
+
+
+def test_read_amqtt_file_takes_what_pblink_passwd_writes(tmp_path: Path) -> None:
+    path = tmp_path / "amqtt.passwd"
+    cred.write_amqtt_users(path, {"pblink.server": "srv", "dev1": "one"})
+    with path.open("a") as out:
+        out.write("# a comment\n\n   \n")
+    assert cred.read_amqtt_file(path) == ["pblink.server", "dev1"]
+
+
+BAD_LINES = [
+    ("garbage line", "line 2: it is not user:<hash> (no ':')"),
+    ("dev9:notahash", "line 2: user 'dev9': it has no hash (a plain password?)"),
+    ("dev9:$7$101$abc$def", "line 2: user 'dev9': it has a Mosquitto hash ($7$)"),
+    ("dev9:$argon2id$garbage", "line 2: user 'dev9': its hash is not an argon2 hash"),
+    ("dev9:$2b$12$abcdefghijklmnopqrstuv", "its hash is not an argon2 hash"),
+    (":$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+     "line 2: the user name '' is empty"),
+]
+
+
+@pytest.mark.parametrize("line, message", BAD_LINES, ids=[m[:30] for _, m in BAD_LINES])
+def test_read_amqtt_file_names_the_bad_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "amqtt.passwd"
+    cred.write_amqtt_users(path, {"dev1": "one"})
+    with path.open("a") as out:
+        out.write(line + "\n")
+    with pytest.raises(cred.CredentialsError) as info:
+        cred.read_amqtt_file(path)
+    assert str(info.value).startswith(f"{path} line 2: ")
+    assert message in str(info.value)
+    assert "notahash" not in str(info.value)  # a stray line's content is not repeated
+
+
+def test_read_amqtt_file_counts_every_bad_line_and_needs_a_user(tmp_path: Path) -> None:
+    path = tmp_path / "amqtt.passwd"
+    path.write_text("a\nb:x\n# c\nd\n")
+    with pytest.raises(cred.CredentialsError,
+                       match=r"line 1: .* \(and 2 more bad line\(s\): 2, 4\)"):
+        cred.read_amqtt_file(path)
+    path.write_text("# only comments\n\n")
+    with pytest.raises(cred.CredentialsError, match="no user:<hash> line"):
+        cred.read_amqtt_file(path)
+    with pytest.raises(cred.CredentialsError, match="does not exist"):
+        cred.read_amqtt_file(tmp_path / "none")

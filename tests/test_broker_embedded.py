@@ -92,9 +92,40 @@ def test_process_missing_password_file(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "broker.embedded", "--port", str(free_port()),
             "--password-file", str(tmp_path / "missing")]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=TEST_TIMEOUT)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a bad option, as `pblink broker` says it (broker/README.md)
     assert "Traceback" not in proc.stderr
-    assert "does not exist" in proc.stderr
+    assert proc.stderr.strip() == f"error: --password-file {tmp_path / 'missing'} does not exist"
+
+
+def test_process_refuses_a_bad_password_line_and_root(tmp_path: Path) -> None:
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, USERS)
+    with passwd.open("a") as out:
+        out.write("dev9:notahash\n")
+    for extra, message in (
+        (["--password-file", str(passwd)],
+         f"error: --password-file {passwd} line 4: user 'dev9': it has no hash"),
+        (["--root", "a/#"], "error: topic root 'a/#' has the character '#' at position 2"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "broker.embedded", "--port",
+                               str(free_port()), *extra], cwd=ROOT, capture_output=True,
+                              text=True, timeout=TEST_TIMEOUT)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().startswith(message), proc.stderr
+
+
+async def test_in_process_bad_password_file_and_root(tmp_path: Path) -> None:
+    """The library refuses what the command line refuses: a bad root at once
+    (ValueError), a password file with an unusable line at start()."""
+    with pytest.raises(ValueError, match="topic root 'a/#'"):
+        EmbeddedBroker("127.0.0.1", 0, root="a/#")
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, USERS)
+    with passwd.open("a") as out:
+        out.write("garbage line\n")
+    with pytest.raises(BrokerStartError, match=r"amqtt.passwd line 4: it is not user:<hash>"):
+        async with EmbeddedBroker("127.0.0.1", 0, password_file=passwd):
+            pass
 
 
 # -- in process: EmbeddedBroker ---------------------------------------------------

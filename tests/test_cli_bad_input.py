@@ -81,6 +81,13 @@ BAD_ARGUMENTS = [
     (["server", "--port", "1", "--state-db", "postgresql://h/db", "--state-dir", "s"],
      "give --state-dir (a state file) or --state-db (PostgreSQL), not both"),
     (["server", "--port", "1", "--state-db", "host=h", "--state-dir", ""], "not both"),
+    # the client id names the state file: refused before anything is created
+    (["server", "--port", "1", "--client-id", ""], "--client-id: client id '' is empty"),
+    (["server", "--port", "1", "--client-id", "../../escaped"],
+     "--client-id: client id '../../escaped' has the character '/'"),
+    (["server", "--port", "1", "--client-id", "a\tb"], "--client-id: client id 'a\\tb' has"),
+    (["server", "--port", "1", "--client-id", "x" * 251],
+     "--client-id: client id 'xxx"),  # its state file name: 256 bytes
     (["demo", "--seed", "x"], "--seed: 'x' is not an integer"),
     (["run", *RUN_APPS, "--seed", "1.5"], "--seed: '1.5' is not an integer"),
     (["demo", "--devices", "0"], "--devices: 0 is out of range: must be 1 to 9"),
@@ -291,7 +298,8 @@ def test_server_errors_leave_nothing_behind(tmp_path: Path, locked_broker: Broke
     proc = pblink("server", "--state-dir", "/proc/x", "--broker",
                   f"127.0.0.1:{locked_broker.port}", "--user", "pblink.server",
                   "--password", "server-pw")
-    assert_error(proc, EXIT_USAGE, "--state-dir /proc/x: cannot create it")
+    # refused by --state-dir's type (not root: no permission in /proc) or when created (root)
+    assert_error(proc, EXIT_USAGE, "/proc/x: cannot create it")
 
 
 def test_server_app_that_returns(tmp_path: Path, locked_broker: BrokerProcess) -> None:
@@ -307,16 +315,58 @@ def test_server_app_that_returns(tmp_path: Path, locked_broker: BrokerProcess) -
 def test_password_file_without_users_and_deleting_no_user(tmp_path: Path) -> None:
     """A broker password file with no valid line would refuse every client: 2
     before starting; removing a user who is not there is an error, not 'done'."""
-    junk = tmp_path / "hostname"
+    empty = tmp_path / "empty"
+    empty.write_text("# user:plain\n\n")
+    assert_error(pblink("broker", "--port", str(free_port()), "--password-file", str(empty)),
+                 EXIT_USAGE, f"--password-file {empty}: no user:<hash> line")
+    junk = tmp_path / "hostname"  # not a password file at all: its first line is named
     junk.write_text("myhost\n# user:plain\n")
     assert_error(pblink("broker", "--port", str(free_port()), "--password-file", str(junk)),
-                 EXIT_USAGE, f"--password-file {junk}: no user:<hash> line")
+                 EXIT_USAGE, f"--password-file {junk} line 1: it is not user:<hash> (no ':')")
     assert_error(pblink("broker", "--port", str(free_port()), "--password-file",
                         str(tmp_path / "none")), EXIT_USAGE, "does not exist")
     passwd = tmp_path / "amqtt.passwd"
     write_amqtt_users(passwd, {"pblink.server": "server-pw"})
     assert_error(pblink("passwd", "--amqtt", str(passwd), "--delete", "1"), 1,
                  f"1: not found in {passwd}, nothing removed")
+
+
+def test_broker_refuses_bad_password_lines_and_roots(tmp_path: Path) -> None:
+    """The review's file: one valid user, a line without ':' and one without a
+    hash: 2 at start, naming the file and the first bad line (amqtt would start,
+    and dev9 could never log in); --root refused as server, run and tail refuse it."""
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, {"dev1": "pw-1"})
+    with passwd.open("a") as out:
+        out.write("garbage line\ndev9:notahash\n")
+    assert_error(pblink("broker", "--port", str(free_port()), "--password-file", str(passwd)),
+                 EXIT_USAGE, f"--password-file {passwd} line 2: it is not user:<hash> (no ':') "
+                 "(and 1 more bad line(s): 3)")
+    refusals = [pblink(*argv, "--root", "a/#") for argv in (
+        ["broker", "--port", str(free_port())],
+        ["broker", "--port", str(free_port()), "--acl"],
+        ["server", "--port", "1"], ["tail", "1"], ["run", *RUN_APPS])]
+    for proc in refusals:
+        assert_error(proc, EXIT_USAGE, "topic root 'a/#' has the character '#' at position 2")
+    assert len({proc.stderr.split(": error: ", 1)[1] for proc in refusals}) == 1
+    assert_error(pblink("broker", "--port", str(free_port()), "--server-user", "a:b"),
+                 EXIT_USAGE, "--server-user: server user name 'a:b' must be")
+
+
+def test_folders_given_as_files_name_the_option(tmp_path: Path) -> None:
+    """A file where a folder is wanted: 2, naming the option, before anything runs
+    (the broker given does not exist: reaching it would exit 3)."""
+    afile = tmp_path / "ticker.py"
+    afile.write_text("")
+    broker = ["--broker", f"127.0.0.1:{free_port()}"]
+    for argv in (["run", *RUN_APPS, "--duration", "5"], ["demo", "--duration", "5"]):
+        assert_error(pblink(*argv, *broker, "--workdir", str(afile)), EXIT_USAGE,
+                     f"argument --workdir: {afile} is a file, not a folder")
+        assert_error(pblink(*argv, *broker, "--workdir", str(afile / "logs")), EXIT_USAGE,
+                     f"argument --workdir: {afile}/logs: cannot create it: {afile} is a file")
+    assert_error(pblink("server", *broker, "--state-dir", str(afile)), EXIT_USAGE,
+                 f"argument --state-dir: {afile} is a file, not a folder")
+    assert sorted(tmp_path.iterdir()) == [afile]
 
 
 def test_device_credentials_refusal_says_why(tmp_path: Path) -> None:
@@ -360,3 +410,14 @@ def test_port_with_host_from_the_environment_names_the_broker(command: str) -> N
                  "--server-app", "examples/sensor/sensor_server.py:app"]
     assert_error(pblink(*argv, env=env), EXIT_UNREACHABLE,
                  f"cannot reach MQTT broker 127.0.0.1:{port}")
+
+
+def test_server_client_id_refusals_create_nothing(tmp_path: Path) -> None:
+    """A client id that cannot name the state file: 2, and no state folder or file
+    (neither under --state-dir nor where '..' would have led)."""
+    state = tmp_path / "deep" / "state"
+    for client_id in ("", "a/b", "../../escaped", "x" * 300):
+        proc = pblink("server", "--state-dir", str(state), "--client-id", client_id,
+                      "--broker", f"127.0.0.1:{free_port()}")
+        assert_error(proc, EXIT_USAGE, "--client-id: client id")
+    assert list(tmp_path.iterdir()) == []

@@ -288,7 +288,36 @@ def test_no_firmware_given_or_found(tmp_path: Path) -> None:
     assert line.endswith("build one with `pblink build-firmware --micropython-src DIR`")
     done = pblink("flash", "/dev/ttyUSB0", "--firmware", str(tmp_path / "missing.bin"))
     assert done.returncode == 2
-    assert last_line(done) == f"pblink flash: error: no firmware image at {tmp_path}/missing.bin"
+    assert last_line(done) == (f"pblink flash: error: --firmware {tmp_path}/missing.bin: "
+                               "no such file")
+
+
+def test_bad_firmware_is_a_usage_error_like_a_missing_one(image: Path, tmp_path: Path) -> None:
+    """Missing, a folder, empty, not an image, damaged: all exit 2 in one line naming
+    --firmware, before the port is touched (no device at /dev/pblink-no-such-tty: 1)."""
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(100)))
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    damaged = tmp_path / "damaged.bin"
+    data = bytearray(image.read_bytes())
+    data[20] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    cases = [(tmp_path / "nofile.bin", "nofile.bin: no such file"),
+             (tmp_path, ": a folder, not an image file"),
+             (empty, "empty.bin is not an ESP8266 firmware image (0 bytes)"),
+             (junk, "junk.bin is not an ESP8266 firmware image: "),
+             (damaged, "damaged.bin: the ESP8266 image checksum does not match")]
+    for path, message in cases:
+        done = pblink("flash", "/dev/pblink-no-such-tty", "--firmware", str(path))
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert last_line(done).startswith(f"pblink flash: error: --firmware {tmp_path}")
+        assert message in last_line(done)
+    env = dict(os.environ, PBLINK_FIRMWARE=str(junk))  # found, not given: the same exit code
+    done = pblink("flash", "/dev/pblink-no-such-tty", env=env)
+    assert done.returncode == 2
+    assert last_line(done).startswith(f"pblink flash: error: {junk} is not an ESP8266 firmware")
 
 
 def test_firmware_found_by_default_path_and_env(image: Path, tmp_path: Path) -> None:
@@ -341,6 +370,62 @@ def test_build_firmware_errors(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert last_line(done).startswith("pblink build-firmware: error: the ESP8266 toolchain "
                                       "(xtensa-lx106-elf-gcc) is not on PATH")
+
+
+def test_build_firmware_board_and_variant_checked_against_the_tree(tmp_path: Path) -> None:
+    """--board and --variant: the tree's boards/<board>/ and its mpconfigvariant_NAME.mk,
+    exit 2 with the known names, before a build and before a dry run prints commands."""
+    src = fake_micropython_tree(tmp_path / "mp")
+    board = src / "ports/esp8266/boards/ESP8266_GENERIC"
+    for name in ("mpconfigvariant.mk", "mpconfigvariant_FLASH_1M.mk",
+                 "mpconfigvariant_FLASH_512K.mk"):
+        (board / name).write_text("")
+    for extra in ([], ["--dry-run"]):
+        done = pblink("build-firmware", "--micropython-src", str(src), "--variant", "FLASH_9M",
+                      *extra)
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == ""
+        assert last_line(done) == (
+            f"pblink build-firmware: error: --variant FLASH_9M: {src} has no variant "
+            "'FLASH_9M' of board ESP8266_GENERIC (its variants: FLASH_1M, FLASH_512K; "
+            "without --variant: the 2 MiB+ build)")
+        done = pblink("build-firmware", "--micropython-src", str(src), "--board", "NOPE", *extra)
+        assert done.returncode == 2 and done.stdout == ""
+        assert last_line(done).startswith("pblink build-firmware: error: --board NOPE: ")
+        assert last_line(done).endswith("its boards: ESP8266_GENERIC)")
+    done = pblink("build-firmware", "--micropython-src", str(src), "--variant", "FLASH_1M",
+                  "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "BOARD_VARIANT=FLASH_1M" in done.stdout
+
+
+def test_build_firmware_docker_daemon_not_reachable(tmp_path: Path) -> None:
+    """A stand-in `docker` that answers as the real one does without a daemon:
+    one line saying so (docker's own words in it), exit 1, no docker run."""
+    src = fake_micropython_tree(tmp_path / "mp")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(
+        "#!/bin/sh\n"
+        f"echo \"docker $*\" >> {tmp_path}/docker.log\n"
+        "echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+        "Is the docker daemon running?' >&2\n"
+        "[ \"$1\" = run ] && echo \"Run 'docker run --help' for more information\" >&2\n"
+        "exit 1\n")
+    (bindir / "make").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bindir.iterdir():
+        tool.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run([sys.executable, "-m", "pblink", "build-firmware", "--micropython-src",
+                           str(src), "--docker"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=TEST_TIMEOUT)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "pblink build-firmware: error: --docker: the Docker daemon is not reachable (Cannot "
+        "connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon "
+        "running?): start it (systemctl start docker) or build without --docker"]
+    assert (tmp_path / "docker.log").read_text().splitlines() == [
+        "docker version --format {{.Server.Version}}"]
 
 
 def test_build_firmware_commands(tmp_path: Path) -> None:

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from server_apps import StateFileError, StateLockedError
-from server_apps.state import ConnState, ServerState, StateStore
+from server_apps.state import (
+    ConnState,
+    ServerState,
+    StateStore,
+    check_client_id,
+    state_file_path,
+)
 
 
 def _doc(conns: dict[str, object], clean: object = False) -> bytes:
@@ -179,3 +185,46 @@ def test_save_encodes_only_changed_entries_and_writes_the_same_bytes(tmp_path: P
     store.save(ServerState(conns=dict(conns)), set())
     assert json.loads(path.read_text())["conns"]["d2"]["unread"] == ["line 2 \u00e9"]
     assert StateStore(path).load().conns["d1"].unread == ["x", "y"]
+
+
+# -- the client id: an MQTT client id and the state file's name ------------------------
+
+BAD_CLIENT_IDS = [
+    ("", "is empty"),
+    ("a/b", "has the character '/' at position 1"),
+    ("../../escaped", "has the character '/'"),
+    ("..", "contains '..'"),
+    ("a\\b", "has the character '\\\\'"),
+    ("a\0b", "has the character '\\x00'"),
+    ("a\nb", "has the character '\\n'"),
+    ("\ud800", "not valid UTF-8"),
+    ("é" * 32768, "is 65536 bytes long"),
+]
+
+
+@pytest.mark.parametrize("client_id, message", BAD_CLIENT_IDS, ids=[m for _, m in BAD_CLIENT_IDS])
+def test_bad_client_ids_are_refused_with_the_rule(client_id: str, message: str) -> None:
+    with pytest.raises(ValueError, match="a client id is 1 to 65535 bytes") as info:
+        check_client_id(client_id)
+    assert message in str(info.value)
+
+
+def test_client_ids_mqtt_allows_are_kept(tmp_path: Path) -> None:
+    """Longer than the 23 characters a broker must take (Mosquitto takes up to 65535
+    bytes), dots, spaces, non-ASCII: all fine, and the state file is in the folder."""
+    for client_id in ("pblink.server", "x" * 24, "srv 2", "kühlschrank-1", "a.b"):
+        assert check_client_id(client_id) == client_id
+        path = state_file_path(tmp_path, client_id)
+        assert path.parent == tmp_path and path.name == f"{client_id}.json"
+    assert check_client_id("x" * 65535) == "x" * 65535  # an MQTT client id, with no state file
+    with pytest.raises(ValueError, match="too long for a state file name"):
+        state_file_path(tmp_path, "x" * 251)
+    assert state_file_path(tmp_path, "x" * 250).name == "x" * 250 + ".json"
+
+
+@pytest.mark.parametrize("client_id", ["", "a/b", "../escaped"])
+def test_link_server_refuses_the_same_client_ids(client_id: str) -> None:
+    from server_apps import LinkServer
+
+    with pytest.raises(ValueError, match="a client id is 1 to 65535 bytes"):
+        LinkServer(client_id=client_id)
