@@ -111,6 +111,15 @@ def check_devices(value: Any) -> int:
     return value
 
 
+def _dict_argument(what: str, value: Any, of: str) -> dict[Any, Any]:
+    """`value` (None: empty) if it is a dict, else TypeError naming the argument."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{what}={value!r}: a dict of {of}, not {_type_name(value)}")
+    return value
+
+
 def check_settings(settings: Any, app_settings: Any = None) -> dict[str, Any]:
     """The pb_settings.py values over TEST_SETTINGS, each checked.
 
@@ -121,12 +130,7 @@ def check_settings(settings: Any, app_settings: Any = None) -> dict[str, Any]:
     the schema has), Python literals.
     """
     merged = dict(TEST_SETTINGS)
-    if settings is None:
-        settings = {}
-    if not isinstance(settings, dict):
-        raise TypeError(f"settings={settings!r}: a dict of pb_settings names, not "
-                        f"{_type_name(settings)}")
-    for name, value in settings.items():
+    for name, value in _dict_argument("settings", settings, "pb_settings names").items():
         if name in BENCH_SET:
             raise ValueError(f"settings: {name} is set by the bench for each device")
         if name not in schema.NAMES:
@@ -146,12 +150,8 @@ def check_settings(settings: Any, app_settings: Any = None) -> dict[str, Any]:
         schema.check_login(merged.get("mqtt_user"), merged.get("mqtt_password"))
     except ValueError as exc:
         raise ValueError(f"settings: {exc}") from None
-    if app_settings is None:
-        app_settings = {}
-    if not isinstance(app_settings, dict):
-        raise TypeError(f"app_settings={app_settings!r}: a dict of your application's "
-                        f"names, not {_type_name(app_settings)}")
-    for name, value in app_settings.items():
+    for name, value in _dict_argument("app_settings", app_settings,
+                                      "your application's names").items():
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise ValueError(f"app_settings: {name!r} is not a Python name")
         if name in schema.NAMES or name in BENCH_SET:
