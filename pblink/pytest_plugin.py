@@ -171,10 +171,20 @@ async def pblink_bench(request: pytest.FixtureRequest,
                     pytrace=False)
     if options.get("timeout") is None:
         options.pop("timeout", None)
+    from pblink.apps import AppLoadError
+    from pblink.common import UsageError
     from pblink.testing import check_arguments
 
+    # pytest.fail outside the except blocks: the error is the one line, with no
+    # "During handling of the above exception" repeating it
+    failure = ""
     try:  # the marker's values, named as the marker's, before anything starts
         check_arguments(board_app, server_app, **options)
+        return await pblink_start(board_app, server_app, **options)
     except (TypeError, ValueError) as exc:
-        pytest.fail(f"@pytest.mark.pblink: {exc}", pytrace=False)
-    return await pblink_start(board_app, server_app, **options)
+        failure = str(exc)
+    except AppLoadError as exc:  # the user's app failed to import: its traceback, not ours
+        failure = f"{exc}\n{exc.details}"
+    except UsageError as exc:  # an app that names nothing (no such file, no such class)
+        failure = str(exc)
+    pytest.fail(f"@pytest.mark.pblink: {failure}", pytrace=False)

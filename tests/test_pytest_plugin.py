@@ -275,11 +275,29 @@ def test_bad_marker_arguments_fail_the_test_before_a_bench_starts(tmp_path: Path
         @pytest.mark.pblink(board_app="board.py:App", server_app=5)
         async def test_server_app_type(pblink_bench):
             pass
+
+        @pytest.mark.pblink(board_app="nofile.py:App", server_app="server.py:app")
+        async def test_no_board_file(pblink_bench):
+            pass
+
+        @pytest.mark.pblink(board_app="board.py:App", server_app="broken.py:app")
+        async def test_server_app_fails_to_import(pblink_bench):
+            pass
     """))
+    (tmp_path / "broken.py").write_text("import no_such_module_here\n\n\n"
+                                        "async def app(server, conn_ids):\n    pass\n")
+    (tmp_path / "board.py").write_text("from pb_link import AppBase\n\n\n"
+                                       "class App(AppBase):\n    pass\n")
     proc = run_user_pytest(tmp_path)
     out = proc.stdout
     assert proc.returncode == 1, out[-3000:]
-    assert "6 errors" in out.splitlines()[-1], out[-3000:]
+    assert "8 errors" in out.splitlines()[-1], out[-3000:]
+    assert re.search(r"@pytest.mark.pblink: board app '\S*nofile.py:App': no such file", out), \
+        out[-3000:]
+    assert "During handling" not in out, out[-3000:]
+    assert re.search(r"@pytest.mark.pblink: server app '\S*broken.py:app' failed to import", out), \
+        out[-3000:]
+    assert "No module named 'no_such_module_here'" in out, out[-3000:]
     for line in ("@pytest.mark.pblink: devices=0: must be 1 to 9",
                  "@pytest.mark.pblink: devices=-1: must be 1 to 9",
                  "@pytest.mark.pblink: timeout=-5: must be a finite number of seconds above 0",
@@ -288,7 +306,7 @@ def test_bad_marker_arguments_fail_the_test_before_a_bench_starts(tmp_path: Path
                  "@pytest.mark.pblink: server_app=5: MODULE:CALLABLE, FILE.py:CALLABLE or an "
                  "async callable, not an int"):
         assert line in out, (line, out[-3000:])
-    assert "Traceback" not in out
+    assert out.count("Traceback") == 1, out[-3000:]  # the broken app's own, nothing of pblink
 
 
 @pytest.mark.parametrize(("args", "message"), [
