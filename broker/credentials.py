@@ -40,6 +40,9 @@ ARGON2_MEMORY_KIB = 19456
 ARGON2_PARALLELISM = 1
 
 
+BOM = "\ufeff"  # a UTF-8 byte order mark, as Python's utf-8 codec decodes it
+
+
 class CredentialsError(Exception):
     """A user name, password or password file that cannot be used (one-line message)."""
 
@@ -77,8 +80,10 @@ def hash_amqtt_password(password: str) -> str:
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The file's lines; a leading byte order mark dropped (so a rewrite has none:
+    amqtt would read it into the first user name, `read_amqtt_file` refuses it)."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         return []
     except OSError as exc:
@@ -146,7 +151,9 @@ def read_amqtt_file(path: str | Path) -> list[str]:
     reads it (blank lines and ``#`` comments skipped, ``user:<hash>`` else).
 
     CredentialsError (one line, starting with the file's name) when the file
-    is missing or unreadable, when a line is not ``user:<hash>`` with a hash
+    is missing or unreadable, when it starts with a UTF-8 byte order mark
+    (amqtt reads it as part of the first line: the first user could never log
+    in, or that line would be no comment), when a line is not ``user:<hash>`` with a hash
     amqtt can verify (the first such line's number, the others counted: amqtt
     would skip or keep it and that user could never log in), or when there is
     no user at all (every client would be refused). Line contents are not
@@ -161,6 +168,9 @@ def read_amqtt_file(path: str | Path) -> list[str]:
     try:
         with path.open(encoding="utf-8") as lines:  # universal newlines, as amqtt reads it
             for number, raw in enumerate(lines, 1):
+                if number == 1 and raw.startswith(BOM):
+                    raise CredentialsError(f"{path} line 1: starts with a UTF-8 byte order "
+                                           "mark: save it without one")
                 line = raw.strip()
                 if not line or line.startswith("#"):
                     continue

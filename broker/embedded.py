@@ -8,14 +8,14 @@ In process::
 
 As a process (what `pblink broker` and tests/conftest.py run)::
 
-    python -m broker.embedded --host 127.0.0.1 --port 1883 [--password-file F] [--acl]
+    python -m broker.embedded --host 127.0.0.1 --port 1883 [--password-file F [--acl]]
 
 SIGTERM and SIGINT stop it cleanly (exit status 0).
 
 Without a password file every client is accepted. With one (lines
 `user:<argon2 hash>`, written by `pblink passwd --amqtt F` or
-`broker.credentials.add_amqtt_user`), only its users get in. With `acl`, each
-device user is confined to `<root>/<user>/#` and the server users get `<root>/#`
+`broker.credentials.add_amqtt_user`), only its users get in. With `acl` (which
+needs passwords, each server user among their users), each device user is confined to `<root>/<user>/#` and the server users get `<root>/#`
 (see broker/plugins.py for the rules and what amqtt cannot do).
 
 amqtt 0.12.1 facts to keep in mind (broker/README.md has the measured list):
@@ -35,7 +35,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -91,6 +91,19 @@ def build_config(
     }
 
 
+def missing_server_user(server_users: Sequence[str], users: Collection[str]) -> str | None:
+    """Why the ACL's server users do not fit the password users (None: they do).
+
+    A server user who is not a password user cannot log in, and no one would
+    have the whole topic root (the pblink server could not serve any device).
+    """
+    for user in server_users:
+        if user not in users:
+            return (f"server user {user!r} is not one of its users (add it with "
+                    f"`pblink passwd --server --amqtt FILE {user}`)")
+    return None
+
+
 class EmbeddedBroker:
     """An amqtt broker in this process's event loop; `start()`/`stop()` may repeat."""
 
@@ -102,13 +115,25 @@ class EmbeddedBroker:
         users: Mapping[str, str] | None = None,
         password_file: str | Path | None = None,
         acl: bool = False,
-        server_users: Sequence[str] = (DEFAULT_SERVER_USER,),
+        server_users: Sequence[str] | None = None,
         root: str = DEFAULT_ROOT,
         device_client_id_prefix: str | None = DEFAULT_CLIENT_ID_PREFIX,
         max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
+        """``server_users`` (default ``pblink.server``) goes with ``acl=True``, which
+        needs ``users`` or ``password_file`` with each server user in it (ValueError
+        here for ``users``; BrokerStartError at start for a file's)."""
         if users is not None and password_file is not None:
             raise ValueError("give users or password_file, not both")
+        if server_users is not None and not acl:
+            raise ValueError("server_users goes with acl=True (without it every client may "
+                             "use every topic)")
+        if acl and users is None and password_file is None:
+            raise ValueError("acl=True needs users or password_file: it confines each user "
+                             "by name, and without passwords any client can claim any name")
+        server_users = tuple(server_users) if server_users is not None else (DEFAULT_SERVER_USER,)
+        if acl and users is not None and (problem := missing_server_user(server_users, users)):
+            raise ValueError(f"users: {problem}")
         check_root(root)  # the devices' and the server's rule (link_core/names.py)
         self.host = host
         self.port = port  # 0: any free port, fixed at the first start (restarts keep it)
@@ -117,14 +142,12 @@ class EmbeddedBroker:
         self._tmpdir: str | None = None
         self._options: dict[str, Any] = {
             "acl": acl,
-            "server_users": tuple(server_users),
+            "server_users": server_users,
             "root": root,
             "device_client_id_prefix": device_client_id_prefix,
             "max_queued": max_queued,
         }
         self._broker: Any = None
-        if acl and password_file is None and users is None:
-            log.warning("topic confinement without passwords: user names are not verified")
 
     @property
     def running(self) -> bool:
@@ -152,9 +175,12 @@ class EmbeddedBroker:
             from broker.credentials import CredentialsError, read_amqtt_file
 
             try:
-                read_amqtt_file(self._password_file)
+                file_users = read_amqtt_file(self._password_file)
             except CredentialsError as exc:
                 raise BrokerStartError(f"password file {exc}") from None
+            if self._options["acl"] and (problem := missing_server_user(
+                    self._options["server_users"], file_users)):
+                raise BrokerStartError(f"password file {self._password_file}: {problem}")
         config = build_config(self.host, self.port,
                               password_file=password_path, **self._options)
         amqtt_log = logging.getLogger("amqtt.broker")
@@ -278,9 +304,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="amqtt password file (user:<argon2 hash> lines, see `pblink passwd`); "
                              "without it every client is accepted")
     parser.add_argument("--acl", action="store_true",
-                        help="confine each device user to ROOT/<user>/# and server users to ROOT/#")
+                        help="confine each device user to ROOT/<user>/# and server users to "
+                             "ROOT/# (needs --password-file)")
     parser.add_argument("--server-user", action="append", metavar="USER",
-                        help=f"a server user for --acl (repeatable; default {DEFAULT_SERVER_USER})")
+                        help="a server user for --acl, in the password file (repeatable; "
+                             f"default {DEFAULT_SERVER_USER})")
     parser.add_argument("--root", default=DEFAULT_ROOT, help=f"topic root (default {DEFAULT_ROOT})")
     parser.add_argument("--max-queued", type=COUNT, default=DEFAULT_MAX_QUEUED, metavar="N",
                         help=f"messages kept for one offline client (default {DEFAULT_MAX_QUEUED})")
@@ -298,11 +326,26 @@ def check_args(args: argparse.Namespace) -> None:
             check_user(user, server=True)
         except CredentialsError as exc:
             raise ValueError(f"--server-user: {exc}") from None
+    users: list[str] = []
     if args.password_file is not None:
         try:
-            read_amqtt_file(args.password_file)
+            users = read_amqtt_file(args.password_file)
         except CredentialsError as exc:
             raise ValueError(f"--password-file {exc}") from None
+    if args.acl and args.password_file is None:
+        raise ValueError("--acl needs --password-file: it confines each user by name, and "
+                         "without passwords any client can claim any name")
+    if args.server_user and not args.acl:
+        raise ValueError("--server-user goes with --acl (without it every client may use "
+                         "every topic)")
+    if args.acl:
+        for user in args.server_user or (DEFAULT_SERVER_USER,):
+            if user not in users:
+                who = (f"--server-user {user!r}" if args.server_user else
+                       f"--acl: server user {user!r} (the default; --server-user names others)")
+                raise ValueError(f"{who} is not a user in --password-file "
+                                 f"{args.password_file} (add it with `pblink passwd --server "
+                                 f"--amqtt {args.password_file} {user}`)")
 
 
 def broker_from_args(args: argparse.Namespace) -> EmbeddedBroker:
@@ -311,7 +354,7 @@ def broker_from_args(args: argparse.Namespace) -> EmbeddedBroker:
         args.port,
         password_file=args.password_file,
         acl=args.acl,
-        server_users=tuple(args.server_user or (DEFAULT_SERVER_USER,)),
+        server_users=tuple(args.server_user) if args.server_user else None,
         root=args.root,
         max_queued=args.max_queued,
     )

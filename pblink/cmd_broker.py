@@ -13,8 +13,9 @@ Run the embedded amqtt broker until Ctrl-C or SIGTERM.
 Without --password-file every client is accepted (a development broker).
 With it, only the users in the file (`pblink passwd --amqtt FILE USER`; a
 line that is not user:<argon2 hash> is refused at start, naming its number); with
---acl, each device user (user name = conn_id) is confined to ROOT/<user>/# and
-the server users get ROOT/#. For production use Mosquitto (docker-compose.yml,
+--acl (which needs --password-file, with each --server-user, default
+pblink.server, in it), each device user (user name = conn_id) is confined to
+ROOT/<user>/# and the server users get ROOT/#. For production use Mosquitto (docker-compose.yml,
 broker/mosquitto/). amqtt speaks MQTT 3.1.1 only."""
 
 

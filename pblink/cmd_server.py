@@ -56,8 +56,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the link's timeout_ms (default %(default)s)")
     parser.add_argument("--client-id", type=client_id, default="pblink.server",
                         help="the server's MQTT client id, also the state file's name: 1 to "
-                        "65535 UTF-8 bytes (250 with a state file), no control characters, "
-                        "'/', '\\' or '..' (default %(default)s)")
+                        "65535 UTF-8 bytes (with a state file: at most 245 and not starting "
+                        "with '.'), no control characters, '/', '\\' or '..' "
+                        "(default %(default)s)")
     parser.add_argument("--state-dir", metavar="DIR", type=state_folder,
                         help=f"folder of the state file (default {DEFAULT_STATE_DIR}; "
                         "'' for none; not with --state-db)")

@@ -61,7 +61,14 @@ VERSION = 1
 
 CLIENT_ID_MAX_BYTES = 65535  # MQTT 3.1.1 section 1.5.3: a UTF-8 string of at most 65535 bytes
 STATE_SUFFIX = ".json"
+LOCK_SUFFIX = ".lock"  # StateStore.lock_path: <state file>.lock
+TMP_SUFFIX = ".tmp"  # StateStore.write: <state file>.tmp, renamed over the state file
+# every file the store makes beside the state file, named <client-id> + one of these
+STATE_FILE_SUFFIXES = (STATE_SUFFIX, STATE_SUFFIX + LOCK_SUFFIX, STATE_SUFFIX + TMP_SUFFIX)
 NAME_MAX_BYTES = 255  # a file name, on Linux, macOS and Windows alike
+_LONGEST_SUFFIX = max(STATE_FILE_SUFFIXES, key=lambda suffix: len(suffix.encode()))
+# the longest client id with a state file (245): its longest file still a file name
+STATE_CLIENT_ID_MAX_BYTES = NAME_MAX_BYTES - len(_LONGEST_SUFFIX.encode())
 _CLIENT_ID_RULE = (
     "a client id is 1 to 65535 bytes of UTF-8 without control characters, '/', '\\' or '..' "
     "(it names the state file <state-dir>/<client-id>.json)"
@@ -108,16 +115,27 @@ def check_client_id(client_id: object) -> str:
 def state_file_path(state_dir: str | os.PathLike[str], client_id: str) -> Path:
     """``<state_dir>/<client_id>.json``, the state file of the server ``client_id``.
 
-    ``ValueError`` for a client id that ``check_client_id`` refuses or whose file
-    name would be longer than a file system allows (255 bytes: an id of at most
-    250 bytes); the path is always a file directly in ``state_dir``.
+    ``ValueError`` for a client id that ``check_client_id`` refuses, that
+    starts with ``.`` (a hidden state file, ``..json`` for ``.``: the id stays
+    valid for the broker and with no state file or a state database), or
+    whose state file or a file the store makes beside it
+    (``STATE_FILE_SUFFIXES``: ``.json``, ``.json.lock``, ``.json.tmp``) would
+    be longer than a file name may be (255 bytes: an id of at most
+    ``STATE_CLIENT_ID_MAX_BYTES``, 245 bytes); the path is always a file
+    directly in ``state_dir``.
     """
     check_client_id(client_id)
-    name = client_id + STATE_SUFFIX
-    if len(name.encode("utf-8")) > NAME_MAX_BYTES:
+    if client_id.startswith("."):
+        raise ValueError(f"client id {_show(client_id)} starts with '.', which would make the "
+                         f"state file {client_id + STATE_SUFFIX!r} hidden: give a client id "
+                         "that does not start with '.', or no state file")
+    size = len(client_id.encode("utf-8"))
+    if size > STATE_CLIENT_ID_MAX_BYTES:
         raise ValueError(f"client id {_show(client_id)} is too long for a state file "
-                         f"name ({len(name.encode('utf-8'))} bytes with {STATE_SUFFIX}, at most "
-                         f"{NAME_MAX_BYTES}): give a shorter client id, or no state file")
+                         f"name ({size} bytes, at most {STATE_CLIENT_ID_MAX_BYTES}: the store's "
+                         f"{_LONGEST_SUFFIX} file beside it must be at most {NAME_MAX_BYTES}): "
+                         "give a shorter client id, or no state file")
+    name = client_id + STATE_SUFFIX
     path = Path(state_dir) / name
     if path.parent != Path(state_dir) or path.name != name:  # pragma: no cover - the rule above
         raise ValueError(f"client id {_show(client_id)} would leave the state folder")
@@ -252,7 +270,7 @@ class StateStore:
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
+        return self.path.with_name(self.path.name + LOCK_SUFFIX)
 
     def lock(self, hint: str = "") -> None:
         """Take the exclusive lock on the file for this process (blocking call: short).
@@ -363,7 +381,7 @@ class StateStore:
     def write(self, data: bytes) -> None:
         """Atomically replace the file with ``data`` (blocking: run it in a thread)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()

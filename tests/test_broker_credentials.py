@@ -125,6 +125,37 @@ def test_read_amqtt_file_names_the_bad_line(tmp_path: Path, line: str, message: 
     assert "notahash" not in str(info.value)  # a stray line's content is not repeated
 
 
+@pytest.mark.parametrize("first", ["dev1-line", "# a comment", "", "dev1-line\r"])
+def test_read_amqtt_file_refuses_a_byte_order_mark(tmp_path: Path, first: str) -> None:
+    """amqtt reads the file as utf-8, not utf-8-sig: a BOM becomes part of the first
+    line (user '\ufeffdev1' could never log in; a comment would be no comment)."""
+    good = tmp_path / "good.passwd"
+    cred.write_amqtt_users(good, {"dev1": "one", "dev2": "two"})
+    lines = good.read_text().splitlines()
+    first = first.replace("dev1-line", lines[0])
+    path = tmp_path / "bom.passwd"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join([first, *lines[1:]]).encode() + b"\n")
+    with pytest.raises(cred.CredentialsError) as info:
+        cred.read_amqtt_file(path)
+    assert str(info.value) == (f"{path} line 1: starts with a UTF-8 byte order mark: "
+                               "save it without one")
+
+
+def test_pblink_passwd_rewrites_a_bom_file_without_it(tmp_path: Path) -> None:
+    """Adding or removing a user in a file with a BOM drops the BOM (and keeps and
+    matches the first user), so the rewritten file is one the broker takes."""
+    path = tmp_path / "amqtt.passwd"
+    cred.write_amqtt_users(path, {"dev1": "one", "dev2": "two"})
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert cred.amqtt_users(path) == ["dev1", "dev2"]
+    cred.add_amqtt_user(path, "dev3", "three")
+    assert not path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert cred.read_amqtt_file(path) == ["dev1", "dev2", "dev3"]
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert cred.remove_amqtt_user(path, "dev1") is True
+    assert cred.read_amqtt_file(path) == ["dev2", "dev3"]
+
+
 def test_read_amqtt_file_counts_every_bad_line_and_needs_a_user(tmp_path: Path) -> None:
     path = tmp_path / "amqtt.passwd"
     path.write_text("a\nb:x\n# c\nd\n")

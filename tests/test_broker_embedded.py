@@ -114,6 +114,65 @@ def test_process_refuses_a_bad_password_line_and_root(tmp_path: Path) -> None:
         assert proc.stderr.strip().startswith(message), proc.stderr
 
 
+def test_process_refuses_acl_without_proven_server_users(tmp_path: Path) -> None:
+    """--acl keys on user names, so it needs passwords and each server user among
+    them; --server-user means nothing without --acl; a BOM would hide user 1."""
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, USERS)
+    devices = tmp_path / "devices.passwd"
+    write_amqtt_users(devices, {"dev1": "pw-1"})
+    bom = tmp_path / "bom.passwd"
+    bom.write_bytes(b"\xef\xbb\xbf" + passwd.read_bytes())
+    add = "(add it with `pblink passwd --server --amqtt"
+    for extra, message in (
+        (["--acl"], "error: --acl needs --password-file: it confines each user by name"),
+        (["--server-user", "srv"], "error: --server-user goes with --acl"),
+        (["--password-file", str(passwd), "--server-user", SERVER],
+         "error: --server-user goes with --acl"),
+        (["--password-file", str(passwd), "--acl", "--server-user", "nobody"],
+         f"error: --server-user 'nobody' is not a user in --password-file {passwd} "
+         f"{add} {passwd} nobody`)"),
+        (["--password-file", str(passwd), "--acl", "--server-user", SERVER, "--server-user",
+          "other"], "error: --server-user 'other' is not a user in --password-file"),
+        (["--password-file", str(devices), "--acl"],
+         f"error: --acl: server user '{SERVER}' (the default; --server-user names others) is "
+         f"not a user in --password-file {devices} {add} {devices} {SERVER}`)"),
+        (["--password-file", str(bom)],
+         f"error: --password-file {bom} line 1: starts with a UTF-8 byte order mark: "
+         "save it without one"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "broker.embedded", "--port",
+                               str(free_port()), *extra], cwd=ROOT, capture_output=True,
+                              text=True, timeout=TEST_TIMEOUT)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.strip().startswith(message), proc.stderr
+
+
+async def test_in_process_acl_needs_passwords_with_the_server_users(tmp_path: Path) -> None:
+    """EmbeddedBroker refuses what `pblink broker` refuses: acl without passwords and
+    server_users without acl at once, a server user missing from `users` at once and
+    from a password file at start(); a file with a BOM at start()."""
+    with pytest.raises(ValueError, match="acl=True needs users or password_file"):
+        EmbeddedBroker("127.0.0.1", 0, acl=True)
+    with pytest.raises(ValueError, match="server_users goes with acl=True"):
+        EmbeddedBroker("127.0.0.1", 0, users=USERS, server_users=[SERVER])
+    with pytest.raises(ValueError, match="users: server user 'nobody' is not one of its users"):
+        EmbeddedBroker("127.0.0.1", 0, users=USERS, acl=True, server_users=["nobody"])
+    with pytest.raises(ValueError, match=f"users: server user '{SERVER}' is not one"):
+        EmbeddedBroker("127.0.0.1", 0, users={"dev1": "pw-1"}, acl=True)
+    passwd = tmp_path / "amqtt.passwd"
+    write_amqtt_users(passwd, USERS)
+    with pytest.raises(BrokerStartError, match=f"password file {passwd}: server user 'nobody'"):
+        async with EmbeddedBroker("127.0.0.1", 0, password_file=passwd, acl=True,
+                                  server_users=["nobody"]):
+            pass
+    passwd.write_bytes(b"\xef\xbb\xbf" + passwd.read_bytes())
+    with pytest.raises(BrokerStartError, match="line 1: starts with a UTF-8 byte order mark"):
+        async with EmbeddedBroker("127.0.0.1", 0, password_file=passwd):
+            pass
+
+
 async def test_in_process_bad_password_file_and_root(tmp_path: Path) -> None:
     """The library refuses what the command line refuses: a bad root at once
     (ValueError), a password file with an unusable line at start()."""

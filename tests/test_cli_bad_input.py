@@ -86,8 +86,11 @@ BAD_ARGUMENTS = [
     (["server", "--port", "1", "--client-id", "../../escaped"],
      "--client-id: client id '../../escaped' has the character '/'"),
     (["server", "--port", "1", "--client-id", "a\tb"], "--client-id: client id 'a\\tb' has"),
-    (["server", "--port", "1", "--client-id", "x" * 251],
-     "--client-id: client id 'xxx"),  # its state file name: 256 bytes
+    (["server", "--port", "1", "--client-id", "x" * 246],  # its .json.lock: 256 bytes
+     "--client-id: client id 'xxx"),
+    (["server", "--port", "1", "--client-id", "."],  # its state file would be '..json'
+     "--client-id: client id '.' starts with '.', which would make the state file '..json' "
+     "hidden"),
     (["demo", "--seed", "x"], "--seed: 'x' is not an integer"),
     (["run", *RUN_APPS, "--seed", "1.5"], "--seed: '1.5' is not an integer"),
     (["demo", "--devices", "0"], "--devices: 0 is out of range: must be 1 to 9"),
@@ -353,6 +356,30 @@ def test_broker_refuses_bad_password_lines_and_roots(tmp_path: Path) -> None:
                  EXIT_USAGE, "--server-user: server user name 'a:b' must be")
 
 
+def test_broker_acl_and_server_users_need_a_password_file_with_them(tmp_path: Path) -> None:
+    """`pblink broker`: --acl without --password-file (unproven user names),
+    --server-user without --acl (ignored), a server user not in the file (it could
+    not log in, and the file's pblink.server would become a confined device), a
+    file with a UTF-8 BOM (amqtt reads it into the first user name): 2, one line."""
+    passwd = tmp_path / "a.pw"
+    write_amqtt_users(passwd, {"pblink.server": "server-pw", "dev1": "pw-1"})
+    bom = tmp_path / "b.pw"
+    bom.write_bytes(b"\xef\xbb\xbf" + passwd.read_bytes())
+    port = str(free_port())
+    assert_error(pblink("broker", "--port", port, "--acl"), EXIT_USAGE,
+                 "--acl needs --password-file: it confines each user by name, and without "
+                 "passwords any client can claim any name")
+    assert_error(pblink("broker", "--port", port, "--server-user", "X"), EXIT_USAGE,
+                 "--server-user goes with --acl (without it every client may use every topic)")
+    assert_error(pblink("broker", "--port", port, "--password-file", str(passwd), "--acl",
+                        "--server-user", "nobody"), EXIT_USAGE,
+                 f"--server-user 'nobody' is not a user in --password-file {passwd} (add it "
+                 f"with `pblink passwd --server --amqtt {passwd} nobody`)")
+    assert_error(pblink("broker", "--port", port, "--password-file", str(bom)), EXIT_USAGE,
+                 f"--password-file {bom} line 1: starts with a UTF-8 byte order mark: "
+                 "save it without one")
+
+
 def test_folders_given_as_files_name_the_option(tmp_path: Path) -> None:
     """A file where a folder is wanted: 2, naming the option, before anything runs
     (the broker given does not exist: reaching it would exit 3)."""
@@ -416,7 +443,7 @@ def test_server_client_id_refusals_create_nothing(tmp_path: Path) -> None:
     """A client id that cannot name the state file: 2, and no state folder or file
     (neither under --state-dir nor where '..' would have led)."""
     state = tmp_path / "deep" / "state"
-    for client_id in ("", "a/b", "../../escaped", "x" * 300):
+    for client_id in ("", "a/b", "../../escaped", "x" * 300, "x" * 246, ".", ".x"):
         proc = pblink("server", "--state-dir", str(state), "--client-id", client_id,
                       "--broker", f"127.0.0.1:{free_port()}")
         assert_error(proc, EXIT_USAGE, "--client-id: client id")

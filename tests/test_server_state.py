@@ -217,9 +217,45 @@ def test_client_ids_mqtt_allows_are_kept(tmp_path: Path) -> None:
         path = state_file_path(tmp_path, client_id)
         assert path.parent == tmp_path and path.name == f"{client_id}.json"
     assert check_client_id("x" * 65535) == "x" * 65535  # an MQTT client id, with no state file
-    with pytest.raises(ValueError, match="too long for a state file name"):
-        state_file_path(tmp_path, "x" * 251)
-    assert state_file_path(tmp_path, "x" * 250).name == "x" * 250 + ".json"
+    assert check_client_id(".hidden") == ".hidden"  # a fine MQTT client id
+
+
+def test_state_file_name_limit_counts_every_file_the_store_makes(tmp_path: Path) -> None:
+    """The longest client id with a state file leaves room for the longest file the
+    store makes beside it (<id>.json.lock, <id>.json.tmp): lock, write and load work
+    at the limit; one byte more is refused before any file is made."""
+    from server_apps.state import STATE_CLIENT_ID_MAX_BYTES, STATE_FILE_SUFFIXES
+
+    assert STATE_CLIENT_ID_MAX_BYTES == 245
+    assert {".json", ".json.lock", ".json.tmp"} == set(STATE_FILE_SUFFIXES)
+    for longest in ("x" * 245, "é" * 122 + "x"):  # 245 bytes, ASCII and two-byte UTF-8
+        path = state_file_path(tmp_path, longest)
+        assert path.name == longest + ".json"
+        store = StateStore(path, fsync=False)
+        store.lock()
+        try:
+            store.save(ServerState(clean=True), ())
+            assert store.load().clean is True
+        finally:
+            store.unlock()
+        assert (tmp_path / (longest + ".json.lock")).exists()
+    for too_long in ("x" * 246, "é" * 123):  # 246 bytes
+        with pytest.raises(ValueError, match=r"too long for a state file name \(246 bytes, "
+                                             r"at most 245: the store's \.json\.lock file"):
+            state_file_path(tmp_path, too_long)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        name for longest in ("x" * 245, "é" * 122 + "x")
+        for name in (longest + ".json", longest + ".json.lock"))
+
+
+@pytest.mark.parametrize("client_id", [".", ".hidden", ".a.b"])
+def test_state_file_of_a_dot_client_id_is_refused(tmp_path: Path, client_id: str) -> None:
+    """A client id starting with '.' would hide its state file ('..json' for '.'):
+    refused for the state file only (check_client_id takes it: broker, --state-db)."""
+    assert check_client_id(client_id) == client_id
+    with pytest.raises(ValueError, match=f"client id {client_id!r} starts with '.'.*hidden"):
+        state_file_path(tmp_path, client_id)
+    assert state_file_path(tmp_path, "a" + client_id).name == f"a{client_id}.json"
 
 
 @pytest.mark.parametrize("client_id", ["", "a/b", "../escaped"])
