@@ -15,8 +15,9 @@ SIGTERM and SIGINT stop it cleanly (exit status 0).
 Without a password file every client is accepted. With one (lines
 `user:<argon2 hash>`, written by `pblink passwd --amqtt F` or
 `broker.credentials.add_amqtt_user`), only its users get in. With `acl` (which
-needs passwords, each server user among their users), each device user is confined to `<root>/<user>/#` and the server users get `<root>/#`
-(see broker/plugins.py for the rules and what amqtt cannot do).
+needs passwords, each server user among their users), each device user is
+confined to `<root>/<user>/#` and the server users get `<root>/#` (see
+broker/plugins.py for the rules and what amqtt cannot do).
 
 amqtt 0.12.1 facts to keep in mind (broker/README.md has the measured list):
 MQTT 3.1.1 only; the last will is not sent for a client that merely goes silent;

@@ -132,8 +132,9 @@ def state_file_path(state_dir: str | os.PathLike[str], client_id: str) -> Path:
     size = len(client_id.encode("utf-8"))
     if size > STATE_CLIENT_ID_MAX_BYTES:
         raise ValueError(f"client id {_show(client_id)} is too long for a state file "
-                         f"name ({size} bytes, at most {STATE_CLIENT_ID_MAX_BYTES}: the store's "
-                         f"{_LONGEST_SUFFIX} file beside it must be at most {NAME_MAX_BYTES}): "
+                         f"name ({size} bytes, at most {STATE_CLIENT_ID_MAX_BYTES}: the "
+                         f"<client-id>{_LONGEST_SUFFIX} file the store makes beside it must fit "
+                         f"a file name, {NAME_MAX_BYTES} bytes): "
                          "give a shorter client id, or no state file")
     name = client_id + STATE_SUFFIX
     path = Path(state_dir) / name

@@ -241,7 +241,7 @@ def test_state_file_name_limit_counts_every_file_the_store_makes(tmp_path: Path)
         assert (tmp_path / (longest + ".json.lock")).exists()
     for too_long in ("x" * 246, "é" * 123):  # 246 bytes
         with pytest.raises(ValueError, match=r"too long for a state file name \(246 bytes, "
-                                             r"at most 245: the store's \.json\.lock file"):
+                                             r"at most 245: the <client-id>\.json\.lock file"):
             state_file_path(tmp_path, too_long)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         name for longest in ("x" * 245, "é" * 122 + "x")
