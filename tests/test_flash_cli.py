@@ -372,6 +372,39 @@ def test_build_firmware_errors(tmp_path: Path) -> None:
                                       "(xtensa-lx106-elf-gcc) is not on PATH")
 
 
+def test_build_firmware_output_and_docker_checked_before_anything_runs(tmp_path: Path) -> None:
+    """--output is checked first (a dry run too), exit 2 naming it; nothing is created."""
+    src = fake_micropython_tree(tmp_path / "mp")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    cases = {
+        str(tmp_path / "afile/x.bin"): f"--output {tmp_path}/afile/x.bin: {tmp_path}/afile is "
+                                       "a file, not a folder",
+        str(tmp_path / "adir"): f"--output {tmp_path}/adir is a folder, not a file name",
+        "": "--output '' is not a file name",
+    }
+    for output, message in cases.items():
+        for extra in ((), ("--dry-run",)):
+            done = pblink("build-firmware", "--micropython-src", str(src), "--output", output,
+                          *extra)
+            assert done.returncode == 2, done.stderr
+            assert last_line(done) == f"pblink build-firmware: error: {message}"
+            assert done.stdout == ""
+    done = pblink("build-firmware", "--micropython-src", str(src), "--output",
+                  "/proc/1/x.bin", "--dry-run")
+    assert done.returncode == 2
+    assert last_line(done).startswith("pblink build-firmware: error: --output /proc/1/x.bin: ")
+    done = pblink("build-firmware", "--micropython-src", str(src), "--docker", "", "--dry-run")
+    assert done.returncode == 2
+    assert last_line(done) == ("pblink build-firmware: error: --docker: the image name is empty "
+                               "(give an image, or --docker alone for the default)")
+    out = tmp_path / "new/sub/x.bin"  # a folder that can be created: fine, and not created yet
+    done = pblink("build-firmware", "--micropython-src", str(src), "--output", str(out),
+                  "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_build_firmware_board_and_variant_checked_against_the_tree(tmp_path: Path) -> None:
     """--board and --variant: the tree's boards/<board>/ and its mpconfigvariant_NAME.mk,
     exit 2 with the known names, before a build and before a dry run prints commands."""
