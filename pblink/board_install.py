@@ -173,6 +173,32 @@ class SettingsSyntaxError(ValueError):
     ``line 5: invalid syntax: 'host2 = '``."""
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def decode_settings(data: bytes | str) -> tuple[str, bool]:
+    """The text of the board's pb_settings.py (read as bytes by the probe) and whether it
+    starts with a UTF-8 byte order mark, which MicroPython skips: the text is without it,
+    and a rewrite puts it back (settings_bytes). SettingsSyntaxError naming the line of
+    the first byte that is not UTF-8 (MicroPython could not import the file either)."""
+    if isinstance(data, str):
+        return (data[1:], True) if data.startswith("\ufeff") else (data, False)
+    bom = data.startswith(UTF8_BOM)
+    if bom:
+        data = data[len(UTF8_BOM):]
+    try:
+        return data.decode("utf-8"), bom
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SettingsSyntaxError(f"line {line}: not UTF-8 (byte 0x{data[exc.start]:02x})") \
+            from None
+
+
+def settings_bytes(text: str, bom: bool) -> bytes:
+    """What install writes: `text` in UTF-8, after the byte order mark the file had."""
+    return (UTF8_BOM if bom else b"") + text.encode("utf-8")
+
+
 @dataclass
 class BoardSettings:
     """The board's pb_settings.py as install reads it, before it rewrites it."""
@@ -472,7 +498,7 @@ def _pr(p):
     except OSError:
         return (None, None)
     try:
-        with open(p) as f:
+        with open(p, 'rb') as f:
             return (f.read(), None)
     except Exception as e:
         return (None, repr(e))

@@ -244,8 +244,14 @@ def run(args: argparse.Namespace) -> int:
         existing = None
         if entry.get("settings_error"):
             unreadable = f"{path} on the board cannot be read ({entry['settings_error']})"
-        elif existing_text is not None and existing_text.strip():  # else: a new file
+        bom = False  # a UTF-8 byte order mark at its start (MicroPython skips it): kept
+        if not unreadable and existing_text is not None:
             try:
+                existing_text, bom = bi.decode_settings(existing_text)
+            except bi.SettingsSyntaxError as exc:
+                unreadable = f"{path} on the board: {exc}"
+        if not unreadable and existing_text is not None and existing_text.strip():
+            try:  # else: a new file
                 existing = bi.parse_settings_text(existing_text)
             except bi.SettingsSyntaxError as exc:
                 unreadable = f"{path} on the board does not parse: {exc}"
@@ -281,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
                            if k in given or k not in old or repr(v) != repr(old[k])}
                 text = bi.update_settings_text(existing.text, changes)
             settings_path = stage_dir / bi.SETTINGS_FILE
-            settings_path.write_bytes(text.encode("utf-8"))
+            settings_path.write_bytes(bi.settings_bytes(text, bom and existing is not None))
             data = settings_path.read_bytes()
             import hashlib
 

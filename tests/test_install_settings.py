@@ -271,7 +271,7 @@ def test_board_scripts_are_micropython_syntax(micropython_bin: str, tmp_path: Pa
                          check=True).stdout
     head, here, nope = bi.parse_marked(out)
     assert head["sha256"] is True and head["platform"] == "linux"
-    assert here["mode"] & 0x4000 and here["used"] == 6 and here["settings"] == "conn_id = 'q'\n"
+    assert here["mode"] & 0x4000 and here["used"] == 6 and here["settings"] == b"conn_id = 'q'\n"
     assert here["settings_error"] is None
     assert nope["mode"] is None and nope["settings"] is None and nope["settings_error"] is None
     # a pb_settings.py that is there but cannot be read is not "no file" (install would
@@ -329,6 +329,18 @@ def test_a_silent_mpremote_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(CliError, match=r"stopped answering \(mpremote took more than 1 s\)"):
         board.run(["fs", "cp", "a", ":b"], on_line=seen.append)
     assert seen == ["cp a :b"]
+
+
+def test_settings_bytes_bom_and_not_utf8() -> None:
+    """Review 2 finding 3: the probe reads bytes; a BOM is skipped and put back, bytes that
+    are not UTF-8 name their line."""
+    assert bi.decode_settings(b"\xef\xbb\xbfx = 1\n") == ("x = 1\n", True)
+    assert bi.decode_settings(b"x = '\xc3\xa9'\n") == ("x = '\u00e9'\n", False)
+    assert bi.settings_bytes("x = 1\n", True) == b"\xef\xbb\xbfx = 1\n"
+    assert bi.settings_bytes("x = 1\n", False) == b"x = 1\n"
+    with pytest.raises(bi.SettingsSyntaxError) as info:
+        bi.decode_settings(b"\xef\xbb\xbfx = 1\n\n# caf\xe9\n")
+    assert str(info.value) == "line 3: not UTF-8 (byte 0xe9)"
 
 
 def test_the_boards_own_settings_file_is_checked_and_named() -> None:
