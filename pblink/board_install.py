@@ -345,14 +345,21 @@ def loopback_host(host: str) -> bool:
     """True for a name or address of the computer itself: localhost, 127.x.x.x, ::1, and the
     unspecified 0.0.0.0 and :: (a device that connects there reaches itself)."""
     import ipaddress
+    import socket
 
     name = host.strip().rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):  # RFC 6761
         return True
+    if name in ("ip6-localhost", "ip6-loopback", "localhost.localdomain"):  # /etc/hosts names
+        return True
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
         ip = ipaddress.ip_address(name.strip("[]"))
     except ValueError:
-        return False
+        try:  # the forms inet_aton (and lwIP's ipaddr_aton) read: 127.1, 127.000.000.001, 0
+            ip = ipaddress.IPv4Address(socket.inet_aton(name))
+        except (OSError, ValueError):
+            return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback or ip.is_unspecified

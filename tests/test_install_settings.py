@@ -104,7 +104,9 @@ def test_settings_warnings() -> None:
 
 
 @pytest.mark.parametrize("host", ["localhost", "LocalHost.", "dev.localhost", "127.0.0.1",
-                                  "127.1.2.3", "::1", "0.0.0.0", "::"])
+                                  "127.1.2.3", "::1", "0.0.0.0", "::", "127.1",
+                                  "127.000.000.001", "0", "ip6-localhost", "ip6-loopback",
+                                  "::ffff:127.0.0.1", "::FFFF:0.0.0.0"])
 def test_a_loopback_host_warns(host: str) -> None:
     """The ESP8266 connects to the broker: localhost there is the ESP8266 itself."""
     warnings = bi.validate_settings({"conn_id": "a", "host": host})
@@ -113,7 +115,8 @@ def test_a_loopback_host_warns(host: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["192.168.1.20", "fe80::1", "localhost2", "mylocalhost",
-                                  "broker.lan", "10.0.0.1"])
+                                  "broker.lan", "10.0.0.1", "::ffff:192.168.1.20", "1",
+                                  "ip6-localhost2"])
 def test_a_lan_host_does_not_warn(host: str) -> None:
     assert not bi.loopback_host(host)
     assert bi.loopback_host("[::1]") and bi.loopback_host("::ffff:127.0.0.1")
