@@ -314,6 +314,18 @@ def test_bad_firmware_is_a_usage_error_like_a_missing_one(image: Path, tmp_path:
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert last_line(done).startswith(f"pblink flash: error: --firmware {tmp_path}")
         assert message in last_line(done)
+    # review 2 finding 7: there but not a file; a header with a zero-length segment, whose
+    # esptool WARNING line is held back and told inside pblink's one line
+    hdr = tmp_path / "hdr.bin"
+    hdr.write_bytes(bytes([0xE9, 1, 0, 0, 0x10, 0, 0x10, 0x40]) + bytes(16))
+    for path, message in [(Path("/dev/null"), "--firmware /dev/null is not a regular file"),
+                          (hdr, f"--firmware {hdr} is not an ESP8266 firmware image: ")]:
+        done = pblink("flash", "/dev/pblink-no-such-tty", "--firmware", str(path))
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [last_line(done)], done.stderr
+        assert done.stdout == ""
+        assert last_line(done).startswith(f"pblink flash: error: {message}")
+    assert "Suspicious segment 0x0, length 0" in last_line(done)
     env = dict(os.environ, PBLINK_FIRMWARE=str(junk))  # found, not given: the same exit code
     done = pblink("flash", "/dev/pblink-no-such-tty", env=env)
     assert done.returncode == 2
