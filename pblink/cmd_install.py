@@ -52,7 +52,7 @@ def _limits(name: str) -> str:
 
 
 def register(subparsers: Any) -> None:
-    from pblink.board_install import DEFAULT_MARCH, MARCH_CHOICES
+    from pblink.board_install import DEFAULT_MARCH, PYBOARD_MARCH
 
     p = add_command(subparsers, "install", exits=TOOL_KINDS,
                          help="copy pb_link, link_core and settings to a Pyboard",
@@ -64,9 +64,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mpy", action="store_true",
                    help="compile the modules with mpy-cross first (less RAM and flash on the "
                         "board; __init__.py and pb_settings.py stay source)")
-    p.add_argument("--march", choices=MARCH_CHOICES, metavar="ARCH",
+    p.add_argument("--march", choices=PYBOARD_MARCH, metavar="ARCH",
                    help=f"mpy-cross architecture for --mpy (default {DEFAULT_MARCH}: Pyboard "
-                        f"v1.x; one of {', '.join(MARCH_CHOICES)})")
+                        f"v1.x, PYBLITE, PYBD-SF2/SF3; armv7emdp: PYBD-SF6; one of "
+                        f"{', '.join(PYBOARD_MARCH)}: the Cortex-M ones a Pyboard loads)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--settings-only", action="store_true",
                       help="only write pb_settings.py, leave the packages as they are")

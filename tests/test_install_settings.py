@@ -175,6 +175,16 @@ def test_march_choices_are_mpy_crosss(mpy_cross_bin: str, tmp_path: Path) -> Non
     assert str(info.value).startswith("--march 'nope': mpy-cross has no such architecture (one "
                                       "of x86, x64, armv6")
     assert not any(tmp_path.iterdir())  # before anything is compiled
+    # review 2 finding 9: mpy-cross knows it, a Pyboard cannot load it
+    assert set(bi.PYBOARD_MARCH) <= set(bi.MARCH_CHOICES) and bi.DEFAULT_MARCH in bi.PYBOARD_MARCH
+    for march in ("debug", "host", "x64", "xtensa"):
+        with pytest.raises(CliError) as info:
+            bi.stage(ROOT, tmp_path, mpy=True, march=march, mpy_cross=mpy_cross_bin)
+        assert info.value.code == EXIT_USAGE
+        assert str(info.value) == (f"--march {march!r}: a Pyboard cannot load .mpy files of "
+                                   "that architecture (one of armv6m, armv7m, armv7em, "
+                                   "armv7emsp, armv7emdp)")
+    assert not any(tmp_path.iterdir())
 
 
 def test_stage_reports_a_compile_error(tmp_path: Path, mpy_cross_bin: str) -> None:
