@@ -214,6 +214,7 @@ class BoardSettings:
     values: dict[str, Any]  # the `name = literal` assignments (a name's last one)
     kept: list[tuple[int, str]]  # (line, its text) of every other statement: kept verbatim
     coded: set[str]  # the names those other statements bind (their values are code)
+    lines: dict[str, int] = field(default_factory=dict)  # line of a name's last assignment
 
 
 def _source_lines(text: str) -> list[str]:
@@ -275,6 +276,7 @@ def parse_settings_text(text: str) -> BoardSettings:
     tree = _parse(text)
     lines = _source_lines(text)
     values: dict[str, Any] = {}
+    where: dict[str, int] = {}
     kept: list[tuple[int, str]] = []
     other: list[ast.stmt] = []
     for node in tree.body:
@@ -284,13 +286,14 @@ def parse_settings_text(text: str) -> BoardSettings:
             ok, value = _literal(node.value)
             if ok:
                 values[name] = value
+                where[name] = node.lineno
                 continue
         other.append(node)
         if isinstance(node, ast.Pass) or (isinstance(node, ast.Expr) and isinstance(
                 node.value, ast.Constant)):  # a docstring: nothing to say about it
             continue
         kept.append((node.lineno, lines[node.lineno - 1].strip()))
-    return BoardSettings(text, values, kept, _bound_names(other))
+    return BoardSettings(text, values, kept, _bound_names(other), where)
 
 
 def update_settings_text(text: str, changes: dict[str, Any]) -> str:
@@ -417,7 +420,9 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True,
 
 
 def check_board_settings(existing: dict[str, Any], given: dict[str, Any],
-                         kept: Iterable[tuple[int, str]] = ()) -> list[str]:
+                         kept: Iterable[tuple[int, str]] = (), *,
+                         path: str = SETTINGS_FILE,
+                         lines: dict[str, int] | None = None) -> list[str]:
     """The board's pb_settings.py (`existing`) before install rewrites it with `given` on top.
 
     A value from the file that `given` does not replace must obey its row: UsageError
@@ -425,14 +430,18 @@ def check_board_settings(existing: dict[str, Any], given: dict[str, Any],
     200 to 3600000; fix it with --set timeout_ms=...``. Names the table does not know are
     kept (an application's own settings); returns one warning naming them, or none.
     `kept`: the statements that are not `name = literal` (BoardSettings.kept), kept
-    verbatim: one more warning naming their lines.
+    verbatim: one more warning naming their lines. `path`: the file's path on the board;
+    `lines`: where each name is set (BoardSettings.lines), named in the error
+    (``/flash/pb_settings.py on the board: line 4: timeout_ms 199 ...``).
     """
     for name, value in existing.items():
         if name in SETTING_NAMES and name not in given:
             try:
                 settings.check_setting(name, value)
             except ValueError as exc:
-                raise UsageError(f"{SETTINGS_FILE} on the board: {exc}; fix it with --set "
+                line = (lines or {}).get(name)
+                where = f"line {line}: " if line else ""
+                raise UsageError(f"{path} on the board: {where}{exc}; fix it with --set "
                                  f"{name}=...") from None
     warnings = []
     unknown = sorted(n for n in existing if n not in SETTING_NAMES)

@@ -273,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
         values: dict[str, Any] | None = None
         if not args.keep_settings:
             for warning in bi.check_board_settings(old, given,
-                                                   existing.kept if existing else ()):
+                                                   existing.kept if existing else (), path=path,
+                                                   lines=existing.lines if existing else None):
                 progress.warn(warning)
             values = dict(old)  # an application's own names stay too
             values.update(given)

@@ -364,6 +364,15 @@ def test_the_boards_own_settings_file_is_checked_and_named() -> None:
     assert str(info.value) == ("pb_settings.py on the board: timeout_ms 199 is not an int "
                                "from 200 to 3600000; fix it with --set timeout_ms=...")
     assert bi.check_board_settings({"timeout_ms": 199}, {"timeout_ms": 1500}) == []
+    # review 2 finding 9: install names the file's path and the line
+    board = bi.parse_settings_text("conn_id = 'a'\n# x\ntimeout_ms = 5\ntimeout_ms = 10\n")
+    assert board.lines == {"conn_id": 1, "timeout_ms": 4}
+    with pytest.raises(bi.UsageError) as info:
+        bi.check_board_settings(board.values, {}, path="/flash/pb_settings.py",
+                                lines=board.lines)
+    assert str(info.value) == ("/flash/pb_settings.py on the board: line 4: timeout_ms 10 is "
+                               "not an int from 200 to 3600000; fix it with --set "
+                               "timeout_ms=...")
     warnings = bi.check_board_settings({"conn_id": "a", "my_led": 3, "app_mode": "x"}, {})
     assert warnings == ["pb_settings.py on the board has names pb_link does not read, kept as "
                         "they are (an application's own settings?): app_mode, my_led"]

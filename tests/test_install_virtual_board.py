@@ -340,6 +340,15 @@ def test_a_settings_file_with_a_bom_or_not_utf8(board: VirtualBoard) -> None:
         f"pblink install: error: {board_path} on the board: line 3: not UTF-8 (byte 0xe9); "
         "nothing was written: fix it")
     assert path.read_bytes() == latin1
+    # finding 9: a value out of range names the path and the line
+    bad = b"conn_id = 'kitchen'\nhost = '10.0.0.2'\ntimeout_ms = 10\n"
+    path.write_bytes(bad)
+    done = install(board, "--settings-only", "--host", "10.0.0.5", "--no-input")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"pblink install: error: {board_path} on the board: line 3: timeout_ms 10 is not an int "
+        "from 200 to 3600000; fix it with --set timeout_ms=...")
+    assert path.read_bytes() == bad
 
 
 def test_reinstall_keeps_lines_that_are_code(board: VirtualBoard) -> None:
