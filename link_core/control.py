@@ -192,7 +192,8 @@ def _check(k, v):
         raise ValueError(name + " " + _show(v) + " must be " + str(lo) + " to " + str(hi)
                          + " bytes")
     if kind == "host":
-        # no space, '/' or ':' (a scheme, path or port), but in an IPv6 address (hex, 2+ ':')
+        # no space, '/' or ':' (a scheme, path or port), but in an IPv6 address (hex, 2+ ':',
+        # and '.' in one that ends in an IPv4 address, e.g. ::ffff:127.0.0.1)
         ok = True
         colons = 0
         hex_only = True
@@ -201,7 +202,7 @@ def _check(k, v):
                 colons += 1
             elif c == "/" or c.isspace():
                 ok = False
-            elif c not in "0123456789abcdefABCDEF":
+            elif c not in "0123456789abcdefABCDEF.":
                 hex_only = False
         if not ok or (colons and not (hex_only and colons >= 2)):
             raise ValueError(name + " " + _show(v) + " is not a host name or IP address (no "

@@ -40,6 +40,10 @@ DEFAULT_MARCH = "armv7emsp"  # Pyboard v1.x (STM32F405, Cortex-M4F)
 # The -march values of mpy-cross 1.29 (`mpy-cross --help`; a test holds this to it)
 MARCH_CHOICES = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
                  "xtensa", "xtensawin", "rv32imc", "rv64imc", "host", "debug")
+# What `pblink install --mpy` accepts: the Arm Cortex-M architectures of mpy-cross, the ones
+# STM32 boards (the Pyboard family: PYBv1.x, PYBLITE, PYBD-SF2/SF3 armv7emsp, PYBD-SF6
+# armv7emdp) load; x86, x64, xtensa, riscv, host and debug .mpy files do not load there
+PYBOARD_MARCH = ("armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp")
 TARGET_ALIASES = {"sd": "/sd", "flash": "/flash"}
 AUTO_TARGETS = ("/sd", "/flash")
 MARK = "PBLINK"
@@ -129,6 +133,9 @@ def stage(root: Path, stage_dir: Path, *, mpy: bool = False, march: str = DEFAUL
     if mpy and march not in MARCH_CHOICES:
         raise UsageError(f"--march {march!r}: mpy-cross has no such architecture (one of "
                          f"{', '.join(MARCH_CHOICES)})")
+    if mpy and march not in PYBOARD_MARCH:
+        raise UsageError(f"--march {march!r}: a Pyboard cannot load .mpy files of that "
+                         f"architecture (one of {', '.join(PYBOARD_MARCH)})")
     if mpy:
         count = sum(1 for _, src in sources if src.name not in KEEP_AS_PY)
         progress(f"compiling {count} modules with mpy-cross -march={march}")
@@ -173,6 +180,32 @@ class SettingsSyntaxError(ValueError):
     ``line 5: invalid syntax: 'host2 = '``."""
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def decode_settings(data: bytes | str) -> tuple[str, bool]:
+    """The text of the board's pb_settings.py (read as bytes by the probe) and whether it
+    starts with a UTF-8 byte order mark, which MicroPython skips: the text is without it,
+    and a rewrite puts it back (settings_bytes). SettingsSyntaxError naming the line of
+    the first byte that is not UTF-8 (MicroPython could not import the file either)."""
+    if isinstance(data, str):
+        return (data[1:], True) if data.startswith("\ufeff") else (data, False)
+    bom = data.startswith(UTF8_BOM)
+    if bom:
+        data = data[len(UTF8_BOM):]
+    try:
+        return data.decode("utf-8"), bom
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SettingsSyntaxError(f"line {line}: not UTF-8 (byte 0x{data[exc.start]:02x})") \
+            from None
+
+
+def settings_bytes(text: str, bom: bool) -> bytes:
+    """What install writes: `text` in UTF-8, after the byte order mark the file had."""
+    return (UTF8_BOM if bom else b"") + text.encode("utf-8")
+
+
 @dataclass
 class BoardSettings:
     """The board's pb_settings.py as install reads it, before it rewrites it."""
@@ -181,6 +214,7 @@ class BoardSettings:
     values: dict[str, Any]  # the `name = literal` assignments (a name's last one)
     kept: list[tuple[int, str]]  # (line, its text) of every other statement: kept verbatim
     coded: set[str]  # the names those other statements bind (their values are code)
+    lines: dict[str, int] = field(default_factory=dict)  # line of a name's last assignment
 
 
 def _source_lines(text: str) -> list[str]:
@@ -242,6 +276,7 @@ def parse_settings_text(text: str) -> BoardSettings:
     tree = _parse(text)
     lines = _source_lines(text)
     values: dict[str, Any] = {}
+    where: dict[str, int] = {}
     kept: list[tuple[int, str]] = []
     other: list[ast.stmt] = []
     for node in tree.body:
@@ -251,13 +286,14 @@ def parse_settings_text(text: str) -> BoardSettings:
             ok, value = _literal(node.value)
             if ok:
                 values[name] = value
+                where[name] = node.lineno
                 continue
         other.append(node)
         if isinstance(node, ast.Pass) or (isinstance(node, ast.Expr) and isinstance(
                 node.value, ast.Constant)):  # a docstring: nothing to say about it
             continue
         kept.append((node.lineno, lines[node.lineno - 1].strip()))
-    return BoardSettings(text, values, kept, _bound_names(other))
+    return BoardSettings(text, values, kept, _bound_names(other), where)
 
 
 def update_settings_text(text: str, changes: dict[str, Any]) -> str:
@@ -319,14 +355,21 @@ def loopback_host(host: str) -> bool:
     """True for a name or address of the computer itself: localhost, 127.x.x.x, ::1, and the
     unspecified 0.0.0.0 and :: (a device that connects there reaches itself)."""
     import ipaddress
+    import socket
 
     name = host.strip().rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):  # RFC 6761
         return True
+    if name in ("ip6-localhost", "ip6-loopback", "localhost.localdomain"):  # /etc/hosts names
+        return True
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
         ip = ipaddress.ip_address(name.strip("[]"))
     except ValueError:
-        return False
+        try:  # the forms inet_aton (and lwIP's ipaddr_aton) read: 127.1, 127.000.000.001, 0
+            ip = ipaddress.IPv4Address(socket.inet_aton(name))
+        except (OSError, ValueError):
+            return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback or ip.is_unspecified
@@ -377,7 +420,9 @@ def validate_settings(values: dict[str, Any], *, complete: bool = True,
 
 
 def check_board_settings(existing: dict[str, Any], given: dict[str, Any],
-                         kept: Iterable[tuple[int, str]] = ()) -> list[str]:
+                         kept: Iterable[tuple[int, str]] = (), *,
+                         path: str = SETTINGS_FILE,
+                         lines: dict[str, int] | None = None) -> list[str]:
     """The board's pb_settings.py (`existing`) before install rewrites it with `given` on top.
 
     A value from the file that `given` does not replace must obey its row: UsageError
@@ -385,14 +430,18 @@ def check_board_settings(existing: dict[str, Any], given: dict[str, Any],
     200 to 3600000; fix it with --set timeout_ms=...``. Names the table does not know are
     kept (an application's own settings); returns one warning naming them, or none.
     `kept`: the statements that are not `name = literal` (BoardSettings.kept), kept
-    verbatim: one more warning naming their lines.
+    verbatim: one more warning naming their lines. `path`: the file's path on the board;
+    `lines`: where each name is set (BoardSettings.lines), named in the error
+    (``/flash/pb_settings.py on the board: line 4: timeout_ms 199 ...``).
     """
     for name, value in existing.items():
         if name in SETTING_NAMES and name not in given:
             try:
                 settings.check_setting(name, value)
             except ValueError as exc:
-                raise UsageError(f"{SETTINGS_FILE} on the board: {exc}; fix it with --set "
+                line = (lines or {}).get(name)
+                where = f"line {line}: " if line else ""
+                raise UsageError(f"{path} on the board: {where}{exc}; fix it with --set "
                                  f"{name}=...") from None
     warnings = []
     unknown = sorted(n for n in existing if n not in SETTING_NAMES)
@@ -472,7 +521,7 @@ def _pr(p):
     except OSError:
         return (None, None)
     try:
-        with open(p) as f:
+        with open(p, 'rb') as f:
             return (f.read(), None)
     except Exception as e:
         return (None, repr(e))

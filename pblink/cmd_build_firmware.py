@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pblink.common import COUNT, LOCAL_KINDS, CliError, add_command
+from pblink.common import COUNT, LOCAL_KINDS, CliError, UsageError, add_command, output_folder
 
 DESCRIPTION = """\
 Build MicroPython for the ESP8266 with esp_bridge and link_core frozen in, from a
@@ -59,10 +60,41 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def check_output(text: str) -> Path:
+    """--output, checked before anything runs (a dry run too), nothing created:
+    a file name, not a folder; its folder exists or can be created (the checks
+    of common.output_folder: not a file, not under one, writable). Raises
+    UsageError (exit 2) naming --output."""
+    path = Path(text).expanduser()
+    if not text:
+        raise UsageError("--output '' is not a file name")
+    if path.is_dir():
+        raise UsageError(f"--output {text} is a folder, not a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"--output {text}: no permission to write it")
+    try:
+        output_folder(str(path.parent))
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--output {text}: {exc}") from None
+    if path.parent.is_dir():  # root passes os.access: try a file (catches /proc, read-only)
+        import tempfile
+        try:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".pblink-check-"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--output {text}: cannot write a file in {path.parent}: "
+                             f"{exc.strerror or exc}") from None
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     from pblink import firmware
     from pblink.board_install import find_source
 
+    output = check_output(args.output)
+    if args.docker is not None and not args.docker.strip():
+        raise UsageError("--docker: the image name is empty (give an image, or --docker "
+                         "alone for the default)")
     if args.manifest:
         manifest = Path(args.manifest)
         mounts: tuple[Path, ...] = (manifest.resolve().parent.parent,)  # manifest + link_core
@@ -92,9 +124,11 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{shlex.join(command[:4])}... failed with exit status {code} "
                            "(the compiler's message is above)")
     image = firmware.built_image(plan)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(image, output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, output)
+    except OSError as exc:
+        raise CliError(f"--output {output}: cannot write it: {exc.strerror or exc}") from None
     print(f"built {firmware.check_image(output)}")
     print(f"flash it with: pblink flash PORT --firmware {output}")
     return 0

@@ -52,7 +52,7 @@ def _limits(name: str) -> str:
 
 
 def register(subparsers: Any) -> None:
-    from pblink.board_install import DEFAULT_MARCH, MARCH_CHOICES
+    from pblink.board_install import DEFAULT_MARCH, PYBOARD_MARCH
 
     p = add_command(subparsers, "install", exits=TOOL_KINDS,
                          help="copy pb_link, link_core and settings to a Pyboard",
@@ -64,9 +64,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mpy", action="store_true",
                    help="compile the modules with mpy-cross first (less RAM and flash on the "
                         "board; __init__.py and pb_settings.py stay source)")
-    p.add_argument("--march", choices=MARCH_CHOICES, metavar="ARCH",
+    p.add_argument("--march", choices=PYBOARD_MARCH, metavar="ARCH",
                    help=f"mpy-cross architecture for --mpy (default {DEFAULT_MARCH}: Pyboard "
-                        f"v1.x; one of {', '.join(MARCH_CHOICES)})")
+                        f"v1.x, PYBLITE, PYBD-SF2/SF3; armv7emdp: PYBD-SF6; one of "
+                        f"{', '.join(PYBOARD_MARCH)}: the Cortex-M ones a Pyboard loads)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--settings-only", action="store_true",
                       help="only write pb_settings.py, leave the packages as they are")
@@ -244,8 +245,14 @@ def run(args: argparse.Namespace) -> int:
         existing = None
         if entry.get("settings_error"):
             unreadable = f"{path} on the board cannot be read ({entry['settings_error']})"
-        elif existing_text is not None and existing_text.strip():  # else: a new file
+        bom = False  # a UTF-8 byte order mark at its start (MicroPython skips it): kept
+        if not unreadable and existing_text is not None:
             try:
+                existing_text, bom = bi.decode_settings(existing_text)
+            except bi.SettingsSyntaxError as exc:
+                unreadable = f"{path} on the board: {exc}"
+        if not unreadable and existing_text is not None and existing_text.strip():
+            try:  # else: a new file
                 existing = bi.parse_settings_text(existing_text)
             except bi.SettingsSyntaxError as exc:
                 unreadable = f"{path} on the board does not parse: {exc}"
@@ -266,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
         values: dict[str, Any] | None = None
         if not args.keep_settings:
             for warning in bi.check_board_settings(old, given,
-                                                   existing.kept if existing else ()):
+                                                   existing.kept if existing else (), path=path,
+                                                   lines=existing.lines if existing else None):
                 progress.warn(warning)
             values = dict(old)  # an application's own names stay too
             values.update(given)
@@ -281,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
                            if k in given or k not in old or repr(v) != repr(old[k])}
                 text = bi.update_settings_text(existing.text, changes)
             settings_path = stage_dir / bi.SETTINGS_FILE
-            settings_path.write_bytes(text.encode("utf-8"))
+            settings_path.write_bytes(bi.settings_bytes(text, bom and existing is not None))
             data = settings_path.read_bytes()
             import hashlib
 

@@ -82,6 +82,8 @@ def find_image(explicit: str | None) -> Path:
     if explicit:
         path = Path(explicit)
         if not path.is_file():
+            if path.exists() and not path.is_dir():  # /dev/null, a pipe, a socket
+                raise UsageError(f"--firmware {path} is not a regular file")
             raise UsageError(f"--firmware {path}: " + (
                 "a folder, not an image file" if path.is_dir() else "no such file"))
         return path
@@ -114,10 +116,17 @@ def check_image(path: Path) -> str:
         raise CliError(f"{path} is not an ESP8266 firmware image ({len(data)} bytes)")
     if len(data) > MAX_IMAGE:
         raise CliError(f"{path} is {len(data)} bytes, larger than any ESP8266 flash")
+    import contextlib
+    import io
+
+    said = io.StringIO()  # esptool's own WARNING lines: not printed, pblink says it in one line
     try:
-        image = LoadFirmwareImage(CHIP, data)
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            image = LoadFirmwareImage(CHIP, data)
     except (FatalError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise CliError(f"{path} is not an ESP8266 firmware image: {exc}") from None
+        warned = [ln.strip() for ln in said.getvalue().splitlines() if ln.strip()]
+        why = f" (esptool: {warned[0]})" if warned else ""
+        raise CliError(f"{path} is not an ESP8266 firmware image: {exc}{why}") from None
     if not image.segments:
         raise CliError(f"{path} is not an ESP8266 firmware image: it has no segments")
     kind = "v1" if isinstance(image, ESP8266ROMFirmwareImage) else "v2"

@@ -120,10 +120,12 @@ BAD_ARGUMENTS = [
     (["install", "/dev/null", "--broker-port", "0"],
      "--broker-port: port 0 is not an int from 1 to 65535"),
     (["install", "/dev/null", "--timeout", "0"], "--timeout: 0 is out of range"),
-    # mpy-cross's own choices, before anything runs (not mpy-cross's help text as an error)
+    # the Pyboard's choices of mpy-cross's, before anything runs (not mpy-cross's help text)
     (["install", "/dev/null", "--mpy", "--march", "nope"],
-     "argument --march: invalid choice: 'nope' (choose from 'x86', 'x64', 'armv6'"),
-    (["install", "/dev/null", "--march", "xtensa"], "--march goes with --mpy"),
+     "argument --march: invalid choice: 'nope' (choose from 'armv6m', 'armv7m', 'armv7em'"),
+    (["install", "/dev/null", "--mpy", "--march", "debug"],  # review 2 finding 9
+     "argument --march: invalid choice: 'debug' (choose from 'armv6m', 'armv7m', 'armv7em'"),
+    (["install", "/dev/null", "--march", "armv7m"], "--march goes with --mpy"),
     (["install", "/dev/null", "--report-s", "-1"],
      "--report-s: report_s -1 is not an int from 0 to 86400"),
     (["flash", "/dev/null", "--baud", "0"], "--baud: 0 is out of range"),

@@ -340,3 +340,23 @@ def test_config_py_checks_a_hand_edited_pb_settings(micropython_bin: str, tmp_pa
     code = ("import json\ntry:\n    from pb_link import config\n    out = 'accepted'\n"
             "except ValueError as e:\n    out = str(e)\nprint('RESULT', json.dumps(out))\n")
     assert run_board(micropython_bin, tree, code, board) == message
+
+
+def test_an_ipv6_host_with_an_ipv4_tail_is_accepted_everywhere(micropython_bin: str,
+                                                                tmp_path: Path) -> None:
+    """Review 2 finding 6: ::ffff:127.0.0.1 is an IPv6 address (the board's check too)."""
+    good = ["::ffff:127.0.0.1", "::ffff:192.168.1.20", "fe80::1", "::1"]
+    bad = ["h:1883", "1.2.3.4:1883", "mqtt://h"]
+    for host in good:
+        assert settings.check_setting("host", host) == host
+    for host in bad:
+        assert "is not a host name or IP address" in error("host", host)
+    tree = board_tree(tmp_path / "tree")
+    code = ("import json\nfrom link_core import control\nout = []\n"
+            f"for h in {good + bad!r}:\n"
+            "    try:\n        out.append(control.check_setting('host', h))\n"
+            "    except ValueError as e:\n        out.append(str(e))\n"
+            "print('RESULT', json.dumps(out))\n")
+    got = run_board(micropython_bin, tree, code, tmp_path)
+    assert got[:len(good)] == good
+    assert got[len(good):] == [error("host", h) for h in bad]

@@ -104,7 +104,9 @@ def test_settings_warnings() -> None:
 
 
 @pytest.mark.parametrize("host", ["localhost", "LocalHost.", "dev.localhost", "127.0.0.1",
-                                  "127.1.2.3", "::1", "0.0.0.0", "::"])
+                                  "127.1.2.3", "::1", "0.0.0.0", "::", "127.1",
+                                  "127.000.000.001", "0", "ip6-localhost", "ip6-loopback",
+                                  "::ffff:127.0.0.1", "::FFFF:0.0.0.0"])
 def test_a_loopback_host_warns(host: str) -> None:
     """The ESP8266 connects to the broker: localhost there is the ESP8266 itself."""
     warnings = bi.validate_settings({"conn_id": "a", "host": host})
@@ -113,7 +115,8 @@ def test_a_loopback_host_warns(host: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["192.168.1.20", "fe80::1", "localhost2", "mylocalhost",
-                                  "broker.lan", "10.0.0.1"])
+                                  "broker.lan", "10.0.0.1", "::ffff:192.168.1.20", "1",
+                                  "ip6-localhost2"])
 def test_a_lan_host_does_not_warn(host: str) -> None:
     assert not bi.loopback_host(host)
     assert bi.loopback_host("[::1]") and bi.loopback_host("::ffff:127.0.0.1")
@@ -172,6 +175,16 @@ def test_march_choices_are_mpy_crosss(mpy_cross_bin: str, tmp_path: Path) -> Non
     assert str(info.value).startswith("--march 'nope': mpy-cross has no such architecture (one "
                                       "of x86, x64, armv6")
     assert not any(tmp_path.iterdir())  # before anything is compiled
+    # review 2 finding 9: mpy-cross knows it, a Pyboard cannot load it
+    assert set(bi.PYBOARD_MARCH) <= set(bi.MARCH_CHOICES) and bi.DEFAULT_MARCH in bi.PYBOARD_MARCH
+    for march in ("debug", "host", "x64", "xtensa"):
+        with pytest.raises(CliError) as info:
+            bi.stage(ROOT, tmp_path, mpy=True, march=march, mpy_cross=mpy_cross_bin)
+        assert info.value.code == EXIT_USAGE
+        assert str(info.value) == (f"--march {march!r}: a Pyboard cannot load .mpy files of "
+                                   "that architecture (one of armv6m, armv7m, armv7em, "
+                                   "armv7emsp, armv7emdp)")
+    assert not any(tmp_path.iterdir())
 
 
 def test_stage_reports_a_compile_error(tmp_path: Path, mpy_cross_bin: str) -> None:
@@ -271,7 +284,7 @@ def test_board_scripts_are_micropython_syntax(micropython_bin: str, tmp_path: Pa
                          check=True).stdout
     head, here, nope = bi.parse_marked(out)
     assert head["sha256"] is True and head["platform"] == "linux"
-    assert here["mode"] & 0x4000 and here["used"] == 6 and here["settings"] == "conn_id = 'q'\n"
+    assert here["mode"] & 0x4000 and here["used"] == 6 and here["settings"] == b"conn_id = 'q'\n"
     assert here["settings_error"] is None
     assert nope["mode"] is None and nope["settings"] is None and nope["settings_error"] is None
     # a pb_settings.py that is there but cannot be read is not "no file" (install would
@@ -331,6 +344,18 @@ def test_a_silent_mpremote_is_stopped(tmp_path: Path) -> None:
     assert seen == ["cp a :b"]
 
 
+def test_settings_bytes_bom_and_not_utf8() -> None:
+    """Review 2 finding 3: the probe reads bytes; a BOM is skipped and put back, bytes that
+    are not UTF-8 name their line."""
+    assert bi.decode_settings(b"\xef\xbb\xbfx = 1\n") == ("x = 1\n", True)
+    assert bi.decode_settings(b"x = '\xc3\xa9'\n") == ("x = '\u00e9'\n", False)
+    assert bi.settings_bytes("x = 1\n", True) == b"\xef\xbb\xbfx = 1\n"
+    assert bi.settings_bytes("x = 1\n", False) == b"x = 1\n"
+    with pytest.raises(bi.SettingsSyntaxError) as info:
+        bi.decode_settings(b"\xef\xbb\xbfx = 1\n\n# caf\xe9\n")
+    assert str(info.value) == "line 3: not UTF-8 (byte 0xe9)"
+
+
 def test_the_boards_own_settings_file_is_checked_and_named() -> None:
     """pblink install: a bad value read from the board's pb_settings.py says where it came
     from and how to fix it; an application's own names are kept, named in one warning."""
@@ -339,6 +364,15 @@ def test_the_boards_own_settings_file_is_checked_and_named() -> None:
     assert str(info.value) == ("pb_settings.py on the board: timeout_ms 199 is not an int "
                                "from 200 to 3600000; fix it with --set timeout_ms=...")
     assert bi.check_board_settings({"timeout_ms": 199}, {"timeout_ms": 1500}) == []
+    # review 2 finding 9: install names the file's path and the line
+    board = bi.parse_settings_text("conn_id = 'a'\n# x\ntimeout_ms = 5\ntimeout_ms = 10\n")
+    assert board.lines == {"conn_id": 1, "timeout_ms": 4}
+    with pytest.raises(bi.UsageError) as info:
+        bi.check_board_settings(board.values, {}, path="/flash/pb_settings.py",
+                                lines=board.lines)
+    assert str(info.value) == ("/flash/pb_settings.py on the board: line 4: timeout_ms 10 is "
+                               "not an int from 200 to 3600000; fix it with --set "
+                               "timeout_ms=...")
     warnings = bi.check_board_settings({"conn_id": "a", "my_led": 3, "app_mode": "x"}, {})
     assert warnings == ["pb_settings.py on the board has names pb_link does not read, kept as "
                         "they are (an application's own settings?): app_mode, my_led"]

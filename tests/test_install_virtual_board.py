@@ -322,6 +322,35 @@ def test_a_settings_file_that_does_not_parse_is_not_overwritten(board: VirtualBo
     assert f"settings: {board.fs}/pb_settings.py cannot be read (see the warning)" in done.stdout
 
 
+def test_a_settings_file_with_a_bom_or_not_utf8(board: VirtualBoard) -> None:
+    """Review 2 finding 3: a UTF-8 byte order mark (MicroPython skips it) is read and kept
+    on rewrite; a file that is not UTF-8 is named with its line, exit 2, nothing written."""
+    path = board.fs / "pb_settings.py"
+    path.write_bytes(b"\xef\xbb\xbf# caf\xc3\xa9\nconn_id = 'kitchen'\nhost = '10.0.0.2'\n")
+    done = install(board, "--settings-only", "--host", "10.0.0.5", "--no-input")
+    assert done.returncode == 0, done.stderr
+    assert path.read_bytes() == (b"\xef\xbb\xbf# caf\xc3\xa9\nconn_id = 'kitchen'\n"
+                                 b"host = '10.0.0.5'\n")
+    latin1 = b"conn_id = 'kitchen'\nhost = '10.0.0.2'\n# caf\xe9\n"
+    path.write_bytes(latin1)
+    board_path = f"{board.fs}/pb_settings.py"
+    done = install(board, "--settings-only", "--host", "10.0.0.5", "--no-input")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"pblink install: error: {board_path} on the board: line 3: not UTF-8 (byte 0xe9); "
+        "nothing was written: fix it")
+    assert path.read_bytes() == latin1
+    # finding 9: a value out of range names the path and the line
+    bad = b"conn_id = 'kitchen'\nhost = '10.0.0.2'\ntimeout_ms = 10\n"
+    path.write_bytes(bad)
+    done = install(board, "--settings-only", "--host", "10.0.0.5", "--no-input")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"pblink install: error: {board_path} on the board: line 3: timeout_ms 10 is not an int "
+        "from 200 to 3600000; fix it with --set timeout_ms=...")
+    assert path.read_bytes() == bad
+
+
 def test_reinstall_keeps_lines_that_are_code(board: VirtualBoard) -> None:
     """Review finding 1: expressions and imports in pb_settings.py (the user's own code)
     stay as they are; only what an option changes is rewritten. Finding 2: a loopback
