@@ -180,9 +180,12 @@ async def pblink_bench(request: pytest.FixtureRequest,
     failure = ""
     try:  # the marker's values, named as the marker's, before anything starts
         check_arguments(board_app, server_app, **options)
-        return await pblink_start(board_app, server_app, **options)
     except (TypeError, ValueError) as exc:
         failure = str(exc)
+    if failure:
+        pytest.fail(f"@pytest.mark.pblink: {failure}", pytrace=False)
+    try:  # only the apps' own errors are the marker's: anything else keeps its traceback
+        return await pblink_start(board_app, server_app, **options)
     except AppLoadError as exc:  # the user's app failed to import: its traceback, not ours
         failure = f"{exc}\n{exc.details}"
     except UsageError as exc:  # an app that names nothing (no such file, no such class)
