@@ -39,8 +39,11 @@ from benchmarks.common import (
     render_table,
     run_loadavg,
 )
-from pblink.common import COUNT, SECONDS, output_file
+from pblink.common import COUNT, SECONDS, number, output_file
 
+# --scale-n at most: twice the largest count of the full run (10,000); a generator
+# process per 5,000 devices and a socket each on a 2-core machine beyond that
+SCALE_N = number(int, 1, 20_000)
 EXIT_GOAL_MISSED = 3  # measured fine, but a goal was missed (1: a family failed, 2: usage)
 
 MODULES = {
@@ -73,8 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "checked before the run starts, missing folders are created")
     p.add_argument("--workdir", default=None,
                    help="keep every process's log here (default: a temporary folder)")
-    p.add_argument("--scale-n", type=COUNT, action="append", default=None, metavar="N",
-                   help="scale: device counts for both brokers (repeatable; default "
+    p.add_argument("--scale-n", type=SCALE_N, action="append", default=None, metavar="N",
+                   help="scale: device counts for both brokers, 1 to 20,000 (repeatable; default "
                    "Mosquitto 100 1000 5000 10000 and amqtt 100 200 300 500, --quick 100; "
                    "amqtt steps up through them and stops at the first not sustained)")
     p.add_argument("--scale-generator", choices=("lite", "doubles"), default="lite",

@@ -209,6 +209,8 @@ async def run_soak(duration: float, devices: int = 4, period_ms: int = 1000,
             demo._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await demo._watch
+    if demo.interrupted is not None:  # not the duration asked for: no figures (exit 130)
+        raise KeyboardInterrupt(f"signal {demo.interrupted}")
     elapsed = time.monotonic() - t0
     report, data = demo.process_report()
     if demo.deaths and code == 0:

@@ -197,8 +197,10 @@ _SESSION_EXPIRY_S: Final = 0xFFFFFFFF
 _SESSION_TAKEN_OVER: Final = 0x8E  # MQTT 5 DISCONNECT reason; 3.1.1 just closes the socket
 IDENTITY_HINT: Final = (
     ": give each server process its own client id (pblink server --client-id NAME, "
-    "LinkServer(client_id=...)); its state file follows the client id"
+    "LinkServer(client_id=...))"
 )
+# with the file store only: its state file is named after the client id
+FILE_HINT: Final = "; its state file follows the client id"
 
 
 class LinkServer:
@@ -668,12 +670,16 @@ class LinkServer:
         if isinstance(self._store, PgStore):
             await self._store.open()
         elif self._store is not None:
-            await asyncio.to_thread(self._store.lock, IDENTITY_HINT)
+            await asyncio.to_thread(self._store.lock, IDENTITY_HINT + FILE_HINT)
         if self.identity_probe_s > 0 and await asyncio.to_thread(self._identity_taken):
             raise ServerIdentityError(
                 f"another server process is connected to MQTT broker {self.broker} as client id "
-                f"{self.client_id!r}{IDENTITY_HINT}"
+                f"{self.client_id!r}{self._identity_hint()}"
             )
+
+    def _identity_hint(self) -> str:
+        """IDENTITY_HINT, plus where the state lives when it is a file (not with PostgreSQL)."""
+        return IDENTITY_HINT + ("" if isinstance(self._store, PgStore) else FILE_HINT)
 
     def _identity_taken(self) -> bool:
         """Blocking: does a running LinkServer answer a probe for our client id?
@@ -894,7 +900,7 @@ class LinkServer:
             if reason_code.value == _SESSION_TAKEN_OVER or self._quick_drops >= 2:
                 hint = (
                     f"; another client may be connected as client id {self.client_id!r} "
-                    "(the broker keeps one connection per client id)" + IDENTITY_HINT
+                    "(the broker keeps one connection per client id)" + self._identity_hint()
                 )
             log.warning(
                 "lost MQTT broker %s (%s); reconnecting with backoff%s",

@@ -150,10 +150,60 @@ def test_scale_run_that_times_out_silently_is_reported(monkeypatch: pytest.Monke
     monkeypatch.setattr(scale, "one_run", times_out)
     ctx = Context(options={"scale_n": [200]})
     rows = asyncio.run(scale.run(ctx))
-    failed = [r for r in rows if r.name == "run failed"]
+    failed = [r for r in rows if r.name == "run failed" and r.params["broker"] == "amqtt"]
     assert failed and failed[0].note == "TimeoutError" and failed[0].met is False
     top = [r for r in rows if r.name == "highest N sustained"]
     assert len(top) == 1 and "its run failed (TimeoutError)" in top[0].note
+
+
+def _zero_run(delivered: float = 0.0, written: float = 0.0) -> dict[str, object]:
+    from benchmarks import scale
+
+    res: dict[str, object] = {k: 0.0 for k in scale.UNITS}
+    res.update({"delivered fraction": delivered, "lines/s written (N offered)": written,
+                "latency p99": math.nan, "_generators": 1})
+    return res
+
+
+def test_scale_without_mosquitto_is_never_all_goals_met(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Mosquitto: its runs (where the goals are) cannot run, and the verdict says
+    so instead of "all goals met" over the amqtt rows (a new user's report)."""
+    import asyncio
+
+    from benchmarks import scale
+
+    async def fake(*args: object, **kwargs: object) -> dict[str, object]:
+        return _zero_run(1.0, 100.0)
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    rows = asyncio.run(scale.run(Context(options={"scale_n": [100]}, mosquitto=None)))
+    failed = [r for r in rows if r.name == "run failed"]
+    assert len(failed) == 1 and failed[0].met is False
+    assert "mosquitto is not installed" in failed[0].note and "N=100" in failed[0].note
+    assert summary_line(rows, {}).startswith("verdict: MISSED")
+
+
+def test_scale_run_that_wrote_nothing_proves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run in which no line was written has 0 duplicated, 0 reordered and 0
+    undelivered: on Mosquitto that is a failed run, on the amqtt step-up an N not
+    sustained whose "== 0" rows are not judged (they once read "met")."""
+    import asyncio
+
+    from benchmarks import scale
+
+    async def fake(*args: object, **kwargs: object) -> dict[str, object]:
+        return _zero_run()
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    ctx = Context(options={"scale_n": [1000]}, mosquitto="/usr/sbin/mosquitto", repeats=1)
+    rows = asyncio.run(scale.run(ctx))
+    mosq = [r for r in rows if r.params.get("broker") == "mosquitto"]
+    amqtt = [r for r in rows if r.params.get("broker") == "amqtt"]
+    failed = [r for r in mosq if r.name == "run failed"]
+    assert len(failed) == 1 and failed[0].met is False and "no line written" in failed[0].note
+    assert not [r for r in amqtt if r.target == "== 0"]
+    assert [r.name for r in amqtt if r.met is False] == []
+    assert any(r.name == "highest N sustained" for r in amqtt)
 
 
 def test_family_list() -> None:
@@ -236,24 +286,37 @@ def _children_in(workdir: Path) -> list[str]:
 
 
 @pytest.mark.mosquitto
-def test_sigterm_stops_the_bench_and_everything_it_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["latency", "soak"])
+def test_sigterm_stops_the_bench_and_everything_it_started(family: str, tmp_path: Path) -> None:
+    """SIGTERM (or Ctrl-C) mid-run: exit 130, no figures, nothing left running. The
+    soak's own signal handler ends its run early; that must not pass for a soak of
+    the duration asked for (it once printed 'all goals met' and exited 0)."""
     import signal
     import subprocess
     import time
 
     work = tmp_path / "work"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.runner", "--only", "latency", "--tiny",
-         "--no-plots", "--workdir", str(work), "--out", str(tmp_path / "out.json")],
+        [sys.executable, "-m", "benchmarks.runner", "--only", family, "--tiny",
+         "--no-plots", "--workdir", str(work), "--out", str(tmp_path / "out.json"),
+         *(["--duration", "600"] if family == "soak" else [])],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not _children_in(work) and time.monotonic() < deadline and proc.poll() is None:
+
+    def started() -> bool:  # the soak's boards do not name the folder: its files do
+        return bool(_children_in(work) if family != "soak"
+                    else (work / "soak").is_dir() and any((work / "soak").iterdir()))
+
+    while not started() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert _children_in(work), "the bench started no broker or board in time"
+    assert started(), "the bench started no broker or board in time"
+    if family == "soak":
+        time.sleep(8)  # into the run, as when a user gives up on a long soak
     proc.send_signal(signal.SIGTERM)  # what timeout(1) and CI send
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert "pblink bench: error: interrupted" in err
+    assert not (tmp_path / "out.json").exists()
     time.sleep(0.5)
     assert _children_in(work) == [], "processes outlived the bench"

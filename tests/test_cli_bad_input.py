@@ -136,6 +136,8 @@ BAD_ARGUMENTS = [
     (["bench", "--duration", "-5"], "--duration: -5 is out of range"),
     (["bench", "--repeats", "-2"], "--repeats: -2 is out of range: must be at least 1"),
     (["bench", "--only", "soak", "--duration", "-1"], "--duration: -1 is out of range"),
+    (["bench", "--only", "scale", "--scale-n", "99999999"],  # a generator per 5,000
+     "--scale-n: 99999999 is out of range: must be 1 to 20000"),
     (["bench", "--only", "esp", "--scale-n", "100"],
      "--scale-n is a scale option, and this run has no scale (add --only scale)"),
     (["bench", "--only", "latency", "--devices", "2"], "--devices is a soak option"),

@@ -565,3 +565,14 @@ def test_kill_9_of_one_server_process_the_other_takes_over_exactly_once(
             if p is not None and p.proc.poll() is None:
                 p.proc.kill()
                 p.proc.wait()
+
+
+def test_identity_hint_names_no_state_file_with_postgresql() -> None:
+    """With --state-db there is no state file: the hint for a client id in use
+    does not send the user looking for one (a new user's report)."""
+    from server_apps.link_server import FILE_HINT, IDENTITY_HINT, LinkServer
+
+    pg = LinkServer(state_db="postgresql://pblink@127.0.0.1:1/none")
+    assert pg._identity_hint() == IDENTITY_HINT
+    assert "state file" not in pg._identity_hint()
+    assert LinkServer()._identity_hint() == IDENTITY_HINT + FILE_HINT

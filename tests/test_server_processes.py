@@ -96,6 +96,7 @@ def test_a_second_process_with_the_same_identity_refuses(
             assert "pblink.server.json" in line, line
         else:
             assert "as client id 'pblink.server'" in line, line
+            assert "its state file follows the client id" in line, line
 
         async def first_still_serves() -> list[Any]:
             async with asyncio.timeout(TEST_TIMEOUT), device_for(any_broker, "1") as dev:

@@ -646,12 +646,19 @@ class BenchRun:
         self.what = what
         self.target = "1"
         self.stop = asyncio.Event()
+        self.interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that ended the run
         self.timeline = timeline  # write the run's timeline here (virtual_bench/timeline.py)
         self.recorder = (TimelineRecorder(list(tracker.devices), tracker.t0)
                          if timeline else None)
         self.lab: Lab | None = None
         self._fault_tasks: set[asyncio.Task[None]] = set()
         self.keys_enabled = False
+
+    def _on_signal(self, sig: int) -> None:
+        # a run cut short by the user: its summary covers what ran, and callers
+        # that promise a duration (the soak bench) say it was interrupted
+        self.interrupted = sig
+        self.stop.set()
 
     @staticmethod
     def view_mode(view: str, out: TextIO) -> str:
@@ -690,7 +697,7 @@ class BenchRun:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop.set)
+                loop.add_signal_handler(sig, self._on_signal, sig)
         self.view = self.view_mode(self.view, self.out)
         if self.view == "lines":
             self.tracker.echo = self.out
