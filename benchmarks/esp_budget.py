@@ -141,6 +141,7 @@ async def esp32_figures(ctx: Context, work: Path, broker: Broker, n: int) -> lis
     for key, name in (("asyncio", "asyncio (frozen) objects"),
                       ("modules", "bridge + link_core module objects (frozen)"),
                       ("run_time", "bridge run-time data, live peak"),
+                      ("taken_out", "the test's fake hardware and task, taken out"),
                       ("boot", "ESP8266 state after boot (assumed)"),
                       ("used", "used of the ESP8266 heap")):
         rows.append(Row(FAMILY, f"ESP8266 heap: {name}", "B", [x[key] for x in runs], params,

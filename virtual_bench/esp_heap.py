@@ -6,8 +6,11 @@ and with esp_bridge/manifest.py frozen in, the bridge's bytecode is out of the
 heap as on the device. The traffic test of ``virtual_bench.bridge_rig`` runs in
 it. What the test adds that an ESP8266 does not have is measured and taken
 out: the fakes' module objects and bytecode (``machine``, ``network``, ``esp``,
-``sim_pyboard``, loaded from .mpy), and the scripted Pyboard's run-time data
-(its Initiator, config and queued lines, which it sums itself at every sample).
+``sim_pyboard``, loaded from .mpy), the scripted Pyboard's run-time data
+(its Initiator, config and queued lines, which it sums itself at every
+sample) and its task (measured when it starts), and the fake Pins and
+SoftI2C the Responder makes (``fake_hw_cost``) beyond what the ESP8266's
+C objects cost (``ESP_HW``).
 What the ESP8266 has and the unix port has not is added: its state after boot
 (``ESP_BOOT``). So::
 
@@ -39,6 +42,26 @@ ESP_BOOT = 1_600
 # part (Initiator buffers, config, locals) plus its queue of 4 lines, at most one
 # of 1,000 bytes (every 50th). The test checks the sampled figure stays below it.
 SIM_ALLOW = 4_096
+# The ESP8266's own cost of the hardware objects the Responder makes: a SoftI2C
+# is a C object of 5 words (MicroPython extmod/modmachine.h
+# mp_machine_soft_i2c_obj_t: base, us_delay, us_timeout, scl, sda), 20 B in two
+# 16-byte GC blocks; a Pin is a static object in flash and its IRQ handler sits
+# in a static table (ports/esp8266/machine_pin.c), so Pins cost nothing here.
+ESP_HW = 32
+# The fake hardware the Responder makes under the unix port, as the Responder
+# makes it (Python objects with dicts; the handler is a module function here,
+# as the bridge's bound method is its own on both): measured by fake_hw_cost.
+_FAKE_HW = """
+from machine import Pin, SoftI2C
+def h(p):
+    pass
+gc.collect(); a = gc.mem_alloc()
+ack = Pin(4, Pin.OUT, value=0)
+syn = Pin(5, Pin.IN)
+i2c = SoftI2C(scl=Pin(0), sda=Pin(2), freq=400000)
+syn.irq(handler=h, trigger=3)
+gc.collect(); print('FAKE_HW', gc.mem_alloc() - a)
+"""
 TARGET_FREE = 26 * 1024  # the original pb_link's ESP8266 free heap (issue 11)
 # asyncio loads its submodules on first use of these names: counted as
 # asyncio, not as the bridge's run-time data. The bridge loads event.py (Event,
@@ -61,7 +84,16 @@ def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
     b = at(f"{ASYNCIO}\nimport {bridge_rig.BRIDGE}")
     every = at(f"{ASYNCIO}\n{bridge_rig.IMPORTS}")
     return {"interpreter": base, "asyncio": a - base, "modules": b - a, "fakes": every - b,
-            "all": every}
+            "all": every, "fake_hw": fake_hw_cost(micropython_bin, fakes_dir)}
+
+
+def fake_hw_cost(micropython_bin: str, fakes_dir: Path) -> int:
+    """Bytes of heap the fake Pins and SoftI2C that the Responder makes take under
+    ``micropython_bin`` (about 384 on the 32-bit build), handler registered.
+    RuntimeError when the child fails."""
+    code = f"import gc, sys\nsys.path.insert(0, '.frozen')\n{ASYNCIO}\n{_FAKE_HW}"
+    out = bridge_rig.run_mpy_code(micropython_bin, fakes_dir, code)
+    return int(out.split("FAKE_HW")[-1].split()[0])
 
 
 # The frozen modules the bridge imports, dependencies first: breakdown_parts
@@ -120,7 +152,8 @@ def breakdown_parts(micropython_bin: str, fakes_dir: Path) -> list[tuple[str, in
 
 def run_heapsize(imports: dict[str, int]) -> int:
     """The ``-X heapsize`` that gives the bridge the ESP8266's room (module doc)."""
-    gc_total = ESP_GC_TOTAL - ESP_BOOT + imports["interpreter"] + imports["fakes"] + SIM_ALLOW
+    gc_total = (ESP_GC_TOTAL - ESP_BOOT + imports["interpreter"] + imports["fakes"] + SIM_ALLOW
+                + imports["fake_hw"] - ESP_HW)
     return gc_total * ESP_HEAPSIZE // ESP_GC_TOTAL + 16
 
 
@@ -128,12 +161,16 @@ def esp_figures(imports: dict[str, int], run: dict[str, Any]) -> dict[str, int]:
     """The ESP8266 estimate from ``breakdown_imports`` and a ``run_traffic`` result.
 
     Bytes: ``boot``, ``asyncio``, ``modules``, ``run_time`` (the bridge's live
-    peak above everything imported), ``used``, ``free``, ``gc_total``."""
-    run_time = run["bridge_peak"] - imports["all"]
+    peak above everything imported, without what the test's fakes hold:
+    ``taken_out``), ``taken_out`` (the fake hardware beyond its ESP8266 cost,
+    ``fake_hw - ESP_HW``, and the scripted Pyboard's task, ``sim_task``),
+    ``used``, ``free``, ``gc_total``."""
+    taken_out = imports["fake_hw"] - ESP_HW + run.get("sim_task", 0)
+    run_time = run["bridge_peak"] - imports["all"] - taken_out
     used = ESP_BOOT + imports["asyncio"] + imports["modules"] + run_time
     return {"boot": ESP_BOOT, "asyncio": imports["asyncio"], "modules": imports["modules"],
-            "run_time": run_time, "used": used, "free": ESP_GC_TOTAL - used,
-            "gc_total": ESP_GC_TOTAL}
+            "run_time": run_time, "taken_out": taken_out, "used": used,
+            "free": ESP_GC_TOTAL - used, "gc_total": ESP_GC_TOTAL}
 
 
 def measure(micropython32: str, mpy_cross_bin: str, work: Path, port: int,

@@ -193,9 +193,10 @@ async def main():
                     gc.collect()
                     print(
                         "PB DONE up=%d down=%d k=%d exchanges=%d fails=%d peak=%d live_peak=%d"
-                        " bridge_peak=%d own_fixed=%d own_peak=%d mem_errors=%d"
+                        " bridge_peak=%d own_fixed=%d own_peak=%d mem_errors=%d sim_task=%d"
                         % (sent, down, k, ini.exchanges, ini.fails, peak, live_peak,
-                           bridge_peak, own_fixed, own_peak, ini.mem_errors)
+                           bridge_peak, own_fixed, own_peak, ini.mem_errors,
+                           machine.SIM_TASK[0])
                     )
                     print("PB COUNTERS %s" % json.dumps(link.counters()))
                     import micropython
