@@ -89,7 +89,7 @@ def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
 
 def fake_hw_cost(micropython_bin: str, fakes_dir: Path) -> int:
     """Bytes of heap the fake Pins and SoftI2C that the Responder makes take under
-    ``micropython_bin`` (about 384 on the 32-bit build), handler registered.
+    ``micropython_bin`` (352 on the 32-bit build), handler registered.
     RuntimeError when the child fails."""
     code = f"import gc, sys\nsys.path.insert(0, '.frozen')\n{ASYNCIO}\n{_FAKE_HW}"
     out = bridge_rig.run_mpy_code(micropython_bin, fakes_dir, code)
