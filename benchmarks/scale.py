@@ -262,7 +262,7 @@ def unsustained(res: dict[str, Any], n: int) -> list[str]:
         why.append("latency p99: no line read")
     elif not p99 <= MAX_P99_MS:
         why.append(f"latency p99 {p99:,.0f} ms > {MAX_P99_MS:,.0f} ms")
-    written = res["lines/s written (N offered)"]
+    written = res[WRITTEN]
     if not written >= MIN_WRITTEN * n:
         why.append(f"lines/s written {written:,.0f} < {MIN_WRITTEN:.0%} of N = "
                    f"{MIN_WRITTEN * n:,.0f}")
