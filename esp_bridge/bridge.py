@@ -607,8 +607,10 @@ class Bridge:
             except (OSError, MQTTError) as e:
                 self._ready = False
                 self.watch.disconnected()
+                # the broker may drop us between CONNACK and SUBACK: the reader
+                # then records why, and the publish's ENOTCONN says nothing
+                why = mq.why or _reason(e)
                 mq.close()
-                why = _reason(e)
                 if self._first_broker:
                     self._ctl(control.encode_text(control.BAD_BROKER, why))
                 self._first_broker = False

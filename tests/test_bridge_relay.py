@@ -333,3 +333,44 @@ def test_keepalive_and_reports_reach_the_pyboard(micropython_bin: str, tmp_path:
         a, b = json.loads(r1[5:]), json.loads(r2[5:])
         # [connects, report_no, mem_free]
         assert a[0] == 1 and b[1] == a[1] + 1 and b[2] > 0, (a, b)
+
+
+def test_broker_that_drops_after_connack_is_reported_by_why(
+        micropython_bin: str, tmp_path: Path) -> None:
+    """A broker that accepts the CONNECT and closes at once: the bridge's ``B``
+    names what the MQTT client saw (the read that found the socket closed), not
+    the ENOTCONN of the status publish that came after it."""
+    import socket
+    import threading
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        lsock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                continue
+            with c:
+                c.settimeout(5)
+                try:
+                    c.recv(4096)  # CONNECT
+                    c.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with start_bridge(micropython_bin, tmp_path, config(lsock.getsockname()[1])) as p:
+            b = p.wait_for("PB B ")
+            assert "ENOTCONN" not in b and "107" not in b, b
+            assert "read" in b or "write" in b, b
+    finally:
+        stop.set()
+        t.join(5)
+        lsock.close()
