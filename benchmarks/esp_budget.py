@@ -138,15 +138,15 @@ async def esp32_figures(ctx: Context, work: Path, broker: Broker, n: int) -> lis
     params = {"frames": n, "heapsize": heap, "build": "32-bit unix, esp_bridge/manifest.py frozen",
               "fakes": imports["fakes"], "interpreter": imports["interpreter"]}
     rows = []
-    for key, name in (("asyncio", "asyncio (frozen) objects"),
+    for key, name in (("asyncio", "asyncio (none: the bridge imports no asyncio)"),
                       ("modules", "bridge + link_core module objects (frozen)"),
                       ("run_time", "bridge run-time data, live peak"),
-                      ("taken_out", "the test's fake hardware and task, taken out"),
+                      ("taken_out", "the test's fake hardware and scripted Pyboard, taken out"),
                       ("boot", "ESP8266 state after boot (assumed)"),
                       ("used", "used of the ESP8266 heap")):
         rows.append(Row(FAMILY, f"ESP8266 heap: {name}", "B", [x[key] for x in runs], params,
                         series=series if key == "run_time" else {}))
-    # where the fixed part goes: each frozen module, the objects made at boot, the tasks
+    # where the fixed part goes: each frozen module, the objects made at boot, the main loop
     parts = await asyncio.to_thread(esp_heap.breakdown_parts, mp32, fakes)
     for part, n in parts:
         if not part.startswith("fakes"):
@@ -166,7 +166,7 @@ async def unix64_figures(ctx: Context, work: Path, broker: Broker, n: int) -> li
     cost = bridge_rig.import_cost(mpy_bin, mpy_dir)
     # what the test's own scaffolding (fake hardware, scripted Pyboard) costs, and
     # which modules the bridge adds on top of it, with their bytecode
-    fakes_imports = f"import asyncio, {bridge_rig.FAKES}"
+    fakes_imports = f"import {bridge_rig.FAKES}"
     fakes_cost = bridge_rig.heap_after(mpy_bin, mpy_dir, fakes_imports)
     bridge_mods = (set(modules_after(mpy_bin, mpy_dir, bridge_rig.IMPORTS))
                    - set(modules_after(mpy_bin, mpy_dir, fakes_imports)))

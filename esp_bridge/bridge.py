@@ -1,14 +1,16 @@
 # The relay: I2C link messages <-> MQTT (docs/PROTOCOL.md 2 and 4).
 #
-# Tasks (one asyncio loop):
-#   responder   bus exchanges (Responder, below)
-#   _main_loop  every 100 ms: 'K' keepalive, 'R' reports, 'U'/'D' changes
+# No asyncio (docs/FIRMWARE.md "Memory budget"): one main loop (Bridge.run)
+# whose one sleep is select.poll on the MQTT socket (MQTTClient.wait), at most
+# _IDLE_MS, _BUSY_MS while the link moves; each turn runs the jobs:
+#   _mqtt       the MQTT client's step: connect, read, write, keepalive, retries
 #   _uplink     link messages from the Pyboard: 'C' config; q/u/a -> <root>/<id>/up
 #   _downlink   frames on <root>/<id>/down -> link messages to the Pyboard
-#   _heartbeat  'h' on up when quiet (PROTOCOL.md 4.4); the last 'R' on <root>/<id>/report
 #   _net        WiFi, then broker, with backoff; status online + will offline
-#   run         the supervisor: restarts a task that ended with a MemoryError
-#               (_on_error), stops on any other exception
+#   _tick       every 100 ms: 'K' keepalive, 'R' reports, 'U'/'D' changes,
+#               'h' on up when quiet (PROTOCOL.md 4.4), the last 'R' on <root>/<id>/report
+# The I2C exchanges run in the syn pin's IRQ handler (Responder, below); the
+# link's queues are the hand-over.
 #
 # Bounded both ways: the link's received-message queue (full -> HOLD stops
 # the Pyboard) is emptied only as fast as MQTT takes it; MQTT is read only
@@ -17,10 +19,10 @@
 #
 # No allocation failure stops it: a MemoryError leaves the chunk
 # unacknowledged (Responder), the frame unpublished or the down frame
-# unqueued (retried here) or the MQTT packet unacknowledged (mqtt.py); each is
-# counted and the count goes out in the next 'R' report (PROTOCOL.md 2).
+# unqueued (kept and retried here) or the MQTT packet unacknowledged
+# (mqtt.py); one escaping a job is caught by the main loop, which goes on.
+# Each is counted and the count goes out in the next 'R' report (PROTOCOL.md 2).
 from micropython import const
-import asyncio
 import gc
 import sys
 import time
@@ -37,6 +39,8 @@ _RX_QUEUE = const(2)  # messages from the Pyboard not yet published (then HOLD)
 _MQ_INFLIGHT = const(3)  # QoS 1 publishes awaiting PUBACK
 _MQ_SLOTS = const(2)  # frames from down not yet queued for the Pyboard
 _TICK_MS = const(100)  # link_core/schema.py: the lowest timeout_ms is 2 x this
+_IDLE_MS = const(20)  # the main loop's longest sleep (poll on the MQTT socket)
+_BUSY_MS = const(2)  # its sleep while the link exchanged since the last turn
 
 # Entries of the config (the C message), named as the rows of link_core/schema.py
 _CONN_ID = const(0)
@@ -52,17 +56,28 @@ _TOPIC_ROOT = const(9)
 _TLS = const(10)
 _BRIDGE_TUNING = const(11)
 
+# _net's states
+_N_WIFI = const(0)  # bringing WiFi up
+_N_CONNECT = const(1)  # MQTT connect under way
+_N_ONLINE = const(2)  # connected: status online to publish
+_N_SUB = const(3)  # subscribing to down (up already)
+_N_UP = const(4)
+_N_PAUSE = const(5)  # backoff, then _N_WIFI
+
 
 # ----- the I2C Responder (docs/PROTOCOL.md 1.2) -----
 #
 # The Pyboard (Initiator, I2C target at 0x12 with a 256-byte memory) raises
-# syn when its block is at memory 0x00. An IRQ on both edges of syn sets a
-# ThreadSafeFlag; the task below then carries out exactly four bus
-# transactions, feeds link_core's LinkEndpoint, raises ack, and lowers it
-# again once syn is low. A bus error (OSError from SoftI2C) aborts the
-# exchange without raising ack: the Initiator times out and retries. A
-# MemoryError (no room for a completed message on a fragmented heap) leaves
-# that chunk unacknowledged: the exchange goes on, the Pyboard resends it.
+# syn when its block is at memory 0x00. The IRQ on both edges of syn (on the
+# ESP8266 a soft IRQ: run between bytecodes and while poll waits) carries out
+# exactly four bus transactions, feeds link_core's LinkEndpoint, raises ack,
+# and lowers it again once syn is low. A busy flag keeps it from nesting; while
+# the main loop is between a check and an insert on the link's outgoing queue
+# (queue_first) `inline` is False and an edge is only noted, then served. A bus
+# error (OSError from SoftI2C) aborts the exchange without raising ack: the
+# Initiator times out and retries. A MemoryError (no room for a completed
+# message on a fragmented heap) leaves that chunk unacknowledged: the
+# exchange goes on, the Pyboard resends it.
 
 # wiring of the seed (GPIO numbers)
 _SCL = const(0)
@@ -101,61 +116,38 @@ class Responder:
         self._rx = bytearray(BLOCK_MAX)
         self._rxv = memoryview(self._rx)
         self._hdr = self._rxv[:HEADER]
-        self._flag = asyncio.ThreadSafeFlag()
-        # a complete message arrived or room was made in the outgoing queue
-        # (one Event: each waiter re-checks its own condition)
-        self._ev = asyncio.Event()
         self._failed = False  # bus error in this exchange: wait for syn low
-        # True while the event loop is blocked in a call that still runs
-        # scheduled IRQ handlers (DNS lookup): exchanges then run in the handler
-        self.inline = False
-        self._gone = 0  # messages that left the outgoing queue (sent or dropped)
+        # True: the syn handler exchanges at once. False while the main loop
+        # holds the link's queue (queue_first): an edge is noted in _missed
+        self.inline = True
+        self._busy = False  # an exchange is running: an edge now is noted, not nested
+        self._missed = False
         self.exchanges = 0
         self.bus_errors = 0
         self.mem_errors = 0  # MemoryErrors caught in exchanges (the chunk is resent)
         syn.irq(handler=self._irq, trigger=syn.IRQ_RISING | syn.IRQ_FALLING)
 
     def _irq(self, _pin) -> None:
-        if self.inline:
+        if self.inline and not self._busy:
             self._service()
         else:
-            self._flag.set()
-
-    def blocking(self, on: bool) -> None:
-        """Bracket a blocking call (e.g. getaddrinfo) so exchanges go on meanwhile."""
-        self.inline = on
-        if not on:
-            self._flag.set()
+            self._missed = True
 
     def kick(self) -> None:
         """Re-examine the handshake lines (a lost edge costs one tick, not a reset)."""
-        self._flag.set()
+        if not self._busy:
+            self._service()
 
-    # ----- messages -----
-
-    async def get(self):
-        """Wait for the next message from the Pyboard."""
-        while True:
-            m = self.link.pop_message()
-            if m is not None:
-                return m
-            self._ev.clear()
-            await self._ev.wait()
-
-    async def put(self, msg, limit: int = 0) -> None:
-        """Queue a message, waiting while limit (default: the whole queue) is reached."""
-        link = self.link
-        while not link.can_queue() or (limit and link.tx_pending >= limit):
-            self._ev.clear()
-            await self._ev.wait()
-        link.queue_message(msg)
-
-    async def room(self, limit: int) -> None:
-        """Wait until fewer than limit messages are queued for the Pyboard."""
-        link = self.link
-        while not link.can_queue() or link.tx_pending >= limit:
-            self._ev.clear()
-            await self._ev.wait()
+    def queue_first(self, msg) -> bool:
+        """link.queue_message(msg, True) with no exchange between its check and
+        its insert (a chunk of the first message could go out in between)."""
+        self.inline = False
+        try:
+            return self.link.queue_message(msg, True)
+        finally:
+            self.inline = True
+            if self._missed:
+                self.kick()
 
     # ----- the bus -----
 
@@ -191,44 +183,44 @@ class Responder:
             self.mem_errors += 1
             return False
         self.exchanges += 1
-        if link.rx_pending:
-            self._ev.set()
-        gone = link.messages_out + link.dropped
-        if gone != self._gone:  # room was made: wake a waiting put()/room()
-            self._gone = gone
-            self._ev.set()
         return True
 
     def _service(self) -> None:
         """Act on the handshake lines: exchange on syn high, ack low on syn low."""
-        syn = self.syn
-        ack = self.ack
-        if syn.value():
-            if not ack.value() and not self._failed:
-                if self.exchange():
-                    ack.value(1)
+        self._busy = True
+        try:
+            while True:
+                self._missed = False
+                syn = self.syn
+                ack = self.ack
+                if syn.value():
+                    if not ack.value() and not self._failed:
+                        if self.exchange():
+                            ack.value(1)
+                        else:
+                            self._failed = True  # no ack: the Initiator times out, retries
                 else:
-                    self._failed = True  # no ack: the Initiator times out, retries
-        else:
-            self._failed = False
-            if ack.value():
-                ack.value(0)
-
-    async def run(self) -> None:
-        flag = self._flag
-        flag.set()  # syn may already be high
-        while True:
-            await flag.wait()
-            self._service()
+                    self._failed = False
+                    if ack.value():
+                        ack.value(0)
+                if not self._missed:  # an edge while this ran: look again
+                    return
+        finally:
+            self._busy = False
 
 
 # ----- WiFi -----
 #
-# connect(): the network stored in flash first (the ESP8266 SDK keeps the
+# step(): the network stored in flash first (the ESP8266 SDK keeps the
 # last one), then the config's ssid/password; then WiFi must stay up for
 # stable_ms before the caller may try the broker. The access point interface
 # is switched off and WiFi sleep is disabled (modem sleep drops packets and
 # adds latency).
+
+_W_START = const(0)
+_W_STORED = const(1)  # waiting for the stored network
+_W_CONFIG = const(2)  # waiting for the config's network
+_W_STABLE = const(3)  # up: must stay so for stable_ms
 
 
 class WiFi:
@@ -246,6 +238,8 @@ class WiFi:
         no_sleep(self.sta)
         self.status = 0  # last WLAN.status() after a failed attempt
         self._stable = False  # up for stable_ms, and not seen down since
+        self._ph = _W_START
+        self._t0 = time.ticks_ms()
 
     def isconnected(self) -> bool:
         up = self.sta.isconnected()
@@ -253,47 +247,61 @@ class WiFi:
             self._stable = False
         return up
 
-    async def _wait_up(self) -> bool:
-        t0 = time.ticks_ms()
-        while time.ticks_diff(time.ticks_ms(), t0) < self.connect_ms:
-            if self.sta.isconnected():
-                return True
-            await asyncio.sleep_ms(100)
-        self.status = self.sta.status()
-        return False
-
-    async def _wait_stable(self) -> bool:
-        t0 = time.ticks_ms()
-        while time.ticks_diff(time.ticks_ms(), t0) < self.stable_ms:
-            if not self.sta.isconnected():
-                return False
-            await asyncio.sleep_ms(100)
-        return self.sta.isconnected()
-
-    async def connect(self, ssid: str = "", password: str = "") -> bool:
-        """Bring the station up; True once it has been up for stable_ms."""
+    def step(self, ssid: str = "", password: str = "") -> int:
+        """Bring the station up, a step at a time: 1 once it has been up for
+        stable_ms, 0 while trying, -1 when the attempt failed (status set)."""
         sta = self.sta
-        if self.isconnected() and self._stable:
-            return True
-        if not sta.isconnected():
-            up = False
+        now = time.ticks_ms()
+        ph = self._ph
+        if ph == _W_START:
+            if self.isconnected():
+                if self._stable:
+                    return 1
+                self._ph = _W_STABLE
+                self._t0 = now
+                return 0
             if self._stored():
                 try:
                     sta.connect()  # the network stored in flash
                 except OSError:
                     pass
-                up = await self._wait_up()
-            if not up and ssid:
-                try:
-                    sta.disconnect()
-                    sta.connect(ssid, password)  # the ESP8266 also stores these
-                except OSError:
-                    pass
-                up = await self._wait_up()
-            if not up:
-                return False
-        self._stable = await self._wait_stable()
-        return self._stable
+                self._ph = _W_STORED
+                self._t0 = now
+                return 0
+            return self._config(ssid, password, now)
+        if ph == _W_STABLE:
+            if not sta.isconnected():
+                self._ph = _W_START
+                return -1
+            if time.ticks_diff(now, self._t0) < self.stable_ms:
+                return 0
+            self._ph = _W_START
+            self._stable = True
+            return 1
+        if sta.isconnected():
+            self._ph = _W_STABLE
+            self._t0 = now
+            return 0
+        if time.ticks_diff(now, self._t0) < self.connect_ms:
+            return 0
+        self.status = sta.status()
+        if ph == _W_STORED:
+            return self._config(ssid, password, now)
+        self._ph = _W_START
+        return -1
+
+    def _config(self, ssid, password, now) -> int:
+        if not ssid:
+            self._ph = _W_START
+            return -1
+        try:
+            self.sta.disconnect()
+            self.sta.connect(ssid, password)  # the ESP8266 also stores these
+        except OSError:
+            pass
+        self._ph = _W_CONFIG
+        self._t0 = now
+        return 0
 
     def _stored(self) -> bool:
         try:
@@ -330,18 +338,20 @@ class Bridge:
         self.wifi = wifi
         # allocated at boot, while the heap is empty, and reused for every connection
         self.mq = MQTTClient("pblink", rx_slots=_MQ_SLOTS, max_inflight=_MQ_INFLIGHT)
-        self.mq.on_block = self.resp.blocking  # the link goes on during a DNS lookup
         self.cfg = None
         self.tun = control.group("bridge", {})  # bridge_tuning: link_core/schema.py "bridge" rows
         self._gen = 0  # counts config changes
         self._net_gen = -1  # the config _net last applied
         self._syncs = -1  # link.syncs when the last 'C' came
-        self._ready = False  # connected, online published, subscribed
+        self._ready = False  # connected, online published
         self._up_topic = b""
         self._down = b""
         self._status = b""
         self._report = b""
         self._report_msg = None  # the last R message not yet published on MQTT
+        self._up = None  # the message from the Pyboard being handled
+        self._up_syncs = -1  # _syncs when it was taken
+        self._dn = None  # the down frame waiting for room in the link's queue
         self.connects = 0
         self.report_no = 0
         self.mem_errors = 0  # MemoryErrors caught here (see mem_errors_total)
@@ -351,9 +361,15 @@ class Bridge:
         self._told = -1  # last U/D told since the last 'C': 1, 0, -1 none
         self.watch = liveness.ServerWatch(1500)  # PROTOCOL.md 4.4; timeout_ms from the config
         self._oversize = 0
-        self._crash: Exception | None = None  # set by _on_error: run() stops
-        self._tasks: list = []  # the running task of each job (run())
-        self._dead = 0  # bit i: job i ended with a MemoryError, not restarted yet
+        self._ns = _N_WIFI  # _net's state
+        self._net_cfg = None  # the config _net last applied
+        self._until = 0  # _N_PAUSE: when it ends
+        self._delay = 0  # the next backoff
+        self._next_tick = 0
+        self._next_k = 0
+        self._next_r = 0
+        self._r_armed = False  # _next_r set for the current report_s
+        self._seen = 0  # resp.exchanges at the last turn
 
     def mem_errors_total(self) -> int:
         """MemoryErrors caught since boot, in the bridge, the responder and MQTT."""
@@ -404,291 +420,297 @@ class Bridge:
         self._report = topics.report.encode()
         self._gen += 1
 
-    # ----- tasks -----
+    # ----- the jobs (one turn of the main loop each) -----
 
-    async def _main_loop(self) -> None:
-        resp = self.resp
-        link = resp.link
-        next_k = time.ticks_ms()
-        next_r = next_k
-        r_armed = False  # next_r set for the current report_s
-        while True:
-            await asyncio.sleep_ms(_TICK_MS)
-            resp.kick()
-            now = time.ticks_ms()
-            tun = self.tun
-            if time.ticks_diff(now, next_k) >= 0:
-                next_k = time.ticks_add(now, tun["keepalive_ms"])
-                if link.synced and not link.peer_hold and link.can_queue():
-                    link.queue_message(control.MSG_KEEPALIVE, True)
-            cfg = self.cfg
-            if cfg is None:
-                continue
-            watch = self.watch
-            ok = self._ready and watch.reachable(now)
-            self._server_ok = ok
-            # A 'D' with the reason: server_ok(False) on the Pyboard. Asked only
-            # when it can be queued: unanswered() is True once per connection.
-            can_tell = self._syncs == link.syncs and link.synced and link.can_queue()
-            if can_tell and watch.unanswered(now):
-                why = (
-                    "no server application answers conn_id %s under %s/ on %s:%d within %d ms: "
-                    "none serves this conn_id (pblink server --ids), another topic root or broker, "
-                    "or the broker's ACL drops this device's frames (user %r)"
-                    % (cfg[_CONN_ID], cfg[_TOPIC_ROOT], cfg[_HOST], cfg[_PORT],
-                       2 * cfg[_TIMEOUT_MS], cfg[_MQTT_USER])
-                )
-                print("bridge:", why)
-                self._ctl(control.encode_text(control.SERVER_DOWN, why))
-            if (1 if ok else 0) != self._told and self._syncs == link.syncs:
-                if self._ctl(control.MSG_SERVER_UP if ok else control.MSG_SERVER_DOWN):
-                    self._told = 1 if ok else 0
-            if cfg[_REPORT_S] <= 0:
-                r_armed = False
-            elif not r_armed:
-                r_armed = True
-                next_r = time.ticks_add(now, cfg[_REPORT_S] * 1000)
-            elif time.ticks_diff(now, next_r) >= 0:
-                next_r = time.ticks_add(now, cfg[_REPORT_S] * 1000)
-                self.report_no += 1
-                msg = control.encode_report(
-                    [self.connects, self.report_no, gc.mem_free(), self.mem_errors_total()])
-                self._ctl(msg)
-                self._report_msg = msg  # for the report topic too (_heartbeat publishes it)
-            if self.mq.oversize != self._oversize:
-                self._oversize = self.mq.oversize
-                n = self._oversize
-                self.diag("frames over %d bytes on down dropped: %d" % (MAX_MESSAGE, n))
+    def _mqtt(self, now) -> None:
+        self.mq.step()
 
-    async def _publish(self, msg) -> None:
-        """Publish a frame on up at its QoS, waiting out outages; dropped on a link resync."""
+    def _uplink(self, now) -> None:
+        """Messages from the Pyboard: one taken is handled, however long memory
+        is short (a MemoryError leaves it in _up, tried again next turn)."""
+        link = self.resp.link
         mq = self.mq
-        syncs = self._syncs
         while True:
-            if syncs != self._syncs or syncs != self.resp.link.syncs:
-                return  # the Pyboard resynchronised: it resends what matters
-            if self._ready and mq.isconnected():
-                try:
-                    await mq.publish(self._up_topic, msg, liveness.mqtt_level(msg))
-                    self.watch.published(time.ticks_ms())
+            m = self._up
+            if m is None:
+                m = link.pop_message()
+                if m is None:
                     return
-                except OSError:
-                    pass
-                except MemoryError:  # not published: tried again
-                    self._oom()
-            await asyncio.sleep_ms(_TICK_MS)
+                self._up = m
+                self._up_syncs = self._syncs
+            k = m[0]
+            if k == control.CONFIG:
+                self._on_config(m)
+                self._up = None
+            elif k == control.QOS or k == control.UNRELIABLE or k == control.ACK:
+                syncs = self._up_syncs
+                if self.cfg is None:
+                    self._up = None
+                    self.diag("no config yet: frame dropped")
+                elif syncs != self._syncs or syncs != link.syncs:
+                    self._up = None  # from before a resync: the Pyboard resends what matters
+                elif not (self._ready and mq.isconnected()):
+                    return  # waiting out the outage
+                else:
+                    try:
+                        if mq.publish(self._up_topic, m, liveness.mqtt_level(m)) < 0:
+                            return  # no room yet: next turn
+                    except OSError:
+                        return
+                    self._up = None
+                    self.watch.published(now)
+            else:
+                self._up = None
+                self.diag("unknown link message kind %r dropped" % chr(k))
 
-    async def _uplink(self) -> None:
-        resp = self.resp
-        link = resp.link
-        while True:
-            m = await resp.get()
-            while True:  # a message taken is handled, however long memory is short
-                try:
-                    await self._up_message(m, link)
-                    break
-                except MemoryError:
-                    self._oom()
-                    await asyncio.sleep_ms(_TICK_MS)
-
-    async def _up_message(self, m, link) -> None:
-        k = m[0]
-        if k == control.CONFIG:
-            self._on_config(m)
-        elif k == control.QOS or k == control.UNRELIABLE or k == control.ACK:
-            if self.cfg is None:
-                self.diag("no config yet: frame dropped")
-            elif self._syncs == link.syncs:  # else: from before a resync, awaiting 'C'
-                await self._publish(m)
-        else:
-            self.diag("unknown link message kind %r dropped" % chr(k))
-
-    async def _downlink(self) -> None:
-        resp = self.resp
+    def _downlink(self, now) -> None:
+        link = self.resp.link
         mq = self.mq
         while True:
-            await resp.room(_DATA_TX)
-            topic, msg, _retain = await mq.next()  # retain set by amqtt on queued: ignored
+            if not link.can_queue() or link.tx_pending >= _DATA_TX:
+                return
+            m = self._dn
+            if m is not None:  # taken from MQTT: queued for the Pyboard, whatever it takes
+                link.queue_message(m)
+                self._dn = None
+            item = mq.get()
+            if item is None:
+                return
+            topic, msg, _retain = item  # retain set by amqtt on queued: ignored
             if topic != self._down:
                 continue
             kind = liveness.classify_down(msg)
             if kind == liveness.IS_BAD:  # not traffic: proves nothing about the server
                 self.diag("malformed frame on down dropped: %r" % msg[:40])
                 continue
-            self.watch.heard(time.ticks_ms())
+            self.watch.heard(now)
             if kind == liveness.IS_DATA:
-                while True:  # taken from MQTT: queued for the Pyboard, whatever it takes
-                    try:
-                        await resp.put(msg, _DATA_TX)
-                        break
-                    except MemoryError:
-                        self._oom()
-                        await asyncio.sleep_ms(_TICK_MS)
+                self._dn = msg
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep_ms(_TICK_MS)
-            if not self._ready or self.cfg is None:
-                continue
-            now = time.ticks_ms()
-            if self.watch.heartbeat_due(now):
-                self.watch.heartbeat_sent(now)
-                hb = liveness.HEARTBEAT
-                try:
-                    await self.mq.publish(self._up_topic, hb, liveness.mqtt_level(hb))
-                except OSError:
-                    pass
-            msg = self._report_msg
-            if msg is not None and self.mq.isconnected():
-                # PROTOCOL.md 4.1: retained, QoS 0, so any reader sees the latest report
-                self._report_msg = None
-                try:
-                    await self.mq.publish(self._report, msg[1:], 0, True)
-                except OSError:
-                    pass
+    def _tick(self, now) -> None:
+        if time.ticks_diff(now, self._next_tick) < 0:
+            return
+        self._next_tick = time.ticks_add(now, _TICK_MS)
+        resp = self.resp
+        resp.kick()
+        link = resp.link
+        tun = self.tun
+        if time.ticks_diff(now, self._next_k) >= 0:
+            self._next_k = time.ticks_add(now, tun["keepalive_ms"])
+            if link.synced and not link.peer_hold and link.can_queue():
+                resp.queue_first(control.MSG_KEEPALIVE)
+        cfg = self.cfg
+        if cfg is None:
+            return
+        watch = self.watch
+        ok = self._ready and watch.reachable(now)
+        self._server_ok = ok
+        # A 'D' with the reason: server_ok(False) on the Pyboard. Asked only
+        # when it can be queued: unanswered() is True once per connection.
+        can_tell = self._syncs == link.syncs and link.synced and link.can_queue()
+        if can_tell and watch.unanswered(now):
+            why = (
+                "no server application answers conn_id %s under %s/ on %s:%d within %d ms: "
+                "none serves this conn_id (pblink server --ids), another topic root or broker, "
+                "or the broker's ACL drops this device's frames (user %r)"
+                % (cfg[_CONN_ID], cfg[_TOPIC_ROOT], cfg[_HOST], cfg[_PORT],
+                   2 * cfg[_TIMEOUT_MS], cfg[_MQTT_USER])
+            )
+            print("bridge:", why)
+            self._ctl(control.encode_text(control.SERVER_DOWN, why))
+        if (1 if ok else 0) != self._told and self._syncs == link.syncs:
+            if self._ctl(control.MSG_SERVER_UP if ok else control.MSG_SERVER_DOWN):
+                self._told = 1 if ok else 0
+        if cfg[_REPORT_S] <= 0:
+            self._r_armed = False
+        elif not self._r_armed:
+            self._r_armed = True
+            self._next_r = time.ticks_add(now, cfg[_REPORT_S] * 1000)
+        elif time.ticks_diff(now, self._next_r) >= 0:
+            self._next_r = time.ticks_add(now, cfg[_REPORT_S] * 1000)
+            self.report_no += 1
+            msg = control.encode_report(
+                [self.connects, self.report_no, gc.mem_free(), self.mem_errors_total()])
+            self._ctl(msg)
+            self._report_msg = msg  # for the report topic too (published below)
+        mq = self.mq
+        if mq.oversize != self._oversize:
+            self._oversize = mq.oversize
+            self.diag("frames over %d bytes on down dropped: %d" % (MAX_MESSAGE, self._oversize))
+        if not self._ready or not mq.isconnected():
+            return
+        if watch.heartbeat_due(now):
+            hb = liveness.HEARTBEAT
+            try:
+                if mq.publish(self._up_topic, hb, liveness.mqtt_level(hb)) >= 0:
+                    watch.heartbeat_sent(now)
+            except OSError:
+                pass
+        msg = self._report_msg
+        if msg is not None:
+            # PROTOCOL.md 4.1: retained, QoS 0, so any reader sees the latest report
+            try:
+                if mq.publish(self._report, msg[1:], 0, True) >= 0:
+                    self._report_msg = None
+            except OSError:
+                pass
 
-    async def _pause(self, ms: int, gen: int) -> None:
-        t0 = time.ticks_ms()
-        while gen == self._gen and time.ticks_diff(time.ticks_ms(), t0) < ms:
-            await asyncio.sleep_ms(_TICK_MS)
+    def _pause(self, now, ms) -> None:
+        self._until = time.ticks_add(now, ms)
+        self._ns = _N_PAUSE
 
-    async def _net(self) -> None:
+    def _backoff(self, now) -> None:
+        self._pause(now, self._delay)
+        self._delay = min(self._delay * 2, self.tun["reconnect_max_ms"])
+
+    def _net(self, now) -> None:
+        """WiFi, then the broker, with backoff (one step per turn)."""
+        cfg = self.cfg
+        if cfg is None:
+            return
         mq = self.mq
         wifi = self.wifi
-        while self.cfg is None:
-            await asyncio.sleep_ms(_TICK_MS)
-        # restarted after a MemoryError (_on_error): reconnect, but keep the
-        # MQTT session (configure() would forget the QoS 1 messages in flight)
-        self._ready = False
-        if mq.isconnected():
-            mq.close("out of memory")
-        cfg = self.cfg
-        tun = self.tun
-        delay = tun["reconnect_min_ms"]
-        gen = self._net_gen
-        while True:
-            if gen != self._gen:
-                gen = self._gen
-                self._net_gen = gen
-                cfg = self.cfg
-                tun = self.tun
-                delay = tun["reconnect_min_ms"]
-                mq.configure(
-                    client_id(cfg[_CONN_ID]), cfg[_MQTT_USER], cfg[_MQTT_PASSWORD],
-                    tun["mqtt_keepalive_s"],
-                    (self._status, OFFLINE, liveness.QOS_STATUS, True),
-                    tun["mqtt_response_ms"], tun["mqtt_retries"],
-                )
-                wifi.connect_ms = tun["wifi_connect_ms"]
-                wifi.stable_ms = tun["wifi_stable_ms"]
-            if not await wifi.connect(cfg[_SSID], cfg[_WIFI_PASSWORD]):
-                if gen != self._gen:
-                    continue
+        ns = self._ns
+        if self._net_gen != self._gen:  # a new config
+            if mq.isconnected() and ns >= _N_ONLINE:
+                # leave cleanly, status offline (on the old config's topic)
+                self._ready = False
+                self.watch.disconnected()
+                try:
+                    mq.publish(self._status_of(self._net_cfg), OFFLINE, liveness.QOS_STATUS, True)
+                except OSError:
+                    pass
+                mq.disconnect()
+            self._ready = False
+            self._net_gen = self._gen
+            self._net_cfg = cfg
+            tun = self.tun
+            self._delay = tun["reconnect_min_ms"]
+            mq.configure(
+                client_id(cfg[_CONN_ID]), cfg[_MQTT_USER], cfg[_MQTT_PASSWORD],
+                tun["mqtt_keepalive_s"],
+                (self._status, OFFLINE, liveness.QOS_STATUS, True),
+                tun["mqtt_response_ms"], tun["mqtt_retries"],
+            )
+            wifi.connect_ms = tun["wifi_connect_ms"]
+            wifi.stable_ms = tun["wifi_stable_ms"]
+            self._ns = ns = _N_WIFI
+        if ns == _N_PAUSE:
+            if time.ticks_diff(now, self._until) >= 0:
+                self._ns = _N_WIFI
+            return
+        if ns == _N_WIFI:
+            r = wifi.step(cfg[_SSID], cfg[_WIFI_PASSWORD])
+            if not r:
+                return
+            if r < 0:
                 if self._first_wifi:
                     self._ctl(control.MSG_BAD_WIFI)
                 self._first_wifi = False
                 self.diag("WiFi: no connection (status %d)" % wifi.status)
-                await self._pause(delay, gen)
-                delay = min(delay * 2, tun["reconnect_max_ms"])
-                continue
+                self._backoff(now)
+                return
             self._first_wifi = False
-            if gen != self._gen:
-                continue
             try:
-                await mq.connect(cfg[_HOST], cfg[_PORT], cfg[_TLS])
-                await mq.publish(self._status, ONLINE, liveness.QOS_STATUS, True)
-                # Up from here: with a persistent session the broker may send a
-                # backlog on down before the SUBACK, which then waits behind it
-                # (for as long as the link takes to drain it); meanwhile the
-                # Pyboard's acks and the heartbeats must go out.
-                self.watch.connected(time.ticks_ms())  # server unknown yet: 'h' at once
-                self._ready = True
-                await mq.subscribe(self._down, 1)
-            except (OSError, MQTTError) as e:
-                self._ready = False
-                self.watch.disconnected()
-                # the broker may drop us between CONNACK and SUBACK: the reader
-                # then records why, and the publish's ENOTCONN says nothing
-                why = mq.why or _reason(e)
+                mq.connect(cfg[_HOST], cfg[_PORT], cfg[_TLS])
+            except OSError as e:
+                self._failed(now, _reason(e))
+                return
+            self._ns = _N_CONNECT
+            return
+        if ns == _N_CONNECT:
+            if mq.connecting():
+                return
+            if not mq.isconnected():
+                e = mq.err
+                self._failed(now, _reason(e) if e is not None else mq.why)
+                return
+            self._ns = ns = _N_ONLINE
+        if not mq.isconnected():
+            if ns == _N_UP:
+                self._lost(now, mq.why)
+            else:
+                # the broker may drop us between CONNACK and SUBACK: the
+                # client records why
+                self._failed(now, mq.why)
+            return
+        if not wifi.isconnected():
+            mq.close("WiFi lost")
+            self._lost(now, "WiFi lost")
+            return
+        if ns == _N_ONLINE:
+            if mq.publish(self._status, ONLINE, liveness.QOS_STATUS, True) < 0:
+                return  # the in-flight table is full (resends): next turn
+            # Up from here: with a persistent session the broker may send a
+            # backlog on down before the SUBACK, which then waits behind it
+            # (for as long as the link takes to drain it); meanwhile the
+            # Pyboard's acks and the heartbeats must go out.
+            self.watch.connected(now)  # server unknown yet: 'h' at once
+            self._ready = True
+            if mq.isconnected():  # else the next turn reports the client's why
+                mq.subscribe(self._down, 1)
+            self._ns = _N_SUB
+        elif ns == _N_SUB:
+            rc = mq.suback
+            if rc < 0:
+                return
+            if rc == 0x80:
                 mq.close()
-                if self._first_broker:
-                    self._ctl(control.encode_text(control.BAD_BROKER, why))
-                self._first_broker = False
-                self.diag("broker %s:%d: %s" % (cfg[_HOST], cfg[_PORT], why))
-                await self._pause(delay, gen)
-                delay = min(delay * 2, tun["reconnect_max_ms"])
-                continue
+                self._failed(now, "subscription refused")
+                return
             self._first_broker = False
             self.connects += 1
-            delay = tun["reconnect_min_ms"]
-            while mq.isconnected() and wifi.isconnected() and gen == self._gen:
-                await asyncio.sleep_ms(_TICK_MS * 2)
-            self._ready = False
-            self.watch.disconnected()
-            if gen != self._gen:  # new config: leave cleanly, status offline
-                try:
-                    await mq.publish(self._status_of(cfg), OFFLINE, liveness.QOS_STATUS, True)
-                    await mq.disconnect()
-                except OSError:
-                    pass
-                mq.close()
-                continue
-            why = mq.why if not mq.isconnected() else "WiFi lost"
-            mq.close(why)
-            self.diag("broker connection lost: %s" % why)
-            await self._pause(delay, gen)
+            self._delay = self.tun["reconnect_min_ms"]
+            self._ns = _N_UP
+
+    def _failed(self, now, why) -> None:
+        # a connection attempt failed: 'B' the first time, 'E' every time, backoff
+        self._ready = False
+        self.watch.disconnected()
+        self.mq.close()
+        cfg = self.cfg
+        if self._first_broker:
+            self._ctl(control.encode_text(control.BAD_BROKER, why))
+        self._first_broker = False
+        self.diag("broker %s:%d: %s" % (cfg[_HOST], cfg[_PORT], why))  # type: ignore[index]
+        self._backoff(now)
+
+    def _lost(self, now, why) -> None:
+        self._ready = False
+        self.watch.disconnected()
+        self.mq.close(why)
+        self.diag("broker connection lost: %s" % why)
+        self._pause(now, self._delay)
 
     def _status_of(self, cfg) -> bytes:
         return Topics(cfg[_TOPIC_ROOT], cfg[_CONN_ID]).status.encode()
 
-    # A task per job, no wrapper coroutine for each (a generator frame each):
-    # asyncio calls _on_error when one ends with an exception nobody awaits.
+    # ----- the main loop -----
 
-    def _jobs(self) -> tuple:
-        return (self.resp.run, self._main_loop, self._uplink, self._downlink,
-                self._heartbeat, self._net)
-
-    def _on_error(self, loop, ctx) -> None:
-        """asyncio's exception handler. A job that ended with a MemoryError (one
-        its own loop did not absorb) is counted and restarted by run(); any
-        other exception is a bug: run() stops, main.py resets the ESP8266. Tasks not
-        the bridge's jobs (the MQTT client's) get asyncio's default handler.
-        Allocates nothing: it runs on a heap that was just exhausted."""
-        t = ctx["future"]
-        e = ctx["exception"]
-        if t not in self._tasks:
-            loop.default_exception_handler(loop, ctx)
-            return
-        if isinstance(e, MemoryError):
-            self._oom()
-            self._dead |= 1 << self._tasks.index(t)
-            return
-        sys.print_exception(e)
-        self._crash = e
-
-    async def run(self) -> None:
-        """Start the jobs, then supervise them: restart the jobs _on_error marked
-        dead, within a tick of their failure (a restart that cannot be allocated
-        is tried again a tick later); RuntimeError within a tick of any other
-        exception in a job. The supervisor is this coroutine, not a task of its
-        own, and it polls instead of waiting on an Event (docs/FIRMWARE.md)."""
+    def run(self) -> None:
+        """The main loop: each turn every job, then one poll of the MQTT socket
+        (shorter while the link moves). A MemoryError escaping a job is counted
+        and the loop goes on (the job's state is kept: it is tried again next
+        turn); any other exception is a bug: RuntimeError, main.py resets the
+        ESP8266."""
         gc.collect()
-        asyncio.get_event_loop().set_exception_handler(self._on_error)
-        self._tasks = [asyncio.create_task(job()) for job in self._jobs()]
-        while self._crash is None:
-            await asyncio.sleep_ms(_TICK_MS)
-            if not self._dead:
-                continue
-            try:
-                jobs = self._jobs()
-                for i in range(len(jobs)):
-                    if self._dead & (1 << i):
-                        self._tasks[i] = asyncio.create_task(jobs[i]())
-                        self._dead &= ~(1 << i)
-            except MemoryError:
-                self._oom()
-        raise RuntimeError("bridge task failed: %r" % (self._crash,))
+        jobs = (self._mqtt, self._uplink, self._downlink, self._net, self._tick)
+        resp = self.resp
+        mq = self.mq
+        while True:
+            now = time.ticks_ms()
+            for job in jobs:
+                try:
+                    job(now)
+                except MemoryError:
+                    self._oom()
+                except Exception as e:
+                    sys.print_exception(e)
+                    raise RuntimeError("bridge task failed: %r" % (e,)) from e
+            ex = resp.exchanges
+            mq.wait(_BUSY_MS if ex != self._seen else _IDLE_MS)
+            self._seen = ex
 
 
 def run() -> None:
-    asyncio.run(Bridge().run())
+    Bridge().run()

@@ -5,9 +5,9 @@
 # the filesystem. Ctrl-C on the UART gives the REPL.
 import sys
 
-# Frozen modules (the bridge, link_core, asyncio) live on the '.frozen' path
-# entry. First: a stale file on the filesystem must not shadow them. Also
-# restores it when MICROPYPATH replaced the default path (unix port).
+# Frozen modules (the bridge, link_core) live on the '.frozen' path entry.
+# First: a stale file on the filesystem must not shadow them. Also restores it
+# when MICROPYPATH replaced the default path (unix port).
 if ".frozen" in sys.path:
     sys.path.remove(".frozen")
 sys.path.insert(0, ".frozen")
@@ -18,7 +18,7 @@ try:
     bridge.run()
 except KeyboardInterrupt:
     pass
-except Exception as e:  # a task failed: reboot; the Pyboard sees FRESH and resyncs
+except Exception as e:  # the main loop failed: reboot; the Pyboard sees FRESH and resyncs
     sys.print_exception(e)
     import machine
 

@@ -1,24 +1,27 @@
-# Compact asyncio MQTT 3.1.1 client for the ESP8266 (MicroPython).
+# Compact non-blocking MQTT 3.1.1 client for the ESP8266 (MicroPython).
 #
 # One connection at a time; the owner (bridge.py) decides when to connect and
 # reconnect. Features: CONNECT with will, credentials and clean_session;
 # CONNACK refusals as MQTTError with a readable reason; PUBLISH QoS 0 and 1
 # (QoS 1 with a bounded in-flight table, retried with DUP after response_ms,
-# resent on reconnect); SUBSCRIBE; PINGREQ keepalive with dead-broker
-# detection; optional TLS; incoming messages in a bounded queue: while it is
-# full the socket is not read (TCP then pushes back on the broker).
+# resent on reconnect, due resends in acceptance order); SUBSCRIBE; PINGREQ
+# keepalive with dead-broker detection; optional TLS; incoming messages in a
+# bounded queue: while it is full the socket is not read (TCP then pushes back
+# on the broker).
+#
+# No asyncio, no coroutines (docs/FIRMWARE.md "Memory budget"): a state
+# machine over the non-blocking socket. The owner calls wait(ms) (select.poll
+# on the socket: its one sleep) and step() (reads what has come, writes what
+# the socket takes, runs the timers) in its main loop. connect(), publish()
+# and subscribe() only start things; step() carries them on.
 #
 # Hot paths reuse preallocated buffers: a received packet is read into one
-# bytearray; only the (topic, payload) bytes handed to the consumer are new.
-#
-# The socket is used directly, non-blocking, waiting on asyncio's I/O queue
-# (_io): asyncio.stream and asyncio.Lock are not loaded, 1,184 B of the
-# ESP8266's heap (docs/FIRMWARE.md "Memory budget"), and a write the socket
-# does not take at once is not copied into a stream buffer.
+# bytearray; packets go out one at a time, header from one buffer, payload
+# from the caller's bytes; only the (topic, payload) bytes handed to the
+# consumer are new.
 from micropython import const
-import asyncio
-from asyncio import core  # type: ignore[attr-defined]  # MicroPython's asyncio.core
 import gc
+import select
 import socket
 import time
 
@@ -38,7 +41,23 @@ _ETIMEDOUT = const(110)
 _ECONNRESET = const(104)
 _ENOMEM = const(12)
 _OOM_RETRY_MS = const(50)  # wait before retrying an allocation that failed
-_POLL_MS = const(10)  # how often a connect or subscribe in progress is checked
+_POLL_MS = const(10)  # disconnect(): how often the last writes are looked at
+
+# connection states
+_CLOSED = const(0)
+_OPENING = const(1)  # TCP (and TLS) connecting, CONNECT going out
+_CONNACK_WAIT = const(2)
+_UP = const(3)
+
+# reader states
+_R_TYPE = const(0)  # first byte of a fixed header
+_R_LEN = const(1)  # remaining-length bytes
+_R_BODY = const(2)  # the packet body into _rbuf
+_R_DRAIN = const(3)  # the rest of an oversized PUBLISH, dropped
+_R_HOLD = const(4)  # a PUBLISH in _rbuf waiting for queue room or memory
+
+_POLLIN = const(1)
+_POLLOUT = const(4)
 
 TOPIC_MAX = const(128)  # longest topic sent or accepted
 MSG_MAX = const(1152)  # longest payload accepted (PROTOCOL.md MAX_MESSAGE)
@@ -51,6 +70,9 @@ _REASONS = (
     "bad user name or password",
     "not authorised",
 )
+
+_PING = b"\xc0\x00"
+_DISC = b"\xe0\x00"
 
 
 class MQTTError(Exception):
@@ -91,16 +113,6 @@ def _put_str(buf: bytearray, i: int, s: bytes) -> int:
     return i + 2 + n
 
 
-def _nothing(on: bool) -> None:
-    pass
-
-
-def _io(s, write):
-    # awaited: wait until s is writable (write) or readable, as asyncio.stream does
-    q = core._io_queue
-    yield q.queue_write(s) if write else q.queue_read(s)
-
-
 def _no_delay(s) -> None:
     # Small publishes (acks, heartbeats, QoS 0 lines) must not wait ~40 ms for
     # the broker's delayed ACK (Nagle's algorithm). Where the port's socket
@@ -126,15 +138,6 @@ def _tls_context():
         return tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
 
 
-async def _settled(coro):
-    # coro's result or the Exception it raised: a task that ends with an exception
-    # before it is awaited would go to asyncio's exception handler (_within)
-    try:
-        return await coro
-    except Exception as e:
-        return e
-
-
 def _b(s) -> bytes:
     return s.encode() if isinstance(s, str) else bytes(s)
 
@@ -157,10 +160,16 @@ class MQTTClient:
     will: None or (topic, payload, qos, retain).
     response_ms: how long to wait for CONNACK, SUBACK, PUBACK, PINGRESP or a
     stuck write before the connection is deemed dead.
-    max_inflight: unacknowledged QoS 1 publishes; publish() waits when full.
+    max_inflight: unacknowledged QoS 1 publishes; publish() returns -1 when full.
     rx_slots: size of the incoming message queue (back-pressure when full).
     retries: DUP resends of a QoS 1 publish on one connection before the
     connection is dropped (it is resent again after the reconnect).
+
+    State: connecting() (connect() started, no CONNACK yet), isconnected();
+    after a failed attempt `err` holds its MQTTError or OSError; `why` says
+    why the last established connection ended; `present` is the CONNACK
+    session-present flag; `suback` the granted QoS of the last subscribe()
+    (-1 while unanswered, 0x80 refused).
     """
 
     def __init__(
@@ -190,17 +199,33 @@ class MQTTClient:
         # receive buffer for one packet body (topic + pid + payload)
         self._rbuf = bytearray(4 + TOPIC_MAX + max_msg)
         self._rmv = memoryview(self._rbuf)
+        self._one = bytearray(1)  # fixed-header bytes are read one at a time
         self._tbuf = bytearray(9 + TOPIC_MAX)  # outgoing fixed header + topic + pid
-        self._tmv = memoryview(self._tbuf)
         self._abuf = bytearray(b"\x40\x02\x00\x00")  # PUBACK
+        self._p = select.poll()
+        self._pmask = 0  # events the socket is registered for (0: not registered)
+        self._rev = 0  # events the last wait() saw
         self._s: socket.socket | None = None  # the socket (non-blocking), or an SSL socket over it
-        self._connected = False
-        self._tasks: list = []
-        self._wl = False  # a packet is being written (packets never interleave)
-        # Any state change: PUBACK, SUBACK, connection down, write lock
-        # released, message queued or taken. One Event for every waiter (each
-        # re-checks its own condition): an Event is 64 B of the ESP8266's heap.
-        self._ev = asyncio.Event()
+        self._tls = False
+        self._st = _CLOSED
+        self._t0 = time.ticks_ms()  # when the current connect phase began
+        self._cpkt = None  # the CONNECT packet while it goes out
+        # the packet being written: _oal bytes of _oa (header or whole packet),
+        # then _ob (payload, or None); _op which of them, _oo the offset in it.
+        # socket.write(buf, off, n): no slice is made
+        self._oa = None
+        self._oal = 0
+        self._ob = None
+        self._op = 0
+        self._oo = 0
+        self._oslot = -1  # in-flight slot of the publish being written
+        self._wt0 = self._t0  # when the packet being written started
+        self._ack = -1  # packet id of a PUBACK to send (one at a time)
+        self._ping_due = False
+        self._sub_topic = b""
+        self._sub_qos = 0
+        self._sub_due = False
+        self._sub_ms = self._t0
         self._pid = 0
         # in-flight QoS 1 table (parallel lists, fixed size)
         n = max_inflight
@@ -208,29 +233,45 @@ class MQTTClient:
         self._f_topic = [b""] * n
         self._f_msg = [b""] * n
         self._f_ret = [False] * n
-        self._f_ms = [time.ticks_ms()] * n
+        self._f_ms = [self._t0] * n
         self._f_try = [0] * n
+        self._f_due = [False] * n  # to be written (first time, a retry, after a reconnect)
+        self._f_dup = [False] * n  # written once: DUP from now on
+        self._f_seq = [0] * n  # acceptance order
+        self._seq = 0
         self._f_n = 0
         # incoming queue (ring of (topic, payload, retain))
         self._q: list = [None] * rx_slots
         self._qh = 0
         self._qn = 0
         self._paused = False
+        # the reader
+        self._rs = _R_TYPE
+        self._rt = 0  # packet type byte
+        self._rn = 0  # remaining length
+        self._rsh = 0  # varint shift
+        self._rg = 0  # body bytes read
+        self._rw = 0  # body bytes wanted in _rbuf
+        self._rleft = 0  # bytes to drain
+        self._rpid = 0  # packet id of the PUBLISH being read
+        self._rtl = 0  # its topic length
+        self._rhl = 0  # its topic + packet id length
+        self._oom_ms = self._t0
         self._sub_pid = -1
         self._sub_rc = -1
+        self.suback = -1
+        self.present = False
         self._pinging = False  # a PINGREQ is unanswered
-        self._ping_ms = time.ticks_ms()  # when it went out
-        self._last_rx = self._ping_ms
-        self._last_tx = self._ping_ms
-        self._wbusy = False
-        self._wt0 = self._ping_ms
+        self._ping_ms = self._t0  # when it went out
+        self._last_rx = self._t0
+        self._last_tx = self._t0
         self._ip: str | None = None  # resolved broker address (DNS once, getaddrinfo blocks)
         self._host: str | None = None
         self._fails = 0  # connect attempts failed in a row
-        self.on_block = _nothing  # called with True/False around a blocking DNS lookup
+        self.err: Exception | None = None  # why the last connect attempt failed
         self.why = ""  # why the last connection ended
         self.oversize = 0  # incoming messages dropped for size
-        self.mem_errors = 0  # MemoryErrors caught (nothing lost: see _write, _on_publish)
+        self.mem_errors = 0  # MemoryErrors caught (nothing lost: see _flush, _deliver)
 
     def configure(
         self, client_id, user="", password="", keepalive_s=60, will=None, response_ms=10000,
@@ -249,18 +290,25 @@ class MQTTClient:
         self.response_ms = response_ms
         self._retries = retries
         self.clean_session = clean_session
+        self._forget()
+        while self._qn:
+            self.get()
+
+    def _forget(self) -> None:
         for i in range(len(self._f_pid)):
             self._f_pid[i] = 0
             self._f_topic[i] = b""
             self._f_msg[i] = b""
+            self._f_due[i] = False
         self._f_n = 0
-        while self._qn:
-            self.get()
 
     # ----- state -----
 
     def isconnected(self) -> bool:
-        return self._connected
+        return self._st == _UP
+
+    def connecting(self) -> bool:
+        return self._st == _OPENING or self._st == _CONNACK_WAIT
 
     def get(self):
         """Take the oldest incoming (topic, payload, retain), or None."""
@@ -271,117 +319,77 @@ class MQTTClient:
         q[self._qh] = None
         self._qh = (self._qh + 1) % len(q)
         self._qn -= 1
-        self._ev.set()
+        if self._s is not None:
+            self._mask()  # the reader may go on
         return m
 
-    async def next(self):
-        """Wait for and take the next incoming (topic, payload, retain)."""
-        while not self._qn:
-            self._ev.clear()
-            await self._ev.wait()
-        return self.get()
+    def wait(self, ms: int) -> None:
+        """Sleep up to ms, less once the socket has something for step() (the
+        owner's one sleep: select.poll, which on the ESP8266 runs scheduled IRQ
+        handlers meanwhile)."""
+        if self._rs == _R_HOLD and self._qn < len(self._q):
+            ms = 0  # a message waits for the room just made
+        ev = 0
+        for _s, e in self._p.ipoll(ms):
+            ev |= e
+        self._rev = ev
 
     # ----- connection -----
 
     def _resolve(self, host, port):
-        # DNS once: getaddrinfo blocks the event loop (on the ESP8266 it still
-        # runs scheduled IRQ handlers: on_block lets the I2C link go on)
+        # DNS once: getaddrinfo blocks (on the ESP8266 it still runs scheduled
+        # IRQ handlers: the I2C link goes on in the syn handler)
         if self._ip is None or self._host != host or self._fails >= 4:
             self._host = host
             self._fails = 0
-            self.on_block(True)
-            try:
-                a = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
-            finally:
-                self.on_block(False)
+            a = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
             # the ESP8266 (lwIP) gives ('a.b.c.d', port): keep the literal;
             # other ports give an opaque sockaddr: keep the name
             self._ip = a[0] if isinstance(a, tuple) else host
         return self._ip
 
-    async def connect(self, host, port: int = 1883, tls: bool = False) -> bool:
-        """Open the connection; return the CONNACK session-present flag.
+    def connect(self, host, port: int = 1883, tls: bool = False) -> None:
+        """Start opening the connection; step() carries it on. connecting() is
+        True until it is up (isconnected()) or failed (`err` says why).
 
-        Raises MQTTError (refused, malformed) or OSError (network)."""
+        Raises OSError when it cannot even start (DNS, socket)."""
         self.close("reconnect")
         self.why = ""
+        self.err = None
         try:
             ip = self._resolve(host, port)
-            ctx = None
+            ai = socket.getaddrinfo(ip, port, 0, socket.SOCK_STREAM)[0]
+            s = socket.socket(ai[0], ai[1], ai[2])
+            self._s = s  # closed by _close_sock if what follows fails
+            s.setblocking(False)
+            try:
+                s.connect(ai[-1])
+            except OSError as e:
+                if e.errno != _EINPROGRESS:
+                    raise
             if tls:
-                ctx = _tls_context()
-            await self._within(self._open(ip, port, ctx, host))
-            _no_delay(self._s)
-        except OSError:  # ETIMEDOUT included
+                s = _tls_context().wrap_socket(s, server_hostname=host,
+                                               do_handshake_on_connect=False)
+                s.setblocking(False)
+                self._s = s
+            self._tls = tls
+            _no_delay(s)
+            pkt, n = self._connect_packet()
+        except OSError:
+            self._close_sock()
             self._fails += 1  # after 4 in a row: resolve again (DHCP may have moved it)
             raise
-        try:
-            await self._within(self._handshake())
-        except Exception:
-            self._close_sock()
-            self._fails += 1
-            raise
-        self._fails = 0
-        if self.clean_session:
-            # MQTT-3.1.2-6: a clean session discards the old one, in-flight
-            # publishes included; the end-to-end layer resends what matters.
-            for i in range(len(self._f_pid)):
-                self._f_pid[i] = 0
-                self._f_topic[i] = b""
-                self._f_msg[i] = b""
-            self._f_n = 0
-        now = time.ticks_ms()
-        self._last_rx = now
-        self._last_tx = now
-        self._pinging = False
-        self._paused = False
-        self._connected = True
-        present = bool(self._rbuf[2] & 1)
-        self._tasks = [asyncio.create_task(self._reader()), asyncio.create_task(self._keeper())]
-        # MQTT-4.4.0-1: resend unacknowledged publishes with their packet ids
-        for i in range(len(self._f_pid)):
-            if self._f_pid[i]:
-                self._f_try[i] = 0
-                await self._send_pub(i, True)
-        return present
+        self._cpkt = pkt
+        self._start(pkt, n, None)
+        self._st = _OPENING
+        self._t0 = time.ticks_ms()
+        self._mask()
 
-    async def _open(self, ip, port, ctx, host) -> None:
-        # asyncio.open_connection without asyncio.stream
-        ai = socket.getaddrinfo(ip, port, 0, socket.SOCK_STREAM)[0]
-        s = socket.socket(ai[0], ai[1], ai[2])
-        self._s = s  # closed by _close_sock if what follows fails
-        s.setblocking(False)
-        try:
-            s.connect(ai[-1])
-        except OSError as e:
-            if e.errno != _EINPROGRESS:
-                raise
-        if ctx is not None:
-            s = ctx.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
-            s.setblocking(False)
-            self._s = s
-        await _io(s, True)
-
-    async def _within(self, coro):
-        """The result of coro, run as a task; OSError(ETIMEDOUT) once response_ms
-        have passed (it is then cancelled). asyncio.wait_for_ms does the same but
-        loads asyncio.funcs, 384 B of the ESP8266's heap (docs/FIRMWARE.md)."""
-        t = asyncio.create_task(_settled(coro))
-        t0 = time.ticks_ms()
-        while not t.done():
-            if time.ticks_diff(time.ticks_ms(), t0) > self.response_ms:
-                t.cancel()
-                raise OSError(_ETIMEDOUT)
-            await asyncio.sleep_ms(_POLL_MS)
-        r = await t
-        if isinstance(r, Exception):
-            raise r
-        return r
-
-    async def _handshake(self) -> None:
+    def _connect_packet(self):
         will = self._will
         n = 10 + 2 + len(self._cid)
         flags = 0x02 if self.clean_session else 0
+        wt = wm = b""
         if will:
             wt = _b(will[0])
             wm = _b(will[1])
@@ -409,115 +417,219 @@ class MQTTClient:
             i = _put_str(pkt, i, self._user)
         if self._pw:
             i = _put_str(pkt, i, self._pw)
-        await self._send(memoryview(pkt)[:i], None, True)
-        del pkt
-        mv = self._rmv
-        await self._readn(mv[:4])
-        b = self._rbuf
-        if b[0] != _CONNACK or b[1] != 2:
-            raise MQTTError("bad CONNACK")
-        if b[3]:
-            raise MQTTError(refusal(b[3]), b[3])
+        return pkt, i
+
+    def _connected(self, flags: int) -> None:
+        # CONNACK accepted
+        self._cpkt = None
+        self._fails = 0
+        if self.clean_session:
+            # MQTT-3.1.2-6: a clean session discards the old one, in-flight
+            # publishes included; the end-to-end layer resends what matters.
+            self._forget()
+        now = time.ticks_ms()
+        self._last_rx = now
+        self._last_tx = now
+        self._pinging = False
+        self._paused = False
+        self.present = bool(flags & 1)
+        self._st = _UP
+        # MQTT-4.4.0-1: resend unacknowledged publishes with their packet ids
+        # (in acceptance order, DUP set)
+        for i in range(len(self._f_pid)):
+            if self._f_pid[i]:
+                self._f_try[i] = 0
+                self._f_due[i] = True
+                self._f_dup[i] = True
 
     def _close_sock(self) -> None:
         s = self._s
         self._s = None
         if s is not None:
+            if self._pmask:
+                try:
+                    self._p.unregister(s)
+                except (OSError, KeyError):
+                    pass
             try:
                 s.close()
             except Exception:
                 pass
+        self._pmask = 0
+        self._rev = 0
 
     def close(self, why: str = "closed") -> None:
         """Drop the connection at once (the broker publishes the will)."""
-        was = self._connected
-        self._connected = False
-        cur = asyncio.current_task()
-        for t in self._tasks:
-            if t is not cur:
-                t.cancel()
-        self._tasks = []
-        self._close_sock()
-        if was:
+        if self._st == _UP:
             self.why = why
-        self._ev.set()
+        self._st = _CLOSED
+        self._close_sock()
+        self._cpkt = None
+        self._oa = None
+        self._ob = None
+        self._op = 0
+        self._oo = 0
+        self._oslot = -1
+        self._ack = -1
+        self._ping_due = False
+        self._sub_due = False
+        self._sub_pid = -1
+        self._pinging = False
+        self._paused = False
+        self._rs = _R_TYPE
 
-    async def disconnect(self) -> None:
-        """Say DISCONNECT (no will) and close."""
-        if self._connected:
-            try:
-                await self._lock()
+    def disconnect(self) -> None:
+        """Finish the packets due (within response_ms), say DISCONNECT (no will) and close."""
+        if self._st == _UP:
+            t0 = time.ticks_ms()
+            while self._st == _UP and (self._oa is not None or self._due()):
+                if time.ticks_diff(time.ticks_ms(), t0) > self.response_ms:
+                    break
+                self.wait(_POLL_MS)
+                self.step()
+            if self._st == _UP and self._oa is None:
                 try:
-                    self._tbuf[0] = _DISCONNECT
-                    self._tbuf[1] = 0
-                    await self._write(self._tmv[:2])
-                finally:
-                    self._unlock()
-            except OSError:
-                pass
+                    self._s.write(_DISC)  # type: ignore[union-attr]
+                except OSError:
+                    pass
         self.close("disconnect")
 
+    def _lost(self, e, why) -> None:
+        # an error on the socket: an established connection ends (why), an
+        # attempt fails (err)
+        if self._st == _UP:
+            self.close(why)
+        elif self._st:
+            self.close()
+            self.err = e
+            self._fails += 1
+
     def _fail(self, why: str) -> None:
-        if self._connected:
+        if self._st == _UP:
             self.close(why)
 
     # ----- sending -----
 
-    async def _lock(self) -> None:
-        # asyncio.Lock without asyncio.lock: the caller calls _unlock in a finally
-        while self._wl:
-            self._ev.clear()
-            await self._ev.wait()
-        self._wl = True
+    def _start(self, a, n, b) -> None:
+        self._oa = a
+        self._oal = n
+        self._ob = b
+        self._op = 0
+        self._oo = 0
+        self._wt0 = time.ticks_ms()
 
-    def _unlock(self) -> None:
-        self._wl = False
-        self._ev.set()
+    def _due(self) -> bool:
+        if self._ack >= 0 or self._ping_due or self._sub_due:
+            return True
+        for d in self._f_due:
+            if d:
+                return True
+        return False
 
-    async def _send(self, a, b=None, connecting: bool = False) -> None:
-        await self._lock()
-        try:
-            await self._write(a, b, connecting)
-        finally:
-            self._unlock()
+    def _next_out(self) -> bool:
+        # the next packet to write, by priority: PUBACK, PINGREQ, SUBSCRIBE,
+        # then the due QoS 1 publishes in acceptance order
+        if self._st != _UP:
+            return False
+        if self._ack >= 0:
+            a = self._abuf
+            a[2] = self._ack >> 8
+            a[3] = self._ack & 0xFF
+            self._ack = -1
+            self._start(a, 4, None)
+            return True
+        if self._ping_due:
+            self._ping_due = False
+            self._start(_PING, 2, None)
+            return True
+        b = self._tbuf
+        if self._sub_due:
+            self._sub_due = False
+            topic = self._sub_topic
+            pid = self._sub_pid
+            b[0] = _SUBSCRIBE
+            i = put_len(b, 1, 5 + len(topic))
+            b[i] = pid >> 8
+            b[i + 1] = pid & 0xFF
+            i = _put_str(b, i + 2, topic)
+            b[i] = self._sub_qos
+            self._start(b, i + 1, None)
+            self._sub_ms = time.ticks_ms()
+            return True
+        k = -1
+        for i in range(len(self._f_pid)):
+            if self._f_due[i] and (k < 0 or self._f_seq[i] < self._f_seq[k]):
+                k = i
+        if k < 0:
+            return False
+        self._f_due[k] = False
+        n = self._head(self._f_topic[k], self._f_msg[k], 1, self._f_ret[k], self._f_pid[k],
+                       self._f_dup[k])
+        self._f_dup[k] = True
+        self._oslot = k
+        self._start(self._tbuf, n, self._f_msg[k])
+        return True
 
-    async def _put(self, s, buf) -> None:
-        # all of buf into the socket s, waiting while it is full
-        off = s.write(buf) or 0
-        n = len(buf)
-        if off < n:
-            mv = memoryview(buf)
-            while off < n:
-                await _io(s, True)  # a socket closed meanwhile: write raises OSError
-                off += s.write(mv[off:]) or 0
+    def _head(self, topic, msg, qos, retain, pid, dup) -> int:
+        b = self._tbuf
+        b[0] = _PUBLISH | (8 if dup else 0) | (qos << 1) | (1 if retain else 0)
+        i = put_len(b, 1, 2 + len(topic) + len(msg) + (2 if qos else 0))
+        i = _put_str(b, i, topic)
+        if qos:
+            b[i] = pid >> 8
+            b[i + 1] = pid & 0xFF
+            i += 2
+        return i
 
-    async def _write(self, a, b=None, connecting: bool = False) -> None:
-        # Caller holds the write lock (_lock): packets never interleave, and
-        # _tbuf (filled under the lock) is not overwritten before it is written.
+    def _flush(self) -> None:
+        # Write what the socket takes of the packet being written, then of the
+        # next ones. OSError and MemoryError go to the caller (_write_safe).
         s = self._s
-        if s is None or not (self._connected or connecting):
-            raise OSError(_ENOTCONN)
+        while s is not None:
+            if self._oa is None and not self._next_out():
+                return
+            if self._op:
+                part = self._ob
+                ln = len(part)  # type: ignore[arg-type]
+            else:
+                part = self._oa
+                ln = self._oal
+            o = self._oo
+            n = s.write(part, o, ln - o)  # type: ignore[call-arg]
+            if not n:
+                return  # the socket is full (or the TLS handshake goes on)
+            o += n
+            if o < ln:
+                self._oo = o
+                return
+            self._oo = 0
+            if not self._op and self._ob:
+                self._op = 1
+                continue
+            now = time.ticks_ms()
+            self._oa = None
+            self._ob = None
+            self._op = 0
+            self._last_tx = now
+            if self._oslot >= 0:
+                self._f_ms[self._oslot] = now
+                self._oslot = -1
+            if self._st == _OPENING:  # CONNECT is out: wait for CONNACK
+                self._cpkt = None
+                self._st = _CONNACK_WAIT
+                self._t0 = now
+                return
+
+    def _write_safe(self) -> None:
         try:
-            self._wt0 = time.ticks_ms()
-            self._wbusy = True
-            await self._put(s, a)
-            if b:
-                await self._put(s, b)
-            await asyncio.sleep_ms(0)  # always yield, as a stream's drain does
+            self._flush()
         except OSError as e:
-            self._wbusy = False
-            self._fail("write: %s" % e)
-            raise
+            self._lost(e, "write: %s" % e)
         except MemoryError:
-            # a slice could not be made: the packet may be incomplete, so
-            # the connection must go; callers see the usual OSError (a QoS 1
-            # message is resent after the reconnect, a QoS 0 one was not sent)
-            self._wbusy = False
+            # the packet may be incomplete, so the connection must go (a QoS 1 message is resent after the
+            # reconnect, a QoS 0 one was not sent)
             self.mem_errors += 1
-            self._fail("write: out of memory")
-            raise OSError(_ENOMEM)
-        self._wbusy = False
-        self._last_tx = time.ticks_ms()
+            self._lost(OSError(_ENOMEM), "write: out of memory")
 
     def _next_pid(self) -> int:
         while True:
@@ -525,35 +637,14 @@ class MQTTClient:
             if self._pid not in self._f_pid and self._pid != self._sub_pid:
                 return self._pid
 
-    async def _send_pub(self, slot: int, dup: bool) -> None:
-        await self._pub(
-            self._f_topic[slot], self._f_msg[slot], 1, self._f_ret[slot], self._f_pid[slot], dup
-        )
-        self._f_ms[slot] = time.ticks_ms()
+    def publish(self, topic, msg, qos: int = 0, retain: bool = False) -> int:
+        """Publish. QoS 1: the packet id once the message is in the in-flight
+        table (it goes out, is retried and resent after a reconnect until its
+        PUBACK arrives), -1 while the table is full. QoS 0: 0 once it is
+        going out, -1 while another packet is (try again after step()).
 
-    async def _pub(self, topic, msg, qos, retain, pid, dup) -> None:
-        await self._lock()
-        try:
-            b = self._tbuf
-            b[0] = _PUBLISH | (8 if dup else 0) | (qos << 1) | (1 if retain else 0)
-            n = 2 + len(topic) + len(msg) + (2 if qos else 0)
-            i = put_len(b, 1, n)
-            i = _put_str(b, i, topic)
-            if qos:
-                b[i] = pid >> 8
-                b[i + 1] = pid & 0xFF
-                i += 2
-            await self._write(self._tmv[:i], msg)
-        finally:
-            self._unlock()
-
-    async def publish(self, topic, msg, qos: int = 0, retain: bool = False) -> int:
-        """Publish; QoS 1 returns the packet id once it is in the in-flight table.
-
-        A QoS 1 message, once accepted, is retried and resent after a
-        reconnect until its PUBACK arrives. Raises OSError when not connected
-        (the message was not accepted), ValueError when too long, for a
-        wildcard in the topic (MQTT-3.3.2-2) or a QoS other than 0 and 1."""
+        Raises OSError when not connected (not accepted), ValueError when too
+        long, for a wildcard in the topic (MQTT-3.3.2-2) or a QoS other than 0 and 1."""
         topic = _b(topic) if isinstance(topic, str) else topic
         if len(topic) > TOPIC_MAX or not topic:
             raise ValueError("topic length")
@@ -563,18 +654,23 @@ class MQTTClient:
             raise ValueError("QoS %d: only 0 and 1 are supported" % qos)
         if len(msg) > 268435455 - 4 - len(topic):
             raise ValueError("payload length")
-        if not qos:
-            if not self._connected:
-                raise OSError(_ENOTCONN)
-            await self._pub(topic, msg, 0, retain, 0, False)
-            return 0
-        while self._f_n >= len(self._f_pid):
-            if not self._connected:
-                raise OSError(_ENOTCONN)
-            self._ev.clear()  # set by a PUBACK or the end of the connection (among others)
-            await self._ev.wait()
-        if not self._connected:
+        if self._st != _UP:
             raise OSError(_ENOTCONN)
+        if not qos:
+            self._write_safe()  # what is due goes first
+            if self._oa is not None or self._st != _UP:
+                if self._st != _UP:
+                    raise OSError(_ENOTCONN)
+                return -1
+            n = self._head(topic, msg, 0, retain, 0, False)
+            self._start(self._tbuf, n, msg)
+            self._write_safe()
+            self._mask()
+            if self._st != _UP:
+                raise OSError(_ENOTCONN)
+            return 0
+        if self._f_n >= len(self._f_pid):
+            return -1
         slot = self._f_pid.index(0)
         pid = self._next_pid()
         self._f_pid[slot] = pid
@@ -583,188 +679,286 @@ class MQTTClient:
         self._f_ret[slot] = retain
         self._f_try[slot] = 0
         self._f_ms[slot] = time.ticks_ms()
+        self._f_due[slot] = True
+        self._f_dup[slot] = False
+        self._seq += 1
+        self._f_seq[slot] = self._seq
         self._f_n += 1
-        try:
-            await self._send_pub(slot, False)
-        except OSError:
-            pass  # accepted: it goes out again after the reconnect
-        except MemoryError:  # nothing was written: accepted, the retry timer resends it
-            self.mem_errors += 1
+        self._write_safe()  # accepted: a failed write resends it after the reconnect
+        self._mask()
         return pid
 
-    async def subscribe(self, topic, qos: int = 1) -> int:
-        """Subscribe to one filter; return the granted QoS. MQTTError if refused.
+    def subscribe(self, topic, qos: int = 1) -> int:
+        """Start subscribing to one filter; return its packet id. `suback` then
+        holds the granted QoS (0x80: refused) once step() has read the SUBACK.
 
         ValueError for a QoS other than 0 and 1: this client cannot take QoS 2
-        deliveries (it would answer PUBLISH QoS 2 with nothing)."""
+        deliveries (it would answer PUBLISH QoS 2 with nothing). OSError when
+        not connected."""
         topic = _b(topic)
         if len(topic) > TOPIC_MAX or not topic:
             raise ValueError("topic length")
         if qos != 0 and qos != 1:
             raise ValueError("subscription QoS %d: only 0 and 1 are supported" % qos)
+        if self._st != _UP:
+            raise OSError(_ENOTCONN)
         pid = self._next_pid()
         self._sub_pid = pid
         self._sub_rc = -1
-        await self._lock()
-        try:
-            b = self._tbuf
-            b[0] = _SUBSCRIBE
-            i = put_len(b, 1, 5 + len(topic))
-            b[i] = pid >> 8
-            b[i + 1] = pid & 0xFF
-            i = _put_str(b, i + 2, topic)
-            b[i] = qos
-            await self._write(self._tmv[: i + 1])
-        finally:
-            self._unlock()
-        t0 = time.ticks_ms()
-        while self._sub_rc < 0:
-            if not self._connected:
-                raise OSError(_ENOTCONN)
-            if self._overdue(t0, time.ticks_ms()):
-                self._fail("no SUBACK")
-                raise OSError(_ETIMEDOUT)
-            await asyncio.sleep_ms(_POLL_MS)
-        self._sub_pid = -1
-        if self._sub_rc == 0x80:
-            raise MQTTError("subscription refused")
-        return self._sub_rc
+        self.suback = -1
+        self._sub_topic = topic
+        self._sub_qos = qos
+        self._sub_due = True
+        self._sub_ms = time.ticks_ms()
+        self._write_safe()
+        self._mask()
+        return pid
+
+    # ----- the main loop's step -----
+
+    def step(self) -> None:
+        """Carry everything on: connect, read, write, keepalive, retries."""
+        st = self._st
+        if not st:
+            return
+        now = time.ticks_ms()
+        if st != _UP:
+            if time.ticks_diff(now, self._t0) > self.response_ms:
+                self._lost(OSError(_ETIMEDOUT), "")
+                return
+            if st == _OPENING:
+                if self._tls or self._rev:  # writable, or an error to be had by writing
+                    self._write_safe()
+            else:
+                self._read_safe()
+            self._mask()
+            return
+        self._read_safe()
+        if self._st == _UP:
+            self._timers(now)
+        if self._st == _UP:
+            self._write_safe()
+        self._mask()
+
+    def _mask(self) -> None:
+        # poll for writability only while something is to be written, for
+        # readability only while the reader takes packets: else poll would
+        # return at once, and the owner's loop would spin
+        s = self._s
+        if s is None:
+            return
+        st = self._st
+        m = 0
+        if st == _OPENING or self._oa is not None or (st == _UP and self._due()):
+            m = _POLLOUT
+        if st >= _CONNACK_WAIT and self._reading():
+            m |= _POLLIN
+        if m == self._pmask:
+            return
+        p = self._p
+        if not m:
+            p.unregister(s)
+        elif self._pmask:
+            p.modify(s, m)
+        else:
+            p.register(s, m)
+        self._pmask = m
+
+    def _reading(self) -> bool:
+        if self._rs == _R_HOLD:
+            return False
+        if self._ack >= 0:  # one PUBACK at a time
+            return False
+        return not (self._rs == _R_TYPE and self._qn >= len(self._q))
 
     # ----- receiving -----
 
-    async def _readn(self, mv) -> None:
-        """Fill mv exactly from the socket."""
-        n = len(mv)
-        got = 0
-        s = self._s
-        if s is None:
-            raise OSError(_ENOTCONN)
-        while got < n:
-            await _io(s, False)
-            r = s.readinto(mv[got:])
-            if r is None:  # TLS: record not complete yet
-                continue
-            if not r:
-                raise OSError(_ECONNRESET)
-            got += r
-            self._last_rx = time.ticks_ms()
-
-    async def _reader(self) -> None:
+    def _read_safe(self) -> None:
         try:
-            await self._read_loop()
+            self._read()
         except OSError as e:
-            self._fail("read: %s" % e)
+            self._lost(e, "read: %s" % e)
         except (MQTTError, ValueError, IndexError) as e:
-            self._fail("malformed: %s" % e)
+            self._lost(e, "malformed: %s" % e)
         except MemoryError:
             # an allocation failed outside the retried copy: drop the connection;
             # a QoS 1 message not yet acknowledged is redelivered after the reconnect
             self.mem_errors += 1
-            self._fail("out of memory")
+            self._lost(OSError(_ENOMEM), "out of memory")
 
-    async def _read_loop(self) -> None:
+    def _some(self, mv) -> int:
+        # bytes read into mv, 0 when none has come; EOF is an error
+        r = self._s.readinto(mv)  # type: ignore[union-attr]
+        if r is None:
+            return 0
+        if not r:
+            raise OSError(_ECONNRESET)
+        self._last_rx = time.ticks_ms()
+        return r
+
+    def _read(self) -> None:
         b = self._rbuf
         mv = self._rmv
-        q = self._q
-        while True:
-            if self._qn >= len(q):  # consumer full: stop reading the socket
-                self._paused = True
-                while self._qn >= len(q):
-                    self._ev.clear()
-                    await self._ev.wait()
-                self._paused = False
-                self._resume_timers()
-            await self._readn(mv[:2])
-            t = b[0]
-            n = b[1] & 0x7F
-            if b[1] & 0x80:
-                sh = 7
-                while True:
-                    await self._readn(mv[1:2])
-                    n |= (b[1] & 0x7F) << sh
-                    if not b[1] & 0x80:
-                        break
-                    sh += 7
-                    if sh > 21:
-                        raise MQTTError("remaining length")
-            if t & 0xF0 == _PUBLISH:
-                await self._on_publish(t, n)
+        one = self._one
+        while self._st >= _CONNACK_WAIT:
+            rs = self._rs
+            if rs == _R_HOLD:
+                if not self._deliver():
+                    return
                 continue
-            if n > 4:
-                raise MQTTError("packet %02x length %d" % (t, n))
-            if n:
-                await self._readn(mv[:n])
-            if t == _PUBACK and n == 2:
-                pid = (b[0] << 8) | b[1]
-                if pid in self._f_pid:
-                    i = self._f_pid.index(pid)
-                    self._f_pid[i] = 0
-                    self._f_topic[i] = b""
-                    self._f_msg[i] = b""
-                    self._f_n -= 1
-                    self._ev.set()
-            elif t == _SUBACK and n == 3:
-                if (b[0] << 8) | b[1] == self._sub_pid:
-                    self._sub_rc = b[2]
-                    self._ev.set()
-            elif t == _PINGRESP and n == 0:
-                self._pinging = False
-            else:
-                raise MQTTError("unexpected packet %02x" % t)
+            if self._ack >= 0:
+                self._write_safe()  # the PUBACK goes out before anything more is read
+                if self._ack >= 0:
+                    return
+            if rs == _R_TYPE:
+                if self._st == _UP:
+                    if self._qn >= len(self._q):  # consumer full: stop reading the socket
+                        self._paused = True
+                        return
+                    if self._paused:
+                        self._paused = False
+                        self._resume_timers()
+                if not self._some(one):
+                    return
+                self._rt = one[0]
+                self._rn = 0
+                self._rsh = 0
+                self._rs = _R_LEN
+            elif rs == _R_LEN:
+                if not self._some(one):
+                    return
+                v = one[0]
+                self._rn |= (v & 0x7F) << self._rsh
+                if v & 0x80:
+                    self._rsh += 7
+                    if self._rsh > 21:
+                        raise MQTTError("remaining length")
+                    continue
+                self._header()
+            elif rs == _R_BODY:
+                g = self._rg
+                if g < self._rw:
+                    r = self._some(mv[g : self._rw])
+                    if not r:
+                        return
+                    self._rg = g + r
+                    if self._rg < self._rw:
+                        continue
+                self._packet(b)
+            else:  # _R_DRAIN
+                k = self._rleft
+                if k > len(b):
+                    k = len(b)
+                r = self._some(mv[:k])
+                if not r:
+                    return
+                self._rleft -= r
+                if not self._rleft:
+                    self._dropped()
 
-    async def _on_publish(self, t: int, n: int) -> None:
-        b = self._rbuf
-        mv = self._rmv
-        qos = (t >> 1) & 3
-        if qos > 1 or n < 2 + (2 if qos else 0):
-            raise MQTTError("bad PUBLISH")
-        await self._readn(mv[:2])
-        tl = (b[0] << 8) | b[1]
-        hl = tl + (2 if qos else 0)
-        if tl > TOPIC_MAX or 2 + hl > n:
-            raise MQTTError("bad topic length")
-        await self._readn(mv[:hl])
-        pid = (b[tl] << 8) | b[tl + 1] if qos else 0
-        pl = n - 2 - hl
-        if pl > self._max_msg:
-            # too long for the link: drain it in pieces, acknowledge it (else a
-            # persistent session would redeliver it for ever) and count it
-            left = pl
-            while left:
-                k = min(left, len(b) - hl)
-                await self._readn(mv[hl : hl + k])
-                left -= k
-            self.oversize += 1
+    def _header(self) -> None:
+        t = self._rt
+        n = self._rn
+        if self._st == _CONNACK_WAIT and (t != _CONNACK or n != 2):
+            raise MQTTError("bad CONNACK")
+        if t & 0xF0 == _PUBLISH:
+            qos = (t >> 1) & 3
+            if qos > 1 or n < 2 + (2 if qos else 0):
+                raise MQTTError("bad PUBLISH")
+        elif n > 4:
+            raise MQTTError("packet %02x length %d" % (t, n))
+        self._rg = 0
+        self._rw = n if n <= len(self._rbuf) else len(self._rbuf)
+        self._rs = _R_BODY
+
+    def _packet(self, b) -> None:
+        # a body complete in _rbuf (or its first len(_rbuf) bytes)
+        t = self._rt
+        n = self._rn
+        self._rs = _R_TYPE
+        if t & 0xF0 == _PUBLISH:
+            qos = (t >> 1) & 3
+            tl = (b[0] << 8) | b[1]
+            hl = tl + (2 if qos else 0)
+            if tl > TOPIC_MAX or 2 + hl > n:
+                raise MQTTError("bad topic length")
+            self._rpid = (b[2 + tl] << 8) | b[3 + tl] if qos else -1
+            pl = n - 2 - hl
+            if n > len(b):
+                # too long for the link: drain it in pieces, acknowledge it (else a
+                # persistent session would redeliver it for ever) and count it
+                self._rleft = n - len(b)
+                self._rs = _R_DRAIN
+            elif pl > self._max_msg:
+                self._dropped()
+            else:
+                self._rtl = tl
+                self._rhl = hl
+                self._rs = _R_HOLD
+                self._deliver()
+            return
+        if self._st == _CONNACK_WAIT:
+            if b[1]:
+                raise MQTTError(refusal(b[1]), b[1])
+            self._connected(b[0])
+            return
+        if t == _PUBACK and n == 2:
+            pid = (b[0] << 8) | b[1]
+            if pid in self._f_pid:
+                i = self._f_pid.index(pid)
+                self._f_pid[i] = 0
+                self._f_topic[i] = b""
+                self._f_msg[i] = b""
+                self._f_due[i] = False
+                self._f_n -= 1
+        elif t == _SUBACK and n == 3:
+            if (b[0] << 8) | b[1] == self._sub_pid:
+                self._sub_rc = b[2]
+                self.suback = b[2]
+                self._sub_pid = -1
+        elif t == _PINGRESP and n == 0:
+            self._pinging = False
         else:
-            await self._readn(mv[hl : hl + pl])
-            q = self._q
-            while True:
-                try:
-                    item = (bytes(mv[:tl]), bytes(mv[hl : hl + pl]), t & 1)
-                    break
-                except MemoryError:
-                    # the packet stays in _rbuf, unacknowledged and the socket
-                    # unread, until the copy fits (the keeper judges nothing meanwhile)
-                    self.mem_errors += 1
-                    self._paused = True
-                    gc.collect()
-                    await asyncio.sleep_ms(_OOM_RETRY_MS)
-            if self._paused:
-                self._paused = False
-                self._resume_timers()
-            q[(self._qh + self._qn) % len(q)] = item
-            self._qn += 1
-            self._ev.set()
-        if qos:
-            a = self._abuf  # own buffer: _tbuf may be in use by a publisher
-            a[2] = pid >> 8
-            a[3] = pid & 0xFF
-            await self._send(a)
+            raise MQTTError("unexpected packet %02x" % t)
+
+    def _dropped(self) -> None:
+        self.oversize += 1
+        self._rs = _R_TYPE
+        if self._rpid >= 0:
+            self._ack = self._rpid
+
+    def _deliver(self) -> bool:
+        # the PUBLISH in _rbuf into the queue; False while there is no room
+        # (or no memory for the copy: it stays unacknowledged and the socket
+        # unread, and the copy is retried; the timers judge nothing meanwhile)
+        q = self._q
+        if self._qn >= len(q):
+            self._paused = True
+            return False
+        if self._paused and time.ticks_diff(time.ticks_ms(), self._oom_ms) < _OOM_RETRY_MS:
+            return False
+        mv = self._rmv
+        tl = self._rtl
+        hl = self._rhl
+        try:
+            item = (bytes(mv[2 : 2 + tl]), bytes(mv[2 + hl : self._rn]), self._rt & 1)
+        except MemoryError:
+            self.mem_errors += 1
+            self._paused = True
+            self._oom_ms = time.ticks_ms()
+            gc.collect()
+            return False
+        if self._paused:
+            self._paused = False
+            self._resume_timers()
+        q[(self._qh + self._qn) % len(q)] = item
+        self._qn += 1
+        self._rs = _R_TYPE
+        if self._rpid >= 0:
+            self._ack = self._rpid
+        return True
 
     # ----- timers: keepalive, dead broker, QoS 1 retries -----
-
-    def _tick_ms(self) -> int:
-        return min(self.response_ms // 4, 500)
 
     def _overdue(self, since, now) -> bool:
         """A response asked for at `since` is late: the broker is deemed dead.
@@ -784,46 +978,43 @@ class MQTTClient:
         now = time.ticks_ms()
         self._ping_ms = now
         self._last_rx = now
+        self._sub_ms = now
         for i in range(len(self._f_pid)):
             if self._f_pid[i]:
                 self._f_ms[i] = now
 
-    async def _keeper(self) -> None:
+    def _timers(self, now) -> None:
+        if self._oa is not None and time.ticks_diff(now, self._wt0) > self.response_ms:
+            self._fail("write stalled")
+            return
         ping = self.keepalive_s * 250  # ping after keepalive/4 of silence
-        tick = self._tick_ms()
-        b = bytearray(2)
-        b[0] = _PINGREQ
-        try:
-            while self._connected:
-                await asyncio.sleep_ms(tick)
-                now = time.ticks_ms()
-                if self._wbusy and time.ticks_diff(now, self._wt0) > self.response_ms:
-                    self._fail("write stalled")
+        if self._paused:
+            # not reading: judge nothing, but keep the broker's keepalive fed
+            if ping and not self._ping_due and time.ticks_diff(now, self._last_tx) >= ping:
+                self._pinging = True
+                self._ping_ms = now
+                self._ping_due = True
+            return
+        if self._pinging:
+            if not self._ping_due and self._overdue(self._ping_ms, now):
+                self._fail("no PINGRESP")
+                return
+        elif ping and (
+            time.ticks_diff(now, self._last_rx) >= ping
+            or time.ticks_diff(now, self._last_tx) >= ping
+        ):
+            self._pinging = True
+            self._ping_ms = now
+            self._ping_due = True
+        if (self._sub_pid >= 0 and not self._sub_due
+                and self._overdue(self._sub_ms, now)):
+            self._fail("no SUBACK")
+            return
+        for i in range(len(self._f_pid)):
+            if (self._f_pid[i] and not self._f_due[i] and i != self._oslot
+                    and self._overdue(self._f_ms[i], now)):
+                if self._f_try[i] >= self._retries:
+                    self._fail("no PUBACK")
                     return
-                if self._paused:
-                    # not reading: judge nothing, but keep the broker's keepalive fed
-                    if ping and time.ticks_diff(now, self._last_tx) >= ping:
-                        self._pinging = True
-                        self._ping_ms = now
-                        await self._send(b)
-                    continue
-                if self._pinging:
-                    if self._overdue(self._ping_ms, now):
-                        self._fail("no PINGRESP")
-                        return
-                elif ping and (
-                    time.ticks_diff(now, self._last_rx) >= ping
-                    or time.ticks_diff(now, self._last_tx) >= ping
-                ):
-                    self._pinging = True
-                    self._ping_ms = now
-                    await self._send(b)
-                for i in range(len(self._f_pid)):
-                    if self._f_pid[i] and self._overdue(self._f_ms[i], now):
-                        if self._f_try[i] >= self._retries:
-                            self._fail("no PUBACK")
-                            return
-                        self._f_try[i] += 1
-                        await self._send_pub(i, True)
-        except OSError:
-            pass  # _send already failed the connection
+                self._f_try[i] += 1
+                self._f_due[i] = True

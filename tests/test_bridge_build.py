@@ -4,8 +4,8 @@
 - esp_bridge/ type-checks with mypy against micropython-esp8266-stubs;
 - the freeze manifest names every bridge module and the link_core package, and
   nothing that does not exist;
-- the bridge names no asyncio attribute that loads a submodule other than
-  asyncio.event (docs/FIRMWARE.md "Memory budget").
+- the bridge and link_core import no asyncio at all, and the manifest does
+  not freeze it (docs/FIRMWARE.md "Memory budget").
 """
 
 from __future__ import annotations
@@ -139,34 +139,40 @@ def test_manifest_freezes_every_bridge_module() -> None:
     assert (ESP_BRIDGE / ".." / "link_core" / "__init__.py").is_file()
     includes = [a[0] for n, a, k in calls if n == "include"]
     assert "$(PORT_DIR)/boards/manifest.py" in includes  # _boot, inisetup, ssl...
-    assert "$(MPY_DIR)/extmod/asyncio" in includes  # a FROZEN_MANIFEST replaces the board's
+    # a FROZEN_MANIFEST replaces the board's; nothing on the ESP8266 uses asyncio
+    assert not any("asyncio" in i for i in includes), includes
+    assert not [a for n, a, k in calls if n == "require" and "asyncio" in a[0]]
 
 
-# MicroPython's asyncio/__init__.py loads these submodules on first use of the
-# names (its _attrs table): each costs the ESP8266's heap (docs/FIRMWARE.md
-# "Memory budget": asyncio.funcs 368 B, asyncio.lock 304 B, asyncio.stream 880 B).
-_ASYNCIO_LAZY = {"wait_for": "funcs", "wait_for_ms": "funcs", "gather": "funcs",
-                 "Event": "event", "ThreadSafeFlag": "event", "Lock": "lock",
-                 "open_connection": "stream", "start_server": "stream",
-                 "StreamReader": "stream", "StreamWriter": "stream"}
-
-
-def _asyncio_submodules(src: str) -> set[str]:
+# The bridge runs one main loop over select.poll, without asyncio: asyncio's
+# module objects and its tasks cost the ESP8266's heap about 4.5 K
+# (docs/FIRMWARE.md "Memory budget"), and the firmware does not freeze it.
+def _asyncio_imports(src: str) -> set[str]:
+    """The asyncio modules src imports (import asyncio, import asyncio.x as y,
+    from asyncio import ..., from asyncio.x import ...)."""
     import ast
 
     found = set()
     for node in ast.walk(ast.parse(src)):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id == "asyncio" and node.attr in _ASYNCIO_LAZY):
-            found.add(_ASYNCIO_LAZY[node.attr])
-        if isinstance(node, ast.ImportFrom) and node.module == "asyncio":
-            found |= {_ASYNCIO_LAZY[a.name] for a in node.names if a.name in _ASYNCIO_LAZY}
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names
+                      if a.name == "asyncio" or a.name.startswith("asyncio.")}
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module == "asyncio" or node.module.startswith("asyncio.")):
+            found.add(node.module)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (
+                node.func.id == "__import__" and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and str(node.args[0].value).startswith("asyncio")):
+            found.add(str(node.args[0].value))
     return found
 
 
-def test_bridge_loads_only_asyncio_event() -> None:
-    probe = "import asyncio\nasyncio.Lock()\nfrom asyncio import open_connection\n"
-    assert _asyncio_submodules(probe) == {"lock", "stream"}  # the check sees both forms
-    used = {f.name: _asyncio_submodules(f.read_text()) for f in sorted(ESP_BRIDGE.glob("*.py"))}
-    assert set().union(*used.values()) <= {"event"}, used
-
+def test_bridge_imports_no_asyncio() -> None:
+    probe = ("import asyncio\nfrom asyncio import core\nimport asyncio.event as ev\n"
+             "def f():\n    import asyncio.stream\n")
+    # the check sees every form, at module level and in functions
+    assert _asyncio_imports(probe) == {"asyncio", "asyncio.event", "asyncio.stream"}
+    device = sorted(ESP_BRIDGE.glob("*.py")) + sorted(ROOT.joinpath("link_core").glob("*.py"))
+    used = {f.name: _asyncio_imports(f.read_text()) for f in device if f.name != "manifest.py"}
+    assert not set().union(*used.values()), used

@@ -28,14 +28,15 @@ from test_bridge_support import run_mpy
 from virtual_bench.bridge_rig import ESP_BRIDGE, MpyProcess, mpy_env
 
 SCRIPT = r'''
-import asyncio
 import sys
 import time
 
 from mqtt import MQTTClient, MQTTError, put_len, refusal
 
-# inflight(), pending() and wait_acked() are not the client's: the bridge never
-# calls them, and every method costs the ESP8266 heap (docs/FIRMWARE.md)
+# The client is a state machine (no asyncio): the owner's loop calls wait(ms)
+# and step(). The helpers below are this script's loop; they and inflight(),
+# pending(), wait_acked() are not the client's: the bridge never calls them,
+# and every method costs the ESP8266 heap (docs/FIRMWARE.md)
 
 
 def inflight(c):
@@ -46,12 +47,76 @@ def pending(c):
     return c._qn
 
 
-async def wait_acked(c):
+def turn(c, ms=10):
+    c.wait(ms)
+    c.step()
+
+
+def run_until(c, cond, ms):
+    t0 = time.ticks_ms()
+    while not cond():
+        if time.ticks_diff(time.ticks_ms(), t0) > ms:
+            return False
+        turn(c)
+    return True
+
+
+def sleep(c, ms):
+    run_until(c, lambda: False, ms)
+
+
+def connect(c, host, port, tls=False):
+    # connect() and the steps to CONNACK: the session-present flag; raises the
+    # attempt's MQTTError or OSError
+    c.connect(host, port, tls)
+    while c.connecting():
+        turn(c)
+    if not c.isconnected() and c.err is not None:
+        raise c.err
+    return c.present
+
+
+def subscribe(c, topic, qos=1):
+    c.subscribe(topic, qos)
+    while c.isconnected() and c.suback < 0:
+        turn(c)
+    if not c.isconnected():
+        raise OSError(107)
+    if c.suback == 0x80:
+        raise MQTTError("subscription refused")
+    return c.suback
+
+
+def publish(c, topic, msg, qos=0, retain=False):
+    # as the bridge does: again after a step while the client cannot take it
+    while True:
+        r = c.publish(topic, msg, qos, retain)
+        if r >= 0:
+            return r
+        turn(c)
+
+
+def wait_acked(c, ms=30000):
+    t0 = time.ticks_ms()
     while c._f_n:
         if not c.isconnected():
             raise OSError(107)
-        c._ev.clear()
-        await c._ev.wait()
+        if time.ticks_diff(time.ticks_ms(), t0) > ms:
+            raise OSError(110)
+        turn(c)
+
+
+def next_msg(c, ms):
+    # the next incoming (topic, payload, retain); OSError(ETIMEDOUT) after ms
+    t0 = time.ticks_ms()
+    while True:
+        m = c.get()
+        if m is not None:
+            return m
+        if time.ticks_diff(time.ticks_ms(), t0) > ms:
+            raise OSError(110)
+        turn(c)
+
 
 scen = sys.argv[1]
 port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
@@ -62,16 +127,7 @@ def out(*a):
     print(*a)
 
 
-async def wait_until(cond, ms):
-    t0 = time.ticks_ms()
-    while not cond():
-        if time.ticks_diff(time.ticks_ms(), t0) > ms:
-            return False
-        await asyncio.sleep_ms(20)
-    return True
-
-
-async def varint():
+def varint():
     cases = [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16383, b"\xff\x7f"),
              (16384, b"\x80\x80\x01"), (2097151, b"\xff\xff\x7f"),
              (2097152, b"\x80\x80\x80\x01"), (268435455, b"\xff\xff\xff\x7f")]
@@ -91,151 +147,148 @@ async def varint():
     out("VARINT OK")
 
 
-async def basic():
+def basic():
     c = MQTTClient("mp-basic", keepalive_s=2, response_ms=2000, clean_session=True)
-    present = await c.connect(HOST, port)
+    present = connect(c, HOST, port)
     out("CONNECTED", present)
-    out("GRANTED", await c.subscribe("mp/basic/#", 1))
-    await c.publish("mp/basic/q0", b"zero", 0)
-    await c.publish(b"mp/basic/q1", b"one", 1)
-    await c.publish("mp/basic/big", b"B" * 1100, 1, True)
-    await wait_acked(c)
+    out("GRANTED", subscribe(c, "mp/basic/#", 1))
+    publish(c, "mp/basic/q0", b"zero", 0)
+    publish(c, b"mp/basic/q1", b"one", 1)
+    publish(c, "mp/basic/big", b"B" * 1100, 1, True)
+    wait_acked(c)
     out("ACKED", inflight(c))
     got = {}
     for _ in range(3):
-        t, m, r = await asyncio.wait_for_ms(c.next(), 3000)
+        t, m, r = next_msg(c, 3000)
         got[t.decode()] = len(m)
     out("GOT", sorted(got.items()))
     for bad in ("", "x" * 129):
         try:
-            await c.publish(bad, b"x")
+            c.publish(bad, b"x")
             out("BAD TOPIC ACCEPTED")
         except ValueError:
             pass
-    await asyncio.sleep_ms(3500)  # longer than 1.5 x keepalive: pings keep it up
+    sleep(c, 3500)  # longer than 1.5 x keepalive: pings keep it up
     out("ALIVE", c.isconnected(), c.why)
-    await c.publish("mp/basic/big", b"", 1, True)  # clear the retained message
-    await wait_acked(c)
-    await c.disconnect()
+    publish(c, "mp/basic/big", b"", 1, True)  # clear the retained message
+    wait_acked(c)
+    c.disconnect()
     out("CLOSED", c.isconnected())
 
 
-async def will():
+def will():
     c = MQTTClient("mp-will", keepalive_s=60, will=("mp/will/status", b"offline", 1, True))
-    await c.connect(HOST, port)
-    await c.publish("mp/will/status", b"online", 1, True)
-    await wait_acked(c)
+    connect(c, HOST, port)
+    publish(c, "mp/will/status", b"online", 1, True)
+    wait_acked(c)
     out("READY")
     while True:
-        await asyncio.sleep(1)
+        turn(c, 100)
 
 
-async def reconnect():
+def reconnect():
     c = MQTTClient("mp-rc", keepalive_s=2, response_ms=1000, clean_session=False)
-    await c.connect(HOST, port)
-    await c.subscribe("mp/rc/#", 1)
+    connect(c, HOST, port)
+    subscribe(c, "mp/rc/#", 1)
     out("READY")
-    await wait_until(lambda: not c.isconnected(), 20000)
+    run_until(c, lambda: not c.isconnected(), 20000)
     out("DOWN", c.why)
     t0 = time.ticks_ms()
     first = True
     while True:  # as the bridge does: reconnect, resubscribe, until it works
         try:
-            await c.connect(HOST, port)
+            connect(c, HOST, port)
             if first:
                 out("RECONNECTED after", time.ticks_diff(time.ticks_ms(), t0))
                 first = False
-            await c.subscribe("mp/rc/#", 1)
-            await c.publish("mp/rc/x", b"back", 1)
-            t, m, r = await asyncio.wait_for_ms(c.next(), 3000)
+            subscribe(c, "mp/rc/#", 1)
+            publish(c, "mp/rc/x", b"back", 1)
+            t, m, r = next_msg(c, 3000)
             break
-        except (OSError, MQTTError, asyncio.TimeoutError) as e:
+        except (OSError, MQTTError) as e:
             out("RETRY", repr(e), c.isconnected(), c.why)
-            await asyncio.sleep_ms(200)
+            sleep(c, 200)
     out("BACK", t.decode(), m.decode())
-    await c.disconnect()
+    c.disconnect()
 
 
-async def retry():
+def retry():
     c = MQTTClient("mp-retry", keepalive_s=30, response_ms=800, retries=3, clean_session=True)
-    await c.connect(HOST, port)
-    pid = await c.publish("mp/retry/x", b"r1", 1)
+    connect(c, HOST, port)
+    pid = publish(c, "mp/retry/x", b"r1", 1)
     out("PUBLISHED", pid)
-    await asyncio.wait_for_ms(wait_acked(c), 5000)
+    wait_acked(c, 5000)
     out("ACKED", inflight(c), c.isconnected())
-    await c.disconnect()
+    c.disconnect()
 
 
-async def refused():
+def refused():
     user = sys.argv[3]
     pw = sys.argv[4]
     c = MQTTClient("mp-ref", user=user, password=pw, response_ms=3000, clean_session=True)
     try:
-        await c.connect(HOST, port)
+        connect(c, HOST, port)
         out("ACCEPTED")
-        await c.disconnect()
+        c.disconnect()
     except MQTTError as e:
         out("REFUSED", e.code, e.args[0])
 
 
-async def backpressure():
+def backpressure():
     n = int(sys.argv[3])
     c = MQTTClient("mp-bp", keepalive_s=2, response_ms=1500, rx_slots=2, clean_session=True)
-    await c.connect(HOST, port)
-    await c.subscribe("mp/bp", 1)
+    connect(c, HOST, port)
+    subscribe(c, "mp/bp", 1)
     out("READY")
     most = 0
     t0 = time.ticks_ms()
     while time.ticks_diff(time.ticks_ms(), t0) < 4000:  # a slow consumer: take nothing
         most = max(most, pending(c))
-        await asyncio.sleep_ms(50)
+        turn(c, 50)
     out("PAUSED", most, c._paused, c.isconnected(), c.why)
     seq = []
     while len(seq) < n:
-        t, m, r = await asyncio.wait_for_ms(c.next(), 5000)
+        t, m, r = next_msg(c, 5000)
         seq.append(int(m))
         most = max(most, pending(c))
     out("BP", len(seq), seq == list(range(n)), most, c.isconnected())
-    await c.disconnect()
+    c.disconnect()
 
 
-async def concurrent():
+def concurrent():
     c = MQTTClient("mp-cc", keepalive_s=30, response_ms=5000, clean_session=True)
-    await c.connect(HOST, port)
-    await c.subscribe("mp/cc/+", 1)
-    big = b"Z" * 300000  # many partial writes: the others wait for the lock meanwhile
-    async def small(name):
-        await asyncio.sleep_ms(0)
-        await c.publish("mp/cc/" + name, b"from-" + name.encode(), 1)
-    tasks = [asyncio.create_task(c.publish("mp/cc/big", big, 0))]
-    tasks += [asyncio.create_task(small(n)) for n in ("bb", "c", "dddd")]
-    await asyncio.gather(*tasks)
-    await wait_acked(c)
+    connect(c, HOST, port)
+    subscribe(c, "mp/cc/+", 1)
+    big = b"Z" * 300000  # many partial writes: the others wait their turn meanwhile
+    publish(c, "mp/cc/big", big, 0)
+    for name in ("bb", "c", "dddd"):
+        publish(c, "mp/cc/" + name, b"from-" + name.encode(), 1)
+    wait_acked(c)
     got = []
     for _ in range(3):
-        t, m, r = await asyncio.wait_for_ms(c.next(), 5000)
+        t, m, r = next_msg(c, 5000)
         got.append((t.decode(), m.decode()))
-    await asyncio.sleep_ms(300)
+    sleep(c, 300)
     out("CONCURRENT", sorted(got), c.oversize, c.isconnected())
-    await c.disconnect()
+    c.disconnect()
 
 
-async def malformed():
+def malformed():
     c = MQTTClient("mp-mal", keepalive_s=30, response_ms=1000, max_msg=1152)
     for i in range(4):
-        await c.connect(HOST, port)
+        connect(c, HOST, port)
         if i < 3:
-            ok = await wait_until(lambda: not c.isconnected(), 3000)
+            ok = run_until(c, lambda: not c.isconnected(), 3000)
             out("DROP", i, ok, c.why)
         else:
-            await c.subscribe("mp/x", 1)
-            t, m, r = await asyncio.wait_for_ms(c.next(), 3000)
+            subscribe(c, "mp/x", 1)
+            t, m, r = next_msg(c, 3000)
             out("OVERSIZE", c.oversize, t.decode(), m.decode(), c.isconnected())
-            await asyncio.sleep_ms(300)
-            await c.disconnect()
+            sleep(c, 300)
+            c.disconnect()
 
 
-async def forbidden():
+def forbidden():
     # MQTT 3.1.1 "MUST NOT"s refused where they enter, before anything is sent
     for args in (("mp-f", "", "pw", False), ("", "", "", False), ("", "u", "pw", False)):
         try:
@@ -250,44 +303,44 @@ async def forbidden():
     except ValueError as e:
         out("REFUSED", e)
     c = MQTTClient("mp-forbidden", keepalive_s=10, response_ms=3000, clean_session=True)
-    await c.connect(HOST, port)
+    connect(c, HOST, port)
     for topic in ("mp/f/+", "mp/#", "+"):
         try:
-            await c.publish(topic, b"x", 1)
+            c.publish(topic, b"x", 1)
             out("WILDCARD SENT", topic)
         except ValueError as e:
             out("REFUSED", e)
     try:
-        await c.subscribe("mp/f/#", 2)
+        c.subscribe("mp/f/#", 2)
         out("QOS2 SUBSCRIBED")
     except ValueError as e:
         out("REFUSED", e)
     out("STILL CONNECTED", c.isconnected(), inflight(c))
-    await c.disconnect()
+    c.disconnect()
     # an in-flight QoS 1 publish left from before is not resent into a new clean session
     c._f_pid[0] = 77
     c._f_topic[0] = b"mp/f/stale"
     c._f_msg[0] = b"stale"
     c._f_n = 1
-    await c.connect(HOST, port)
+    connect(c, HOST, port)
     out("CLEAN INFLIGHT", inflight(c))
-    await c.publish("mp/f/fresh", b"fresh", 1)
-    await wait_acked(c)
-    await c.disconnect()
+    publish(c, "mp/f/fresh", b"fresh", 1)
+    wait_acked(c)
+    c.disconnect()
     out("FORBIDDEN DONE")
 
 
-async def tls():
+def tls():
     c = MQTTClient("mp-tls", keepalive_s=10, response_ms=5000, clean_session=True)
-    await c.connect("localhost", port, True)
-    await c.subscribe("mp/tls", 1)
-    await c.publish("mp/tls", b"secret", 1)
-    t, m, r = await asyncio.wait_for_ms(c.next(), 5000)
+    connect(c, "localhost", port, True)
+    subscribe(c, "mp/tls", 1)
+    publish(c, "mp/tls", b"secret", 1)
+    t, m, r = next_msg(c, 5000)
     out("TLS", t.decode(), m.decode())
-    await c.disconnect()
+    c.disconnect()
 
 
-asyncio.run(globals()[scen]())
+globals()[scen]()
 '''
 
 

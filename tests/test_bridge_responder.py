@@ -4,7 +4,9 @@ Runs under the MicroPython unix port with the fake machine module of
 test_bridge_support first on the path: a fake SoftI2C over the Pyboard's
 256-byte memory that can corrupt bytes, report impossible lengths and raise
 bus errors, and the scripted Initiator (sim_pyboard.Initiator) built on
-link_core, which drives syn and waits for ack like the Pyboard.
+link_core, which drives syn and waits for ack like the Pyboard. The Responder
+exchanges in the syn pin's IRQ handler, which the fake Pin runs at once: no
+asyncio, no task.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from test_bridge_support import run_mpy
 from virtual_bench.bridge_rig import ESP_BRIDGE, make_hw_dir
 
 SCRIPT = r'''
-import asyncio
 import sys
 
 import machine
@@ -34,33 +35,29 @@ def msg(kind, n, seed):
     return bytes((kind,)) + body
 
 
-async def run_until(ini, cond, limit=4000):
+def run_until(ini, cond, limit=4000):
     for _ in range(limit):
         if cond():
             return True
-        await ini.step()
+        ini.step()
     return cond()
 
 
-async def sequence():
+def sequence():
     machine.LOG = []
     resp = Responder()
-    asyncio.create_task(resp.run())
     ini = sim_pyboard.Initiator(timeout_ms=100)
-    await asyncio.sleep_ms(0)
     # an unsynchronised Responder answers FRESH and carries no payload
     resp.link.queue_message(b"Kx")
     n = encode_block(0, 0, 0, b"", machine.MEM)
     machine.Pin.pins[5].drive(1)
-    await asyncio.sleep_ms(50)
     f = decode_block(machine.MV[0x80:0x80 + 126])
     print("FRESH", bool(f.flags & FRESH), len(f.payload), machine.Pin.pins[4].value())
     machine.Pin.pins[5].drive(0)
-    await asyncio.sleep_ms(50)
     print("ACK LOW", machine.Pin.pins[4].value())
     machine.LOG = []
     ini.link.queue_message(msg(0x75, 300, 1))
-    await run_until(
+    run_until(
         ini, lambda: ini.link.synced and resp.link.rx_pending and not resp.link.tx_pending
     )
     print("SYNC", ini.link.synced, resp.link.synced, resp.link.syncs)
@@ -77,12 +74,11 @@ async def sequence():
     print("GOT", len(m), m == msg(0x75, 300, 1))
 
 
-async def transfer():
+def transfer():
     faults = sys.argv[2] == "faults"
     if faults:
         machine.FAULTS.update({"flip_in": 7, "flip_out": 9, "eio": 11, "long_hdr": 13})
     resp = Responder()
-    asyncio.create_task(resp.run())
     ini = sim_pyboard.Initiator(timeout_ms=30)
     ini.link.sync_message = b'C["dev1",1883,"h",1500,0,"","",""]'
     up = [msg(0x75, n, n) for n in (1, 120, 121, 240, 241, 1000, 1152, 5, 700)]
@@ -108,7 +104,7 @@ async def transfer():
             m = ini.link.pop_message()
         if len(got_up) == len(up) + 1 and len(got_down) == len(down):
             break
-        await ini.step()
+        ini.step()
     print("UP", got_up[0][:1], got_up[1:] == up, len(got_up))
     print("DOWN", got_down == down, len(got_down))
     il = ini.link
@@ -117,15 +113,14 @@ async def transfer():
           % (rl.blocks_bad, il.blocks_bad, resp.bus_errors, ini.fails, rl.too_long + il.too_long))
 
 
-async def hold():
+def hold():
     resp = Responder(None, None, None, 6, 2)
-    asyncio.create_task(resp.run())
     ini = sim_pyboard.Initiator(timeout_ms=100)
     msgs = [msg(0x61, 50 + i, i) for i in range(6)]
     for m in msgs[:4]:
         ini.link.queue_message(m)
-    await run_until(ini, lambda: ini.link.peer_hold, 500)
-    await run_until(ini, lambda: False, 50)  # keep polling while the ESP8266 holds
+    run_until(ini, lambda: ini.link.peer_hold, 500)
+    run_until(ini, lambda: False, 50)  # keep polling while the ESP8266 holds
     print("HELD", ini.link.peer_hold, resp.link.rx_pending, ini.link.tx_pending)
     got = []
     for m in msgs[4:]:
@@ -136,15 +131,11 @@ async def hold():
             got.append(m)
         if len(got) == 6:
             break
-        await ini.step()
+        ini.step()
     print("RELEASED", got == msgs, ini.link.peer_hold)
 
 
-async def main():
-    await globals()[scen]()
-
-
-asyncio.run(main())
+globals()[scen]()
 '''
 
 

@@ -185,9 +185,11 @@ def config(port: int, conn_id: str = "dev1", timeout_ms: int = 1500, report_s: i
             "pblink", False, FAST if tuning is None else tuning]
 
 
-FAKES = "machine, network, esp, sim_pyboard"
+# select first: the fake select (on the ESP8266 a built-in module) runs the
+# scripted Pyboard while the bridge polls; the bridge imports no asyncio
+FAKES = "select, machine, network, esp, sim_pyboard"
 BRIDGE = "bridge"  # what main.py imports; the rest follows from it
-IMPORTS = f"import asyncio, {FAKES}, {BRIDGE}"
+IMPORTS = f"import {FAKES}, {BRIDGE}"
 
 # The 64-bit side note's rule (docs/FIRMWARE.md "Memory budget"): the bridge's
 # run-time live peak above the import cost may be at most 2 x ESP_BUDGET (64-bit

@@ -5,16 +5,16 @@ Method (docs/FIRMWARE.md "Memory budget"): the 32-bit unix build of
 and with esp_bridge/manifest.py frozen in, the bridge's bytecode is out of the
 heap as on the device. The traffic test of ``virtual_bench.bridge_rig`` runs in
 it. What the test adds that an ESP8266 does not have is measured and taken
-out: the fakes' module objects and bytecode (``machine``, ``network``, ``esp``,
-``sim_pyboard``, loaded from .mpy), the scripted Pyboard's run-time data
-(its Initiator, config and queued lines, which it sums itself at every
-sample) and its task (measured when it starts), and the fake Pins and
+out: the fakes' module objects and bytecode (``select``, ``machine``,
+``network``, ``esp``, ``sim_pyboard``, loaded from .mpy), the scripted
+Pyboard's run-time data (its Initiator, config and queued lines, which it sums
+itself at every sample) and its generator (measured when it starts), and the fake Pins and
 SoftI2C the Responder makes (``fake_hw_cost``) beyond what the ESP8266's
 C objects cost (``ESP_HW``).
 What the ESP8266 has and the unix port has not is added: its state after boot
 (``ESP_BOOT``). So::
 
-    used on the ESP8266 = ESP_BOOT + asyncio + module objects + run-time peak
+    used on the ESP8266 = ESP_BOOT + module objects + run-time peak
     free                = ESP_GC_TOTAL - used
 
 The heap of the run corresponds to the ESP8266's: ``-X heapsize`` whose GC
@@ -63,27 +63,27 @@ syn.irq(handler=h, trigger=3)
 gc.collect(); print('FAKE_HW', gc.mem_alloc() - a)
 """
 TARGET_FREE = 26 * 1024  # the original pb_link's ESP8266 free heap (issue 11)
-# asyncio loads its submodules on first use of these names: counted as
-# asyncio, not as the bridge's run-time data. The bridge loads event.py (Event,
-# ThreadSafeFlag) only: mqtt.py uses the socket on asyncio's I/O queue, without
-# asyncio.stream and asyncio.Lock (1,184 B).
-ASYNCIO = "import asyncio\nasyncio.Event, asyncio.ThreadSafeFlag"
+# The bridge imports no asyncio (docs/FIRMWARE.md "Memory budget"); its `select`
+# is the fake one here (virtual_bench/fakes/select.py, which runs the scripted
+# Pyboard while the bridge polls), a built-in module on the ESP8266: imported
+# first and counted with the fakes, so nothing of it is charged to the bridge.
+PRELOAD = "import select"
 
 
 def breakdown_imports(micropython_bin: str, fakes_dir: Path) -> dict[str, int]:
     """Heap of each part once imported, bytes: ``interpreter`` (the unix port's own
-    state), ``asyncio`` (with the submodules the bridge loads), ``modules`` (the
-    frozen bridge's and link_core's module
-    objects), ``fakes`` (fake hardware and scripted Pyboard, bytecode included),
+    state), ``asyncio`` (0: the bridge loads none; kept for the reports),
+    ``modules`` (the frozen bridge's and link_core's module objects), ``fakes``
+    (fake hardware, fake select and scripted Pyboard, bytecode included),
     ``all`` (everything the traffic test imports)."""
     def at(imports: str) -> int:
         return bridge_rig.heap_after(micropython_bin, fakes_dir, imports)
 
     base = at("pass")
-    a = at(ASYNCIO)
-    b = at(f"{ASYNCIO}\nimport {bridge_rig.BRIDGE}")
-    every = at(f"{ASYNCIO}\n{bridge_rig.IMPORTS}")
-    return {"interpreter": base, "asyncio": a - base, "modules": b - a, "fakes": every - b,
+    a = at(PRELOAD)
+    b = at(f"{PRELOAD}\nimport {bridge_rig.BRIDGE}")
+    every = at(bridge_rig.IMPORTS)
+    return {"interpreter": base, "asyncio": 0, "modules": b - a, "fakes": every - b + a - base,
             "all": every, "fake_hw": fake_hw_cost(micropython_bin, fakes_dir)}
 
 
@@ -91,7 +91,7 @@ def fake_hw_cost(micropython_bin: str, fakes_dir: Path) -> int:
     """Bytes of heap the fake Pins and SoftI2C that the Responder makes take under
     ``micropython_bin`` (352 on the 32-bit build), handler registered.
     RuntimeError when the child fails."""
-    code = f"import gc, sys\nsys.path.insert(0, '.frozen')\n{ASYNCIO}\n{_FAKE_HW}"
+    code = f"import gc, sys\nsys.path.insert(0, '.frozen')\n{PRELOAD}\n{_FAKE_HW}"
     out = bridge_rig.run_mpy_code(micropython_bin, fakes_dir, code)
     return int(out.split("FAKE_HW")[-1].split()[0])
 
@@ -114,9 +114,8 @@ def at(name, last=[0]):
     last[0] = a
 at('')
 %s
-at('asyncio')
 import machine, network, esp
-at('fakes machine, network, esp (test only, not on the ESP8266)')
+at('fakes select, machine, network, esp (test only, not on the ESP8266)')
 for name in %r:
     __import__(name)
     at('module ' + name)
@@ -125,12 +124,17 @@ r = bridge.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (empty 
 at('object Responder (LinkEndpoint, frame and reassembly buffers, fake pins)')
 b = bridge.Bridge(r)
 at('object Bridge (MQTTClient with its receive buffer, WiFi, settings)')
-sup = asyncio.create_task(b.run())  # as main.py runs it: the jobs and the supervisor
-async def pause():
-    await asyncio.sleep_ms(50)
-asyncio.run(pause())
-del pause
-at('bridge tasks (Bridge.run and the jobs it starts, 50 ms run, no config yet)')
+import time
+# Bridge.run's turns for 50 ms (no config yet); `jobs` stands for run()'s own
+# tuple of the jobs, kept alive as in its frame
+jobs = (b._mqtt, b._uplink, b._downlink, b._net, b._tick)
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 50:
+    for job in jobs:
+        job(time.ticks_ms())
+    b.mq.wait(2)
+del t0, job
+at('bridge main loop (its jobs tuple, 50 ms of turns, no config yet)')
 """
 
 
@@ -144,7 +148,7 @@ def breakdown_parts(micropython_bin: str, fakes_dir: Path) -> list[tuple[str, in
     ``fakes_dir`` (``bridge_rig.compile_fakes``). The run-time peak of
     ``esp_figures`` is these objects plus the connection and the messages in
     flight. RuntimeError when the child fails."""
-    code = _PARTS % (ASYNCIO, BRIDGE_MODULES)
+    code = _PARTS % (PRELOAD, BRIDGE_MODULES)
     out = bridge_rig.run_mpy_code(micropython_bin, fakes_dir, code)
     return [(ln.split(" ", 1)[1].rsplit(" ", 1)[0], int(ln.rsplit(" ", 1)[1]))
             for ln in out.splitlines() if ln.startswith("PART ")]
@@ -163,7 +167,7 @@ def esp_figures(imports: dict[str, int], run: dict[str, Any]) -> dict[str, int]:
     Bytes: ``boot``, ``asyncio``, ``modules``, ``run_time`` (the bridge's live
     peak above everything imported, without what the test's fakes hold:
     ``taken_out``), ``taken_out`` (the fake hardware beyond its ESP8266 cost,
-    ``fake_hw - ESP_HW``, and the scripted Pyboard's task, ``sim_task``),
+    ``fake_hw - ESP_HW``, and the scripted Pyboard's generator, ``sim_task``),
     ``used``, ``free``, ``gc_total``."""
     taken_out = imports["fake_hw"] - ESP_HW + run.get("sim_task", 0)
     run_time = run["bridge_peak"] - imports["all"] - taken_out

@@ -20,10 +20,12 @@
 #                      "flip_out": a write stores one flipped bit
 #                      "long_hdr": a header read reports length 200
 #   targets          every I2CTarget made (pb_link's memory-mode port)
-#   PBLINK_SIM_PYBOARD (environment): the first SoftI2C starts sim_pyboard.main()
-import asyncio
+#   PBLINK_SIM_PYBOARD (environment): the first SoftI2C starts sim_pyboard.main(),
+#                    a generator stepped by pump() (the fake select's poll calls
+#                    it while the bridge waits: no asyncio in the bridge's process)
 import gc
 import os
+import time
 
 MEM = bytearray(256)
 MV = memoryview(MEM)
@@ -34,7 +36,25 @@ hooks = {}
 targets = []
 _PIN_LOG = bool(os.getenv("PBLINK_FAKE_PIN_LOG"))
 _started = [False]
-SIM_TASK = [0]  # bytes of heap the scripted Pyboard's task took when it was started
+SIM_TASK = [0]  # bytes of heap the scripted Pyboard's generator took when it was started
+_sim = [None]  # the scripted Pyboard: a generator yielding ms to its next step
+_due = [0]  # when its next step is due (ticks_ms)
+
+
+def pump():
+    """Run the scripted Pyboard's step if it is due; return ms until its next
+    one (-1: there is none). The fake select's poll calls it while the bridge
+    waits, as the ESP8266 runs the syn IRQ's handler while poll waits."""
+    g = _sim[0]
+    if g is None:
+        return -1
+    now = time.ticks_ms()
+    d = time.ticks_diff(_due[0], now)
+    if d > 0:
+        return d
+    ms = next(g)
+    _due[0] = time.ticks_add(time.ticks_ms(), ms)
+    return ms
 
 
 class Pin:
@@ -102,13 +122,14 @@ class SoftI2C:
             _started[0] = True
             import sim_pyboard
 
-            # its task and coroutine frame are the test's, not the bridge's: measured
+            # its generator (with its frame) is the test's, not the bridge's: measured
             # here and taken out of the bridge's run-time peak (virtual_bench/esp_heap.py)
             gc.collect()
             a = gc.mem_alloc()
-            asyncio.create_task(sim_pyboard.main())
+            _sim[0] = sim_pyboard.main()
             gc.collect()
             SIM_TASK[0] = gc.mem_alloc() - a
+            _due[0] = time.ticks_ms()
 
     def _tick(self, op, memaddr, n):
         self.n += 1

@@ -1,7 +1,10 @@
 # A scripted Pyboard for the esp_bridge tests (not device code): the
 # Initiator of PROTOCOL.md 1.2 over the fake bus of machine.py, built on
-# link_core. main() runs the app scenario configured by environment variables.
-import asyncio
+# link_core. main() runs the app scenario configured by environment variables:
+# a generator that yields the ms to its next step (machine.pump steps it while
+# the bridge waits in poll; the bridge's process has no asyncio). The bridge's
+# Responder exchanges in the syn IRQ's handler, which the fake Pin runs at once:
+# ack has followed syn by the time drive() returns, or never will in this step.
 import gc
 import json
 import os
@@ -24,24 +27,19 @@ class Initiator:
         self.fails = 0
         self.mem_errors = 0
 
-    async def _wait(self, pin, level):
-        t0 = time.ticks_ms()
-        while pin._v != level:
-            if time.ticks_diff(time.ticks_ms(), t0) > self.timeout_ms:
-                return False
-            await asyncio.sleep_ms(0)
-        return True
+    def _wait(self, pin, level):
+        return pin._v == level
 
-    async def exchange(self):
+    def exchange(self):
         syn = machine.Pin.pins[5]
         ack = machine.Pin.pins[4]
-        if not await self._wait(ack, 0):
+        if not self._wait(ack, 0):
             self.fails += 1
             return False
         n = self.link.build_block(self.buf)
         machine.MEM[0:n] = self.bv[:n]
         syn.drive(1)
-        ok = await self._wait(ack, 1)
+        ok = self._wait(ack, 1)
         if ok:
             try:
                 self.link.on_block(machine.MV[0x80 : 0x80 + BLOCK_MAX])
@@ -49,17 +47,17 @@ class Initiator:
                 self.mem_errors += 1
         syn.drive(0)
         if ok:
-            ok = await self._wait(ack, 0)
+            ok = self._wait(ack, 0)
         self.exchanges += 1
         if not ok:
             self.fails += 1
         return ok
 
-    async def step(self):
-        ok = await self.exchange()
-        d = self.poll.delay_ms(time.ticks_ms(), self.link.busy) if ok else 20
-        await asyncio.sleep_ms(d)
-        return ok
+    def step(self):
+        """One exchange; the ms to wait before the next (a failed one: timeout_ms,
+        as the Initiator's wait for ack)."""
+        ok = self.exchange()
+        return self.poll.delay_ms(time.ticks_ms(), self.link.busy) if ok else self.timeout_ms
 
 
 def frame(i, size):
@@ -114,7 +112,7 @@ def fragment(keep, size):
         pass
 
 
-async def main():
+def main():
     gc.collect()
     a0 = gc.mem_alloc()
     cfg = json.loads(os.getenv("PBLINK_SIM_CONFIG"))
@@ -154,7 +152,7 @@ async def main():
           % (base, own_fixed, check, held(len(frame(1000, 1000)))))
     synced = False
     while True:
-        await ini.step()
+        yield ini.step()
         if link.synced and not synced:
             print("PB SYNCED")
         synced = link.synced

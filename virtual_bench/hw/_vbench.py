@@ -10,8 +10,10 @@
 #                     ['e', pin, level]        an edge on an input pin with an IRQ
 #                     ['t', addr, trigger]     an I2CTarget event (IRQ_END_READ/WRITE)
 # Events are applied in the order they arrive. Memory updates ('m') are applied at
-# once, wherever they are read; IRQ handlers run from the asyncio pump task, or
-# right after a request returns (like a soft IRQ between bytecodes), never nested.
+# once, wherever they are read; IRQ handlers run from the asyncio pump task (a
+# process with asyncio: the Pyboard's), from select.poll while it waits (a process
+# without: the ESP8266's bridge, hw/select.py), or right after a request returns
+# (like a soft IRQ between bytecodes), never nested.
 import os
 import socket
 import json
@@ -201,11 +203,13 @@ async def _kick_task():
 
 
 def ensure_pump():
-    """Start the asyncio task that runs IRQ handlers as events arrive."""
+    """Start the asyncio task that runs IRQ handlers as events arrive, in a
+    process with asyncio; without it (the ESP8266's bridge) hw/select.py's
+    poll runs them while the process waits."""
     global _pump
     if _sock is None:
         _connect()
-    if _pump is None:
+    if _pump is None and 'asyncio' in sys.modules:
         import asyncio
         _pump = asyncio.create_task(_pump_task())
         if _kick is not None:
