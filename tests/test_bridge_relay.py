@@ -103,6 +103,8 @@ def test_bridge_loads_only_the_device_end_rules(micropython_bin: str, mpy_cross_
     loaded = r.stdout.split()
     assert "bridge" in loaded and "link_core.liveness" in loaded, loaded
     assert "link_core.device_watch" not in loaded, loaded
+    # nor asyncio: the bridge is one main loop over select.poll (docs/FIRMWARE.md)
+    assert not [m for m in loaded if m == "asyncio" or m.startswith("asyncio.")], loaded
 
 
 def test_status_retained_and_will_on_crash(micropython_bin: str, tmp_path: Path,

@@ -60,8 +60,16 @@ def _frozen_sources(manifest: Path) -> list[Path]:
     return sorted(manifest.parent.glob("*.py")) + sorted((ROOT / "link_core").glob("*.py"))
 
 
+# The test binary freezes asyncio beside the bridge: the builder checks its binary
+# by importing asyncio, and tests run under it (PBLINK_MICROPYTHON) include the
+# Pyboard's, which use it. Frozen, it costs no heap unless imported, and the
+# bridge imports none (tests/test_bridge_build.py); the ESP8266 firmware
+# (esp_bridge/manifest.py alone) does not freeze it.
+_WITH_ASYNCIO = 'include("{manifest}")\ninclude("$(MPY_DIR)/extmod/asyncio")\n'
+
+
 def _key(script: Path, manifest: Path | None) -> str:
-    h = hashlib.sha256(script.read_bytes())
+    h = hashlib.sha256(script.read_bytes() + _WITH_ASYNCIO.encode())
     if manifest is not None:
         for f in [manifest, *_frozen_sources(manifest)]:
             h.update(f.name.encode() + b"\0" + f.read_bytes())
@@ -89,7 +97,13 @@ def build(manifest: Path | None = MANIFEST) -> Path:
         if out.exists():  # built while we waited
             return out
         env = dict(os.environ, WORK=str(cache_dir() / "work"))
-        argv = ["bash", str(script), str(out) + ".tmp"] + ([str(manifest)] if manifest else [])
+        frozen: list[str] = []
+        if manifest is not None:
+            wrapper = cache_dir() / "work" / "manifest-with-asyncio.py"
+            wrapper.parent.mkdir(parents=True, exist_ok=True)
+            wrapper.write_text(_WITH_ASYNCIO.format(manifest=manifest.resolve()))
+            frozen = [str(wrapper)]
+        argv = ["bash", str(script), str(out) + ".tmp", *frozen]
         r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
         if r.returncode != 0:
             with contextlib.suppress(OSError):
