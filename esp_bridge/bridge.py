@@ -40,7 +40,7 @@ _MQ_INFLIGHT = const(3)  # QoS 1 publishes awaiting PUBACK
 _MQ_SLOTS = const(2)  # frames from down not yet queued for the Pyboard
 _TICK_MS = const(100)  # link_core/schema.py: the lowest timeout_ms is 2 x this
 _IDLE_MS = const(20)  # the main loop's longest sleep (poll on the MQTT socket)
-_BUSY_MS = const(2)  # its sleep while the link exchanged since the last turn
+_BUSY_MS = const(1)  # its sleep while the link exchanged since the last turn
 
 # Entries of the config (the C message), named as the rows of link_core/schema.py
 _CONN_ID = const(0)
@@ -370,6 +370,7 @@ class Bridge:
         self._next_r = 0
         self._r_armed = False  # _next_r set for the current report_s
         self._seen = 0  # resp.exchanges at the last turn
+        self._wifi_at = 0  # when _net looks at WiFi next while connected
 
     def mem_errors_total(self) -> int:
         """MemoryErrors caught since boot, in the bridge, the responder and MQTT."""
@@ -634,10 +635,12 @@ class Bridge:
                 # client records why
                 self._failed(now, mq.why)
             return
-        if not wifi.isconnected():
-            mq.close("WiFi lost")
-            self._lost(now, "WiFi lost")
-            return
+        if time.ticks_diff(now, self._wifi_at) >= 0:  # every 200 ms, as WLAN calls cost
+            self._wifi_at = time.ticks_add(now, 2 * _TICK_MS)
+            if not wifi.isconnected():
+                mq.close("WiFi lost")
+                self._lost(now, "WiFi lost")
+                return
         if ns == _N_ONLINE:
             if mq.publish(self._status, ONLINE, liveness.QOS_STATUS, True) < 0:
                 return  # the in-flight table is full (resends): next turn
