@@ -40,7 +40,7 @@ _MQ_INFLIGHT = const(3)  # QoS 1 publishes awaiting PUBACK
 _MQ_SLOTS = const(2)  # frames from down not yet queued for the Pyboard
 _TICK_MS = const(100)  # link_core/schema.py: the lowest timeout_ms is 2 x this
 _IDLE_MS = const(20)  # the main loop's longest sleep (poll on the MQTT socket)
-_BUSY_MS = const(1)  # its sleep while the link exchanged since the last turn
+_BUSY_MS = const(2)  # its sleep while the link exchanged since the last turn
 
 # Entries of the config (the C message), named as the rows of link_core/schema.py
 _CONN_ID = const(0)
