@@ -44,6 +44,7 @@ from pblink.common import COUNT, SECONDS, number, output_file
 # --scale-n at most: twice the largest count of the full run (10,000); a generator
 # process per 5,000 devices and a socket each on a 2-core machine beyond that
 SCALE_N = number(int, 1, 20_000)
+SCALE_BROKERS = ("mosquitto", "amqtt")
 EXIT_GOAL_MISSED = 3  # measured fine, but a goal was missed (1: a family failed, 2: usage)
 
 MODULES = {
@@ -58,7 +59,8 @@ MODULES = {
 
 # The options one family reads: (dest, flag, family); given without that family
 # in the run they would be ignored, so they are refused
-FAMILY_OPTIONS = (("scale_n", "--scale-n", "scale"), ("duration", "--duration", "soak"),
+FAMILY_OPTIONS = (("scale_n", "--scale-n", "scale"), ("scale_broker", "--scale-broker", "scale"),
+                  ("duration", "--duration", "soak"),
                   ("devices", "--devices", "soak"), ("seed", "--seed", "soak"))
 
 
@@ -80,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scale: device counts for both brokers, 1 to 20,000 (repeatable; default "
                    "Mosquitto 100 1000 5000 10000 and amqtt 100 200 300 500, --quick 100; "
                    "amqtt steps up through them and stops at the first not sustained)")
+    p.add_argument("--scale-broker", choices=SCALE_BROKERS, default=None,
+                   help="scale: run only this broker's runs (default both; the N = 5,000 goals "
+                   "are Mosquitto's, amqtt only steps up to the highest N it sustains)")
     p.add_argument("--scale-generator", choices=("lite", "doubles"), default="lite",
                    help="scale: load generator: raw MQTT sockets (lite, default: "
                    "benchmarks/lite_load.py) or a paho DeviceDouble per device (doubles)")
@@ -180,7 +185,8 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="pblink-bench-", ignore_cleanup_errors=True)
         workdir = Path(tmp.name)
     out = Path(args.out) if args.out else ROOT / "bench-results" / f"bench-{stamp}.json"
-    options = {"scale_n": args.scale_n, "scale_generator": args.scale_generator,
+    options = {"scale_n": args.scale_n, "scale_broker": args.scale_broker,
+               "scale_generator": args.scale_generator,
                "duration": args.duration, "devices": args.devices,
                "seed": args.seed, "tiny": args.tiny,
                "soak_timeline": out.with_name(f"{out.stem}-soak-timeline.html")}

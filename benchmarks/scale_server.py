@@ -9,7 +9,7 @@ on the machine), so the end-to-end latency is taken here at readline().
 
 Commands on stdin, one per line: ``mark`` (start of the measurement window:
 CPU, counters and latency samples restart), ``stop`` (write the statistics as
-JSON to --out, close the LinkServer, exit). Prints ``READY <seconds>`` once
+JSON to --out, close the LinkServer, exit). Prints ``READY <seconds> <start seconds>`` once
 every conn_id is claimed. With ``--profile FILE`` the run is profiled with
 cProfile (the stats go to FILE).
 """
@@ -91,6 +91,7 @@ async def main(args: argparse.Namespace) -> None:
                         state_path=args.state, fsync=bool(args.state), connect_timeout=30,
                         state_db=args.state_db, lease_poll_ms=args.lease_poll_ms)
     await server.start()
+    started = time.monotonic() - t0  # the broker connection and the identity probe
     conns: list[Any] = []
     claimed = asyncio.Event()
 
@@ -129,7 +130,7 @@ async def main(args: argparse.Namespace) -> None:
     tasks.append(asyncio.create_task(monitor()))
     if args.gc_freeze:
         gc.freeze()
-    print(f"READY {time.monotonic() - t0:.2f}", flush=True)
+    print(f"READY {time.monotonic() - t0:.2f} {started:.2f}", flush=True)
     loop = asyncio.get_running_loop()
     mark_cpu, mark_t, mark_count = cpu_s(), time.monotonic(), 0
     all_count = 0

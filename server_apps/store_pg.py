@@ -130,14 +130,33 @@ def check_dsn(dsn: str) -> str:
     if re.match(r"postgres(?:ql)?://", text):  # libpq: lower case only
         url = urlsplit(text)
         if url.hostname or url.path.strip("/"):
-            return dsn
+            return _check_options(dsn)
     elif "://" not in text and _CONNINFO.fullmatch(text):
         if _NAMING_KEYS & {m.group(1) for m in _PAIR.finditer(text)}:
-            return dsn
+            return _check_options(dsn)
     raise ValueError(
         f"not a postgresql:// URL: {redact(dsn)!r} (give postgresql://USER:PASSWORD@HOST/DB, "
         "postgres://..., or a libpq key=value string naming host or dbname, such as "
         "'host=db dbname=pblink')")
+
+
+def _check_options(dsn: str) -> str:
+    """``dsn`` if libpq knows each of its options (``PQconninfoParse``: a typo such as
+    ``?conect_timeout=5`` or ``sslmod=require``) and psycopg can read its
+    ``connect_timeout``; else ``ValueError`` (one line, password hidden). Values
+    libpq checks only when it connects (``sslmode=wrong``, ``port=x``) fail there,
+    with libpq's own message. Without psycopg installed nothing more is checked:
+    opening the store then says how to install it."""
+    try:
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
+    except ImportError:
+        return dsn
+    try:
+        timeout_from_conninfo(conninfo_to_dict(dsn))
+    except Error as exc:
+        raise ValueError(f"{redact(dsn)!r}: {str(exc).strip()}") from None
+    return dsn
 
 
 def redact(dsn: str) -> str:

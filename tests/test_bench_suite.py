@@ -183,6 +183,40 @@ def test_scale_without_mosquitto_is_never_all_goals_met(monkeypatch: pytest.Monk
     assert summary_line(rows, {}).startswith("verdict: MISSED")
 
 
+@pytest.mark.parametrize(("only", "mosquitto", "brokers", "fails"), [
+    ("mosquitto", "/usr/sbin/mosquitto", {"mosquitto"}, False),
+    ("mosquitto", None, set(), True),  # asked for and missing: a failed run, never skipped
+    ("amqtt", None, {"amqtt"}, False),
+    (None, "/usr/sbin/mosquitto", {"mosquitto", "amqtt"}, False),
+])
+def test_scale_broker_option_runs_that_broker_only(
+        monkeypatch: pytest.MonkeyPatch, only: str | None, mosquitto: str | None,
+        brokers: set[str], fails: bool) -> None:
+    """``--scale-broker``: a user checking the N = 5,000 goals need not wait for an
+    amqtt run at 5,000 that it cannot sustain (a new user's report)."""
+    import asyncio
+
+    from benchmarks import scale
+
+    ran: list[str] = []
+
+    async def fake(ctx: object, kind: str, *args: object, **kwargs: object) -> dict[str, object]:
+        ran.append(kind)
+        return _zero_run(1.0, 100.0)
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    ctx = Context(options={"scale_n": [100], "scale_broker": only}, mosquitto=mosquitto,
+                  repeats=1)
+    rows = asyncio.run(scale.run(ctx))
+    assert set(ran) == brokers
+    assert any(r.name == "run failed" for r in rows) is fails
+
+
+def test_scale_broker_is_a_scale_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--only", "latency", "--scale-broker", "amqtt"]) == 2
+    assert "--scale-broker is a scale option" in capsys.readouterr().err
+
+
 def test_scale_run_that_wrote_nothing_proves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """A run in which no line was written has 0 duplicated, 0 reordered and 0
     undelivered: on Mosquitto that is a failed run, on the amqtt step-up an N not

@@ -190,6 +190,25 @@ def test_other_state_db_values_are_refused_before_connecting(dsn: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("dsn", "says"), [
+    ("postgresql://u:secret@h/db?conect_timeout=5",
+     'invalid URI query parameter: "conect_timeout"'),
+    ("host=h dbname=db sslmod=require password=secret", 'invalid connection option "sslmod"'),
+    ("postgresql://u:secret@h/db?connect_timeout=x", "bad value for connect_timeout: 'x'"),
+    ("host=h connect_timeout=soon password=secret", "bad value for connect_timeout: 'soon'"),
+])
+def test_a_state_db_with_an_option_libpq_rejects_is_refused_before_connecting(
+        dsn: str, says: str) -> None:
+    """A typo in an option name or a connect_timeout psycopg cannot read was a
+    connection failure (exit 1) after the broker probe; libpq's parser finds it first."""
+    from server_apps.store_pg import check_dsn
+
+    with pytest.raises(ValueError) as info:
+        check_dsn(dsn)
+    text = str(info.value)
+    assert says in text and "secret" not in text and "\n" not in text, text
+
+
 def test_a_refused_state_db_hides_its_password() -> None:
     from server_apps.store_pg import check_dsn
 
