@@ -380,3 +380,27 @@ async def test_wifi_cut_drops_connections_and_wlan(tmp_path: Path) -> None:
             assert bench.stats["wifi_cuts"] == 1
     finally:
         server.close()
+
+
+def test_sniffer_counts_loaded_exchanges_apart_from_empty_polls() -> None:
+    """The throughput model times the exchanges a busy link needs: one whose
+    frame carried payload either way is loaded; a poll with two empty frames is
+    not (benchmarks/throughput.py modelled_rows)."""
+    from link_core.i2c_tools import encode_block
+    from virtual_bench.sniffer import BusSniffer
+
+    got: list[tuple[str, bytes]] = []
+    s = BusSniffer(lambda d, m: got.append((d, m)))
+
+    def exchange(up: bytes, down: bytes, seq: int) -> None:
+        s.transfer(False, 0x00, encode_block(0, seq, 0, up))  # the Initiator's frame
+        s.transfer(True, 0x80, encode_block(0, seq, 0, down))  # the Responder's
+        s.exchange_done()
+
+    exchange(b"", b"", 1)  # an empty poll
+    exchange(b"qline", b"", 2)
+    exchange(b"", b"", 3)
+    exchange(b"", b"a 1", 4)
+    exchange(b"x", b"y", 5)
+    assert s.loaded == 3 and s.frames == 10
+    assert got == [("up", b"qline"), ("down", b"a 1"), ("up", b"x"), ("down", b"y")]

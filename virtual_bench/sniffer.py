@@ -18,6 +18,9 @@ class BusSniffer:
         self.on_message = on_message
         self.frames = 0
         self.corrupt = 0
+        # exchanges whose frame carried payload one way or both: what a link kept
+        # busy needs; the others are polls that found nothing to send
+        self.loaded = 0
         self.messages = {"up": 0, "down": 0}
         self._buf = {"up": bytearray(), "down": bytearray()}
         self._last_seq: dict[str, int | None] = {"up": None, "down": None}
@@ -37,6 +40,7 @@ class BusSniffer:
         """ack rose: both frames of the exchange are complete."""
         from link_core.i2c_tools import decode_block
 
+        loaded = False
         for direction in ("up", "down"):
             raw = bytes(self._buf[direction])
             self._buf[direction] = bytearray()
@@ -47,6 +51,7 @@ class BusSniffer:
             if frame is None:
                 self.corrupt += 1
                 continue
+            loaded = loaded or bool(frame.payload)
             if frame.sync or frame.fresh:
                 self._last_seq[direction] = None
                 self._parts[direction] = []
@@ -64,3 +69,5 @@ class BusSniffer:
                     self.on_message(direction, msg)
                 except Exception:
                     log.exception("bus sniffer callback failed")
+        if loaded:
+            self.loaded += 1
