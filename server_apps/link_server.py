@@ -116,14 +116,17 @@ cannot be reached within ``connect_timeout``. Later losses of the broker are
 retried forever. Methods of a closed server raise :class:`LinkClosedError`.
 
 With ``state_db``, a lost database session (the database restarted or
-unreachable, the session terminated) closes the server by itself: its leases
-are gone, so it must acknowledge nothing more. It stops at once (no final
-state write, a DISCONNECT to the broker, whose session keeps queuing), and
-from then on ``connection()``, ``readline()``, ``write()`` and the other
-methods raise :class:`StateLostError` (a ``LinkClosedError``, so ``async for``
-loops end), ``error`` holds it, and ``wait_error()`` returns it. Restart the
-process: the other processes take its conn_ids over meanwhile. ``pblink
-server`` exits with status 1 and one line (docs/SERVER.md). A state file that
+unreachable, the session terminated, or an operation not answered within
+``state_db_timeout_ms``) closes the server by itself: it must acknowledge
+nothing more. It stops at once (no final state write, a DISCONNECT to the
+broker, whose session keeps queuing), and from then on ``connection()``,
+``readline()``, ``write()`` and the other methods raise
+:class:`StateLostError` (a ``LinkClosedError``, so ``async for`` loops end),
+``error`` holds it, and ``wait_error()`` returns it. Restart the process (a
+supervisor): once the database has ended the session, the other processes
+still connected take its conn_ids over; when the database itself went away
+every process stops. ``pblink server`` exits with status 1 and one line
+(docs/SERVER.md). A state file that
 cannot be written is retried every second instead (the disk may come back).
 """
 

@@ -727,6 +727,8 @@ async def test_a_frozen_owner_session_closes_the_server_and_the_standby_takes_ov
             if watcher is not None:
                 watcher.cancel()
         took, error, taken_over = seen[0]
+        print(f"\nfrozen backend: the owner closed itself {took:.2f} s after SIGSTOP "
+              "(state_db_timeout_ms 400)")  # figures for docs/SERVER.md (with -s)
         assert took < 3.0, took  # 1 s liveness at most + the 0.4 s bound
         assert "no answer within 0.4 s" in str(error), error
         assert "held 1 lease(s)" in str(error), error
