@@ -953,3 +953,63 @@ async def test_the_lost_line_of_a_process_holding_no_lease_says_so(
     for error in (owner_error, standby_error):
         assert "leases are gone" not in str(error)
         assert "a supervisor restarts them" in str(error), error
+
+
+def test_a_database_restart_stops_the_owner_and_the_standby_each_with_a_true_line(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, tmp_path: Path
+) -> None:
+    """F6: `pg_ctl stop -m fast` (a database restart) stops every server process, rc 1:
+    the owner's line counts its leases, the standby's says it held none (neither says
+    the other processes take over: none is left). On a database of its own."""
+    ids = ["w1", "w2"]
+    with TempPostgres() as own:
+        a = Proc(amqtt_broker, tmp_path, "own-a", ids, own.dsn)
+        b: Proc | None = None
+        try:
+            a.wait_for("demo server on")
+            b = Proc(amqtt_broker, tmp_path, "own-b", ids, own.dsn)
+            b.wait_for("some wait for their lease")
+            own._run("pg_ctl", "-D", str(own.data), "-m", "fast", "-w", "stop")
+            for p in (a, b):  # each exits by itself
+                p.proc.wait(timeout=TEST_TIMEOUT)
+                p._reader.join(timeout=TEST_TIMEOUT)
+            for p in (a, b):
+                assert p.proc.returncode == 1, "\n".join(x for _, x in p.lines[-20:])
+            line_a = [x for _, x in a.lines if x.startswith("pblink server: error:")]
+            line_b = [x for _, x in b.lines if x.startswith("pblink server: error:")]
+            assert len(line_a) == 1 and len(line_b) == 1, (a.lines, b.lines)
+            assert "this process held 2 lease(s)" in line_a[0], line_a
+            assert "this process held no lease; restart it" in line_b[0], line_b
+            for line in (line_a[0], line_b[0]):
+                assert "leases are gone" not in line and "take its conn_ids over" not in line
+                assert "every server process of it stops: a supervisor restarts them" in line
+        finally:
+            for p in (a, b):
+                if p is not None and p.proc.poll() is None:
+                    p.proc.kill()
+                    p.proc.wait()
+
+
+async def test_a_commit_slower_than_half_the_bound_is_warned_about(
+    pg: TempPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F1: the early warning: a commit held up 0.7 s by a frozen backend (bound 1 s)
+    succeeds, with one WARNING naming the database, the time and the bound."""
+    from server_apps.store_pg import PgStore
+
+    store = PgStore(pg.dsn, root="slow", owner="st-slow", poll_ms=20, timeout_ms=1000)
+    await store.open()
+    try:
+        await store.claim("s1")
+        frozen = Frozen(await backend_pids(pg, "st-slow"))
+        with frozen:
+            asyncio.get_running_loop().call_later(0.7, frozen.thaw)
+            await store.write({"s1": ConnState(unread=["a"])})
+        assert store._lost is None
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, caplog.text
+        assert warnings[0].startswith("state database postgresql://pblink@"), warnings
+        assert re.search(r"is slow: committing 1 row\(s\) took 0\.[7-9] s", warnings[0]), warnings
+        assert "half the 1 s bound" in warnings[0], warnings
+    finally:
+        await store.close()
