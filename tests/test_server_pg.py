@@ -943,8 +943,8 @@ async def test_the_lost_line_of_a_process_holding_no_lease_says_so(
     ) as standby:
         await owner.connection("q1")
         waiting = asyncio.create_task(standby.connection("q1"))
+        await terminate_sessions(pg, "srv-stb6")  # first: it cannot take q1 over then
         await terminate_sessions(pg, "srv-own6")
-        await terminate_sessions(pg, "srv-stb6")
         owner_error, standby_error = await owner.wait_error(), await standby.wait_error()
         with contextlib.suppress(Exception):
             await waiting
@@ -979,7 +979,11 @@ def test_a_database_restart_stops_the_owner_and_the_standby_each_with_a_true_lin
             line_b = [x for _, x in b.lines if x.startswith("pblink server: error:")]
             assert len(line_a) == 1 and len(line_b) == 1, (a.lines, b.lines)
             assert "this process held 2 lease(s)" in line_a[0], line_a
-            assert "this process held no lease; restart it" in line_b[0], line_b
+            # (the standby could take a lease in the milliseconds between the ends of the
+            # two sessions: then its line counts it; test_the_lost_line_of_a_process_holding
+            # _no_lease_says_so checks the no-lease line deterministically)
+            assert re.search(r"this process held (no lease; restart it|[12] lease\(s\))",
+                             line_b[0]), line_b
             for line in (line_a[0], line_b[0]):
                 assert "leases are gone" not in line and "take its conn_ids over" not in line
                 assert "every server process of it stops: a supervisor restarts them" in line
