@@ -49,6 +49,22 @@ def state_folder(text: str) -> str:
 
 state_folder.__name__ = "folder"  # argparse names the type in its messages
 
+DB_TIMEOUT_MS = 5000  # server_apps.store_pg.DEFAULT_TIMEOUT_MS (no psycopg import at start)
+
+
+def db_timeout_ms(text: str) -> int:
+    """--state-db-timeout-ms: whole milliseconds, 100 to 600000 (store_pg.check_timeout_ms)."""
+    from server_apps.store_pg import check_timeout_ms
+
+    try:
+        return check_timeout_ms(int(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of milliseconds from 100 to 600000") from None
+
+
+db_timeout_ms.__name__ = "milliseconds"
+
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """What a server application is run with, besides the broker and its conn_ids."""
@@ -79,6 +95,11 @@ def register(subparsers: Any) -> None:
                         "key=value string; not with --state-dir): several server processes "
                         "share it, each conn_id leased to one at a time (docs/SERVER.md); "
                         "needs pip install 'pblink-mqtt[postgres]'")
+    parser.add_argument("--state-db-timeout-ms", metavar="MS", type=db_timeout_ms,
+                        help="with --state-db: the longest a database statement or commit may "
+                        "take; past it the database counts as lost and the server exits "
+                        f"(status 1) for its supervisor to restart it (default {DB_TIMEOUT_MS}, "
+                        "100 to 600000)")
     add_broker_options(parser)
     parser.set_defaults(func=run, log_boost=1)
 
@@ -114,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             check_dsn(args.state_db)
         except ValueError as exc:
             raise UsageError(f"--state-db: {exc}") from None
+    elif args.state_db_timeout_ms is not None:
+        raise UsageError("--state-db-timeout-ms needs --state-db")
     if state_dir and args.state_db is None:
         check_state_file(state_dir, args.client_id)  # before anything is created
     opts = BrokerOptions.from_args(args)
@@ -148,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         await serve(opts.host, opts.port, ids=ids, root=opts.root, username=opts.user,
                     password=opts.password, tls=opts.ssl_context(), client_id=args.client_id,
                     state_dir=state_dir or None, state_db=args.state_db,
+                    state_db_timeout_ms=args.state_db_timeout_ms or DB_TIMEOUT_MS,
                     timeout_ms=args.timeout_ms,
                     connect_timeout=opts.connect_timeout, stop=stop, application=application)
         return stop.is_set()

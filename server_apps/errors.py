@@ -12,13 +12,16 @@ class LinkClosedError(ConnectionError):
 
 
 class StateLostError(LinkClosedError):
-    """The LinkServer closed itself: it lost its state database's session.
+    """The LinkServer closed itself: it lost its state database's session (ended,
+    or stalled past ``state_db_timeout_ms``).
 
     Raised instead of :class:`LinkClosedError` by every method of a server
     (and its Connections) that did so; ``LinkServer.error`` holds it too. The
-    process no longer holds its leases, so it acknowledges nothing more; the
-    other processes sharing the database take its conn_ids over
-    (docs/SERVER.md). The message names the database (password hidden).
+    process acknowledges nothing more; once the database has ended the
+    session, the other processes still connected to it take its conn_ids
+    over (after a restart of the database itself every process stops: a
+    supervisor restarts them, docs/SERVER.md). The message names the database
+    (password hidden) and how many leases the process held.
     """
 
 

@@ -116,14 +116,17 @@ cannot be reached within ``connect_timeout``. Later losses of the broker are
 retried forever. Methods of a closed server raise :class:`LinkClosedError`.
 
 With ``state_db``, a lost database session (the database restarted or
-unreachable, the session terminated) closes the server by itself: its leases
-are gone, so it must acknowledge nothing more. It stops at once (no final
-state write, a DISCONNECT to the broker, whose session keeps queuing), and
-from then on ``connection()``, ``readline()``, ``write()`` and the other
-methods raise :class:`StateLostError` (a ``LinkClosedError``, so ``async for``
-loops end), ``error`` holds it, and ``wait_error()`` returns it. Restart the
-process: the other processes take its conn_ids over meanwhile. ``pblink
-server`` exits with status 1 and one line (docs/SERVER.md). A state file that
+unreachable, the session terminated, or an operation not answered within
+``state_db_timeout_ms``) closes the server by itself: it must acknowledge
+nothing more. It stops at once (no final state write, a DISCONNECT to the
+broker, whose session keeps queuing), and from then on ``connection()``,
+``readline()``, ``write()`` and the other methods raise
+:class:`StateLostError` (a ``LinkClosedError``, so ``async for`` loops end),
+``error`` holds it, and ``wait_error()`` returns it. Restart the process (a
+supervisor): once the database has ended the session, the other processes
+still connected take its conn_ids over; when the database itself went away
+every process stops. ``pblink server`` exits with status 1 and one line
+(docs/SERVER.md). A state file that
 cannot be written is retried every second instead (the disk may come back).
 """
 
@@ -141,7 +144,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Final
 
@@ -174,6 +177,7 @@ from server_apps.state import (
     Store,
     check_client_id,
 )
+from server_apps.store_pg import DEFAULT_TIMEOUT_MS as DEFAULT_DB_TIMEOUT_MS
 from server_apps.store_pg import PgStore, StateDbError
 
 log = logging.getLogger("pblink.server")
@@ -244,6 +248,16 @@ class LinkServer:
         lease_poll_ms: with ``state_db``, how often conn_ids waiting for their
             lease are tried (takeover of a dead process's conn_ids). At least
             10, default 250.
+        state_db_timeout_ms: with ``state_db``, the client-side bound of every
+            database operation (a commit, a lease poll, the liveness query):
+            one that overruns (a hung, not dead, database session) logs one
+            ERROR line and closes the server as a lost session does. 100 to
+            600,000, default 5000 (``server_apps.store_pg.DEFAULT_TIMEOUT_MS``).
+        serves: the conn_ids this process will ask ``connection()`` for:
+            a device of one of them heard before its ``connection()`` call
+            (a retained ``online`` status at start) is never reported as not
+            served. Default: none (each conn_id counts from its
+            ``connection()`` call on).
         queue_size: unread lines held per conn_id; while it is full the server
             stops acknowledging that device's lines (back-pressure). At least 1,
             default 64.
@@ -271,7 +285,8 @@ class LinkServer:
             ``queue_size`` or ``window`` under 1, an unknown ``protocol``, both
             ``state_path`` and ``state_db``, a ``state_db`` that is not a
             PostgreSQL URL or connection string (the empty string included:
-            ``server_apps.store_pg.check_dsn``).
+            ``server_apps.store_pg.check_dsn``), a ``state_db_timeout_ms`` out
+            of range, an invalid conn_id in ``serves``.
     """
 
     def __init__(
@@ -289,6 +304,8 @@ class LinkServer:
         state_path: str | os.PathLike[str] | None = None,
         state_db: str | None = None,
         lease_poll_ms: int = 250,
+        state_db_timeout_ms: int = DEFAULT_DB_TIMEOUT_MS,
+        serves: Iterable[str] = (),
         queue_size: int = 64,
         window: int = SERVER_WINDOW,
         keepalive: int = 60,
@@ -321,6 +338,10 @@ class LinkServer:
         self.serve_hint = serve_hint  # how to serve a conn_id, for the "not served" log
         self._told_unserved: set[str] = set()
         self._told_waiting = False
+        # conn_ids never reported as not served: those the application said it serves,
+        # and those whose connection() runs (waiting for the lease or being set up)
+        self._serves = frozenset(names.check_conn_id(c) for c in serves)
+        self._asked: dict[str, int] = {}  # conn_id -> connection() calls running for it
         self._error: StateLostError | None = None  # why the server closed itself
         self._failed = asyncio.Event()
         self._fail_task: asyncio.Task[None] | None = None
@@ -342,7 +363,7 @@ class LinkServer:
         self._store: Store | PgStore | None = (
             StateStore(state_path, fsync=fsync) if state_path is not None
             else PgStore(state_db, root=root, owner=client_id, poll_ms=lease_poll_ms,
-                         on_lost=self._store_lost)
+                         on_lost=self._store_lost, timeout_ms=state_db_timeout_ms)
             if state_db is not None else None
         )
         self._state = ServerState()
@@ -577,6 +598,16 @@ class LinkServer:
         conn = self._conns.get(conn_id)
         if conn is not None:
             return conn
+        self._asked[conn_id] = self._asked.get(conn_id, 0) + 1
+        try:
+            return await self._set_up(conn_id)
+        finally:
+            self._asked[conn_id] -= 1
+            if not self._asked[conn_id]:
+                del self._asked[conn_id]
+
+    async def _set_up(self, conn_id: str) -> Connection:
+        """connection(): claim ``conn_id`` and set its Connection up."""
         if isinstance(self._store, PgStore):  # wait for the lease (another process may hold it)
             try:
                 stored = await self._store.claim(conn_id)
@@ -990,7 +1021,9 @@ class LinkServer:
 
         A conn_id whose ``connection()`` waits for its lease (``state_db``) is
         served once the lease comes free: no warning; the first such device
-        heard logs one INFO line for them all.
+        heard logs one INFO line for them all. Nor is one whose
+        ``connection()`` runs otherwise (being set up) or is still to come
+        (``serves``): it is served in a moment.
         """
         if isinstance(self._store, PgStore) and self._store.is_waiting(conn_id):
             if not self._told_waiting:
@@ -998,6 +1031,8 @@ class LinkServer:
                 log.info("waiting for the lease of %d conn_id(s) held by another process "
                          "(device %s is online, among others maybe)",
                          self._store.waiting_count(), conn_id)
+            return
+        if conn_id in self._serves or conn_id in self._asked:
             return
         if conn_id in self._told_unserved or len(self._told_unserved) >= UNCLAIMED_LIMIT:
             return

@@ -43,6 +43,7 @@ from server_apps.link_server import (
     LinkServer,
 )
 from server_apps.state import StateFileError, state_file_path
+from server_apps.store_pg import DEFAULT_TIMEOUT_MS as DEFAULT_DB_TIMEOUT_MS
 
 log = logging.getLogger("pblink.s_app")
 
@@ -135,6 +136,7 @@ async def serve(
     client_id: str = "pblink.server",
     state_dir: str | Path | None = DEFAULT_STATE_DIR,
     state_db: str | None = None,
+    state_db_timeout_ms: int = DEFAULT_DB_TIMEOUT_MS,
     timeout_ms: int = 1500,
     connect_timeout: float = 10.0,
     stop: asyncio.Event | None = None,
@@ -154,7 +156,10 @@ async def serve(
     it in a database that several processes share instead (``state_dir`` is
     then not used; giving both a ``state_dir`` other than the default and
     ``state_db`` is up to the caller: ``pblink server`` refuses it). ``ready``
-    is set once the server is started. Raises ValueError for an invalid conn_id,
+    is set once the server is started. ``state_db_timeout_ms`` bounds each
+    database operation (LinkServer's). The server is told it serves ``ids``
+    (LinkServer ``serves``): none of their devices heard before the
+    application asks for it is reported as not served. Raises ValueError for an invalid conn_id,
     root or client_id (``server_apps.state.check_client_id``) before
     connecting, and LinkAuthError / LinkRefusedError / BrokerUnreachableError
     from LinkServer when the broker refuses or cannot be reached at start.
@@ -172,7 +177,7 @@ async def serve(
     async with LinkServer(
         host, port, root=root, client_id=client_id, username=username, password=password,
         tls=tls, timeout_ms=timeout_ms, state_path=state_path, state_db=state_db,
-        connect_timeout=connect_timeout,
+        connect_timeout=connect_timeout, serves=ids, state_db_timeout_ms=state_db_timeout_ms,
         serve_hint="serve it with `pblink server --ids ... {conn_id}`",
     ) as server:
         task = asyncio.create_task((application or app)(server, ids), name="server-app")

@@ -57,8 +57,22 @@ A session that is lost (the database restarted or unreachable, the backend
 terminated) is noticed at the next statement: a commit, a lease poll, or the
 liveness query sent every ``LIVENESS_S`` (1 s) while nothing else runs. The
 store then fails for good (:class:`StateDbError` from every call) and calls
-``on_lost``: its leases are gone, so its owner must stop acknowledging
-(``LinkServer`` closes itself, docs/SERVER.md).
+``on_lost``: its owner must stop acknowledging (``LinkServer`` closes itself,
+docs/SERVER.md).
+
+Every database operation of the store is bounded on the client side by
+``timeout_ms`` (default ``DEFAULT_TIMEOUT_MS``, 5 s): a session that hangs
+without ending (a frozen backend or host, a stalled disk under the database)
+answers no statement, and TCP keepalives see nothing wrong with it. An
+operation that overruns logs one ERROR line naming the database and the bound,
+and the session is then lost as above (the connection is closed; the database
+drops its leases once it ends the frozen session). One that takes more than
+half the bound logs a WARNING (at most one per ``SLOW_WARN_EVERY_S``).
+
+Connection options: the store adds its TCP keepalive settings to the
+``options`` of ``dsn`` (a user's ``-c search_path=...`` is kept, and wins over
+the store's for a setting given in both), and names its session
+``application_name`` ``pblink <owner>`` unless ``dsn`` gives one.
 
 psycopg 3 (``pip install 'pblink-mqtt[postgres]'``) is imported when a store
 is opened, so the file store needs no database driver.
@@ -68,11 +82,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
-from collections.abc import Callable
-from typing import Any, Final
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from server_apps.state import ConnState, StateFileError
@@ -93,6 +109,11 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 _SCHEMA_LOCK: Final = 0x70626C696E6B  # "pblink"
 _LOCK_KEY: Final = "hashtextextended('pblink/' || %s::text || '/' || {col}, 0)"
 LIVENESS_S: Final = 1.0  # a claimed-only store checks its session this often
+DEFAULT_TIMEOUT_MS: Final = 5000  # the client-side bound of one database operation
+MIN_TIMEOUT_MS: Final = 100
+MAX_TIMEOUT_MS: Final = 600_000
+SLOW_WARN_EVERY_S: Final = 10.0  # at most one "slow database" warning this often
+_T = TypeVar("_T")
 # The table's columns as SCHEMA makes them (pg_catalog.format_type names).
 COLUMNS: Final = {"root": "text", "conn_id": "text", "entry": "jsonb", "owner": "text",
                   "updated_at": "timestamp with time zone"}
@@ -159,6 +180,32 @@ def _check_options(dsn: str) -> str:
     return dsn
 
 
+def check_timeout_ms(value: object) -> int:
+    """``value`` if it is a valid bound of one database operation (an int from
+    ``MIN_TIMEOUT_MS`` to ``MAX_TIMEOUT_MS`` milliseconds), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+            MIN_TIMEOUT_MS <= value <= MAX_TIMEOUT_MS):
+        raise ValueError(f"state database timeout {value!r} ms: give a whole number of "
+                         f"milliseconds from {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}")
+    return value
+
+
+def connect_kwargs(dsn: str, owner: str) -> dict[str, Any]:
+    """What :meth:`PgStore.open` passes to ``psycopg.AsyncConnection.connect`` besides
+    ``dsn`` (which they override, key by key): ``options`` is the store's keepalive
+    settings followed by the ``options`` of ``dsn`` (so the user's are kept, and
+    win for a setting given in both); ``application_name`` is ``pblink <owner>``
+    unless ``dsn`` names one. Read with psycopg's own conninfo parser."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(dsn)
+    user = str(given.get("options") or "").strip()
+    kwargs: dict[str, Any] = {"options": f"{_KEEPALIVE} {user}" if user else _KEEPALIVE}
+    if not given.get("application_name"):
+        kwargs["application_name"] = f"pblink {owner}"[:63]
+    return kwargs
+
+
 def redact(dsn: str) -> str:
     """``dsn`` for messages: the password of a URL (up to its last ``@``) or of a
     ``password=`` pair (quoted or not) is replaced by ``***``."""
@@ -180,10 +227,16 @@ class PgStore:
             10. Default 250.
         on_lost: called once, with the :class:`StateDbError`, when the
             session is lost (see the module docstring). Default ``None``.
+        timeout_ms: the client-side bound of every database operation (a
+            statement, a commit, the liveness query; connecting gets at least
+            the ``connect_timeout`` of ``dsn``), ``MIN_TIMEOUT_MS`` to
+            ``MAX_TIMEOUT_MS``. One that overruns loses the session. Default
+            ``DEFAULT_TIMEOUT_MS`` (5000).
 
     Raises:
         ValueError: ``dsn`` is not a PostgreSQL URL or connection string
-            (:func:`check_dsn`), ``poll_ms`` is under 10.
+            (:func:`check_dsn`), ``poll_ms`` is under 10, ``timeout_ms`` is
+            out of range (:func:`check_timeout_ms`).
 
     The interface mirrors :class:`server_apps.state.StateStore` where it can
     (``path`` names the store in messages, ``writes`` counts commits), with
@@ -191,10 +244,13 @@ class PgStore:
     """
 
     def __init__(self, dsn: str, *, root: str, owner: str, poll_ms: int = 250,
-                 on_lost: Callable[[StateDbError], None] | None = None) -> None:
+                 on_lost: Callable[[StateDbError], None] | None = None,
+                 timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
         check_dsn(dsn)
         if poll_ms < 10:
             raise ValueError(f"poll_ms={poll_ms} is too small (at least 10)")
+        self.timeout_s = check_timeout_ms(timeout_ms) / 1000
+        self._slow_told = -SLOW_WARN_EVERY_S
         self.dsn = dsn
         self.path = redact(dsn)
         self.where = self.path  # as Store.where: what messages name
@@ -204,6 +260,7 @@ class PgStore:
         self.writes = 0
         self._conn: Any = None  # psycopg.AsyncConnection
         self._written: dict[str, str] = {}  # conn_id -> entry JSON last committed
+        self._held: set[str] = set()  # conn_ids whose lease this session holds
         self._wanted: dict[str, asyncio.Future[ConnState]] = {}
         self._waiters: dict[str, int] = {}
         # One statement or transaction at a time on the session: a claim's UPDATE must
@@ -229,11 +286,15 @@ class PgStore:
             raise StateDbError(
                 "the PostgreSQL state store needs psycopg 3: pip install 'pblink-mqtt[postgres]'"
             ) from exc
-        try:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, options=_KEEPALIVE,
-                application_name=f"pblink {self.owner}"[:63],
-            )
+        from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
+
+        kwargs = connect_kwargs(self.dsn, self.owner)
+        params = conninfo_to_dict(self.dsn)
+        connect_s = self.timeout_s  # or the connect_timeout the dsn gives, if longer
+        if params.get("connect_timeout"):
+            connect_s = max(connect_s, float(timeout_from_conninfo(params)))
+
+        async def setup() -> dict[str, str]:
             async with self._conn.transaction():
                 await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 await self._conn.execute(SCHEMA)
@@ -241,8 +302,14 @@ class PgStore:
                     "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                     "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
                     (TABLE,))
-                columns = dict(await cur.fetchall())
-        except psycopg.Error as exc:
+                return dict(await cur.fetchall())
+
+        try:
+            self._conn = await self._bounded(
+                "connecting", lambda: psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, **kwargs), connect_s)
+            columns = await self._bounded("creating the table", setup)
+        except (psycopg.Error, TimeoutError) as exc:
             await self.close()
             raise StateDbError(f"state database {self.path}: {_one_line(exc)}") from exc
         wrong = sorted(f"{name} {columns.get(name, 'missing')} (not {kind})"
@@ -255,6 +322,40 @@ class PgStore:
                 "server_apps/store_pg.py SCHEMA), or use another database")
         self._claimer = asyncio.create_task(self._claim_loop(), name="pblink-pg-claim")
         log.info("state database %s: connected as owner %s", self.path, self.owner)
+
+    async def _bounded(self, what: str, op: Callable[[], Awaitable[_T]],
+                       bound_s: float | None = None) -> _T:
+        """``await op()``, bounded by ``timeout_s`` (or ``bound_s``): ``TimeoutError``
+        naming the database, ``what`` and the bound when it overruns.
+
+        The operation runs on its own task, which an overrun abandons rather than
+        cancels (psycopg answers a cancellation by asking the server to cancel the
+        query and waiting for it, which a frozen backend never does), closing the
+        connection instead. Cancelling the caller cancels the operation."""
+        bound = self.timeout_s if bound_s is None else bound_s
+        task: asyncio.Future[_T] = asyncio.ensure_future(op())
+        start = time.monotonic()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=bound)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_forget)
+            raise
+        took = time.monotonic() - start
+        if not done:
+            task.add_done_callback(_forget)
+            if self._conn is not None:  # the session is lost: closing it now ends the
+                with contextlib.suppress(Exception):  # abandoned operation without a
+                    await self._conn.close()  # cancel request to the frozen backend
+            raise TimeoutError(
+                f"no answer within {bound:g} s while {what} (the bound of a state database "
+                "operation: timeout_ms, pblink server --state-db-timeout-ms)")
+        if took > bound / 2 and start - self._slow_told >= SLOW_WARN_EVERY_S:
+            self._slow_told = start
+            log.warning("state database %s is slow: %s took %.1f s (more than half the "
+                        "%g s bound; at the bound this process stops)",
+                        self.path, what, took, bound)
+        return task.result()
 
     async def close(self) -> None:
         """Close the session: PostgreSQL releases every lease this process held. Idempotent."""
@@ -326,11 +427,13 @@ class PgStore:
             try:
                 if wanted:
                     async with self._lock:
-                        await self._try_claim(wanted)
+                        await self._bounded("trying leases",
+                                            functools.partial(self._try_claim, wanted))
                     idle = 0.0
                 elif idle >= LIVENESS_S:  # notice a lost session with nothing else to do
                     async with self._lock:
-                        await self._conn.execute("SELECT 1")
+                        await self._bounded("checking the session (SELECT 1)",
+                                            lambda: self._conn.execute("SELECT 1"))
                     idle = 0.0
             except Exception as exc:
                 self._session_lost(exc)
@@ -384,12 +487,18 @@ class PgStore:
                 stored = {k: v for k, v in entry.items() if k != "tx"}
                 self._written[cid] = json.dumps(stored, sort_keys=True, separators=(",", ":"),
                                                 ensure_ascii=False)
+            self._held.add(cid)
             log.info("%s: lease taken (state database %s)", cid, self.path)
             fut.set_result(state)
 
     async def _release(self, conn_id: str) -> None:
+        if self._lost is not None:
+            return
         async with self._lock:
-            await self._unlock(conn_id)
+            try:
+                await self._bounded("giving a lease back", lambda: self._unlock(conn_id))
+            except TimeoutError as exc:
+                self._session_lost(exc)
 
     async def _unlock(self, conn_id: str) -> None:  # caller holds self._lock
         with contextlib.suppress(Exception):
@@ -398,14 +507,23 @@ class PgStore:
                 (self.root, conn_id),
             )
         self._written.pop(conn_id, None)
+        self._held.discard(conn_id)
 
     def _session_lost(self, exc: BaseException) -> None:
         first = self._lost is None
         if self._lost is None:
+            if isinstance(exc, TimeoutError):
+                log.error("state database %s: %s; the session counts as lost", self.path,
+                          _one_line(exc))
+            held = len(self._held)
             self._lost = (
-                f"lost the session with state database {self.path} ({_one_line(exc)}): its "
-                "leases are gone, so this process acknowledges nothing more; restart it "
-                "(the other processes take its conn_ids over)"
+                f"lost the session with state database {self.path} ({_one_line(exc)}): " + (
+                    f"this process held {held} lease(s) and acknowledges nothing more; the "
+                    "database hands them to another server process once it has ended the "
+                    "session; restart this one" if held else
+                    "this process held no lease; restart it") +
+                " (when the database itself went away every server process of it stops: "
+                "a supervisor restarts them)"
             )
         for fut in self._wanted.values():
             if not fut.done():
@@ -433,20 +551,32 @@ class PgStore:
             if self._written.get(cid) != text:
                 rows.append((cid, text))
         if rows:
-            try:
-                async with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+            async def commit() -> None:
+                async with self._conn.transaction(), self._conn.cursor() as cur:
                     await cur.executemany(
                         f"INSERT INTO {TABLE} (root, conn_id, entry, owner) "
                         "VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (root, conn_id) DO UPDATE "
                         "SET entry = EXCLUDED.entry, owner = EXCLUDED.owner, updated_at = now()",
                         [(self.root, cid, text, self.owner) for cid, text in rows],
                     )
+
+            try:
+                async with self._lock:
+                    if self._lost is not None:  # lost while this commit waited for the lock
+                        raise StateDbError(self._lost)
+                    await self._bounded(f"committing {len(rows)} row(s)", commit)
             except Exception as exc:
                 self._session_lost(exc)
                 raise StateDbError(self._lost or str(exc)) from exc
             for cid, text in rows:
                 self._written[cid] = text
         self.writes += 1
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Done callback of an abandoned operation: its outcome no longer matters."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _excerpt(entry: Any) -> str:

@@ -85,6 +85,12 @@ BAD_ARGUMENTS = [
     (["server", "--port", "1", "--state-db", "postgresql://h/db", "--state-dir", "s"],
      "give --state-dir (a state file) or --state-db (PostgreSQL), not both"),
     (["server", "--port", "1", "--state-db", "host=h", "--state-dir", ""], "not both"),
+    (["server", "--port", "1", "--state-db", "host=h", "--state-db-timeout-ms", "50"],
+     "--state-db-timeout-ms: '50' is not a whole number of milliseconds from 100 to 600000"),
+    (["server", "--port", "1", "--state-db", "host=h", "--state-db-timeout-ms", "5s"],
+     "'5s' is not a whole number of milliseconds"),
+    (["server", "--port", "1", "--state-db-timeout-ms", "5000"],
+     "--state-db-timeout-ms needs --state-db"),
     # the client id names the state file: refused before anything is created
     (["server", "--port", "1", "--client-id", ""], "--client-id: client id '' is empty"),
     (["server", "--port", "1", "--client-id", "../../escaped"],

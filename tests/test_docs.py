@@ -157,3 +157,68 @@ def test_bad_port_is_the_documented_error(port: object) -> None:
                                          "65535$"):  # the devices' rule, link_core/schema.py
         LinkServer("localhost", port)  # type: ignore[arg-type]
     assert "``port`` outside 1 to 65535" in " ".join((LinkServer.__doc__ or "").split())
+
+
+def fenced_block(doc: str, lang: str, after: str) -> str:
+    """The first ```<lang> block that follows the line starting with `after` in docs/<doc>."""
+    text = (ROOT / "docs" / doc).read_text()
+    match = re.search(rf"```{lang}\n(.*?)```", text[text.index(after):], re.S)
+    assert match, f"no {lang} block after {after!r} in docs/{doc}"
+    return match.group(1)
+
+
+def check_server_argv(argv: list[str]) -> None:
+    """A documented `pblink server ...` command line parses with the CLI's own parser."""
+    from pblink.cli import build_parser
+
+    assert argv[:2] == ["pblink", "server"], argv
+    args = build_parser().parse_args(argv[1:])
+    assert args.state_db and args.client_id and args.ids, argv
+
+
+def test_server_md_systemd_unit_is_valid(tmp_path: Path) -> None:
+    """SERVER.md's supervisor example: systemd accepts the unit (Restart=always), and
+    its ExecStart is a valid `pblink server` command line."""
+    import shlex
+    import shutil
+
+    unit = fenced_block("SERVER.md", "ini", "### Running under a supervisor")
+    assert "\nRestart=always\n" in unit
+    exec_start = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[0].endswith("/bin/pblink")
+    check_server_argv(["pblink", *argv[1:]])
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    # the program path must exist for `verify`: this venv's pblink (or any executable)
+    real = Path(sys.executable).parent / "pblink"
+    path = tmp_path / "pblink-server-a.service"
+    path.write_text(unit.replace(argv[0], str(real if real.exists() else "/bin/true"))
+                    .replace("User=pblink\n", ""))  # no such user on a test machine
+    proc = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+
+
+def test_server_md_compose_service_is_valid(tmp_path: Path) -> None:
+    """SERVER.md's Docker Compose example: `restart: unless-stopped`, a valid `pblink
+    server` command, and `docker-compose config` accepts it beside the project's file."""
+    import shutil
+
+    yaml = pytest.importorskip("yaml")  # PyYAML: not a dependency of the project
+
+    text = fenced_block("SERVER.md", "yaml", "### Running under a supervisor")
+    doc = yaml.safe_load(text)
+    service = doc["services"]["server-a"]
+    assert service["restart"] == "unless-stopped"
+    check_server_argv(service["command"])
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose not installed")
+    (tmp_path / "pgpass").write_text("db:5432:pblink:pblink:secret\n")
+    (tmp_path / "server.yml").write_text(text)
+    proc = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "-f",
+                           str(tmp_path / "server.yml"), "config"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "server-a" in proc.stdout and "broker" in proc.stdout

@@ -19,6 +19,7 @@ PostgreSQL or psycopg fails instead of skipping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -27,12 +28,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, TEST_TIMEOUT, BrokerProcess, free_port
 
+from server_apps import Connection, LinkServer
 from server_apps.state import ConnState, StateFileError
 from virtual_bench.device_double import DeviceDouble
 from virtual_bench.postgres import PostgresMissingError, TempPostgres
@@ -595,3 +597,423 @@ def test_identity_hint_names_no_state_file_with_postgresql() -> None:
     assert pg._identity_hint() == IDENTITY_HINT
     assert "state file" not in pg._identity_hint()
     assert LinkServer()._identity_hint() == IDENTITY_HINT + FILE_HINT
+
+
+# -- a hung (not dead) database session; the user's options; start-up race; lost message --
+
+async def backend_pids(pg: TempPostgres, owner: str) -> list[int]:
+    """The PostgreSQL backends of the server ``owner`` (its application_name)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(pg.dsn, autocommit=True) as c:
+        cur = await c.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                              (f"pblink {owner}",))
+        return [int(row[0]) for row in await cur.fetchall()]
+
+
+class Frozen:
+    """SIGSTOP the backends of ``owner`` (a hung, not dead, session); SIGCONT them on exit."""
+
+    def __init__(self, pids: list[int]) -> None:
+        assert pids
+        self.pids = pids
+
+    def __enter__(self) -> Frozen:
+        for pid in self.pids:
+            os.kill(pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thaw()
+
+    def thaw(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):  # it ended once thawed
+                os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_commit_on_a_frozen_backend_fails_within_the_bound(
+    pg: TempPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F1: every operation of the store is bounded on the client side: a commit to a
+    backend that hangs (SIGSTOP) fails after timeout_ms, the session counts as lost
+    (on_lost, once), and one ERROR line names the database and the bound."""
+    from server_apps.store_pg import PgStore, StateDbError
+
+    lost: list[StateDbError] = []
+    store = PgStore(pg.dsn, root="frozen", owner="st-frozen", poll_ms=20, timeout_ms=300,
+                    on_lost=lost.append)
+    await store.open()
+    try:
+        await store.claim("z1")
+        with Frozen(await backend_pids(pg, "st-frozen")):
+            t0 = time.monotonic()
+            with pytest.raises(StateDbError) as err:
+                await asyncio.wait_for(store.write({"z1": ConnState(unread=["a"])}), 10)
+            took = time.monotonic() - t0
+            await store.close()  # does not wait for the frozen backend either
+            assert time.monotonic() - t0 < 2.0
+        assert 0.25 < took < 1.5, took
+        assert len(lost) == 1 and str(lost[0]) == str(err.value)
+        text = str(err.value)
+        assert "no answer within 0.3 s while committing 1 row(s)" in text, text
+        assert "held 1 lease(s)" in text, text
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1, caplog.text
+        assert "state database postgresql://pblink@" in errors[0].getMessage()
+        assert "0.3 s" in errors[0].getMessage()
+        with pytest.raises(StateDbError):
+            await store.claim("z2")
+    finally:
+        await store.close()
+
+
+async def test_a_frozen_owner_session_closes_the_server_and_the_standby_takes_over_later(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F1: the owner's backend hangs (SIGSTOP) while a device writes qos lines: the owner
+    closes itself within its bound (nothing it did not commit is acknowledged); once the
+    database ends the frozen session (SIGCONT: the backend sees the closed socket) the
+    standby takes the conn_id over, and every line is read, in order, none lost."""
+    from test_server_link import device_for, server_for, until
+
+    from server_apps import StateLostError
+
+    caplog.set_level("INFO", logger="pblink")
+    n = 30
+    root = "hung"
+    async with asyncio.timeout(4 * TEST_TIMEOUT), server_for(
+        amqtt_broker, client_id="srv-hung", root=root, state_db=pg.dsn, lease_poll_ms=20,
+        state_db_timeout_ms=400,
+    ) as owner, server_for(
+        amqtt_broker, client_id="srv-hung-b", root=root, state_db=pg.dsn, lease_poll_ms=20,
+        identity_probe_s=0,
+    ) as standby, device_for(amqtt_broker, "h1", root=root) as dev:
+        conn = await owner.connection("h1")
+        waiting = asyncio.create_task(standby.connection("h1"))
+        got_a: list[int] = []
+        got_b: list[int] = []
+
+        async def read(c: Connection, into: list[int]) -> None:
+            with contextlib.suppress(StateLostError):
+                while not into or into[-1] < n:
+                    into.append(json.loads(await c.readline())[1])
+
+        reading = asyncio.create_task(read(conn, got_a))
+        frozen: Frozen | None = None
+        seen: list[tuple[float, StateLostError | None, bool]] = []
+
+        async def thaw_when_closed(f: Frozen, t0: float) -> None:
+            error = await owner.wait_error()
+            seen.append((time.monotonic() - t0, error, waiting.done()))
+            f.thaw()  # the database ends the frozen session only now
+
+        watcher: asyncio.Task[None] | None = None
+        try:
+            for k in range(1, n + 1):
+                if k == 10:
+                    await until(lambda: len(got_a) >= 9, "the owner to read 9 lines")
+                    frozen = Frozen(await backend_pids(pg, "srv-hung")).__enter__()
+                    watcher = asyncio.create_task(thaw_when_closed(frozen, time.monotonic()))
+                await dev.write(json.dumps(["h1", k, 0]))
+            conn_b = await waiting
+            await read(conn_b, got_b)
+            await dev.drain()
+        finally:
+            if frozen is not None:
+                frozen.thaw()
+            reading.cancel()
+            waiting.cancel()
+            if watcher is not None:
+                watcher.cancel()
+        took, error, taken_over = seen[0]
+        print(f"\nfrozen backend: the owner closed itself {took:.2f} s after SIGSTOP "
+              "(state_db_timeout_ms 400)")  # figures for docs/SERVER.md (with -s)
+        assert took < 3.0, took  # 1 s liveness at most + the 0.4 s bound
+        assert "no answer within 0.4 s" in str(error), error
+        assert "held 1 lease(s)" in str(error), error
+        assert not taken_over  # the frozen backend held the lease until it ended
+        overlap = len(got_a) - got_b[0] + 1 if got_a and got_b else 0
+        assert 0 <= overlap <= 2, (got_a, got_b)
+        assert got_a + got_b[overlap:] == list(range(1, n + 1)), (got_a, got_b)
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(lines) == 1, caplog.text
+        assert lines[0].startswith("state database postgresql://pblink@"), lines
+        assert "no answer within 0.4 s" in lines[0], lines
+
+
+def test_pblink_server_with_a_frozen_database_session_exits_with_its_line(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, tmp_path: Path
+) -> None:
+    """F1 through the CLI: --state-db-timeout-ms bounds it; exit 1 with the documented line."""
+    proc = pblink_server(amqtt_broker, tmp_path, "--root", "hungcli", "--ids", "k1",
+                         "--client-id", "srv-hungcli", "--state-db", pg.dsn,
+                         "--state-db-timeout-ms", "300")
+    frozen: Frozen | None = None
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "k1: serving" in line:
+                break
+        frozen = Frozen(asyncio.run(backend_pids(pg, "srv-hungcli"))).__enter__()
+        t0 = time.monotonic()
+        out, _ = proc.communicate(timeout=TEST_TIMEOUT)
+        took = time.monotonic() - t0
+    finally:
+        if frozen is not None:
+            frozen.thaw()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(seen) + out
+    assert proc.returncode == 1, out
+    assert took < 5.0, took
+    errors = error_lines(out)
+    assert len(errors) == 2, out  # the moment it overran (ERROR), then the exit line
+    assert " ERROR " in errors[0] and "no answer within 0.3 s" in errors[0], out
+    assert errors[1].startswith("pblink server: error: link server srv-hungcli closed: lost "
+                                "the session with state database postgresql://pblink@"), out
+    assert "no answer within 0.3 s" in errors[1] and "held 1 lease(s)" in errors[1], out
+
+
+@pytest.mark.parametrize("form", ["url", "key=value"])
+async def test_the_users_own_options_are_kept_beside_the_stores(
+    pg: TempPostgres, form: str
+) -> None:
+    """F2: options=-csearch_path=other in the DSN puts the table in schema other (the
+    store's keepalive options are added, not put in their place)."""
+    import psycopg
+
+    from server_apps.store_pg import TABLE, PgStore
+
+    with psycopg.connect(pg.dsn, autocommit=True) as c:
+        c.execute("CREATE SCHEMA IF NOT EXISTS other")
+        c.execute(f"DROP TABLE IF EXISTS other.{TABLE}")
+    if form == "url":
+        dsn = pg.dsn + "?options=-csearch_path%3Dother&application_name=mine"
+    else:
+        dsn = (f"host=127.0.0.1 port={pg.port} user=pblink dbname=postgres "
+               "options='-c search_path=other' application_name=mine")
+    store = PgStore(dsn, root="opts", owner="st-opts")
+    await store.open()
+    try:
+        await store.claim("o1")
+        await store.write({"o1": ConnState(unread=["x"])})
+        cur = await store._conn.execute("SHOW search_path")
+        assert (await cur.fetchone())[0] == "other"
+        cur = await store._conn.execute("SHOW tcp_keepalives_idle")
+        assert (await cur.fetchone())[0] == "5"
+        cur = await store._conn.execute("SHOW application_name")
+        assert (await cur.fetchone())[0] == "mine"  # the user's, not replaced either
+    finally:
+        await store.close()
+    with psycopg.connect(pg.dsn, autocommit=True) as c:
+        row = c.execute(f"SELECT count(*) FROM other.{TABLE} WHERE root = 'opts'").fetchone()
+        assert row is not None and row[0] == 1
+
+
+def test_connect_kwargs_merge_with_the_dsn() -> None:
+    from server_apps.store_pg import _KEEPALIVE, connect_kwargs
+
+    assert connect_kwargs("postgresql://h/db", "o") == {
+        "options": _KEEPALIVE, "application_name": "pblink o"}
+    got = connect_kwargs("postgresql://h/db?options=-c%20tcp_keepalives_idle%3D60", "o")
+    assert got["options"] == _KEEPALIVE + " -c tcp_keepalives_idle=60"  # the user's wins
+    assert connect_kwargs("host=h options='-c a=b' application_name=x", "o") == {
+        "options": _KEEPALIVE + " -c a=b"}
+
+
+@pytest.mark.parametrize("value", [0, 99, 600_001, True, 1.5, "5000"])
+def test_a_state_db_timeout_out_of_range_is_refused(value: object) -> None:
+    from server_apps import LinkServer
+
+    with pytest.raises(ValueError, match="from 100 to 600000"):
+        LinkServer(state_db="postgresql://localhost/x", state_db_timeout_ms=value)  # type: ignore[arg-type]
+
+
+def test_the_clis_default_state_db_timeout_is_the_librarys() -> None:
+    from pblink.cmd_server import DB_TIMEOUT_MS
+    from server_apps.store_pg import DEFAULT_TIMEOUT_MS
+
+    assert DB_TIMEOUT_MS == DEFAULT_TIMEOUT_MS
+
+
+async def test_a_standby_started_while_its_devices_are_online_does_not_warn(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F5: serve() tells the server its ids, so a device whose retained `online` is heard
+    before the application asked for it is not reported as not served. Deterministic: the
+    application asks only after the server has heard every device."""
+    from test_server_link import device_for, server_for, until
+
+    from server_apps.s_app import serve
+
+    caplog.set_level("INFO", logger="pblink.server")
+    root = "race"
+    ids = ["r1", "r2"]
+    asked = asyncio.Event()
+
+    async def application(server: LinkServer, conn_ids: Sequence[str]) -> None:
+        await until(lambda: all(c in server._unclaimed for c in conn_ids),
+                    "the server to hear every device's status")
+        waits = [asyncio.create_task(server.connection(c)) for c in conn_ids]
+        await until(lambda: server._store is not None and
+                    server._store.waiting_count() == len(conn_ids), "the claims")  # type: ignore[union-attr]
+        asked.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async with asyncio.timeout(3 * TEST_TIMEOUT), server_for(
+        amqtt_broker, client_id="srv-race-a", root=root, state_db=pg.dsn, lease_poll_ms=20
+    ) as owner:
+        for cid in ids:
+            await owner.connection(cid)
+        async with device_for(amqtt_broker, "r1", root=root), \
+                device_for(amqtt_broker, "r2", root=root), \
+                device_for(amqtt_broker, "r9", root=root):
+            stop = asyncio.Event()
+            run = asyncio.create_task(serve(
+                amqtt_broker.host, amqtt_broker.port, ids=ids, root=root,
+                client_id="srv-race-b", state_db=pg.dsn, timeout_ms=T, stop=stop,
+                application=application))
+            try:
+                await asyncio.wait_for(asyncio.shield(asked.wait()), TEST_TIMEOUT)
+                await until(lambda: "pblink server --ids ... r9" in caplog.text,
+                            "the standby's warning about a conn_id nobody serves")
+            finally:
+                stop.set()
+                await run
+    assert "device r1 is online under" not in caplog.text, caplog.text
+    assert "device r2 is online under" not in caplog.text, caplog.text
+
+
+async def test_a_conn_id_whose_connection_is_being_set_up_is_not_reported_unserved(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F5: between the lease taken and the Connection made, a device heard is not
+    reported as not served (connection() runs for it). The claim is held open by the
+    test, so no timing luck is involved."""
+    from test_server_link import device_for, server_for, until
+
+    from server_apps.store_pg import PgStore
+
+    caplog.set_level("INFO", logger="pblink.server")
+    root = "setup"
+    release = asyncio.Event()
+    real_claim = PgStore.claim
+
+    async def slow_claim(self: PgStore, conn_id: str) -> ConnState:
+        state = await real_claim(self, conn_id)
+        await release.wait()  # the lease is held, the Connection not made yet
+        return state
+
+    monkeypatch.setattr(PgStore, "claim", slow_claim)
+    async with asyncio.timeout(3 * TEST_TIMEOUT), server_for(
+        amqtt_broker, client_id="srv-setup", root=root, state_db=pg.dsn, lease_poll_ms=20
+    ) as server:
+        making = asyncio.create_task(server.connection("u1"))
+        await until(lambda: server._store is not None and
+                    "u1" in server._store._held, "the lease")  # type: ignore[union-attr]
+        async with device_for(amqtt_broker, "u1", root=root):
+            await until(lambda: "u1" in server._unclaimed, "the server to hear the device")
+            release.set()
+            conn = await making
+            await until(lambda: conn.online, "the device served")
+    assert "device u1 is online under" not in caplog.text, caplog.text
+
+
+async def test_the_lost_line_of_a_process_holding_no_lease_says_so(
+    amqtt_broker: BrokerProcess, pg: TempPostgres
+) -> None:
+    """F6: a standby (no lease) that loses its session does not claim to have lost leases;
+    both lines say that a supervisor restarts every process when the database goes."""
+    from test_server_link import server_for
+
+    async with asyncio.timeout(3 * TEST_TIMEOUT), server_for(
+        amqtt_broker, client_id="srv-own6", root="six", state_db=pg.dsn, lease_poll_ms=20
+    ) as owner, server_for(
+        amqtt_broker, client_id="srv-stb6", root="six", state_db=pg.dsn, lease_poll_ms=20,
+        identity_probe_s=0,
+    ) as standby:
+        await owner.connection("q1")
+        waiting = asyncio.create_task(standby.connection("q1"))
+        await terminate_sessions(pg, "srv-stb6")  # first: it cannot take q1 over then
+        await terminate_sessions(pg, "srv-own6")
+        owner_error, standby_error = await owner.wait_error(), await standby.wait_error()
+        with contextlib.suppress(Exception):
+            await waiting
+    assert "held 1 lease(s)" in str(owner_error), owner_error
+    assert "held no lease" in str(standby_error), standby_error
+    for error in (owner_error, standby_error):
+        assert "leases are gone" not in str(error)
+        assert "a supervisor restarts them" in str(error), error
+
+
+def test_a_database_restart_stops_the_owner_and_the_standby_each_with_a_true_line(
+    amqtt_broker: BrokerProcess, pg: TempPostgres, tmp_path: Path
+) -> None:
+    """F6: `pg_ctl stop -m fast` (a database restart) stops every server process, rc 1:
+    the owner's line counts its leases, the standby's says it held none (neither says
+    the other processes take over: none is left). On a database of its own."""
+    ids = ["w1", "w2"]
+    with TempPostgres() as own:
+        a = Proc(amqtt_broker, tmp_path, "own-a", ids, own.dsn)
+        b: Proc | None = None
+        try:
+            a.wait_for("demo server on")
+            b = Proc(amqtt_broker, tmp_path, "own-b", ids, own.dsn)
+            b.wait_for("some wait for their lease")
+            own._run("pg_ctl", "-D", str(own.data), "-m", "fast", "-w", "stop")
+            for p in (a, b):  # each exits by itself
+                p.proc.wait(timeout=TEST_TIMEOUT)
+                p._reader.join(timeout=TEST_TIMEOUT)
+            for p in (a, b):
+                assert p.proc.returncode == 1, "\n".join(x for _, x in p.lines[-20:])
+            line_a = [x for _, x in a.lines if x.startswith("pblink server: error:")]
+            line_b = [x for _, x in b.lines if x.startswith("pblink server: error:")]
+            assert len(line_a) == 1 and len(line_b) == 1, (a.lines, b.lines)
+            assert "this process held 2 lease(s)" in line_a[0], line_a
+            # (the standby could take a lease in the milliseconds between the ends of the
+            # two sessions: then its line counts it; test_the_lost_line_of_a_process_holding
+            # _no_lease_says_so checks the no-lease line deterministically)
+            assert re.search(r"this process held (no lease; restart it|[12] lease\(s\))",
+                             line_b[0]), line_b
+            for line in (line_a[0], line_b[0]):
+                assert "leases are gone" not in line and "take its conn_ids over" not in line
+                assert "every server process of it stops: a supervisor restarts them" in line
+        finally:
+            for p in (a, b):
+                if p is not None and p.proc.poll() is None:
+                    p.proc.kill()
+                    p.proc.wait()
+
+
+async def test_a_commit_slower_than_half_the_bound_is_warned_about(
+    pg: TempPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F1: the early warning: a commit held up 0.7 s by a frozen backend (bound 1 s)
+    succeeds, with one WARNING naming the database, the time and the bound."""
+    from server_apps.store_pg import PgStore
+
+    store = PgStore(pg.dsn, root="slow", owner="st-slow", poll_ms=20, timeout_ms=1000)
+    await store.open()
+    try:
+        await store.claim("s1")
+        frozen = Frozen(await backend_pids(pg, "st-slow"))
+        with frozen:
+            asyncio.get_running_loop().call_later(0.7, frozen.thaw)
+            await store.write({"s1": ConnState(unread=["a"])})
+        assert store._lost is None
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, caplog.text
+        assert warnings[0].startswith("state database postgresql://pblink@"), warnings
+        assert re.search(r"is slow: committing 1 row\(s\) took 0\.[7-9] s", warnings[0]), warnings
+        assert "half the 1 s bound" in warnings[0], warnings
+    finally:
+        await store.close()
