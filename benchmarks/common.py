@@ -170,8 +170,10 @@ class Context:
 
 
 def find_mosquitto() -> str | None:
+    """The mosquitto binary: on PATH, else /usr/sbin or /usr/bin (outside a root
+    PATH); only a regular file this user may execute, never one that merely exists."""
     for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/bin/mosquitto"):
-        if cand and os.path.exists(cand):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     return None
 

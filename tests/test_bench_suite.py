@@ -161,7 +161,7 @@ def _zero_run(delivered: float = 0.0, written: float = 0.0) -> dict[str, object]
 
     res: dict[str, object] = {k: 0.0 for k in scale.UNITS}
     res.update({"delivered fraction": delivered, "lines/s written (N offered)": written,
-                "latency p99": math.nan, "_generators": 1})
+                "latency p99": 10.0 if written else math.nan, "_generators": 1})
     return res
 
 
@@ -232,12 +232,125 @@ def test_scale_run_that_wrote_nothing_proves_nothing(monkeypatch: pytest.MonkeyP
     ctx = Context(options={"scale_n": [1000]}, mosquitto="/usr/sbin/mosquitto", repeats=1)
     rows = asyncio.run(scale.run(ctx))
     mosq = [r for r in rows if r.params.get("broker") == "mosquitto"]
-    amqtt = [r for r in rows if r.params.get("broker") == "amqtt"]
     failed = [r for r in mosq if r.name == "run failed"]
     assert len(failed) == 1 and failed[0].met is False and "no line written" in failed[0].note
-    assert not [r for r in amqtt if r.target == "== 0"]
-    assert [r.name for r in amqtt if r.met is False] == []
-    assert any(r.name == "highest N sustained" for r in amqtt)
+
+
+def test_scale_step_up_that_wrote_nothing_at_a_later_n_is_not_sustained(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the amqtt step-up, an N after a sustained one where nothing was written
+    is that N not sustained: its "== 0" rows are not judged (they once read "met")."""
+    import asyncio
+
+    from benchmarks import scale
+
+    async def fake(ctx: object, kind: str, n: int, *args: object,
+                   **kwargs: object) -> dict[str, object]:
+        return _zero_run(1.0, float(n)) if n == 100 else _zero_run()
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    ctx = Context(options={"scale_n": [100, 1000], "scale_broker": "amqtt"}, repeats=1)
+    rows = asyncio.run(scale.run(ctx))
+    later = [r for r in rows if r.params.get("N") == 1000]
+    assert later and not [r for r in later if r.target == "== 0"]
+    assert [r.name for r in rows if r.met is False] == []
+    top = [r for r in rows if r.name == "highest N sustained"]
+    assert top and top[0].values == [100.0]
+
+
+def test_scale_step_up_that_wrote_nothing_at_its_first_n_is_a_failed_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--only scale --scale-broker amqtt --scale-n 5000``: no device saw the server,
+    nothing was written, and the verdict was "no goals judged" with exit 0 (a new
+    user's report). Nothing written at the step-up broker's first N is a failed run."""
+    from benchmarks import scale
+
+    async def fake(*args: object, **kwargs: object) -> dict[str, object]:
+        return _zero_run()
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    out = tmp_path / "out.json"
+    code = bench_main(["--only", "scale", "--scale-broker", "amqtt", "--scale-n", "5000",
+                       "--no-plots", "--out", str(out), "--workdir", str(tmp_path / "w")])
+    assert code == EXIT_GOAL_MISSED
+    doc = json.loads(out.read_text())
+    failed = [r for r in doc["rows"] if r["name"] == "run failed"]
+    assert len(failed) == 1 and "no line written" in failed[0]["note"]
+    last = capsys.readouterr().out.strip().splitlines()
+    verdict = next(x for x in last if x.startswith("verdict:"))
+    assert verdict.startswith("verdict: MISSED 1 of 1 goals: scale run failed"), verdict
+    assert doc["verdict"] == verdict
+
+
+@pytest.mark.parametrize("argv", [["--quick"], ["--scale-n", "1000"],
+                                  ["--scale-broker", "amqtt", "--scale-n", "100"], ["--tiny"]])
+def test_scale_verdict_says_when_the_n_5000_goals_were_not_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        argv: list[str]) -> None:
+    """A scale run without N = 5,000 on Mosquitto said "all N goals met in every run":
+    true of the "== 0" goals it judged, but issue 13's headline goals were never run.
+    The verdict line (and the JSON's) names them as not run."""
+    from benchmarks import scale
+
+    async def fake(ctx: object, kind: str, n: int, *args: object,
+                   **kwargs: object) -> dict[str, object]:
+        return _zero_run(1.0, float(n))
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    out = tmp_path / "out.json"
+    code = bench_main(["--only", "scale", *argv, "--no-plots", "--out", str(out),
+                       "--workdir", str(tmp_path / "w")])
+    text = capsys.readouterr().out
+    verdict = next(x for x in text.splitlines() if x.startswith("verdict:"))
+    assert "goals met in every run" in verdict, verdict
+    assert verdict.endswith("; scale's N = 5,000 goals not run (they need --scale-n 5000 "
+                            "with Mosquitto)"), verdict
+    assert json.loads(out.read_text())["verdict"] == verdict
+    assert code == 0
+
+
+def test_scale_verdict_with_the_n_5000_goals_judged_says_nothing_of_them() -> None:
+    rows = [Row("scale", name, "ms", [0.0], {"broker": "mosquitto", "N": 5000,
+                                             "timeout_ms": 1500}, target=target)
+            for name, target in scale_goals().items()]
+    line = summary_line(rows, {}, ["scale"])
+    assert "not run" not in line and "met in every run" in line
+    assert "not run" not in summary_line(rows[:1], {}, ["latency"])
+
+
+def scale_goals() -> dict[str, str]:
+    from benchmarks.scale import GOALS_5000
+
+    return {"lines duplicated": GOALS_5000["lines duplicated"],
+            "lines reordered": GOALS_5000["lines reordered"]}
+
+
+def test_no_goal_judged_does_not_read_as_success() -> None:
+    line = summary_line([Row("recovery", "t", "s", [1.0], {})], {}, ["recovery"])
+    assert line.startswith("verdict: no goal judged: ") and "met" not in line, line
+
+
+def test_run_header_counts_the_runs_the_figures_have() -> None:
+    """"up to 3 runs per figure" when every row had n = 1 (scale runs N > 1,000 once)."""
+    head = run_header(40, 200.0, ["scale"], quick=False, tiny=False, repeats=3, most_runs=1)
+    assert "1 run per figure" in head and "up to" not in head
+    head = run_header(40, 200.0, ["scale"], quick=False, tiny=False, repeats=3, most_runs=3)
+    assert "up to 3 runs per figure" in head
+
+
+def test_find_mosquitto_wants_an_executable(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """A mosquitto that merely exists (not executable) is no mosquitto."""
+    from benchmarks import common
+
+    plain = tmp_path / "mosquitto"
+    plain.write_text("")
+    plain.chmod(0o644)
+    monkeypatch.setattr(common.shutil, "which", lambda name: str(plain))
+    assert common.find_mosquitto() != str(plain)
+    plain.chmod(0o755)
+    assert common.find_mosquitto() == str(plain)
 
 
 def test_family_list() -> None:
