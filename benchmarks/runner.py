@@ -20,7 +20,6 @@ import asyncio
 import importlib
 import json
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from benchmarks.common import (
     raise_nofile,
     render_table,
     run_loadavg,
+    sigterm_interrupts,
 )
 from benchmarks.scale import GOALS_5000_MISSING, goals_5000_judged
 from pblink.common import COUNT, SECONDS, number, output_file, output_folder
@@ -148,12 +148,6 @@ def write_plots(out: Path, fmt: str) -> list[Path]:
     return files
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    # the tasks cancelled on the way out are not errors worth a traceback
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _error(message: str, code: int) -> int:
     print(f"pblink bench: error: {message}", file=sys.stderr)
     return code
@@ -202,15 +196,13 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     machine = machine_info()
     t0 = time.monotonic()
     # SIGTERM (timeout, CI, kill) ends the run as Ctrl-C does: the families'
-    # finally blocks stop their brokers and boards (started in sessions of their
-    # own, so no signal reaches them), then the scratch folder goes
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # finally blocks stop their brokers and boards, then the scratch folder goes
     try:
-        rows, info = asyncio.run(run_families(ctx, names))
+        with sigterm_interrupts():
+            rows, info = asyncio.run(run_families(ctx, names))
     except KeyboardInterrupt:
         return _error("interrupted: no figures written", 130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if tmp is not None:
             tmp.cleanup()
     elapsed = time.monotonic() - t0

@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -467,3 +468,188 @@ def test_sigterm_stops_the_bench_and_everything_it_started(family: str, tmp_path
     assert not (tmp_path / "out.json").exists()
     time.sleep(0.5)
     assert _children_in(work) == [], "processes outlived the bench"
+
+
+# -- the failover bench (benchmarks/failover.py) ------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--n", "0"], "--n: 0 is out of range"),  # hung
+    (["--n", "-3"], "--n: -3 is out of range"),  # hung
+    (["--timeout-ms", "0"], "--timeout-ms: timeout_ms 0 is not an int"),  # a traceback
+    (["--kill-at", "30", "--window", "5"], "--kill-at 30 must fall inside --window 5"),
+    (["--window", "0"], "--window: 0 is out of range"),  # a takeover figure, 0 lines read
+    (["--kill-at", "0.5"], "--kill-at 0.5 must fall inside --window 20"),
+    (["--max-takeover-s", "-1"], "--max-takeover-s: -1 is out of range"),
+    (["--workdir", "/etc/passwd"], "--workdir: /etc/passwd is a file, not a folder"),
+])
+def test_failover_refuses_bad_options(argv: list[str], says: str) -> None:
+    """Every option is checked before anything starts: exit 2, one line."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.failover", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and says in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_failover_cross_check_sees_both_processes() -> None:
+    """A line A read and B read again is seen (B's own reads alone could not see it):
+    A's read tail up to RE_READ_MAX lines per device is PROTOCOL.md 4.5's allowance,
+    anything else read twice fails, as do a gap and a line out of order."""
+    from benchmarks.failover import RE_READ_MAX, cross_check
+
+    acked = {"d0": 6, "d1": 6}
+    clean = cross_check(acked, {"d0": [1, 2, 3], "d1": [1, 2]}, {"d0": [4, 5, 6],
+                                                                 "d1": [3, 4, 5, 6]})
+    assert clean == {"lost": 0, "twice": 0, "reordered": 0, "re_read": 0, "read_a": 5,
+                     "read_b": 7}
+    tail = cross_check(acked, {"d0": [1, 2, 3]}, {"d0": [3, 4, 5, 6], "d1": list(range(1, 7))})
+    assert tail["re_read"] == 1 and tail["twice"] == 0 and tail["lost"] == 0
+    again = cross_check(acked, {"d0": [1, 2, 3, 4]}, {"d0": [2, 5, 6], "d1": list(range(1, 7))})
+    assert again["twice"] == 1 and again["re_read"] == 0
+    long_tail = cross_check({"d0": 6}, {"d0": [1, 2, 3, 4, 5]}, {"d0": [1, 2, 3, 4, 5, 6]})
+    assert long_tail["re_read"] == RE_READ_MAX and long_tail["twice"] == 5 - RE_READ_MAX
+    lost = cross_check(acked, {"d0": [1, 2]}, {"d0": [4, 5, 6], "d1": [1, 2, 3, 4, 5]})
+    assert lost["lost"] == 2  # d0's 3, d1's 6
+    assert cross_check({"d0": 6}, {"d0": [1, 3, 2]}, {"d0": [4, 5, 6]})["reordered"] == 1
+    # a line written but never acknowledged may be read or not
+    assert cross_check({"d0": 2}, {"d0": [1]}, {"d0": [2, 3]})["lost"] == 0
+
+
+def test_failover_verdict_fails_each_check() -> None:
+    from benchmarks.failover import checks, verdict_line
+
+    good = {"takeover_s (kill to every lease held by B)": 0.4, "written_and_acknowledged": 100,
+            "acknowledged_lost": 0, "read_twice": 0, "read_out_of_order": 0,
+            "re_read_after_takeover (A read tail, read again by B)": 3,
+            "a_read_lines": 50, "b_read_lines": 53}
+    assert all(ok for _, ok in checks(good, 5.0))
+    assert verdict_line(checks(good, 5.0)).startswith("verdict: all 5 checks passed: ")
+    for key, bad in [("takeover_s (kill to every lease held by B)", 6.0),
+                     ("acknowledged_lost", 1), ("read_twice", 1), ("read_out_of_order", 2),
+                     ("a_read_lines", 0), ("written_and_acknowledged", 0)]:
+        line = verdict_line(checks({**good, key: bad}, 5.0))
+        assert line.startswith("verdict: FAILED 1 of 5 checks: "), (key, line)
+
+
+def _pg_or_skip() -> None:
+    from benchmarks.common import find_mosquitto
+    from virtual_bench.postgres import find_bin_dir
+
+    if find_bin_dir() is None or find_mosquitto() is None:
+        pytest.skip("PostgreSQL server binaries or mosquitto not installed")
+    pytest.importorskip("psycopg")
+
+
+def _processes_naming(folder: Path) -> list[str]:
+    """Command lines of the processes (not the failover bench itself) naming ``folder``."""
+    return [cmd for cmd in _children_in(folder) if "benchmarks.failover" not in cmd]
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder under /tmp the postgres user can enter (TMPDIR of the failover bench:
+    its throw-away PostgreSQL's folder, and so the server's command line, is in it)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="pblink-failover-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.mosquitto
+def test_failover_real_run_passes_its_checks(shared_tmp: Path) -> None:
+    import os
+    import subprocess
+
+    _pg_or_skip()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.failover", "--n", "100", "--window", "5",
+         "--kill-at", "2.5", "--workdir", str(shared_tmp / "work")], cwd=ROOT,
+        capture_output=True, text=True, timeout=240,
+        env=dict(os.environ, TMPDIR=str(shared_tmp)))
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("verdict: all 5 checks passed: takeover "), last
+    doc = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    assert doc["acknowledged_lost"] == 0 and doc["written_and_acknowledged"] >= 400
+    assert doc["a_read_lines"] + doc["b_read_lines"] - doc[
+        "re_read_after_takeover (A read tail, read again by B)"] >= doc[
+        "written_and_acknowledged"]
+    assert _processes_naming(shared_tmp) == []
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_failover_signal_stops_everything_it_started(sig: str, shared_tmp: Path) -> None:
+    """``timeout -s TERM 12 python -m benchmarks.failover ...`` left a PostgreSQL, a
+    mosquitto and the load generator running. SIGTERM and SIGINT (Ctrl-C) now end
+    it as they end ``pblink bench``: exit 130, one "interrupted" line, nothing left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    _pg_or_skip()
+    work = shared_tmp / "work"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.failover", "--n", "100", "--window", "60",
+         "--kill-at", "30", "--workdir", str(work)], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(shared_tmp)))
+    deadline = time.monotonic() + 120
+    seen: dict[int, str] = {}
+
+    def started() -> bool:  # postgres, mosquitto, A, B and the generator
+        seen.update(_children_of(proc.pid))
+        seen.update(_processes_naming_pids(shared_tmp))
+        cmds = list(seen.values())
+        return (any("lite_load" in c for c in cmds) and any("pblink-pg-" in c for c in cmds)
+                and any("mosquitto" in c for c in cmds))
+
+    while not started() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert started(), "the failover bench started no generator in time"
+    time.sleep(1.0)
+    seen.update(_children_of(proc.pid))
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert err.strip() == "python -m benchmarks.failover: error: interrupted: no figures written"
+    assert out == ""
+    time.sleep(0.5)
+    alive = [cmd for pid, cmd in seen.items() if _cmdline(pid) == cmd]
+    assert alive == [], "processes outlived the failover bench"
+    assert _processes_naming(shared_tmp) == [], "processes outlived the failover bench"
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace") or None  # a zombie has none
+
+
+def _children_of(parent: int) -> dict[int, str]:
+    """The live child processes of ``parent``: {pid: command line}."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and (cmd := _cmdline(int(entry.name))):
+            found[int(entry.name)] = cmd
+    return found
+
+
+def _processes_naming_pids(folder: Path) -> dict[int, str]:
+    return {int(e.name): cmd for e in Path("/proc").iterdir() if e.name.isdigit()
+            and (cmd := _cmdline(int(e.name))) and str(folder) in cmd
+            and "benchmarks.failover" not in cmd}
