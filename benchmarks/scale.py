@@ -36,7 +36,11 @@ amqtt (slower than Mosquitto: docs/PERFORMANCE.md) steps up through 100, 200,
 300, 500 and stops at the first N it does not sustain (``SUSTAINED``:
 delivered < 99 %, p99 > 1,000 ms, or under 90 % of the offered lines written
 because writes were blocked waiting for acks); the "highest N sustained" row's
-note names the rule that failed, with its value and threshold. ``--scale-n``
+note names the rule that failed, with its value and threshold. A run in which
+no line was written is a failed run (a "run failed" row, a goal missed) on
+Mosquitto and at the step-up's first N; at a later step-up N it is that N not
+sustained. The verdict line names the N = 5,000 goals when a run judged none
+of them (``goals_5000_judged``). ``--scale-n``
 chooses the counts of both brokers (amqtt steps up through them in order);
 ``--scale-broker mosquitto`` or ``amqtt`` runs only that broker's runs (a
 missing Mosquitto is still a failed run when its runs are asked for).
