@@ -17,11 +17,12 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,10 +171,35 @@ class Context:
 
 
 def find_mosquitto() -> str | None:
+    """The mosquitto binary: on PATH, else /usr/sbin or /usr/bin (outside a root
+    PATH); only a regular file this user may execute, never one that merely exists."""
     for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/bin/mosquitto"):
-        if cand and os.path.exists(cand):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     return None
+
+
+# -- interrupts -------------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    # the tasks cancelled on the way out are not errors worth a traceback
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (timeout, CI, kill) ends the block as Ctrl-C does: KeyboardInterrupt,
+    so the finally blocks and context managers on the way out stop every process
+    the bench started (children started in sessions of their own, which no
+    signal to the bench reaches). The caller catches KeyboardInterrupt and exits
+    130 with one "interrupted" line (``pblink bench``, ``benchmarks.failover``)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- brokers ----------------------------------------------------------------------------

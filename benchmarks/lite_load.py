@@ -67,6 +67,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from benchmarks.common import peak_rss_kib
 from benchmarks.mqtt_packets import connect_packet, next_packet, publish_packet, subscribe_packet
@@ -641,6 +642,8 @@ def main(args: argparse.Namespace) -> None:
         "maxrss_kib": peak_rss_kib(),  # VmHWM: ru_maxrss would be the runner's
         **gen.stats,
     }
+    if args.acked_out:  # each device's acknowledged lines: <seq> 1 .. k (benchmarks.failover)
+        Path(args.acked_out).write_text(json.dumps({d.cid: d.k for d in gen.devs}))
     print("RESULT " + json.dumps(out), flush=True)
     gen.shutdown()
 
@@ -651,6 +654,9 @@ def cli() -> None:
                    help="read the sockets at most once per this many ms (0: at every event)")
     p.add_argument("--timer-res-ms", type=float, default=1.0,
                    help="timers due within this many ms of each other run together")
+    p.add_argument("--acked-out", default=None, metavar="FILE",
+                   help="write {conn_id: lines acknowledged} as JSON here before RESULT "
+                   "(a device's lines are <seq> 1 .. that count)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from benchmarks.common import raise_nofile

@@ -6,9 +6,11 @@ machine description, the command, each family's wall time (and error, if it
 failed), and every row with all its run values, median and spread.
 
 Exit status (docs/PERFORMANCE.md "Verdicts and exit status"): 0 when every
-family ran and every goal was met in every run; 3 (``EXIT_GOAL_MISSED``) when
-every family ran but a goal was missed (the last line names them); 1 when a
-family failed or the results could not be written; 2 for bad options.
+family ran and every goal judged was met in every run (the verdict line names
+goals not run, e.g. scale's N = 5,000 ones, and says when none was judged);
+3 (``EXIT_GOAL_MISSED``) when every family ran but a goal was missed (the
+last line names them); 1 when a family failed or the results could not be
+written; 2 for bad options.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import asyncio
 import importlib
 import json
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -38,8 +39,10 @@ from benchmarks.common import (
     raise_nofile,
     render_table,
     run_loadavg,
+    sigterm_interrupts,
 )
-from pblink.common import COUNT, SECONDS, number, output_file
+from benchmarks.scale import GOALS_5000_MISSING, goals_5000_judged
+from pblink.common import COUNT, SECONDS, number, output_file, output_folder
 
 # --scale-n at most: twice the largest count of the full run (10,000); a generator
 # process per 5,000 devices and a socket each on a 2-core machine beyond that
@@ -76,8 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=output_file, default=None, metavar="FILE",
                    help="JSON file to write (default bench-results/bench-<timestamp>.json); "
                    "checked before the run starts, missing folders are created")
-    p.add_argument("--workdir", default=None,
-                   help="keep every process's log here (default: a temporary folder)")
+    p.add_argument("--workdir", type=output_folder, default=None, metavar="DIR",
+                   help="keep every process's log here (default: a temporary folder); "
+                   "checked before the run starts, missing folders are created")
     p.add_argument("--scale-n", type=SCALE_N, action="append", default=None, metavar="N",
                    help="scale: device counts for both brokers, 1 to 20,000 (repeatable; default "
                    "Mosquitto 100 1000 5000 10000 and amqtt 100 200 300 500, --quick 100; "
@@ -101,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(with --plot-format; no other option applies)")
     p.add_argument("--tiny", action="store_true",
                    help="the smallest run of each family (a few lines; scale at N = 10; one "
-                        "run per figure): a smoke test of the bench itself")
+                        "run per figure): a smoke test of the bench itself (not with --quick)")
     # what a run reads and --plot (which runs nothing) would ignore: (dest, flag, default)
     p.set_defaults(run_options=[(a.dest, a.option_strings[-1], a.default) for a in p._actions
                                 if a.dest not in ("plot", "plot_format", "help", "verbose")
@@ -144,12 +148,6 @@ def write_plots(out: Path, fmt: str) -> list[Path]:
     return files
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    # the tasks cancelled on the way out are not errors worth a traceback
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _error(message: str, code: int) -> int:
     print(f"pblink bench: error: {message}", file=sys.stderr)
     return code
@@ -169,6 +167,8 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         except PlotError as exc:
             return _error(str(exc), 2)
         return 0
+    if args.tiny and args.quick:
+        return _error("--tiny and --quick are two run sizes: give one", 2)
     raise_nofile()
     names = args.only or list(FAMILIES)
     for dest, flag, family in FAMILY_OPTIONS:  # an option no family of this run reads
@@ -196,27 +196,27 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     machine = machine_info()
     t0 = time.monotonic()
     # SIGTERM (timeout, CI, kill) ends the run as Ctrl-C does: the families'
-    # finally blocks stop their brokers and boards (started in sessions of their
-    # own, so no signal reaches them), then the scratch folder goes
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # finally blocks stop their brokers and boards, then the scratch folder goes
     try:
-        rows, info = asyncio.run(run_families(ctx, names))
+        with sigterm_interrupts():
+            rows, info = asyncio.run(run_families(ctx, names))
     except KeyboardInterrupt:
         return _error("interrupted: no figures written", 130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if tmp is not None:
             tmp.cleanup()
     elapsed = time.monotonic() - t0
     table = render_table(rows)
     command = "pblink bench " + " ".join(argv if argv is not None else sys.argv[2:])
-    print(run_header(len(rows), elapsed, names, args.quick, args.tiny, repeats))
+    print(run_header(len(rows), elapsed, names, args.quick, args.tiny, repeats,
+                     most_runs=max((r.runs for r in rows), default=0)))
     print(table)
     failed = {k: v["error"] for k, v in info.items() if "error" in v}
     for name, err in failed.items():
         print(f"family {name} FAILED: {err}")
     missed = missed_rows(rows)
-    print(summary_line(rows, failed))
+    verdict = summary_line(rows, failed, names)
+    print(verdict)
     doc = {
         "command": command.strip(),
         "started": stamp,
@@ -228,6 +228,7 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         "families": info,
         "rows": [r.to_json() for r in rows],
         "table": table,
+        "verdict": verdict,
     }
     try:  # the table is on stdout already: a file that cannot be written loses nothing
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -247,35 +248,44 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def run_header(figures: int, elapsed: float, names: list[str], quick: bool, tiny: bool,
-               repeats: int) -> str:
+               repeats: int, most_runs: int | None = None) -> str:
     """The line above the table: which families ran, at which size, how many runs.
 
     A family may run a figure fewer times than ``repeats`` (scale: N > 1,000 and
-    the amqtt step-up once): the table's ``n`` column gives each figure's runs."""
+    the amqtt step-up once): ``most_runs``, the most runs any figure has, is the
+    figure given when known (the table's ``n`` column gives each figure's runs)."""
     which = ("all families" if names == list(FAMILIES)
              else "only " + ", ".join(names))
     size = "tiny (smoke test)" if tiny else "quick" if quick else "full size"
-    runs = "1 run per figure" if repeats == 1 else f"up to {repeats} runs per figure (column n)"
+    most = repeats if most_runs is None else most_runs
+    runs = ("1 run per figure" if most <= 1
+            else f"up to {most} runs per figure (column n)")
     return f"pblink bench: {figures} figures in {elapsed:.0f} s: {which}, {size}, {runs}"
 
 
-def summary_line(rows: list[Row], failed: dict[str, str]) -> str:
+def summary_line(rows: list[Row], failed: dict[str, str],
+                 names: list[str] | None = None) -> str:
     """The last line of the table: whether every goal was met in every run.
 
     ``"verdict: MISSED 2 of 9 goals: scale latency p99 (broker=... N=5000), ..."``;
-    ``"verdict: all 9 goals met in every run"``; families that failed come first."""
+    ``"verdict: all 9 goals met in every run"``; families that failed come first.
+    ``"no goal judged"`` says nothing was checked, never that it passed. When
+    scale ran (``names``) without any of issue 13's N = 5,000 goals judged, the
+    line says they were not run."""
     judged = [r for r in rows if r.met is not None]
     missed = missed_rows(rows)
     parts = []
     if failed:
         parts.append(f"FAILED families: {', '.join(failed)}")
     if missed:
-        names = "; ".join(f"{r.family} {r.name} ({param_text(r.params)})" for r in missed)
-        parts.append(f"MISSED {len(missed)} of {len(judged)} goals: {names}")
+        which = "; ".join(f"{r.family} {r.name} ({param_text(r.params)})" for r in missed)
+        parts.append(f"MISSED {len(missed)} of {len(judged)} goals: {which}")
     elif judged:
         parts.append(f"all {len(judged)} goals met in every run")
     else:
-        parts.append("no goals judged")
+        parts.append("no goal judged: the figures above were checked against no target")
+    if names and "scale" in names and not goals_5000_judged(rows):
+        parts.append(GOALS_5000_MISSING)
     return "verdict: " + "; ".join(parts)
 
 

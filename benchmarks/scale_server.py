@@ -94,6 +94,9 @@ async def main(args: argparse.Namespace) -> None:
     started = time.monotonic() - t0  # the broker connection and the identity probe
     conns: list[Any] = []
     claimed = asyncio.Event()
+    # --read-log: every line read, "<conn_id> <line>", one write() per line (line
+    # buffered), so the kernel has it all when the process is killed with SIGKILL
+    read_log = open(args.read_log, "w", buffering=1) if args.read_log else None  # noqa: ASYNC230
 
     async def reader(conn_id: str) -> None:
         conn = await server.connection(conn_id)  # with --state-db: waits for the lease
@@ -101,6 +104,8 @@ async def main(args: argparse.Namespace) -> None:
         if len(conns) == args.n:
             claimed.set()
         async for line in conn:
+            if read_log is not None:
+                read_log.write(f"{conn.conn_id} {line}\n")
             stats.line(conn.conn_id, line, time.monotonic_ns())
 
     tasks = [asyncio.create_task(reader(f"d{i}")) for i in range(args.n)]
@@ -167,6 +172,8 @@ async def main(args: argparse.Namespace) -> None:
     for t in tasks:
         t.cancel()
     await server.close()
+    if read_log is not None:
+        read_log.close()
     print("STOPPED", flush=True)
 
 
@@ -181,6 +188,9 @@ def cli() -> None:
     p.add_argument("--state-db", default=None, help="PostgreSQL state store (server_apps/store_pg)")
     p.add_argument("--lease-poll-ms", type=int, default=250)
     p.add_argument("--client-id", default=None)
+    p.add_argument("--read-log", default=None, metavar="FILE",
+                   help="write every line read here as '<conn_id> <line>', one write() per "
+                   "line: it survives SIGKILL (benchmarks.failover's exactly-once check)")
     p.add_argument("--standby", action="store_true",
                    help="with --state-db: print STANDBY, then CLAIMED N T once every lease is held")
     p.add_argument("--gc-freeze", action="store_true",

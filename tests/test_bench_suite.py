@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ def _zero_run(delivered: float = 0.0, written: float = 0.0) -> dict[str, object]
 
     res: dict[str, object] = {k: 0.0 for k in scale.UNITS}
     res.update({"delivered fraction": delivered, "lines/s written (N offered)": written,
-                "latency p99": math.nan, "_generators": 1})
+                "latency p99": 10.0 if written else math.nan, "_generators": 1})
     return res
 
 
@@ -232,12 +233,125 @@ def test_scale_run_that_wrote_nothing_proves_nothing(monkeypatch: pytest.MonkeyP
     ctx = Context(options={"scale_n": [1000]}, mosquitto="/usr/sbin/mosquitto", repeats=1)
     rows = asyncio.run(scale.run(ctx))
     mosq = [r for r in rows if r.params.get("broker") == "mosquitto"]
-    amqtt = [r for r in rows if r.params.get("broker") == "amqtt"]
     failed = [r for r in mosq if r.name == "run failed"]
     assert len(failed) == 1 and failed[0].met is False and "no line written" in failed[0].note
-    assert not [r for r in amqtt if r.target == "== 0"]
-    assert [r.name for r in amqtt if r.met is False] == []
-    assert any(r.name == "highest N sustained" for r in amqtt)
+
+
+def test_scale_step_up_that_wrote_nothing_at_a_later_n_is_not_sustained(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the amqtt step-up, an N after a sustained one where nothing was written
+    is that N not sustained: its "== 0" rows are not judged (they once read "met")."""
+    import asyncio
+
+    from benchmarks import scale
+
+    async def fake(ctx: object, kind: str, n: int, *args: object,
+                   **kwargs: object) -> dict[str, object]:
+        return _zero_run(1.0, float(n)) if n == 100 else _zero_run()
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    ctx = Context(options={"scale_n": [100, 1000], "scale_broker": "amqtt"}, repeats=1)
+    rows = asyncio.run(scale.run(ctx))
+    later = [r for r in rows if r.params.get("N") == 1000]
+    assert later and not [r for r in later if r.target == "== 0"]
+    assert [r.name for r in rows if r.met is False] == []
+    top = [r for r in rows if r.name == "highest N sustained"]
+    assert top and top[0].values == [100.0]
+
+
+def test_scale_step_up_that_wrote_nothing_at_its_first_n_is_a_failed_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--only scale --scale-broker amqtt --scale-n 5000``: no device saw the server,
+    nothing was written, and the verdict was "no goals judged" with exit 0 (a new
+    user's report). Nothing written at the step-up broker's first N is a failed run."""
+    from benchmarks import scale
+
+    async def fake(*args: object, **kwargs: object) -> dict[str, object]:
+        return _zero_run()
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    out = tmp_path / "out.json"
+    code = bench_main(["--only", "scale", "--scale-broker", "amqtt", "--scale-n", "5000",
+                       "--no-plots", "--out", str(out), "--workdir", str(tmp_path / "w")])
+    assert code == EXIT_GOAL_MISSED
+    doc = json.loads(out.read_text())
+    failed = [r for r in doc["rows"] if r["name"] == "run failed"]
+    assert len(failed) == 1 and "no line written" in failed[0]["note"]
+    last = capsys.readouterr().out.strip().splitlines()
+    verdict = next(x for x in last if x.startswith("verdict:"))
+    assert verdict.startswith("verdict: MISSED 1 of 1 goals: scale run failed"), verdict
+    assert doc["verdict"] == verdict
+
+
+@pytest.mark.parametrize("argv", [["--quick"], ["--scale-n", "1000"],
+                                  ["--scale-broker", "amqtt", "--scale-n", "100"], ["--tiny"]])
+def test_scale_verdict_says_when_the_n_5000_goals_were_not_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        argv: list[str]) -> None:
+    """A scale run without N = 5,000 on Mosquitto said "all N goals met in every run":
+    true of the "== 0" goals it judged, but issue 13's headline goals were never run.
+    The verdict line (and the JSON's) names them as not run."""
+    from benchmarks import scale
+
+    async def fake(ctx: object, kind: str, n: int, *args: object,
+                   **kwargs: object) -> dict[str, object]:
+        return _zero_run(1.0, float(n))
+
+    monkeypatch.setattr(scale, "one_run", fake)
+    out = tmp_path / "out.json"
+    code = bench_main(["--only", "scale", *argv, "--no-plots", "--out", str(out),
+                       "--workdir", str(tmp_path / "w")])
+    text = capsys.readouterr().out
+    verdict = next(x for x in text.splitlines() if x.startswith("verdict:"))
+    assert "goals met in every run" in verdict, verdict
+    assert verdict.endswith("; scale's N = 5,000 goals not run (they need --scale-n 5000 "
+                            "with Mosquitto)"), verdict
+    assert json.loads(out.read_text())["verdict"] == verdict
+    assert code == 0
+
+
+def test_scale_verdict_with_the_n_5000_goals_judged_says_nothing_of_them() -> None:
+    rows = [Row("scale", name, "ms", [0.0], {"broker": "mosquitto", "N": 5000,
+                                             "timeout_ms": 1500}, target=target)
+            for name, target in scale_goals().items()]
+    line = summary_line(rows, {}, ["scale"])
+    assert "not run" not in line and "met in every run" in line
+    assert "not run" not in summary_line(rows[:1], {}, ["latency"])
+
+
+def scale_goals() -> dict[str, str]:
+    from benchmarks.scale import GOALS_5000
+
+    return {"lines duplicated": GOALS_5000["lines duplicated"],
+            "lines reordered": GOALS_5000["lines reordered"]}
+
+
+def test_no_goal_judged_does_not_read_as_success() -> None:
+    line = summary_line([Row("recovery", "t", "s", [1.0], {})], {}, ["recovery"])
+    assert line.startswith("verdict: no goal judged: ") and "met" not in line, line
+
+
+def test_run_header_counts_the_runs_the_figures_have() -> None:
+    """"up to 3 runs per figure" when every row had n = 1 (scale runs N > 1,000 once)."""
+    head = run_header(40, 200.0, ["scale"], quick=False, tiny=False, repeats=3, most_runs=1)
+    assert "1 run per figure" in head and "up to" not in head
+    head = run_header(40, 200.0, ["scale"], quick=False, tiny=False, repeats=3, most_runs=3)
+    assert "up to 3 runs per figure" in head
+
+
+def test_find_mosquitto_wants_an_executable(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """A mosquitto that merely exists (not executable) is no mosquitto."""
+    from benchmarks import common
+
+    plain = tmp_path / "mosquitto"
+    plain.write_text("")
+    plain.chmod(0o644)
+    monkeypatch.setattr(common.shutil, "which", lambda name: str(plain))
+    assert common.find_mosquitto() != str(plain)
+    plain.chmod(0o755)
+    assert common.find_mosquitto() == str(plain)
 
 
 def test_family_list() -> None:
@@ -354,3 +468,188 @@ def test_sigterm_stops_the_bench_and_everything_it_started(family: str, tmp_path
     assert not (tmp_path / "out.json").exists()
     time.sleep(0.5)
     assert _children_in(work) == [], "processes outlived the bench"
+
+
+# -- the failover bench (benchmarks/failover.py) ------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--n", "0"], "--n: 0 is out of range"),  # hung
+    (["--n", "-3"], "--n: -3 is out of range"),  # hung
+    (["--timeout-ms", "0"], "--timeout-ms: timeout_ms 0 is not an int"),  # a traceback
+    (["--kill-at", "30", "--window", "5"], "--kill-at 30 must fall inside --window 5"),
+    (["--window", "0"], "--window: 0 is out of range"),  # a takeover figure, 0 lines read
+    (["--kill-at", "0.5"], "--kill-at 0.5 must fall inside --window 20"),
+    (["--max-takeover-s", "-1"], "--max-takeover-s: -1 is out of range"),
+    (["--workdir", "/etc/passwd"], "--workdir: /etc/passwd is a file, not a folder"),
+])
+def test_failover_refuses_bad_options(argv: list[str], says: str) -> None:
+    """Every option is checked before anything starts: exit 2, one line."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.failover", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and says in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_failover_cross_check_sees_both_processes() -> None:
+    """A line A read and B read again is seen (B's own reads alone could not see it):
+    A's read tail up to RE_READ_MAX lines per device is PROTOCOL.md 4.5's allowance,
+    anything else read twice fails, as do a gap and a line out of order."""
+    from benchmarks.failover import RE_READ_MAX, cross_check
+
+    acked = {"d0": 6, "d1": 6}
+    clean = cross_check(acked, {"d0": [1, 2, 3], "d1": [1, 2]}, {"d0": [4, 5, 6],
+                                                                 "d1": [3, 4, 5, 6]})
+    assert clean == {"lost": 0, "twice": 0, "reordered": 0, "re_read": 0, "read_a": 5,
+                     "read_b": 7}
+    tail = cross_check(acked, {"d0": [1, 2, 3]}, {"d0": [3, 4, 5, 6], "d1": list(range(1, 7))})
+    assert tail["re_read"] == 1 and tail["twice"] == 0 and tail["lost"] == 0
+    again = cross_check(acked, {"d0": [1, 2, 3, 4]}, {"d0": [2, 5, 6], "d1": list(range(1, 7))})
+    assert again["twice"] == 1 and again["re_read"] == 0
+    long_tail = cross_check({"d0": 6}, {"d0": [1, 2, 3, 4, 5]}, {"d0": [1, 2, 3, 4, 5, 6]})
+    assert long_tail["re_read"] == RE_READ_MAX and long_tail["twice"] == 5 - RE_READ_MAX
+    lost = cross_check(acked, {"d0": [1, 2]}, {"d0": [4, 5, 6], "d1": [1, 2, 3, 4, 5]})
+    assert lost["lost"] == 2  # d0's 3, d1's 6
+    assert cross_check({"d0": 6}, {"d0": [1, 3, 2]}, {"d0": [4, 5, 6]})["reordered"] == 1
+    # a line written but never acknowledged may be read or not
+    assert cross_check({"d0": 2}, {"d0": [1]}, {"d0": [2, 3]})["lost"] == 0
+
+
+def test_failover_verdict_fails_each_check() -> None:
+    from benchmarks.failover import checks, verdict_line
+
+    good = {"takeover_s (kill to every lease held by B)": 0.4, "written_and_acknowledged": 100,
+            "acknowledged_lost": 0, "read_twice": 0, "read_out_of_order": 0,
+            "re_read_after_takeover (A read tail, read again by B)": 3,
+            "a_read_lines": 50, "b_read_lines": 53}
+    assert all(ok for _, ok in checks(good, 5.0))
+    assert verdict_line(checks(good, 5.0)).startswith("verdict: all 5 checks passed: ")
+    for key, bad in [("takeover_s (kill to every lease held by B)", 6.0),
+                     ("acknowledged_lost", 1), ("read_twice", 1), ("read_out_of_order", 2),
+                     ("a_read_lines", 0), ("written_and_acknowledged", 0)]:
+        line = verdict_line(checks({**good, key: bad}, 5.0))
+        assert line.startswith("verdict: FAILED 1 of 5 checks: "), (key, line)
+
+
+def _pg_or_skip() -> None:
+    from benchmarks.common import find_mosquitto
+    from virtual_bench.postgres import find_bin_dir
+
+    if find_bin_dir() is None or find_mosquitto() is None:
+        pytest.skip("PostgreSQL server binaries or mosquitto not installed")
+    pytest.importorskip("psycopg")
+
+
+def _processes_naming(folder: Path) -> list[str]:
+    """Command lines of the processes (not the failover bench itself) naming ``folder``."""
+    return [cmd for cmd in _children_in(folder) if "benchmarks.failover" not in cmd]
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder under /tmp the postgres user can enter (TMPDIR of the failover bench:
+    its throw-away PostgreSQL's folder, and so the server's command line, is in it)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="pblink-failover-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.mosquitto
+def test_failover_real_run_passes_its_checks(shared_tmp: Path) -> None:
+    import os
+    import subprocess
+
+    _pg_or_skip()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.failover", "--n", "100", "--window", "5",
+         "--kill-at", "2.5", "--workdir", str(shared_tmp / "work")], cwd=ROOT,
+        capture_output=True, text=True, timeout=240,
+        env=dict(os.environ, TMPDIR=str(shared_tmp)))
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("verdict: all 5 checks passed: takeover "), last
+    doc = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    assert doc["acknowledged_lost"] == 0 and doc["written_and_acknowledged"] >= 400
+    assert doc["a_read_lines"] + doc["b_read_lines"] - doc[
+        "re_read_after_takeover (A read tail, read again by B)"] >= doc[
+        "written_and_acknowledged"]
+    assert _processes_naming(shared_tmp) == []
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_failover_signal_stops_everything_it_started(sig: str, shared_tmp: Path) -> None:
+    """``timeout -s TERM 12 python -m benchmarks.failover ...`` left a PostgreSQL, a
+    mosquitto and the load generator running. SIGTERM and SIGINT (Ctrl-C) now end
+    it as they end ``pblink bench``: exit 130, one "interrupted" line, nothing left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    _pg_or_skip()
+    work = shared_tmp / "work"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.failover", "--n", "100", "--window", "60",
+         "--kill-at", "30", "--workdir", str(work)], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(shared_tmp)))
+    deadline = time.monotonic() + 120
+    seen: dict[int, str] = {}
+
+    def started() -> bool:  # postgres, mosquitto, A, B and the generator
+        seen.update(_children_of(proc.pid))
+        seen.update(_processes_naming_pids(shared_tmp))
+        cmds = list(seen.values())
+        return (any("lite_load" in c for c in cmds) and any("pblink-pg-" in c for c in cmds)
+                and any("mosquitto" in c for c in cmds))
+
+    while not started() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert started(), "the failover bench started no generator in time"
+    time.sleep(1.0)
+    seen.update(_children_of(proc.pid))
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert err.strip() == "python -m benchmarks.failover: error: interrupted: no figures written"
+    assert out == ""
+    time.sleep(0.5)
+    alive = [cmd for pid, cmd in seen.items() if _cmdline(pid) == cmd]
+    assert alive == [], "processes outlived the failover bench"
+    assert _processes_naming(shared_tmp) == [], "processes outlived the failover bench"
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace") or None  # a zombie has none
+
+
+def _children_of(parent: int) -> dict[int, str]:
+    """The live child processes of ``parent``: {pid: command line}."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and (cmd := _cmdline(int(entry.name))):
+            found[int(entry.name)] = cmd
+    return found
+
+
+def _processes_naming_pids(folder: Path) -> dict[int, str]:
+    return {int(e.name): cmd for e in Path("/proc").iterdir() if e.name.isdigit()
+            and (cmd := _cmdline(int(e.name))) and str(folder) in cmd
+            and "benchmarks.failover" not in cmd}

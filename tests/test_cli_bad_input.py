@@ -154,6 +154,10 @@ BAD_ARGUMENTS = [
     # files written at the end of a long run: checked before it starts
     (["bench", "--out", "/proc/x.json"], "--out: /proc/x.json: cannot write a file in /proc"),
     (["bench", "--out", "/tmp"], "--out: '/tmp' is a folder"),
+    # checked before the run, as --out is: it once ended the run with "File exists", exit 1
+    (["bench", "--workdir", "/etc/passwd"], "--workdir: /etc/passwd is a file, not a folder"),
+    (["bench", "--workdir", "/etc/passwd/x"], "--workdir: /etc/passwd/x: cannot create it"),
+    (["bench", "--tiny", "--quick"], "--tiny and --quick are two run sizes: give one"),
     (["demo", "--timeline", "/tmp"], "--timeline: '/tmp' is a folder"),
     (["demo", "--timeline", "/proc/x.html"], "--timeline: /proc/x.html: cannot write a file"),
     (["run", *RUN_APPS, "--timeline", "/proc/x.html"], "--timeline: /proc/x.html: cannot"),

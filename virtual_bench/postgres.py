@@ -107,7 +107,11 @@ class TempPostgres:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> TempPostgres:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # also an interrupt mid-start: pg_ctl may have started it
+            self.stop()
+            raise
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
