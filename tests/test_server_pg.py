@@ -652,8 +652,8 @@ async def test_a_commit_on_a_frozen_backend_fails_within_the_bound(
                 await asyncio.wait_for(store.write({"z1": ConnState(unread=["a"])}), 10)
             took = time.monotonic() - t0
             await store.close()  # does not wait for the frozen backend either
-            assert time.monotonic() - t0 < 2.0
-        assert 0.25 < took < 1.5, took
+            assert time.monotonic() - t0 < 5.0  # not wait_for's 10 s
+        assert 0.25 < took < 5.0, took  # the bound, not wait_for's 10 s
         assert len(lost) == 1 and str(lost[0]) == str(err.value)
         text = str(err.value)
         assert "no answer within 0.3 s while committing 1 row(s)" in text, text
@@ -729,7 +729,7 @@ async def test_a_frozen_owner_session_closes_the_server_and_the_standby_takes_ov
         took, error, taken_over = seen[0]
         print(f"\nfrozen backend: the owner closed itself {took:.2f} s after SIGSTOP "
               "(state_db_timeout_ms 400)")  # figures for docs/SERVER.md (with -s)
-        assert took < 3.0, took  # 1 s liveness at most + the 0.4 s bound
+        assert took < 8.0, took  # 1 s liveness at most + the 0.4 s bound, loaded machine
         assert "no answer within 0.4 s" in str(error), error
         assert "held 1 lease(s)" in str(error), error
         assert not taken_over  # the frozen backend held the lease until it ended
@@ -769,7 +769,7 @@ def test_pblink_server_with_a_frozen_database_session_exits_with_its_line(
             proc.wait()
     out = "".join(seen) + out
     assert proc.returncode == 1, out
-    assert took < 5.0, took
+    assert took < 10.0, took  # not TEST_TIMEOUT: the bound worked
     errors = error_lines(out)
     assert len(errors) == 2, out  # the moment it overran (ERROR), then the exit line
     assert " ERROR " in errors[0] and "no answer within 0.3 s" in errors[0], out
@@ -997,23 +997,25 @@ def test_a_database_restart_stops_the_owner_and_the_standby_each_with_a_true_lin
 async def test_a_commit_slower_than_half_the_bound_is_warned_about(
     pg: TempPostgres, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """F1: the early warning: a commit held up 0.7 s by a frozen backend (bound 1 s)
-    succeeds, with one WARNING naming the database, the time and the bound."""
+    """F1: the early warning: a commit held up 2.5 s by a frozen backend (bound 4 s)
+    succeeds, with one WARNING naming the database, the time and the bound. (The
+    margins are wide so that a loaded machine cannot push the commit past the bound.)"""
     from server_apps.store_pg import PgStore
 
-    store = PgStore(pg.dsn, root="slow", owner="st-slow", poll_ms=20, timeout_ms=1000)
+    store = PgStore(pg.dsn, root="slow", owner="st-slow", poll_ms=20, timeout_ms=4000)
     await store.open()
     try:
         await store.claim("s1")
         frozen = Frozen(await backend_pids(pg, "st-slow"))
         with frozen:
-            asyncio.get_running_loop().call_later(0.7, frozen.thaw)
+            asyncio.get_running_loop().call_later(2.5, frozen.thaw)
             await store.write({"s1": ConnState(unread=["a"])})
         assert store._lost is None
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == 1, caplog.text
         assert warnings[0].startswith("state database postgresql://pblink@"), warnings
-        assert re.search(r"is slow: committing 1 row\(s\) took 0\.[7-9] s", warnings[0]), warnings
-        assert "half the 1 s bound" in warnings[0], warnings
+        took = r"is slow: committing 1 row\(s\) took (2\.[5-9]|3\.\d) s"
+        assert re.search(took, warnings[0]), warnings
+        assert "half the 4 s bound" in warnings[0], warnings
     finally:
         await store.close()
