@@ -21,7 +21,10 @@ Ownership (the lease)
 ---------------------
 A conn_id is served by exactly one process at a time: the one whose database
 session holds the PostgreSQL advisory lock
-``hashtextextended('pblink/<root>/<conn_id>', 0)`` (session-level). The
+``hashtextextended('pblink/<table>/<root>/<conn_id>', 0)`` (session-level;
+``<table>`` is the OID of the ``pblink_link_state`` table the session's
+``search_path`` finds, so deployments in other schemas of one database, whose
+state is in other tables, never share a lease). The
 database enforces it: ``pg_try_advisory_lock`` succeeds for one session only,
 and PostgreSQL drops every lock of a session when the session ends, which it
 notices at once when the process dies (kill -9 included: the kernel closes the
@@ -255,6 +258,9 @@ class PgStore:
         self.path = redact(dsn)
         self.where = self.path  # as Store.where: what messages name
         self.root = root
+        # what the lease keys start with: the table's OID and the root, so that
+        # processes whose search_path finds another table never share leases
+        self._lease_ns = root
         self.owner = owner
         self.poll_s = poll_ms / 1000
         self.writes = 0
@@ -302,7 +308,11 @@ class PgStore:
                     "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                     "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
                     (TABLE,))
-                return dict(await cur.fetchall())
+                columns = dict(await cur.fetchall())
+                cur = await self._conn.execute("SELECT %s::regclass::oid", (TABLE,))
+                row = await cur.fetchone()
+                self._lease_ns = f"{row[0]}/{self.root}"
+                return columns
 
         try:
             self._conn = await self._bounded(
@@ -446,7 +456,7 @@ class PgStore:
         key = _LOCK_KEY.format(col="c")
         cur = await conn.execute(
             f"SELECT c FROM unnest(%s::text[]) AS c WHERE pg_try_advisory_lock({key})",
-            (wanted, self.root),
+            (wanted, self._lease_ns),
         )
         got = [row[0] for row in await cur.fetchall()]
         if not got:
@@ -504,7 +514,7 @@ class PgStore:
         with contextlib.suppress(Exception):
             await self._conn.execute(
                 f"SELECT pg_advisory_unlock({_LOCK_KEY.format(col='%s::text')})",
-                (self.root, conn_id),
+                (self._lease_ns, conn_id),
             )
         self._written.pop(conn_id, None)
         self._held.discard(conn_id)

@@ -814,6 +814,37 @@ async def test_the_users_own_options_are_kept_beside_the_stores(
         assert row is not None and row[0] == 1
 
 
+async def test_leases_belong_to_the_table_the_session_finds(pg: TempPostgres) -> None:
+    """Two stores on one database, one whose search_path finds another schema's
+    table: their leases are apart (each holds its own state), while two stores on
+    the same table still exclude each other (a reviewer saw the other schema's
+    process wait for, then take over, leases over state it could not see)."""
+    import psycopg
+
+    from server_apps.store_pg import TABLE, PgStore
+
+    with psycopg.connect(pg.dsn, autocommit=True) as c:
+        c.execute("CREATE SCHEMA IF NOT EXISTS apart")
+        c.execute(f"DROP TABLE IF EXISTS apart.{TABLE}")
+    mine = PgStore(pg.dsn, root="tbl", owner="st-mine", poll_ms=20)
+    other = PgStore(pg.dsn + "?options=-csearch_path%3Dapart", root="tbl", owner="st-apart",
+                    poll_ms=20)
+    same = PgStore(pg.dsn, root="tbl", owner="st-same", poll_ms=20)
+    for s in (mine, other, same):
+        await s.open()
+    try:
+        await asyncio.wait_for(mine.claim("t1"), 5)
+        await asyncio.wait_for(other.claim("t1"), 5)  # another table: another lease
+        waiting = asyncio.ensure_future(same.claim("t1"))
+        await asyncio.sleep(0.3)  # many lease polls of 20 ms
+        assert not waiting.done()  # the same table: mine holds it
+        await mine.close()
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        for s in (mine, other, same):
+            await s.close()
+
+
 def test_connect_kwargs_merge_with_the_dsn() -> None:
     from server_apps.store_pg import _KEEPALIVE, connect_kwargs
 
