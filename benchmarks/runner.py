@@ -190,7 +190,9 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                "duration": args.duration, "devices": args.devices,
                "seed": args.seed, "tiny": args.tiny,
                "soak_timeline": out.with_name(f"{out.stem}-soak-timeline.html")}
-    logging.getLogger("pblink.server").setLevel(logging.ERROR)  # reconnect chatter
+    server_log = logging.getLogger("pblink.server")  # reconnect chatter, for this run only
+    server_level = server_log.level
+    server_log.setLevel(logging.ERROR)
     ctx = Context(quick=args.quick or args.tiny, repeats=repeats, workdir=workdir,
                   mosquitto=find_mosquitto(), options=options)
     machine = machine_info()
@@ -203,6 +205,7 @@ def main_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _error("interrupted: no figures written", 130)
     finally:
+        server_log.setLevel(server_level)  # a caller's own logging (tests) is left as it was
         if tmp is not None:
             tmp.cleanup()
     elapsed = time.monotonic() - t0

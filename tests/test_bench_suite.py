@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import IN_CI, ROOT
 
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
@@ -522,16 +522,22 @@ def test_failover_verdict_fails_each_check() -> None:
     from benchmarks.failover import checks, verdict_line
 
     good = {"takeover_s (kill to every lease held by B)": 0.4, "written_and_acknowledged": 100,
+            "n": 10, "window_s": 10.0, "unacked_after_drain": 0, "blocked_writes": 0,
             "acknowledged_lost": 0, "read_twice": 0, "read_out_of_order": 0,
             "re_read_after_takeover (A read tail, read again by B)": 3,
             "a_read_lines": 50, "b_read_lines": 53}
     assert all(ok for _, ok in checks(good, 5.0))
-    assert verdict_line(checks(good, 5.0)).startswith("verdict: all 5 checks passed: ")
+    assert verdict_line(checks(good, 5.0)).startswith("verdict: all 7 checks passed: ")
+    # a survivor that holds the leases but answers nobody (a reviewer froze B): its
+    # devices' lines stay unacknowledged, their writes blocked, fewer lines written
     for key, bad in [("takeover_s (kill to every lease held by B)", 6.0),
                      ("acknowledged_lost", 1), ("read_twice", 1), ("read_out_of_order", 2),
-                     ("a_read_lines", 0), ("written_and_acknowledged", 0)]:
+                     ("a_read_lines", 0), ("unacked_after_drain", 10), ("blocked_writes", 10),
+                     ("written_and_acknowledged", 89)]:
         line = verdict_line(checks({**good, key: bad}, 5.0))
-        assert line.startswith("verdict: FAILED 1 of 5 checks: "), (key, line)
+        assert line.startswith("verdict: FAILED 1 of 7 checks: "), (key, line)
+    line = verdict_line(checks({**good, "written_and_acknowledged": 0}, 5.0))
+    assert line.startswith("verdict: FAILED 2 of 7 checks: "), line
 
 
 def _pg_or_skip() -> None:
@@ -539,7 +545,10 @@ def _pg_or_skip() -> None:
     from virtual_bench.postgres import find_bin_dir
 
     if find_bin_dir() is None or find_mosquitto() is None:
-        pytest.skip("PostgreSQL server binaries or mosquitto not installed")
+        message = "PostgreSQL server binaries or mosquitto not installed"
+        if IN_CI:  # CI installs both: missing is a failure
+            pytest.fail(f"CI requires them: {message}", pytrace=False)
+        pytest.skip(message)
     pytest.importorskip("psycopg")
 
 
@@ -573,7 +582,7 @@ def test_failover_real_run_passes_its_checks(shared_tmp: Path) -> None:
         env=dict(os.environ, TMPDIR=str(shared_tmp)))
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("verdict: all 5 checks passed: takeover "), last
+    assert last.startswith("verdict: all 7 checks passed: takeover "), last
     doc = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
     assert doc["acknowledged_lost"] == 0 and doc["written_and_acknowledged"] >= 400
     assert doc["a_read_lines"] + doc["b_read_lines"] - doc[

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -1033,6 +1034,7 @@ async def test_a_commit_slower_than_half_the_bound_is_warned_about(
     margins are wide so that a loaded machine cannot push the commit past the bound.)"""
     from server_apps.store_pg import PgStore
 
+    caplog.set_level(logging.WARNING, logger="pblink.server.store_pg")
     store = PgStore(pg.dsn, root="slow", owner="st-slow", poll_ms=20, timeout_ms=4000)
     await store.open()
     try:
