@@ -324,18 +324,6 @@ class MQTTClient:
 
     # ----- connection -----
 
-    def _resolve(self, host, port):
-        # DNS once: getaddrinfo blocks (on the ESP8266 it still runs scheduled
-        # IRQ handlers: the I2C link goes on in the syn handler)
-        d = self._dns
-        if d is None or d[0] != host or self._fails >= 4:
-            self._fails = 0
-            a = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
-            # the ESP8266 (lwIP) gives ('a.b.c.d', port): keep the literal;
-            # other ports give an opaque sockaddr: keep the name
-            d = self._dns = (host, a[0] if isinstance(a, tuple) else host)
-        return d[1]
-
     def connect(self, host, port: int = 1883, tls: bool = False) -> None:
         """Start opening the connection; step() carries it on. connecting() is
         True until it is up (isconnected()) or failed (`err` says why).
@@ -345,8 +333,16 @@ class MQTTClient:
         self.why = ""
         self.err = None
         try:
-            ip = self._resolve(host, port)
-            ai = socket.getaddrinfo(ip, port, 0, socket.SOCK_STREAM)[0]
+            # DNS once: getaddrinfo blocks (on the ESP8266 it still runs scheduled
+            # IRQ handlers: the I2C link goes on in the syn handler)
+            d = self._dns
+            if d is None or d[0] != host or self._fails >= 4:
+                self._fails = 0
+                a = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+                # the ESP8266 (lwIP) gives ('a.b.c.d', port): keep the literal;
+                # other ports give an opaque sockaddr: keep the name
+                d = self._dns = (host, a[0] if isinstance(a, tuple) else host)
+            ai = socket.getaddrinfo(d[1], port, 0, socket.SOCK_STREAM)[0]
             s = socket.socket(ai[0], ai[1], ai[2])
             self._s = s  # closed by _close_sock if what follows fails
             s.setblocking(False)
@@ -362,7 +358,39 @@ class MQTTClient:
                 self._s = s
             self._tls = tls
             _no_delay(s)
-            pkt, n = self._connect_packet()
+            # the CONNECT packet
+            cid, user, pw, keepalive_s, clean, will = self._sess
+            n = 10 + 2 + len(cid)
+            flags = 0x02 if clean else 0
+            wt = wm = b""
+            if will:
+                wt = _b(will[0])
+                wm = _b(will[1])
+                n += 4 + len(wt) + len(wm)
+                flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
+            if user:
+                n += 2 + len(user)
+                flags |= 0x80
+            if pw:
+                n += 2 + len(pw)
+                flags |= 0x40
+            pkt = bytearray(5 + n)
+            pkt[0] = _CONNECT
+            i = put_len(pkt, 1, n)
+            i = _put_str(pkt, i, b"MQTT")
+            pkt[i] = 4  # protocol level 3.1.1
+            pkt[i + 1] = flags
+            pkt[i + 2] = keepalive_s >> 8
+            pkt[i + 3] = keepalive_s & 0xFF
+            i = _put_str(pkt, i + 4, cid)
+            if will:
+                i = _put_str(pkt, i, wt)
+                i = _put_str(pkt, i, wm)
+            if user:
+                i = _put_str(pkt, i, user)
+            if pw:
+                i = _put_str(pkt, i, pw)
+            n = i
         except OSError:
             self._close_sock()
             self._fails += 1  # after 4 in a row: resolve again (DHCP may have moved it)
@@ -371,62 +399,6 @@ class MQTTClient:
         self._st = _OPENING
         self._t0 = time.ticks_ms()
         self._mask()
-
-    def _connect_packet(self):
-        cid, user, pw, keepalive_s, clean, will = self._sess
-        n = 10 + 2 + len(cid)
-        flags = 0x02 if clean else 0
-        wt = wm = b""
-        if will:
-            wt = _b(will[0])
-            wm = _b(will[1])
-            n += 4 + len(wt) + len(wm)
-            flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
-        if user:
-            n += 2 + len(user)
-            flags |= 0x80
-        if pw:
-            n += 2 + len(pw)
-            flags |= 0x40
-        pkt = bytearray(5 + n)
-        pkt[0] = _CONNECT
-        i = put_len(pkt, 1, n)
-        i = _put_str(pkt, i, b"MQTT")
-        pkt[i] = 4  # protocol level 3.1.1
-        pkt[i + 1] = flags
-        pkt[i + 2] = keepalive_s >> 8
-        pkt[i + 3] = keepalive_s & 0xFF
-        i = _put_str(pkt, i + 4, cid)
-        if will:
-            i = _put_str(pkt, i, wt)
-            i = _put_str(pkt, i, wm)
-        if user:
-            i = _put_str(pkt, i, user)
-        if pw:
-            i = _put_str(pkt, i, pw)
-        return pkt, i
-
-    def _connected(self, flags: int) -> None:
-        # CONNACK accepted
-        self._fails = 0
-        if self._sess[4]:  # clean_session
-            # MQTT-3.1.2-6: a clean session discards the old one, in-flight
-            # publishes included; the end-to-end layer resends what matters.
-            self._forget()
-        now = time.ticks_ms()
-        self._last_rx = now
-        self._last_tx = now
-        self._ping = 0
-        self._paused = False
-        self.present = bool(flags & 1)
-        self._st = _UP
-        # MQTT-4.4.0-1: resend unacknowledged publishes with their packet ids
-        # (in acceptance order, DUP set)
-        for i in range(len(self._f_pid)):
-            if self._f_pid[i]:
-                self._f_try[i] = 0
-                self._f_due[i] = True
-                self._f_dup[i] = True
 
     def _close_sock(self) -> None:
         s = self._s
@@ -486,10 +458,6 @@ class MQTTClient:
             self.close()
             self.err = e
             self._fails += 1
-
-    def _fail(self, why: str) -> None:
-        if self._st == _UP:
-            self.close(why)
 
     # ----- sending -----
 
@@ -728,7 +696,11 @@ class MQTTClient:
         m = 0
         if st == _OPENING or self._oa is not None or (st == _UP and self._due()):
             m = _POLLOUT
-        if st >= _CONNACK_WAIT and self._reading():
+        # reading: not while a PUBLISH is held or a PUBACK waits to go out
+        # (one at a time), nor at a packet's start while the queue is full
+        rs = self._rs
+        if (st >= _CONNACK_WAIT and rs != _R_HOLD and self._ack < 0
+                and not (rs == _R_TYPE and self._qn >= len(self._q))):
             m |= _POLLIN
         if m == self._pmask:
             return
@@ -740,13 +712,6 @@ class MQTTClient:
         else:
             p.register(s, m)
         self._pmask = m
-
-    def _reading(self) -> bool:
-        if self._rs == _R_HOLD:
-            return False
-        if self._ack >= 0:  # one PUBACK at a time
-            return False
-        return not (self._rs == _R_TYPE and self._qn >= len(self._q))
 
     # ----- receiving -----
 
@@ -810,7 +775,20 @@ class MQTTClient:
                     if self._rg > 21:
                         raise MQTTError("remaining length")
                     continue
-                self._header()
+                # the fixed header is complete
+                t = self._rt
+                n = self._rn
+                if self._st == _CONNACK_WAIT and (t != _CONNACK or n != 2):
+                    raise MQTTError("bad CONNACK")
+                if t & 0xF0 == _PUBLISH:
+                    qos = (t >> 1) & 3
+                    if qos > 1 or n < 2 + (2 if qos else 0):
+                        raise MQTTError("bad PUBLISH")
+                elif n > 4:
+                    raise MQTTError("packet %02x length %d" % (t, n))
+                self._rg = 0
+                self._rw = n if n <= len(self._rmv) else len(self._rmv)
+                self._rs = _R_BODY
             elif rs == _R_BODY:
                 g = self._rg
                 if g < self._rw:
@@ -831,21 +809,6 @@ class MQTTClient:
                 self._rg -= r
                 if not self._rg:
                     self._dropped()
-
-    def _header(self) -> None:
-        t = self._rt
-        n = self._rn
-        if self._st == _CONNACK_WAIT and (t != _CONNACK or n != 2):
-            raise MQTTError("bad CONNACK")
-        if t & 0xF0 == _PUBLISH:
-            qos = (t >> 1) & 3
-            if qos > 1 or n < 2 + (2 if qos else 0):
-                raise MQTTError("bad PUBLISH")
-        elif n > 4:
-            raise MQTTError("packet %02x length %d" % (t, n))
-        self._rg = 0
-        self._rw = n if n <= len(self._rmv) else len(self._rmv)
-        self._rs = _R_BODY
 
     def _packet(self, b) -> None:
         # a body complete in _rmv (or its first len(_rmv) bytes)
@@ -876,7 +839,26 @@ class MQTTClient:
         if self._st == _CONNACK_WAIT:
             if b[1]:
                 raise MQTTError(refusal(b[1]), b[1])
-            self._connected(b[0])
+            # CONNACK accepted
+            self._fails = 0
+            if self._sess[4]:  # clean_session
+                # MQTT-3.1.2-6: a clean session discards the old one, in-flight
+                # publishes included; the end-to-end layer resends what matters.
+                self._forget()
+            now = time.ticks_ms()
+            self._last_rx = now
+            self._last_tx = now
+            self._ping = 0
+            self._paused = False
+            self.present = bool(b[0] & 1)
+            self._st = _UP
+            # MQTT-4.4.0-1: resend unacknowledged publishes with their packet ids
+            # (in acceptance order, DUP set)
+            for i in range(len(self._f_pid)):
+                if self._f_pid[i]:
+                    self._f_try[i] = 0
+                    self._f_due[i] = True
+                    self._f_dup[i] = True
             return
         if t == _PUBACK and n == 2:
             pid = (b[0] << 8) | b[1]
@@ -961,7 +943,7 @@ class MQTTClient:
 
     def _timers(self, now) -> None:
         if self._oa is not None and time.ticks_diff(now, self._t0) > self.response_ms:
-            self._fail("write stalled")
+            self.close("write stalled")
             return
         ping = self._sess[3] * 250  # ping after keepalive/4 of silence
         if self._paused:
@@ -972,7 +954,7 @@ class MQTTClient:
             return
         if self._ping:
             if self._ping == 2 and self._overdue(self._ping_ms, now):
-                self._fail("no PINGRESP")
+                self.close("no PINGRESP")
                 return
         elif ping and (
             time.ticks_diff(now, self._last_rx) >= ping
@@ -982,13 +964,13 @@ class MQTTClient:
             self._ping = 1
         if (self._sub_pid >= 0 and not self._sub_due
                 and self._overdue(self._sub_ms, now)):
-            self._fail("no SUBACK")
+            self.close("no SUBACK")
             return
         for i in range(len(self._f_pid)):
             if (self._f_pid[i] and not self._f_due[i] and i != self._oslot
                     and self._overdue(self._f_ms[i], now)):
                 if self._f_try[i] >= self._retries:
-                    self._fail("no PUBACK")
+                    self.close("no PUBACK")
                     return
                 self._f_try[i] += 1
                 self._f_due[i] = True
