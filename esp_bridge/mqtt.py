@@ -56,6 +56,12 @@ _R_BODY = const(2)  # the packet body into _rmv
 _R_DRAIN = const(3)  # the rest of an oversized PUBLISH, dropped
 _R_HOLD = const(4)  # a PUBLISH in _rmv waiting for queue room or memory
 
+# flags of the in-flight table (MQTTClient._f_fl)
+_FL_DUE = const(1)
+_FL_DUP = const(2)
+_FL_RET = const(4)
+_FL_TRY = const(8)
+
 _POLLIN = const(1)
 _POLLOUT = const(4)
 
@@ -227,11 +233,11 @@ class MQTTClient:
         self._f_pid = [0] * n
         self._f_topic = [b""] * n
         self._f_msg = [b""] * n
-        self._f_ret = [False] * n
         self._f_ms = [self._t0] * n
-        self._f_try = [0] * n
-        self._f_due = [False] * n  # to be written (first time, a retry, after a reconnect)
-        self._f_dup = [False] * n  # written once: DUP from now on
+        # _FL_DUE: to be written (first time, a retry, after a reconnect);
+        # _FL_DUP: written once, DUP from now on; _FL_RET: retain; the DUP
+        # resends on this connection in steps of _FL_TRY
+        self._f_fl = [0] * n
         self._f_seq = [0] * n  # acceptance order
         self._seq = 0
         self._f_n = 0
@@ -263,7 +269,7 @@ class MQTTClient:
         self.err: Exception | None = None  # why the last connect attempt failed
         self.why = ""  # why the last connection ended
         self.oversize = 0  # incoming messages dropped for size
-        self.mem_errors = 0  # MemoryErrors caught (nothing lost: see _flush, _deliver)
+        self.mem_errors = 0  # MemoryErrors caught (nothing lost: see _write_safe, _deliver)
 
     def configure(
         self, client_id, user="", password="", keepalive_s=60, will=None, response_ms=10000,
@@ -287,7 +293,7 @@ class MQTTClient:
             self._f_pid[i] = 0
             self._f_topic[i] = b""
             self._f_msg[i] = b""
-            self._f_due[i] = False
+            self._f_fl[i] = 0
         self._f_n = 0
 
     # ----- state -----
@@ -471,8 +477,8 @@ class MQTTClient:
     def _due(self) -> bool:
         if self._ack >= 0 or self._ping == 1 or self._sub_due:
             return True
-        for d in self._f_due:
-            if d:
+        for d in self._f_fl:
+            if d & _FL_DUE:
                 return True
         return False
 
@@ -508,14 +514,14 @@ class MQTTClient:
             return True
         k = -1
         for i in range(len(self._f_pid)):
-            if self._f_due[i] and (k < 0 or self._f_seq[i] < self._f_seq[k]):
+            if self._f_fl[i] & _FL_DUE and (k < 0 or self._f_seq[i] < self._f_seq[k]):
                 k = i
         if k < 0:
             return False
-        self._f_due[k] = False
-        n = self._head(self._f_topic[k], self._f_msg[k], 1, self._f_ret[k], self._f_pid[k],
-                       self._f_dup[k])
-        self._f_dup[k] = True
+        fl = self._f_fl[k]
+        n = self._head(self._f_topic[k], self._f_msg[k], 1, fl & _FL_RET, self._f_pid[k],
+                       fl & _FL_DUP)
+        self._f_fl[k] = (fl & ~_FL_DUE) | _FL_DUP
         self._oslot = k
         self._start(self._tbuf, n, self._f_msg[k])
         return True
@@ -531,45 +537,42 @@ class MQTTClient:
             i += 2
         return i
 
-    def _flush(self) -> None:
-        # Write what the socket takes of the packet being written, then of the
-        # next ones. OSError and MemoryError go to the caller (_write_safe).
-        s = self._s
-        while s is not None:
-            if self._oa is None and not self._next_out():
-                return
-            part = self._oa
-            ln = self._oal
-            o = self._oo
-            n = s.write(part, o, ln - o)  # type: ignore[call-arg]
-            if not n:
-                return  # the socket is full (or the TLS handshake goes on)
-            o += n
-            if o < ln:
-                self._oo = o
-                return
-            self._oo = 0
-            part = self._ob
-            if part:  # the header is out: now the payload
-                self._oa = part
-                self._oal = len(part)
-                self._ob = None
-                continue
-            now = time.ticks_ms()
-            self._oa = None
-            self._ob = None
-            self._last_tx = now
-            if self._oslot >= 0:
-                self._f_ms[self._oslot] = now
-                self._oslot = -1
-            if self._st == _OPENING:  # CONNECT is out: wait for CONNACK
-                self._st = _CONNACK_WAIT
-                self._t0 = now
-                return
-
     def _write_safe(self) -> None:
         try:
-            self._flush()
+            # Write what the socket takes of the packet being written, then of the
+            # next ones. OSError and MemoryError are handled below.
+            s = self._s
+            while s is not None:
+                if self._oa is None and not self._next_out():
+                    return
+                part = self._oa
+                ln = self._oal
+                o = self._oo
+                n = s.write(part, o, ln - o)  # type: ignore[call-arg]
+                if not n:
+                    return  # the socket is full (or the TLS handshake goes on)
+                o += n
+                if o < ln:
+                    self._oo = o
+                    return
+                self._oo = 0
+                part = self._ob
+                if part:  # the header is out: now the payload
+                    self._oa = part
+                    self._oal = len(part)
+                    self._ob = None
+                    continue
+                now = time.ticks_ms()
+                self._oa = None
+                self._ob = None
+                self._last_tx = now
+                if self._oslot >= 0:
+                    self._f_ms[self._oslot] = now
+                    self._oslot = -1
+                if self._st == _OPENING:  # CONNECT is out: wait for CONNACK
+                    self._st = _CONNACK_WAIT
+                    self._t0 = now
+                    return
         except OSError as e:
             self._lost(e, "write: %s" % e)
         except MemoryError:
@@ -623,11 +626,8 @@ class MQTTClient:
         self._f_pid[slot] = pid
         self._f_topic[slot] = topic
         self._f_msg[slot] = msg
-        self._f_ret[slot] = retain
-        self._f_try[slot] = 0
+        self._f_fl[slot] = _FL_DUE | (_FL_RET if retain else 0)
         self._f_ms[slot] = time.ticks_ms()
-        self._f_due[slot] = True
-        self._f_dup[slot] = False
         self._seq += 1
         self._f_seq[slot] = self._seq
         self._f_n += 1
@@ -856,9 +856,7 @@ class MQTTClient:
             # (in acceptance order, DUP set)
             for i in range(len(self._f_pid)):
                 if self._f_pid[i]:
-                    self._f_try[i] = 0
-                    self._f_due[i] = True
-                    self._f_dup[i] = True
+                    self._f_fl[i] = (self._f_fl[i] & _FL_RET) | _FL_DUE | _FL_DUP  # tries 0
             return
         if t == _PUBACK and n == 2:
             pid = (b[0] << 8) | b[1]
@@ -867,7 +865,7 @@ class MQTTClient:
                 self._f_pid[i] = 0
                 self._f_topic[i] = b""
                 self._f_msg[i] = b""
-                self._f_due[i] = False
+                self._f_fl[i] = 0
                 self._f_n -= 1
         elif t == _SUBACK and n == 3:
             if (b[0] << 8) | b[1] == self._sub_pid:
@@ -967,10 +965,10 @@ class MQTTClient:
             self.close("no SUBACK")
             return
         for i in range(len(self._f_pid)):
-            if (self._f_pid[i] and not self._f_due[i] and i != self._oslot
+            fl = self._f_fl[i]
+            if (self._f_pid[i] and not fl & _FL_DUE and i != self._oslot
                     and self._overdue(self._f_ms[i], now)):
-                if self._f_try[i] >= self._retries:
+                if fl // _FL_TRY >= self._retries:
                     self.close("no PUBACK")
                     return
-                self._f_try[i] += 1
-                self._f_due[i] = True
+                self._f_fl[i] = fl + _FL_TRY | _FL_DUE
