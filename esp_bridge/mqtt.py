@@ -77,8 +77,6 @@ _REASONS = (
     "not authorised",
 )
 
-_PING = b"\xc0\x00"
-_DISC = b"\xe0\x00"
 
 
 class MQTTError(Exception):
@@ -117,17 +115,6 @@ def _put_str(buf: bytearray, i: int, s: bytes) -> int:
     buf[i + 1] = n & 0xFF
     buf[i + 2 : i + 2 + n] = s
     return i + 2 + n
-
-
-def _no_delay(s) -> None:
-    # Small publishes (acks, heartbeats, QoS 0 lines) must not wait ~40 ms for
-    # the broker's delayed ACK (Nagle's algorithm). Where the port's socket
-    # does not offer TCP_NODELAY (the ESP8266's lwIP binding refuses it; so do
-    # TLS sockets) the option is simply not set.
-    try:
-        s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
-    except (AttributeError, OSError, TypeError):
-        pass
 
 
 def _tls_context():
@@ -363,7 +350,14 @@ class MQTTClient:
                 s.setblocking(False)
                 self._s = s
             self._tls = tls
-            _no_delay(s)
+            # Small publishes (acks, heartbeats, QoS 0 lines) must not wait ~40 ms for
+            # the broker's delayed ACK (Nagle's algorithm). Where the port's socket
+            # does not offer TCP_NODELAY (the ESP8266's lwIP binding refuses it; so do
+            # TLS sockets) the option is simply not set.
+            try:
+                s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+            except (AttributeError, OSError, TypeError):
+                pass
             # the CONNECT packet
             cid, user, pw, keepalive_s, clean, will = self._sess
             n = 10 + 2 + len(cid)
@@ -450,7 +444,7 @@ class MQTTClient:
                 self.step()
             if self._st == _UP and self._oa is None:
                 try:
-                    self._s.write(_DISC)  # type: ignore[union-attr]
+                    self._s.write(b"\xe0\x00")  # type: ignore[union-attr]  # DISCONNECT
                 except OSError:
                     pass
         self.close("disconnect")
@@ -496,7 +490,7 @@ class MQTTClient:
             return True
         if self._ping == 1:
             self._ping = 2
-            self._start(_PING, 2, None)
+            self._start(b"\xc0\x00", 2, None)  # PINGREQ
             return True
         b = self._tbuf
         if self._sub_due:
