@@ -56,6 +56,12 @@ _TOPIC_ROOT = const(9)
 _TLS = const(10)
 _BRIDGE_TUNING = const(11)
 
+# Bridge._tp: the config's topics
+_T_UP = const(0)
+_T_DOWN = const(1)
+_T_STATUS = const(2)
+_T_REPORT = const(3)
+
 # _net's states
 _N_WIFI = const(0)  # bringing WiFi up
 _N_CONNECT = const(1)  # MQTT connect under way
@@ -113,8 +119,7 @@ class Responder:
         self.link = LinkEndpoint(RESPONDER, tx_queue, rx_queue)
         # one block buffer both ways: the block read is taken by on_block before
         # build_block writes the answer over it
-        self._rx = bytearray(BLOCK_MAX)
-        self._rxv = memoryview(self._rx)
+        self._rxv = memoryview(bytearray(BLOCK_MAX))
         self._hdr = self._rxv[:HEADER]
         self._failed = False  # bus error in this exchange: wait for syn low
         # True: the syn handler exchanges at once. False while the main loop
@@ -157,13 +162,12 @@ class Responder:
         Reads into the preallocated block buffer and builds the answer in it:
         no per-exchange allocation beyond two memoryview slices."""
         i2c = self.i2c
-        buf = self._rx
         bv = self._rxv
         hdr = self._hdr
         link = self.link
         try:
             i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR, hdr)
-            n = buf[3]
+            n = bv[3]
             if n <= CHUNK_MAX:
                 block = bv[: n + 6]
                 i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR + 4, block[4:])
@@ -173,7 +177,7 @@ class Responder:
                 link.on_block(block)
             except MemoryError:
                 self.mem_errors += 1  # its chunk stays unacknowledged: resent
-            ln = link.build_block(buf)
+            ln = link.build_block(bv)
             i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER, hdr)
             i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER + 4, bv[4:ln])
         except OSError:
@@ -340,14 +344,9 @@ class Bridge:
         self.mq = MQTTClient("pblink", rx_slots=_MQ_SLOTS, max_inflight=_MQ_INFLIGHT)
         self.cfg = None
         self.tun = control.group("bridge", {})  # bridge_tuning: link_core/schema.py "bridge" rows
-        self._gen = 0  # counts config changes
-        self._net_gen = -1  # the config _net last applied
         self._syncs = -1  # link.syncs when the last 'C' came
         self._ready = False  # connected, online published
-        self._up_topic = b""
-        self._down = b""
-        self._status = b""
-        self._report = b""
+        self._tp = (b"", b"", b"", b"")  # the config's topics: up, down, status, report (bytes)
         self._report_msg = None  # the last R message not yet published on MQTT
         self._up = None  # the message from the Pyboard being handled
         self._up_syncs = -1  # _syncs when it was taken
@@ -357,28 +356,22 @@ class Bridge:
         self.mem_errors = 0  # MemoryErrors caught here (see mem_errors_total)
         self._first_wifi = True
         self._first_broker = True
-        self._server_ok = False
         self._told = -1  # last U/D told since the last 'C': 1, 0, -1 none
         self.watch = liveness.ServerWatch(1500)  # PROTOCOL.md 4.4; timeout_ms from the config
         self._oversize = 0
         self._ns = _N_WIFI  # _net's state
-        self._net_cfg = None  # the config _net last applied
+        self._net_cfg = None  # the config _net last applied (a new config is a new tuple)
         self._until = 0  # _N_PAUSE: when it ends
         self._delay = 0  # the next backoff
         self._next_tick = 0
         self._next_k = 0
-        self._next_r = 0
-        self._r_armed = False  # _next_r set for the current report_s
+        self._next_r = None  # the next 'R' (None: not set for the current report_s)
         self._seen = 0  # resp.exchanges at the last turn
         self._wifi_at = 0  # when _net looks at WiFi next while connected
 
     def mem_errors_total(self) -> int:
         """MemoryErrors caught since boot, in the bridge, the responder and MQTT."""
         return self.mem_errors + self.resp.mem_errors + self.mq.mem_errors
-
-    def _oom(self) -> None:
-        self.mem_errors += 1
-        gc.collect()
 
     # ----- link messages to the Pyboard -----
 
@@ -415,11 +408,8 @@ class Bridge:
         self.cfg = cfg
         self.tun = tun
         self.watch.timeout_ms = cfg[_TIMEOUT_MS]
-        self._up_topic = topics.up.encode()
-        self._down = topics.down.encode()
-        self._status = topics.status.encode()
-        self._report = topics.report.encode()
-        self._gen += 1
+        self._tp = (topics.up.encode(), topics.down.encode(), topics.status.encode(),
+                    topics.report.encode())
 
     # ----- the jobs (one turn of the main loop each) -----
 
@@ -454,7 +444,7 @@ class Bridge:
                     return  # waiting out the outage
                 else:
                     try:
-                        if mq.publish(self._up_topic, m, liveness.mqtt_level(m)) < 0:
+                        if mq.publish(self._tp[_T_UP], m, liveness.mqtt_level(m)) < 0:
                             return  # no room yet: next turn
                     except OSError:
                         return
@@ -478,7 +468,7 @@ class Bridge:
             if item is None:
                 return
             topic, msg, _retain = item  # retain set by amqtt on queued: ignored
-            if topic != self._down:
+            if topic != self._tp[_T_DOWN]:
                 continue
             kind = liveness.classify_down(msg)
             if kind == liveness.IS_BAD:  # not traffic: proves nothing about the server
@@ -505,7 +495,6 @@ class Bridge:
             return
         watch = self.watch
         ok = self._ready and watch.reachable(now)
-        self._server_ok = ok
         # A 'D' with the reason: server_ok(False) on the Pyboard. Asked only
         # when it can be queued: unanswered() is True once per connection.
         can_tell = self._syncs == link.syncs and link.synced and link.can_queue()
@@ -523,9 +512,8 @@ class Bridge:
             if self._ctl(control.MSG_SERVER_UP if ok else control.MSG_SERVER_DOWN):
                 self._told = 1 if ok else 0
         if cfg[_REPORT_S] <= 0:
-            self._r_armed = False
-        elif not self._r_armed:
-            self._r_armed = True
+            self._next_r = None
+        elif self._next_r is None:
             self._next_r = time.ticks_add(now, cfg[_REPORT_S] * 1000)
         elif time.ticks_diff(now, self._next_r) >= 0:
             self._next_r = time.ticks_add(now, cfg[_REPORT_S] * 1000)
@@ -543,7 +531,7 @@ class Bridge:
         if watch.heartbeat_due(now):
             hb = liveness.HEARTBEAT
             try:
-                if mq.publish(self._up_topic, hb, liveness.mqtt_level(hb)) >= 0:
+                if mq.publish(self._tp[_T_UP], hb, liveness.mqtt_level(hb)) >= 0:
                     watch.heartbeat_sent(now)
             except OSError:
                 pass
@@ -551,17 +539,14 @@ class Bridge:
         if msg is not None:
             # PROTOCOL.md 4.1: retained, QoS 0, so any reader sees the latest report
             try:
-                if mq.publish(self._report, msg[1:], 0, True) >= 0:
+                if mq.publish(self._tp[_T_REPORT], msg[1:], 0, True) >= 0:
                     self._report_msg = None
             except OSError:
                 pass
 
-    def _pause(self, now, ms) -> None:
-        self._until = time.ticks_add(now, ms)
-        self._ns = _N_PAUSE
-
     def _backoff(self, now) -> None:
-        self._pause(now, self._delay)
+        self._until = time.ticks_add(now, self._delay)
+        self._ns = _N_PAUSE
         self._delay = min(self._delay * 2, self.tun["reconnect_max_ms"])
 
     def _net(self, now) -> None:
@@ -572,25 +557,26 @@ class Bridge:
         mq = self.mq
         wifi = self.wifi
         ns = self._ns
-        if self._net_gen != self._gen:  # a new config
+        if self._net_cfg is not cfg:  # a new config
             if mq.isconnected() and ns >= _N_ONLINE:
                 # leave cleanly, status offline (on the old config's topic)
                 self._ready = False
                 self.watch.disconnected()
                 try:
-                    mq.publish(self._status_of(self._net_cfg), OFFLINE, liveness.QOS_STATUS, True)
+                    nc = self._net_cfg  # the old config's status topic
+                    mq.publish(Topics(nc[_TOPIC_ROOT], nc[_CONN_ID]).status.encode(),  # type: ignore[index]
+                               OFFLINE, liveness.QOS_STATUS, True)
                 except OSError:
                     pass
                 mq.disconnect()
             self._ready = False
-            self._net_gen = self._gen
             self._net_cfg = cfg
             tun = self.tun
             self._delay = tun["reconnect_min_ms"]
             mq.configure(
                 client_id(cfg[_CONN_ID]), cfg[_MQTT_USER], cfg[_MQTT_PASSWORD],
                 tun["mqtt_keepalive_s"],
-                (self._status, OFFLINE, liveness.QOS_STATUS, True),
+                (self._tp[_T_STATUS], OFFLINE, liveness.QOS_STATUS, True),
                 tun["mqtt_response_ms"], tun["mqtt_retries"],
             )
             wifi.connect_ms = tun["wifi_connect_ms"]
@@ -642,7 +628,7 @@ class Bridge:
                 self._lost(now, "WiFi lost")
                 return
         if ns == _N_ONLINE:
-            if mq.publish(self._status, ONLINE, liveness.QOS_STATUS, True) < 0:
+            if mq.publish(self._tp[_T_STATUS], ONLINE, liveness.QOS_STATUS, True) < 0:
                 return  # the in-flight table is full (resends): next turn
             # Up from here: with a persistent session the broker may send a
             # backlog on down before the SUBACK, which then waits behind it
@@ -651,7 +637,7 @@ class Bridge:
             self.watch.connected(now)  # server unknown yet: 'h' at once
             self._ready = True
             if mq.isconnected():  # else the next turn reports the client's why
-                mq.subscribe(self._down, 1)
+                mq.subscribe(self._tp[_T_DOWN], 1)
             self._ns = _N_SUB
         elif ns == _N_SUB:
             rc = mq.suback
@@ -683,10 +669,8 @@ class Bridge:
         self.watch.disconnected()
         self.mq.close(why)
         self.diag("broker connection lost: %s" % why)
-        self._pause(now, self._delay)
-
-    def _status_of(self, cfg) -> bytes:
-        return Topics(cfg[_TOPIC_ROOT], cfg[_CONN_ID]).status.encode()
+        self._until = time.ticks_add(now, self._delay)
+        self._ns = _N_PAUSE
 
     # ----- the main loop -----
 
@@ -706,7 +690,8 @@ class Bridge:
                 try:
                     job(now)
                 except MemoryError:
-                    self._oom()
+                    self.mem_errors += 1
+                    gc.collect()
                 except Exception as e:
                     sys.print_exception(e)
                     raise RuntimeError("bridge task failed: %r" % (e,)) from e

@@ -52,9 +52,15 @@ _UP = const(3)
 # reader states
 _R_TYPE = const(0)  # first byte of a fixed header
 _R_LEN = const(1)  # remaining-length bytes
-_R_BODY = const(2)  # the packet body into _rbuf
+_R_BODY = const(2)  # the packet body into _rmv
 _R_DRAIN = const(3)  # the rest of an oversized PUBLISH, dropped
-_R_HOLD = const(4)  # a PUBLISH in _rbuf waiting for queue room or memory
+_R_HOLD = const(4)  # a PUBLISH in _rmv waiting for queue room or memory
+
+# flags of the in-flight table (MQTTClient._f_fl)
+_FL_DUE = const(1)
+_FL_DUP = const(2)
+_FL_RET = const(4)
+_FL_TRY = const(8)
 
 _POLLIN = const(1)
 _POLLOUT = const(4)
@@ -71,8 +77,6 @@ _REASONS = (
     "not authorised",
 )
 
-_PING = b"\xc0\x00"
-_DISC = b"\xe0\x00"
 
 
 class MQTTError(Exception):
@@ -111,17 +115,6 @@ def _put_str(buf: bytearray, i: int, s: bytes) -> int:
     buf[i + 1] = n & 0xFF
     buf[i + 2 : i + 2 + n] = s
     return i + 2 + n
-
-
-def _no_delay(s) -> None:
-    # Small publishes (acks, heartbeats, QoS 0 lines) must not wait ~40 ms for
-    # the broker's delayed ACK (Nagle's algorithm). Where the port's socket
-    # does not offer TCP_NODELAY (the ESP8266's lwIP binding refuses it; so do
-    # TLS sockets) the option is simply not set.
-    try:
-        s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
-    except (AttributeError, OSError, TypeError):
-        pass
 
 
 def _tls_context():
@@ -186,19 +179,18 @@ class MQTTClient:
         retries: int = 2,
         max_msg: int = MSG_MAX,
     ) -> None:
+        # Few attributes: the instance dict's table is sized for their count
+        # (73 slots, 592 B, up to 73 attributes; 97 slots, 784 B, beyond), so
+        # fields that are never needed at once share one (docs/FIRMWARE.md).
         check_session(client_id, user, password, clean_session)
-        self._cid = _b(client_id)
-        self._user = _b(user) if user else b""
-        self._pw = _b(password) if password else b""
-        self.keepalive_s = keepalive_s
-        self.clean_session = clean_session
-        self._will = will
+        # the session: (client id, user, password, keepalive_s, clean_session, will)
+        self._sess = (_b(client_id), _b(user) if user else b"", _b(password) if password else b"",
+                      keepalive_s, clean_session, will)
         self.response_ms = response_ms
         self._retries = retries
-        self._max_msg = max_msg
-        # receive buffer for one packet body (topic + pid + payload)
-        self._rbuf = bytearray(4 + TOPIC_MAX + max_msg)
-        self._rmv = memoryview(self._rbuf)
+        # receive buffer for one packet body (topic + pid + payload), as a
+        # memoryview (indexing it gives ints, as a bytearray's)
+        self._rmv = memoryview(bytearray(4 + TOPIC_MAX + max_msg))
         self._one = bytearray(1)  # fixed-header bytes are read one at a time
         self._tbuf = bytearray(9 + TOPIC_MAX)  # outgoing fixed header + topic + pid
         self._abuf = bytearray(b"\x40\x02\x00\x00")  # PUBACK
@@ -209,21 +201,17 @@ class MQTTClient:
         self._tls = False
         self._st = _CLOSED
         self._t0 = time.ticks_ms()  # when the current connect phase began
-        self._cpkt = None  # the CONNECT packet while it goes out
+        # (while up: when the packet being written started)
         # the packet being written: _oal bytes of _oa (header or whole packet),
-        # then _ob (payload, or None); _op which of them, _oo the offset in it.
-        # socket.write(buf, off, n): no slice is made
+        # then _ob (payload, or None), which then moves to _oa; _oo the offset
+        # in _oa. socket.write(buf, off, n): no slice is made
         self._oa = None
         self._oal = 0
         self._ob = None
-        self._op = 0
         self._oo = 0
         self._oslot = -1  # in-flight slot of the publish being written
-        self._wt0 = self._t0  # when the packet being written started
         self._ack = -1  # packet id of a PUBACK to send (one at a time)
-        self._ping_due = False
-        self._sub_topic = b""
-        self._sub_qos = 0
+        self._sub: tuple = (b"", 0)  # (topic filter, QoS) of the last subscribe()
         self._sub_due = False
         self._sub_ms = self._t0
         self._pid = 0
@@ -232,11 +220,11 @@ class MQTTClient:
         self._f_pid = [0] * n
         self._f_topic = [b""] * n
         self._f_msg = [b""] * n
-        self._f_ret = [False] * n
         self._f_ms = [self._t0] * n
-        self._f_try = [0] * n
-        self._f_due = [False] * n  # to be written (first time, a retry, after a reconnect)
-        self._f_dup = [False] * n  # written once: DUP from now on
+        # _FL_DUE: to be written (first time, a retry, after a reconnect);
+        # _FL_DUP: written once, DUP from now on; _FL_RET: retain; the DUP
+        # resends on this connection in steps of _FL_TRY
+        self._f_fl = [0] * n
         self._f_seq = [0] * n  # acceptance order
         self._seq = 0
         self._f_n = 0
@@ -249,29 +237,26 @@ class MQTTClient:
         self._rs = _R_TYPE
         self._rt = 0  # packet type byte
         self._rn = 0  # remaining length
-        self._rsh = 0  # varint shift
-        self._rg = 0  # body bytes read
-        self._rw = 0  # body bytes wanted in _rbuf
-        self._rleft = 0  # bytes to drain
+        # _rg, _rw by reader state: _R_LEN the varint shift, -; _R_BODY body
+        # bytes read, wanted in _rmv; _R_DRAIN bytes to drain, -; _R_HOLD the
+        # PUBLISH's topic length, topic + packet id length
+        self._rg = 0
+        self._rw = 0
         self._rpid = 0  # packet id of the PUBLISH being read
-        self._rtl = 0  # its topic length
-        self._rhl = 0  # its topic + packet id length
         self._oom_ms = self._t0
         self._sub_pid = -1
-        self._sub_rc = -1
         self.suback = -1
         self.present = False
-        self._pinging = False  # a PINGREQ is unanswered
-        self._ping_ms = self._t0  # when it went out
+        self._ping = 0  # PINGREQ: 0 none, 1 to be written, 2 written and unanswered
+        self._ping_ms = self._t0  # when it was asked for
         self._last_rx = self._t0
         self._last_tx = self._t0
-        self._ip: str | None = None  # resolved broker address (DNS once, getaddrinfo blocks)
-        self._host: str | None = None
+        self._dns: tuple | None = None  # (host, resolved address): DNS once, getaddrinfo blocks
         self._fails = 0  # connect attempts failed in a row
         self.err: Exception | None = None  # why the last connect attempt failed
         self.why = ""  # why the last connection ended
         self.oversize = 0  # incoming messages dropped for size
-        self.mem_errors = 0  # MemoryErrors caught (nothing lost: see _flush, _deliver)
+        self.mem_errors = 0  # MemoryErrors caught (nothing lost: see _write_safe, _deliver)
 
     def configure(
         self, client_id, user="", password="", keepalive_s=60, will=None, response_ms=10000,
@@ -282,14 +267,10 @@ class MQTTClient:
         ValueError (nothing changed) for settings MQTT 3.1.1 forbids (check_session)."""
         check_session(client_id, user, password, clean_session)
         self.close("reconfigure")
-        self._cid = _b(client_id)
-        self._user = _b(user) if user else b""
-        self._pw = _b(password) if password else b""
-        self.keepalive_s = keepalive_s
-        self._will = will
+        self._sess = (_b(client_id), _b(user) if user else b"", _b(password) if password else b"",
+                      keepalive_s, clean_session, will)
         self.response_ms = response_ms
         self._retries = retries
-        self.clean_session = clean_session
         self._forget()
         while self._qn:
             self.get()
@@ -299,7 +280,7 @@ class MQTTClient:
             self._f_pid[i] = 0
             self._f_topic[i] = b""
             self._f_msg[i] = b""
-            self._f_due[i] = False
+            self._f_fl[i] = 0
         self._f_n = 0
 
     # ----- state -----
@@ -336,18 +317,6 @@ class MQTTClient:
 
     # ----- connection -----
 
-    def _resolve(self, host, port):
-        # DNS once: getaddrinfo blocks (on the ESP8266 it still runs scheduled
-        # IRQ handlers: the I2C link goes on in the syn handler)
-        if self._ip is None or self._host != host or self._fails >= 4:
-            self._host = host
-            self._fails = 0
-            a = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
-            # the ESP8266 (lwIP) gives ('a.b.c.d', port): keep the literal;
-            # other ports give an opaque sockaddr: keep the name
-            self._ip = a[0] if isinstance(a, tuple) else host
-        return self._ip
-
     def connect(self, host, port: int = 1883, tls: bool = False) -> None:
         """Start opening the connection; step() carries it on. connecting() is
         True until it is up (isconnected()) or failed (`err` says why).
@@ -357,8 +326,16 @@ class MQTTClient:
         self.why = ""
         self.err = None
         try:
-            ip = self._resolve(host, port)
-            ai = socket.getaddrinfo(ip, port, 0, socket.SOCK_STREAM)[0]
+            # DNS once: getaddrinfo blocks (on the ESP8266 it still runs scheduled
+            # IRQ handlers: the I2C link goes on in the syn handler)
+            d = self._dns
+            if d is None or d[0] != host or self._fails >= 4:
+                self._fails = 0
+                a = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+                # the ESP8266 (lwIP) gives ('a.b.c.d', port): keep the literal;
+                # other ports give an opaque sockaddr: keep the name
+                d = self._dns = (host, a[0] if isinstance(a, tuple) else host)
+            ai = socket.getaddrinfo(d[1], port, 0, socket.SOCK_STREAM)[0]
             s = socket.socket(ai[0], ai[1], ai[2])
             self._s = s  # closed by _close_sock if what follows fails
             s.setblocking(False)
@@ -373,74 +350,55 @@ class MQTTClient:
                 s.setblocking(False)
                 self._s = s
             self._tls = tls
-            _no_delay(s)
-            pkt, n = self._connect_packet()
+            # Small publishes (acks, heartbeats, QoS 0 lines) must not wait ~40 ms for
+            # the broker's delayed ACK (Nagle's algorithm). Where the port's socket
+            # does not offer TCP_NODELAY (the ESP8266's lwIP binding refuses it; so do
+            # TLS sockets) the option is simply not set.
+            try:
+                s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY
+            except (AttributeError, OSError, TypeError):
+                pass
+            # the CONNECT packet
+            cid, user, pw, keepalive_s, clean, will = self._sess
+            n = 10 + 2 + len(cid)
+            flags = 0x02 if clean else 0
+            wt = wm = b""
+            if will:
+                wt = _b(will[0])
+                wm = _b(will[1])
+                n += 4 + len(wt) + len(wm)
+                flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
+            if user:
+                n += 2 + len(user)
+                flags |= 0x80
+            if pw:
+                n += 2 + len(pw)
+                flags |= 0x40
+            pkt = bytearray(5 + n)
+            pkt[0] = _CONNECT
+            i = put_len(pkt, 1, n)
+            i = _put_str(pkt, i, b"MQTT")
+            pkt[i] = 4  # protocol level 3.1.1
+            pkt[i + 1] = flags
+            pkt[i + 2] = keepalive_s >> 8
+            pkt[i + 3] = keepalive_s & 0xFF
+            i = _put_str(pkt, i + 4, cid)
+            if will:
+                i = _put_str(pkt, i, wt)
+                i = _put_str(pkt, i, wm)
+            if user:
+                i = _put_str(pkt, i, user)
+            if pw:
+                i = _put_str(pkt, i, pw)
+            n = i
         except OSError:
             self._close_sock()
             self._fails += 1  # after 4 in a row: resolve again (DHCP may have moved it)
             raise
-        self._cpkt = pkt
         self._start(pkt, n, None)
         self._st = _OPENING
         self._t0 = time.ticks_ms()
         self._mask()
-
-    def _connect_packet(self):
-        will = self._will
-        n = 10 + 2 + len(self._cid)
-        flags = 0x02 if self.clean_session else 0
-        wt = wm = b""
-        if will:
-            wt = _b(will[0])
-            wm = _b(will[1])
-            n += 4 + len(wt) + len(wm)
-            flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
-        if self._user:
-            n += 2 + len(self._user)
-            flags |= 0x80
-        if self._pw:
-            n += 2 + len(self._pw)
-            flags |= 0x40
-        pkt = bytearray(5 + n)
-        pkt[0] = _CONNECT
-        i = put_len(pkt, 1, n)
-        i = _put_str(pkt, i, b"MQTT")
-        pkt[i] = 4  # protocol level 3.1.1
-        pkt[i + 1] = flags
-        pkt[i + 2] = self.keepalive_s >> 8
-        pkt[i + 3] = self.keepalive_s & 0xFF
-        i = _put_str(pkt, i + 4, self._cid)
-        if will:
-            i = _put_str(pkt, i, wt)
-            i = _put_str(pkt, i, wm)
-        if self._user:
-            i = _put_str(pkt, i, self._user)
-        if self._pw:
-            i = _put_str(pkt, i, self._pw)
-        return pkt, i
-
-    def _connected(self, flags: int) -> None:
-        # CONNACK accepted
-        self._cpkt = None
-        self._fails = 0
-        if self.clean_session:
-            # MQTT-3.1.2-6: a clean session discards the old one, in-flight
-            # publishes included; the end-to-end layer resends what matters.
-            self._forget()
-        now = time.ticks_ms()
-        self._last_rx = now
-        self._last_tx = now
-        self._pinging = False
-        self._paused = False
-        self.present = bool(flags & 1)
-        self._st = _UP
-        # MQTT-4.4.0-1: resend unacknowledged publishes with their packet ids
-        # (in acceptance order, DUP set)
-        for i in range(len(self._f_pid)):
-            if self._f_pid[i]:
-                self._f_try[i] = 0
-                self._f_due[i] = True
-                self._f_dup[i] = True
 
     def _close_sock(self) -> None:
         s = self._s
@@ -464,17 +422,14 @@ class MQTTClient:
             self.why = why
         self._st = _CLOSED
         self._close_sock()
-        self._cpkt = None
         self._oa = None
         self._ob = None
-        self._op = 0
         self._oo = 0
         self._oslot = -1
         self._ack = -1
-        self._ping_due = False
         self._sub_due = False
         self._sub_pid = -1
-        self._pinging = False
+        self._ping = 0
         self._paused = False
         self._rs = _R_TYPE
 
@@ -489,7 +444,7 @@ class MQTTClient:
                 self.step()
             if self._st == _UP and self._oa is None:
                 try:
-                    self._s.write(_DISC)  # type: ignore[union-attr]
+                    self._s.write(b"\xe0\x00")  # type: ignore[union-attr]  # DISCONNECT
                 except OSError:
                     pass
         self.close("disconnect")
@@ -504,25 +459,20 @@ class MQTTClient:
             self.err = e
             self._fails += 1
 
-    def _fail(self, why: str) -> None:
-        if self._st == _UP:
-            self.close(why)
-
     # ----- sending -----
 
     def _start(self, a, n, b) -> None:
         self._oa = a
         self._oal = n
         self._ob = b
-        self._op = 0
         self._oo = 0
-        self._wt0 = time.ticks_ms()
+        self._t0 = time.ticks_ms()
 
     def _due(self) -> bool:
-        if self._ack >= 0 or self._ping_due or self._sub_due:
+        if self._ack >= 0 or self._ping == 1 or self._sub_due:
             return True
-        for d in self._f_due:
-            if d:
+        for d in self._f_fl:
+            if d & _FL_DUE:
                 return True
         return False
 
@@ -538,34 +488,34 @@ class MQTTClient:
             self._ack = -1
             self._start(a, 4, None)
             return True
-        if self._ping_due:
-            self._ping_due = False
-            self._start(_PING, 2, None)
+        if self._ping == 1:
+            self._ping = 2
+            self._start(b"\xc0\x00", 2, None)  # PINGREQ
             return True
         b = self._tbuf
         if self._sub_due:
             self._sub_due = False
-            topic = self._sub_topic
+            topic, qos = self._sub
             pid = self._sub_pid
             b[0] = _SUBSCRIBE
             i = put_len(b, 1, 5 + len(topic))
             b[i] = pid >> 8
             b[i + 1] = pid & 0xFF
             i = _put_str(b, i + 2, topic)
-            b[i] = self._sub_qos
+            b[i] = qos
             self._start(b, i + 1, None)
             self._sub_ms = time.ticks_ms()
             return True
         k = -1
         for i in range(len(self._f_pid)):
-            if self._f_due[i] and (k < 0 or self._f_seq[i] < self._f_seq[k]):
+            if self._f_fl[i] & _FL_DUE and (k < 0 or self._f_seq[i] < self._f_seq[k]):
                 k = i
         if k < 0:
             return False
-        self._f_due[k] = False
-        n = self._head(self._f_topic[k], self._f_msg[k], 1, self._f_ret[k], self._f_pid[k],
-                       self._f_dup[k])
-        self._f_dup[k] = True
+        fl = self._f_fl[k]
+        n = self._head(self._f_topic[k], self._f_msg[k], 1, fl & _FL_RET, self._f_pid[k],
+                       fl & _FL_DUP)
+        self._f_fl[k] = (fl & ~_FL_DUE) | _FL_DUP
         self._oslot = k
         self._start(self._tbuf, n, self._f_msg[k])
         return True
@@ -581,48 +531,42 @@ class MQTTClient:
             i += 2
         return i
 
-    def _flush(self) -> None:
-        # Write what the socket takes of the packet being written, then of the
-        # next ones. OSError and MemoryError go to the caller (_write_safe).
-        s = self._s
-        while s is not None:
-            if self._oa is None and not self._next_out():
-                return
-            if self._op:
-                part = self._ob
-                ln = len(part)  # type: ignore[arg-type]
-            else:
-                part = self._oa
-                ln = self._oal
-            o = self._oo
-            n = s.write(part, o, ln - o)  # type: ignore[call-arg]
-            if not n:
-                return  # the socket is full (or the TLS handshake goes on)
-            o += n
-            if o < ln:
-                self._oo = o
-                return
-            self._oo = 0
-            if not self._op and self._ob:
-                self._op = 1
-                continue
-            now = time.ticks_ms()
-            self._oa = None
-            self._ob = None
-            self._op = 0
-            self._last_tx = now
-            if self._oslot >= 0:
-                self._f_ms[self._oslot] = now
-                self._oslot = -1
-            if self._st == _OPENING:  # CONNECT is out: wait for CONNACK
-                self._cpkt = None
-                self._st = _CONNACK_WAIT
-                self._t0 = now
-                return
-
     def _write_safe(self) -> None:
         try:
-            self._flush()
+            # Write what the socket takes of the packet being written, then of the
+            # next ones. OSError and MemoryError are handled below.
+            s = self._s
+            while s is not None:
+                if self._oa is None and not self._next_out():
+                    return
+                part = self._oa
+                ln = self._oal
+                o = self._oo
+                n = s.write(part, o, ln - o)  # type: ignore[call-arg]
+                if not n:
+                    return  # the socket is full (or the TLS handshake goes on)
+                o += n
+                if o < ln:
+                    self._oo = o
+                    return
+                self._oo = 0
+                part = self._ob
+                if part:  # the header is out: now the payload
+                    self._oa = part
+                    self._oal = len(part)
+                    self._ob = None
+                    continue
+                now = time.ticks_ms()
+                self._oa = None
+                self._ob = None
+                self._last_tx = now
+                if self._oslot >= 0:
+                    self._f_ms[self._oslot] = now
+                    self._oslot = -1
+                if self._st == _OPENING:  # CONNECT is out: wait for CONNACK
+                    self._st = _CONNACK_WAIT
+                    self._t0 = now
+                    return
         except OSError as e:
             self._lost(e, "write: %s" % e)
         except MemoryError:
@@ -676,11 +620,8 @@ class MQTTClient:
         self._f_pid[slot] = pid
         self._f_topic[slot] = topic
         self._f_msg[slot] = msg
-        self._f_ret[slot] = retain
-        self._f_try[slot] = 0
+        self._f_fl[slot] = _FL_DUE | (_FL_RET if retain else 0)
         self._f_ms[slot] = time.ticks_ms()
-        self._f_due[slot] = True
-        self._f_dup[slot] = False
         self._seq += 1
         self._f_seq[slot] = self._seq
         self._f_n += 1
@@ -704,10 +645,8 @@ class MQTTClient:
             raise OSError(_ENOTCONN)
         pid = self._next_pid()
         self._sub_pid = pid
-        self._sub_rc = -1
         self.suback = -1
-        self._sub_topic = topic
-        self._sub_qos = qos
+        self._sub = (topic, qos)
         self._sub_due = True
         self._sub_ms = time.ticks_ms()
         self._write_safe()
@@ -751,7 +690,11 @@ class MQTTClient:
         m = 0
         if st == _OPENING or self._oa is not None or (st == _UP and self._due()):
             m = _POLLOUT
-        if st >= _CONNACK_WAIT and self._reading():
+        # reading: not while a PUBLISH is held or a PUBACK waits to go out
+        # (one at a time), nor at a packet's start while the queue is full
+        rs = self._rs
+        if (st >= _CONNACK_WAIT and rs != _R_HOLD and self._ack < 0
+                and not (rs == _R_TYPE and self._qn >= len(self._q))):
             m |= _POLLIN
         if m == self._pmask:
             return
@@ -763,13 +706,6 @@ class MQTTClient:
         else:
             p.register(s, m)
         self._pmask = m
-
-    def _reading(self) -> bool:
-        if self._rs == _R_HOLD:
-            return False
-        if self._ack >= 0:  # one PUBACK at a time
-            return False
-        return not (self._rs == _R_TYPE and self._qn >= len(self._q))
 
     # ----- receiving -----
 
@@ -797,8 +733,7 @@ class MQTTClient:
         return r
 
     def _read(self) -> None:
-        b = self._rbuf
-        mv = self._rmv
+        b = mv = self._rmv
         one = self._one
         while self._st >= _CONNACK_WAIT:
             rs = self._rs
@@ -822,19 +757,32 @@ class MQTTClient:
                     return
                 self._rt = one[0]
                 self._rn = 0
-                self._rsh = 0
+                self._rg = 0  # varint shift
                 self._rs = _R_LEN
             elif rs == _R_LEN:
                 if not self._some(one):
                     return
                 v = one[0]
-                self._rn |= (v & 0x7F) << self._rsh
+                self._rn |= (v & 0x7F) << self._rg
                 if v & 0x80:
-                    self._rsh += 7
-                    if self._rsh > 21:
+                    self._rg += 7
+                    if self._rg > 21:
                         raise MQTTError("remaining length")
                     continue
-                self._header()
+                # the fixed header is complete
+                t = self._rt
+                n = self._rn
+                if self._st == _CONNACK_WAIT and (t != _CONNACK or n != 2):
+                    raise MQTTError("bad CONNACK")
+                if t & 0xF0 == _PUBLISH:
+                    qos = (t >> 1) & 3
+                    if qos > 1 or n < 2 + (2 if qos else 0):
+                        raise MQTTError("bad PUBLISH")
+                elif n > 4:
+                    raise MQTTError("packet %02x length %d" % (t, n))
+                self._rg = 0
+                self._rw = n if n <= len(self._rmv) else len(self._rmv)
+                self._rs = _R_BODY
             elif rs == _R_BODY:
                 g = self._rg
                 if g < self._rw:
@@ -846,33 +794,18 @@ class MQTTClient:
                         continue
                 self._packet(b)
             else:  # _R_DRAIN
-                k = self._rleft
+                k = self._rg  # bytes left to drain
                 if k > len(b):
                     k = len(b)
                 r = self._some(mv[:k])
                 if not r:
                     return
-                self._rleft -= r
-                if not self._rleft:
+                self._rg -= r
+                if not self._rg:
                     self._dropped()
 
-    def _header(self) -> None:
-        t = self._rt
-        n = self._rn
-        if self._st == _CONNACK_WAIT and (t != _CONNACK or n != 2):
-            raise MQTTError("bad CONNACK")
-        if t & 0xF0 == _PUBLISH:
-            qos = (t >> 1) & 3
-            if qos > 1 or n < 2 + (2 if qos else 0):
-                raise MQTTError("bad PUBLISH")
-        elif n > 4:
-            raise MQTTError("packet %02x length %d" % (t, n))
-        self._rg = 0
-        self._rw = n if n <= len(self._rbuf) else len(self._rbuf)
-        self._rs = _R_BODY
-
     def _packet(self, b) -> None:
-        # a body complete in _rbuf (or its first len(_rbuf) bytes)
+        # a body complete in _rmv (or its first len(_rmv) bytes)
         t = self._rt
         n = self._rn
         self._rs = _R_TYPE
@@ -887,20 +820,37 @@ class MQTTClient:
             if n > len(b):
                 # too long for the link: drain it in pieces, acknowledge it (else a
                 # persistent session would redeliver it for ever) and count it
-                self._rleft = n - len(b)
+                self._rg = n - len(b)  # to drain
                 self._rs = _R_DRAIN
-            elif pl > self._max_msg:
+            elif pl > len(b) - 4 - TOPIC_MAX:  # max_msg
                 self._dropped()
             else:
-                self._rtl = tl
-                self._rhl = hl
+                self._rg = tl
+                self._rw = hl
                 self._rs = _R_HOLD
                 self._deliver()
             return
         if self._st == _CONNACK_WAIT:
             if b[1]:
                 raise MQTTError(refusal(b[1]), b[1])
-            self._connected(b[0])
+            # CONNACK accepted
+            self._fails = 0
+            if self._sess[4]:  # clean_session
+                # MQTT-3.1.2-6: a clean session discards the old one, in-flight
+                # publishes included; the end-to-end layer resends what matters.
+                self._forget()
+            now = time.ticks_ms()
+            self._last_rx = now
+            self._last_tx = now
+            self._ping = 0
+            self._paused = False
+            self.present = bool(b[0] & 1)
+            self._st = _UP
+            # MQTT-4.4.0-1: resend unacknowledged publishes with their packet ids
+            # (in acceptance order, DUP set)
+            for i in range(len(self._f_pid)):
+                if self._f_pid[i]:
+                    self._f_fl[i] = (self._f_fl[i] & _FL_RET) | _FL_DUE | _FL_DUP  # tries 0
             return
         if t == _PUBACK and n == 2:
             pid = (b[0] << 8) | b[1]
@@ -909,15 +859,15 @@ class MQTTClient:
                 self._f_pid[i] = 0
                 self._f_topic[i] = b""
                 self._f_msg[i] = b""
-                self._f_due[i] = False
+                self._f_fl[i] = 0
                 self._f_n -= 1
         elif t == _SUBACK and n == 3:
             if (b[0] << 8) | b[1] == self._sub_pid:
-                self._sub_rc = b[2]
                 self.suback = b[2]
                 self._sub_pid = -1
         elif t == _PINGRESP and n == 0:
-            self._pinging = False
+            if self._ping == 2:
+                self._ping = 0
         else:
             raise MQTTError("unexpected packet %02x" % t)
 
@@ -928,7 +878,7 @@ class MQTTClient:
             self._ack = self._rpid
 
     def _deliver(self) -> bool:
-        # the PUBLISH in _rbuf into the queue; False while there is no room
+        # the PUBLISH in _rmv into the queue; False while there is no room
         # (or no memory for the copy: it stays unacknowledged and the socket
         # unread, and the copy is retried; the timers judge nothing meanwhile)
         q = self._q
@@ -938,8 +888,8 @@ class MQTTClient:
         if self._paused and time.ticks_diff(time.ticks_ms(), self._oom_ms) < _OOM_RETRY_MS:
             return False
         mv = self._rmv
-        tl = self._rtl
-        hl = self._rhl
+        tl = self._rg  # _R_HOLD: topic length
+        hl = self._rw  # and topic + packet id length
         try:
             item = (bytes(mv[2 : 2 + tl]), bytes(mv[2 + hl : self._rn]), self._rt & 1)
         except MemoryError:
@@ -984,37 +934,35 @@ class MQTTClient:
                 self._f_ms[i] = now
 
     def _timers(self, now) -> None:
-        if self._oa is not None and time.ticks_diff(now, self._wt0) > self.response_ms:
-            self._fail("write stalled")
+        if self._oa is not None and time.ticks_diff(now, self._t0) > self.response_ms:
+            self.close("write stalled")
             return
-        ping = self.keepalive_s * 250  # ping after keepalive/4 of silence
+        ping = self._sess[3] * 250  # ping after keepalive/4 of silence
         if self._paused:
             # not reading: judge nothing, but keep the broker's keepalive fed
-            if ping and not self._ping_due and time.ticks_diff(now, self._last_tx) >= ping:
-                self._pinging = True
+            if ping and self._ping != 1 and time.ticks_diff(now, self._last_tx) >= ping:
                 self._ping_ms = now
-                self._ping_due = True
+                self._ping = 1
             return
-        if self._pinging:
-            if not self._ping_due and self._overdue(self._ping_ms, now):
-                self._fail("no PINGRESP")
+        if self._ping:
+            if self._ping == 2 and self._overdue(self._ping_ms, now):
+                self.close("no PINGRESP")
                 return
         elif ping and (
             time.ticks_diff(now, self._last_rx) >= ping
             or time.ticks_diff(now, self._last_tx) >= ping
         ):
-            self._pinging = True
             self._ping_ms = now
-            self._ping_due = True
+            self._ping = 1
         if (self._sub_pid >= 0 and not self._sub_due
                 and self._overdue(self._sub_ms, now)):
-            self._fail("no SUBACK")
+            self.close("no SUBACK")
             return
         for i in range(len(self._f_pid)):
-            if (self._f_pid[i] and not self._f_due[i] and i != self._oslot
+            fl = self._f_fl[i]
+            if (self._f_pid[i] and not fl & _FL_DUE and i != self._oslot
                     and self._overdue(self._f_ms[i], now)):
-                if self._f_try[i] >= self._retries:
-                    self._fail("no PUBACK")
+                if fl // _FL_TRY >= self._retries:
+                    self.close("no PUBACK")
                     return
-                self._f_try[i] += 1
-                self._f_due[i] = True
+                self._f_fl[i] = fl + _FL_TRY | _FL_DUE
