@@ -274,7 +274,8 @@ def summary_line(rows: list[Row], failed: dict[str, str],
     ``"verdict: all 9 goals met in every run"``; families that failed come first.
     ``"no goal judged"`` says nothing was checked, never that it passed. When
     scale ran (``names``) without any of issue 13's N = 5,000 goals judged, the
-    line says they were not run."""
+    line says they were not run, and a step-up that stopped below the largest N
+    asked for says so (:func:`step_up_short`)."""
     judged = [r for r in rows if r.met is not None]
     missed = missed_rows(rows)
     parts = []
@@ -289,7 +290,23 @@ def summary_line(rows: list[Row], failed: dict[str, str],
         parts.append("no goal judged: the figures above were checked against no target")
     if names and "scale" in names and not goals_5000_judged(rows):
         parts.append(GOALS_5000_MISSING)
+    parts += [step_up_short(r) for r in rows
+              if r.name == "highest N sustained" and step_up_short(r)]
     return "verdict: " + "; ".join(parts)
+
+
+def step_up_short(row: Row) -> str:
+    """For a step-up's "highest N sustained" row that stopped below the largest N
+    asked for: ``"amqtt sustained N = 100, not 5,000 (not a goal: its row's note
+    says why)"``; else ``""``. Not a goal, but a user who asked for 5,000 must
+    read in the verdict that it was not reached."""
+    tried = [int(n) for n in str(row.params.get("tried", "")).split()]
+    best = int(row.values[0]) if row.values else 0
+    if not tried or best >= max(tried):
+        return ""
+    reached = f"N = {best:,}" if best else "no N"
+    return (f"{row.params.get('broker', '?')} sustained {reached}, not {max(tried):,} "
+            "(not a goal: its row's note says why)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -662,3 +662,21 @@ def _processes_naming_pids(folder: Path) -> dict[int, str]:
     return {int(e.name): cmd for e in Path("/proc").iterdir() if e.name.isdigit()
             and (cmd := _cmdline(int(e.name))) and str(folder) in cmd
             and "benchmarks.failover" not in cmd}
+
+
+def test_verdict_names_a_step_up_that_stopped_below_the_n_asked_for() -> None:
+    """``--scale-broker amqtt --scale-n 100 --scale-n 5000``: 5,000 not sustained is
+    a figure, not a goal, but the verdict says it (a reviewer read exit 0 and
+    "all 3 goals met" with nothing about 5,000)."""
+    from benchmarks.runner import step_up_short
+
+    stopped = Row("scale", "highest N sustained", "doubles", [100],
+                  {"broker": "amqtt", "timeout_ms": 1500, "tried": "100 5000"})
+    line = summary_line([stopped], {}, ["scale"])
+    assert "amqtt sustained N = 100, not 5,000" in line, line
+    none = Row("scale", "highest N sustained", "doubles", [],
+               {"broker": "amqtt", "timeout_ms": 1500, "tried": "5000"})
+    assert step_up_short(none).startswith("amqtt sustained no N, not 5,000")
+    every = Row("scale", "highest N sustained", "doubles", [500],
+                {"broker": "amqtt", "timeout_ms": 1500, "tried": "100 200 300 500"})
+    assert step_up_short(every) == ""
