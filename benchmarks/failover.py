@@ -48,13 +48,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Broker, find_mosquitto, pct, sigterm_interrupts
-from benchmarks.scale import Child
+from benchmarks.scale import MIN_WRITTEN, Child
 from pblink.common import LINK_TIMEOUT_MS, SECONDS, Parser, number, output_folder
 
 PROG = "python -m benchmarks.failover"
 N_DEVICES = number(int, 1, 20_000)  # as pblink bench --scale-n
 EXIT_CHECK_FAILED = 3  # the run was sound, a check failed (pblink bench's EXIT_GOAL_MISSED)
-WRITTEN_SHARE = 0.9  # of the offered lines, as the scale bench's "sustained" rule
 RE_READ_MAX = 2  # per device: A's read tail B may read again (tests/test_server_pg.py's bound)
 
 
@@ -117,8 +116,8 @@ def checks(res: dict[str, Any], max_takeover_s: float) -> list[tuple[str, bool]]
         (f"lines unacknowledged after the drain {res['unacked_after_drain']} == 0, "
          f"writes still blocked {res['blocked_writes']} == 0",
          res["unacked_after_drain"] == 0 and res["blocked_writes"] == 0),
-        (f"lines written {acked} >= {WRITTEN_SHARE:.0%} of N x window = {offered:,.0f}",
-         acked >= WRITTEN_SHARE * offered),
+        (f"lines written {acked} >= {MIN_WRITTEN:.0%} of N x window = {offered:,.0f}",
+         acked >= MIN_WRITTEN * offered),
         (f"acknowledged lines lost {res['acknowledged_lost']} of {acked} == 0",
          res["acknowledged_lost"] == 0 and acked > 0),
         (f"lines read twice {res['read_twice']} == 0 (besides "

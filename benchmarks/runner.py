@@ -290,8 +290,7 @@ def summary_line(rows: list[Row], failed: dict[str, str],
         parts.append("no goal judged: the figures above were checked against no target")
     if names and "scale" in names and not goals_5000_judged(rows):
         parts.append(GOALS_5000_MISSING)
-    parts += [step_up_short(r) for r in rows
-              if r.name == "highest N sustained" and step_up_short(r)]
+    parts += filter(None, (step_up_short(r) for r in rows if r.name == "highest N sustained"))
     return "verdict: " + "; ".join(parts)
 
 
