@@ -69,6 +69,30 @@ def test_frozen_build_is_32_bit_with_the_bridge_in_rom(micropython32_frozen: str
 
 
 @pytest.mark.slow
+def test_each_build_freezes_its_own_sources(micropython32_frozen: str, tmp_path: Path) -> None:
+    """Two checkouts share the build cache: a build for the second must freeze
+    the second's files, even when they are older than the first's (make judges
+    frozen files by their times, so a shared port build folder froze the
+    first's .mpy under the second's key)."""
+    import os
+    import shutil
+    import subprocess
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(micropython32.MANIFEST.parent, copy / "esp_bridge")
+    shutil.copytree(micropython32.ROOT / "link_core", copy / "link_core")
+    bridge_py = copy / "esp_bridge" / "bridge.py"
+    bridge_py.write_text(bridge_py.read_text() + "\nMARKER = 'the copy'\n")
+    os.utime(bridge_py, (1_000_000_000, 1_000_000_000))  # older than any cached build
+    binary = micropython32.build(copy / "esp_bridge" / "manifest.py")
+    assert str(binary) != micropython32_frozen
+    r = subprocess.run([str(binary), "-c", "import bridge; print(bridge.MARKER)"],
+                       capture_output=True, text=True, timeout=30,
+                       env={"MICROPYPATH": ".frozen"}, cwd=tmp_path)
+    assert r.stdout.strip() == "the copy", r.stdout + r.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.mosquitto
 def test_bridge_heap_on_32_bit_frozen_within_budget(
         micropython32_frozen: str, mpy_cross_bin: str, tmp_path: Path,

@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -96,15 +97,26 @@ def build(manifest: Path | None = MANIFEST) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if out.exists():  # built while we waited
             return out
-        env = dict(os.environ, WORK=str(cache_dir() / "work"))
+        # The MicroPython source and its mpy-cross are extracted and built once
+        # in one work folder; the port's objects go to a build folder named by
+        # the frozen manifest's path (build.sh). That path is per key, so each
+        # key builds from scratch: in a shared build folder make judges the
+        # frozen .py files by their times, and a checkout's older files would
+        # be frozen as another checkout's newer .mpy already there.
+        work = cache_dir() / "work"
+        env = dict(os.environ, WORK=str(work))
         frozen: list[str] = []
         if manifest is not None:
-            wrapper = cache_dir() / "work" / "manifest-with-asyncio.py"
+            wrapper = cache_dir() / tag / "manifest-with-asyncio.py"
             wrapper.parent.mkdir(parents=True, exist_ok=True)
             wrapper.write_text(_WITH_ASYNCIO.format(manifest=manifest.resolve()))
             frozen = [str(wrapper)]
         argv = ["bash", str(script), str(out) + ".tmp", *frozen]
-        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+        try:
+            r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+        finally:
+            if frozen:  # the binary is all that is kept of a key's build
+                shutil.rmtree(_port_build_dir(work, Path(frozen[0])), ignore_errors=True)
         if r.returncode != 0:
             with contextlib.suppress(OSError):
                 os.unlink(str(out) + ".tmp")
@@ -112,3 +124,12 @@ def build(manifest: Path | None = MANIFEST) -> Path:
                                + (r.stdout + r.stderr)[-3000:])
         os.replace(str(out) + ".tmp", out)
     return out
+
+
+def _port_build_dir(work: Path, manifest: Path) -> Path:
+    """The unix port's build folder build.sh uses for ``manifest``: named by
+    the first 8 hex digits of the MD5 of its real path and a newline
+    (``echo "$(realpath M)" | md5sum``)."""
+    path = (os.path.realpath(manifest) + "\n").encode()
+    digest = hashlib.md5(path, usedforsecurity=False).hexdigest()[:8]
+    return work / "micropython" / "ports" / "unix" / f"build-frozen-{digest}"
