@@ -87,7 +87,7 @@ def test_fragmented_heap_loses_nothing_and_is_reported(
 _ESCAPE = """
 import bridge
 
-b = bridge.Bridge()
+b = bridge.Bridge(None)
 kicks = []
 kick = b.resp.kick
 
