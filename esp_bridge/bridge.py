@@ -47,7 +47,6 @@ _MQ_SLOTS = const(2)  # frames from down not yet queued for the Pyboard
 _TICK_MS = const(100)  # link_core/schema.py: the lowest timeout_ms is 2 x this
 _IDLE_MS = const(20)  # the main loop's longest sleep (poll on the MQTT socket)
 _BUSY_MS = const(2)  # its sleep while the link exchanged since the last turn
-_WRAP = const(864000000)  # Bridge._n, the tick count, wraps here (2.7 years; a small int)
 
 # Bridge.cfg: one tuple. Entries 0 to 10: the config (the C message), named as
 # the rows of link_core/schema.py; bridge_tuning, the C message's entry 11, is
@@ -107,9 +106,9 @@ _N_PAUSE = const(8)  # backoff, then _N_WIFI
 # syn when its block is at memory 0x00. The IRQ on both edges of syn (on the
 # ESP8266 a soft IRQ: run between bytecodes and while poll waits) carries out
 # exactly four bus transactions, feeds link_core's LinkEndpoint, raises ack,
-# and lowers it again once syn is low. A busy flag keeps it from nesting; while
+# and lowers it again once syn is low. While an exchange runs (no nesting) or
 # the main loop is between a check and an insert on the link's outgoing queue
-# (queue_first) `inline` is False and an edge is only noted, then served. A bus
+# (queue_first) `_hold` is True and an edge is only noted, then served. A bus
 # error (OSError from SoftI2C) aborts the exchange without raising ack: the
 # Initiator times out and retries. A MemoryError (no room for a completed
 # message on a fragmented heap) leaves that chunk unacknowledged: the
@@ -147,76 +146,49 @@ class Responder:
         self._rxv = memoryview(bytearray(i2c_link.BLOCK_MAX))
         self._hdr = self._rxv[:i2c_link.HEADER]
         self._failed = False  # bus error in this exchange: wait for syn low
-        # True: the syn handler exchanges at once. False while the main loop
-        # holds the link's queue (queue_first): an edge is noted in _missed
-        self.inline = True
-        self._busy = False  # an exchange is running: an edge now is noted, not nested
+        # True while an exchange runs or the main loop holds the link's queue
+        # (queue_first): an edge is noted in _missed, then served. One flag for
+        # both: they never overlap (the soft IRQ runs to its end before the main
+        # loop goes on, and queue_first serves the noted edge once it lets go)
+        self._hold = False
         self._missed = False
         self.exchanges = 0
         self.bus_errors = 0
         self.mem_errors = 0  # MemoryErrors caught in exchanges (the chunk is resent)
-        syn.irq(handler=self._irq, trigger=syn.IRQ_RISING | syn.IRQ_FALLING)
+        syn.irq(handler=self.kick, trigger=syn.IRQ_RISING | syn.IRQ_FALLING)
 
-    def _irq(self, _pin) -> None:
-        if self.inline and not self._busy:
+    def kick(self, _pin) -> None:
+        """The syn IRQ handler; the main loop calls it too (_pin None) to
+        re-examine the handshake lines (a lost edge costs one tick, not a
+        reset). While the main loop holds the link's queue (queue_first) or an
+        exchange runs, the edge is only noted (served right after)."""
+        if not self._hold:
             self._service()
         else:
             self._missed = True
 
-    def kick(self) -> None:
-        """Re-examine the handshake lines (a lost edge costs one tick, not a reset)."""
-        if not self._busy:
-            self._service()
-
     def queue_first(self, msg) -> bool:
         """link.queue_message(msg, True) with no exchange between its check and
         its insert (a chunk of the first message could go out in between)."""
-        self.inline = False
+        self._hold = True
         try:
             return self.link.queue_message(msg, True)
         finally:
-            self.inline = True
+            self._hold = False
             if self._missed:
-                self.kick()
+                self.kick(None)
 
     # ----- the bus -----
 
-    def exchange(self) -> bool:
-        """One exchange, steps 2.1 to 2.4 of PROTOCOL.md 1.2. False on a bus error.
+    def _service(self) -> None:
+        """Act on the handshake lines: on syn high one exchange, steps 2.1 to
+        2.4 of PROTOCOL.md 1.2, then ack high; on syn low ack low.
 
         Reads into the preallocated block buffer and builds the answer in it:
-        no per-exchange allocation beyond two memoryview slices."""
-        i2c = self.i2c
-        bv = self._rxv
-        hdr = self._hdr
-        link = self.link
-        try:
-            i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR, hdr)
-            n = bv[3]
-            if n <= i2c_link.CHUNK_MAX:
-                block = bv[: n + 6]
-                i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR + 4, block[4:])
-            else:
-                block = hdr  # too long: corrupt, counted, ignored
-            try:
-                link.on_block(block)
-            except MemoryError:
-                self.mem_errors += 1  # its chunk stays unacknowledged: resent
-            ln = link.build_block(bv)
-            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER, hdr)
-            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER + 4, bv[4:ln])
-        except OSError:
-            self.bus_errors += 1
-            return False
-        except MemoryError:  # a slice: no ack, the Initiator retries the exchange
-            self.mem_errors += 1
-            return False
-        self.exchanges += 1
-        return True
-
-    def _service(self) -> None:
-        """Act on the handshake lines: exchange on syn high, ack low on syn low."""
-        self._busy = True
+        no per-exchange allocation beyond memoryview slices. A bus error
+        (OSError) or a MemoryError from a slice: no ack, the Initiator times
+        out and retries; no new exchange until syn has been low."""
+        self._hold = True
         try:
             while True:
                 self._missed = False
@@ -224,10 +196,36 @@ class Responder:
                 ack = self.ack
                 if syn.value():
                     if not ack.value() and not self._failed:
-                        if self.exchange():
+                        self._failed = True  # until the exchange completes
+                        i2c = self.i2c
+                        bv = self._rxv
+                        hdr = self._hdr
+                        link = self.link
+                        try:
+                            i2c.readfrom_mem_into(i2c_link.I2C_ADDR, i2c_link.MEM_INITIATOR, hdr)
+                            n = bv[3]
+                            if n <= i2c_link.CHUNK_MAX:
+                                block = bv[: n + 6]
+                                i2c.readfrom_mem_into(i2c_link.I2C_ADDR,
+                                                      i2c_link.MEM_INITIATOR + 4, block[4:])
+                            else:
+                                block = hdr  # too long: corrupt, counted, ignored
+                            try:
+                                link.on_block(block)
+                            except MemoryError:
+                                self.mem_errors += 1  # its chunk stays unacknowledged: resent
+                            ln = link.build_block(bv)
+                            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER, hdr)
+                            i2c.writeto_mem(i2c_link.I2C_ADDR, i2c_link.MEM_RESPONDER + 4,
+                                            bv[4:ln])
+                            self._failed = False
+                        except OSError:
+                            self.bus_errors += 1
+                        except MemoryError:  # a slice
+                            self.mem_errors += 1
+                        if not self._failed:
+                            self.exchanges += 1
                             ack.value(1)
-                        else:
-                            self._failed = True  # no ack: the Initiator times out, retries
                 else:
                     self._failed = False
                     if ack.value():
@@ -235,7 +233,7 @@ class Responder:
                 if not self._missed:  # an edge while this ran: look again
                     return
         finally:
-            self._busy = False
+            self._hold = False
 
 
 # ----- the Bridge -----
@@ -282,9 +280,9 @@ class Bridge:
         self._up = None  # the message from the Pyboard being handled
         self._dn = None  # the down frame waiting for room in the link's queue
         self._report_msg = None  # the last R message not yet published on MQTT
+        # when _tick runs next: it steps by _TICK_MS, so it / _TICK_MS numbers
+        # the ticks ('K' and 'R' go out every so many)
         self._next_tick = time.ticks_ms()
-        self._n = 0  # ticks, modulo _WRAP: 'K' and 'R' go out every so many
-        self._oversize = 0  # mq.oversize last told
         self.connects = 0
         self.report_no = 0
         self.mem_errors = 0  # MemoryErrors caught here (the 'R' report sums them with the others)
@@ -408,16 +406,23 @@ class Bridge:
         t = self._next_tick
         if time.ticks_diff(now, t) < 0:
             return
-        # every _TICK_MS on average, so that counted ticks keep time; after a
-        # long turn (a blocking disconnect) not a burst to catch up
+        # every _TICK_MS on average, so that the tick numbers keep time; after a
+        # long turn (a blocking connect or disconnect) not a burst to catch up
+        # but the next tick from now, and a 'K' at once (the numbers skip some:
+        # an 'R' may come a period late; so may one at the wrap of ticks_ms,
+        # every 12 days on the ESP8266)
         t = time.ticks_add(t, _TICK_MS)
-        self._next_tick = t if time.ticks_diff(t, now) > 0 else time.ticks_add(now, _TICK_MS)
-        n = self._n = (self._n + 1) % _WRAP
+        late = time.ticks_diff(t, now) <= 0
+        if late:
+            t = time.ticks_add(now, _TICK_MS)
+        self._next_tick = t
+        n = time.ticks_diff(t, 0) // _TICK_MS  # this tick's number (ticks are opaque: no t // ...)
         resp = self.resp
-        resp.kick()
+        resp.kick(None)
         link = resp.link
         cfg = self.cfg
-        if n % (cfg[_KEEPALIVE_MS] // _TICK_MS) == 0:  # keepalive_ms >= _TICK_MS (schema)
+        # keepalive_ms >= _TICK_MS (link_core/schema.py)
+        if late or n % (cfg[_KEEPALIVE_MS] // _TICK_MS) == 0:
             if link.synced and not link.peer_hold and link.can_queue():
                 resp.queue_first(control.MSG_KEEPALIVE)
         if cfg[_CONN_ID] is None:
@@ -452,10 +457,10 @@ class Bridge:
                  self.mem_errors + resp.mem_errors + mq.mem_errors])
             self._ctl(msg)
             self._report_msg = msg  # for the report topic too (published below)
-        if mq.oversize != self._oversize:
-            self._oversize = mq.oversize
-            self.diag("frames over %d bytes on down dropped: %d"
-                      % (names.MAX_MESSAGE, self._oversize))
+        over = mq.oversize
+        if over:  # told, then counted again from 0: no attribute here for the last told
+            mq.oversize = 0
+            self.diag("frames over %d bytes on down dropped: %d" % (names.MAX_MESSAGE, over))
         if not fl & _F_READY or not mq.isconnected():
             return
         if watch.heartbeat_due(now):
@@ -475,13 +480,22 @@ class Bridge:
                 pass
 
     def _net(self, now) -> None:
-        """WiFi, then the broker, with backoff (one step per turn)."""
+        """WiFi, then the broker, with backoff (one step per turn).
+
+        A step that fails ends at the bottom, with why and lost set: off the
+        network, then the backoff (_N_PAUSE). why None: WiFi failed; else the
+        broker: an attempt failed (lost False; why its reason, a str or the
+        exception: 'B' the first time since boot, 'E' every time) or the
+        connection was lost (lost True: 'E'). The backoff doubles after a
+        failed attempt, up to reconnect_max_ms."""
         cfg = self.cfg
         if cfg[_CONN_ID] is None:
             return
         mq = self.mq
         sta = self.sta
         ns = self._ns
+        why: "Exception | str | None" = None  # a failure's reason (the docstring)
+        lost = False
         if ns == _N_PAUSE:
             if time.ticks_diff(now, self._at) >= 0:
                 self._ns = _N_WIFI
@@ -519,73 +533,63 @@ class Bridge:
                     self._ctl(control.MSG_BAD_WIFI)
                 self._fl |= _F_WIFI_TOLD
                 self.diag("WiFi: no connection (status %d)" % sta.status())
-                self._off(now, None, False)
-                return
-            if not fl & _F_STABLE:  # up: it must stay so for wifi_stable_ms
-                if ns != _N_STABLE:
-                    self._ns = _N_STABLE
-                    self._at = now
+            else:
+                if not fl & _F_STABLE:  # up: it must stay so for wifi_stable_ms
+                    if ns != _N_STABLE:
+                        self._ns = _N_STABLE
+                        self._at = now
+                        return
+                    if time.ticks_diff(now, self._at) < cfg[_WIFI_STABLE_MS]:
+                        return
+                self._fl = fl | _F_STABLE | _F_WIFI_TOLD
+                try:
+                    mq.connect(cfg[_HOST], cfg[_PORT], cfg[_TLS])
+                    self._ns = _N_CONNECT
                     return
-                if time.ticks_diff(now, self._at) < cfg[_WIFI_STABLE_MS]:
-                    return
-            self._fl = fl | _F_STABLE | _F_WIFI_TOLD
-            try:
-                mq.connect(cfg[_HOST], cfg[_PORT], cfg[_TLS])
-            except OSError as e:
-                self._off(now, e, False)
-                return
-            self._ns = _N_CONNECT
+                except OSError as e:
+                    why = e
+        elif ns == _N_CONNECT and mq.connecting():
             return
-        if ns == _N_CONNECT:
-            if mq.connecting():
-                return
-            if not mq.isconnected():
-                err = mq.err
-                self._off(now, mq.why if err is None else err, False)
-                return
-            self._ns = ns = _N_ONLINE
-        if not mq.isconnected():
-            # lost when up; else the broker dropped us between CONNACK and
-            # SUBACK (the client records why)
-            self._off(now, mq.why, ns == _N_UP)
-            return
-        if time.ticks_diff(now, self._at) >= 0:  # every 200 ms, as WLAN calls cost
-            self._at = time.ticks_add(now, 2 * _TICK_MS)
-            if not sta.isconnected():
+        elif not mq.isconnected():
+            # the attempt failed (its error), the broker dropped us between
+            # CONNACK and SUBACK (the client records why) or, up, the connection ended
+            err = mq.err if ns == _N_CONNECT else None
+            why = mq.why if err is None else err
+            lost = ns == _N_UP
+        else:
+            if ns == _N_CONNECT:
+                self._ns = ns = _N_ONLINE
+            up = True
+            if time.ticks_diff(now, self._at) >= 0:  # every 200 ms, as WLAN calls cost
+                self._at = time.ticks_add(now, 2 * _TICK_MS)
+                up = sta.isconnected()
+            if not up:
                 self._fl &= ~_F_STABLE
-                self._off(now, "WiFi lost", True)
+                why = "WiFi lost"
+                lost = True
+            elif ns == _N_ONLINE:
+                if mq.publish(cfg[_T_STATUS], names.ONLINE, liveness.QOS_STATUS, True) < 0:
+                    return  # the in-flight table is full (resends): next turn
+                # Up from here: with a persistent session the broker may send a
+                # backlog on down before the SUBACK, which then waits behind it
+                # (for as long as the link takes to drain it); meanwhile the
+                # Pyboard's acks and the heartbeats must go out.
+                self.watch.connected(now)  # server unknown yet: 'h' at once
+                self._fl |= _F_READY
+                if mq.isconnected():  # else the next turn reports the client's why
+                    mq.subscribe(cfg[_T_DOWN], 1)
+                self._ns = _N_SUB
                 return
-        if ns == _N_ONLINE:
-            if mq.publish(cfg[_T_STATUS], names.ONLINE, liveness.QOS_STATUS, True) < 0:
-                return  # the in-flight table is full (resends): next turn
-            # Up from here: with a persistent session the broker may send a
-            # backlog on down before the SUBACK, which then waits behind it
-            # (for as long as the link takes to drain it); meanwhile the
-            # Pyboard's acks and the heartbeats must go out.
-            self.watch.connected(now)  # server unknown yet: 'h' at once
-            self._fl |= _F_READY
-            if mq.isconnected():  # else the next turn reports the client's why
-                mq.subscribe(cfg[_T_DOWN], 1)
-            self._ns = _N_SUB
-        elif ns == _N_SUB:
-            rc = mq.suback
-            if rc < 0:
+            elif ns == _N_SUB and mq.suback == 0x80:
+                why = "subscription refused"
+            else:
+                if ns == _N_SUB and mq.suback >= 0:
+                    self._fl |= _F_BROKER_TOLD
+                    self.connects += 1
+                    self._delay = cfg[_RECONNECT_MIN_MS]
+                    self._ns = _N_UP
                 return
-            if rc == 0x80:
-                self._off(now, "subscription refused", False)
-                return
-            self._fl |= _F_BROKER_TOLD
-            self.connects += 1
-            self._delay = cfg[_RECONNECT_MIN_MS]
-            self._ns = _N_UP
-
-    def _off(self, now, why, lost) -> None:
-        """Off the network, then the backoff (_N_PAUSE).
-
-        why: None when WiFi failed; else the broker: a connection attempt
-        failed (lost False; why its reason, a str or the exception: 'B' the
-        first time since boot, 'E' every time) or the connection was lost (lost
-        True: 'E'). The backoff doubles after a failure, up to reconnect_max_ms."""
+        # failed (see the docstring)
         if why is not None:
             if isinstance(why, mqtt.MQTTError):
                 why = why.args[0] if why.args else "refused"
@@ -593,19 +597,18 @@ class Bridge:
                 why = "%s %s" % (type(why).__name__, why)
             self._fl &= ~_F_READY
             self.watch.disconnected()
-            self.mq.close(why)
+            mq.close(why)
             if lost:
                 self.diag("broker connection lost: %s" % why)
             else:
                 if not self._fl & _F_BROKER_TOLD:
                     self._ctl(control.encode_text(control.BAD_BROKER, why))
                 self._fl |= _F_BROKER_TOLD
-                cfg = self.cfg
                 self.diag("broker %s:%d: %s" % (cfg[_HOST], cfg[_PORT], why))
         self._at = time.ticks_add(now, self._delay)
         self._ns = _N_PAUSE
         if not lost:
-            self._delay = min(self._delay * 2, self.cfg[_RECONNECT_MAX_MS])
+            self._delay = min(self._delay * 2, cfg[_RECONNECT_MAX_MS])
 
     # ----- the main loop -----
 

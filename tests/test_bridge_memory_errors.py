@@ -92,13 +92,13 @@ kicks = []
 kick = b.resp.kick
 
 
-def failing_kick():  # the main loop's tick job: a MemoryError escapes it
+def failing_kick(_pin):  # the main loop's tick job: a MemoryError escapes it
     kicks.append(1)
     if len(kicks) in (1, 3):
         raise MemoryError
     if len(kicks) == 5:
         raise ValueError("a bug")
-    kick()
+    kick(_pin)
 
 
 b.resp.kick = failing_kick
