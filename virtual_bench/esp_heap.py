@@ -123,7 +123,7 @@ import bridge
 r = bridge.Responder(4, 2)  # bridge.py's queue bounds (empty lists)
 at('object Responder (LinkEndpoint, frame and reassembly buffers, fake pins)')
 b = bridge.Bridge(r)
-at('object Bridge (MQTTClient with its receive buffer, WiFi, settings)')
+at('object Bridge (MQTTClient with its receive buffer, WLAN, config tuple)')
 import time
 # Bridge.run's turns for 50 ms (no config yet): its jobs, as run() calls them
 t0 = time.ticks_ms()
