@@ -343,7 +343,6 @@ class Bridge:
                             pass
                         mq.disconnect()
                     fl &= ~_F_READY
-                    self.cfg = cfg
                     self.watch.timeout_ms = cfg[_TIMEOUT_MS]
                     self._delay = cfg[_RECONNECT_MIN_MS]
                     mq.configure(
@@ -352,6 +351,9 @@ class Bridge:
                         (cfg[_T_STATUS], names.OFFLINE, liveness.QOS_STATUS, True),
                         cfg[_MQTT_RESPONSE_MS], cfg[_MQTT_RETRIES],
                     )
+                    # last: a MemoryError before it leaves the 'C' in _up, and
+                    # its next try finds the config still new
+                    self.cfg = cfg
                     self._ns = _N_WIFI
                 self._fl = fl
                 self._up = None
