@@ -15,7 +15,7 @@ sys.path.insert(0, ".frozen")
 import bridge
 
 try:
-    bridge.run()
+    bridge.Bridge(None).run()
 except KeyboardInterrupt:
     pass
 except Exception as e:  # the main loop failed: reboot; the Pyboard sees FRESH and resyncs

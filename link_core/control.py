@@ -235,19 +235,24 @@ def _ordered(values):
                 raise ValueError(b + " " + _show(vb) + " is below " + a + " " + _show(va))
 
 
-def group(use, given):
+def group(use, given, out=None):
     """Every setting whose row's ``use`` is ``use`` (``"tuning"``, ``"bridge"``): a dict of
     ``given[name]`` (checked, ``check_setting``) or the row's default.
 
-    Other keys of ``given`` are not looked at. ``ValueError`` with the row's one-line
-    text for a bad value, or for a rule across rows (``link_core.schema.ORDERED``)."""
+    With ``out`` (a list), the values are appended to it in the rows' order and
+    ``out`` is returned instead: the ESP8266 bridge keeps them in a tuple it
+    indexes with ``const()`` names, smaller than the dict. Other keys of
+    ``given`` are not looked at. ``ValueError`` with the row's one-line text for
+    a bad value, or for a rule across rows (``link_core.schema.ORDERED``)."""
     t = {}
     for k in range(0, len(SETTINGS), COLUMNS):
         if SETTINGS[k + _COL_USE] == use:
             name = SETTINGS[k]
-            t[name] = _check(k, given.get(name, SETTINGS[k + _COL_DEFAULT]))
+            v = t[name] = _check(k, given.get(name, SETTINGS[k + _COL_DEFAULT]))
+            if out is not None:
+                out.append(v)
     _ordered(t)
-    return t
+    return t if out is None else out
 
 
 def check_setting(name, value):

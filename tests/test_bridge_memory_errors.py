@@ -87,18 +87,18 @@ def test_fragmented_heap_loses_nothing_and_is_reported(
 _ESCAPE = """
 import bridge
 
-b = bridge.Bridge()
+b = bridge.Bridge(None)
 kicks = []
 kick = b.resp.kick
 
 
-def failing_kick():  # the main loop's tick job: a MemoryError escapes it
+def failing_kick(_pin):  # the main loop's tick job: a MemoryError escapes it
     kicks.append(1)
     if len(kicks) in (1, 3):
         raise MemoryError
     if len(kicks) == 5:
         raise ValueError("a bug")
-    kick()
+    kick(_pin)
 
 
 b.resp.kick = failing_kick

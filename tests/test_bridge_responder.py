@@ -45,7 +45,7 @@ def run_until(ini, cond, limit=4000):
 
 def sequence():
     machine.LOG = []
-    resp = Responder()
+    resp = Responder(6, 4)
     ini = sim_pyboard.Initiator(timeout_ms=100)
     # an unsynchronised Responder answers FRESH and carries no payload
     resp.link.queue_message(b"Kx")
@@ -78,7 +78,7 @@ def transfer():
     faults = sys.argv[2] == "faults"
     if faults:
         machine.FAULTS.update({"flip_in": 7, "flip_out": 9, "eio": 11, "long_hdr": 13})
-    resp = Responder()
+    resp = Responder(6, 4)
     ini = sim_pyboard.Initiator(timeout_ms=30)
     ini.link.sync_message = b'C["dev1",1883,"h",1500,0,"","",""]'
     up = [msg(0x75, n, n) for n in (1, 120, 121, 240, 241, 1000, 1152, 5, 700)]
@@ -114,7 +114,7 @@ def transfer():
 
 
 def hold():
-    resp = Responder(None, None, None, 6, 2)
+    resp = Responder(6, 2)
     ini = sim_pyboard.Initiator(timeout_ms=100)
     msgs = [msg(0x61, 50 + i, i) for i in range(6)]
     for m in msgs[:4]:

@@ -115,6 +115,10 @@ def test_bridge_tuning_refuses_an_unknown_key_and_fills_the_defaults() -> None:
     assert list(full) == list(settings.BRIDGE_KEYS)
     assert full["keepalive_ms"] == 500 and full["mqtt_retries"] == settings.BY_NAME[
         "mqtt_retries"].default
+    # the tuple form (the ESP8266 bridge's): the same values, appended in the rows' order
+    head: list[Any] = ["x"]
+    assert control.group("bridge", {"keepalive_ms": 500}, head) is head
+    assert head == ["x", *(full[k] for k in settings.BRIDGE_KEYS)]
     # the bridge keys are not names of pb_settings.py
     assert "keepalive_ms" not in settings.NAMES and "keepalive_ms" in settings.BRIDGE_KEYS
     with pytest.raises(Exception, match=r"keepalive_ms: pb_link/config\.py reads no such setting"):
@@ -156,6 +160,19 @@ def test_device_indices_are_the_tables() -> None:
                     found.setdefault(folder, set()).add(name)
     assert found["esp_bridge"] == set(entries)
     assert "timeout_ms" in found["pyboard/pb_link"] and "report_s" in found["link_core"]
+
+
+def test_bridge_names_every_tuning_value() -> None:
+    """esp_bridge/bridge.py's Bridge.cfg tuple: after the config's entries and its
+    four topics (from _BRIDGE_TUNING), at _TUNING the "bridge" rows' values in the
+    table's order (control.group(..., out)), each named by a const."""
+    consts = {n.lower(): int(v) for n, v in CONST.findall(
+        (ROOT / "esp_bridge/bridge.py").read_text())}
+    topics = [consts[f"t_{leaf}"] for leaf in ("up", "down", "status", "report")]
+    assert topics == list(range(consts["bridge_tuning"], consts["bridge_tuning"] + 4))
+    assert consts["tuning"] == topics[-1] + 1
+    for i, key in enumerate(settings.BRIDGE_KEYS):
+        assert consts.get(key) == consts["tuning"] + i, key
 
 
 def config_with(name: str, value: Any) -> list[Any]:

@@ -100,7 +100,7 @@ def fake_hw_cost(micropython_bin: str, fakes_dir: Path) -> int:
 # imports them one by one (a module already loaded costs nothing the second time).
 BRIDGE_MODULES = ("link_core", "link_core.clock", "link_core.names", "link_core.i2c_link",
                   "link_core.control", "link_core.liveness", "mqtt", "bridge")
-# The objects the bridge creates at boot (main.py: Bridge().run()), one by one
+# The objects the bridge creates at boot (main.py: Bridge(None).run()), one by one
 # with the fake hardware of bridge_rig (whose Pin and SoftI2C objects are Python
 # objects here, C objects on the ESP8266), and its tasks after a first run.
 _PARTS = """
@@ -120,21 +120,23 @@ for name in %r:
     __import__(name)
     at('module ' + name)
 import bridge
-r = bridge.Responder(None, None, None, 4, 2)  # bridge.py's queue bounds (empty lists)
+r = bridge.Responder(4, 2)  # bridge.py's queue bounds (empty lists)
 at('object Responder (LinkEndpoint, frame and reassembly buffers, fake pins)')
 b = bridge.Bridge(r)
-at('object Bridge (MQTTClient with its receive buffer, WiFi, settings)')
+at('object Bridge (MQTTClient with its receive buffer, WLAN, config tuple)')
 import time
-# Bridge.run's turns for 50 ms (no config yet); `jobs` stands for run()'s own
-# tuple of the jobs, kept alive as in its frame
-jobs = (b._mqtt, b._uplink, b._downlink, b._net, b._tick)
+# Bridge.run's turns for 50 ms (no config yet): its jobs, as run() calls them
 t0 = time.ticks_ms()
 while time.ticks_diff(time.ticks_ms(), t0) < 50:
-    for job in jobs:
-        job(time.ticks_ms())
+    now = time.ticks_ms()
+    b.mq.step()
+    b._uplink(now)
+    b._downlink(now)
+    b._net(now)
+    b._tick(now)
     b.mq.wait(2)
-del t0, job
-at('bridge main loop (its jobs tuple, 50 ms of turns, no config yet)')
+del t0, now
+at('bridge main loop (50 ms of turns, no config yet)')
 """
 
 
