@@ -84,8 +84,9 @@ def fragment(keep, size):
     200, every other piece is then freed: plenty free, but no hole fits a
     1,000-byte line (the ESP8266's failure mode). Called again with size 600 it
     plugs the large holes that objects dying since have opened. The pieces hang
-    in groups of 16 chained by their last slot: no list grows (and leaves a hole)."""
-    head = None
+    in groups of 16 chained by their last slot from keep[0]: no list grows (a
+    list that grows leaves a hole, and one that cannot would drop the chain)."""
+    head = keep[0]
     while True:
         try:
             group = [None] * 17
@@ -106,10 +107,7 @@ def fragment(keep, size):
             for i in range(0, 16, 2):
                 group[i] = None
             group = group[16]
-    try:
-        keep.append(head)
-    except MemoryError:
-        pass
+    keep[0] = head
 
 
 def main():
@@ -223,7 +221,7 @@ def main():
                 print("PB MEM live=%d own=%d sent=%d down=%d" % (a, own, sent, down))
         if frag_at and sent >= frag_at and ballast is None and frag_t0 is None:
             print("PB FRAGMENT")
-            ballast = []
+            ballast = [None]
             fragment(ballast, 200)
             frag_t0 = time.ticks_ms()
         if ballast is not None:
