@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,25 +32,37 @@ SCRIPT = r'''
 import sys
 import time
 
-from mqtt import MQTTClient, MQTTError, put_len, refusal
+from mqtt import MQTTClient, MQTTError, put_len
 
 # The client is a state machine (no asyncio): the owner's loop calls wait(ms)
 # and step(). The helpers below are this script's loop; they and inflight(),
 # pending(), wait_acked() are not the client's: the bridge never calls them,
-# and every method costs the ESP8266 heap (docs/FIRMWARE.md)
+# and every method costs the ESP8266 heap (docs/FIRMWARE.md). The client's
+# state is one list, c._v, indexed by mqtt.py's const()s, which are not
+# module attributes: pytest puts their values at the top of this script.
 
 
 def inflight(c):
-    return c._f_n
+    return c._v[_FN]
 
 
 def pending(c):
-    return c._qn
+    # incoming messages the client holds (one at most: read in place)
+    return 0 if c.get() is None else 1
+
+
+inbox = []  # messages taken from the client: (topic, payload, retain) copies
 
 
 def turn(c, ms=10):
+    # one turn of the loop, as the bridge's: wait, step, then take the message
+    # the client holds (copied out and released: the client reads on)
     c.wait(ms)
     c.step()
+    m = c.get()
+    if m is not None:
+        inbox.append((bytes(c.get(1)), bytes(m), c.get(2)))
+        c.release()
 
 
 def run_until(c, cond, ms):
@@ -98,7 +111,7 @@ def publish(c, topic, msg, qos=0, retain=False):
 
 def wait_acked(c, ms=30000):
     t0 = time.ticks_ms()
-    while c._f_n:
+    while inflight(c):
         if not c.isconnected():
             raise OSError(107)
         if time.ticks_diff(time.ticks_ms(), t0) > ms:
@@ -110,9 +123,8 @@ def next_msg(c, ms):
     # the next incoming (topic, payload, retain); OSError(ETIMEDOUT) after ms
     t0 = time.ticks_ms()
     while True:
-        m = c.get()
-        if m is not None:
-            return m
+        if inbox:
+            return inbox.pop(0)
         if time.ticks_diff(time.ticks_ms(), t0) > ms:
             raise OSError(110)
         turn(c)
@@ -141,9 +153,10 @@ def varint():
             raise AssertionError(bad)
         except ValueError:
             pass
-    assert refusal(4) == "refused: bad user name or password"
-    assert refusal(5) == "refused: not authorised"
-    assert refusal(9) == "refused: code 9"
+    assert MQTTError("", 4).args[0] == "refused: bad user name or password"
+    assert MQTTError("", 5).args[0] == "refused: not authorised"
+    assert MQTTError("", 9).args[0] == "refused: code 9"
+    assert MQTTError("x", 9).code == 9 and MQTTError("bad CONNACK").args[0] == "bad CONNACK"
     out("VARINT OK")
 
 
@@ -222,6 +235,23 @@ def retry():
     c.disconnect()
 
 
+def resend():
+    # QoS 1 publishes unacknowledged when the connection drops are resent after
+    # the reconnect with DUP and their packet ids, in acceptance order, ahead
+    # of the one published next (the fake broker acknowledges only B at first)
+    c = MQTTClient("mp-resend", keepalive_s=30, response_ms=5000, max_inflight=3)
+    connect(c, HOST, port)
+    for m in (b"A", b"B", b"C"):
+        publish(c, "mp/r", m, 1)
+    run_until(c, lambda: not c.isconnected(), 5000)
+    out("DOWN", inflight(c))
+    connect(c, HOST, port)
+    publish(c, "mp/r", b"D", 1)
+    wait_acked(c, 5000)
+    out("RESENT", inflight(c), c.isconnected())
+    c.disconnect()
+
+
 def refused():
     user = sys.argv[3]
     pw = sys.argv[4]
@@ -236,7 +266,7 @@ def refused():
 
 def backpressure():
     n = int(sys.argv[3])
-    c = MQTTClient("mp-bp", keepalive_s=2, response_ms=1500, rx_slots=2, clean_session=True)
+    c = MQTTClient("mp-bp", keepalive_s=2, response_ms=1500, clean_session=True)
     connect(c, HOST, port)
     subscribe(c, "mp/bp", 1)
     out("READY")
@@ -244,8 +274,9 @@ def backpressure():
     t0 = time.ticks_ms()
     while time.ticks_diff(time.ticks_ms(), t0) < 4000:  # a slow consumer: take nothing
         most = max(most, pending(c))
-        turn(c, 50)
-    out("PAUSED", most, c._paused, c.isconnected(), c.why)
+        c.wait(50)
+        c.step()
+    out("PAUSED", most, c._v[_RS] == _R_HOLD, c.isconnected(), c.why)
     seq = []
     while len(seq) < n:
         t, m, r = next_msg(c, 5000)
@@ -318,10 +349,12 @@ def forbidden():
     out("STILL CONNECTED", c.isconnected(), inflight(c))
     c.disconnect()
     # an in-flight QoS 1 publish left from before is not resent into a new clean session
-    c._f_pid[0] = 77
-    c._f_topic[0] = b"mp/f/stale"
-    c._f_msg[0] = b"stale"
-    c._f_n = 1
+    v = c._v
+    v[_F] = 77
+    v[_F + 1] = b"mp/f/stale"
+    v[_F + 2] = b"stale"
+    v[_F + 5] = 0
+    v[_FN] = 1
     connect(c, HOST, port)
     out("CLEAN INFLIGHT", inflight(c))
     publish(c, "mp/f/fresh", b"fresh", 1)
@@ -345,8 +378,11 @@ globals()[scen]()
 
 
 def _script(tmp_path: Path) -> Path:
+    # mqtt.py's const()s the script reads the client's state with
+    consts = re.findall(r"^(_[A-Z0-9_]+) = const\((\w+)\)",
+                        (ESP_BRIDGE / "mqtt.py").read_text(), re.M)
     f = tmp_path / "mqtt_scenarios.py"
-    f.write_text(SCRIPT)
+    f.write_text("".join(f"{k} = {n}\n" for k, n in consts) + SCRIPT)
     return f
 
 
@@ -625,10 +661,10 @@ def test_backpressure_stops_reading(micropython_bin: str, tmp_path: Path,
             for info in infos:
                 info.wait_for_publish(TEST_TIMEOUT)
             paused = p.wait_for("PAUSED")
-            # the queue never grew past its 2 slots; the socket was not read;
-            # pings went on (keepalive 2 s, 4 s paused) so nothing was dropped
-            assert paused == "PAUSED 2 True True ", paused
-            assert p.wait_for("BP") == "BP 40 True 2 True"
+            # one message held in place, the socket not read meanwhile; pings
+            # went on (keepalive 2 s, 4 s paused) so nothing was dropped
+            assert paused == "PAUSED 1 True True ", paused
+            assert p.wait_for("BP") == "BP 40 True 1 True"
         finally:
             pub.loop_stop()
             pub.disconnect()
@@ -727,6 +763,49 @@ def test_malformed_packets_drop_the_connection(micropython_bin: str, tmp_path: P
     # an oversized message is skipped and acknowledged; the connection stays up
     assert "OVERSIZE 1 mp/x ok True" in out
     assert fb.pubacks == [b"\x40\x02\x00\x07"]
+
+
+class ResendBroker(FakeBroker):
+    """Records each PUBLISH as (connection, first byte, packet id, payload).
+    Connection 0: reads three, acknowledges only the second, hangs up;
+    connection 1: reads three and acknowledges them."""
+
+    def __init__(self) -> None:
+        self.publishes: list[tuple[int, int, int, bytes]] = []
+        super().__init__()
+
+    def _misbehave(self, i: int, s: socket.socket) -> None:
+        for k in range(3):
+            pkt = self._read_packet(s)
+            j = 1
+            while pkt[j] & 0x80:
+                j += 1
+            tl = (pkt[j + 1] << 8) | pkt[j + 2]
+            pid = (pkt[j + 3 + tl] << 8) | pkt[j + 4 + tl]
+            self.publishes.append((i, pkt[0], pid, pkt[j + 5 + tl:]))
+            if i or k == 1:
+                s.sendall(b"\x40\x02" + pid.to_bytes(2, "big"))
+        if i == 0:
+            return  # hang up
+        while s.recv(100):
+            pass
+
+
+def test_qos1_resent_after_reconnect_in_acceptance_order(micropython_bin: str,
+                                                         tmp_path: Path) -> None:
+    fb = ResendBroker()
+    try:
+        out = finish(start(micropython_bin, tmp_path, "resend", fb.port))
+    finally:
+        fb.close()
+    assert "DOWN 2" in out and "RESENT 0 True" in out, out
+    first = [p for p in fb.publishes if p[0] == 0]
+    again = [p for p in fb.publishes if p[0] == 1]
+    assert [(p[1], p[3]) for p in first] == [(0x32, b"A"), (0x32, b"B"), (0x32, b"C")], first
+    # A and C again, DUP set, same packet ids, oldest first; then D, a new id
+    assert [(p[1], p[3]) for p in again] == [(0x3A, b"A"), (0x3A, b"C"), (0x32, b"D")], again
+    assert again[0][2] == first[0][2] and again[1][2] == first[2][2]
+    assert again[2][2] not in (first[0][2], first[2][2])
 
 
 @pytest.fixture
