@@ -18,9 +18,10 @@
 # no end-to-end state: at most the messages in flight.
 #
 # No allocation failure stops it: a MemoryError leaves the chunk
-# unacknowledged (Responder), the frame unpublished or the down frame
-# unqueued (kept and retried here) or the MQTT packet unacknowledged
-# (mqtt.py); one escaping a job is caught by the main loop, which goes on.
+# unacknowledged (Responder), the frame unpublished (kept and retried here)
+# or the down frame unqueued (held unacknowledged in mqtt.py's receive
+# buffer, retried here); one escaping a job is caught by the main loop, which
+# goes on.
 # Each is counted and the count goes out in the next 'R' report (PROTOCOL.md 2).
 #
 # Small on the heap (docs/FIRMWARE.md "Memory budget"): frozen, the bytecode is
@@ -43,7 +44,6 @@ _TX_QUEUE = const(4)  # link messages queued for the Pyboard
 _DATA_TX = const(2)  # of which down frames may use this many: K/U/D always fit
 _RX_QUEUE = const(2)  # messages from the Pyboard not yet published (then HOLD)
 _MQ_INFLIGHT = const(3)  # QoS 1 publishes awaiting PUBACK
-_MQ_SLOTS = const(2)  # frames from down not yet queued for the Pyboard
 _TICK_MS = const(100)  # link_core/schema.py: the lowest timeout_ms is 2 x this
 _IDLE_MS = const(20)  # the main loop's longest sleep (poll on the MQTT socket)
 _BUSY_MS = const(2)  # its sleep while the link exchanged since the last turn
@@ -268,7 +268,7 @@ class Bridge:
             except (AttributeError, OSError, ValueError, TypeError):
                 pass
         # allocated at boot, while the heap is empty, and reused for every connection
-        self.mq = mqtt.MQTTClient("pblink", rx_slots=_MQ_SLOTS, max_inflight=_MQ_INFLIGHT)
+        self.mq = mqtt.MQTTClient("pblink", max_inflight=_MQ_INFLIGHT)
         # no config yet (cfg[_CONN_ID] None): the bridge_tuning defaults, for 'K'
         self.cfg = tuple(control.group("bridge", {}, [None] * _TUNING))
         self.watch = liveness.ServerWatch(1500)  # PROTOCOL.md 4.4; timeout_ms from the config
@@ -278,7 +278,6 @@ class Bridge:
         self._delay = 0  # the next backoff
         self._syncs = -1  # link.syncs when the last 'C' came
         self._up = None  # the message from the Pyboard being handled
-        self._dn = None  # the down frame waiting for room in the link's queue
         self._report_msg = None  # the last R message not yet published on MQTT
         # when _tick runs next: it steps by _TICK_MS, so it / _TICK_MS numbers
         # the ticks ('K' and 'R' go out every so many)
@@ -381,28 +380,28 @@ class Bridge:
                 self.diag("unknown link message kind %r dropped" % chr(k))
 
     def _downlink(self, now) -> None:
+        """Frames on down into the link's queue for the Pyboard, while it has
+        room. The MQTT client holds each message in its receive buffer until
+        release(): queue_message copies it, and one it cannot take (a
+        MemoryError escapes to the main loop, counted) stays held,
+        unacknowledged, and is taken again next turn."""
         link = self.resp.link
         mq = self.mq
         while True:
             if not link.can_queue() or link.tx_pending >= _DATA_TX:
                 return
-            m = self._dn
-            if m is not None:  # taken from MQTT: queued for the Pyboard, whatever it takes
-                link.queue_message(m)
-                self._dn = None
-            item = mq.get()
-            if item is None:
+            msg = mq.get()  # a memoryview into the client's receive buffer
+            if msg is None:
                 return
-            topic, msg, _retain = item  # retain set by amqtt on queued: ignored
-            if topic != self.cfg[_T_DOWN]:
-                continue
-            kind = liveness.classify_down(msg)
-            if kind == liveness.IS_BAD:  # not traffic: proves nothing about the server
-                self.diag("malformed frame on down dropped: %r" % msg[:40])
-                continue
-            self.watch.heard(now)
-            if kind == liveness.IS_DATA:
-                self._dn = msg
+            if mq.get(1) == self.cfg[_T_DOWN]:  # other topics: ignored
+                kind = liveness.classify_down(msg)
+                if kind == liveness.IS_BAD:  # not traffic: proves nothing about the server
+                    self.diag("malformed frame on down dropped: %r" % bytes(msg[:40]))
+                else:
+                    self.watch.heard(now)
+                    if kind == liveness.IS_DATA and not link.queue_message(msg):
+                        return  # no room after all: held until next turn
+            mq.release()
 
     def _tick(self, now) -> None:
         t = self._next_tick
