@@ -77,7 +77,7 @@ _ST = const(14)  # connection state
 _T0 = const(15)  # when the connect phase began; while up: when the packet being written started
 _PMASK = const(16)  # events the socket is registered for (0: not registered)
 _REV = const(17)  # events the last wait() saw
-_TLS = const(18)
+_SSL = const(18)  # the socket is TLS (a name apart from the settings row `tls`)
 _OSLOT = const(19)  # in-flight entry (its index in _v) of the publish being written, or -1
 _ACK = const(20)  # packet id of a PUBACK to send (one at a time), or -1
 _SUBT = const(21)  # topic filter of the last subscribe()
@@ -344,7 +344,7 @@ class MQTTClient:
                     s, server_hostname=host, do_handshake_on_connect=False)
                 s.setblocking(False)
                 v[_S] = s
-            v[_TLS] = tls
+            v[_SSL] = tls
             # Small publishes (acks, heartbeats, QoS 0 lines) must not wait ~40 ms for
             # the broker's delayed ACK (Nagle's algorithm). Where the port's socket
             # does not offer TCP_NODELAY (the ESP8266's lwIP binding refuses it; so do
@@ -672,7 +672,7 @@ class MQTTClient:
             self.close("", OSError(_ETIMEDOUT))
             return
         if st == _OPENING:
-            if v[_TLS] or v[_REV]:  # writable, or an error to be had by writing
+            if v[_SSL] or v[_REV]:  # writable, or an error to be had by writing
                 self._write()
         else:
             # Read and handle packets until the socket has no more, a PUBLISH

@@ -237,16 +237,17 @@ def retry():
 
 def resend():
     # QoS 1 publishes unacknowledged when the connection drops are resent after
-    # the reconnect with DUP and their packet ids, in acceptance order, ahead
-    # of the one published next (the fake broker acknowledges only B at first)
+    # the reconnect with DUP and their packet ids, in acceptance order (the
+    # fake broker acknowledges only B; D takes B's place in the table)
     c = MQTTClient("mp-resend", keepalive_s=30, response_ms=5000, max_inflight=3)
     connect(c, HOST, port)
     for m in (b"A", b"B", b"C"):
         publish(c, "mp/r", m, 1)
+    run_until(c, lambda: inflight(c) < 3, 5000)
+    publish(c, "mp/r", b"D", 1)
     run_until(c, lambda: not c.isconnected(), 5000)
     out("DOWN", inflight(c))
     connect(c, HOST, port)
-    publish(c, "mp/r", b"D", 1)
     wait_acked(c, 5000)
     out("RESENT", inflight(c), c.isconnected())
     c.disconnect()
@@ -767,7 +768,7 @@ def test_malformed_packets_drop_the_connection(micropython_bin: str, tmp_path: P
 
 class ResendBroker(FakeBroker):
     """Records each PUBLISH as (connection, first byte, packet id, payload).
-    Connection 0: reads three, acknowledges only the second, hangs up;
+    Connection 0: reads four, acknowledges only the second, hangs up;
     connection 1: reads three and acknowledges them."""
 
     def __init__(self) -> None:
@@ -775,7 +776,7 @@ class ResendBroker(FakeBroker):
         super().__init__()
 
     def _misbehave(self, i: int, s: socket.socket) -> None:
-        for k in range(3):
+        for k in range(3 if i else 4):
             pkt = self._read_packet(s)
             j = 1
             while pkt[j] & 0x80:
@@ -798,14 +799,14 @@ def test_qos1_resent_after_reconnect_in_acceptance_order(micropython_bin: str,
         out = finish(start(micropython_bin, tmp_path, "resend", fb.port))
     finally:
         fb.close()
-    assert "DOWN 2" in out and "RESENT 0 True" in out, out
+    assert "DOWN 3" in out and "RESENT 0 True" in out, out
     first = [p for p in fb.publishes if p[0] == 0]
     again = [p for p in fb.publishes if p[0] == 1]
-    assert [(p[1], p[3]) for p in first] == [(0x32, b"A"), (0x32, b"B"), (0x32, b"C")], first
-    # A and C again, DUP set, same packet ids, oldest first; then D, a new id
-    assert [(p[1], p[3]) for p in again] == [(0x3A, b"A"), (0x3A, b"C"), (0x32, b"D")], again
-    assert again[0][2] == first[0][2] and again[1][2] == first[2][2]
-    assert again[2][2] not in (first[0][2], first[2][2])
+    assert [(p[1], p[3]) for p in first] == [(0x32, m) for m in (b"A", b"B", b"C", b"D")], first
+    # A, C and D again, DUP set, same packet ids, oldest first
+    assert [(p[1], p[3]) for p in again] == [(0x3A, m) for m in (b"A", b"C", b"D")], again
+    assert [p[2] for p in again] == [first[0][2], first[2][2], first[3][2]], (first, again)
+    assert len({p[2] for p in first}) == 4  # D's packet id is not B's
 
 
 @pytest.fixture
