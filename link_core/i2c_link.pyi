@@ -19,23 +19,11 @@ RESPONDER: Final[str]
 
 def check_block(buf: _Buf) -> int: ...
 class LinkEndpoint:
-    role: str
     sync_message: bytes | None
     synced: bool
     peer_fresh: bool
     peer_hold: bool
-    frames_out: int
-    frames_ok: int
-    frames_bad: int
-    bytes_out: int
-    bytes_in: int
-    messages_out: int
-    messages_in: int
-    too_long: int
-    dropped: int
     syncs: int
-    peer_reboots: int
-    resets: int
     def __init__(self, role: str, tx_queue: int = ..., rx_queue: int = ...) -> None: ...
     def reset(self) -> None: ...
     def can_queue(self) -> bool: ...
