@@ -15,9 +15,10 @@ handshake. The board code moves blocks: it calls ``build_block()`` for the
 block it sends in an exchange and ``on_block()`` with the block it got.
 
 The ESP8266 bridge imports this module, and every function and class here
-costs it RAM even frozen (docs/FIRMWARE.md "Memory budget"): the block codec
-for tools and tests (``crc16``, ``encode_block``, ``decode_block``, ``Block``)
-and the Initiator's ``PollPolicy`` are in ``link_core.i2c_tools``.
+costs it RAM even frozen (docs/FIRMWARE.md "Memory budget"): the public flag
+names (``MORE`` ...), the block codec for tools and tests (``crc16``,
+``encode_block``, ``decode_block``, ``Block``) and the Initiator's
+``PollPolicy`` are in ``link_core.i2c_tools``.
 """
 
 try:
@@ -26,16 +27,22 @@ except ImportError:  # CPython
 
     def const(x):
         return x
+else:
+    # MicroPython's compiler folds every const() itself: the name would only
+    # cost the ESP8266 bridge a slot of this module's dict
+    del const
 
 
 from link_core.names import MAX_MESSAGE
 
-# Flags (byte 0)
-MORE = const(0x01)
-HOLD = const(0x02)
-SYNC = const(0x04)
-FRESH = const(0x08)
-VERSION = const(0x50)
+# Flags (byte 0), private: each public name costs the ESP8266 bridge a slot of
+# this module's dict. The public ones are link_core.i2c_tools' (the same values,
+# a test holds them equal).
+_MORE = const(0x01)
+_HOLD = const(0x02)
+_SYNC = const(0x04)
+_FRESH = const(0x08)
+_VERSION = const(0x50)
 _VERSION_MASK = const(0xF0)
 
 # Sizes (section 0)
@@ -115,7 +122,7 @@ def check_block(buf):
     length over ``CHUNK_MAX``, truncated, or CRC mismatch.
     """
     n = len(buf)
-    if n < 6 or buf[0] & _VERSION_MASK != VERSION:
+    if n < 6 or buf[0] & _VERSION_MASK != _VERSION:
         return -1
     ln = buf[3]
     if ln > CHUNK_MAX or n < ln + 6:
@@ -353,22 +360,22 @@ class LinkEndpoint:
             out = buf
         st = self._n
         f = self._f
-        flags = VERSION
+        flags = _VERSION
         if len(self._rxq) >= st[_S_RX_MAX]:
-            flags |= HOLD
+            flags |= _HOLD
         n = 0
         seq = 0
         if not self.synced:
-            flags |= SYNC if f & _F_INITIATOR else FRESH
+            flags |= _SYNC if f & _F_INITIATOR else _FRESH
         elif f & _F_SYNC_REPLY:
-            flags |= SYNC
+            flags |= _SYNC
         elif self._txq and not self.peer_hold:
             msg = self._txq[0]
             off = st[_S_TX_OFF]
             n = len(msg) - off
             if n > CHUNK_MAX:
                 n = CHUNK_MAX
-                flags |= MORE
+                flags |= _MORE
             else:
                 st[_S_TAIL_SENDS] += 1
             seq = st[_S_TX_SEQ]
@@ -409,12 +416,12 @@ class LinkEndpoint:
         flags = data[0]
         if self._f & _F_INITIATOR:
             if not self.synced:
-                self.peer_fresh = bool(flags & FRESH)
-                if flags & SYNC:
+                self.peer_fresh = bool(flags & _FRESH)
+                if flags & _SYNC:
                     self.synced = True
                     self.peer_fresh = False
                     self.syncs += 1
-                    self.peer_hold = bool(flags & HOLD)
+                    self.peer_hold = bool(flags & _HOLD)
                     m = self.sync_message
                     if m is not None:  # ahead of everything, and only once
                         q = self._txq
@@ -426,7 +433,7 @@ class LinkEndpoint:
                                 i += 1
                         q.insert(0, m)
                 return True
-            if flags & FRESH:
+            if flags & _FRESH:
                 if st[_S_TAIL_SENDS] == 1:
                     # Its only copy went to this FRESH Responder, which
                     # accepts nothing: it cannot have arrived, keep it.
@@ -436,23 +443,23 @@ class LinkEndpoint:
                 self.synced = False
                 self._reset_link()
                 return True
-            if flags & SYNC:
+            if flags & _SYNC:
                 # A repeated answer to our last SYNC (our next block was
                 # corrupt at the Responder): no information in it.
                 return True
         else:
-            if flags & SYNC:
+            if flags & _SYNC:
                 self._reset_link()
                 self.synced = True
                 self._f |= _F_SYNC_REPLY
                 self.syncs += 1
-                self.peer_hold = bool(flags & HOLD)
+                self.peer_hold = bool(flags & _HOLD)
                 return True
             if not self.synced:
                 return True
         f = self._f & ~(_F_SYNC_REPLY | _F_PEER_MORE | _F_MOVED)
-        self.peer_hold = bool(flags & HOLD)
-        if flags & MORE and ln > 0:
+        self.peer_hold = bool(flags & _HOLD)
+        if flags & _MORE and ln > 0:
             f |= _F_PEER_MORE
         if f & _F_SENT or ln > 0:
             f |= _F_MOVED
@@ -477,7 +484,7 @@ class LinkEndpoint:
         if ln:
             seq = data[1]
             if seq == (st[_S_LAST_ACC] + 1) & 0xFF and len(self._rxq) < st[_S_RX_MAX]:
-                self._accept(data, ln, seq, flags & MORE)
+                self._accept(data, ln, seq, flags & _MORE)
         return True
 
     def _accept(self, data, ln, seq, more):

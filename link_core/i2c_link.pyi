@@ -3,11 +3,6 @@ from typing import Final, overload
 
 _Buf = bytes | bytearray | memoryview
 
-MORE: Final[int]
-HOLD: Final[int]
-SYNC: Final[int]
-FRESH: Final[int]
-VERSION: Final[int]
 HEADER: Final[int]
 CHUNK_MAX: Final[int]
 BLOCK_MAX: Final[int]

@@ -1,5 +1,6 @@
 """The I2C link's parts the ESP8266 bridge does not use (docs/PROTOCOL.md 1.3, 1.5).
 
+The flags ``MORE``, ``HOLD``, ``SYNC``, ``FRESH``, ``VERSION`` and
 ``crc16``, ``encode_block``, ``decode_block`` and ``Block``: the block codec
 for tools, tests and test vectors (the boards build and check blocks in
 place with ``link_core.i2c_link.LinkEndpoint``). ``PollPolicy``: when the
@@ -17,17 +18,15 @@ except ImportError:  # CPython
 
 
 from link_core.clock import ticks_diff
-from link_core.i2c_link import (
-    CHUNK_MAX,
-    FRESH,
-    HEADER,
-    HOLD,
-    MORE,
-    SYNC,
-    VERSION,
-    _crc,
-    check_block,
-)
+from link_core.i2c_link import CHUNK_MAX, HEADER, _crc, check_block
+
+# Block flags (byte 0): link_core.i2c_link keeps its own private (_MORE, ...),
+# as a public name costs the ESP8266 bridge RAM; a test holds them equal
+MORE = const(0x01)
+HOLD = const(0x02)
+SYNC = const(0x04)
+FRESH = const(0x08)
+VERSION = const(0x50)  # the version nibble, 0x5
 
 # The Initiator's side of the bus layout (section 1.1): its target memory
 MEM_SIZE = const(256)

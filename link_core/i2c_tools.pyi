@@ -1,6 +1,11 @@
 # Types of link_core/i2c_tools.py for mypy; the .py stays MicroPython code without annotations.
 from typing import Final, overload
 
+MORE: Final[int]
+HOLD: Final[int]
+SYNC: Final[int]
+FRESH: Final[int]
+VERSION: Final[int]
 MEM_SIZE: Final[int]
 ACTIVE_POLL_MS: Final[int]
 IDLE_POLL_MS: Final[int]

@@ -23,8 +23,7 @@ import sys
 
 import machine
 import sim_pyboard
-from link_core.i2c_link import FRESH, SYNC
-from link_core.i2c_tools import decode_block, encode_block
+from link_core.i2c_tools import FRESH, SYNC, decode_block, encode_block
 from bridge import Responder
 
 scen = sys.argv[1]

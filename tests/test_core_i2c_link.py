@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from link_core import i2c_link as L
 from link_core import i2c_tools as T
-from link_core.clock import TICKS_MAX, ticks_add
+from link_core.clock import ticks_add
 from link_core.names import MAX_MESSAGE
+
+TICKS_MAX = 2**30 - 1  # MicroPython ticks wrap at 2**30 (link_core.clock)
 
 PROPS = settings(
     max_examples=40,
@@ -19,6 +21,12 @@ PROPS = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
+
+
+def test_flags_of_tools_are_the_links():
+    # i2c_link keeps them private (a public name costs the bridge RAM)
+    assert (T.MORE, T.HOLD, T.SYNC, T.FRESH, T.VERSION) == (
+        L._MORE, L._HOLD, L._SYNC, L._FRESH, L._VERSION) == (0x01, 0x02, 0x04, 0x08, 0x50)
 
 def pair(tx_queue=4, rx_queue=4, sync_message=None):
     ini = L.LinkEndpoint(L.INITIATOR, tx_queue, rx_queue)
@@ -80,8 +88,8 @@ def test_block_roundtrip(flags, seq, ack, payload):
     assert f[0] == 0x50 | flags
     d = T.decode_block(memoryview(f))
     assert (d.flags, d.seq, d.ack, d.payload) == (0x50 | flags, seq, ack, payload)
-    assert d.more == bool(flags & L.MORE) and d.hold == bool(flags & L.HOLD)
-    assert d.sync == bool(flags & L.SYNC) and d.fresh == bool(flags & L.FRESH)
+    assert d.more == bool(flags & T.MORE) and d.hold == bool(flags & T.HOLD)
+    assert d.sync == bool(flags & T.SYNC) and d.fresh == bool(flags & T.FRESH)
     # trailing bytes (the rest of the I2C memory) are ignored
     assert T.decode_block(bytearray(f) + b"\xff" * 30).payload == payload
     buf = bytearray(T.MEM_SIZE)
@@ -124,7 +132,7 @@ def test_encode_block_errors():
 
 
 def test_sync_poll_bytes():
-    assert T.encode_block(L.SYNC, 0, 0) == bytes.fromhex("540000003b0a")
+    assert T.encode_block(T.SYNC, 0, 0) == bytes.fromhex("540000003b0a")
     assert L.LinkEndpoint(L.INITIATOR).build_block() == bytes.fromhex("540000003b0a")
     assert L.LinkEndpoint(L.RESPONDER).build_block() == bytes.fromhex("580000007438")
 
@@ -306,7 +314,7 @@ def test_oversize_message_discarded_link_goes_on():
     ack = 0
     # a peer that ignores MAX_MESSAGE: 10 full chunks = 1200 bytes
     for seq in range(1, 11):
-        flags = L.MORE if seq < 10 else 0
+        flags = T.MORE if seq < 10 else 0
         assert res.on_block(T.encode_block(flags, seq, 0, bytes(120)))
         ack = T.decode_block(res.build_block()).ack
         assert ack == seq

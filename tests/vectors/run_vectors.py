@@ -54,7 +54,7 @@ def run(v):
         check(name + " encode into", tohex(buf[:n]) == t["frame_hex"], n)
         f = i2c_tools.decode_block(memoryview(unhex(t["frame_hex"])))
         ok = f is not None and f.seq == t["seq"] and f.ack == t["ack"] and f.payload == payload
-        ok = ok and f.flags == i2c_link.VERSION | t["flags"]
+        ok = ok and f.flags == i2c_tools.VERSION | t["flags"]
         check(name + " decode", ok, f)
 
     for t in v["i2c_corrupt"]:
