@@ -138,7 +138,7 @@ def check_block(buf):
 # 2 to 17 slots): ints in one list, indexed by these, and private flags in
 # one int. `synced`, `peer_fresh`, `peer_hold` and `syncs` stay attributes
 # (the boards read them); a property would cost more than the slot it saves.
-# Counters, see counters():
+# Counters (link_core.i2c_tools.counters names them, in this order):
 _C_BLOCKS_OUT = const(0)
 _C_BLOCKS_OK = const(1)
 _C_BLOCKS_BAD = const(2)
@@ -167,7 +167,7 @@ _F_DISCARD = const(0x08)  # the message being received is too long: dropped
 _F_PEER_MORE = const(0x10)  # the peer's last good block had MORE
 _F_SENT = const(0x20)  # the last block built carried payload
 _F_MOVED = const(0x40)  # the last exchange carried payload either way
-_F_LINK = const(0x7C)  # the flags _reset_link clears
+_F_LINK = const(0x7C)  # the flags reset(True) clears
 
 
 class LinkEndpoint:
@@ -203,7 +203,8 @@ class LinkEndpoint:
     State: ``synced``, ``peer_fresh`` (Initiator: the last good block had
     FRESH), ``peer_hold`` (the peer's last good block had HOLD), ``syncs``,
     ``busy`` (poll fast), ``tx_pending``, ``rx_pending``, ``can_queue()``.
-    ``counters()`` returns the counters as a dict: ``blocks_out``,
+    ``link_core.i2c_tools.counters(ep)`` returns the counters as a dict
+    (a method would cost the bridge RAM, and it never reads them): ``blocks_out``,
     ``blocks_ok``, ``blocks_bad``, ``bytes_out`` (payload bytes acknowledged
     by the peer), ``bytes_in`` (payload bytes accepted), ``messages_out``,
     ``messages_in``, ``too_long``, ``dropped``, ``syncs``, ``peer_reboots``,
@@ -228,13 +229,26 @@ class LinkEndpoint:
         self.peer_fresh = False
         self.peer_hold = False
         self.syncs = 0
-        self._reset_link()  # sets the per-link state
+        self.reset(True)  # sets the per-link state
 
     # -- state -------------------------------------------------------------
 
-    def _reset_link(self):
-        """Link state back to 'just synchronised' (1.6 step 2)."""
+    def reset(self, _link=False):
+        """Forget the link state and go back to unsynchronised.
+
+        Initiator: call after a reset pulse (or any failure of 1.2); it then
+        sends SYNC blocks. Responder: back to answering FRESH. Whole queued
+        and received messages are kept (see the class doc for the message
+        being sent). ``_link=True`` (internal; one method fewer costs the
+        bridge less RAM): only the link state, back to 'just synchronised'
+        (1.6 step 2).
+        """
         n = self._n
+        if not _link:
+            self.synced = False
+            self.peer_fresh = False
+            self._f &= ~_F_SYNC_REPLY
+            n[_C_RESETS] += 1
         if self._txq and n[_S_TAIL_SENDS]:
             self._txq.pop(0)
             n[_C_DROPPED] += 1
@@ -245,20 +259,6 @@ class LinkEndpoint:
         n[_S_ASM_LEN] = 0
         self._f &= ~_F_LINK
         self.peer_hold = False
-
-    def reset(self):
-        """Forget the link state and go back to unsynchronised.
-
-        Initiator: call after a reset pulse (or any failure of 1.2); it then
-        sends SYNC blocks. Responder: back to answering FRESH. Whole queued
-        and received messages are kept (see the class doc for the message
-        being sent).
-        """
-        self.synced = False
-        self.peer_fresh = False
-        self._f &= ~_F_SYNC_REPLY
-        self._reset_link()
-        self._n[_C_RESETS] += 1
 
     def can_queue(self):
         """True when ``queue_message`` would accept a message."""
@@ -285,24 +285,6 @@ class LinkEndpoint:
         return bool(self._f & (_F_MOVED | _F_PEER_MORE)) or (
             self.synced and bool(self._txq) and not self.peer_hold
         )
-
-    def counters(self):
-        """The counters as a dict (for logs and ``status()``)."""
-        n = self._n
-        return {
-            "blocks_out": n[_C_BLOCKS_OUT],
-            "blocks_ok": n[_C_BLOCKS_OK],
-            "blocks_bad": n[_C_BLOCKS_BAD],
-            "bytes_out": n[_C_BYTES_OUT],
-            "bytes_in": n[_C_BYTES_IN],
-            "messages_out": n[_C_MESSAGES_OUT],
-            "messages_in": n[_C_MESSAGES_IN],
-            "too_long": n[_C_TOO_LONG],
-            "dropped": n[_C_DROPPED],
-            "syncs": self.syncs,
-            "peer_reboots": n[_C_PEER_REBOOTS],
-            "resets": n[_C_RESETS],
-        }
 
     # -- messages ----------------------------------------------------------
 
@@ -441,7 +423,7 @@ class LinkEndpoint:
                 self.peer_fresh = True
                 st[_C_PEER_REBOOTS] += 1
                 self.synced = False
-                self._reset_link()
+                self.reset(True)
                 return True
             if flags & _SYNC:
                 # A repeated answer to our last SYNC (our next block was
@@ -449,7 +431,7 @@ class LinkEndpoint:
                 return True
         else:
             if flags & _SYNC:
-                self._reset_link()
+                self.reset(True)
                 self.synced = True
                 self._f |= _F_SYNC_REPLY
                 self.syncs += 1
@@ -481,20 +463,19 @@ class LinkEndpoint:
                 st[_C_MESSAGES_OUT] += 1
             st[_S_TX_OFF] = off
         self._f = f
-        if ln:
-            seq = data[1]
-            if seq == (st[_S_LAST_ACC] + 1) & 0xFF and len(self._rxq) < st[_S_RX_MAX]:
-                self._accept(data, ln, seq, flags & _MORE)
-        return True
-
-    def _accept(self, data, ln, seq, more):
-        # Every allocation (the finished message, the queue's growth) comes
-        # BEFORE the chunk is committed: if one fails (MemoryError on a
-        # fragmented ESP8266 heap) the chunk stays unacknowledged and the peer
-        # sends it again, so nothing is lost. The caller counts the error.
-        st = self._n
+        if not ln:
+            return True
+        seq = data[1]
+        if seq != (st[_S_LAST_ACC] + 1) & 0xFF or len(self._rxq) >= st[_S_RX_MAX]:
+            return True
+        # Accept the chunk (inline, as a method costs the bridge RAM). Every
+        # allocation (the finished message, the queue's growth) comes BEFORE
+        # the chunk is committed: if one fails (MemoryError on a fragmented
+        # ESP8266 heap) the chunk stays unacknowledged and the peer sends it
+        # again, so nothing is lost. The caller counts the error.
+        more = flags & _MORE
         a = st[_S_ASM_LEN]
-        discard = self._f & _F_DISCARD or a + ln > MAX_MESSAGE
+        discard = f & _F_DISCARD or a + ln > MAX_MESSAGE
         if not discard:
             mv = data if isinstance(data, memoryview) else memoryview(data)
             self._asm[a : a + ln] = mv[HEADER : HEADER + ln]
@@ -505,11 +486,12 @@ class LinkEndpoint:
         st[_C_BYTES_IN] += ln
         if more:
             if discard:
-                self._f |= _F_DISCARD
+                self._f = f | _F_DISCARD
             else:
                 st[_S_ASM_LEN] = a + ln
-            return
+            return True
         if discard:
             st[_C_TOO_LONG] += 1
-        self._f &= ~_F_DISCARD
+        self._f = f & ~_F_DISCARD
         st[_S_ASM_LEN] = 0
+        return True

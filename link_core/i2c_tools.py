@@ -44,6 +44,27 @@ SYNC_RETRY_MS = const(100)
 SYNC_TIMEOUT_MS = const(10000)
 
 
+# LinkEndpoint's counters in the order of its list (link_core.i2c_link's
+# private _C_BLOCKS_OUT ... _C_RESETS); `syncs` is an attribute of its own
+_COUNTERS = ("blocks_out", "blocks_ok", "blocks_bad", "bytes_out", "bytes_in", "messages_out",
+             "messages_in", "too_long", "dropped", "peer_reboots", "resets")
+
+
+def counters(ep):
+    """The counters of ``ep`` (a ``LinkEndpoint``) as a dict, for logs and tests.
+
+    Keys: ``blocks_out``, ``blocks_ok``, ``blocks_bad``, ``bytes_out`` (payload
+    bytes acknowledged by the peer), ``bytes_in`` (payload bytes accepted),
+    ``messages_out``, ``messages_in``, ``too_long``, ``dropped``, ``syncs``,
+    ``peer_reboots``, ``resets``. Here, not a method: the bridge never reads them.
+    """
+    n = ep._n
+    d = {"syncs": ep.syncs}
+    for i in range(len(_COUNTERS)):
+        d[_COUNTERS[i]] = n[i]
+    return d
+
+
 def crc16(data, crc=0xFFFF):
     """CRC-16/CCITT-FALSE (poly 0x1021, no reflection, no final xor) of ``data``.
 

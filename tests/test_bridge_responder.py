@@ -23,7 +23,7 @@ import sys
 
 import machine
 import sim_pyboard
-from link_core.i2c_tools import FRESH, SYNC, decode_block, encode_block
+from link_core.i2c_tools import FRESH, SYNC, counters, decode_block, encode_block
 from bridge import Responder
 
 scen = sys.argv[1]
@@ -106,8 +106,8 @@ def transfer():
         ini.step()
     print("UP", got_up[0][:1], got_up[1:] == up, len(got_up))
     print("DOWN", got_down == down, len(got_down))
-    ic = ini.link.counters()
-    rc = resp.link.counters()
+    ic = counters(ini.link)
+    rc = counters(resp.link)
     print("COUNTS bad_at_esp=%d bad_at_pb=%d bus_errors=%d fails=%d too_long=%d"
           % (rc["blocks_bad"], ic["blocks_bad"], resp.bus_errors, ini.fails,
              rc["too_long"] + ic["too_long"]))

@@ -171,8 +171,8 @@ def test_on_block_counts_bad_blocks():
     _ini, res = synced_pair()
     assert res.on_block(b"\x00" * 10) is False
     assert res.on_block(memoryview(b"")) is False
-    assert res.counters()["blocks_bad"] == 2
-    c = res.counters()
+    assert T.counters(res)["blocks_bad"] == 2
+    c = T.counters(res)
     assert c["blocks_bad"] == 2 and c["syncs"] == 1
 
 
@@ -213,7 +213,7 @@ def test_responder_reboot_fresh_resyncs_and_resends_sync_message():
     res = L.LinkEndpoint(L.RESPONDER)  # the ESP8266 rebooted on its own
     ini.queue_message(b"q|late")
     fi, fr = exchange(ini, res)
-    assert fr.fresh and not ini.synced and ini.peer_fresh and ini.counters()["peer_reboots"] == 1
+    assert fr.fresh and not ini.synced and ini.peer_fresh and T.counters(ini)["peer_reboots"] == 1
     fi, fr = exchange(ini, res)
     assert fi.sync and fr.sync and ini.synced
     for _ in range(4):
@@ -248,7 +248,7 @@ def test_initiator_ignores_repeated_sync_answer_when_synced():
 def test_responder_reset_goes_back_to_fresh():
     _ini, res = synced_pair()
     res.reset()
-    assert not res.synced and res.counters()["resets"] == 1
+    assert not res.synced and T.counters(res)["resets"] == 1
     assert T.decode_block(res.build_block()).fresh
 
 
@@ -265,8 +265,10 @@ def test_two_chunk_message_and_more_flag():
     fi, fr = exchange(ini, res)
     assert not fi.more and fi.seq == 2 and len(fi.payload) == 10
     assert drain(res) == [msg]
-    assert ini.counters()["messages_out"] == 1 and res.counters()["messages_in"] == 1
-    assert ini.counters()["bytes_out"] == 130 and res.counters()["bytes_in"] == 130
+    assert T.counters(ini)["messages_out"] == 1 and T.counters(res)["messages_in"] == 1
+    assert T.counters(ini)["bytes_out"] == 130 and T.counters(res)["bytes_in"] == 130
+    c = T.counters(res)  # each block counted once, both ways
+    assert c["blocks_out"] == c["blocks_ok"] == T.counters(ini)["blocks_ok"] > 0
 
 
 @pytest.mark.parametrize("size", [1, 119, 120, 121, 240, 241, MAX_MESSAGE])
@@ -318,7 +320,7 @@ def test_oversize_message_discarded_link_goes_on():
         assert res.on_block(T.encode_block(flags, seq, 0, bytes(120)))
         ack = T.decode_block(res.build_block()).ack
         assert ack == seq
-    assert res.counters()["too_long"] == 1 and res.rx_pending == 0
+    assert T.counters(res)["too_long"] == 1 and res.rx_pending == 0
     res.on_block(T.encode_block(0, 11, 0, b"next"))
     assert drain(res) == [b"next"]
 
@@ -381,7 +383,7 @@ def test_reset_restarts_unfinished_message_from_first_chunk():
     exchange(ini, res)  # SYNC: the Responder drops its partial message
     for _ in range(3):
         exchange(ini, res)
-    assert drain(res) == [msg] and ini.counters()["dropped"] == 0
+    assert drain(res) == [msg] and T.counters(ini)["dropped"] == 0
 
 
 def test_reset_drops_message_whose_last_chunk_went_out():
@@ -390,7 +392,7 @@ def test_reset_drops_message_whose_last_chunk_went_out():
     ini.queue_message(b"next")
     res.on_block(ini.build_block())  # accepted, but the answer never comes
     ini.reset()
-    assert ini.counters()["dropped"] == 1 and ini.tx_pending == 1
+    assert T.counters(ini)["dropped"] == 1 and ini.tx_pending == 1
     for _ in range(4):
         exchange(ini, res)
     assert drain(res) == [b"u|3fa2c901|maybe delivered", b"next"]  # never twice
@@ -555,7 +557,7 @@ def test_prop_link_delivers_everything_once_in_order(
     assert sim.done(), "link stalled"
     assert sim.got_a == sim.out_a
     assert sim.got_b == sim.out_b
-    assert sim.ini.syncs == 1 and sim.ini.counters()["dropped"] == 0 and sim.configs == 1
+    assert sim.ini.syncs == 1 and T.counters(sim.ini)["dropped"] == 0 and sim.configs == 1
 
 
 def subsequence(got, sent):

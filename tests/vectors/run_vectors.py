@@ -62,7 +62,7 @@ def run(v):
         check("corrupt " + t["name"], i2c_tools.decode_block(data) is None)
         ep = i2c_link.LinkEndpoint(i2c_link.RESPONDER)
         check("corrupt endpoint " + t["name"],
-              ep.on_block(data) is False and ep.counters()["blocks_bad"] == 1)
+              ep.on_block(data) is False and i2c_tools.counters(ep)["blocks_bad"] == 1)
 
     for t in v["i2c_trailing"]:
         f = i2c_tools.decode_block(bytearray(unhex(t["buf_hex"])))
