@@ -415,7 +415,7 @@ class Device:
 
     def try_write(self) -> None:
         gen = self.gen
-        if not (self.was_up and liveness.may_write(True, self.sender, True, True)):
+        if not (self.was_up and endpoint.may_write(True, self.sender, True, True)):
             self.waiting = True  # retried when the server is back or the ack comes
             return
         self.waiting = False

@@ -1,6 +1,6 @@
 """Tick arithmetic for MicroPython's wrapping millisecond clock.
 
-``time.ticks_ms()`` on MicroPython wraps at ``TICKS_PERIOD`` (2**30). On
+``time.ticks_ms()`` on MicroPython wraps at 2**30. On
 CPython callers pass plain ints such as ``int(time.monotonic() * 1000)``.
 Both work here as long as the two times compared are less than 2**29 ms
 (about 6 days) apart. Results of ``ticks_add`` are in the wrapped domain:
@@ -16,10 +16,14 @@ except ImportError:  # CPython
 
     def const(x):
         return x
+else:
+    # MicroPython's compiler folds every const() itself: the name would only
+    # cost the ESP8266 bridge a slot of this module's dict
+    del const
 
 
-TICKS_PERIOD = const(0x40000000)  # 2**30
-TICKS_MAX = const(0x3FFFFFFF)  # TICKS_PERIOD - 1
+# Private: a public constant costs the ESP8266 bridge a slot of this module's dict
+_TICKS_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the wrapping period less one
 _HALF = const(0x20000000)  # 2**29
 
 
@@ -29,9 +33,9 @@ def ticks_diff(a, b):
     Positive when ``a`` is after ``b``. Same semantics as
     ``time.ticks_diff`` on MicroPython.
     """
-    d = (a - b) & TICKS_MAX
+    d = (a - b) & _TICKS_MAX
     if d >= _HALF:
-        d = d - TICKS_MAX - 1
+        d = d - _TICKS_MAX - 1
     return d
 
 
@@ -39,14 +43,14 @@ def ticks_add(a, d):
     """Tick value ``d`` ms after ``a`` (``d`` may be negative, |d| < 2**29).
 
     Same semantics as ``time.ticks_add`` on MicroPython. The result is in
-    [0, TICKS_MAX].
+    [0, 2**30 - 1].
     """
-    if a < 0 or a > TICKS_MAX:
-        a &= TICKS_MAX  # plain CPython ints: bring into the tick domain
-    r = (a - TICKS_MAX) + d  # a + d - TICKS_MAX, stays small
-    if r > 0:  # a + d >= TICKS_PERIOD: wrapped forwards
+    if a < 0 or a > _TICKS_MAX:
+        a &= _TICKS_MAX  # plain CPython ints: bring into the tick domain
+    r = (a - _TICKS_MAX) + d  # a + d - _TICKS_MAX, stays small
+    if r > 0:  # a + d >= 2**30: wrapped forwards
         return r - 1
-    s = r + TICKS_MAX  # == a + d
+    s = r + _TICKS_MAX  # == a + d
     if s < 0:  # wrapped backwards
-        s = s + TICKS_MAX + 1
+        s = s + _TICKS_MAX + 1
     return s

@@ -9,13 +9,12 @@ JSON bodies are written by a small encoder here (compact, non-ASCII as
 UTF-8) so that both interpreters produce identical bytes; they are read with
 ``json.loads``.
 
-The ESP8266 bridge imports this module, and every function here costs it RAM
-even frozen (docs/FIRMWARE.md "Memory budget"): what only the Pyboard and the
-tools call (``is_frame``, ``encode_config``, ``decode_report``,
-``decode_text``) is in ``link_core.messages``.
+The ESP8266 bridge imports this module, and every function and public name
+here costs it RAM even frozen (docs/FIRMWARE.md "Memory budget"): what only
+the Pyboard and the tools use (the kinds ``KEEPALIVE``, ``SERVER_UP``,
+``REPORT``, ``BAD_WIFI``, ``FRAME_KINDS``; ``is_frame``, ``encode_config``,
+``decode_report``, ``decode_text``) is in ``link_core.messages``.
 """
-
-import json
 
 try:
     from micropython import const
@@ -23,11 +22,18 @@ except ImportError:  # CPython
 
     def const(x):
         return x
+else:
+    # MicroPython's compiler folds every const() itself: the name would only
+    # cost the ESP8266 bridge a slot of this module's dict
+    del const
 
 
 from link_core.names import MAX_MESSAGE, _show, check_conn_id, check_root, utf8_valid
 from link_core.schema import COLUMNS, CONFIG_ENTRIES, ORDERED, SETTINGS
 
+# The kinds the bridge compares or encodes; the others, which only the
+# Pyboard reads (K, U, R, W), are link_core.messages'. Each public name here
+# costs the bridge a slot of this module's dict.
 # Pyboard -> ESP8266
 CONFIG = const(0x43)  # 'C' JSON config list, first message after every sync
 # Both ways: end-to-end frames
@@ -35,21 +41,15 @@ QOS = const(0x71)  # 'q'
 UNRELIABLE = const(0x75)  # 'u'
 ACK = const(0x61)  # 'a'
 # ESP8266 -> Pyboard
-KEEPALIVE = const(0x4B)  # 'K' empty, every keepalive_ms (link_core/schema.py)
-SERVER_UP = const(0x55)  # 'U' empty, the server application is reachable
 SERVER_DOWN = const(0x44)  # 'D' server, broker or WiFi unreachable; optional UTF-8 reason
-REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free, mem_errors]
-BAD_WIFI = const(0x57)  # 'W' empty, first WiFi connection after boot failed
 BAD_BROKER = const(0x42)  # 'B' UTF-8 reason, first broker connection failed
 ERROR = const(0x45)  # 'E' UTF-8 diagnostic text
 
-
+# The empty messages the bridge sends
 MSG_KEEPALIVE = b"K"
 MSG_SERVER_UP = b"U"
 MSG_SERVER_DOWN = b"D"
 MSG_BAD_WIFI = b"W"
-
-FRAME_KINDS = b"qua"
 
 # C message indices control.py needs (link_core/schema.py: the rows in the message's order)
 _REPORT_S = const(4)
@@ -134,6 +134,8 @@ def _load_body(msg, kind, name):
         data = data[1:]
     if not utf8_valid(data):
         raise ValueError(name + " message " + _show(data) + " is not valid UTF-8")
+    import json  # here, not at the top: a module global costs the bridge a dict slot
+
     obj = None
     try:
         obj = json.loads(data.decode("utf-8"))
@@ -179,8 +181,9 @@ def _check(k, v):
             if lo is not None:  # the keys are the rows whose use is lo
                 r = _row(key)
                 if r < 0 or SETTINGS[r + _COL_USE] != lo:
-                    raise ValueError(name + " key " + _show(key) + " is not one of "
-                                     + ", ".join(_names(lo)))
+                    raise ValueError(name + " key " + _show(key) + " is not one of " + ", ".join(
+                        [SETTINGS[j] for j in range(0, len(SETTINGS), COLUMNS)
+                         if SETTINGS[j + _COL_USE] == lo]))
                 _check(r, v[key])
         if lo is not None:
             _ordered(v)
@@ -216,10 +219,6 @@ def _row(name):
         if SETTINGS[k] == name:
             return k
     return -1
-
-
-def _names(use):
-    return [SETTINGS[k] for k in range(0, len(SETTINGS), COLUMNS) if SETTINGS[k + _COL_USE] == use]
 
 
 def _ordered(values):

@@ -9,18 +9,13 @@ CONFIG: Final[int]
 QOS: Final[int]
 UNRELIABLE: Final[int]
 ACK: Final[int]
-KEEPALIVE: Final[int]
-SERVER_UP: Final[int]
 SERVER_DOWN: Final[int]
-REPORT: Final[int]
-BAD_WIFI: Final[int]
 BAD_BROKER: Final[int]
 ERROR: Final[int]
 MSG_KEEPALIVE: Final[bytes]
 MSG_SERVER_UP: Final[bytes]
 MSG_SERVER_DOWN: Final[bytes]
 MSG_BAD_WIFI: Final[bytes]
-FRAME_KINDS: Final[bytes]
 
 def dump_list(items: list[_Value] | tuple[_Value, ...]) -> bytes: ...
 def check_setting(name: str, value: object) -> _Value: ...

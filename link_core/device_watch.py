@@ -2,7 +2,8 @@
 
 Sans-I/O: callers pass times (``now_ms``, tick values) in. The server library
 (``server_apps``) uses it; the device-end rules (``ServerWatch``, ``mqtt_level``,
-``classify_down``, ``may_write``) are ``link_core.liveness``, kept apart so
+``classify_down``) are ``link_core.liveness`` (``may_write`` is
+``link_core.endpoint``), kept apart so
 that the ESP8266 bridge does not load this class into its RAM::
 
     d = DeviceWatch(timeout_ms)            # on the server: is the device there?

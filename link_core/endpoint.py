@@ -25,6 +25,10 @@ Receiver::
     r.sessions() -> [[session, expected], ...]
     r.buffered -> int
     r.snapshot() -> dict / r.restore(snap)
+
+``may_write(reachable, sender, qos, wait)``: write admission (3.1), for the
+ends that write lines (the Pyboard, the server library, the device double);
+here rather than in ``link_core.liveness``, which the ESP8266 bridge imports.
 """
 
 try:
@@ -71,6 +75,22 @@ def id_after(a, b):
     """True when message id ``a`` is after ``b``: (a - b) mod 65536 in 1..32767."""
     d = (a - b) & _MASK
     return 0 < d < _HALF
+
+
+def may_write(reachable, sender, qos, wait):
+    """True when a ``write(line, qos, wait)`` may start now (PROTOCOL.md 3.1).
+
+    ``reachable``: the peer application is reachable (the device's ``U``; on
+    the server: the device online and the broker connected). ``sender``: the
+    link_core ``Sender`` (``can_send()``: the window has room; ``idle()``:
+    nothing unacknowledged). A qos line needs window room; with ``wait`` also
+    no unacknowledged qos line. Every write waits while the peer is unreachable.
+    """
+    if not reachable:
+        return False
+    if not qos:
+        return True
+    return sender.can_send() and (not wait or sender.idle())
 
 
 class Sender:

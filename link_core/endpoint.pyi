@@ -12,6 +12,7 @@ MAX_SESSIONS: Final[int]
 BACKOFF_MAX: Final[int]
 
 def id_after(a: int, b: int) -> bool: ...
+def may_write(reachable: bool, sender: Sender, qos: bool, wait: bool) -> bool: ...
 
 class Sender:
     session: str

@@ -15,9 +15,10 @@ handshake. The board code moves blocks: it calls ``build_block()`` for the
 block it sends in an exchange and ``on_block()`` with the block it got.
 
 The ESP8266 bridge imports this module, and every function and class here
-costs it RAM even frozen (docs/FIRMWARE.md "Memory budget"): the block codec
-for tools and tests (``crc16``, ``encode_block``, ``decode_block``, ``Block``)
-and the Initiator's ``PollPolicy`` are in ``link_core.i2c_tools``.
+costs it RAM even frozen (docs/FIRMWARE.md "Memory budget"): the public flag
+names (``MORE`` ...), the block codec for tools and tests (``crc16``,
+``encode_block``, ``decode_block``, ``Block``) and the Initiator's
+``PollPolicy`` are in ``link_core.i2c_tools``.
 """
 
 try:
@@ -26,16 +27,22 @@ except ImportError:  # CPython
 
     def const(x):
         return x
+else:
+    # MicroPython's compiler folds every const() itself: the name would only
+    # cost the ESP8266 bridge a slot of this module's dict
+    del const
 
 
 from link_core.names import MAX_MESSAGE
 
-# Flags (byte 0)
-MORE = const(0x01)
-HOLD = const(0x02)
-SYNC = const(0x04)
-FRESH = const(0x08)
-VERSION = const(0x50)
+# Flags (byte 0), private: each public name costs the ESP8266 bridge a slot of
+# this module's dict. The public ones are link_core.i2c_tools' (the same values,
+# a test holds them equal).
+_MORE = const(0x01)
+_HOLD = const(0x02)
+_SYNC = const(0x04)
+_FRESH = const(0x08)
+_VERSION = const(0x50)
 _VERSION_MASK = const(0xF0)
 
 # Sizes (section 0)
@@ -115,7 +122,7 @@ def check_block(buf):
     length over ``CHUNK_MAX``, truncated, or CRC mismatch.
     """
     n = len(buf)
-    if n < 6 or buf[0] & _VERSION_MASK != VERSION:
+    if n < 6 or buf[0] & _VERSION_MASK != _VERSION:
         return -1
     ln = buf[3]
     if ln > CHUNK_MAX or n < ln + 6:
@@ -124,6 +131,43 @@ def check_block(buf):
     if _crc(buf, 0, e, 0xFFFF) != (buf[e] << 8) | buf[e + 1]:
         return -1
     return ln
+
+
+# LinkEndpoint's state, packed because every instance attribute costs the
+# ESP8266 a slot of the instance's dict (8 B; the table grows in steps of
+# 2 to 17 slots): ints in one list, indexed by these, and private flags in
+# one int. `synced`, `peer_fresh`, `peer_hold` and `syncs` stay attributes
+# (the boards read them); a property would cost more than the slot it saves.
+# Counters (link_core.i2c_tools.counters names them, in this order):
+_C_BLOCKS_OUT = const(0)
+_C_BLOCKS_OK = const(1)
+_C_BLOCKS_BAD = const(2)
+_C_BYTES_OUT = const(3)
+_C_BYTES_IN = const(4)
+_C_MESSAGES_OUT = const(5)
+_C_MESSAGES_IN = const(6)
+_C_TOO_LONG = const(7)
+_C_DROPPED = const(8)
+_C_PEER_REBOOTS = const(9)
+_C_RESETS = const(10)
+# Link state:
+_S_TX_SEQ = const(11)  # seq of the chunk being sent
+_S_TX_OFF = const(12)  # offset in the first queued message of that chunk
+_S_TAIL_SENDS = const(13)  # times the message's last chunk went out
+_S_LAST_ACC = const(14)  # seq of the last chunk accepted
+_S_ASM_LEN = const(15)  # bytes of the message being reassembled in _asm
+_S_TX_MAX = const(16)
+_S_RX_MAX = const(17)
+_N = const(18)
+# Flags (LinkEndpoint._f):
+_F_INITIATOR = const(0x01)
+_F_SYNC_REPLY = const(0x02)  # Responder: answer SYNC (the last good block had SYNC)
+_F_CHUNK_OUT = const(0x04)  # the current chunk went out, no ack for it yet
+_F_DISCARD = const(0x08)  # the message being received is too long: dropped
+_F_PEER_MORE = const(0x10)  # the peer's last good block had MORE
+_F_SENT = const(0x20)  # the last block built carried payload
+_F_MOVED = const(0x40)  # the last exchange carried payload either way
+_F_LINK = const(0x7C)  # the flags reset(True) clears
 
 
 class LinkEndpoint:
@@ -157,13 +201,14 @@ class LinkEndpoint:
     message restarts.)
 
     State: ``synced``, ``peer_fresh`` (Initiator: the last good block had
-    FRESH), ``peer_hold`` (the peer's last good block had HOLD), ``busy``
-    (poll fast), ``tx_pending``, ``rx_pending``, ``can_queue()``.
-    Counters: ``blocks_out``, ``blocks_ok``, ``blocks_bad``, ``bytes_out``
-    (payload bytes acknowledged by the peer), ``bytes_in`` (payload bytes
-    accepted), ``messages_out``, ``messages_in``, ``too_long``, ``dropped``,
-    ``syncs``, ``peer_reboots``, ``resets``; ``counters()`` returns them as a
-    dict.
+    FRESH), ``peer_hold`` (the peer's last good block had HOLD), ``syncs``,
+    ``busy`` (poll fast), ``tx_pending``, ``rx_pending``, ``can_queue()``.
+    ``link_core.i2c_tools.counters(ep)`` returns the counters as a dict
+    (a method would cost the bridge RAM, and it never reads them): ``blocks_out``,
+    ``blocks_ok``, ``blocks_bad``, ``bytes_out`` (payload bytes acknowledged
+    by the peer), ``bytes_in`` (payload bytes accepted), ``messages_out``,
+    ``messages_in``, ``too_long``, ``dropped``, ``syncs``, ``peer_reboots``,
+    ``resets``.
     """
 
     def __init__(self, role, tx_queue=_TX_QUEUE, rx_queue=_RX_QUEUE):
@@ -171,10 +216,10 @@ class LinkEndpoint:
             raise ValueError("role " + repr(role) + " is not 'initiator' or 'responder'")
         if tx_queue < 1 or rx_queue < 1:
             raise ValueError("queue bounds must be at least 1")
-        self.role = role
-        self._initiator = role == INITIATOR
-        self._tx_max = tx_queue
-        self._rx_max = rx_queue
+        self._f = _F_INITIATOR if role == INITIATOR else 0
+        n = self._n = [0] * _N
+        n[_S_TX_MAX] = tx_queue
+        n[_S_RX_MAX] = rx_queue
         self._txq = []
         self._rxq = []
         self._asm = bytearray(MAX_MESSAGE)
@@ -182,61 +227,42 @@ class LinkEndpoint:
         self.sync_message = None
         self.synced = False
         self.peer_fresh = False
-        self._sync_reply = False
-        self.blocks_out = 0
-        self.blocks_ok = 0
-        self.blocks_bad = 0
-        self.bytes_out = 0
-        self.bytes_in = 0
-        self.messages_out = 0
-        self.messages_in = 0
-        self.too_long = 0
-        self.dropped = 0
+        self.peer_hold = False
         self.syncs = 0
-        self.peer_reboots = 0
-        self.resets = 0
-        self._tail_sends = 0
-        self._reset_link()  # sets the per-link state below
+        self.reset(True)  # sets the per-link state
 
     # -- state -------------------------------------------------------------
 
-    def _reset_link(self):
-        """Link state back to 'just synchronised' (1.6 step 2)."""
-        if self._txq and self._tail_sends:
-            self._txq.pop(0)
-            self.dropped += 1
-        self._tx_seq = 1
-        self._tx_off = 0
-        self._chunk_out = False
-        self._tail_sends = 0
-        self._last_acc = 0
-        self._asm_len = 0
-        self._discard = False
-        self.peer_hold = False
-        self._peer_more = False
-        self._sent_payload = False
-        self._moved = False
-
-    def reset(self):
+    def reset(self, _link=False):
         """Forget the link state and go back to unsynchronised.
 
         Initiator: call after a reset pulse (or any failure of 1.2); it then
         sends SYNC blocks. Responder: back to answering FRESH. Whole queued
         and received messages are kept (see the class doc for the message
-        being sent).
+        being sent). ``_link=True`` (internal; one method fewer costs the
+        bridge less RAM): only the link state, back to 'just synchronised'
+        (1.6 step 2).
         """
-        self.synced = False
-        self.peer_fresh = False
-        self._sync_reply = False
-        self._reset_link()
-        self.resets += 1
-
-    def _started(self):
-        return self._tx_off > 0 or self._chunk_out
+        n = self._n
+        if not _link:
+            self.synced = False
+            self.peer_fresh = False
+            self._f &= ~_F_SYNC_REPLY
+            n[_C_RESETS] += 1
+        if self._txq and n[_S_TAIL_SENDS]:
+            self._txq.pop(0)
+            n[_C_DROPPED] += 1
+        n[_S_TX_SEQ] = 1
+        n[_S_TX_OFF] = 0
+        n[_S_TAIL_SENDS] = 0
+        n[_S_LAST_ACC] = 0
+        n[_S_ASM_LEN] = 0
+        self._f &= ~_F_LINK
+        self.peer_hold = False
 
     def can_queue(self):
         """True when ``queue_message`` would accept a message."""
-        return len(self._txq) < self._tx_max
+        return len(self._txq) < self._n[_S_TX_MAX]
 
     @property
     def tx_pending(self):
@@ -256,28 +282,9 @@ class LinkEndpoint:
         sent (and the peer is synced and not holding), or the peer's last
         block had MORE.
         """
-        return (
-            self._moved
-            or self._peer_more
-            or (self.synced and bool(self._txq) and not self.peer_hold)
+        return bool(self._f & (_F_MOVED | _F_PEER_MORE)) or (
+            self.synced and bool(self._txq) and not self.peer_hold
         )
-
-    def counters(self):
-        """The counters as a dict (for logs and ``status()``)."""
-        return {
-            "blocks_out": self.blocks_out,
-            "blocks_ok": self.blocks_ok,
-            "blocks_bad": self.blocks_bad,
-            "bytes_out": self.bytes_out,
-            "bytes_in": self.bytes_in,
-            "messages_out": self.messages_out,
-            "messages_in": self.messages_in,
-            "too_long": self.too_long,
-            "dropped": self.dropped,
-            "syncs": self.syncs,
-            "peer_reboots": self.peer_reboots,
-            "resets": self.resets,
-        }
 
     # -- messages ----------------------------------------------------------
 
@@ -293,14 +300,16 @@ class LinkEndpoint:
             raise ValueError(
                 "link message of " + str(n) + " bytes: must be 1 to MAX_MESSAGE = 1152"
             )
-        if len(self._txq) >= self._tx_max:
+        q = self._txq
+        if len(q) >= self._n[_S_TX_MAX]:
             return False
         if not isinstance(msg, bytes):
             msg = bytes(msg)
         if first:
-            self._txq.insert(1 if self._txq and self._started() else 0, msg)
+            started = self._n[_S_TX_OFF] > 0 or self._f & _F_CHUNK_OUT
+            q.insert(1 if q and started else 0, msg)
         else:
-            self._txq.append(msg)
+            q.append(msg)
         return True
 
     def pop_message(self):
@@ -308,19 +317,6 @@ class LinkEndpoint:
         if self._rxq:
             return self._rxq.pop(0)
         return None
-
-    def _queue_sync_message(self):
-        m = self.sync_message
-        if m is None:
-            return
-        q = self._txq
-        i = 0
-        while i < len(q):
-            if q[i] is m:
-                q.pop(i)
-            else:
-                i += 1
-        q.insert(0, m)
 
     # -- blocks ------------------------------------------------------------
 
@@ -344,37 +340,39 @@ class LinkEndpoint:
             if len(buf) < BLOCK_MAX:
                 raise ValueError("build_block buffer is shorter than BLOCK_MAX = 126")
             out = buf
-        flags = VERSION
-        if len(self._rxq) >= self._rx_max:
-            flags |= HOLD
+        st = self._n
+        f = self._f
+        flags = _VERSION
+        if len(self._rxq) >= st[_S_RX_MAX]:
+            flags |= _HOLD
         n = 0
         seq = 0
         if not self.synced:
-            flags |= SYNC if self._initiator else FRESH
-        elif self._sync_reply:
-            flags |= SYNC
+            flags |= _SYNC if f & _F_INITIATOR else _FRESH
+        elif f & _F_SYNC_REPLY:
+            flags |= _SYNC
         elif self._txq and not self.peer_hold:
             msg = self._txq[0]
-            off = self._tx_off
+            off = st[_S_TX_OFF]
             n = len(msg) - off
             if n > CHUNK_MAX:
                 n = CHUNK_MAX
-                flags |= MORE
+                flags |= _MORE
             else:
-                self._tail_sends += 1
-            seq = self._tx_seq
+                st[_S_TAIL_SENDS] += 1
+            seq = st[_S_TX_SEQ]
             out[HEADER : HEADER + n] = memoryview(msg)[off : off + n]
-            self._chunk_out = True
+            f |= _F_CHUNK_OUT
         out[0] = flags
         out[1] = seq
-        out[2] = self._last_acc
+        out[2] = st[_S_LAST_ACC]
         out[3] = n
         e = HEADER + n
         crc = _crc(out, 0, e, 0xFFFF)
         out[e] = crc >> 8
         out[e + 1] = crc & 0xFF
-        self._sent_payload = n > 0
-        self.blocks_out += 1
+        self._f = f | _F_SENT if n else f & ~_F_SENT
+        st[_C_BLOCKS_OUT] += 1
         if buf is None:
             return bytes(memoryview(out)[: e + 2])
         return e + 2
@@ -387,97 +385,113 @@ class LinkEndpoint:
         chunk is accepted if it is the next in sequence and the received
         queue has room; a completed message goes to ``pop_message``.
         MemoryError (no room for a completed message) leaves that chunk
-        unaccepted: the next ``build_block`` does not acknowledge it, the peer
-        sends it again; the rest of the block (its ack) has been taken.
+        unaccepted: the next
+        ``build_block`` does not acknowledge it, the peer sends it again; the
+        rest of the block (its ack) has been taken.
         """
         ln = check_block(data)
+        st = self._n
         if ln < 0:
-            self.blocks_bad += 1
+            st[_C_BLOCKS_BAD] += 1
             return False
-        self.blocks_ok += 1
+        st[_C_BLOCKS_OK] += 1
         flags = data[0]
-        if self._initiator:
+        if self._f & _F_INITIATOR:
             if not self.synced:
-                self.peer_fresh = bool(flags & FRESH)
-                if flags & SYNC:
+                self.peer_fresh = bool(flags & _FRESH)
+                if flags & _SYNC:
                     self.synced = True
                     self.peer_fresh = False
                     self.syncs += 1
-                    self.peer_hold = bool(flags & HOLD)
-                    self._queue_sync_message()
+                    self.peer_hold = bool(flags & _HOLD)
+                    m = self.sync_message
+                    if m is not None:  # ahead of everything, and only once
+                        q = self._txq
+                        i = 0
+                        while i < len(q):
+                            if q[i] is m:
+                                q.pop(i)
+                            else:
+                                i += 1
+                        q.insert(0, m)
                 return True
-            if flags & FRESH:
-                if self._tail_sends == 1:
+            if flags & _FRESH:
+                if st[_S_TAIL_SENDS] == 1:
                     # Its only copy went to this FRESH Responder, which
                     # accepts nothing: it cannot have arrived, keep it.
-                    self._tail_sends = 0
+                    st[_S_TAIL_SENDS] = 0
                 self.peer_fresh = True
-                self.peer_reboots += 1
+                st[_C_PEER_REBOOTS] += 1
                 self.synced = False
-                self._reset_link()
+                self.reset(True)
                 return True
-            if flags & SYNC:
+            if flags & _SYNC:
                 # A repeated answer to our last SYNC (our next block was
                 # corrupt at the Responder): no information in it.
                 return True
         else:
-            if flags & SYNC:
-                self._reset_link()
+            if flags & _SYNC:
+                self.reset(True)
                 self.synced = True
-                self._sync_reply = True
+                self._f |= _F_SYNC_REPLY
                 self.syncs += 1
-                self.peer_hold = bool(flags & HOLD)
+                self.peer_hold = bool(flags & _HOLD)
                 return True
             if not self.synced:
                 return True
-            self._sync_reply = False
-        self.peer_hold = bool(flags & HOLD)
-        self._peer_more = bool(flags & MORE) and ln > 0
-        self._moved = self._sent_payload or ln > 0
-        if self._chunk_out and data[2] == self._tx_seq:
-            self._advance()
-        if ln:
-            seq = data[1]
-            if seq == (self._last_acc + 1) & 0xFF and len(self._rxq) < self._rx_max:
-                self._accept(data, ln, seq, flags & MORE)
-        return True
-
-    def _advance(self):
-        msg = self._txq[0]
-        n = len(msg) - self._tx_off
-        if n > CHUNK_MAX:
-            n = CHUNK_MAX
-        self._tx_off += n
-        self.bytes_out += n
-        self._tx_seq = (self._tx_seq + 1) & 0xFF
-        self._chunk_out = False
-        if self._tx_off >= len(msg):
-            self._txq.pop(0)
-            self._tx_off = 0
-            self._tail_sends = 0
-            self.messages_out += 1
-
-    def _accept(self, data, ln, seq, more):
-        # Every allocation (the finished message, the queue's growth) comes
-        # BEFORE the chunk is committed: if one fails (MemoryError on a
-        # fragmented ESP8266 heap) the chunk stays unacknowledged and the peer
-        # sends it again, so nothing is lost. The caller counts the error.
-        a = self._asm_len
-        discard = self._discard or a + ln > MAX_MESSAGE
+        f = self._f & ~(_F_SYNC_REPLY | _F_PEER_MORE | _F_MOVED)
+        self.peer_hold = bool(flags & _HOLD)
+        if flags & _MORE and ln > 0:
+            f |= _F_PEER_MORE
+        if f & _F_SENT or ln > 0:
+            f |= _F_MOVED
+        if f & _F_CHUNK_OUT and data[2] == st[_S_TX_SEQ]:
+            # the chunk went through: on to the next, or the message is out
+            f &= ~_F_CHUNK_OUT
+            msg = self._txq[0]
+            off = st[_S_TX_OFF]
+            n = len(msg) - off
+            if n > CHUNK_MAX:
+                n = CHUNK_MAX
+            off += n
+            st[_C_BYTES_OUT] += n
+            st[_S_TX_SEQ] = (st[_S_TX_SEQ] + 1) & 0xFF
+            if off >= len(msg):
+                self._txq.pop(0)
+                off = 0
+                st[_S_TAIL_SENDS] = 0
+                st[_C_MESSAGES_OUT] += 1
+            st[_S_TX_OFF] = off
+        self._f = f
+        if not ln:
+            return True
+        seq = data[1]
+        if seq != (st[_S_LAST_ACC] + 1) & 0xFF or len(self._rxq) >= st[_S_RX_MAX]:
+            return True
+        # Accept the chunk (inline, as a method costs the bridge RAM). Every
+        # allocation (the finished message, the queue's growth) comes BEFORE
+        # the chunk is committed: if one fails (MemoryError on a fragmented
+        # ESP8266 heap) the chunk stays unacknowledged and the peer sends it
+        # again, so nothing is lost. The caller counts the error.
+        more = flags & _MORE
+        a = st[_S_ASM_LEN]
+        discard = f & _F_DISCARD or a + ln > MAX_MESSAGE
         if not discard:
             mv = data if isinstance(data, memoryview) else memoryview(data)
             self._asm[a : a + ln] = mv[HEADER : HEADER + ln]
-        if not more and not discard:
-            self._rxq.append(bytes(memoryview(self._asm)[: a + ln]))
-            self.messages_in += 1
-        self._last_acc = seq
-        self.bytes_in += ln
+            if not more:
+                self._rxq.append(bytes(memoryview(self._asm)[: a + ln]))
+                st[_C_MESSAGES_IN] += 1
+        st[_S_LAST_ACC] = seq
+        st[_C_BYTES_IN] += ln
         if more:
-            self._discard = discard
-            if not discard:
-                self._asm_len = a + ln
-            return
+            if discard:
+                self._f = f | _F_DISCARD
+            else:
+                st[_S_ASM_LEN] = a + ln
+            return True
         if discard:
-            self.too_long += 1
-        self._discard = False
-        self._asm_len = 0
+            st[_C_TOO_LONG] += 1
+        self._f = f & ~_F_DISCARD
+        st[_S_ASM_LEN] = 0
+        return True

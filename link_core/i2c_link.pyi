@@ -3,11 +3,6 @@ from typing import Final, overload
 
 _Buf = bytes | bytearray | memoryview
 
-MORE: Final[int]
-HOLD: Final[int]
-SYNC: Final[int]
-FRESH: Final[int]
-VERSION: Final[int]
 HEADER: Final[int]
 CHUNK_MAX: Final[int]
 BLOCK_MAX: Final[int]
@@ -19,23 +14,11 @@ RESPONDER: Final[str]
 
 def check_block(buf: _Buf) -> int: ...
 class LinkEndpoint:
-    role: str
     sync_message: bytes | None
     synced: bool
     peer_fresh: bool
     peer_hold: bool
-    frames_out: int
-    frames_ok: int
-    frames_bad: int
-    bytes_out: int
-    bytes_in: int
-    messages_out: int
-    messages_in: int
-    too_long: int
-    dropped: int
     syncs: int
-    peer_reboots: int
-    resets: int
     def __init__(self, role: str, tx_queue: int = ..., rx_queue: int = ...) -> None: ...
     def reset(self) -> None: ...
     def can_queue(self) -> bool: ...
@@ -45,7 +28,6 @@ class LinkEndpoint:
     def rx_pending(self) -> int: ...
     @property
     def busy(self) -> bool: ...
-    def counters(self) -> dict[str, int]: ...
     def queue_message(self, msg: _Buf, first: bool = False) -> bool: ...
     def pop_message(self) -> bytes | None: ...
     @overload

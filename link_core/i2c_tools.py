@@ -1,5 +1,6 @@
 """The I2C link's parts the ESP8266 bridge does not use (docs/PROTOCOL.md 1.3, 1.5).
 
+The flags ``MORE``, ``HOLD``, ``SYNC``, ``FRESH``, ``VERSION`` and
 ``crc16``, ``encode_block``, ``decode_block`` and ``Block``: the block codec
 for tools, tests and test vectors (the boards build and check blocks in
 place with ``link_core.i2c_link.LinkEndpoint``). ``PollPolicy``: when the
@@ -17,17 +18,15 @@ except ImportError:  # CPython
 
 
 from link_core.clock import ticks_diff
-from link_core.i2c_link import (
-    CHUNK_MAX,
-    FRESH,
-    HEADER,
-    HOLD,
-    MORE,
-    SYNC,
-    VERSION,
-    _crc,
-    check_block,
-)
+from link_core.i2c_link import CHUNK_MAX, HEADER, _crc, check_block
+
+# Block flags (byte 0): link_core.i2c_link keeps its own private (_MORE, ...),
+# as a public name costs the ESP8266 bridge RAM; a test holds them equal
+MORE = const(0x01)
+HOLD = const(0x02)
+SYNC = const(0x04)
+FRESH = const(0x08)
+VERSION = const(0x50)  # the version nibble, 0x5
 
 # The Initiator's side of the bus layout (section 1.1): its target memory
 MEM_SIZE = const(256)
@@ -43,6 +42,27 @@ RESET_PULSE_MS = const(200)
 BOOT_WAIT_MS = const(1000)
 SYNC_RETRY_MS = const(100)
 SYNC_TIMEOUT_MS = const(10000)
+
+
+# LinkEndpoint's counters in the order of its list (link_core.i2c_link's
+# private _C_BLOCKS_OUT ... _C_RESETS); `syncs` is an attribute of its own
+_COUNTERS = ("blocks_out", "blocks_ok", "blocks_bad", "bytes_out", "bytes_in", "messages_out",
+             "messages_in", "too_long", "dropped", "peer_reboots", "resets")
+
+
+def counters(ep):
+    """The counters of ``ep`` (a ``LinkEndpoint``) as a dict, for logs and tests.
+
+    Keys: ``blocks_out``, ``blocks_ok``, ``blocks_bad``, ``bytes_out`` (payload
+    bytes acknowledged by the peer), ``bytes_in`` (payload bytes accepted),
+    ``messages_out``, ``messages_in``, ``too_long``, ``dropped``, ``syncs``,
+    ``peer_reboots``, ``resets``. Here, not a method: the bridge never reads them.
+    """
+    n = ep._n
+    d = {"syncs": ep.syncs}
+    for i in range(len(_COUNTERS)):
+        d[_COUNTERS[i]] = n[i]
+    return d
 
 
 def crc16(data, crc=0xFFFF):

@@ -1,6 +1,13 @@
 # Types of link_core/i2c_tools.py for mypy; the .py stays MicroPython code without annotations.
 from typing import Final, overload
 
+from link_core.i2c_link import LinkEndpoint
+
+MORE: Final[int]
+HOLD: Final[int]
+SYNC: Final[int]
+FRESH: Final[int]
+VERSION: Final[int]
 MEM_SIZE: Final[int]
 ACTIVE_POLL_MS: Final[int]
 IDLE_POLL_MS: Final[int]
@@ -14,6 +21,7 @@ SYNC_TIMEOUT_MS: Final[int]
 
 _Buf = bytes | bytearray | memoryview
 
+def counters(ep: LinkEndpoint) -> dict[str, int]: ...
 def crc16(data: _Buf, crc: int = 0xFFFF) -> int: ...
 @overload
 def encode_block(flags: int, seq: int, ack: int, payload: _Buf = b"",

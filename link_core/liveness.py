@@ -1,4 +1,4 @@
-"""Liveness rules (docs/PROTOCOL.md 4.4): heartbeats, reachability, write admission, MQTT QoS.
+"""Liveness rules (docs/PROTOCOL.md 4.4): heartbeats, reachability, MQTT QoS.
 
 Sans-I/O: callers pass times (``now_ms``, tick values) and events in and act
 on the decisions returned. One module for the rules that the bridge
@@ -7,7 +7,6 @@ on the decisions returned. One module for the rules that the bridge
 
     mqtt_level(frame) -> 0 | 1             # MQTT QoS of an end-to-end frame (4.1)
     classify_down(payload) -> IS_HEARTBEAT | IS_DATA | IS_BAD   # strict, allocation free
-    may_write(reachable, sender, qos, wait) -> bool    # write admission (3.1)
 
     w = ServerWatch(timeout_ms)            # on the device end: is the server app there?
     w.connected(now) / w.disconnected()    # the broker connection came up / went down
@@ -18,9 +17,10 @@ on the decisions returned. One module for the rules that the bridge
     w.reachable(now) -> bool               # the bridge's U (True) / D (False)
     w.unanswered(now) -> bool              # True once per connection: no answer in 2 x timeout
 
-The server's view of a device (``DeviceWatch``) is ``link_core.device_watch``:
-the ESP8266 bridge imports this module, and every class and function here
-costs its RAM (function objects, class dicts), so the server-only rules are
+The server's view of a device (``DeviceWatch``) is ``link_core.device_watch``
+and write admission (``may_write``, 3.1) is ``link_core.endpoint``: the
+ESP8266 bridge imports this module, and every class and function here costs
+its RAM (function objects, class dicts), so the rules it does not apply are
 not loaded there.
 """
 
@@ -30,6 +30,10 @@ except ImportError:  # CPython
 
     def const(x):
         return x
+else:
+    # MicroPython's compiler folds every const() itself: the name would only
+    # cost the ESP8266 bridge a slot of this module's dict
+    del const
 
 
 from link_core.clock import ticks_add, ticks_diff
@@ -70,10 +74,6 @@ def mqtt_level(frame):
     return _LEVEL_Q if len(frame) and frame[0] == _Q else _LEVEL_OTHER
 
 
-def _hex(c):
-    return 48 <= c <= 57 or 97 <= c <= 102
-
-
 def classify_down(payload):
     """What a payload that arrived on ``down`` (or ``up``) is, without allocating.
 
@@ -95,25 +95,10 @@ def classify_down(payload):
     if (k != _Q and k != _U and k != _A) or n <= _SESSION_END or payload[1] != _BAR:
         return IS_BAD
     for i in range(2, _SESSION_END):
-        if not _hex(payload[i]):
+        c = payload[i]
+        if not (48 <= c <= 57 or 97 <= c <= 102):  # 0-9 a-f
             return IS_BAD
     return IS_DATA if payload[_SESSION_END] == _BAR else IS_BAD
-
-
-def may_write(reachable, sender, qos, wait):
-    """True when a ``write(line, qos, wait)`` may start now (PROTOCOL.md 3.1).
-
-    ``reachable``: the peer application is reachable (the device's ``U``; on
-    the server: the device online and the broker connected). ``sender``: the
-    link_core ``Sender`` (``can_send()``: the window has room; ``idle()``:
-    nothing unacknowledged). A qos line needs window room; with ``wait`` also
-    no unacknowledged qos line. Every write waits while the peer is unreachable.
-    """
-    if not reachable:
-        return False
-    if not qos:
-        return True
-    return sender.can_send() and (not wait or sender.idle())
 
 
 class ServerWatch:

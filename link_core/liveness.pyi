@@ -1,8 +1,6 @@
 # Types of link_core/liveness.py for mypy; the .py stays MicroPython code without annotations.
 from typing import Final
 
-from link_core.endpoint import Sender
-
 HEARTBEAT: Final[bytes]
 IS_BAD: Final[int]
 IS_HEARTBEAT: Final[int]
@@ -11,7 +9,6 @@ QOS_STATUS: Final[int]
 
 def mqtt_level(frame: bytes | bytearray | memoryview) -> int: ...
 def classify_down(payload: bytes | bytearray | memoryview) -> int: ...
-def may_write(reachable: bool, sender: Sender, qos: bool, wait: bool) -> bool: ...
 
 class ServerWatch:
     timeout_ms: int

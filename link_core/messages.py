@@ -1,21 +1,32 @@
 """Link messages, the Pyboard's and the tools' side (docs/PROTOCOL.md section 2).
 
 ``encode_config`` writes the ``C`` message the Pyboard sends; ``is_frame``,
-``decode_report`` and ``decode_text`` read what the bridge sends. The kinds,
+``decode_report`` and ``decode_text`` read what the bridge sends, as do the
+kinds ``KEEPALIVE``, ``SERVER_UP``, ``REPORT``, ``BAD_WIFI``. The other kinds,
 the rules (``check_config``) and the bridge's own encoders are
 ``link_core.control``; these are apart so that the ESP8266 bridge, which never
 calls them, does not hold them in RAM (docs/FIRMWARE.md "Memory budget").
 """
 
-from link_core.control import (
-    FRAME_KINDS,
-    REPORT,
-    _check_report,
-    _load_body,
-    check_config,
-    dump_list,
-)
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from link_core.control import _check_report, _load_body, check_config, dump_list
 from link_core.names import MAX_MESSAGE, _show, utf8_valid
+
+# The kinds only the Pyboard reads (the others are link_core.control's),
+# here so that the bridge does not hold their names. ESP8266 -> Pyboard:
+KEEPALIVE = const(0x4B)  # 'K' empty, every keepalive_ms (link_core/schema.py)
+SERVER_UP = const(0x55)  # 'U' empty, the server application is reachable
+REPORT = const(0x52)  # 'R' JSON [connects, report_no, mem_free, mem_errors]
+BAD_WIFI = const(0x57)  # 'W' empty, first WiFi connection after boot failed
+
+FRAME_KINDS = b"qua"  # q, u, a: end-to-end frames (link_core.control.QOS, UNRELIABLE, ACK)
 
 
 def is_frame(msg):

@@ -15,31 +15,28 @@ except ImportError:  # CPython
 
     def const(x):
         return x
+else:
+    # MicroPython's compiler folds every const() itself: the name would only
+    # cost the ESP8266 bridge a slot of this module's dict
+    del const
 
 
+# Every public name (and every non-const global) costs the ESP8266 bridge a
+# slot of this module's dict: the limits the rules name are private, the rule
+# texts are locals of their checks, LEAVES is link_core.topics'.
 MAX_LINE = const(1024)  # longest line, UTF-8 encoded, without its newline
 MAX_MESSAGE = const(1152)  # longest I2C link message (kind byte + body)
-CONN_ID_MAX = const(64)  # longest conn_id, in characters
-ROOT_MAX = const(128)  # longest topic root, in characters
-DEFAULT_ROOT = "pblink"
+_CONN_ID_MAX = const(64)  # longest conn_id, in characters
+_ROOT_MAX = const(128)  # longest topic root, in characters
 
 UP = "up"
 DOWN = "down"
 STATUS = "status"
 REPORT = "report"  # retained: the body of the bridge's last R report (PROTOCOL.md 2)
-LEAVES = (UP, DOWN, STATUS, REPORT)
 ONLINE = "online"  # retained payload of <root>/<conn_id>/status
 OFFLINE = "offline"
 
 _ALLOWED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
-_CONN_RULE = (
-    "a conn_id is 1 to 64 characters from A-Z a-z 0-9 _ - "
-    "so that it is one portable MQTT topic level"
-)
-_ROOT_RULE = (
-    "a topic root is 1 to 128 characters: levels of A-Z a-z 0-9 _ - "
-    "separated by single '/', no leading or trailing '/'"
-)
 
 
 def _show(value, limit=40):
@@ -57,14 +54,18 @@ def check_conn_id(conn_id):
     non-ASCII, longer than 64) raises ``ValueError`` naming the conn_id and
     the rule.
     """
+    rule = (
+        "a conn_id is 1 to 64 characters from A-Z a-z 0-9 _ - "
+        "so that it is one portable MQTT topic level"
+    )
     if not isinstance(conn_id, str):
-        raise ValueError("conn_id " + _show(conn_id) + " is not a str: " + _CONN_RULE)
+        raise ValueError("conn_id " + _show(conn_id) + " is not a str: " + rule)
     n = len(conn_id)
     if n == 0:
-        raise ValueError("conn_id '' is empty: " + _CONN_RULE)
-    if n > CONN_ID_MAX:
+        raise ValueError("conn_id '' is empty: " + rule)
+    if n > _CONN_ID_MAX:
         raise ValueError(
-            "conn_id " + _show(conn_id, 80) + " is " + str(n) + " characters long: " + _CONN_RULE
+            "conn_id " + _show(conn_id, 80) + " is " + str(n) + " characters long: " + rule
         )
     i = 0
     for c in conn_id:
@@ -77,7 +78,7 @@ def check_conn_id(conn_id):
                 + " at position "
                 + str(i)
                 + ": "
-                + _CONN_RULE
+                + rule
             )
         i += 1
     return conn_id
@@ -89,17 +90,21 @@ def check_root(root):
     Levels of ``A-Z a-z 0-9 _ -`` separated by single ``/``; 1 to 128
     characters. Otherwise ``ValueError`` naming the root and the rule.
     """
+    rule = (
+        "a topic root is 1 to 128 characters: levels of A-Z a-z 0-9 _ - "
+        "separated by single '/', no leading or trailing '/'"
+    )
     if not isinstance(root, str):
-        raise ValueError("topic root " + _show(root) + " is not a str: " + _ROOT_RULE)
-    if not root or len(root) > ROOT_MAX:
-        raise ValueError("topic root " + _show(root, 140) + " has a bad length: " + _ROOT_RULE)
+        raise ValueError("topic root " + _show(root) + " is not a str: " + rule)
+    if not root or len(root) > _ROOT_MAX:
+        raise ValueError("topic root " + _show(root, 140) + " has a bad length: " + rule)
     prev = "/"
     i = 0
     for c in root:
         if c == "/":
             if prev == "/":
                 raise ValueError(
-                    "topic root " + _show(root, 140) + " has an empty level: " + _ROOT_RULE
+                    "topic root " + _show(root, 140) + " has an empty level: " + rule
                 )
         elif c not in _ALLOWED:
             raise ValueError(
@@ -110,12 +115,12 @@ def check_root(root):
                 + " at position "
                 + str(i)
                 + ": "
-                + _ROOT_RULE
+                + rule
             )
         prev = c
         i += 1
     if prev == "/":
-        raise ValueError("topic root " + _show(root, 140) + " ends with '/': " + _ROOT_RULE)
+        raise ValueError("topic root " + _show(root, 140) + " ends with '/': " + rule)
     return root
 
 

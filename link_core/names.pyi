@@ -3,14 +3,10 @@ from typing import Final
 
 MAX_LINE: Final[int]
 MAX_MESSAGE: Final[int]
-CONN_ID_MAX: Final[int]
-ROOT_MAX: Final[int]
-DEFAULT_ROOT: Final[str]
 UP: Final[str]
 DOWN: Final[str]
 STATUS: Final[str]
 REPORT: Final[str]
-LEAVES: Final[tuple[str, str, str, str]]
 ONLINE: Final[str]
 OFFLINE: Final[str]
 

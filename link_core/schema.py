@@ -47,6 +47,10 @@ except ImportError:  # CPython
 
     def const(x):
         return x
+else:
+    # MicroPython's compiler folds every const() itself: the name would only
+    # cost the ESP8266 bridge a slot of this module's dict
+    del const
 
 
 COLUMNS = const(6)  # name, type, default, low, high, use

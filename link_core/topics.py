@@ -7,7 +7,9 @@ ESP8266 bridge, which only publishes and subscribes its own topics, does not
 hold these functions in RAM (docs/FIRMWARE.md "Memory budget").
 """
 
-from link_core.names import LEAVES, _show, check_conn_id, check_root
+from link_core.names import DOWN, REPORT, STATUS, UP, _show, check_conn_id, check_root
+
+LEAVES = (UP, DOWN, STATUS, REPORT)  # the leaves of a device's topics
 
 
 def wildcard(root, leaf):

@@ -12,9 +12,10 @@ from link_core import clock
 
 
 def now_ms() -> int:
-    """Milliseconds in link_core's tick domain, [0, ``clock.TICKS_MAX``].
+    """Milliseconds in link_core's tick domain, [0, 2**30 - 1].
 
     ``time.monotonic()`` folded into the wrapping domain of link_core/clock.py:
     compare two values with ``clock.ticks_diff`` only, never with ``-``.
     """
-    return int(time.monotonic() * 1000) & clock.TICKS_MAX
+    # ticks_add folds a plain int into the domain (clock keeps its period private)
+    return clock.ticks_add(int(time.monotonic() * 1000), 0)

@@ -30,7 +30,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final, Protocol
 
-from link_core import clock, endpoint, frames, lines, liveness, names
+from link_core import clock, endpoint, frames, lines, names
 from link_core.device_watch import DeviceWatch
 from server_apps.clock import now_ms
 from server_apps.errors import LinkClosedError
@@ -275,7 +275,7 @@ class Connection(LineQueue):
         self._check_open()
         async with self._write_lock:
             await self._wait_until(
-                lambda: liveness.may_write(self._reachable(), self._sender, qos, wait)
+                lambda: endpoint.may_write(self._reachable(), self._sender, qos, wait)
             )
             if qos:
                 self._host.publish(self.down_topic, self._sender.send(text, now_ms()))

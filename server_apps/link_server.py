@@ -65,8 +65,9 @@ frame arrives on its ``up`` topic, and offline on status ``offline``, after
 ``2 * timeout_ms`` of silence, or when the broker connection is lost. Every
 ``h`` from a claimed conn_id is answered with ``h`` on its ``down`` topic, at
 most one per ``timeout_ms / 4``: a backlog of stale heartbeats delivered at
-once after an outage gets one answer. The rules are ``link_core.liveness``
-(``DeviceWatch``, ``mqtt_level``, ``may_write``), shared with the devices.
+once after an outage gets one answer. The rules are ``link_core.liveness``,
+``link_core.device_watch`` and ``link_core.endpoint`` (``DeviceWatch``,
+``mqtt_level``, ``may_write``), shared with the devices.
 
 Frames for a conn_id no one has asked for with ``connection()`` are neither
 acknowledged nor answered, heartbeats included: the bridge then reports the

@@ -23,8 +23,7 @@ import sys
 
 import machine
 import sim_pyboard
-from link_core.i2c_link import FRESH, SYNC
-from link_core.i2c_tools import decode_block, encode_block
+from link_core.i2c_tools import FRESH, SYNC, counters, decode_block, encode_block
 from bridge import Responder
 
 scen = sys.argv[1]
@@ -107,10 +106,11 @@ def transfer():
         ini.step()
     print("UP", got_up[0][:1], got_up[1:] == up, len(got_up))
     print("DOWN", got_down == down, len(got_down))
-    il = ini.link
-    rl = resp.link
+    ic = counters(ini.link)
+    rc = counters(resp.link)
     print("COUNTS bad_at_esp=%d bad_at_pb=%d bus_errors=%d fails=%d too_long=%d"
-          % (rl.blocks_bad, il.blocks_bad, resp.bus_errors, ini.fails, rl.too_long + il.too_long))
+          % (rc["blocks_bad"], ic["blocks_bad"], resp.bus_errors, ini.fails,
+             rc["too_long"] + ic["too_long"]))
 
 
 def hold():

@@ -3,7 +3,10 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from link_core.clock import TICKS_MAX, TICKS_PERIOD, ticks_add, ticks_diff
+from link_core.clock import ticks_add, ticks_diff
+
+TICKS_MAX = 2**30 - 1  # MicroPython ticks wrap at 2**30 (link_core.clock)
+TICKS_PERIOD = 2**30
 
 ticks = st.integers(0, TICKS_MAX)
 deltas = st.integers(-(2**29) + 1, 2**29 - 1)

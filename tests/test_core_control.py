@@ -15,12 +15,13 @@ CFG = ["pyb1", 1883, "192.168.1.10", 1500, 60, "myssid", "mypass"]
 
 def test_kinds():
     assert bytes([C.CONFIG, C.QOS, C.UNRELIABLE, C.ACK]) == b"Cqua"
-    assert bytes([C.KEEPALIVE, C.SERVER_UP, C.SERVER_DOWN, C.REPORT]) == b"KUDR"
-    assert bytes([C.BAD_WIFI, C.BAD_BROKER, C.ERROR]) == b"WBE"
-    assert C.MSG_KEEPALIVE[0] == C.KEEPALIVE and C.MSG_SERVER_UP[0] == C.SERVER_UP
-    assert C.MSG_SERVER_DOWN[0] == C.SERVER_DOWN and C.MSG_BAD_WIFI[0] == C.BAD_WIFI
+    assert bytes([M.KEEPALIVE, M.SERVER_UP, C.SERVER_DOWN, M.REPORT]) == b"KUDR"
+    assert bytes([M.BAD_WIFI, C.BAD_BROKER, C.ERROR]) == b"WBE"
+    assert C.MSG_KEEPALIVE[0] == M.KEEPALIVE and C.MSG_SERVER_UP[0] == M.SERVER_UP
+    assert C.MSG_SERVER_DOWN[0] == C.SERVER_DOWN and C.MSG_BAD_WIFI[0] == M.BAD_WIFI
     assert M.is_frame(b"q|x") and M.is_frame(b"a|x") and not M.is_frame(b"K")
     assert not M.is_frame(b"")
+    assert M.FRAME_KINDS == bytes([C.QOS, C.UNRELIABLE, C.ACK])
     assert names.MAX_MESSAGE == 1152 and i2c_link.MAX_MESSAGE == names.MAX_MESSAGE
 
 
@@ -152,7 +153,7 @@ def test_text_messages():
     assert len(long) <= names.MAX_MESSAGE and long[0] == C.ERROR
     assert M.decode_text(long) == "é" * ((names.MAX_MESSAGE - 1) // 2)
     with pytest.raises(ValueError, match="kind"):
-        C.encode_text(C.REPORT, "x")
+        C.encode_text(M.REPORT, "x")
     with pytest.raises(ValueError, match="not a str"):
         C.encode_text(C.ERROR, b"x")
     with pytest.raises(ValueError, match="UTF-8"):

@@ -9,8 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from link_core import frames
-from link_core.clock import TICKS_MAX, ticks_add, ticks_diff
+from link_core.clock import ticks_add, ticks_diff
 from link_core.endpoint import MAX_SESSIONS, Receiver, Sender, id_after
+
+TICKS_MAX = 2**30 - 1  # MicroPython ticks wrap at 2**30 (link_core.clock)
 
 SA = "3fa2c901"
 SB = "0badcafe"

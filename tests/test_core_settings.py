@@ -82,8 +82,8 @@ def test_table_is_well_formed() -> None:
             f"schema.ORDERED pair ({low}, {high}) names a setting the table lacks")
         assert settings.BY_NAME[low].default <= settings.BY_NAME[high].default, (
             f"schema.ORDERED: the default of {high} is below the default of {low}")
-    assert settings.BY_NAME["conn_id"].high == names.CONN_ID_MAX, "conn_id: not names.CONN_ID_MAX"
-    assert settings.BY_NAME["topic_root"].high == names.ROOT_MAX, "topic_root: not names.ROOT_MAX"
+    assert settings.BY_NAME["conn_id"].high == names._CONN_ID_MAX, "conn_id: not names._CONN_ID_MAX"
+    assert settings.BY_NAME["topic_root"].high == names._ROOT_MAX, "topic_root: not names._ROOT_MAX"
 
 
 # (bridge_tuning, its one-line error): each key is checked by its "bridge" row

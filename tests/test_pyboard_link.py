@@ -63,6 +63,7 @@ import pyb
 from link_core import control, frames, messages
 from link_core.endpoint import Receiver, Sender
 from link_core.i2c_link import RESPONDER, LinkEndpoint
+from link_core.i2c_tools import counters
 from pb_link.app_base import AppBase
 
 
@@ -569,7 +570,7 @@ async def main():
     kinds = [f[:1].decode() for f in esp.up_frames]
     ids = [int(f.split(b"|")[2]) for f in esp.up_frames if f[:1] == b"q"]
     pbt.result({"up": esp.up, "calls": app.calls, "pulses": esp.pulses, "ids": ids,
-                "u_frames": kinds.count("u"), "peer_reboots": app._ep.peer_reboots,
+                "u_frames": kinds.count("u"), "peer_reboots": pbt.counters(app._ep)["peer_reboots"],
                 "configs": len(esp.configs)})
     app.close(); esp.stop()
 
@@ -696,8 +697,10 @@ async def main():
         await app.write("u%d %s" % (i, "\u00e9" * (i * 9)), wait=(i % 4 == 0))
     await pbt.until(lambda: len(got) == N and len(esp.up) == N, 12000, "traffic")
     esp.corrupt_every = 0
-    pbt.result({"got": got, "up": [l.split(" ")[0] for l in esp.up], "bad": app._ep.blocks_bad,
-                "esp_bad": esp.ep.blocks_bad, "pulses": esp.pulses, "errors": esp.errors})
+    pbt.result({"got": got, "up": [l.split(" ")[0] for l in esp.up],
+                "bad": pbt.counters(app._ep)["blocks_bad"],
+                "esp_bad": pbt.counters(esp.ep)["blocks_bad"],
+                "pulses": esp.pulses, "errors": esp.errors})
     app.close(); esp.stop()
 
 pbt.run(main())

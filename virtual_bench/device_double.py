@@ -251,7 +251,7 @@ class DeviceDouble(LineQueue):
         text = lines.check_line(line)
         gen = self._generation
         async with self._write_lock:
-            while not liveness.may_write(self._server_ok, self._sender, qos, wait):
+            while not endpoint.may_write(self._server_ok, self._sender, qos, wait):
                 await self._changed_wait(gen)
             if qos:
                 self._publish(self._sender.send(text, now_ms()))

@@ -20,10 +20,9 @@ from time import ticks_diff, ticks_ms
 from micropython import const
 
 from link_core import control, frames, messages
-from link_core.endpoint import Receiver, Sender
+from link_core.endpoint import Receiver, Sender, may_write
 from link_core.i2c_link import INITIATOR, LinkEndpoint
 from link_core.i2c_tools import SYNC_RETRY_MS, PollPolicy
-from link_core.liveness import may_write
 from link_core.lines import line_bytes
 from link_core.names import check_conn_id
 from pb_link.ports import make_port
@@ -340,9 +339,9 @@ class AppBase:
         k = m[0]
         if messages.is_frame(m):
             self._on_frame(m)
-        elif k == control.KEEPALIVE:
+        elif k == messages.KEEPALIVE:
             self._last_k = now
-        elif k == control.SERVER_UP:
+        elif k == messages.SERVER_UP:
             self._set_up(True)
         elif k == control.SERVER_DOWN:
             self._set_up(False)
@@ -355,14 +354,14 @@ class AppBase:
                 if not self._down_told:
                     self._down_told = True
                     self._spawn(self.server_ok(False))
-        elif k == control.REPORT:
+        elif k == messages.REPORT:
             try:
                 rep = messages.decode_report(m)
             except ValueError as e:
                 self._log("bad report", e)
             else:
                 self._spawn(self.report(rep))
-        elif k == control.BAD_WIFI:
+        elif k == messages.BAD_WIFI:
             if not self._started and not self._told & 1:
                 self._told |= 1
                 self._spawn(self.bad_wifi(), True)

@@ -54,14 +54,15 @@ def run(v):
         check(name + " encode into", tohex(buf[:n]) == t["frame_hex"], n)
         f = i2c_tools.decode_block(memoryview(unhex(t["frame_hex"])))
         ok = f is not None and f.seq == t["seq"] and f.ack == t["ack"] and f.payload == payload
-        ok = ok and f.flags == i2c_link.VERSION | t["flags"]
+        ok = ok and f.flags == i2c_tools.VERSION | t["flags"]
         check(name + " decode", ok, f)
 
     for t in v["i2c_corrupt"]:
         data = unhex(t["frame_hex"])
         check("corrupt " + t["name"], i2c_tools.decode_block(data) is None)
         ep = i2c_link.LinkEndpoint(i2c_link.RESPONDER)
-        check("corrupt endpoint " + t["name"], ep.on_block(data) is False and ep.blocks_bad == 1)
+        check("corrupt endpoint " + t["name"],
+              ep.on_block(data) is False and i2c_tools.counters(ep)["blocks_bad"] == 1)
 
     for t in v["i2c_trailing"]:
         f = i2c_tools.decode_block(bytearray(unhex(t["buf_hex"])))

@@ -13,7 +13,7 @@ import time
 
 import machine
 from link_core.i2c_link import BLOCK_MAX, INITIATOR, LinkEndpoint
-from link_core.i2c_tools import PollPolicy
+from link_core.i2c_tools import PollPolicy, counters
 
 
 class Initiator:
@@ -194,7 +194,7 @@ def main():
                            bridge_peak, own_fixed, own_peak, ini.mem_errors,
                            machine.SIM_TASK[0])
                     )
-                    print("PB COUNTERS %s" % json.dumps(link.counters()))
+                    print("PB COUNTERS %s" % json.dumps(counters(link)))
                     import micropython
 
                     micropython.mem_info()
