@@ -28,8 +28,9 @@ else:
     del const
 
 
-from link_core.names import MAX_MESSAGE, _show, check_conn_id, check_root, utf8_valid
-from link_core.schema import COLUMNS, CONFIG_ENTRIES, ORDERED, SETTINGS
+# modules, not names: each imported name would cost the bridge a slot of this
+# module's dict
+from link_core import names, schema
 
 # The kinds the bridge compares or encodes; the others, which only the
 # Pyboard reads (K, U, R, W), are link_core.messages'. Each public name here
@@ -66,9 +67,17 @@ _COL_USE = const(5)
 # -- JSON ---------------------------------------------------------------------
 
 
-def _json_str(s):
+def _json_scalar(v):
+    # one function for str, int and bool: each function costs the bridge RAM
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if not isinstance(v, str):
+        raise ValueError("cannot encode " + names._show(v)
+                         + ": only str, int, bool and a flat dict")
     out = ['"']
-    for c in s:
+    for c in v:
         if c == '"':
             out.append('\\"')
         elif c == "\\":
@@ -93,14 +102,6 @@ def _json_str(s):
     return "".join(out)
 
 
-def _json_scalar(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        return _json_str(v)
-    raise ValueError("cannot encode " + _show(v) + ": only str, int, bool and a flat dict")
 
 
 def dump_list(items):
@@ -116,11 +117,11 @@ def dump_list(items):
             keys = []
             for k in v:
                 if not isinstance(k, str):
-                    raise ValueError("cannot encode dict key " + _show(k) + ": not a str")
+                    raise ValueError("cannot encode dict key " + names._show(k) + ": not a str")
                 keys.append(k)
             keys.sort()
             parts.append(
-                "{" + ",".join([_json_str(k) + ":" + _json_scalar(v[k]) for k in keys]) + "}"
+                "{" + ",".join([_json_scalar(k) + ":" + _json_scalar(v[k]) for k in keys]) + "}"
             )
         else:
             parts.append(_json_scalar(v))
@@ -132,8 +133,8 @@ def _load_body(msg, kind, name):
     data = bytes(msg)
     if data and data[0] == kind:
         data = data[1:]
-    if not utf8_valid(data):
-        raise ValueError(name + " message " + _show(data) + " is not valid UTF-8")
+    if not names.utf8_valid(data):
+        raise ValueError(name + " message " + names._show(data) + " is not valid UTF-8")
     import json  # here, not at the top: a module global costs the bridge a dict slot
 
     obj = None
@@ -142,7 +143,7 @@ def _load_body(msg, kind, name):
     except ValueError:
         pass
     if not isinstance(obj, list):
-        raise ValueError(name + " message " + _show(data) + " is not a JSON list")
+        raise ValueError(name + " message " + names._show(data) + " is not a JSON list")
     return obj
 
 
@@ -151,48 +152,50 @@ def _load_body(msg, kind, name):
 
 def _check(k, v):
     """``v`` if it obeys the row at ``SETTINGS[k]`` (link_core.schema), else its ValueError."""
-    name = SETTINGS[k]
-    kind = SETTINGS[k + _COL_TYPE]
-    lo = SETTINGS[k + _COL_LOW]
-    hi = SETTINGS[k + _COL_HIGH]
+    name = schema.SETTINGS[k]
+    kind = schema.SETTINGS[k + _COL_TYPE]
+    lo = schema.SETTINGS[k + _COL_LOW]
+    hi = schema.SETTINGS[k + _COL_HIGH]
     if kind == "int":
         if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
             return v
-        raise ValueError(name + " " + _show(v) + " is not an int from " + str(lo) + " to "
+        raise ValueError(name + " " + names._show(v) + " is not an int from " + str(lo) + " to "
                          + str(hi))
     if kind == "id":
-        return check_conn_id(v)
+        return names.check_conn_id(v)
     if kind == "root":
-        return check_root(v)
+        return names.check_root(v)
     if kind == "bool":
         if isinstance(v, bool):
             return v
-        raise ValueError(name + " " + _show(v) + " is not a bool (True or False)")
+        raise ValueError(name + " " + names._show(v) + " is not a bool (True or False)")
     if kind == "choice":
         if isinstance(v, str) and v in lo:
             return v
-        raise ValueError(name + " " + _show(v) + " is not one of " + ", ".join(lo))
+        raise ValueError(name + " " + names._show(v) + " is not one of " + ", ".join(lo))
     if kind == "dict":
         if not isinstance(v, dict):
-            raise ValueError(name + " " + _show(v) + " is not a dict (a JSON object)")
+            raise ValueError(name + " " + names._show(v) + " is not a dict (a JSON object)")
         for key in v:
             if not isinstance(key, str):
-                raise ValueError(name + " key " + _show(key) + " is not a str")
+                raise ValueError(name + " key " + names._show(key) + " is not a str")
             if lo is not None:  # the keys are the rows whose use is lo
                 r = _row(key)
-                if r < 0 or SETTINGS[r + _COL_USE] != lo:
-                    raise ValueError(name + " key " + _show(key) + " is not one of " + ", ".join(
-                        [SETTINGS[j] for j in range(0, len(SETTINGS), COLUMNS)
-                         if SETTINGS[j + _COL_USE] == lo]))
+                if r < 0 or schema.SETTINGS[r + _COL_USE] != lo:
+                    rows = schema.SETTINGS
+                    ok = [rows[j] for j in range(0, len(rows), schema.COLUMNS)
+                          if rows[j + _COL_USE] == lo]
+                    raise ValueError(name + " key " + names._show(key) + " is not one of "
+                                     + ", ".join(ok))
                 _check(r, v[key])
         if lo is not None:
             _ordered(v)
         return v
     if not isinstance(v, str):  # "str" and "host"
-        raise ValueError(name + " " + _show(v) + " is not a str")
+        raise ValueError(name + " " + names._show(v) + " is not a str")
     n = len(v.encode("utf-8"))
     if n < lo or n > hi:
-        raise ValueError(name + " " + _show(v) + " must be " + str(lo) + " to " + str(hi)
+        raise ValueError(name + " " + names._show(v) + " must be " + str(lo) + " to " + str(hi)
                          + " bytes")
     if kind == "host":
         # no space, '/' or ':' (a scheme, path or port), but in an IPv6 address (hex, 2+ ':',
@@ -208,15 +211,15 @@ def _check(k, v):
             elif c not in "0123456789abcdefABCDEF.":
                 hex_only = False
         if not ok or (colons and not (hex_only and colons >= 2)):
-            raise ValueError(name + " " + _show(v) + " is not a host name or IP address (no "
+            raise ValueError(name + " " + names._show(v) + " is not a host name or IP address (no "
                              "scheme, port or path: the port is a setting of its own)")
     return v
 
 
 def _row(name):
     """The index of setting ``name``'s row in ``SETTINGS`` (its first cell), -1 if none."""
-    for k in range(0, len(SETTINGS), COLUMNS):
-        if SETTINGS[k] == name:
+    for k in range(0, len(schema.SETTINGS), schema.COLUMNS):
+        if schema.SETTINGS[k] == name:
             return k
     return -1
 
@@ -224,14 +227,15 @@ def _row(name):
 def _ordered(values):
     """The rules across rows (link_core.schema.ORDERED) over the dict ``values``; a row
     it lacks counts with its default."""
-    for j in range(0, len(ORDERED), 2):
-        a = ORDERED[j]
-        b = ORDERED[j + 1]
+    for j in range(0, len(schema.ORDERED), 2):
+        a = schema.ORDERED[j]
+        b = schema.ORDERED[j + 1]
         if a in values or b in values:
-            va = values.get(a, SETTINGS[_row(a) + _COL_DEFAULT])
-            vb = values.get(b, SETTINGS[_row(b) + _COL_DEFAULT])
+            va = values.get(a, schema.SETTINGS[_row(a) + _COL_DEFAULT])
+            vb = values.get(b, schema.SETTINGS[_row(b) + _COL_DEFAULT])
             if vb < va:
-                raise ValueError(b + " " + _show(vb) + " is below " + a + " " + _show(va))
+                show = names._show
+                raise ValueError(b + " " + show(vb) + " is below " + a + " " + show(va))
 
 
 def group(use, given, out=None):
@@ -244,10 +248,10 @@ def group(use, given, out=None):
     ``given`` are not looked at. ``ValueError`` with the row's one-line text for
     a bad value, or for a rule across rows (``link_core.schema.ORDERED``)."""
     t = {}
-    for k in range(0, len(SETTINGS), COLUMNS):
-        if SETTINGS[k + _COL_USE] == use:
-            name = SETTINGS[k]
-            v = t[name] = _check(k, given.get(name, SETTINGS[k + _COL_DEFAULT]))
+    for k in range(0, len(schema.SETTINGS), schema.COLUMNS):
+        if schema.SETTINGS[k + _COL_USE] == use:
+            name = schema.SETTINGS[k]
+            v = t[name] = _check(k, given.get(name, schema.SETTINGS[k + _COL_DEFAULT]))
             if out is not None:
                 out.append(v)
     _ordered(t)
@@ -267,7 +271,7 @@ def check_setting(name, value):
     k = _row(name)
     if k >= 0:
         return _check(k, value)
-    raise ValueError("no setting " + _show(name) + " (link_core/schema.py)")
+    raise ValueError("no setting " + names._show(name) + " (link_core/schema.py)")
 
 
 def check_login(user, password):
@@ -292,15 +296,16 @@ def check_config(cfg):
     obeys its row (``check_setting``) and ``check_login(mqtt_user,
     mqtt_password)``. ``ValueError`` naming the field otherwise.
     """
-    if not isinstance(cfg, (list, tuple)) or not _REQUIRED <= len(cfg) <= CONFIG_ENTRIES:
-        raise ValueError("config " + _show(cfg) + " is not a list of 4 to 12 entries: "
-                         + ", ".join([SETTINGS[k] for k in range(0, CONFIG_ENTRIES * COLUMNS,
-                                                                COLUMNS)]))
+    if not isinstance(cfg, (list, tuple)) or not _REQUIRED <= len(cfg) <= schema.CONFIG_ENTRIES:
+        raise ValueError("config " + names._show(cfg) + " is not a list of 4 to 12 entries: "
+                         + ", ".join([schema.SETTINGS[k] for k in range(
+                             0, schema.CONFIG_ENTRIES * schema.COLUMNS, schema.COLUMNS)]))
     c = list(cfg)
-    while len(c) < CONFIG_ENTRIES - 1:
-        c.append(0 if len(c) == _REPORT_S else SETTINGS[len(c) * COLUMNS + _COL_DEFAULT])
+    while len(c) < schema.CONFIG_ENTRIES - 1:
+        c.append(0 if len(c) == _REPORT_S
+                 else schema.SETTINGS[len(c) * schema.COLUMNS + _COL_DEFAULT])
     for i in range(len(c)):
-        _check(i * COLUMNS, c[i])
+        _check(i * schema.COLUMNS, c[i])
     check_login(c[_MQTT_USER], c[_MQTT_PASSWORD])
     return c
 
@@ -320,11 +325,11 @@ def decode_config(msg):
 def _check_report(rep):
     if not isinstance(rep, (list, tuple)) or not 3 <= len(rep) <= 4:
         raise ValueError(
-            "report " + _show(rep) + " is not [connects, report_no, mem_free(, mem_errors)]"
+            "report " + names._show(rep) + " is not [connects, report_no, mem_free(, mem_errors)]"
         )
     for v in rep:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError("report " + _show(rep) + " entries must be ints >= 0")
+            raise ValueError("report " + names._show(rep) + " entries must be ints >= 0")
     return list(rep)
 
 
@@ -346,12 +351,12 @@ def encode_text(kind, text):
     The cut never splits a character.
     """
     if kind != BAD_BROKER and kind != ERROR and kind != SERVER_DOWN:
-        raise ValueError("kind " + _show(kind) + " is not BAD_BROKER ('B'), ERROR ('E') or "
+        raise ValueError("kind " + names._show(kind) + " is not BAD_BROKER ('B'), ERROR ('E') or "
                          "SERVER_DOWN ('D')")
     if not isinstance(text, str):
-        raise ValueError("text " + _show(text) + " is not a str")
+        raise ValueError("text " + names._show(text) + " is not a str")
     data = text.encode("utf-8")
-    n = MAX_MESSAGE - 1
+    n = names.MAX_MESSAGE - 1
     if len(data) > n:
         while n > 0 and data[n] & 0xC0 == 0x80:
             n -= 1
