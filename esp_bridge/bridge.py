@@ -281,7 +281,9 @@ class Bridge:
         self._report_msg = None  # the last R message not yet published on MQTT
         # when _tick runs next: it steps by _TICK_MS, so it / _TICK_MS numbers
         # the ticks ('K' and 'R' go out every so many)
-        self._next_tick = time.ticks_ms()
+        # the next tick: [its ticks_ms, its number] (one list: an attribute
+        # more would grow this object's dict by a step)
+        self._tk = [time.ticks_ms(), 0]
         self.connects = 0
         self.report_no = 0
         self.mem_errors = 0  # MemoryErrors caught here (the 'R' report sums them with the others)
@@ -404,26 +406,33 @@ class Bridge:
             mq.release()
 
     def _tick(self, now) -> None:
-        t = self._next_tick
+        tk = self._tk
+        t = tk[0]
         if time.ticks_diff(now, t) < 0:
             return
-        # every _TICK_MS on average, so that the tick numbers keep time; after a
-        # long turn (a blocking connect or disconnect) not a burst to catch up
-        # but the next tick from now, and a 'K' at once (the numbers skip some:
-        # an 'R' may come a period late; so may one at the wrap of ticks_ms,
-        # every 12 days on the ESP8266)
+        # every _TICK_MS on average; after a long turn (a blocking connect or
+        # disconnect) not a burst to catch up but the next tick from now, and
+        # a 'K' at once (an 'R' then comes that much later)
         t = time.ticks_add(t, _TICK_MS)
         late = time.ticks_diff(t, now) <= 0
         if late:
             t = time.ticks_add(now, _TICK_MS)
-        self._next_tick = t
-        n = time.ticks_diff(t, 0) // _TICK_MS  # this tick's number (ticks are opaque: no t // ...)
+        tk[0] = t
+        cfg = self.cfg
+        kp = cfg[_KEEPALIVE_MS] // _TICK_MS  # keepalive_ms >= _TICK_MS (link_core/schema.py)
+        rp = cfg[_REPORT_S] * (1000 // _TICK_MS)
+        # Ticks are counted, not derived from ticks_ms (whose signed distance
+        # from 0 jumps by a non-multiple of the periods every 2**29 ms on the
+        # ESP8266); the count wraps at a multiple of both periods, so every
+        # K and R gap stays one period.
+        n = tk[1] + 1
+        if n >= kp * (rp or 1):
+            n = 0
+        tk[1] = n
         resp = self.resp
         resp.kick(None)
         link = resp.link
-        cfg = self.cfg
-        # keepalive_ms >= _TICK_MS (link_core/schema.py)
-        if late or n % (cfg[_KEEPALIVE_MS] // _TICK_MS) == 0:
+        if late or n % kp == 0:
             if link.synced and not link.peer_hold and link.can_queue():
                 resp.queue_first(control.MSG_KEEPALIVE)
         if cfg[_CONN_ID] is None:
@@ -449,8 +458,7 @@ class Bridge:
         if (fl & (_F_TOLD | _F_TOLD_UP)) != told and self._syncs == link.syncs:
             if self._ctl(control.MSG_SERVER_UP if ok else control.MSG_SERVER_DOWN):
                 self._fl = (fl & ~_F_TOLD_UP) | told
-        rs = cfg[_REPORT_S]
-        if rs > 0 and n % (rs * (1000 // _TICK_MS)) == 0:
+        if rp > 0 and n % rp == 0:
             self.report_no += 1
             # mem_errors: caught since boot, here, in the Responder and in MQTT
             msg = control.encode_report(
