@@ -420,7 +420,7 @@ class Bridge:
         tk[0] = t
         cfg = self.cfg
         kp = cfg[_KEEPALIVE_MS] // _TICK_MS  # keepalive_ms >= _TICK_MS (link_core/schema.py)
-        rp = cfg[_REPORT_S] * (1000 // _TICK_MS)
+        rp = (cfg[_REPORT_S] or 0) * (1000 // _TICK_MS)  # None before the first config
         # Ticks are counted, not derived from ticks_ms (whose signed distance
         # from 0 jumps by a non-multiple of the periods every 2**29 ms on the
         # ESP8266); the count wraps at a multiple of both periods, so every
