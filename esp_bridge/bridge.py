@@ -40,8 +40,13 @@ import mqtt
 # MicroPython only).
 
 # Queue depths, in messages of up to 1,152 bytes (docs/FIRMWARE.md "Memory budget")
-_TX_QUEUE = const(4)  # link messages queued for the Pyboard
-_DATA_TX = const(2)  # of which down frames may use this many: K/U/D always fit
+_TX_QUEUE = const(5)  # link messages queued for the Pyboard
+# Down frames may use this many (K/U/D always fit). Three, not two: the MQTT
+# client reads nothing behind a down frame it holds for want of room here,
+# PUBACKs included, so a shallow queue stalls the up direction too (measured:
+# `pblink bench --quick --only throughput`, up with qos 83 lines/s raw with
+# two, 122 with three; docs/PERFORMANCE.md)
+_DATA_TX = const(3)
 _RX_QUEUE = const(2)  # messages from the Pyboard not yet published (then HOLD)
 _MQ_INFLIGHT = const(3)  # QoS 1 publishes awaiting PUBACK
 _TICK_MS = const(100)  # link_core/schema.py: the lowest timeout_ms is 2 x this
