@@ -399,6 +399,23 @@ def longtopic():
         turn(c, 100)
 
 
+def presession():
+    # a persistent session's queue comes right after CONNACK, before any
+    # subscribe() on this connection: configure() names the topic taken
+    c = MQTTClient("mp-pre", keepalive_s=10, response_ms=3000)
+    if sys.argv[3] == "1":
+        connect(c, HOST, port)
+        subscribe(c, "mp/pre", 1)
+        c.disconnect()
+        out("SUBSCRIBED")
+        return
+    c.configure("mp-pre", keepalive_s=10, response_ms=3000, topic="mp/pre")
+    connect(c, HOST, port)
+    m, r = next_msg(c, 5000)
+    out("PRE", m.decode(), c.oversize)
+    c.disconnect()
+
+
 def tls():
     c = MQTTClient("mp-tls", keepalive_s=10, response_ms=5000, clean_session=True)
     connect(c, "localhost", port, True)
@@ -906,6 +923,24 @@ def test_longest_topics_names_allows(micropython_bin: str, tmp_path: Path,
         p.proc.wait()
     assert w.wait(lambda m: m[1] == b"offline")[0] == status
     assert "Traceback" not in p.output(), p.output()
+
+
+def test_session_backlog_before_subscribe_taken(micropython_bin: str, tmp_path: Path,
+                                                any_broker: BrokerProcess) -> None:
+    """A message queued for the persistent session while the client was away
+    reaches it before it subscribes again: taken on the topic configure() names."""
+    assert "SUBSCRIBED" in finish(start(micropython_bin, tmp_path, "presession",
+                                        any_broker.port, 1))
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pre-pub")
+    pub.connect("127.0.0.1", any_broker.port)
+    pub.loop_start()
+    try:
+        pub.publish("mp/pre", b"queued", qos=1).wait_for_publish(TEST_TIMEOUT)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    out = finish(start(micropython_bin, tmp_path, "presession", any_broker.port, 2))
+    assert "PRE queued 0" in out, out
 
 
 def test_tls_connection(micropython_bin: str, tmp_path: Path,
