@@ -355,7 +355,7 @@ class Bridge:
                         names.client_id(cfg[_CONN_ID]), cfg[_MQTT_USER], cfg[_MQTT_PASSWORD],
                         cfg[_MQTT_KEEPALIVE_S],
                         (cfg[_T_STATUS], names.OFFLINE, liveness.QOS_STATUS, True),
-                        cfg[_MQTT_RESPONSE_MS], cfg[_MQTT_RETRIES],
+                        cfg[_MQTT_RESPONSE_MS], cfg[_MQTT_RETRIES], False, cfg[_T_DOWN],
                     )
                     # last: a MemoryError before it leaves the 'C' in _up, and
                     # its next try finds the config still new
@@ -400,14 +400,13 @@ class Bridge:
             msg = mq.get()  # a memoryview into the client's receive buffer
             if msg is None:
                 return
-            if mq.get(1) == self.cfg[_T_DOWN]:  # other topics: ignored
-                kind = liveness.classify_down(msg)
-                if kind == liveness.IS_BAD:  # not traffic: proves nothing about the server
-                    self.diag("malformed frame on down dropped: %r" % bytes(msg[:40]))
-                else:
-                    self.watch.heard(now)
-                    if kind == liveness.IS_DATA and not link.queue_message(msg):
-                        return  # no room after all: held until next turn
+            kind = liveness.classify_down(msg)  # on down: the client takes no other topic
+            if kind == liveness.IS_BAD:  # not traffic: proves nothing about the server
+                self.diag("malformed frame on down dropped: %r" % bytes(msg[:40]))
+            else:
+                self.watch.heard(now)
+                if kind == liveness.IS_DATA and not link.queue_message(msg):
+                    return  # no room after all: held until next turn
             mq.release()
 
     def _tick(self, now) -> None:
@@ -474,7 +473,8 @@ class Bridge:
         over = mq.oversize
         if over:  # told, then counted again from 0: no attribute here for the last told
             mq.oversize = 0
-            self.diag("frames over %d bytes on down dropped: %d" % (names.MAX_MESSAGE, over))
+            self.diag("frames over %d bytes on down, or on other topics, dropped: %d"
+                      % (names.MAX_MESSAGE, over))
         if not fl & _F_READY or not mq.isconnected():
             return
         if watch.heartbeat_due(now):

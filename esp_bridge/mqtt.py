@@ -8,7 +8,10 @@
 # keepalive with dead-broker detection; optional TLS; incoming messages read
 # in place, one at a time: a PUBLISH stays in the receive buffer until the
 # consumer has taken it (get(), then release()), and meanwhile the socket is
-# not read (TCP then pushes back on the broker).
+# not read (TCP then pushes back on the broker). One subscription, to one
+# topic (no wildcards): a PUBLISH is taken only on that topic, so its topic is
+# compared as it is read and never kept, and the receive buffer holds only a
+# packet id and a payload.
 #
 # No asyncio, no coroutines (docs/FIRMWARE.md "Memory budget"): a state
 # machine over the non-blocking socket. The owner calls wait(ms) (select.poll
@@ -21,7 +24,8 @@
 # grows in steps; a list entry 4 B), the QoS 1 in-flight table at its end, and
 # few methods (each is a function object and a slot of the class dict).
 # Nothing is copied per message: a received packet is read into one bytearray
-# and the consumer gets memoryviews of its topic and payload there; a packet
+# (a PUBLISH in parts over its start: topic length, topic, packet id and
+# payload) and the consumer gets a memoryview of its payload there; a packet
 # goes out in up to four parts written from where they are (a 9-byte header
 # buffer, the topic, the packet id in the header buffer, the payload) with
 # socket.write(buf, off, n).
@@ -54,9 +58,12 @@ _UP = const(3)
 # reader states
 _R_TYPE = const(0)  # first byte of a fixed header
 _R_LEN = const(1)  # remaining-length bytes
-_R_BODY = const(2)  # the packet body into the receive buffer
-_R_DRAIN = const(3)  # the rest of an oversized PUBLISH, dropped
+_R_BODY = const(2)  # the packet body into the receive buffer (a PUBLISH's: its topic length)
+_R_DRAIN = const(3)  # bytes of a PUBLISH dropped: a topic not ours, the rest of a long one
 _R_HOLD = const(4)  # a PUBLISH in the receive buffer, until release()
+_R_TOPIC = const(5)  # a PUBLISH's topic into the receive buffer, then compared
+_R_REST = const(6)  # a PUBLISH's packet id and payload into the receive buffer (its start)
+_NOT_OURS = const(0x100)  # in _RT: the PUBLISH being read is on another topic
 
 # flags of an in-flight entry
 _FL_DUE = const(1)  # to be written (first time, a retry, after a reconnect)
@@ -80,18 +87,21 @@ _REV = const(17)  # events the last wait() saw
 _SSL = const(18)  # the socket is TLS (a name apart from the settings row `tls`)
 _OSLOT = const(19)  # in-flight entry (its index in _v) of the publish being written, or -1
 _ACK = const(20)  # packet id of a PUBACK to send (one at a time), or -1
-_SUBT = const(21)  # topic filter of the last subscribe()
+_SUBT = const(21)  # the topic taken (bytes): of the last subscribe() or configure()
 _SUBQ = const(22)  # its QoS while its SUBSCRIBE is due, else -1
 _SUB_MS = const(23)  # when it was written
 _SUB_PID = const(24)  # its packet id while unanswered, else -1
 _PID = const(25)  # the packet id counter (see publish())
 _FN = const(26)  # in-flight entries in use
 _RS = const(27)  # reader state
-_RT = const(28)  # packet type byte
-_RN = const(29)  # remaining length
-# _RG, _RW by reader state: _R_LEN the varint shift, -; _R_BODY body bytes
-# read, wanted; _R_DRAIN bytes to drain, -; _R_HOLD the PUBLISH's topic
-# length, topic + packet id length
+_RT = const(28)  # packet type byte (| _NOT_OURS)
+# _RN: the remaining length; of a PUBLISH, once its topic length is read, the
+# length of its packet id and payload; while the rest of a long one is
+# drained, -1
+_RN = const(29)
+# _RG, _RW by reader state: _R_LEN the varint shift, -; _R_BODY, _R_TOPIC,
+# _R_REST bytes read, wanted; _R_DRAIN bytes to drain, -; _R_HOLD where the
+# payload begins and ends in the buffer
 _RG = const(30)
 _RW = const(31)
 _RPID = const(32)  # packet id of the PUBLISH being read, -1 for QoS 0
@@ -122,7 +132,11 @@ _Q0F = const(53)  # retain flag (_FL_RET)
 _F = const(54)
 _FS = const(6)
 
-TOPIC_MAX = const(128)  # longest topic sent or accepted
+# longest topic sent: MQTT allows 65535 bytes, but a SUBSCRIBE's fixed header
+# (its remaining length 5 + topic in two varint bytes) must fit the header
+# buffer before its QoS at 7. The topic taken is also at most the receive
+# buffer's length (max_msg + 4), as it is compared there.
+TOPIC_MAX = const(16378)
 MSG_MAX = const(1152)  # longest payload accepted (PROTOCOL.md MAX_MESSAGE)
 
 
@@ -170,7 +184,8 @@ class MQTTClient:
     retries: DUP resends of a QoS 1 publish on one connection before the
     connection is dropped (it is resent again after the reconnect).
     max_msg: the longest incoming payload taken (longer ones are dropped,
-    acknowledged and counted in `oversize`).
+    acknowledged and counted in `oversize`, as are messages on a topic other
+    than the one taken: see subscribe()).
     ValueError for settings MQTT 3.1.1 forbids (see configure()).
 
     State: connecting() (connect() started, no CONNACK yet), isconnected();
@@ -178,9 +193,9 @@ class MQTTClient:
     why the last established connection ended; `present` is the CONNACK
     session-present flag; `suback` the granted QoS of the last subscribe()
     (-1 while unanswered, 0x80 refused); `oversize` incoming messages dropped
-    for size; `mem_errors` MemoryErrors caught (the connection was dropped:
-    nothing acknowledged is lost, a QoS 1 publish is resent after the
-    reconnect).
+    (too long, or on another topic than the one taken); `mem_errors`
+    MemoryErrors caught (the connection was dropped: nothing acknowledged is
+    lost, a QoS 1 publish is resent after the reconnect).
     """
 
     def __init__(
@@ -203,9 +218,11 @@ class MQTTClient:
         v[_OSLOT] = v[_ACK] = v[_SUBQ] = v[_SUB_PID] = v[_RPID] = -1
         v[_S] = v[_DHOST] = v[_DADDR] = None
         v[0] = v[3] = v[9] = v[_SUBT] = v[_Q0T] = v[_Q0M] = b""
-        # receive buffer for one packet body (topic length, topic, packet id,
-        # payload), as a memoryview (indexing it gives ints, as a bytearray's)
-        v[_RMV] = memoryview(bytearray(4 + TOPIC_MAX + max_msg))
+        # receive buffer for one packet body, a PUBLISH's in parts over its
+        # start (topic length; topic, compared with the one taken; packet id
+        # and payload), as a memoryview (indexing it gives ints, as a
+        # bytearray's); 4: the longest body of other packets, or a packet id
+        v[_RMV] = memoryview(bytearray(4 + max_msg))
         # a PUBLISH's fixed header and topic length (at most 7 bytes), then its
         # packet id; a SUBSCRIBE's up to its topic, then its QoS; a PUBACK
         v[6] = v[_HB] = bytearray(9)
@@ -224,10 +241,13 @@ class MQTTClient:
 
     def configure(
         self, client_id, user="", password="", keepalive_s=60, will=None, response_ms=10000,
-        retries=2, clean_session=False,
+        retries=2, clean_session=False, topic=b"",
     ) -> None:
         """New session parameters (while disconnected). Forgets the held and
-        in-flight messages.
+        in-flight messages. topic: the one incoming messages are taken on
+        until subscribe() names one (a persistent session may deliver on its
+        subscription before subscribe() is called on the new connection);
+        subscribe() checks it, not this.
 
         ValueError (nothing changed) for settings MQTT 3.1.1 forbids, refused
         here, never sent: a password without a user name (MQTT-3.1.2-22), an
@@ -247,6 +267,7 @@ class MQTTClient:
         v[_WILL] = will
         v[_RESP] = response_ms
         v[_RETRIES] = retries
+        v[_SUBT] = _b(topic)
         for i in range(_F, len(v), _FS):
             v[i] = v[i + 4] = 0
             v[i + 1] = v[i + 2] = b""
@@ -262,8 +283,8 @@ class MQTTClient:
         return st == _OPENING or st == _CONNACK_WAIT
 
     def get(self, part: int = 0):
-        """The incoming message held for the consumer, in place (nothing is
-        copied): part 0 its payload, 1 its topic, as memoryviews into the
+        """The incoming message held for the consumer (on the topic taken), in
+        place (nothing is copied): part 0 its payload, a memoryview into the
         receive buffer, valid until release() (or close()); 2 its retain flag
         (0 or 1). None while there is none."""
         v = self._v
@@ -271,10 +292,7 @@ class MQTTClient:
             return None
         if part == 2:
             return v[_RT] & 1
-        mv = v[_RMV]
-        if part:
-            return mv[2 : 2 + v[_RG]]
-        return mv[2 + v[_RW] : v[_RN]]
+        return v[_RMV][v[_RG] : v[_RW]]
 
     def release(self) -> None:
         """Done with the message get() gives (the consumer has what it needs of
@@ -632,18 +650,25 @@ class MQTTClient:
         return pid
 
     def subscribe(self, topic, qos: int = 1) -> int:
-        """Start subscribing to one filter; return its packet id. `suback` then
+        """Start subscribing to one topic; return its packet id. `suback` then
         holds the granted QoS (0x80: refused) once step() has read the SUBACK.
+        From now on (across reconnects too) incoming messages are taken on
+        that topic only: others (of a subscription a persistent session kept)
+        are dropped, acknowledged and counted in `oversize`.
 
-        ValueError for a QoS other than 0 and 1: this client cannot take QoS 2
-        deliveries (it would answer PUBLISH QoS 2 with nothing). OSError when
-        not connected."""
+        ValueError for a topic that is empty, longer than TOPIC_MAX or the
+        receive buffer (max_msg + 4), or has a wildcard (a message's topic is
+        compared with it, not matched); for a QoS other than 0 and 1: this
+        client cannot take QoS 2 deliveries (it would answer PUBLISH QoS 2 with
+        nothing). OSError when not connected."""
         topic = _b(topic)
-        if len(topic) > TOPIC_MAX or not topic:
+        v = self._v
+        if len(topic) > TOPIC_MAX or len(topic) > len(v[_RMV]) or not topic:
             raise ValueError("topic length")
+        if b"+" in topic or b"#" in topic:
+            raise ValueError("wildcard in a subscription: one topic is taken")
         if qos != 0 and qos != 1:
             raise ValueError("subscription QoS %d: only 0 and 1 are supported" % qos)
-        v = self._v
         if v[_ST] != _UP:
             raise OSError(_ENOTCONN)
         m = (len(v) - _F) // _FS + 1  # packet ids: see publish()
@@ -689,31 +714,57 @@ class MQTTClient:
                         if v[_ACK] >= 0:
                             break
                         continue
+                    if rs == _R_TOPIC and v[_RG] == v[_RW]:
+                        # the topic, as long as the one taken: is it that one?
+                        if mv[: v[_RW]] != v[_SUBT]:
+                            v[_RT] |= _NOT_OURS
+                        rs = _R_DRAIN  # nothing left to drop: the packet id and payload next
+                        v[_RG] = 0
+                    if rs == _R_DRAIN and not v[_RG] and v[_RN] >= 0:
+                        # the packet id and payload (their first len(mv) bytes) next
+                        v[_RG] = 0
+                        v[_RW] = min(v[_RN], len(mv))
+                        v[_RS] = rs = _R_REST
+                    if rs == _R_REST and v[_RG] == v[_RW]:
+                        t = v[_RT]
+                        n = v[_RN]
+                        hl = 2 if t & 6 else 0
+                        v[_RPID] = (mv[0] << 8) | mv[1] if hl else -1
+                        v[_RS] = _R_TYPE
+                        if n > len(mv):
+                            # too long for the link: drain the rest in pieces, then
+                            # acknowledge it (else a persistent session would
+                            # redeliver it for ever) and count it
+                            v[_RG] = n - len(mv)  # to drain
+                            v[_RN] = -1
+                            v[_RS] = _R_DRAIN
+                        elif t & _NOT_OURS or n - hl > len(mv) - 4:  # or longer than max_msg
+                            v[_ACK] = v[_RPID]
+                            self.oversize += 1
+                        else:  # held for get() until release()
+                            v[_RG] = hl
+                            v[_RW] = n
+                            v[_RS] = _R_HOLD
+                        continue
                     if rs == _R_BODY and v[_RG] == v[_RW]:
-                        # a body complete in mv (or its first len(mv) bytes)
+                        # a body complete in mv (of a PUBLISH: its topic length)
                         t = v[_RT]
                         n = v[_RN]
                         v[_RS] = _R_TYPE
                         if t & 0xF0 == _PUBLISH:
-                            qos = (t >> 1) & 3
                             tl = (mv[0] << 8) | mv[1]
-                            hl = tl + (2 if qos else 0)
-                            if tl > TOPIC_MAX or 2 + hl > n:
+                            n -= 2 + tl  # the packet id and payload
+                            if not tl or n < (2 if t & 6 else 0):
                                 raise MQTTError("bad topic length")
-                            v[_RPID] = (mv[2 + tl] << 8) | mv[3 + tl] if qos else -1
-                            if n > len(mv):
-                                # too long for the link: drain it in pieces, acknowledge
-                                # it (else a persistent session would redeliver it for
-                                # ever) and count it
-                                v[_RG] = n - len(mv)  # to drain
-                                v[_RS] = _R_DRAIN
-                            elif n - 2 - hl > len(mv) - 4 - TOPIC_MAX:  # longer than max_msg
-                                v[_ACK] = v[_RPID]
-                                self.oversize += 1
-                            else:  # held for get() until release()
-                                v[_RG] = tl
-                                v[_RW] = hl
-                                v[_RS] = _R_HOLD
+                            v[_RN] = n
+                            v[_RG] = tl
+                            v[_RS] = _R_DRAIN
+                            if tl == len(v[_SUBT]) and tl <= len(mv):
+                                v[_RG] = 0
+                                v[_RW] = tl
+                                v[_RS] = _R_TOPIC
+                            else:  # another topic: dropped, the packet id kept (drained)
+                                v[_RT] = t | _NOT_OURS
                         elif v[_ST] == _CONNACK_WAIT:
                             if mv[1]:
                                 raise MQTTError("", mv[1])
@@ -759,15 +810,16 @@ class MQTTClient:
                             raise MQTTError("unexpected packet %02x" % t)
                         continue
                     # what to read: a byte of the fixed header (into mv[0]), the
-                    # rest of the body, or of an oversized PUBLISH to drop
+                    # rest of the body or of a PUBLISH's part, or bytes of a
+                    # PUBLISH to drop
                     k = 1
                     buf = mv
-                    if rs == _R_BODY:
+                    if rs == _R_DRAIN:
+                        k = min(v[_RG], len(mv))
+                    elif rs >= _R_BODY:
                         k = v[_RW] - v[_RG]
                         if v[_RG]:
                             buf = mv[v[_RG] :]
-                    elif rs == _R_DRAIN:
-                        k = min(v[_RG], len(mv))
                     r = v[_S].readinto(buf, k)
                     if r is None:
                         break
@@ -798,16 +850,17 @@ class MQTTClient:
                         elif n > 4:
                             raise MQTTError("packet %02x length %d" % (t, n))
                         v[_RG] = 0
-                        v[_RW] = min(n, len(mv))
+                        v[_RW] = 2 if t & 0xF0 == _PUBLISH else n  # its topic length first
                         v[_RS] = _R_BODY
-                    elif rs == _R_BODY:
-                        v[_RG] += r
-                    else:  # _R_DRAIN
+                    elif rs == _R_DRAIN:
                         v[_RG] -= r
-                        if not v[_RG]:  # all of it dropped: acknowledged, counted
+                        if not v[_RG] and v[_RN] < 0:
+                            # the rest of a long PUBLISH dropped: acknowledged, counted
                             v[_RS] = _R_TYPE
                             v[_ACK] = v[_RPID]
                             self.oversize += 1
+                    else:
+                        v[_RG] += r
             except OSError as e:
                 self.close("read: %s" % e, e)
             except (MQTTError, ValueError, IndexError) as e:

@@ -33,6 +33,7 @@ from virtual_bench.bridge_rig import (
     Server,
     compile_tree,
     config,
+    down_frame,
     import_cost,
     make_hw_dir,
     mpy_env,
@@ -137,6 +138,35 @@ def test_reports_published_retained_on_the_report_topic(
         late = server_factory(any_broker.port)  # a new subscriber gets the latest, retained
         late.wait(lambda: any(r for _m, r in late.reports), what="retained report")
     assert "Traceback" not in p.output()
+
+
+def test_longest_topic_root_and_conn_id(micropython_bin: str, tmp_path: Path,
+                                        any_broker: BrokerProcess, server_factory) -> None:
+    """link_core.names allows a topic root of 128 characters and a conn_id of 64:
+    topics of up to 200 characters (<root>/<conn_id>/status). The bridge connects
+    (its will on status), subscribes to down, relays frames both ways and publishes
+    status and report on them."""
+    root = "r" * 63 + "/" + "s" * 64  # 128 characters, two levels
+    conn_id = "c" * 64
+    n = 20
+    srv = server_factory(any_broker.port, conn_id=conn_id, root=root)
+    cfg = config(any_broker.port, conn_id=conn_id, report_s=1, root=root)
+    with start_bridge(micropython_bin, tmp_path, cfg, up=n) as p:
+        p.wait_for("PB U")  # 'h' up, 'h' down: the server answers on the 198-character down
+        srv.wait(lambda: bool(srv.status) and srv.status[-1][0] == b"online", what="online",
+                 proc=p)
+        srv.wait(lambda: len(srv.up) >= n, what=f"{n} frames up", proc=p)
+        srv.wait(lambda: bool(srv.reports), what="a report", proc=p)
+        for i in range(100):
+            srv.send(down_frame(i), 1)
+        p.wait_for("PB DOWN 100")
+        while p.proc.poll() is None and not any(x.startswith("PB DONE") for x in p.lines):
+            srv.send(b"u|5e55f00d|END", 1)
+            time.sleep(0.3)
+        p.wait_for("PB DONE")
+        assert p.wait() == 0
+    assert "Traceback" not in p.output(), p.output()
+    assert not [x for x in p.lines if x.startswith(("PB B", "PB E"))], p.output()
 
 
 def test_server_liveness_gives_u_and_d(micropython_bin: str, tmp_path: Path,

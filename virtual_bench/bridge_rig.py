@@ -180,9 +180,9 @@ FAST = {
 
 def config(port: int, conn_id: str = "dev1", timeout_ms: int = 1500, report_s: int = 0,
            user: str = "", password: str = "", tuning: dict[str, object] | None = None,
-           host: str = "127.0.0.1") -> list[object]:
+           host: str = "127.0.0.1", root: str = "pblink") -> list[object]:
     return [conn_id, port, host, timeout_ms, report_s, "ssid", "wifi-pw", user, password,
-            "pblink", False, FAST if tuning is None else tuning]
+            root, False, FAST if tuning is None else tuning]
 
 
 # select first: the fake select (on the ESP8266 a built-in module) runs the
