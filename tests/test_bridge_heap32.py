@@ -40,8 +40,14 @@ from virtual_bench import esp_heap, micropython32
 # in the MQTT client and the Bridge (issue 11 part 2 step 2, begun): 14,736 +
 # 1,216. 13,392 to 14,432 (seven runs) with the bridge's own objects cut (WiFi
 # in Bridge._net, the config one const-indexed tuple, flags in one int, fewer
-# methods and module globals): 14,432 + 1,216.
-ESP_USED_BUDGET = 15_648
+# methods and module globals): 14,432 + 1,216. 11,184 to 11,376 (five runs)
+# after the MQTT client's state list, link_core's cuts and the receive
+# buffer without the topic, which reach the 26 K free goal: 11,376 + 448 (the
+# largest spread of a series since the bridge lost asyncio; the 1,216 of
+# before came from a loaded machine). The goal itself (used <= 11,392) is
+# judged by `pblink bench --only esp` on its worst run, not here: a gate at
+# the goal would fail on the spread alone.
+ESP_USED_BUDGET = 11_824
 
 
 @pytest.fixture(scope="session")
