@@ -88,7 +88,8 @@ def micropython_bin() -> str:
     try:
         return micropython_binary()
     except FileNotFoundError as e:
-        pytest.fail(f"{e}: run python3 dev.py setup")
+        hint = "" if os.environ.get("PBLINK_MICROPYTHON") else ": run python3 dev.py setup"
+        pytest.fail(f"{e}{hint}")
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,14 @@ def test_frozen_build_is_32_bit_with_the_bridge_in_rom(micropython32_frozen: str
     assert int(total) == esp_heap.ESP_GC_TOTAL  # the ESP8266's GC heap layout
 
 
+def test_a_builder_named_but_missing_is_named_in_the_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(micropython32.BUILD_ENV, "/nonexistent/build.sh")
+    with pytest.raises(FileNotFoundError,
+                       match=r"PBLINK_MICROPYTHON32_BUILD=/nonexistent/build.sh: no such file"):
+        micropython32.build()
+
+
 @pytest.mark.slow
 def test_each_build_freezes_its_own_sources(micropython32_frozen: str, tmp_path: Path) -> None:
     """Two checkouts share the build cache: a build for the second must freeze

@@ -199,6 +199,13 @@ def test_bad_port_from_the_environment() -> None:
                  "PBLINK_PORT: port 99999 is not an int from 1 to 65535")
 
 
+def test_missing_micropython_from_the_environment() -> None:
+    """PBLINK_MICROPYTHON naming no file: one line with the path, not a traceback."""
+    env = dict(os.environ, PBLINK_MICROPYTHON="/nonexistent/micropython")
+    assert_error(pblink("demo", "--duration", "5", env=env), 1, "/nonexistent/micropython",
+                 "named by $PBLINK_MICROPYTHON")
+
+
 # -- invalid conn_id: 2, checked before connecting (the broker here does not exist) ---
 
 

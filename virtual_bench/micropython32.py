@@ -86,8 +86,10 @@ def build(manifest: Path | None = MANIFEST) -> Path:
     ``apt-get install gcc-multilib`` is missing).
     """
     script = builder()
-    if script is None or not script.exists():
+    if script is None:
         raise FileNotFoundError(MISSING)
+    if not script.is_file():  # named by the variable, but not there
+        raise FileNotFoundError(f"${BUILD_ENV}={script}: no such file")
     tag = ("frozen-" if manifest else "plain-") + _key(script, manifest)
     out = cache_dir() / tag / "micropython"
     if out.exists():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -40,7 +41,9 @@ def micropython_binary() -> str:
     env = os.environ.get(MICROPYTHON_ENV)
     if env:
         if not Path(env).is_file():
-            raise FileNotFoundError(f"{MICROPYTHON_ENV}={env}: no such file")
+            # errno and filename set: the CLI prints it as one line (pblink.common.error_from)
+            raise FileNotFoundError(errno.ENOENT, f"no such file (named by ${MICROPYTHON_ENV})",
+                                    env)
         return env
     candidate = Path(sys.executable).parent / "micropython"
     if candidate.exists():
