@@ -287,8 +287,9 @@ class Bridge:
         # when _tick runs next: it steps by _TICK_MS, so it / _TICK_MS numbers
         # the ticks ('K' and 'R' go out every so many)
         # the next tick: [its ticks_ms, its number] (one list: an attribute
-        # more would grow this object's dict by a step)
-        self._tk = [time.ticks_ms(), 0]
+        # more would grow this object's dict by a step; untyped, as the stubs
+        # keep ticks apart from ints)
+        self._tk: list = [time.ticks_ms(), 0]
         self.connects = 0
         self.report_no = 0
         self.mem_errors = 0  # MemoryErrors caught here (the 'R' report sums them with the others)
